@@ -1,0 +1,1 @@
+"""LightningDataModules for vitp-geo (torchgeo-based and our own)."""

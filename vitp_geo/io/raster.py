@@ -1,0 +1,175 @@
+"""GeoTIFF reading and writing, and the rule that maps any raster to the model's 3 channels.
+
+The 3-channel rule (``render_rgb``), applied identically by the instruction builders, the
+pretraining data path and inference:
+
+1. **Band selection.** ``bands`` (1-based, as in GDAL) picks bands; by default the first three
+   bands of an image with three or more bands, otherwise all bands.
+2. **SAR.** Complex bands become magnitude in decibels, ``20·log10(|z|)``; with ``sar_db=True``
+   real-valued bands (amplitude) are converted the same way.
+3. **Scaling.** ``uint8`` bands are kept as they are. Every other dtype is stretched per band
+   from its ``percentiles`` (default 2–98 %, computed on valid pixels only) to 0–255.
+4. **Channels.** One band is repeated three times. Two bands (dual-pol SAR such as VV/VH)
+   become ``(b1, b2, b1 − b2)`` (the ratio in dB), each stretched. Three bands are RGB.
+5. **Nodata.** Pixels equal to the nodata value (or non-finite) in any selected band are invalid:
+   they render as 0 and are reported in the returned valid mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import RasterioIOError
+
+from vitp_geo.io.atomic import atomic_output
+
+
+class RasterReadError(RuntimeError):
+    """A raster could not be opened or read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RenderRule:
+    """How a raster of any band count and dtype becomes 3-channel uint8 (see module doc)."""
+
+    bands: tuple[int, ...] | None = None  # 1-based band indexes; None = first three / all
+    percentiles: tuple[float, float] = (2.0, 98.0)  # stretch range for non-uint8 data
+    sar_db: bool = False  # treat real bands as SAR amplitude and convert to dB
+
+    def __post_init__(self) -> None:
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+        if self.bands is not None and (len(self.bands) == 0 or min(self.bands) < 1):
+            raise ValueError(f"bands are 1-based and non-empty, got {self.bands}")
+
+
+def select_bands(count: int, rule: RenderRule) -> tuple[int, ...]:
+    """The 1-based band indexes the rule reads from a raster with ``count`` bands."""
+    if rule.bands is None:
+        return tuple(range(1, min(count, 3) + 1))
+    bad = [b for b in rule.bands if b > count]
+    if bad:
+        raise ValueError(f"band(s) {bad} requested but the raster has {count} band(s)")
+    return rule.bands
+
+
+def valid_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(H, W) bool: True where every band is finite and differs from ``nodata``."""
+    if np.iscomplexobj(array):
+        ok = np.isfinite(array.real) & np.isfinite(array.imag)
+    else:
+        ok = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, bool)
+    if nodata is not None and not np.isnan(nodata):
+        ok &= array != np.asarray(nodata).astype(array.dtype)
+    return ok.all(axis=0)
+
+
+def _stretch(band: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    values = band[valid]
+    if values.size == 0:
+        return np.zeros(band.shape, np.uint8)
+    lo, hi = np.percentile(values, percentiles)
+    if hi <= lo:
+        hi = lo + 1e-6
+    out = (band.astype(np.float64) - lo) / (hi - lo) * 255.0
+    return np.clip(np.nan_to_num(out), 0, 255).astype(np.uint8)
+
+
+def render_rgb(
+    array: np.ndarray, nodata: float | None = None, rule: RenderRule = RenderRule()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map already-selected bands (C, H, W) of any dtype to (3, H, W) uint8 and a valid mask.
+
+    Args:
+        array: (C, H, W) band stack, C ≥ 1, already reduced to the selected bands.
+        nodata: the raster's nodata value, if any.
+        rule: percentiles and SAR handling (band selection happens before this call).
+
+    Returns:
+        ``(rgb, valid)``: (3, H, W) uint8 and (H, W) bool.
+    """
+    if array.ndim != 3 or array.shape[0] < 1:
+        raise ValueError(f"expected a (C, H, W) array with C >= 1, got shape {array.shape}")
+    valid = valid_mask(array, nodata)
+    is_sar = np.iscomplexobj(array) or rule.sar_db
+    data: np.ndarray
+    if is_sar:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            data = 20.0 * np.log10(np.abs(array).astype(np.float64))
+        valid &= np.isfinite(data).all(axis=0)
+    else:
+        data = array
+    if data.shape[0] == 2:
+        data = np.concatenate([data, data[:1].astype(np.float64) - data[1:2]], axis=0)
+    if data.dtype == np.uint8 and not is_sar:
+        bands = [b for b in data]
+    else:
+        bands = [_stretch(b, valid, rule.percentiles) for b in data]
+    if len(bands) == 1:
+        bands = bands * 3
+    rgb = np.stack(bands[:3]).astype(np.uint8)
+    rgb[:, ~valid] = 0
+    return rgb, valid
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a raster, turning rasterio's errors into one that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"raster not found: {path}")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot open raster {path}: {err}") from err
+
+
+def read_rgb(
+    path: str | Path, rule: RenderRule = RenderRule(), window: rasterio.windows.Window | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a raster (or a window of it) and render it with ``render_rgb``.
+
+    Returns:
+        ``(rgb, valid)``: (3, H, W) uint8 and (H, W) bool.
+    """
+    with open_raster(path) as src:
+        idx = select_bands(src.count, rule)
+        try:
+            array = src.read(list(idx), window=window, boundless=False)
+        except RasterioIOError as err:
+            raise RasterReadError(f"cannot read raster {path}: {err}") from err
+        return render_rgb(array, src.nodata, rule)
+
+
+def write_geotiff(
+    path: str | Path,
+    array: np.ndarray,
+    transform: Affine,
+    crs: str | rasterio.crs.CRS,
+    *,
+    nodata: float | None = None,
+    colormap: dict[int, tuple[int, int, int]] | None = None,
+    tiled: bool = True,
+) -> Path:
+    """Write a (C, H, W) array as a tiled, deflate-compressed GeoTIFF, atomically."""
+    if array.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) array, got shape {array.shape}")
+    count, height, width = array.shape
+    profile: dict[str, object] = dict(
+        driver="GTiff", count=count, height=height, width=width, dtype=array.dtype,
+        transform=transform, crs=crs, nodata=nodata, compress="deflate",
+    )
+    if tiled and height >= 16 and width >= 16:
+        profile.update(tiled=True, blockxsize=256 if width >= 256 else 16 * (width // 16),
+                       blockysize=256 if height >= 256 else 16 * (height // 16))
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+            if colormap is not None:
+                dst.write_colormap(1, colormap)
+    return path
