@@ -1,1 +1,22 @@
-"""models"""
+"""Vision backbones: timm-registered InternViT-layout ViTs, checkpoint conversion and export.
+
+Importing this package registers ``vitp_tiny_patch14_112`` and ``vitp_tiny_patch14_224`` with timm.
+"""
+
+from vitp_geo.models.vit import (
+    INTERN_LAYOUT_ARCH,
+    build_vision_tower,
+    convert_internvit_state_dict,
+    export_backbone,
+    load_backbone,
+    resize_pos_embed,
+)
+
+__all__ = [
+    "INTERN_LAYOUT_ARCH",
+    "build_vision_tower",
+    "convert_internvit_state_dict",
+    "export_backbone",
+    "load_backbone",
+    "resize_pos_embed",
+]
