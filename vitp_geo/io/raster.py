@@ -69,30 +69,29 @@ def valid_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
     return ok.all(axis=0)
 
 
-def _stretch(band: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    values = band[valid]
-    if values.size == 0:
-        return np.zeros(band.shape, np.uint8)
-    lo, hi = np.percentile(values, percentiles)
+def _stretch(
+    band: np.ndarray,
+    valid: np.ndarray,
+    percentiles: tuple[float, float],
+    limits: tuple[float, float] | None = None,
+) -> np.ndarray:
+    if limits is None:
+        values = band[valid]
+        if values.size == 0:
+            return np.zeros(band.shape, np.uint8)
+        lo, hi = np.percentile(values, percentiles)
+    else:
+        lo, hi = limits
     if hi <= lo:
         hi = lo + 1e-6
     out = (band.astype(np.float64) - lo) / (hi - lo) * 255.0
     return np.clip(np.nan_to_num(out), 0, 255).astype(np.uint8)
 
 
-def render_rgb(
-    array: np.ndarray, nodata: float | None = None, rule: RenderRule = RenderRule()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Map already-selected bands (C, H, W) of any dtype to (3, H, W) uint8 and a valid mask.
-
-    Args:
-        array: (C, H, W) band stack, C ≥ 1, already reduced to the selected bands.
-        nodata: the raster's nodata value, if any.
-        rule: percentiles and SAR handling (band selection happens before this call).
-
-    Returns:
-        ``(rgb, valid)``: (3, H, W) uint8 and (H, W) bool.
-    """
+def _prepare(
+    array: np.ndarray, nodata: float | None, rule: RenderRule
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Steps 2 and 4 of the rule before stretching: (data (C', H, W), valid (H, W), is_sar)."""
     if array.ndim != 3 or array.shape[0] < 1:
         raise ValueError(f"expected a (C, H, W) array with C >= 1, got shape {array.shape}")
     valid = valid_mask(array, nodata)
@@ -106,10 +105,60 @@ def render_rgb(
         data = array
     if data.shape[0] == 2:
         data = np.concatenate([data, data[:1].astype(np.float64) - data[1:2]], axis=0)
+    return data, valid, is_sar
+
+
+def stretch_limits(
+    array: np.ndarray, nodata: float | None = None, rule: RenderRule = RenderRule()
+) -> list[tuple[float, float]] | None:
+    """The per-channel ``(lo, hi)`` stretch limits ``render_rgb`` would compute for ``array``.
+
+    Tiled readers compute them once from a decimated read of the whole scene and pass them to
+    every ``render_rgb`` call, so that all windows share one stretch. Returns None when the rule
+    keeps the values as they are (plain uint8 data).
+    """
+    data, valid, is_sar = _prepare(array, nodata, rule)
+    if data.dtype == np.uint8 and not is_sar:
+        return None
+    limits = []
+    for band in data:
+        values = band[valid]
+        if values.size == 0:
+            limits.append((0.0, 1.0))
+            continue
+        lo, hi = np.percentile(values, rule.percentiles)
+        limits.append((float(lo), float(hi)))
+    return limits
+
+
+def render_rgb(
+    array: np.ndarray,
+    nodata: float | None = None,
+    rule: RenderRule = RenderRule(),
+    limits: list[tuple[float, float]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map already-selected bands (C, H, W) of any dtype to (3, H, W) uint8 and a valid mask.
+
+    Args:
+        array: (C, H, W) band stack, C ≥ 1, already reduced to the selected bands.
+        nodata: the raster's nodata value, if any.
+        rule: percentiles and SAR handling (band selection happens before this call).
+        limits: fixed per-channel stretch limits (see ``stretch_limits``); by default they are
+            the rule's percentiles of ``array`` itself.
+
+    Returns:
+        ``(rgb, valid)``: (3, H, W) uint8 and (H, W) bool.
+    """
+    data, valid, is_sar = _prepare(array, nodata, rule)
     if data.dtype == np.uint8 and not is_sar:
         bands = [b for b in data]
     else:
-        bands = [_stretch(b, valid, rule.percentiles) for b in data]
+        if limits is not None and len(limits) != data.shape[0]:
+            raise ValueError(f"expected {data.shape[0]} stretch limits, got {len(limits)}")
+        bands = [
+            _stretch(b, valid, rule.percentiles, None if limits is None else limits[i])
+            for i, b in enumerate(data)
+        ]
     if len(bands) == 1:
         bands = bands * 3
     rgb = np.stack(bands[:3]).astype(np.uint8)
