@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
-from shapely.geometry import Polygon, box
 from shapely.affinity import rotate
+from shapely.geometry import Polygon, box
 
 # Class ids in the mask. 0 is background (bare soil / grass).
 CLASS_NAMES: tuple[str, ...] = ("background", "building", "road", "water", "field")

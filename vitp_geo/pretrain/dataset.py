@@ -1,0 +1,195 @@
+"""From a recipe to model inputs: records → image tiles + token ids + labels, and their collation.
+
+One dataset covers every entry of a recipe. Its index space is one epoch: each entry contributes
+``repeat_indices(n, repeat_time, seed)`` records (see ``vitp_geo.instruct.recipe``). Bad records are
+found when the recipe is loaded, not halfway through training: a line that does not parse, an image
+that is missing, or an image path that resolves outside the entry's ``root`` raises an error that
+names the file (or, with ``skip_bad=True``, is skipped and counted in ``skipped``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitp_geo.instruct.recipe import RecipeEntry, repeat_indices
+from vitp_geo.instruct.records import InstructionRecord, RecordError, read_jsonl
+from vitp_geo.io.raster import read_rgb
+from vitp_geo.vlm.dynamic_tiles import dynamic_tiles, to_pixel_values
+
+IGNORE_INDEX = -100
+_RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
+
+# (conversations, tokenizer, num_image_tokens per image, max_length) -> (input_ids, labels)
+Tokenize = Callable[[list[dict[str, str]], object, list[int], int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Source:
+    entry: RecipeEntry
+    records: list[InstructionRecord]
+    image_paths: list[list[Path]]
+
+
+@dataclass
+class LoadReport:
+    """What loading a recipe found: kept records per dataset and skipped lines/records."""
+
+    records: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def resolve_image(root: Path, relative: str, where: str) -> Path:
+    """Resolve an image path against its recipe root, refusing escapes and missing files."""
+    root_resolved = root.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root_resolved):
+        raise RecordError(f"{where}: image path {relative!r} resolves outside the recipe root {root}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: image not found: {path}")
+    return path
+
+
+def load_image(path: Path) -> Image.Image:
+    """Read an image as RGB; rasters of any band count and dtype go through ``render_rgb``."""
+    if path.suffix.lower() in _RASTER_SUFFIXES:
+        rgb, _ = read_rgb(path)
+        return Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class InstructionDataset(Dataset[dict[str, object]]):
+    """Samples of one epoch over a recipe.
+
+    Each item is a dict with ``pixel_values`` (T, 3, S, S) float, ``input_ids`` (L,) long,
+    ``labels`` (L,) long (−100 outside assistant turns) and ``num_tiles`` (number of tiles, all images
+    of the sample together).
+
+    Args:
+        entries: recipe entries (``load_recipe``).
+        tokenizer: a transformers tokenizer with the InternVL special tokens.
+        tokenize: the chat-template function (``vitp_geo.vlm.template.tokenize_conversation``).
+        image_size: tile side S in pixels.
+        num_image_token: LLM tokens per tile after pixel shuffle.
+        max_dynamic_patch: default tile budget per sample (an entry's own value wins).
+        max_length: token budget per sample.
+        seed: seeds the repeat/subsample permutation.
+        skip_bad: skip bad lines/records (listed in ``report.skipped``) instead of raising.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[RecipeEntry],
+        tokenizer: object,
+        tokenize: Tokenize,
+        *,
+        image_size: int,
+        num_image_token: int,
+        max_dynamic_patch: int = 6,
+        max_length: int = 4096,
+        use_thumbnail: bool = True,
+        seed: int = 0,
+        skip_bad: bool = False,
+    ) -> None:
+        if not entries:
+            raise ValueError("a recipe needs at least one dataset entry")
+        self.tokenizer = tokenizer
+        self.tokenize = tokenize
+        self.image_size = image_size
+        self.num_image_token = num_image_token
+        self.max_dynamic_patch = max_dynamic_patch
+        self.max_length = max_length
+        self.use_thumbnail = use_thumbnail
+        self.report = LoadReport()
+        self.sources: list[_Source] = []
+        index: list[tuple[int, int]] = []
+        for entry in entries:
+            result = read_jsonl(entry.annotation, skip_bad=skip_bad)
+            self.report.skipped.extend(result.skipped)
+            records, paths = [], []
+            for rec in result.records:
+                where = f"{entry.annotation}: record {rec.id!r}"
+                try:
+                    paths.append([resolve_image(entry.root, rel, where) for rel in rec.images])
+                except (RecordError, FileNotFoundError) as err:
+                    if not skip_bad:
+                        raise
+                    self.report.skipped.append(str(err))
+                    continue
+                records.append(rec)
+            if not records:
+                raise ValueError(f"{entry.annotation}: no usable records for dataset {entry.name!r}")
+            src_id = len(self.sources)
+            self.sources.append(_Source(entry, records, paths))
+            picks = repeat_indices(len(records), entry.repeat_time, seed=seed + src_id)
+            index.extend((src_id, int(i)) for i in picks)
+            self.report.records[entry.name] = len(records)
+            self.report.samples[entry.name] = int(picks.size)
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        src_id, rec_id = self.index[i]
+        src = self.sources[src_id]
+        rec, paths = src.records[rec_id], src.image_paths[rec_id]
+        budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
+        per_image = max(1, budget // max(1, len(paths)))  # InternVL splits the budget over images
+        tiles_per_image: list[torch.Tensor] = []
+        for path in paths:
+            tiles = dynamic_tiles(
+                load_image(path), self.image_size, max_tiles=per_image, thumbnail=self.use_thumbnail
+            )
+            tiles_per_image.append(to_pixel_values(tiles))
+        num_tokens = [t.shape[0] * self.num_image_token for t in tiles_per_image]
+        input_ids, labels = self.tokenize(rec.conversations, self.tokenizer, num_tokens, self.max_length)
+        pixel_values = (
+            torch.cat(tiles_per_image)
+            if tiles_per_image
+            else torch.zeros(0, 3, self.image_size, self.image_size)
+        )
+        return {
+            "pixel_values": pixel_values,
+            "input_ids": input_ids,
+            "labels": labels,
+            "num_tiles": int(pixel_values.shape[0]),
+        }
+
+
+def collate(batch: Sequence[dict[str, object]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token sequences and concatenate all tiles of the batch in order.
+
+    Returns:
+        ``pixel_values`` (T, 3, S, S), ``input_ids`` (B, L), ``attention_mask`` (B, L),
+        ``labels`` (B, L) with −100 on padding, ``num_tiles`` (B,).
+    """
+    ids = [b["input_ids"] for b in batch]
+    labels = [b["labels"] for b in batch]
+    assert all(isinstance(t, torch.Tensor) for t in ids + labels)
+    length = max(int(t.shape[0]) for t in ids)  # type: ignore[union-attr]
+    n = len(batch)
+    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    out_labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+    for row, (t, lab) in enumerate(zip(ids, labels, strict=True)):
+        k = int(t.shape[0])  # type: ignore[union-attr]
+        input_ids[row, :k] = t  # type: ignore[index]
+        attention[row, :k] = 1
+        out_labels[row, :k] = lab  # type: ignore[index]
+    pixel_values = torch.cat([b["pixel_values"] for b in batch])  # type: ignore[misc]
+    return {
+        "pixel_values": pixel_values,
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": out_labels,
+        "num_tiles": torch.tensor([int(b["num_tiles"]) for b in batch]),  # type: ignore[call-overload]
+    }

@@ -1,0 +1,89 @@
+"""Per-step metrics for pretraining: ``metrics.csv`` while training, ``loss.png`` at the end."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from vitp_geo.io.atomic import atomic_output
+
+COLUMNS = ("step", "loss", "lr", "kept_image_tokens", "image_tokens", "images_per_s")
+
+
+class MetricsCSV(L.Callback):
+    """Appends one row per optimizer step to ``metrics.csv`` (rank 0 only).
+
+    ``images_per_s`` counts image tiles through the vision tower per second on this rank, timed
+    from the end of one step to the end of the next. A resumed run appends to the same file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._t: float | None = None
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t = time.perf_counter()
+        if trainer.is_global_zero and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("w", newline="") as fh:
+                csv.writer(fh).writerow(COLUMNS)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        elapsed = max(now - (self._t or now), 1e-9)
+        self._t = now
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None or not trainer.is_global_zero:
+            return
+        row = {
+            "step": trainer.global_step,
+            "loss": float(loss.detach().float()),
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+            "kept_image_tokens": getattr(pl_module, "last_kept_tokens", 0),
+            "image_tokens": getattr(pl_module, "last_image_tokens", 0),
+            "images_per_s": getattr(pl_module, "last_tiles", 0) / elapsed,
+        }
+        self.rows.append(row)
+        with self.path.open("a", newline="") as fh:
+            csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in COLUMNS])
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``metrics.csv`` as floats."""
+    with Path(path).open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
+    """Plot loss (raw and smoothed) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_csv)
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    if len(losses) >= 5:
+        k = max(2, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=1.8, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("ViTP pretraining loss")
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,122 @@
+"""The LightningModule for ViTP pretraining: end-to-end training of ViT + projector + LLM."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when too many consecutive steps produced a non-finite loss."""
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warm-up from 0 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    # Biases, norms, layer-scale gammas, position/class embeddings: no weight decay.
+    return param.ndim < 2 or name.endswith(("pos_embed", "cls_token")) or ".gamma" in name
+
+
+class ViTPPretrainModule(L.LightningModule):
+    """Trains a ``ViTPModel`` on batches from ``InstructionDataModule``.
+
+    Args:
+        model: the VLM (``vision_model``, ``mlp1``, ``language_model``).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay on matrices.
+        warmup_ratio: share of ``max_steps`` for linear warm-up.
+        max_steps: total optimizer steps (sets the cosine schedule).
+        freeze_vision, freeze_projector, freeze_llm: keep these parts fixed.
+        max_nonfinite: consecutive non-finite losses tolerated before stopping.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        warmup_ratio: float,
+        max_steps: int,
+        freeze_vision: bool = False,
+        freeze_projector: bool = False,
+        freeze_llm: bool = False,
+        max_nonfinite: int = 10,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = lr, weight_decay, warmup_ratio, max_steps
+        self.max_nonfinite = max_nonfinite
+        for part, frozen in (("vision_model", freeze_vision), ("mlp1", freeze_projector), ("language_model", freeze_llm)):
+            for p in getattr(model, part).parameters():
+                p.requires_grad_(not frozen)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("every part is frozen: nothing would train")
+        self.nonfinite_steps = 0
+        self._nonfinite_run = 0
+        self.last_kept_tokens = 0
+        self.last_image_tokens = 0
+        self.last_tiles = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        out = self.model(
+            pixel_values=batch["pixel_values"].to(self.dtype_for_vision()),
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+        loss = out.loss
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together, or none
+        self.last_tiles = int(batch["pixel_values"].shape[0])
+        if finite.item() < 1.0:
+            self.nonfinite_steps += 1
+            self._nonfinite_run += 1
+            if self._nonfinite_run >= self.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"the loss was non-finite for {self._nonfinite_run} steps in a row "
+                    f"(step {self.global_step}); lower --lr, check the data, or use --precision 32-true"
+                )
+            return None  # Lightning skips backward and the optimizer step
+        self._nonfinite_run = 0
+        self.last_kept_tokens = int(out.kept_image_tokens)
+        self.last_image_tokens = int(out.total_image_tokens)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=int(batch["input_ids"].shape[0]))
+        return loss
+
+    def dtype_for_vision(self) -> torch.dtype:
+        return next(self.model.vision_model.parameters()).dtype
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if _no_decay(name, p) else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=(0.9, 0.999),
+        )
+        warmup = int(self.warmup_ratio * self.max_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: cosine_with_warmup(step, self.max_steps, warmup)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vitp_geo_pretrain"] = {"nonfinite_steps": self.nonfinite_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(checkpoint.get("vitp_geo_pretrain", {}).get("nonfinite_steps", 0))

@@ -1,0 +1,241 @@
+"""One pretraining run, start to finish: build parts, train with Lightning, export the backbone.
+
+Outputs in the run folder:
+
+- ``backbone.safetensors`` + ``backbone.json``: the pretrained ViT as a plain timm state dict;
+- ``checkpoints/last.ckpt`` (and periodic ones): Lightning checkpoints, ``--resume`` reads them;
+- ``metrics.csv`` and ``loss.png``;
+- for the embedded default, ``corpus/`` (the generated instruction data) and ``tokenizer/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from datamodules.instruction import InstructionDataModule
+from vitp_geo.pretrain.config import PretrainConfig
+from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
+from vitp_geo.pretrain.module import ViTPPretrainModule
+
+
+@dataclass
+class PretrainSummary:
+    """What a run did and where its outputs are."""
+
+    output: Path
+    steps: int
+    first_loss: float
+    last_loss: float
+    images_per_s: float
+    nonfinite_steps: int
+    skipped_records: int
+    backbone: Path | None
+    seconds: float
+
+    def format(self) -> str:
+        lines = [
+            "ViTP pretraining finished",
+            f"  steps          {self.steps}",
+            f"  loss           {self.first_loss:.4f} (mean of first steps) -> {self.last_loss:.4f} (mean of last steps)",
+            f"  images/s       {self.images_per_s:.1f} (image tiles through the ViT, per device)",
+            f"  time           {self.seconds:.0f} s",
+        ]
+        if self.nonfinite_steps:
+            lines.append(f"  skipped steps  {self.nonfinite_steps} with a non-finite loss")
+        if self.skipped_records:
+            lines.append(f"  bad records    {self.skipped_records} skipped (--skip-bad-samples)")
+        lines.append(f"  outputs        {self.output}")
+        if self.backbone is not None:
+            lines.append(f"  backbone       {self.backbone} (+ backbone.json; timm.create_model + load_state_dict)")
+        lines.append(f"  checkpoints    {self.output / 'checkpoints' / 'last.ckpt'} (continue with --resume last)")
+        lines.append(f"  metrics        {self.output / 'metrics.csv'}, {self.output / 'loss.png'}")
+        return "\n".join(lines)
+
+
+def default_output(domain: str) -> Path:
+    return Path("runs") / f"pretrain-{domain}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _precision(cfg: PretrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "32-true"
+
+
+def build_parts(cfg: PretrainConfig, output: Path) -> tuple[torch.nn.Module, object, Path]:
+    """Model, tokenizer and recipe path for a run (embedded default or real parts)."""
+    from vitp_geo.vlm.build import build_tiny_vlm, load_internvl
+    from vitp_geo.vlm.tokenizer import build_offline_tokenizer, load_tokenizer
+
+    if cfg.data is None:
+        if cfg.domain != "rs":
+            raise ValueError(
+                f"--domain {cfg.domain} has no embedded corpus; pass --data RECIPE "
+                f"(see configs/recipes/ for templates)"
+            )
+        from vitp_geo.instruct.default_corpus import build_default_corpus
+
+        corpus = output / "corpus"
+        recipe = corpus / "recipe.json"
+        if not recipe.exists():  # resumed runs reuse the corpus they trained on
+            recipe = build_default_corpus(corpus, seed=cfg.seed)
+    else:
+        recipe = Path(cfg.data)
+        if not recipe.is_file():
+            raise FileNotFoundError(f"recipe not found: {recipe}")
+
+    if cfg.model_path is not None:
+        model, tokenizer = load_internvl(cfg.model_path)
+    else:
+        tok_dir = output / "tokenizer"
+        if tok_dir.is_dir():
+            tokenizer = load_tokenizer(tok_dir)
+        else:
+            tokenizer = build_offline_tokenizer(_corpus_texts(recipe))
+            tokenizer.save_pretrained(str(tok_dir))
+        model = build_tiny_vlm(tokenizer, vision_arch=cfg.vision_arch, drop_path_rate=cfg.drop_path)
+    model.vrl_ratio = cfg.vrl_ratio
+    model.vrl_prob = cfg.vrl_prob
+    model.vrl_reference_mode = cfg.vrl_reference
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model, tokenizer, recipe
+
+
+def _corpus_texts(recipe: Path) -> list[str]:
+    """All conversation text of a recipe (to fit the offline tokenizer of the tiny default)."""
+    from vitp_geo.instruct.recipe import load_recipe
+    from vitp_geo.instruct.records import read_jsonl
+
+    texts: list[str] = []
+    for entry in load_recipe(recipe):
+        for rec in read_jsonl(entry.annotation, skip_bad=True).records:
+            texts.extend(t["value"] for t in rec.conversations)
+    return texts
+
+
+def _resume_path(cfg: PretrainConfig, output: Path) -> str | None:
+    if cfg.resume is None:
+        return None
+    path = output / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+    return str(path)
+
+
+def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
+    """Run pretraining as configured and return its summary (printed by the CLI on rank 0)."""
+    from vitp_geo.models.vit import export_backbone
+    from vitp_geo.vlm.template import tokenize_conversation
+
+    start = time.perf_counter()
+    cfg.validate()
+    if cfg.resume is not None and cfg.output is None:
+        raise ValueError("--resume needs --output: the run folder to continue")
+    output = Path(cfg.output) if cfg.output else default_output(cfg.domain)
+    output.mkdir(parents=True, exist_ok=True)
+    ckpt_path = _resume_path(cfg, output)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    model, tokenizer, recipe = build_parts(cfg, output)
+    image_size = int(model.vision_model.patch_embed.img_size[0])
+    datamodule = InstructionDataModule(
+        recipe,
+        tokenizer,
+        tokenize_conversation,
+        image_size=image_size,
+        num_image_token=int(model.num_image_token),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        max_dynamic_patch=cfg.max_dynamic_patch,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        skip_bad_samples=cfg.skip_bad_samples,
+    )
+    datamodule.setup("fit")  # fail on bad data before any training starts
+    module = ViTPPretrainModule(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        max_steps=cfg.max_steps,
+        freeze_vision=cfg.freeze_vision,
+        freeze_projector=cfg.freeze_projector,
+        freeze_llm=cfg.freeze_llm,
+        max_nonfinite=cfg.max_nonfinite,
+    )
+    metrics = MetricsCSV(output / "metrics.csv")
+    if ckpt_path is None and metrics.path.exists():
+        metrics.path.unlink()  # a fresh run in an existing folder starts a fresh log
+    trainer = L.Trainer(
+        max_steps=cfg.max_steps,
+        accumulate_grad_batches=cfg.accumulate,
+        gradient_clip_val=cfg.grad_clip,
+        devices=cfg.devices,
+        accelerator=cfg.accelerator,
+        strategy=cfg.strategy,
+        precision=_precision(cfg),  # type: ignore[arg-type]
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=output / "checkpoints",
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=cfg.checkpoint_every,
+                save_top_k=-1,
+                save_last=True,
+            ),
+            metrics,
+            TQDMProgressBar(refresh_rate=1),
+        ],
+        logger=False,
+        use_distributed_sampler=False,  # InstructionDataModule shards by rank itself
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return PretrainSummary(output, trainer.global_step, float("nan"), float("nan"), 0.0, 0, 0, None, 0.0)
+
+    # Make sure the final state is in last.ckpt even when max_steps is not a checkpoint multiple.
+    trainer.save_checkpoint(output / "checkpoints" / "last.ckpt")
+    backbone, backbone_json = export_backbone(model.vision_model, output)
+    _annotate_backbone_json(backbone_json, cfg)
+    rows = read_metrics(metrics.path)
+    if rows:
+        plot_loss(metrics.path, output / "loss.png")
+    losses = [r["loss"] for r in rows]
+    k = max(1, min(10, len(losses) // 5))
+    assert datamodule.dataset is not None
+    return PretrainSummary(
+        output=output,
+        steps=trainer.global_step,
+        first_loss=sum(losses[:k]) / k if losses else float("nan"),
+        last_loss=sum(losses[-k:]) / k if losses else float("nan"),
+        images_per_s=(sum(r["images_per_s"] for r in rows[1:]) / max(1, len(rows) - 1)) if rows else 0.0,
+        nonfinite_steps=module.nonfinite_steps,
+        skipped_records=len(datamodule.dataset.report.skipped),
+        backbone=backbone,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _annotate_backbone_json(path: Path, cfg: PretrainConfig) -> None:
+    """Record how the backbone was made, next to what timm needs to rebuild it."""
+    data = json.loads(path.read_text())
+    data["pretraining"] = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k in ("domain", "model_path", "data", "max_steps", "lr", "vrl_ratio", "vrl_prob", "seed")
+    }
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
