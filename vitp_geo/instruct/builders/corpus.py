@@ -1,0 +1,89 @@
+"""Run builders into one corpus folder: ``images/``, ``annotations.jsonl``, ``recipe.json``.
+
+The corpus is written into a temporary sibling folder (``.<name>.partial``) and renamed to the
+output folder only when every source has been built and at least one record exists; on any error
+the temporary folder is removed, so ``--out`` never holds a half-written corpus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from vitp_geo.instruct.builders.context import BuildContext, BuildSummary
+from vitp_geo.instruct.recipe import RecipeEntry, save_recipe
+from vitp_geo.instruct.records import InstructionRecord, write_jsonl
+from vitp_geo.io.atomic import atomic_output
+
+ANNOTATION_NAME = "annotations.jsonl"
+RECIPE_NAME = "recipe.json"
+
+
+class Source(Protocol):
+    """Anything that turns labels into records (``VectorSource``, ``MaskSource``, …)."""
+
+    def build(self, ctx: BuildContext) -> list[InstructionRecord]: ...
+
+
+@dataclass
+class CorpusResult:
+    """Where a corpus was written and what it holds."""
+
+    out_dir: Path
+    recipe: Path
+    annotation: Path
+    summary: BuildSummary
+
+
+def build_corpus(
+    out_dir: str | Path,
+    sources: list[Source],
+    *,
+    seed: int = 0,
+    name: str | None = None,
+    repeat_time: float = 1.0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> CorpusResult:
+    """Build every source into ``out_dir`` (see module doc).
+
+    Args:
+        out_dir: the corpus folder; must not exist or be empty unless ``overwrite``.
+        sources: builders, run in order with one seeded generator.
+        seed: the only source of randomness (template choice, option shuffling, …).
+        name: dataset name in ``recipe.json`` (default: the folder name).
+        repeat_time: the recipe entry's ``repeat_time``.
+        overwrite: replace an existing non-empty ``out_dir``.
+        progress: show a progress bar over sources.
+
+    Raises:
+        ValueError: no sources, zero records, or ``out_dir`` exists and is not empty.
+    """
+    out_dir = Path(out_dir)
+    if not sources:
+        raise ValueError("no sources given: pass --image/--labels, --mask, --folders, --torchgeo or --before/--after")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out_dir} exists and is not empty; pass --overwrite to replace it")
+    name = name or out_dir.resolve().name
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        ctx = BuildContext(tmp, np.random.default_rng(seed))
+        records: list[InstructionRecord] = []
+        for source in tqdm(sources, desc="sources", disable=not progress or len(sources) < 2):
+            records += source.build(ctx)
+        if not records:
+            raise ValueError(
+                "the sources produced zero records (" + ", ".join(
+                    f"{why}: {n}" for why, n in sorted(ctx.summary.tiles_skipped.items())) + "); nothing written"
+            )
+        ctx.summary.add_records(records)
+        write_jsonl(tmp / ANNOTATION_NAME, records)
+        save_recipe(tmp / RECIPE_NAME, [RecipeEntry(name=name, root=tmp, annotation=tmp / ANNOTATION_NAME,
+                                                     repeat_time=repeat_time)])
+    return CorpusResult(out_dir, out_dir / RECIPE_NAME, out_dir / ANNOTATION_NAME, ctx.summary)

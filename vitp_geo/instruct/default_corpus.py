@@ -1,0 +1,67 @@
+"""The embedded remote-sensing corpus behind ``vitp-geo pretrain --domain rs`` with no ``--data``.
+
+It is made from the one synthetic world (``vitp_geo.synthetic``) by the same builders users run on
+their own labels: each scene is written as GeoTIFF + mask GeoTIFF + GeoPackage, then the vector
+builder (grounding, referring, counting, presence, oriented boxes, descriptions), the mask builder
+(presence, dominant class, area shares, regions), the class-folder builder (scene class) and the
+change-pair builder run over those files. Deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from vitp_geo.instruct.builders import ChangeSource, ClassFolderSource, MaskSource, VectorSource, build_corpus
+from vitp_geo.io.raster import write_geotiff
+from vitp_geo.synthetic.scene import (
+    CLASS_NAMES,
+    DEFAULT_ORIGIN,
+    SCENE_CLASSES,
+    generate_change_pair,
+    generate_scene,
+    write_change_pair,
+    write_scene,
+)
+
+
+def build_default_corpus(
+    out_dir: Path, *, seed: int = 0, n_scenes: int = 12, scene_size: int = 224, tile_size: int = 112
+) -> Path:
+    """Generate scenes, write them as GeoTIFF/GeoPackage and build the corpus into ``out_dir``.
+
+    Args:
+        out_dir: the corpus folder (replaced if it exists).
+        seed: seeds the scenes, change pairs and template choices.
+        n_scenes: generated scenes (scene classes cycle so each appears); change pairs: n_scenes // 4, ≥ 1.
+        scene_size: scene side in pixels.
+        tile_size: tile side in pixels for the builders.
+
+    Returns:
+        The path of ``out_dir/recipe.json``.
+    """
+    if n_scenes < len(SCENE_CLASSES):
+        raise ValueError(f"n_scenes must be >= {len(SCENE_CLASSES)} (one per scene class), got {n_scenes}")
+    out_dir = Path(out_dir)
+    classes = dict(enumerate(CLASS_NAMES))
+    with tempfile.TemporaryDirectory(prefix="vitp_default_corpus_") as tmp:
+        work = Path(tmp)
+        sources: list = []
+        for i in range(n_scenes):
+            origin = (DEFAULT_ORIGIN[0] + i * 10_000.0, DEFAULT_ORIGIN[1])  # distinct places, same CRS
+            scene = generate_scene(seed * 1000 + i, scene_size, origin=origin,
+                                   scene_class=i % len(SCENE_CLASSES))
+            paths = write_scene(scene, work / "scenes", stem=f"scene_{i:03d}")
+            sources.append(VectorSource(paths.image, paths.objects, class_field="class_name",
+                                        tile_size=tile_size, overlap=0.0))
+            sources.append(MaskSource(paths.image, paths.mask, classes, tile_size=tile_size, overlap=0.0))
+            folder = work / "scene_classes" / SCENE_CLASSES[scene.scene_class]
+            write_geotiff(folder / f"scene_{i:03d}.tif", scene.image, scene.transform, scene.crs)
+        sources.append(ClassFolderSource(work / "scene_classes"))
+        for j in range(max(1, n_scenes // 4)):
+            pair = generate_change_pair(seed * 1000 + 500 + j, scene_size,
+                                        origin=(DEFAULT_ORIGIN[0] - (j + 1) * 10_000.0, DEFAULT_ORIGIN[1]))
+            before, after, change = write_change_pair(pair, work / "pairs", stem=f"pair_{j:03d}")
+            sources.append(ChangeSource(before, after, change, tile_size=tile_size))
+        result = build_corpus(out_dir, sources, seed=seed, name="rs_default", overwrite=True)
+    return result.recipe
