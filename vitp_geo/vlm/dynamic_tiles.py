@@ -32,7 +32,9 @@ def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
     return sorted(grids, key=lambda g: (g[0] * g[1], g))
 
 
-def choose_grid(width: int, height: int, tile_size: int, min_tiles: int = 1, max_tiles: int = 6) -> tuple[int, int]:
+def choose_grid(
+    width: int, height: int, tile_size: int, min_tiles: int = 1, max_tiles: int = 6
+) -> tuple[int, int]:
     """The ``(cols, rows)`` grid for an image (see module doc)."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
