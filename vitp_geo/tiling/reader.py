@@ -1,0 +1,125 @@
+"""Reading scene windows as normalised model input.
+
+``SceneWindowReader`` opens one scene (or a before/after pair for change models), checks it,
+and returns each window rendered by the documented 3-channel rule (``vitp_geo.io.raster``) and
+normalised with the checkpoint's mean/std.
+
+Percentile stretch (non-uint8 and SAR data) must be the same for every window, otherwise
+neighbouring tiles would be scaled differently and seams would appear. The stretch limits are
+therefore computed once per scene from a decimated read (at most ``overview_size`` pixels a
+side; GDAL uses the file's overviews when it has them) and applied to every window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from vitp_geo.io.raster import (
+    RasterReadError,
+    RenderRule,
+    open_raster,
+    render_rgb,
+    select_bands,
+    stretch_limits,
+)
+
+
+class SceneWindowReader:
+    """Windows of one scene (or a co-registered pair) as normalised float32 input.
+
+    Args:
+        paths: the scene, or ``[before, after]`` for change models (same grid).
+        rule: the render rule (band selection, percentiles, SAR) from the checkpoint.
+        mean, std: per-channel normalisation of the 0–255 rendered input (3 values, or 6 for a
+            pair; 3 values are repeated for a pair).
+        overview_size: side of the decimated read used for scene-level stretch limits.
+    """
+
+    def __init__(
+        self, paths: Sequence[str | Path], rule: RenderRule, mean: Sequence[float], std: Sequence[float],
+        overview_size: int = 1024,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.rule = rule
+        self.datasets = [open_raster(p) for p in self.paths]
+        first = self.datasets[0]
+        for path, ds in zip(self.paths, self.datasets, strict=True):
+            t = ds.transform
+            if not t.is_rectilinear:
+                raise ValueError(
+                    f"{path} has a rotated geotransform {tuple(t)[:6]}; warp it to a north-up grid "
+                    "first (gdalwarp) — rotated rasters are not supported"
+                )
+            if (ds.height, ds.width, ds.transform, ds.crs) != (first.height, first.width, first.transform, first.crs):
+                raise ValueError(f"{path} is not on the same grid as {self.paths[0]}")
+        self.band_index: list[tuple[int, ...]] = []
+        for path, ds in zip(self.paths, self.datasets, strict=True):
+            try:
+                self.band_index.append(select_bands(ds.count, rule))
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from err
+        channels = 3 * len(self.paths)
+        mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        if mean_a.size == 3 and channels == 6:
+            mean_a, std_a = np.tile(mean_a, 2), np.tile(std_a, 2)
+        if mean_a.size != channels or std_a.size != channels:
+            raise ValueError(f"mean/std have {mean_a.size}/{std_a.size} values, the model input has {channels}")
+        if (std_a <= 0).any():
+            raise ValueError(f"std must be > 0, got {std_a.tolist()}")
+        self.mean, self.std = mean_a[:, None, None], std_a[:, None, None]
+        self.limits = [self._scene_limits(p, ds, idx, overview_size)
+                       for p, ds, idx in zip(self.paths, self.datasets, self.band_index, strict=True)]
+
+    @property
+    def height(self) -> int:
+        return int(self.datasets[0].height)
+
+    @property
+    def width(self) -> int:
+        return int(self.datasets[0].width)
+
+    @property
+    def profile(self) -> rasterio.profiles.Profile:
+        return self.datasets[0].profile
+
+    def _scene_limits(
+        self, path: Path, ds: rasterio.DatasetReader, idx: tuple[int, ...], size: int
+    ) -> list[tuple[float, float]] | None:
+        if np.dtype(ds.dtypes[idx[0] - 1]) == np.uint8 and not self.rule.sar_db:
+            return None
+        scale = max(1.0, max(ds.height, ds.width) / size)
+        shape = (len(idx), max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
+        try:
+            sample = ds.read(list(idx), out_shape=shape, resampling=Resampling.nearest)
+        except RasterioIOError as err:
+            raise RasterReadError(f"cannot read raster {path}: {err}") from err
+        return stretch_limits(sample, ds.nodata, self.rule)
+
+    def read(self, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """One window.
+
+        Returns:
+            ``(x, valid)``: (C, h, w) float32 normalised input (C = 3 or 6) and (h, w) bool.
+        """
+        xs, valid = [], np.ones((h, w), bool)
+        for path, ds, idx, lim in zip(self.paths, self.datasets, self.band_index, self.limits, strict=True):
+            try:
+                raw = ds.read(list(idx), window=Window(col0, row0, w, h))
+            except RasterioIOError as err:
+                raise RasterReadError(f"cannot read raster {path}: {err}") from err
+            rgb, ok = render_rgb(raw, ds.nodata, self.rule, limits=lim)
+            xs.append(rgb)
+            valid &= ok
+        x = (np.concatenate(xs).astype(np.float32) - self.mean) / self.std
+        return x, valid
+
+    def close(self) -> None:
+        for ds in self.datasets:
+            ds.close()
