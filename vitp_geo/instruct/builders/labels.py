@@ -119,7 +119,7 @@ def load_pixel_labels(
     inside = [g.intersects(extent) for g in geoms]
     if not any(inside):
         lb = frame.total_bounds
-        rb = raster.transform * (0, 0), raster.transform * (raster.width, raster.height)
+        rb = raster.transform @ (0, 0), raster.transform @ (raster.width, raster.height)
         raise ValueError(
             f"labels {path} do not overlap raster {raster.path}: label bounds "
             f"{tuple(round(float(v), 2) for v in lb)}, raster corners {rb} (CRS {raster.crs})"

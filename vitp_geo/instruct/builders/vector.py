@@ -96,7 +96,7 @@ def _referring_target(
         ratio = max(a, b) / max(min(a, b), 1e-9)
         return objs[order[0]] if ratio >= 1.15 else None
     cents = [o.visible.centroid for o in objs]
-    pts = np.array([raster.transform * (c.x + tile.col, c.y + tile.row) for c in cents])  # map coords
+    pts = np.array([raster.transform @ (c.x + tile.col, c.y + tile.row) for c in cents])  # map coords
     axis, sign = {"northernmost": (1, 1), "southernmost": (1, -1), "easternmost": (0, 1), "westernmost": (0, -1)}[which]
     values = sign * pts[:, axis]
     order = np.argsort(-values)
