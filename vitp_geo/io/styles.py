@@ -166,7 +166,7 @@ def write_raster_qml(raster: str | Path, classes: ClassStyle | None, nodata: flo
 
 
 def write_styled_gpkg(path: str | Path, frame: gpd.GeoDataFrame, classes: ClassStyle,
-                      layer: str | None = None) -> Path:
+                      layer: str | None = None, qml: str | Path | None = None) -> Path:
     """Write ``frame`` as one polygon layer with its style in ``layer_styles`` and a ``.qml``.
 
     Args:
@@ -174,22 +174,24 @@ def write_styled_gpkg(path: str | Path, frame: gpd.GeoDataFrame, classes: ClassS
         frame: polygons with a ``class_id`` column (may be empty).
         classes: names and colours for the categorised renderer.
         layer: layer name (default: the file stem).
+        qml: where the ``.qml`` copy goes (default ``<stem>.qml``; pick another name when a raster
+            output shares the stem, since QGIS auto-loads ``<stem>.qml`` for the raster).
     """
     path = Path(path)
     layer = layer or path.stem
-    qml = categorized_qml(classes)
-    geom_col = frame.geometry.name
+    qml_text = categorized_qml(classes)
+    geom_col = "geom"  # the GeoPackage geometry column QGIS matches styles on
     styles = pd.DataFrame({
         "f_table_catalog": [""], "f_table_schema": [""], "f_table_name": [layer],
-        "f_geometry_column": [geom_col], "styleName": [layer], "styleQML": [qml], "styleSLD": [""],
+        "f_geometry_column": [geom_col], "styleName": [layer], "styleQML": [qml_text], "styleSLD": [""],
         "useAsDefault": [True], "description": ["vitp-geo class style"], "owner": [""], "ui": [""],
         "update_time": [pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")],
     })
-    with atomic_output(qml_path(path)) as tmp:
-        tmp.write_text(qml, encoding="utf-8")
+    with atomic_output(Path(qml) if qml is not None else qml_path(path)) as tmp:
+        tmp.write_text(qml_text, encoding="utf-8")
     with atomic_output(path) as tmp:
         pyogrio.write_dataframe(frame, tmp, layer=layer, driver="GPKG", geometry_type="Polygon",
-                                dataset_options=GPKG_OPTIONS, layer_options={"SPATIAL_INDEX": "YES"})
+                                dataset_options=GPKG_OPTIONS, layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": geom_col})
         pyogrio.write_dataframe(styles, tmp, layer="layer_styles", driver="GPKG", append=True,
                                 layer_options={"FID": "id"})
     return path

@@ -356,5 +356,7 @@ def _finish(writer: _Writer, reader: SceneWindowReader, classes: ClassStyle,
         frame = polygonize_rows(rows, height=reader.height, width=reader.width, transform=prof["transform"],
                                 crs=prof.get("crs"), class_names=classes.names, nodata=CLASS_NODATA,
                                 min_area_px=outputs.min_area_px)
-        written.append(write_styled_gpkg(outputs.vector, frame, classes))
+        vec = outputs.vector
+        qml = vec.with_name(f"{vec.stem}_vector.qml") if vec.stem == outputs.class_map.stem else None
+        written.append(write_styled_gpkg(vec, frame, classes, qml=qml))
     return written
