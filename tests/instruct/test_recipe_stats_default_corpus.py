@@ -1,0 +1,81 @@
+"""Recipe statistics and merging, and the embedded default corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitp_geo.cli.main import main
+from vitp_geo.instruct.default_corpus import build_default_corpus
+from vitp_geo.instruct.recipe import load_recipe
+from vitp_geo.instruct.records import InstructionRecord, read_jsonl, write_jsonl
+from vitp_geo.instruct.stats import estimate_tokens, merge_recipes, recipe_stats
+
+
+def _dataset(root, name, tasks, modality="optical", repeat=1.0):
+    root.mkdir(parents=True)
+    recs = [InstructionRecord(f"{name}{i}", [f"images/{i % 3}.png"],
+                              [{"from": "human", "value": "<image>\n" + "abcd" * 5},
+                               {"from": "gpt", "value": "wxyz" * 2}], task=t, modality=modality)
+            for i, t in enumerate(tasks)]
+    write_jsonl(root / "annotations.jsonl", recs)
+    (root / "recipe.json").write_text(json.dumps({name: {"root": ".", "annotation": "annotations.jsonl",
+                                                         "repeat_time": repeat}}))
+    return root / "recipe.json"
+
+
+def test_estimate_tokens_ignores_image_placeholders():
+    assert estimate_tokens("<image>\nabcdefgh") == 3  # "\nabcdefgh" is 9 characters → ceil(9 / 4)
+
+
+def test_stats_arithmetic_and_weighted_mix(tmp_path):
+    a = _dataset(tmp_path / "a", "a", ["counting"] * 7 + ["grounding"] * 3, repeat=0.5)
+    b = _dataset(tmp_path / "b", "b", ["presence"] * 4, modality="sar", repeat=2.5)
+    merged, notes = merge_recipes([a, b], tmp_path / "m" / "merged.json")
+    assert notes == []
+    per, total = recipe_stats(merged)
+    assert [(s.name, s.records, s.effective) for s in per] == [("a", 10, 5), ("b", 4, 10)]
+    assert total.records == 14 and total.effective == 15
+    assert per[0].images == 3 and per[0].image_refs == 10 and per[0].missing_images == 3
+    assert per[0].mean_tokens == pytest.approx(6 + 2)  # ceil(21/4) + ceil(8/4)
+    # Total mix weighted by repeat_time: counting 3.5, grounding 1.5, presence 10.
+    assert total.tasks["presence"] == pytest.approx(10.0) and total.tasks["counting"] == pytest.approx(3.5)
+    assert total.modalities["sar"] == pytest.approx(10.0)
+
+
+def test_merge_renames_clashing_names_and_keeps_paths_valid(tmp_path, capsys):
+    a = _dataset(tmp_path / "a", "rs", ["counting"])
+    b = _dataset(tmp_path / "b", "rs", ["presence"] * 2)
+    rc = main(["recipe", "merge", str(a), str(b), "--out", str(tmp_path / "elsewhere" / "m.json")])
+    assert rc == 0 and "renamed to 'rs_2'" in capsys.readouterr().out
+    entries = load_recipe(tmp_path / "elsewhere" / "m.json")
+    assert [e.name for e in entries] == ["rs", "rs_2"]
+    assert [len(read_jsonl(e.annotation).records) for e in entries] == [1, 2]
+    rc = main(["recipe", "stats", str(tmp_path / "elsewhere" / "m.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "total: 3 records → 3 samples/epoch" in out and "presence 66.7%" in out
+
+
+def test_recipe_stats_cli_errors_name_the_file(tmp_path, capsys):
+    assert main(["recipe", "stats", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
+
+
+def test_default_corpus_is_deterministic_and_mixed(tmp_path):
+    p1 = build_default_corpus(tmp_path / "a", seed=0, n_scenes=6, scene_size=128, tile_size=64)
+    p2 = build_default_corpus(tmp_path / "b", seed=0, n_scenes=6, scene_size=128, tile_size=64)
+    assert (p1.parent / "annotations.jsonl").read_bytes() == (p2.parent / "annotations.jsonl").read_bytes()
+    (entry,) = load_recipe(p1)
+    recs = read_jsonl(entry.annotation).records
+    tasks = {r.task for r in recs}
+    assert {"counting", "grounding", "classification", "presence", "change_yesno", "area_share"} <= tasks
+    assert all((entry.root / i).exists() for r in recs for i in r.images)
+    per, _ = recipe_stats(p1)
+    assert per[0].missing_images == 0 and per[0].records == len(recs) >= 100
+
+
+def test_default_corpus_default_size_gives_a_few_hundred_records(tmp_path):
+    (entry,) = load_recipe(build_default_corpus(tmp_path / "d"))
+    n = len(read_jsonl(entry.annotation).records)
+    assert 200 <= n <= 2000
