@@ -236,6 +236,7 @@ def segment_scene(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (255.0, 255.0, 255.0),
     config: EngineConfig | None = None,
+    raw_input: bool = False,
     resume: bool = False,
     model_id: str = "",
     rank: RankInfo = RankInfo(),
@@ -250,6 +251,8 @@ def segment_scene(
         rule: render rule (bands, stretch, SAR) from the checkpoint.
         mean, std: normalisation of the rendered 0–255 input.
         config: tiling and blending settings.
+        raw_input: feed raw band values instead of the 3-channel render (models whose channel
+            count is not 3).
         resume: continue an interrupted run with the same settings if one is found.
         model_id: identifies the model for the resume check (e.g. checkpoint path and mtime).
         rank: this process's rank (several devices) — all ranks must call this.
@@ -266,7 +269,7 @@ def segment_scene(
         raise ValueError(f"need 1..254 classes, got {n_classes}")
     paths = [Path(scene)] if isinstance(scene, str | Path) else [Path(p) for p in scene]
     t0 = time.monotonic()
-    reader = SceneWindowReader(paths, rule, mean, std)
+    reader = SceneWindowReader(paths, rule, mean, std, raw=raw_input)
     work = work_dir_for(outputs.class_map)
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
@@ -277,7 +280,7 @@ def segment_scene(
         if rank.is_writer:
             settings = {**asdict(cfg), "progress": None, "checkpoint_every_s": None,
                         "classes": n_classes, "rule": asdict(rule), "mean": list(mean), "std": list(std),
-                        "outputs": {k: str(v) for k, v in asdict(outputs).items()}, "model": model_id,
+                        "outputs": {k: str(v) for k, v in asdict(outputs).items()}, "model": model_id, "raw": raw_input,
                         "world": rank.world}
             start_row, rows_written, acc_state = _prepare_work(work, _fingerprint(paths, settings), resume)
             writer = _Writer(work, plan, n_classes, outputs, start_row, rows_written, acc_state)

@@ -28,6 +28,7 @@ from vitp_geo.io.raster import (
     render_rgb,
     select_bands,
     stretch_limits,
+    valid_mask,
 )
 
 
@@ -40,14 +41,17 @@ class SceneWindowReader:
         mean, std: per-channel normalisation of the 0–255 rendered input (3 values, or 6 for a
             pair; 3 values are repeated for a pair).
         overview_size: side of the decimated read used for scene-level stretch limits.
+        raw: feed the selected bands' raw values (normalised) instead of the 3-channel render —
+            for models whose channel count is not 3 (e.g. 4-band multispectral).
     """
 
     def __init__(
         self, paths: Sequence[str | Path], rule: RenderRule, mean: Sequence[float], std: Sequence[float],
-        overview_size: int = 1024,
+        overview_size: int = 1024, raw: bool = False,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.rule = rule
+        self.raw = raw
         self.datasets = [open_raster(p) for p in self.paths]
         first = self.datasets[0]
         for path, ds in zip(self.paths, self.datasets, strict=True):
@@ -65,9 +69,13 @@ class SceneWindowReader:
                 self.band_index.append(select_bands(ds.count, rule))
             except ValueError as err:
                 raise ValueError(f"{path}: {err}") from err
-        channels = 3 * len(self.paths)
+        per_scene = len(self.band_index[0]) if raw else 3
+        channels = per_scene * len(self.paths)
+        if raw and any(np.dtype(ds.dtypes[0]).kind == "c" for ds in self.datasets):
+            raise ValueError(f"{self.paths[0]} holds complex (SAR) data: it needs a 3-channel model and the "
+                             "render rule (20·log10|z|), not raw bands")
         mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        if mean_a.size == 3 and channels == 6:
+        if mean_a.size == per_scene and len(self.paths) == 2:
             mean_a, std_a = np.tile(mean_a, 2), np.tile(std_a, 2)
         if mean_a.size != channels or std_a.size != channels:
             raise ValueError(f"mean/std have {mean_a.size}/{std_a.size} values, the model input has {channels}")
@@ -92,7 +100,7 @@ class SceneWindowReader:
     def _scene_limits(
         self, path: Path, ds: rasterio.DatasetReader, idx: tuple[int, ...], size: int
     ) -> list[tuple[float, float]] | None:
-        if np.dtype(ds.dtypes[idx[0] - 1]) == np.uint8 and not self.rule.sar_db:
+        if self.raw or (np.dtype(ds.dtypes[idx[0] - 1]) == np.uint8 and not self.rule.sar_db):
             return None
         scale = max(1.0, max(ds.height, ds.width) / size)
         shape = (len(idx), max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
@@ -114,10 +122,15 @@ class SceneWindowReader:
                 raw = ds.read(list(idx), window=Window(col0, row0, w, h))
             except RasterioIOError as err:
                 raise RasterReadError(f"cannot read raster {path}: {err}") from err
-            rgb, ok = render_rgb(raw, ds.nodata, self.rule, limits=lim)
-            xs.append(rgb)
+            if self.raw:
+                ok = valid_mask(raw, ds.nodata)
+                xs.append(np.where(ok, raw, 0).astype(np.float32))
+            else:
+                rgb, ok = render_rgb(raw, ds.nodata, self.rule, limits=lim)
+                xs.append(rgb)
             valid &= ok
         x = (np.concatenate(xs).astype(np.float32) - self.mean) / self.std
+        x[:, ~valid] = 0.0  # nodata pixels carry no signal (and get no vote downstream)
         return x, valid
 
     def close(self) -> None:

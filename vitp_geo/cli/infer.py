@@ -1,0 +1,150 @@
+"""``vitp-geo infer``: tiled inference over a GeoTIFF scene with QGIS-ready outputs.
+
+Argument wiring only; the engine is ``vitp_geo.tiling.engine.segment_scene``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitp_geo.io.raster import RenderRule, open_raster
+from vitp_geo.io.styles import ClassStyle
+from vitp_geo.tiling.blending import BlendMode
+from vitp_geo.tiling.distributed import RankInfo, env_rank_info, spawn_ranks
+from vitp_geo.tiling.engine import EngineConfig, InferenceSummary, SegmentationOutputs, segment_scene
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "infer", help="tiled inference over a GeoTIFF scene, QGIS-ready outputs",
+        description="Run a fine-tuned checkpoint over a whole GeoTIFF scene, streaming window by window, "
+        "and write a Cloud-Optimized GeoTIFF class map (colour table, category names, QGIS .qml), "
+        "optionally class probabilities and a styled GeoPackage of polygons.",
+    )
+    p.add_argument("scene", type=Path, help="input GeoTIFF (the 'before' image for change models)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by `vitp-geo finetune`")
+    p.add_argument("--out", type=Path, required=True, help="class map COG to write (.tif)")
+    p.add_argument("--after", type=Path, default=None, help="the 'after' image (change models only)")
+    p.add_argument("--vector", type=Path, default=None, help="also write polygons to this GeoPackage")
+    p.add_argument("--probabilities", type=Path, default=None, help="also write per-class probabilities (COG)")
+    p.add_argument("--probability-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--tile-size", type=int, default=None, help="window side in pixels (default: the checkpoint's)")
+    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a window shared with neighbours")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per model call (per device)")
+    p.add_argument("--blend", choices=[m.value for m in BlendMode], default="cosine")
+    p.add_argument("--bands", type=str, default=None,
+                   help="1-based bands to read, e.g. 1,2,3 (default: the checkpoint's)")
+    p.add_argument("--min-area", type=int, default=0, help="drop polygons smaller than this many pixels")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes to shard windows over (one per GPU when CUDA is available, else CPU)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"--bands must be comma-separated integers, got {text!r}") from None
+    if not bands or min(bands) < 1:
+        raise ValueError(f"--bands are 1-based and non-empty, got {text!r}")
+    return bands
+
+
+class ModulePredictor:
+    """Wrap an ``nn.Module`` as the engine's predictor on one device."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        self.module, self.device = module.to(device).eval(), device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(x.to(self.device, non_blocking=True)).float().cpu()
+
+
+def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
+    from vitp_geo.tasks.loading import load_inference_model
+
+    ckpt: Path = opts["checkpoint"]
+    module, card = load_inference_model(ckpt)
+    if card.task not in ("segmentation", "change"):
+        raise ValueError(f"{ckpt}: task {card.task!r} is not supported by infer yet (segmentation, change)")
+    scenes = [opts["scene"]]
+    if card.task == "change":
+        if opts["after"] is None:
+            raise ValueError(f"{ckpt} is a change model: give the second date with --after")
+        scenes.append(opts["after"])
+    elif opts["after"] is not None:
+        raise ValueError(f"--after is only for change models; {ckpt} is a {card.task} model")
+    channels = len(card.bands)
+    bands = opts["bands"] or tuple(card.bands)
+    raw_input = channels != 3  # 3-channel models read the documented render rule, others raw bands
+    if raw_input and len(bands) != channels:
+        raise ValueError(f"{ckpt} takes {channels} band(s) {card.bands}, --bands gives {len(bands)}")
+    render = {k: v for k, v in card.render.items() if k in ("percentiles", "sar_db")}
+    if "percentiles" in render:
+        render["percentiles"] = tuple(render["percentiles"])
+    rule = RenderRule(bands=bands, **render)
+    for path in scenes:  # a clear band-count error before any work
+        with open_raster(path) as src:
+            count = src.count
+        if max(bands) > count:
+            raise ValueError(f"{path} has {count} band(s) but the checkpoint {ckpt.name} reads bands {list(bands)} "
+                             "(pick others with --bands)")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", rank.rank % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+    cfg = EngineConfig(
+        tile_size=opts["tile_size"] or card.tile_size, overlap=opts["overlap"], batch_size=opts["batch_size"],
+        blend=BlendMode(opts["blend"]), activation="softmax", progress=opts["progress"],
+    )
+    outputs = SegmentationOutputs(
+        class_map=opts["out"], probabilities=opts["probabilities"], vector=opts["vector"],
+        probability_dtype=opts["probability_dtype"], min_area_px=opts["min_area"],
+    )
+    st = ckpt.stat()
+    return segment_scene(
+        scenes, ModulePredictor(module, device), ClassStyle(card.class_names, card.class_colors), outputs,
+        rule=rule, mean=card.mean, std=card.std, config=cfg, raw_input=raw_input, resume=opts["resume"],
+        model_id=f"{ckpt.resolve()}:{st.st_size}:{st.st_mtime_ns}", rank=rank,
+    )
+
+
+def _spawned(opts: dict[str, Any], rank: RankInfo) -> None:
+    summary = _run_rank(opts, rank)
+    if summary is not None:
+        print("\n".join(summary.lines()), file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.scene.exists():
+        raise FileNotFoundError(f"scene not found: {args.scene}")
+    if args.out.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"--out must be a .tif, got {args.out}")
+    if args.vector is not None and args.vector.suffix.lower() != ".gpkg":
+        raise ValueError(f"--vector must be a .gpkg, got {args.vector}")
+    if args.devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
+    opts = dict(
+        scene=args.scene, checkpoint=args.checkpoint, out=args.out, after=args.after, vector=args.vector,
+        probabilities=args.probabilities, probability_dtype=args.probability_dtype, tile_size=args.tile_size,
+        overlap=args.overlap, batch_size=args.batch_size, blend=args.blend, bands=_parse_bands(args.bands),
+        min_area=args.min_area, resume=args.resume, progress=not args.no_progress,
+    )
+    env = env_rank_info()  # launched by torchrun
+    if env is not None:
+        _spawned(opts, env)
+    elif args.devices > 1:
+        spawn_ranks(functools.partial(_spawned, opts), args.devices)
+    else:
+        _spawned(opts, RankInfo())
+    return 0
