@@ -49,7 +49,7 @@ def polygonize_rows(
     for r0 in range(0, height, strip_rows):
         r1 = min(height, r0 + strip_rows)
         cls, conf = read_rows(r0, r1)
-        t = transform * Affine.translation(0, r0)
+        t = transform @ Affine.translation(0, r0)
         valid = cls != nodata
         if not valid.any():
             continue

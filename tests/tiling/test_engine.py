@@ -1,0 +1,137 @@
+"""The streaming engine end to end with models whose answer is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from toy_models import N_CLASSES, InterruptAfter, PixelModel, pixel_function, write_test_scene
+
+from vitp_geo.io.styles import ClassStyle
+from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
+from vitp_geo.tiling.distributed import RankInfo, spawn_ranks
+from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene, work_dir_for
+
+CLASSES = ClassStyle(CLASS_NAMES, CLASS_COLORS)
+CFG = EngineConfig(tile_size=64, overlap=0.25, batch_size=3, activation="none", progress=False)
+
+
+def _run(scene: Path, out: Path, model=None, **kw) -> object:
+    outputs = SegmentationOutputs(out / "pred.tif", out / "probs.tif", kw.pop("vector", None))
+    return segment_scene(scene, model or PixelModel(), CLASSES, outputs, config=kw.pop("config", CFG), **kw)
+
+
+def test_known_function_comes_back_across_seams(tmp_path: Path) -> None:
+    img = write_test_scene(tmp_path / "scene.tif", (150, 170), nodata_box=(0, 64, 40, 120))
+    summary = _run(tmp_path / "scene.tif", tmp_path)
+    expected = pixel_function(img[0].astype(np.float32) / 255.0)  # (K, H, W)
+    nodata = (img == 0).all(axis=0)
+    with rasterio.open(tmp_path / "pred.tif") as pred, rasterio.open(tmp_path / "probs.tif") as probs, \
+            rasterio.open(tmp_path / "scene.tif") as src:
+        assert (pred.crs, pred.transform, pred.width, pred.height) == (src.crs, src.transform, src.width, src.height)
+        cls, p = pred.read(1), probs.read()
+        assert pred.nodata == 255 and pred.colormap(1)[1] == (*CLASS_COLORS[1], 255)
+        assert probs.count == N_CLASSES and probs.dtypes[0] == "float32"
+    # blended probabilities equal the function at every valid pixel, seams and shifted edges included
+    np.testing.assert_allclose(p[:, ~nodata], expected[:, ~nodata], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(cls[~nodata], expected.argmax(0)[~nodata])
+    # nodata pixels get no vote: nodata in every output
+    assert (cls[nodata] == 255).all() and np.isnan(p[:, nodata]).all()
+    # the window at rows 0-64, cols 48-112 is all nodata and was skipped, not run
+    assert summary.windows_skipped == 1 and summary.windows_run == summary.windows_total - 1
+    assert not work_dir_for(tmp_path / "pred.tif").exists()
+    aux = (tmp_path / "pred.tif.aux.xml").read_text()
+    assert all(f"<Category>{n}</Category>" in aux for n in CLASS_NAMES)
+
+
+def test_cog_has_overviews_for_bigger_scenes(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (700, 300))
+    _run(tmp_path / "scene.tif", tmp_path, config=EngineConfig(tile_size=256, overlap=0.1, activation="none",
+                                                             progress=False))
+    with rasterio.open(tmp_path / "pred.tif") as pred:
+        assert pred.overviews(1) and pred.profile["blockxsize"] == 512
+        assert pred.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_resume_is_bit_identical(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (200, 190), nodata_box=(70, 140, 0, 60))
+    (tmp_path / "a").mkdir()
+    _run(tmp_path / "scene.tif", tmp_path / "a")
+    cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0})
+    b = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "scene.tif", b, model=InterruptAfter(PixelModel(), 5), config=cfg)
+    assert not (b / "pred.tif").exists() and not (b / "probs.tif").exists()  # nothing under a final name
+    assert work_dir_for(b / "pred.tif").exists()
+    summary = _run(tmp_path / "scene.tif", b, config=cfg, resume=True)
+    assert summary.resumed_from_row > 0  # it continued, it did not start over
+    for name in ("pred.tif", "probs.tif"):
+        assert (tmp_path / "a" / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (130, 130))
+    cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0})
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "scene.tif", tmp_path, model=InterruptAfter(PixelModel(), 2), config=cfg)
+    other = EngineConfig(**{**cfg.__dict__, "overlap": 0.5})
+    with pytest.raises(ValueError, match="cannot resume"):
+        _run(tmp_path / "scene.tif", tmp_path, config=other, resume=True)
+
+
+def test_rotated_geotransform_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.tif"
+    t = Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5e6)
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=t) as dst:
+        dst.write(np.full((3, 40, 40), 7, np.uint8))
+    with pytest.raises(ValueError, match="rotated geotransform"):
+        _run(path, tmp_path)
+    assert not (tmp_path / "pred.tif").exists() and not work_dir_for(tmp_path / "pred.tif").exists()
+
+
+def test_wrong_score_channels_is_a_clear_error(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (64, 64))
+    with pytest.raises(ValueError, match=r"expected \(B, 5, 64, 64\)"):
+        _run(tmp_path / "scene.tif", tmp_path, model=lambda x: x[:, :2])
+
+
+def test_vector_layer_matches_class_map(tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    write_test_scene(tmp_path / "scene.tif", (150, 170), nodata_box=(0, 40, 0, 40))
+    _run(tmp_path / "scene.tif", tmp_path, vector=tmp_path / "pred.gpkg")
+    frame = gpd.read_file(tmp_path / "pred.gpkg", layer="pred")
+    with rasterio.open(tmp_path / "pred.tif") as pred:
+        cls, px_area = pred.read(1), abs(pred.transform.a * pred.transform.e)
+        assert frame.crs == pred.crs
+    for k in range(N_CLASSES):  # every pixel of every class is in exactly one polygon
+        sel = frame[frame.class_id == k]
+        assert sel.pixels.sum() == (cls == k).sum()
+        np.testing.assert_allclose(sel.geometry.area.sum(), (cls == k).sum() * px_area)
+        np.testing.assert_allclose(sel.area, sel.geometry.area)
+        assert (sel.class_name == CLASS_NAMES[k]).all()
+    assert frame.score.between(0, 1).all()
+
+
+def _rank_job(args: tuple[str, str], rank: RankInfo) -> None:
+    scene, out = args
+    segment_scene(scene, PixelModel(), CLASSES, SegmentationOutputs(Path(out) / "pred.tif", Path(out) / "probs.tif"),
+                  config=EngineConfig(tile_size=64, overlap=0.25, batch_size=2, activation="none", progress=False),
+                  rank=rank)
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_result(tmp_path: Path) -> None:
+    import functools
+
+    write_test_scene(tmp_path / "scene.tif", (150, 200), nodata_box=(0, 64, 0, 64))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _rank_job((str(tmp_path / "scene.tif"), str(tmp_path / "one")), RankInfo())
+    spawn_ranks(functools.partial(_rank_job, (str(tmp_path / "scene.tif"), str(tmp_path / "two"))), 2)
+    for name in ("pred.tif", "probs.tif"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
