@@ -46,7 +46,7 @@ def box_polygon(b: Sequence[float]) -> Polygon:
 
 def to_map(poly: Polygon, transform: Affine) -> Polygon:
     """Pixel (col, row) polygon → map coordinates."""
-    return Polygon([transform * (x, y) for x, y in poly.exterior.coords])
+    return Polygon([transform @ (x, y) for x, y in poly.exterior.coords])
 
 
 def nms_polygons(polys: Sequence[Polygon], scores: Sequence[float], iou_threshold: float) -> list[int]:
