@@ -1,1 +1,23 @@
-"""tasks"""
+"""Downstream tasks on a ViTP backbone: torchgeo tasks for segmentation and change detection.
+
+Importing this package registers the ``vitp_*`` backbones with timm, so they can be named
+wherever torchgeo accepts timm ViT names (e.g. ``ChangeDetectionTask(model="changevit",
+backbone="vitp_tiny_patch14_224")`` or ``SemanticSegmentationTask(model="dpt",
+backbone="tu-vitp_tiny_patch14_224")``).
+"""
+
+from vitp_geo.tasks.change import ChangeDetectionTask
+from vitp_geo.tasks.loading import (
+    load_inference_model,
+    save_tiny_checkpoint,
+    save_tiny_segmentation_checkpoint,
+)
+from vitp_geo.tasks.segmentation import SegmentationTask
+
+__all__ = [
+    "ChangeDetectionTask",
+    "SegmentationTask",
+    "load_inference_model",
+    "save_tiny_checkpoint",
+    "save_tiny_segmentation_checkpoint",
+]

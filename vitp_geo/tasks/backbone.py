@@ -1,0 +1,161 @@
+"""The fine-tuning backbone: build or load a timm ViT, adapt its input bands, describe it for rebuilding.
+
+Extra bands (multispectral, SAR) — the rule, applied to the patch-embedding convolution
+``W`` of shape (D, 3, p, p) pretrained on RGB when the task has ``C != 3`` input channels:
+
+1. ``rgb_channels`` names which input channels are red, green and blue (0-based, default the
+   first three when ``C >= 3``). Those channels keep their pretrained filters ``W[:, 0..2]``.
+2. Every other channel (NIR, SWIR, SAR polarisations, ...) starts from the mean RGB filter
+   ``W.mean(dim=1)``; with ``C == 1`` (single SAR band, panchromatic) the one channel gets the
+   sum of the three RGB filters (a grey image then gives exactly the RGB model's response).
+3. For ``C > 3`` all filters are scaled by ``3 / C`` so that the response to an input whose
+   channels are equal keeps the magnitude the pretrained model saw.
+
+This is the rule of timm's ``adapt_input_conv`` with the RGB channels placed where the user's
+bands say they are. The adapted filters are then fine-tuned like every other weight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import vitp_geo.models  # noqa: F401  (registers the vitp_* models with timm)
+from vitp_geo.models.pyramid import enable_dynamic_size, patch_size_of
+from vitp_geo.models.vit import load_backbone
+
+
+def adapt_patch_embed(vit: VisionTransformer, in_chans: int, rgb_channels: list[int] | None = None) -> None:
+    """Change the number of input channels of ``vit`` in place by the rule in the module doc.
+
+    Args:
+        vit: a timm ViT whose patch embedding has 3 input channels.
+        in_chans: the task's channel count C.
+        rgb_channels: 0-based positions of R, G, B among the C channels (C >= 3 only).
+    """
+    conv = vit.patch_embed.proj
+    old = int(conv.in_channels)
+    if in_chans == old:
+        return
+    if in_chans < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_chans}")
+    if old != 3:
+        raise ValueError(f"can only adapt an RGB (3-channel) patch embedding, this one has {old} channels")
+    weight = conv.weight.detach()  # (D, 3, p, p)
+    if in_chans == 1:
+        new = weight.sum(dim=1, keepdim=True)
+    else:
+        rgb = list(rgb_channels) if rgb_channels is not None else ([0, 1, 2] if in_chans >= 3 else [])
+        if len(rgb) not in (0, 3) or len(set(rgb)) != len(rgb) or any(not 0 <= c < in_chans for c in rgb):
+            raise ValueError(f"rgb_channels must be 3 distinct indexes in [0, {in_chans}), got {rgb_channels}")
+        new = weight.mean(dim=1, keepdim=True).repeat(1, in_chans, 1, 1)
+        for src, dst in enumerate(rgb):
+            new[:, dst] = weight[:, src]
+        new = new * (3.0 / in_chans) if in_chans > 3 else new
+    new_conv = torch.nn.Conv2d(
+        in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
+    with torch.no_grad():
+        new_conv.weight.copy_(new)
+        if conv.bias is not None:
+            new_conv.bias.copy_(conv.bias)
+    vit.patch_embed.proj = new_conv
+
+
+def build_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    img_size: int | None = None,
+    in_channels: int = 3,
+    rgb_channels: list[int] | None = None,
+    drop_path_rate: float = 0.0,
+) -> VisionTransformer:
+    """The ViT a task fine-tunes.
+
+    Args:
+        name: a timm ViT name (``vitp_tiny_patch14_112``, ``vit_intern300m_patch14_448``,
+            ``vit_base_patch16_224``, ...). Ignored for the architecture when ``weights`` has a
+            ``backbone.json`` beside it (``vitp-geo pretrain`` output).
+        weights: ``backbone.safetensors`` / released ViTP or InternViT file; None = random init.
+        img_size: training tile size (position embeddings are resized to it; any size works at
+            run time). None keeps the model's default.
+        in_channels: input channels; RGB filters are adapted by :func:`adapt_patch_embed`.
+        rgb_channels: positions of R, G, B among the inputs.
+        drop_path_rate: stochastic depth while fine-tuning.
+
+    Returns:
+        A timm ``VisionTransformer`` accepting any input size, with ``num_classes=0``.
+    """
+    if weights is not None:
+        vit = load_backbone(weights, img_size=img_size)
+        if drop_path_rate > 0:
+            _set_drop_path(vit, drop_path_rate)
+        vit.train()
+    else:
+        if name not in timm.list_models():
+            raise ValueError(f"unknown backbone {name!r}: not a timm model name (e.g. vitp_tiny_patch14_112)")
+        kwargs: dict[str, Any] = {"num_classes": 0, "drop_path_rate": drop_path_rate}
+        if img_size is not None:
+            kwargs["img_size"] = img_size
+        vit = timm.create_model(name, pretrained=False, **kwargs)
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"backbone {name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
+    adapt_patch_embed(vit, in_channels, rgb_channels)
+    return enable_dynamic_size(vit)
+
+
+def _set_drop_path(vit: VisionTransformer, rate: float) -> None:
+    from timm.layers import DropPath
+
+    n = len(vit.blocks)
+    for i, block in enumerate(vit.blocks):
+        p = rate * i / max(1, n - 1)
+        block.drop_path1 = DropPath(p) if p > 0 else torch.nn.Identity()
+        block.drop_path2 = DropPath(p) if p > 0 else torch.nn.Identity()
+
+
+def describe_backbone(vit: VisionTransformer) -> dict[str, Any]:
+    """What :func:`rebuild_backbone` needs to recreate ``vit`` (untrained) with the same shapes.
+
+    Returns:
+        ``{"name": timm architecture, "kwargs": {img_size, patch_size, embed_dim, depth,
+        num_heads, mlp_ratio, in_chans, num_classes}}`` — plain JSON types.
+    """
+    cfg = getattr(vit, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise ValueError("cannot describe a backbone that was not created through timm.create_model")
+    grid = vit.patch_embed.grid_size
+    patch = patch_size_of(vit)
+    embed_dim = int(vit.embed_dim)
+    return {
+        "name": str(name),
+        "kwargs": {
+            "img_size": [int(grid[0] * patch), int(grid[1] * patch)],
+            "patch_size": patch,
+            "embed_dim": embed_dim,
+            "depth": len(vit.blocks),
+            "num_heads": int(vit.blocks[0].attn.num_heads),
+            "mlp_ratio": vit.blocks[0].mlp.fc1.out_features / embed_dim,
+            "in_chans": int(vit.patch_embed.proj.in_channels),
+            "num_classes": 0,
+        },
+    }
+
+
+def rebuild_backbone(description: dict[str, Any]) -> VisionTransformer:
+    """An untrained ViT with the shapes of :func:`describe_backbone`'s output (weights come from a checkpoint)."""
+    try:
+        name, kwargs = description["name"], dict(description["kwargs"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"backbone description needs 'name' and 'kwargs', got {description!r}") from err
+    kwargs["img_size"] = tuple(kwargs["img_size"])
+    if name not in timm.list_models():
+        raise ValueError(f"unknown backbone architecture {name!r} in the checkpoint")
+    vit = timm.create_model(name, pretrained=False, **kwargs)
+    return enable_dynamic_size(vit)

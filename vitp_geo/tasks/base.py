@@ -1,0 +1,192 @@
+"""Shared machinery of the dense ViTP tasks (segmentation, change): a torchgeo ``BaseTask``.
+
+Subclasses set ``KIND`` and build ``self.model`` in ``configure_models``; this class gives them
+the loss, the confusion-matrix metrics, layer-wise lr decay, freezing, the learning-rate
+schedule and the ``ModelCard`` written into every checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import Tensor
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from torchgeo.trainers import BaseTask
+
+from vitp_geo.io.model_card import CARD_KEY, ModelCard
+from vitp_geo.tasks.losses import build_loss
+from vitp_geo.tasks.metrics import confusion_metric
+from vitp_geo.tasks.optim import lr_factor, param_groups
+
+BACKBONE_PREFIX = "model.neck.backbone."
+# Distinct default colours for up to 12 classes (class 0 black, as for background / no change).
+DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+)
+
+
+class DenseTask(BaseTask):
+    """Base for ``SegmentationTask`` and ``ChangeDetectionTask`` (not used directly)."""
+
+    KIND = "segmentation"
+    monitor = "val_mIoU"
+    mode = "max"
+
+    # ------------------------------------------------------------------ configure_*
+    def configure_losses(self) -> None:
+        """The loss named by ``loss`` with ``ignore_index`` and ``class_weights``."""
+        self.criterion = build_loss(self.hparams["loss"], self.hparams["ignore_index"], self.hparams["class_weights"])
+
+    def configure_metrics(self) -> None:
+        """A confusion matrix per stage; all scores are derived from it (see ``tasks.metrics``)."""
+        k, ignore = self.num_classes, self.hparams["ignore_index"]
+        self.train_confusion = confusion_metric(k, ignore)
+        self.val_confusion = confusion_metric(k, ignore)
+        self.test_confusion = confusion_metric(k, ignore)
+
+    def _apply_freezing(self) -> None:
+        vit = self.backbone
+        if self.hparams["freeze_backbone"]:
+            vit.requires_grad_(False)
+            return
+        n = int(self.hparams["freeze_blocks"])
+        if not 0 <= n <= len(vit.blocks):
+            raise ValueError(f"freeze_blocks must be in [0, {len(vit.blocks)}], got {n}")
+        if n > 0:
+            for part in (vit.patch_embed, *vit.blocks[:n]):
+                part.requires_grad_(False)
+            for name in ("cls_token", "pos_embed", "reg_token"):
+                p = getattr(vit, name, None)
+                if isinstance(p, torch.nn.Parameter):
+                    p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        return int(self.hparams["num_classes"])
+
+    @property
+    def backbone(self) -> Any:
+        """The timm ViT inside the model."""
+        return self.model.neck.backbone
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.hparams.get("class_names")
+        if names is None:
+            return [f"class_{i}" for i in range(self.num_classes)]
+        return list(names)
+
+    # ------------------------------------------------------------------ steps
+    def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch["image"], batch["mask"]
+        if y.ndim == 4 and y.shape[1] == 1:  # (B, 1, H, W) → (B, H, W)
+            y = y[:, 0]
+        return x.float(), y.long()
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        x, y = self._inputs(batch)
+        logits = self(x)  # (B, K, H, W)
+        loss: Tensor = self.criterion(logits, y)
+        self.log(f"{stage}_loss", loss, batch_size=x.shape[0], prog_bar=stage != "test", on_epoch=True, on_step=stage == "train")
+        getattr(self, f"{stage}_confusion").update(logits.argmax(dim=1), y)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities (B, K, H, W)."""
+        return self(batch["image"].float()).softmax(dim=1)
+
+    def _log_scores(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_confusion")
+        if not metric.update_called:
+            return
+        scores = self.compute_scores(metric.compute())
+        self.log_dict({f"{stage}_{k}": v for k, v in scores.items()}, sync_dist=False)
+        metric.reset()
+
+    def compute_scores(self, cm: Tensor) -> dict[str, float]:
+        """Loggable scores from a confusion matrix (per task; see subclasses)."""
+        raise NotImplementedError
+
+    def on_train_epoch_end(self) -> None:
+        self._log_scores("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """AdamW with layer-wise lr decay, linear warm-up then poly / cosine / constant per step."""
+        groups = param_groups(
+            self,
+            lr=self.hparams["lr"],
+            weight_decay=self.hparams["weight_decay"],
+            layer_decay=self.hparams["layer_decay"],
+            depth=len(self.backbone.blocks),
+            backbone_prefix=BACKBONE_PREFIX,
+        )
+        optimizer = AdamW(groups, lr=self.hparams["lr"], betas=(0.9, 0.999))
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        warmup, schedule = int(self.hparams["warmup_steps"]), str(self.hparams["schedule"])
+        lr_factor(0, total, warmup, schedule)  # validates the schedule name early
+        scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ the model card
+    def _datamodule_attr(self, name: str) -> Any:
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return getattr(dm, name, None)
+
+    def _channel_stats(self, key: str, default: float, channels: int) -> list[float]:
+        value = self.hparams.get(key)
+        if value is None:
+            value = self._datamodule_attr(key)
+        if value is None:
+            return [default] * channels
+        values = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise ValueError(f"{key} has {len(values)} values but the model takes {channels} channels")
+        return [float(v) for v in values]
+
+    def model_card(self) -> ModelCard:
+        """What ``vitp-geo infer`` needs: classes, colours, bands, statistics, tile size, arch."""
+        c = int(self.hparams["in_channels"])
+        colors = self.hparams.get("class_colors")
+        if colors is None:
+            colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(self.num_classes)]
+        tile = self.hparams.get("img_size") or self._datamodule_attr("patch_size") or self.backbone.patch_embed.img_size[0]
+        if isinstance(tile, tuple | list):
+            tile = tile[0]
+        return ModelCard(
+            task=self.KIND,
+            class_names=self.class_names,
+            class_colors=[tuple(int(v) for v in col) for col in colors],
+            bands=list(self.hparams.get("bands") or range(1, c + 1)),
+            mean=self._channel_stats("mean", 0.0, c),  # torchgeo's convention: x / 255 by default
+            std=self._channel_stats("std", 255.0, c),
+            tile_size=int(tile),
+            arch=dict(self.arch),
+            render=dict(self.hparams.get("render") or {}),
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CARD_KEY] = self.model_card().to_dict()
