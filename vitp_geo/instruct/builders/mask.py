@@ -125,10 +125,10 @@ class MaskSource:
         askable = [j for j, name in enumerate(names) if name != BACKGROUND]
         present = [j for j in askable if shares[j] >= self.min_share]
         absent = [j for j in askable if shares[j] == 0]
-        for pool, answer in ((present, True), (absent, False)):
+        for pool, is_present in ((present, True), (absent, False)):
             if pool:
                 j = pool[int(rng.integers(len(pool)))]
-                rec(T.pick(rng, "presence", **T.class_fields(names[j])), T.yes_no(rng, answer), "presence")
+                rec(T.pick(rng, "presence", **T.class_fields(names[j])), T.yes_no(rng, is_present), "presence")
         order = np.argsort(-shares, kind="stable")
         if len(names) >= 2 and shares[order[0]] - shares[order[1]] >= 0.05:
             rec(T.pick(rng, "dominant"), T.singular(names[order[0]]), "dominant")

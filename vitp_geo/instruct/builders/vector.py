@@ -202,10 +202,10 @@ class VectorSource:
                         break
         positives = sorted(by_class)
         negatives = [c for c in labels.vocabulary if c not in by_class and c not in ambiguous]
-        for pool, answer in ((positives, True), (negatives, False)):
+        for pool, is_present in ((positives, True), (negatives, False)):
             if pool:
                 cls = pool[int(rng.integers(len(pool)))]
-                rec(T.pick(rng, "presence", **T.class_fields(cls)), T.yes_no(rng, answer), "presence")
+                rec(T.pick(rng, "presence", **T.class_fields(cls)), T.yes_no(rng, is_present), "presence")
         rec(T.pick(rng, "description"), self._describe(raster, tile, by_class), "description")
         return out
 
