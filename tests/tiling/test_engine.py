@@ -82,15 +82,21 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
         _run(tmp_path / "scene.tif", tmp_path, config=other, resume=True)
 
 
-def test_rotated_geotransform_is_refused(tmp_path: Path) -> None:
+def test_rotated_geotransform_is_kept_exactly(tmp_path: Path) -> None:
     path = tmp_path / "rotated.tif"
-    t = Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5e6)
-    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=t) as dst:
-        dst.write(np.full((3, 40, 40), 7, np.uint8))
-    with pytest.raises(ValueError, match="rotated geotransform"):
-        _run(path, tmp_path)
-    assert not (tmp_path / "pred.tif").exists() and not work_dir_for(tmp_path / "pred.tif").exists()
+    t = Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5e6)  # rotated: everything stays on the pixel grid
+    img = write_test_scene(tmp_path / "north_up.tif", (80, 90))
+    with rasterio.open(path, "w", driver="GTiff", width=90, height=80, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=t, nodata=0) as dst:
+        dst.write(img)
+    _run(path, tmp_path, vector=tmp_path / "v.gpkg")
+    with rasterio.open(tmp_path / "pred.tif") as pred:
+        assert pred.transform == t and pred.crs.to_epsg() == 32633
+        np.testing.assert_array_equal(pred.read(1), pixel_function(img[0] / 255.0).argmax(0))
+    import geopandas as gpd
+
+    frame = gpd.read_file(tmp_path / "v.gpkg", layer="v")
+    np.testing.assert_allclose(frame.geometry.area.sum(), 80 * 90 * abs(t.determinant))  # polygons rotated too
 
 
 def test_wrong_score_channels_is_a_clear_error(tmp_path: Path) -> None:

@@ -55,12 +55,8 @@ class SceneWindowReader:
         self.datasets = [open_raster(p) for p in self.paths]
         first = self.datasets[0]
         for path, ds in zip(self.paths, self.datasets, strict=True):
-            t = ds.transform
-            if not t.is_rectilinear:
-                raise ValueError(
-                    f"{path} has a rotated geotransform {tuple(t)[:6]}; warp it to a north-up grid "
-                    "first (gdalwarp) — rotated rasters are not supported"
-                )
+            if ds.transform.is_identity and ds.crs is None and ds.gcps[0]:
+                raise ValueError(f"{path} is georeferenced by GCPs only; warp it to a grid first (gdalwarp)")
             if (ds.height, ds.width, ds.transform, ds.crs) != (first.height, first.width, first.transform, first.crs):
                 raise ValueError(f"{path} is not on the same grid as {self.paths[0]}")
         self.band_index: list[tuple[int, ...]] = []
