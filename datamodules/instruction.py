@@ -137,17 +137,20 @@ class InstructionDataModule(L.LightningDataModule):
             )
 
     def _world(self) -> tuple[int, int]:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
     def _consumed_batches(self) -> int:
         """Batches this rank completed in the current epoch before a resume (0 on a fresh run)."""
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        # A checkpoint written in on_train_batch_end holds the batch as processed but not yet
+        # completed; Lightning resumes after it, so skip every processed batch.
+        current = trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(max(current.processed, current.completed))
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         self.setup("fit")

@@ -18,7 +18,7 @@ def test_objects_lie_on_their_mask_class():
     inv = ~scene.transform
     for obj in buildings:
         centroid = obj["geometry"].centroid  # map coordinates
-        col, row = inv * (centroid.x, centroid.y)
+        col, row = inv @ (centroid.x, centroid.y)
         assert scene.mask[int(row), int(col)] == CLASS_NAMES.index("building")
         assert obj["geometry"].contains(Point(centroid.x, centroid.y))
 

@@ -31,7 +31,7 @@ class PretrainConfig:
     # Optimisation. Tiny default: a high lr so a few hundred CPU steps visibly learn.
     # Paper (configs/pretrain/rs.yaml): lr 2e-5, 8000 steps, global batch 128, warmup 0.2, wd 0.01.
     lr: float = 1e-3
-    max_steps: int = 120
+    max_steps: int = 200
     batch_size: int = 8  # per device
     accumulate: int = 1  # gradient accumulation; global batch = batch_size · accumulate · devices
     warmup_ratio: float = 0.1  # share of max_steps spent in linear warm-up before the cosine decay

@@ -24,6 +24,7 @@ class MetricsCSV(L.Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._t: float | None = None
+        self._lr = 0.0
         self.rows: list[dict[str, float]] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -32,6 +33,10 @@ class MetricsCSV(L.Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(COLUMNS)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # The scheduler steps after the optimizer: read the lr this step actually uses now.
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -45,7 +50,7 @@ class MetricsCSV(L.Callback):
         row = {
             "step": trainer.global_step,
             "loss": float(loss.detach().float()),
-            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+            "lr": self._lr,
             "kept_image_tokens": getattr(pl_module, "last_kept_tokens", 0),
             "image_tokens": getattr(pl_module, "last_image_tokens", 0),
             "images_per_s": getattr(pl_module, "last_tiles", 0) / elapsed,

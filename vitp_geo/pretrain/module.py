@@ -39,6 +39,8 @@ class ViTPPretrainModule(L.LightningModule):
         max_steps: total optimizer steps (sets the cosine schedule).
         freeze_vision, freeze_projector, freeze_llm: keep these parts fixed.
         max_nonfinite: consecutive non-finite losses tolerated before stopping.
+        seed: every batch reseeds the RNGs from ``(seed, epoch, batch index, rank)``, so VRL drops and
+            drop-path are reproducible and a resumed run continues exactly as an uninterrupted one.
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class ViTPPretrainModule(L.LightningModule):
         freeze_projector: bool = False,
         freeze_llm: bool = False,
         max_nonfinite: int = 10,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = lr, weight_decay, warmup_ratio, max_steps
         self.max_nonfinite = max_nonfinite
+        self.seed = seed
         for part, frozen in (("vision_model", freeze_vision), ("mlp1", freeze_projector), ("language_model", freeze_llm)):
             for p in getattr(model, part).parameters():
                 p.requires_grad_(not frozen)
@@ -68,6 +72,11 @@ class ViTPPretrainModule(L.LightningModule):
         self.last_kept_tokens = 0
         self.last_image_tokens = 0
         self.last_tiles = 0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        step_seed = (((self.seed * 1_000_003 + self.current_epoch) * 1_000_033 + batch_idx) * 65_537 + self.global_rank) % (2**62)
+        torch.manual_seed(step_seed)
+        self.model.vrl_generator = torch.Generator().manual_seed(step_seed + 1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(

@@ -11,6 +11,7 @@ Outputs in the run folder:
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -122,6 +123,14 @@ def _corpus_texts(recipe: Path) -> list[str]:
     return texts
 
 
+def _launch_rank() -> int:
+    """This process's global rank as set by the launcher (torchrun, Lightning, SLURM); 0 if none."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
 def _resume_path(cfg: PretrainConfig, output: Path) -> str | None:
     if cfg.resume is None:
         return None
@@ -171,9 +180,10 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         freeze_projector=cfg.freeze_projector,
         freeze_llm=cfg.freeze_llm,
         max_nonfinite=cfg.max_nonfinite,
+        seed=cfg.seed,
     )
     metrics = MetricsCSV(output / "metrics.csv")
-    if ckpt_path is None and metrics.path.exists():
+    if ckpt_path is None and metrics.path.exists() and _launch_rank() == 0:
         metrics.path.unlink()  # a fresh run in an existing folder starts a fresh log
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
@@ -202,11 +212,11 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # The final state goes to last.ckpt even when max_steps is not a checkpoint multiple
+    # (a collective call: every rank takes part, rank 0 writes).
+    trainer.save_checkpoint(output / "checkpoints" / "last.ckpt")
     if not trainer.is_global_zero:
         return PretrainSummary(output, trainer.global_step, float("nan"), float("nan"), 0.0, 0, 0, None, 0.0)
-
-    # Make sure the final state is in last.ckpt even when max_steps is not a checkpoint multiple.
-    trainer.save_checkpoint(output / "checkpoints" / "last.ckpt")
     backbone, backbone_json = export_backbone(model.vision_model, output)
     _annotate_backbone_json(backbone_json, cfg)
     rows = read_metrics(metrics.path)

@@ -87,7 +87,7 @@ class ChangePair:
 
 
 def _pixel_polygon_to_map(poly: Polygon, transform: Affine) -> Polygon:
-    return Polygon([transform * (x, y) for x, y in poly.exterior.coords])
+    return Polygon([transform @ (x, y) for x, y in poly.exterior.coords])
 
 
 def _rasterize(polys: list[Polygon], height: int, width: int) -> np.ndarray:
@@ -253,7 +253,7 @@ def generate_change_pair(
     for obj in before.objects:
         geom = obj["geometry"]
         assert isinstance(geom, Polygon)
-        px = Polygon([inv * (x, y) for x, y in geom.exterior.coords])
+        px = Polygon([inv @ (x, y) for x, y in geom.exterior.coords])
         cid = int(obj["class_id"])  # type: ignore[call-overload]
         if cid == 1 and rng.random() < 0.3:  # demolished: back to background
             mask[_rasterize([px], height, width)] = 0

@@ -1,0 +1,149 @@
+"""End-to-end pretraining: the CLI default, outputs, resume, bad data, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from vitp_geo.cli.main import main
+from vitp_geo.instruct.recipe import RecipeEntry, save_recipe
+from vitp_geo.instruct.records import InstructionRecord
+from vitp_geo.pretrain.metrics import read_metrics
+
+FAST = ["--batch-size", "4", "--checkpoint-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    """The CLI's embedded default, shortened to 6 steps."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    assert main(["pretrain", "--domain", "rs", "--max-steps", "6", "--output", str(out), *FAST]) == 0
+    return out
+
+
+def test_default_writes_every_output(default_run: Path, capsys):
+    assert (default_run / "checkpoints" / "last.ckpt").is_file()
+    assert (default_run / "checkpoints" / "step000003.ckpt").is_file()
+    assert (default_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_metrics(default_run / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:  # VRL at r = 0.75 keeps ceil(0.25 n) per sample, so about a quarter overall
+        assert 0.2 * r["image_tokens"] <= r["kept_image_tokens"] <= 0.25 * r["image_tokens"] + 4
+        assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["images_per_s"] > 0
+
+
+def test_backbone_loads_with_plain_timm_and_matches_the_trained_tower(default_run: Path):
+    spec = json.loads((default_run / "backbone.json").read_text())
+    vit = timm.create_model(spec["arch"], pretrained=False, **spec["model_kwargs"])
+    weights = load_file(default_run / "backbone.safetensors")
+    vit.load_state_dict(weights)  # strict: the file is a complete timm state dict
+    assert spec["img_size"] == 112 and spec["patch_size"] == 14
+    ckpt = torch.load(default_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    tower = {k.removeprefix("model.vision_model."): v for k, v in ckpt["state_dict"].items()
+             if k.startswith("model.vision_model.")}
+    assert set(tower) == set(weights)
+    for key, value in weights.items():
+        assert torch.equal(value, tower[key]), key
+    features = vit.forward_features(torch.randn(1, 3, 112, 112))
+    assert features.shape == (1, 1 + 8 * 8, spec["embed_dim"])
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(default_run: Path, tmp_path: Path):
+    # Copy the run as it was at step 3 and resume it to step 6: the result must equal the original.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("corpus", "tokenizer"):
+        shutil.copytree(default_run / name, resumed / name)
+    rows = (default_run / "metrics.csv").read_text().splitlines()
+    (resumed / "metrics.csv").write_text("\n".join(rows[:4]) + "\n")  # header + steps 1..3
+    ckpt3 = default_run / "checkpoints" / "step000003.ckpt"
+    code = main(["pretrain", "--max-steps", "6", "--output", str(resumed), "--resume", str(ckpt3), *FAST])
+    assert code == 0
+    original = read_metrics(default_run / "metrics.csv")
+    again = read_metrics(resumed / "metrics.csv")
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(original[3:], again[3:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["kept_image_tokens"] == b["kept_image_tokens"]
+    w0 = load_file(default_run / "backbone.safetensors")
+    w1 = load_file(resumed / "backbone.safetensors")
+    for key in w0:
+        torch.testing.assert_close(w0[key], w1[key], rtol=1e-4, atol=1e-5)
+
+
+def _tiny_corpus(root: Path, lines: list[str]) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (112, 112), (90, 120, 60)).save(root / "images" / "a.png")
+    (root / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    return save_recipe(root / "recipe.json", [RecipeEntry("tiny", root, root / "annotations.jsonl")])
+
+
+def _line(image: str = "images/a.png") -> str:
+    rec = InstructionRecord(
+        "r", [image], [{"from": "human", "value": "<image>\nIs there water?"}, {"from": "gpt", "value": "No."}]
+    )
+    return json.dumps(rec.to_json())
+
+
+def test_bad_jsonl_line_is_named_and_no_backbone_is_written(tmp_path: Path, capsys):
+    recipe = _tiny_corpus(tmp_path / "data", [_line(), "{broken", _line()])
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(recipe), "--max-steps", "1", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'annotations.jsonl'}:2" in err and "not valid JSON" in err
+    assert not (out / "backbone.safetensors").exists()
+
+
+def test_skip_bad_samples_counts_them(tmp_path: Path, capsys):
+    recipe = _tiny_corpus(tmp_path / "data", [_line(), "{broken", _line("images/missing.png"), _line()])
+    out = tmp_path / "run"
+    code = main(["pretrain", "--data", str(recipe), "--max-steps", "2", "--batch-size", "2",
+                 "--output", str(out), "--skip-bad-samples"])
+    assert code == 0
+    assert "bad records    2 skipped" in capsys.readouterr().out
+    assert (out / "backbone.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("image", "message"), [("images/missing.png", "image not found"),
+                                                ("../../outside.png", "outside the recipe root")])
+def test_missing_or_escaping_image_is_refused(tmp_path: Path, capsys, image, message):
+    (tmp_path / "outside.png").write_bytes(b"")
+    recipe = _tiny_corpus(tmp_path / "data", [_line(image)])
+    assert main(["pretrain", "--data", str(recipe), "--max-steps", "1", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and image.split("/")[-1] in err
+
+
+def test_domain_without_embedded_corpus_says_what_to_pass(tmp_path: Path, capsys):
+    assert main(["pretrain", "--domain", "med", "--max-steps", "1", "--output", str(tmp_path / "r")]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_invalid_flag_value_is_named(capsys):
+    assert main(["pretrain", "--vrl-ratio", "1.5"]) == 2
+    assert "vrl-ratio must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path: Path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "vitp_geo.cli.main", "pretrain", "--max-steps", "3", "--batch-size", "2",
+           "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+    assert (out / "backbone.safetensors").is_file()
+    assert proc.stdout.count("ViTP pretraining finished") == 1  # one summary, from rank 0
