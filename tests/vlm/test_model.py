@@ -220,6 +220,7 @@ def test_training_forward_applies_vrl_and_keeps_answer_loss(tok):
     assert model(px, ids, mask, labels).logits.shape[1] == ids.shape[1]
 
 
+@pytest.mark.slow
 def test_tiny_vlm_loss_decreases_on_a_fixed_batch(tok):
     model = build_tiny_vlm(tok, llm_hidden=64, llm_layers=2, llm_intermediate=128, seed=0)
     model.vrl_generator = torch.Generator().manual_seed(0)

@@ -71,7 +71,9 @@ class CrossAttention(nn.Module):
         b, nq, d = query.shape
         h = self.num_heads
         q = self.q(self.norm_q(query)).reshape(b, nq, h, d // h).transpose(1, 2)  # (B, h, Nq, d/h)
-        k, v = self.kv(self.norm_kv(feat)).reshape(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)  # (B, h, Nk, d/h)
+        k, v = (
+            self.kv(self.norm_kv(feat)).reshape(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        )  # (B, h, Nk, d/h)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, Nq, d/h)
         return self.proj(out.transpose(1, 2).reshape(b, nq, d))
 
@@ -106,7 +108,9 @@ class SpatialPriorModule(nn.Module):
 
         def conv(cin: int, cout: int, stride: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             )
 
         self.stem = nn.Sequential(
@@ -162,7 +166,9 @@ class ViTAdapter(nn.Module):
         strides: ``(4, 8, 16, 32)``.
     """
 
-    def __init__(self, backbone: VisionTransformer, num_heads: int | None = None, prior_width: int = 64) -> None:
+    def __init__(
+        self, backbone: VisionTransformer, num_heads: int | None = None, prior_width: int = 64
+    ) -> None:
         super().__init__()
         enable_dynamic_size(backbone)
         self.backbone = backbone

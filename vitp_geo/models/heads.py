@@ -64,7 +64,8 @@ class UperNetHead(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.pool_scales = tuple(pool_scales)
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(in_channels[-1], channels, 1)) for s in self.pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(in_channels[-1], channels, 1))
+            for s in self.pool_scales
         )
         self.bottleneck = ConvBNReLU(in_channels[-1] + len(self.pool_scales) * channels, channels, 3)
         self.lateral = nn.ModuleList(ConvBNReLU(c, channels, 1) for c in in_channels[:-1])
@@ -104,7 +105,9 @@ class UNetHead(nn.Module):
         dropout: dropout before the classifier.
     """
 
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 64, dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: list[int], num_classes: int, channels: int = 64, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         _check_levels(in_channels)
         if num_classes < 1:
@@ -112,7 +115,9 @@ class UNetHead(nn.Module):
         widths = [channels * 2**i for i in range(4)]  # decoder width at strides 4, 8, 16, 32
         self.center = ConvBNReLU(in_channels[3], widths[3], 3)
         self.stages = nn.ModuleList(
-            nn.Sequential(ConvBNReLU(widths[i + 1] + in_channels[i], widths[i], 3), ConvBNReLU(widths[i], widths[i], 3))
+            nn.Sequential(
+                ConvBNReLU(widths[i + 1] + in_channels[i], widths[i], 3), ConvBNReLU(widths[i], widths[i], 3)
+            )
             for i in (2, 1, 0)
         )
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()

@@ -102,7 +102,9 @@ class SimpleFeaturePyramid(nn.Module):
         strides: ``(4, 8, 16, 32)``.
     """
 
-    def __init__(self, backbone: VisionTransformer, out_indices: tuple[int, ...] | list[int] | None = None) -> None:
+    def __init__(
+        self, backbone: VisionTransformer, out_indices: tuple[int, ...] | list[int] | None = None
+    ) -> None:
         super().__init__()
         depth = len(backbone.blocks)
         self.backbone = enable_dynamic_size(backbone)

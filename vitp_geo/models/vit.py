@@ -20,7 +20,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -37,6 +37,7 @@ __all__ = [
     "INTERN_LAYOUT_ARCH",
     "build_vision_tower",
     "checkpoint_filter_fn",
+    "create_vit",
     "convert_internvit_state_dict",
     "export_backbone",
     "load_backbone",
@@ -224,10 +225,25 @@ def resize_pos_embed(
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """timm hook: convert an InternViT / ViTP checkpoint and fit its pos-embed to ``model``."""
     out = convert_internvit_state_dict(state_dict)
-    if "pos_embed" in out and out["pos_embed"].shape != model.pos_embed.shape:
-        grid = model.patch_embed.grid_size
-        out["pos_embed"] = resize_pos_embed(out["pos_embed"], (grid[0], grid[1]), model.num_prefix_tokens)
+    if "pos_embed" in out and out["pos_embed"].shape != _pos_shape(model):
+        out["pos_embed"] = resize_pos_embed(out["pos_embed"], _grid(model), model.num_prefix_tokens)
     return out
+
+
+def _grid(vit: VisionTransformer) -> tuple[int, int]:
+    grid = cast(Any, vit.patch_embed).grid_size
+    return int(grid[0]), int(grid[1])
+
+
+def _pos_shape(vit: VisionTransformer) -> tuple[int, ...]:
+    return tuple(vit.pos_embed.shape) if vit.pos_embed is not None else ()
+
+
+def create_vit(arch: str, **kwargs: Any) -> VisionTransformer:
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"{arch} is not a timm VisionTransformer")
+    return model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,7 +319,7 @@ def build_vision_tower(
     if img_size is not None:
         _check_img_size(img_size, 14)
         kwargs["img_size"] = img_size
-    return timm.create_model(arch, pretrained=False, **kwargs)
+    return create_vit(arch, **kwargs)
 
 
 def _check_img_size(img_size: int, patch_size: int) -> None:
@@ -398,13 +414,10 @@ def load_backbone(
         _check_img_size(img_size, patch)
         kwargs["img_size"] = img_size
     kwargs["num_classes"] = 0
-    assert arch is not None
-    if arch not in timm.list_models():
+    if arch is None or arch not in timm.list_models():
         raise ValueError(f"{path}: unknown architecture {arch!r}")
-    model = timm.create_model(arch, pretrained=False, **kwargs)
-
-    grid = model.patch_embed.grid_size
-    sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], (grid[0], grid[1]), model.num_prefix_tokens)
+    model = create_vit(arch, **kwargs)
+    sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], _grid(model), model.num_prefix_tokens)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -448,13 +461,13 @@ def export_backbone(vit: VisionTransformer, out_dir: str | Path) -> tuple[Path, 
         raise ValueError("export_backbone expects the InternViT layout (class token and layer-scale)")
     if not isinstance(vit.norm, torch.nn.Identity) or not isinstance(vit.head, torch.nn.Identity):
         raise ValueError("export_backbone expects no final norm and no classifier head (num_classes=0)")
-    patch = int(vit.patch_embed.patch_size[0])
-    grid = vit.patch_embed.grid_size
-    img_size = int(grid[0] * patch)
+    block0 = cast(Any, vit.blocks[0])
+    patch = int(cast(Any, vit.patch_embed).patch_size[0])
+    img_size = _grid(vit)[0] * patch
     embed_dim = int(vit.embed_dim)
     depth = len(vit.blocks)
-    num_heads = int(vit.blocks[0].attn.num_heads)
-    mlp_ratio = vit.blocks[0].mlp.fc1.out_features / embed_dim
+    num_heads = int(block0.attn.num_heads)
+    mlp_ratio = block0.mlp.fc1.out_features / embed_dim
     model_kwargs: dict[str, Any] = dict(
         img_size=img_size,
         patch_size=patch,

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import Tensor
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -22,6 +21,7 @@ from vitp_geo.models.vit import (
     INTERN_LAYOUT_ARCH,
     build_vision_tower,
     convert_internvit_state_dict,
+    create_vit,
     resize_pos_embed,
 )
 from vitp_geo.vlm.model import ViTPConfig, ViTPModel, pick_attn_implementation
@@ -42,7 +42,7 @@ _RUNTIME_KEYS = {
 
 def _img_context_id(tokenizer: PreTrainedTokenizerBase) -> int:
     tid = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    if tid is None or tid == tokenizer.unk_token_id:
+    if not isinstance(tid, int) or tid == tokenizer.unk_token_id:
         raise ValueError(f"tokenizer has no {IMG_CONTEXT_TOKEN} token")
     return int(tid)
 
@@ -251,9 +251,8 @@ def load_internvl(
     ckpt_img = int(vcfg.get("image_size", img_size))
 
     tokenizer = load_tokenizer(model_dir)
-    vit = timm.create_model(
+    vit = create_vit(
         INTERN_LAYOUT_ARCH,
-        pretrained=False,
         drop_path_rate=drop_path_rate,
         **internvl_vision_kwargs(vcfg, img_size),
     )
@@ -269,7 +268,7 @@ def load_internvl(
         vrl_prob=vrl_prob,
         vrl_reference_mode=vrl_reference_mode,
     )
-    mlp1 = build_projector(vit.embed_dim, int(llm.config.hidden_size), config.downsample_ratio)
+    mlp1 = build_projector(int(vit.embed_dim), int(llm.config.hidden_size), config.downsample_ratio)
     model = ViTPModel(config, vit, mlp1, llm, _img_context_id(tokenizer))
 
     sd = _read_weights(model_dir)
