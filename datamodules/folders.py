@@ -1,0 +1,244 @@
+"""Datamodules for benchmark folders of pre-cut tiles (iSAID, UAVid, WHU-CD, S2Looking, SVCD, ...).
+
+Layouts (the mmsegmentation / open-cd conventions the ViTP reference code uses):
+
+* segmentation: ``<root>/<images>/<split>/<name>.<ext>`` and ``<root>/<labels>/<split>/<name><label_suffix>``
+  — labels are single-band class-index images (run mmseg's dataset converter first for iSAID
+  and UAVid, whose released labels are RGB colours);
+* change: ``<root>/<split>/A/<name>``, ``<root>/<split>/B/<name>``, ``<root>/<split>/label/<name>``
+  — labels 0 / 255 (or 0 / 1); any non-zero value except ``ignore_index`` is "changed".
+
+Training draws a random ``patch_size`` crop (plus flips); validation uses whole images one at a
+time (the models take any size). Samples are torchgeo-style dicts, normalised on the device
+with ``mean`` / ``std`` (0–255 units).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import kornia.augmentation as K
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.geotiff import default_stats
+
+_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def _read(path: Path) -> np.ndarray:
+    """(C, H, W) array of an image file, via rasterio (PNG, JPEG and TIFF)."""
+    from vitp_geo.io.raster import open_raster
+
+    with open_raster(path) as src:
+        return src.read()
+
+
+def _list(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _EXTS)
+    if not files:
+        raise FileNotFoundError(f"no images in {folder}")
+    return files
+
+
+class SegmentationFolder(Dataset[dict[str, Tensor]]):
+    """Image / class-index label pairs matched by file stem."""
+
+    def __init__(self, images: Path, labels: Path, label_suffix: str = "") -> None:
+        self.images = _list(images)
+        self.labels = []
+        for img in self.images:
+            candidates = [labels / f"{img.stem}{label_suffix}{ext}" for ext in _EXTS]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise FileNotFoundError(f"no label for {img} in {labels} (looked for {img.stem}{label_suffix}.*)")
+            self.labels.append(found)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        image = torch.from_numpy(_read(self.images[i]).astype(np.float32))
+        mask = torch.from_numpy(_read(self.labels[i])[0].astype(np.int64))
+        return {"image": image, "mask": mask}
+
+
+class ChangeFolder(Dataset[dict[str, Tensor]]):
+    """``A`` / ``B`` / ``label`` triples matched by file name; image = (2C, H, W)."""
+
+    def __init__(self, root: Path, ignore_index: int | None = None) -> None:
+        self.a = _list(root / "A")
+        self.root = root
+        self.ignore_index = ignore_index
+        for p in self.a:
+            for sub in ("B", "label"):
+                if not self._match(sub, p).is_file():
+                    raise FileNotFoundError(f"{p.name}: no counterpart in {root / sub}")
+
+    def _match(self, sub: str, a: Path) -> Path:
+        same = self.root / sub / a.name
+        if same.is_file():
+            return same
+        return next((self.root / sub / f"{a.stem}{e}" for e in _EXTS if (self.root / sub / f"{a.stem}{e}").is_file()), same)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        a = _read(self.a[i])
+        b = _read(self._match("B", self.a[i]))
+        label = _read(self._match("label", self.a[i]))[0].astype(np.int64)
+        changed = label != 0
+        if self.ignore_index is not None:
+            changed &= label != self.ignore_index
+        out = np.where(changed, 1, 0)
+        if self.ignore_index is not None:
+            out[label == self.ignore_index] = self.ignore_index
+        return {"image": torch.from_numpy(np.concatenate([a, b]).astype(np.float32)), "mask": torch.from_numpy(out)}
+
+
+def _crop_collate(patch: int, rng: np.random.Generator):  # noqa: ANN202
+    def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        images, masks = [], []
+        for s in samples:
+            _, h, w = s["image"].shape
+            ph, pw = max(0, patch - h), max(0, patch - w)
+            img = torch.nn.functional.pad(s["image"], (0, pw, 0, ph))
+            msk = torch.nn.functional.pad(s["mask"], (0, pw, 0, ph), value=0)
+            y = int(rng.integers(0, img.shape[1] - patch + 1))
+            x = int(rng.integers(0, img.shape[2] - patch + 1))
+            images.append(img[:, y : y + patch, x : x + patch])
+            masks.append(msk[y : y + patch, x : x + patch])
+        return {"image": torch.stack(images), "mask": torch.stack(masks)}
+
+    return collate
+
+
+class _FolderDataModule(LightningDataModule):
+    def __init__(
+        self, patch_size: int, batch_size: int, num_workers: int, mean: Sequence[float], std: Sequence[float], seed: int
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mean = torch.tensor(list(mean))
+        self.std = torch.tensor(list(std))
+        self.seed = seed
+        self.train_dataset: Dataset[dict[str, Tensor]] | None = None
+        self.val_dataset: Dataset[dict[str, Tensor]] | None = None
+
+    def _norm(self) -> tuple[Tensor, Tensor]:
+        return self.mean, self.std
+
+    def train_dataloader(self) -> DataLoader[dict[str, Tensor]]:
+        assert self.train_dataset is not None
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=_crop_collate(self.patch_size, np.random.default_rng(self.seed)),
+            drop_last=len(self.train_dataset) > self.batch_size,  # type: ignore[arg-type]
+        )
+
+    def val_dataloader(self) -> DataLoader[dict[str, Tensor]]:
+        assert self.val_dataset is not None
+        return DataLoader(self.val_dataset, batch_size=1, num_workers=self.num_workers)
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        mean, std = self._norm()
+        batch["image"] = (batch["image"] - mean.to(batch["image"]).view(1, -1, 1, 1)) / std.to(batch["image"]).view(1, -1, 1, 1)
+        if self.trainer is not None and self.trainer.training:
+            flips = K.AugmentationSequential(K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=None, keepdim=True)
+            batch = flips({"image": batch["image"], "mask": batch["mask"]})
+        return batch
+
+
+class TileFolderSegmentationDataModule(_FolderDataModule):
+    """Segmentation on a folder of tiles (module doc).
+
+    Args:
+        root: dataset root.
+        images, labels: sub-folders holding ``train`` / ``val`` split folders.
+        label_suffix: text between a tile's stem and its label's extension (e.g. ``_instance_color_RGB``).
+        train_split, val_split: split folder names.
+        patch_size, batch_size, num_workers, seed: training crops and loading.
+        mean, std: per-channel normalisation in 0–255 units (default ImageNet × 255 for RGB).
+        channels: bands per image (for the default statistics).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        images: str = "img_dir",
+        labels: str = "ann_dir",
+        label_suffix: str = "",
+        train_split: str = "train",
+        val_split: str = "val",
+        patch_size: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        channels: int = 3,
+        seed: int = 0,
+    ) -> None:
+        m, s = default_stats(channels, mean, std)
+        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        self.root = Path(root)
+        self.dirs = (images, labels, label_suffix, train_split, val_split)
+
+    def setup(self, stage: str) -> None:
+        images, labels, suffix, train, val = self.dirs
+        if stage == "fit":
+            self.train_dataset = SegmentationFolder(self.root / images / train, self.root / labels / train, suffix)
+        self.val_dataset = SegmentationFolder(self.root / images / val, self.root / labels / val, suffix)
+
+
+class PairFolderChangeDataModule(_FolderDataModule):
+    """Change detection on ``<root>/<split>/{A,B,label}`` folders (module doc).
+
+    Args:
+        root: dataset root.
+        train_split, val_split: split folder names.
+        ignore_index: label value to keep as "ignore" instead of "changed".
+        patch_size, batch_size, num_workers, mean, std, channels, seed: as for segmentation
+            (``mean`` / ``std`` per band of one date).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "train",
+        val_split: str = "val",
+        ignore_index: int | None = None,
+        patch_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        channels: int = 3,
+        seed: int = 0,
+    ) -> None:
+        m, s = default_stats(channels, mean, std)
+        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        self.root = Path(root)
+        self.splits = (train_split, val_split)
+        self.ignore_index = ignore_index
+
+    def _norm(self) -> tuple[Tensor, Tensor]:
+        return self.mean.repeat(2), self.std.repeat(2)
+
+    def setup(self, stage: str) -> None:
+        train, val = self.splits
+        if stage == "fit":
+            self.train_dataset = ChangeFolder(self.root / train, self.ignore_index)
+        self.val_dataset = ChangeFolder(self.root / val, self.ignore_index)
+
