@@ -1,0 +1,141 @@
+"""The recipe dataset, collation and the Lightning module's step logic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from PIL import Image
+
+from vitp_geo.instruct.recipe import RecipeEntry
+from vitp_geo.instruct.records import InstructionRecord
+from vitp_geo.pretrain.dataset import IGNORE_INDEX, InstructionDataset, collate, load_image
+from vitp_geo.pretrain.module import NonFiniteLossError, ViTPPretrainModule, cosine_with_warmup
+from vitp_geo.vlm.template import tokenize_conversation
+from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, build_offline_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_offline_tokenizer(["how many buildings are there", "two", "is there water", "yes no"])
+
+
+def _write_tif(path: Path, array: np.ndarray) -> None:
+    with rasterio.open(path, "w", driver="GTiff", count=array.shape[0], height=array.shape[1],
+                       width=array.shape[2], dtype=array.dtype, crs="EPSG:32633",
+                       transform=Affine(1, 0, 0, 0, -1, 0)) as dst:
+        dst.write(array)
+
+
+def _corpus(root: Path, records: list[InstructionRecord]) -> RecipeEntry:
+    ann = root / "ann.jsonl"
+    ann.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    return RecipeEntry("t", root, ann, repeat_time=1.0, max_dynamic_patch=6)
+
+
+def _conv(n_images: int, answer: str = "two") -> list[dict[str, str]]:
+    return [{"from": "human", "value": "<image>\n" * n_images + "how many buildings are there"},
+            {"from": "gpt", "value": answer}]
+
+
+def test_rasters_of_any_dtype_become_rgb(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    _write_tif(tmp_path / "u16.tif", rng.integers(0, 4000, (1, 30, 30)).astype(np.uint16))
+    _write_tif(tmp_path / "sar.tif", (rng.normal(size=(1, 30, 30)) + 1j * rng.normal(size=(1, 30, 30))).astype(np.complex64))
+    for name in ("u16.tif", "sar.tif"):
+        img = np.asarray(load_image(tmp_path / name))
+        assert img.shape == (30, 30, 3) and img.dtype == np.uint8
+        assert np.array_equal(img[..., 0], img[..., 1])  # one band is repeated over three channels
+        assert img.std() > 10  # stretched, not flat
+
+
+def test_items_hold_tiles_and_matching_image_tokens(tmp_path: Path, tokenizer):
+    Image.new("RGB", (56, 28), (200, 10, 10)).save(tmp_path / "wide.png")  # 2x1 grid + thumbnail
+    Image.new("RGB", (28, 28), (10, 200, 10)).save(tmp_path / "sq.png")
+    recs = [InstructionRecord("a", ["wide.png"], _conv(1)),
+            InstructionRecord("b", ["sq.png", "sq.png"], _conv(2, "yes"))]
+    ds = InstructionDataset([_corpus(tmp_path, recs)], tokenizer, tokenize_conversation,
+                            image_size=28, num_image_token=4)
+    a, b = ds[0], ds[1]
+    ctx = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    assert a["num_tiles"] == 3 and a["pixel_values"].shape == (3, 3, 28, 28)
+    assert int((a["input_ids"] == ctx).sum()) == 3 * 4
+    assert b["num_tiles"] == 2 and int((b["input_ids"] == ctx).sum()) == 2 * 4
+    assert (a["labels"][a["input_ids"] == ctx] == IGNORE_INDEX).all()  # no loss on image tokens
+    batch = collate([a, b], pad_token_id=tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape[0] == 5
+    la, lb = len(a["input_ids"]), len(b["input_ids"])
+    assert batch["input_ids"].shape == (2, max(la, lb))
+    short = 0 if la < lb else 1
+    n_short = min(la, lb)
+    assert (batch["attention_mask"][short, n_short:] == 0).all() and (batch["attention_mask"][short, :n_short] == 1).all()
+    assert (batch["labels"][short, n_short:] == IGNORE_INDEX).all()
+    assert (batch["input_ids"][short, n_short:] == tokenizer.pad_token_id).all()
+
+
+def test_repeat_time_sets_epoch_length(tmp_path: Path, tokenizer):
+    Image.new("RGB", (28, 28)).save(tmp_path / "x.png")
+    entry = _corpus(tmp_path, [InstructionRecord(str(i), ["x.png"], _conv(1)) for i in range(10)])
+    entry.repeat_time = 2.5
+    ds = InstructionDataset([entry], tokenizer, tokenize_conversation, image_size=28, num_image_token=4)
+    assert len(ds) == 25 and ds.report.samples == {"t": 25}
+
+
+class _FakeVLM(torch.nn.Module):
+    """Stands in for ViTPModel: a loss that is a function of one weight, or NaN on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vision_model = torch.nn.Linear(1, 1)
+        self.mlp1 = torch.nn.Linear(1, 1)
+        self.language_model = torch.nn.Linear(1, 1)
+        self.nan = False
+
+    def forward(self, pixel_values, input_ids, attention_mask, labels):
+        loss = (self.vision_model.weight ** 2).sum() + self.language_model.weight.sum() * 0
+        if self.nan:
+            loss = loss * float("nan")
+        return SimpleNamespace(loss=loss, kept_image_tokens=1, total_image_tokens=4)
+
+
+def _batch():
+    return {"pixel_values": torch.zeros(1, 3, 2, 2), "input_ids": torch.zeros(1, 3, dtype=torch.long),
+            "attention_mask": torch.ones(1, 3, dtype=torch.long), "labels": torch.zeros(1, 3, dtype=torch.long)}
+
+
+def test_non_finite_loss_skips_then_stops():
+    fake = _FakeVLM()
+    module = ViTPPretrainModule(fake, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=10, max_nonfinite=3)
+    module.log = lambda *a, **k: None  # no trainer attached
+    assert module.training_step(_batch(), 0) is not None
+    fake.nan = True
+    assert module.training_step(_batch(), 1) is None and module.training_step(_batch(), 2) is None
+    assert module.nonfinite_steps == 2
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
+        module.training_step(_batch(), 3)
+    fake.nan = False  # a finite step resets the run of bad steps
+    module2 = ViTPPretrainModule(_FakeVLM(), lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=10)
+    assert module2.nonfinite_steps == 0
+
+
+def test_freeze_flags_and_all_frozen_is_refused():
+    fake = _FakeVLM()
+    ViTPPretrainModule(fake, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=5, freeze_vision=True)
+    assert not any(p.requires_grad for p in fake.vision_model.parameters())
+    assert all(p.requires_grad for p in fake.language_model.parameters())
+    with pytest.raises(ValueError, match="nothing would train"):
+        ViTPPretrainModule(_FakeVLM(), lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=5,
+                           freeze_vision=True, freeze_projector=True, freeze_llm=True)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    values = [cosine_with_warmup(s, total=100, warmup=20) for s in range(101)]
+    assert values[0] == pytest.approx(1 / 20) and values[19] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[19:], values[20:], strict=False))
+    assert values[60] == pytest.approx(0.5) and values[100] == pytest.approx(0.0)
