@@ -3,10 +3,11 @@
 One run prints three comparisons on generated scenes (the synthetic world, tiled block by block
 into a big GeoTIFF so that no scene-sized array exists even while generating):
 
-1. **Overhead**: ``segment_scene`` (read, render, model, blend, write raw rows, COG) vs the bare
+1. **Overhead** (default 2048² scene, a small 3-layer conv net): ``segment_scene`` (read, render, model, blend, write raw rows, COG) vs the bare
    model over the same windows (read + normalise + forward, nothing kept). Aim ≤ 1.15×.
 2. **Memory vs scene size**: peak resident memory of the engine on a small and a large scene
-   (default 4096² and 16384²), each in a fresh process. Aim: ratio ≤ 1.2.
+   (default 4096² and 16384²), each in a fresh process, with a cheap 1×1-conv model so that the
+   engine's own memory dominates. Aim: ratio ≤ 1.2.
 3. **Peer baseline**: MONAI's ``sliding_window_inference`` on the same model, windows, overlap
    and scene (it needs the scene as one tensor and returns the full score volume), incl. the
    scene read and writing the class map, vs our engine: time and memory ratios.
@@ -16,7 +17,8 @@ exclude Python/torch start-up. Run::
 
     .venv/bin/python benchmarks/scene_infer.py                     # ~3-5 min on 2 CPU cores
     .venv/bin/python benchmarks/scene_infer.py --large 32768       # bigger
-    .venv/bin/python benchmarks/scene_infer.py --large 0           # skip the large scene
+    .venv/bin/python benchmarks/scene_infer.py --large 0           # skip the memory comparison
+    .venv/bin/python benchmarks/scene_infer.py --compare 4096      # overhead/MONAI on a 4096² scene
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ import numpy as np
 N_CLASSES = 5
 
 
-def build_model():  # noqa: ANN201 - torch imported lazily
-    """A small fully convolutional segmenter: 3 → 32 → 32 → K channels (3×3 convs)."""
+def build_model(kind: str = "conv"):  # noqa: ANN201 - torch imported lazily
+    """``conv``: a small segmenter, 3 → 32 → 32 → K channels (3×3 convs); ``cheap``: one 1×1 conv."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
+    if kind == "cheap":
+        return nn.Conv2d(3, N_CLASSES, 1).eval()
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
         nn.Conv2d(32, N_CLASSES, 1),
@@ -75,7 +79,7 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def child(kind: str, scene: str, out: str, tile: int, overlap: float, batch: int) -> dict[str, float]:
+def child(kind: str, scene: str, out: str, tile: int, overlap: float, batch: int, model_kind: str) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(2)
@@ -83,7 +87,7 @@ def child(kind: str, scene: str, out: str, tile: int, overlap: float, batch: int
     from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
     from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
 
-    model = build_model()
+    model = build_model(model_kind)
     base_mb = _peak_mb()
     t0, c0 = time.perf_counter(), _cpu_s()
     if kind == "engine":
@@ -120,10 +124,10 @@ def child(kind: str, scene: str, out: str, tile: int, overlap: float, batch: int
     return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu_s() - c0, "peak_mb": _peak_mb(), "import_mb": base_mb}
 
 
-def measure(kind: str, scene: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+def measure(kind: str, scene: Path, work: Path, args: argparse.Namespace, model: str) -> dict[str, float]:
     out = work / f"{kind}_{scene.stem}.tif"
     cmd = [sys.executable, __file__, "--child", kind, "--scene", str(scene), "--out", str(out), "--tile",
-           str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch)]
+           str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch), "--model", model]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{kind} on {scene.name} failed:\n{res.stderr[-3000:]}")
@@ -132,8 +136,10 @@ def measure(kind: str, scene: Path, work: Path, args: argparse.Namespace) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", type=int, default=4096, help="side of the small scene (overhead, MONAI)")
-    p.add_argument("--large", type=int, default=16384, help="side of the large scene (memory); 0 skips it")
+    p.add_argument("--compare", type=int, default=2048,
+                   help="side of the scene for engine vs bare model vs MONAI (small conv net)")
+    p.add_argument("--small", type=int, default=4096, help="side of the small memory scene (cheap 1x1 model)")
+    p.add_argument("--large", type=int, default=16384, help="side of the large memory scene; 0 skips both")
     p.add_argument("--monai-large", action="store_true", help="also run MONAI on the large scene (needs RAM)")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=float, default=0.25)
@@ -141,28 +147,29 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the small-scene runs (best kept)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--model", default="conv", help=argparse.SUPPRESS)
     p.add_argument("--scene", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.scene, args.out, args.tile, args.overlap, args.batch)))
+        print(json.dumps(child(args.child, args.scene, args.out, args.tile, args.overlap, args.batch, args.model)))
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        sizes = [s for s in (args.small, args.large) if s > 0]
+        sizes = sorted({args.compare, *((args.small, args.large) if args.large > 0 else ())})
         scenes = {}
         for s in sizes:
             scenes[s] = work / f"scene_{s}.tif"
             t = time.perf_counter()
             write_big_scene(scenes[s], s)
-            print(f"generated {s}x{s} scene in {time.perf_counter() - t:.1f} s", flush=True)
-        small = scenes[args.small]
+            print(f"generated {s}x{s} scene (block by block) in {time.perf_counter() - t:.1f} s", flush=True)
+        small = scenes[args.compare]
         runs: dict[str, list[dict[str, float]]] = {"bare": [], "engine": [], "monai": []}
         for _ in range(args.repeats):  # interleaved, best of N: robust to other load on the machine
             for k in runs:
-                runs[k].append(measure(k, small, work, args))
+                runs[k].append(measure(k, small, work, args, "conv"))
         r = {k: {m: min(v[m] for v in vs) for m in vs[0]} for k, vs in runs.items()}
-        print(f"\n== {args.small}² scene, tile {args.tile}, overlap {args.overlap}, batch {args.batch}, 2 threads, "
+        print(f"\n== {args.compare}² scene, small conv net, tile {args.tile}, overlap {args.overlap}, batch {args.batch}, 2 threads, "
               f"best of {args.repeats} ==")
         print(f"{'':22s}{'wall s':>9s}{'CPU s':>9s}{'peak MB':>10s}{'above import MB':>17s}")
         for k, label in (("bare", "bare model (windows)"), ("engine", "vitp-geo engine"), ("monai", "MONAI sliding window")):
@@ -175,15 +182,18 @@ def main() -> None:
         print(f"MONAI / engine peak memory:         {m['peak_mb'] / e['peak_mb']:.2f}x "
               f"(above import: {(m['peak_mb'] - m['import_mb']) / max(1.0, e['peak_mb'] - e['import_mb']):.2f}x)")
         if args.large > 0:
-            big = measure("engine", scenes[args.large], work, args)
-            print(f"\n== engine peak memory, {args.small}² vs {args.large}² ==")
-            print(f"{args.small}²: {e['peak_mb']:.0f} MB ({e['seconds']:.1f} s)   "
-                  f"{args.large}²: {big['peak_mb']:.0f} MB ({big['seconds']:.1f} s)")
-            print(f"ratio large / small peak memory:    {big['peak_mb'] / e['peak_mb']:.3f}  (aim <= 1.2; "
-                  f"{(args.large / args.small) ** 2:.0f}x the pixels)")
+            lo = measure("engine", scenes[args.small], work, args, "cheap")
+            hi = measure("engine", scenes[args.large], work, args, "cheap")
+            print("\n== engine peak memory vs scene size (cheap 1x1-conv model, so the engine dominates) ==")
+            for size, v in ((args.small, lo), (args.large, hi)):
+                print(f"{size:>6d}²: peak {v['peak_mb']:6.0f} MB (import baseline {v['import_mb']:.0f} MB), "
+                      f"{v['seconds']:.1f} s wall, {v['cpu_s']:.1f} s CPU")
+            print(f"ratio large / small peak memory:    {hi['peak_mb'] / lo['peak_mb']:.3f}  (aim <= 1.2; "
+                  f"{(args.large / args.small) ** 2:.0f}x the pixels; above import: "
+                  f"{(hi['peak_mb'] - hi['import_mb']) / max(1.0, lo['peak_mb'] - lo['import_mb']):.2f}x)")
             if args.monai_large:
-                mb = measure("monai", scenes[args.large], work, args)
-                print(f"MONAI {args.large}²: {mb['peak_mb']:.0f} MB ({mb['seconds']:.1f} s)")
+                mb = measure("monai", scenes[args.large], work, args, "cheap")
+                print(f"MONAI {args.large}²: peak {mb['peak_mb']:.0f} MB ({mb['seconds']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,25 @@ def test_complex_sar_with_rotated_grid_uses_the_db_rule(tmp_path: Path, checkpoi
         valid = np.abs(src.read(1)) > 0  # zero amplitude has no dB value: nodata under the rule
         cls = pred.read(1)
         assert (cls[valid] < 5).all() and (cls[~valid] == 255).all()
+
+
+def test_change_model_reads_both_dates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitp_geo.synthetic.scene import generate_change_pair, write_change_pair
+
+    ckpt = loading.save_tiny_checkpoint(tmp_path / "change.ckpt", task="change", tile_size=TILE)
+    before, after, _ = write_change_pair(generate_change_pair(4, TILE), tmp_path)
+    assert _infer(before, ckpt, tmp_path) == 2  # the second date is required
+    assert "--after" in capsys.readouterr().err
+    assert _infer(before, ckpt, tmp_path, "--after", str(after), "--probabilities", str(tmp_path / "p.tif")) == 0
+    model, card = loading.load_inference_model(ckpt)
+    mean = torch.tensor(card.mean, dtype=torch.float32)
+    std = torch.tensor(card.std, dtype=torch.float32)
+    with rasterio.open(before) as b, rasterio.open(after) as a:
+        x = torch.cat([torch.from_numpy(b.read()), torch.from_numpy(a.read())]).float()
+    if mean.numel() == 3:
+        mean, std = mean.repeat(2), std.repeat(2)
+    x = (x - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        expected = torch.softmax(model(x[None]), 1)[0].numpy()
+    with rasterio.open(tmp_path / "p.tif") as probs:
+        np.testing.assert_allclose(probs.read(), expected, atol=1e-5)

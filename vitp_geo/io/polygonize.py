@@ -19,6 +19,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize, shapes
 from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (r0, r1) → classes (h,W), conf (h,W)
@@ -44,8 +45,8 @@ def polygonize_rows(
         GeoDataFrame with ``class_id, class_name, score, area, pixels`` and polygon geometry.
     """
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
-    done: list[tuple[int, object, float, int]] = []  # (class, geom, conf sum, pixels)
-    open_pieces: dict[int, list[tuple[object, float, int]]] = defaultdict(list)
+    done: list[tuple[int, BaseGeometry, float, int]] = []  # (class, geom, conf sum, pixels)
+    open_pieces: dict[int, list[tuple[BaseGeometry, float, int]]] = defaultdict(list)
     for r0 in range(0, height, strip_rows):
         r1 = min(height, r0 + strip_rows)
         cls, conf = read_rows(r0, r1)

@@ -24,7 +24,7 @@ import json
 import resource
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,17 +122,17 @@ class _Writer:
         if acc_state is not None:
             self.acc.load_state(acc_state)
         w = plan.width
-        self.classes = RawRowSink(work / "class.raw", w, 1, np.uint8, CLASS_NODATA, rows_written)
+        self.classes = RawRowSink(work / "class.raw", w, 1, "uint8", CLASS_NODATA, rows_written)
         self.probs = (RawRowSink(work / "probs.raw", w, n_classes, outputs.probability_dtype, np.nan,
                                  rows_written) if outputs.probabilities else None)
-        self.conf = (RawRowSink(work / "conf.raw", w, 1, np.float32, np.nan, rows_written)
+        self.conf = (RawRowSink(work / "conf.raw", w, 1, "float32", np.nan, rows_written)
                      if outputs.vector else None)
         self.sinks = [s for s in (self.classes, self.probs, self.conf) if s is not None]
         self.next_row = start_row
         self.last_checkpoint = time.monotonic()
 
-    def emit(self, blocks: Sequence[FinalBlock] | object) -> None:
-        for blk in blocks:  # type: ignore[attr-defined]
+    def emit(self, blocks: Iterable[FinalBlock]) -> None:
+        for blk in blocks:
             cls = np.argmax(blk.scores, axis=0).astype(np.uint8)
             cls[~blk.valid] = CLASS_NODATA
             self.classes.put(blk.row0, blk.col0, cls[None])
@@ -162,7 +162,7 @@ class _Writer:
         state["rows_written"] = np.asarray(self.classes.rows_written)
         with atomic_output(self.work / "state.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **state)
+                np.savez(f, **state)  # type: ignore[arg-type]
         self.last_checkpoint = time.monotonic()
 
     def close(self) -> None:
