@@ -141,3 +141,21 @@ def test_two_ranks_give_the_single_process_result(tmp_path: Path) -> None:
     spawn_ranks(functools.partial(_rank_job, (str(tmp_path / "scene.tif"), str(tmp_path / "two"))), 2)
     for name in ("pred.tif", "probs.tif"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_stretch_is_scene_wide_not_per_window(tmp_path: Path) -> None:
+    from vitp_geo.io.raster import render_rgb
+
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2.0, 300.0, (1, 130, 150)).astype(np.uint16)
+    data[:, :, 75:] *= 20  # the right half is much brighter: per-window percentiles would differ
+    data[:, :5, :5] = 0
+    path = tmp_path / "u16.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=150, height=130, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0), nodata=0) as dst:
+        dst.write(data)
+    _run(path, tmp_path)
+    rgb, valid = render_rgb(data, 0)  # the rule applied to the whole scene at once
+    expected = pixel_function(rgb[0].astype(np.float32) / 255.0)
+    with rasterio.open(tmp_path / "probs.tif") as probs:
+        np.testing.assert_allclose(probs.read()[:, valid], expected[:, valid], rtol=1e-5, atol=1e-6)
