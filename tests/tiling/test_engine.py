@@ -152,7 +152,7 @@ def test_stretch_is_scene_wide_not_per_window(tmp_path: Path) -> None:
     data[:, :5, :5] = 0
     path = tmp_path / "u16.tif"
     with rasterio.open(path, "w", driver="GTiff", width=150, height=130, count=1, dtype="uint16",
-                       crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0), nodata=0) as dst:
+                       crs="EPSG:32633", transform=Affine(1, 0, 500000, 0, -1, 5e6), nodata=0) as dst:
         dst.write(data)
     _run(path, tmp_path)
     rgb, valid = render_rgb(data, 0)  # the rule applied to the whole scene at once
