@@ -80,13 +80,3 @@ def test_default_corpus_default_size_gives_a_few_hundred_records(tmp_path):
     n = len(read_jsonl(entry.annotation).records)
     assert 200 <= n <= 2000
 
-
-@pytest.mark.parametrize("name", ["rs_paper.yaml", "med_paper.yaml"])
-def test_paper_recipe_templates_parse_and_leave_roots_to_fill(name):
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "configs" / "recipes" / name
-    entries = load_recipe(path)
-    assert len(entries) >= 4 and len({e.name for e in entries}) == len(entries)
-    assert all("FILL_ME" in str(e.root) and e.repeat_time > 0 for e in entries)
-    assert any("general" in e.name for e in entries)  # the paper keeps a share of general data
