@@ -133,9 +133,9 @@ class SimpleFeaturePyramid(nn.Module):
             Four maps (B, D, ceil(H/s), ceil(W/s)) for s = 4, 8, 16, 32, D = embedding width.
         """
         height, width = x.shape[-2:]
-        feats = self.backbone.forward_intermediates(
-            x, indices=list(self.out_indices), output_fmt="NCHW", intermediates_only=True
-        )  # 4 × (B, D, H/p, W/p)
+        taps = sorted(set(self.out_indices))  # timm returns intermediates in block order, once each
+        found = self.backbone.forward_intermediates(x, indices=taps, output_fmt="NCHW", intermediates_only=True)
+        feats = [found[taps.index(i)] for i in self.out_indices]  # 4 × (B, D, H/p, W/p)
         outs = []
         for feat, op, size in zip(feats, self.ops, pyramid_sizes(height, width), strict=True):
             y = op(feat)

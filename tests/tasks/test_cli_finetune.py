@@ -1,0 +1,39 @@
+"""`vitp-geo finetune`: the embedded default writes a loadable checkpoint and a summary; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitp_geo.cli.main import main
+from vitp_geo.tasks import load_inference_model
+
+
+@pytest.mark.slow
+def test_embedded_segmentation_run_writes_checkpoint_and_summary(tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    rc = main(["finetune", "segmentation", "--output", str(out), "--max-steps", "2", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "val_mIoU" in printed and "model.ckpt" in printed
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["validation"]["val_mIoU"] <= 1.0
+    model, card = load_inference_model(out / "model.ckpt")
+    assert card.class_names == ["background", "building", "road", "water", "field"]
+    assert card.class_colors[1] == (220, 20, 60) and card.tile_size == 112
+    assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 5, 112, 112)
+
+
+def test_bad_config_and_backbone_exit_2_naming_the_file(tmp_path, capsys) -> None:  # noqa: ANN001
+    assert main(["finetune", "change", "--config", str(tmp_path / "nope.yaml"), "--output", str(tmp_path)]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    fill = tmp_path / "fill.yaml"
+    fill.write_text("model: {class_path: vitp_geo.tasks.ChangeDetectionTask}\ndata: {init_args: {root: FILL_ME}}\n")
+    assert main(["finetune", "change", "--config", str(fill), "--output", str(tmp_path)]) == 2
+    assert "FILL_ME" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model: {class_path: vitp_geo.tasks.SegmentationTask}\ndata: {init_args: {root: /data}}\n")
+    assert main(["finetune", "change", "--config", str(wrong), "--output", str(tmp_path)]) == 2
+    assert "ChangeDetectionTask" in capsys.readouterr().err
