@@ -20,6 +20,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 import torch
 from affine import Affine
 from shapely import STRtree
@@ -144,6 +145,16 @@ def detect_scene(
     Returns:
         GeoDataFrame of merged detections in the scene's CRS (see ``DetectionMerger.to_frame``).
     """
+    with rasterio.Env(GDAL_CACHEMAX=64):  # bounded block cache, independent of the scene
+        return _detect(scene, detector, class_names, tile_size, overlap, batch_size, rule, mean, std,
+                       iou_threshold, score_threshold, progress)
+
+
+def _detect(
+    scene: str | Path, detector: Detector, class_names: Sequence[str], tile_size: int, overlap: float,
+    batch_size: int, rule: RenderRule, mean: Sequence[float], std: Sequence[float], iou_threshold: float,
+    score_threshold: float, progress: bool,
+) -> gpd.GeoDataFrame:
     reader = SceneWindowReader([scene], rule, mean, std)
     try:
         plan = plan_windows(reader.height, reader.width, tile_size, overlap)

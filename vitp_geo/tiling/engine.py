@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 from tqdm.auto import tqdm
 
@@ -46,6 +47,7 @@ from vitp_geo.tiling.rowsink import RawRowSink
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, C, T, T) float → (B, K, T, T) scores
 CLASS_NODATA = 255  # class-map nodata (class ids are 0..K-1, K ≤ 255)
+GDAL_CACHE_MB = 64  # GDAL block cache while streaming: bounded, independent of the scene
 
 
 @dataclass
@@ -268,6 +270,17 @@ def segment_scene(
     if not 1 <= n_classes < CLASS_NODATA:
         raise ValueError(f"need 1..254 classes, got {n_classes}")
     paths = [Path(scene)] if isinstance(scene, str | Path) else [Path(p) for p in scene]
+    # GDAL's default block cache (5 % of RAM) would end up holding most of a big input scene.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _segment(paths, predictor, classes, outputs, rule, mean, std, cfg, raw_input, resume, model_id,
+                        rank, n_classes)
+
+
+def _segment(
+    paths: list[Path], predictor: Predictor, classes: ClassStyle, outputs: SegmentationOutputs, rule: RenderRule,
+    mean: Sequence[float], std: Sequence[float], cfg: EngineConfig, raw_input: bool, resume: bool, model_id: str,
+    rank: RankInfo, n_classes: int,
+) -> InferenceSummary | None:
     t0 = time.monotonic()
     reader = SceneWindowReader(paths, rule, mean, std, raw=raw_input)
     work = work_dir_for(outputs.class_map)
