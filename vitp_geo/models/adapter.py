@@ -31,6 +31,8 @@ What differs, and why:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
@@ -173,7 +175,8 @@ class ViTAdapter(nn.Module):
         enable_dynamic_size(backbone)
         self.backbone = backbone
         dim = int(backbone.embed_dim)
-        heads = int(num_heads or backbone.blocks[0].attn.num_heads)
+        first: Any = backbone.blocks[0]
+        heads = int(num_heads or first.attn.num_heads)
         in_chans = int(backbone.patch_embed.proj.in_channels)
         self.groups = interaction_groups(len(backbone.blocks))
         self.spm = SpatialPriorModule(in_chans, dim, prior_width)

@@ -73,7 +73,7 @@ def enable_dynamic_size(vit: VisionTransformer) -> VisionTransformer:
     if not vit.dynamic_img_size:
         from timm.layers import Format
 
-        vit.dynamic_img_size = True
+        vit.dynamic_img_size = True  # type: ignore[misc]
         vit.patch_embed.strict_img_size = False
         vit.patch_embed.flatten = False
         vit.patch_embed.output_fmt = Format.NHWC
@@ -134,7 +134,9 @@ class SimpleFeaturePyramid(nn.Module):
         """
         height, width = x.shape[-2:]
         taps = sorted(set(self.out_indices))  # timm returns intermediates in block order, once each
-        found = self.backbone.forward_intermediates(x, indices=taps, output_fmt="NCHW", intermediates_only=True)
+        found: list[Tensor] = self.backbone.forward_intermediates(  # type: ignore[assignment]
+            x, indices=taps, output_fmt="NCHW", intermediates_only=True
+        )
         feats = [found[taps.index(i)] for i in self.out_indices]  # 4 × (B, D, H/p, W/p)
         outs = []
         for feat, op, size in zip(feats, self.ops, pyramid_sizes(height, width), strict=True):

@@ -61,7 +61,7 @@ def adapt_patch_embed(vit: VisionTransformer, in_chans: int, rgb_channels: list[
     )
     with torch.no_grad():
         new_conv.weight.copy_(new)
-        if conv.bias is not None:
+        if conv.bias is not None and new_conv.bias is not None:
             new_conv.bias.copy_(conv.bias)
     vit.patch_embed.proj = new_conv
 
@@ -102,7 +102,7 @@ def build_backbone(
         kwargs: dict[str, Any] = {"num_classes": 0, "drop_path_rate": drop_path_rate}
         if img_size is not None:
             kwargs["img_size"] = img_size
-        vit = timm.create_model(name, pretrained=False, **kwargs)
+        vit = timm.create_model(name, pretrained=False, **kwargs)  # type: ignore[assignment]
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"backbone {name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
     adapt_patch_embed(vit, in_channels, rgb_channels)
@@ -133,6 +133,7 @@ def describe_backbone(vit: VisionTransformer) -> dict[str, Any]:
     grid = vit.patch_embed.grid_size
     patch = patch_size_of(vit)
     embed_dim = int(vit.embed_dim)
+    first: Any = vit.blocks[0]
     return {
         "name": str(name),
         "kwargs": {
@@ -140,8 +141,8 @@ def describe_backbone(vit: VisionTransformer) -> dict[str, Any]:
             "patch_size": patch,
             "embed_dim": embed_dim,
             "depth": len(vit.blocks),
-            "num_heads": int(vit.blocks[0].attn.num_heads),
-            "mlp_ratio": vit.blocks[0].mlp.fc1.out_features / embed_dim,
+            "num_heads": int(first.attn.num_heads),
+            "mlp_ratio": first.mlp.fc1.out_features / embed_dim,
             "in_chans": int(vit.patch_embed.proj.in_channels),
             "num_classes": 0,
         },
@@ -157,5 +158,5 @@ def rebuild_backbone(description: dict[str, Any]) -> VisionTransformer:
     kwargs["img_size"] = tuple(kwargs["img_size"])
     if name not in timm.list_models():
         raise ValueError(f"unknown backbone architecture {name!r} in the checkpoint")
-    vit = timm.create_model(name, pretrained=False, **kwargs)
+    vit: Any = timm.create_model(name, pretrained=False, **kwargs)
     return enable_dynamic_size(vit)

@@ -179,12 +179,12 @@ class DenseTask(BaseTask):
         return ModelCard(
             task=self.KIND,
             class_names=self.class_names,
-            class_colors=[tuple(int(v) for v in col) for col in colors],
+            class_colors=[(int(col[0]), int(col[1]), int(col[2])) for col in colors],
             bands=list(self.hparams.get("bands") or range(1, c + 1)),
             mean=self._channel_stats("mean", 0.0, c),  # torchgeo's convention: x / 255 by default
             std=self._channel_stats("std", 255.0, c),
             tile_size=int(tile),
-            arch=dict(self.arch),
+            arch=dict(self.arch),  # type: ignore[arg-type]
             render=dict(self.hparams.get("render") or {}),
         )
 

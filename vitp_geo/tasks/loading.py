@@ -135,7 +135,7 @@ def save_tiny_checkpoint(
         raise ValueError(f"task must be 'segmentation' or 'change', got {task!r}")
     with torch.no_grad():  # non-trivial normalisation statistics, so eval-mode BN is exercised
         for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     ckpt: dict[str, Any] = {

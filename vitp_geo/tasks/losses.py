@@ -56,8 +56,9 @@ class FocalLoss(nn.Module):
         safe = torch.where(valid, target, 0).long()
         logp = logits.log_softmax(dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, H, W) log p_t
         loss = -((1 - logp.exp()) ** self.gamma) * logp
-        if self.alpha is not None:
-            loss = loss * self.alpha[safe]
+        alpha: Tensor | None = self.alpha  # type: ignore[assignment]
+        if alpha is not None:
+            loss = loss * alpha[safe]
         n = valid.sum()
         return (loss * valid).sum() / n.clamp(min=1)
 
