@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from vitp_geo.instruct.recipe import load_recipe
-from vitp_geo.pretrain.dataset import InstructionDataset, Tokenize, collate
+from vitp_geo.pretrain.dataset import InstructionDataset, Sample, Tokenize, collate
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -150,9 +150,9 @@ class InstructionDataModule(L.LightningDataModule):
         # A checkpoint written in on_train_batch_end holds the batch as processed but not yet
         # completed; Lightning resumes after it, so skip every processed batch.
         current = trainer.fit_loop.epoch_loop.batch_progress.current
-        return int(max(current.processed, current.completed))
+        return int(max(getattr(current, "processed", 0), current.completed))
 
-    def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+    def train_dataloader(self) -> DataLoader[Sample]:
         self.setup("fit")
         assert self.dataset is not None
         world, rank = self._world()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -27,7 +28,16 @@ IGNORE_INDEX = -100
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 
 # (conversations, tokenizer, num_image_tokens per image, max_length) -> (input_ids, labels)
-Tokenize = Callable[[list[dict[str, str]], object, list[int], int], tuple[torch.Tensor, torch.Tensor]]
+Tokenize = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+class Sample(TypedDict):
+    """One training sample (see ``InstructionDataset``)."""
+
+    pixel_values: torch.Tensor  # (T, 3, S, S)
+    input_ids: torch.Tensor  # (L,)
+    labels: torch.Tensor  # (L,)
+    num_tiles: int
 
 
 @dataclass
@@ -66,7 +76,7 @@ def load_image(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-class InstructionDataset(Dataset[dict[str, object]]):
+class InstructionDataset(Dataset[Sample]):
     """Samples of one epoch over a recipe.
 
     Each item is a dict with ``pixel_values`` (T, 3, S, S) float, ``input_ids`` (L,) long,
@@ -138,7 +148,7 @@ class InstructionDataset(Dataset[dict[str, object]]):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, object]:
+    def __getitem__(self, i: int) -> Sample:
         src_id, rec_id = self.index[i]
         src = self.sources[src_id]
         rec, paths = src.records[rec_id], src.image_paths[rec_id]
@@ -165,31 +175,27 @@ class InstructionDataset(Dataset[dict[str, object]]):
         }
 
 
-def collate(batch: Sequence[dict[str, object]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: Sequence[Sample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad token sequences and concatenate all tiles of the batch in order.
 
     Returns:
         ``pixel_values`` (T, 3, S, S), ``input_ids`` (B, L), ``attention_mask`` (B, L),
         ``labels`` (B, L) with −100 on padding, ``num_tiles`` (B,).
     """
-    ids = [b["input_ids"] for b in batch]
-    labels = [b["labels"] for b in batch]
-    assert all(isinstance(t, torch.Tensor) for t in ids + labels)
-    length = max(int(t.shape[0]) for t in ids)  # type: ignore[union-attr]
+    length = max(int(b["input_ids"].shape[0]) for b in batch)
     n = len(batch)
     input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)
     attention = torch.zeros((n, length), dtype=torch.long)
-    out_labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
-    for row, (t, lab) in enumerate(zip(ids, labels, strict=True)):
-        k = int(t.shape[0])  # type: ignore[union-attr]
-        input_ids[row, :k] = t  # type: ignore[index]
+    labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+    for row, sample in enumerate(batch):
+        k = int(sample["input_ids"].shape[0])
+        input_ids[row, :k] = sample["input_ids"]
         attention[row, :k] = 1
-        out_labels[row, :k] = lab  # type: ignore[index]
-    pixel_values = torch.cat([b["pixel_values"] for b in batch])  # type: ignore[misc]
+        labels[row, :k] = sample["labels"]
     return {
-        "pixel_values": pixel_values,
+        "pixel_values": torch.cat([b["pixel_values"] for b in batch]),
         "input_ids": input_ids,
         "attention_mask": attention,
-        "labels": out_labels,
-        "num_tiles": torch.tensor([int(b["num_tiles"]) for b in batch]),  # type: ignore[call-overload]
+        "labels": labels,
+        "num_tiles": torch.tensor([b["num_tiles"] for b in batch]),
     }

@@ -76,7 +76,7 @@ class ViTPPretrainModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         step_seed = (((self.seed * 1_000_003 + self.current_epoch) * 1_000_033 + batch_idx) * 65_537 + self.global_rank) % (2**62)
         torch.manual_seed(step_seed)
-        self.model.vrl_generator = torch.Generator().manual_seed(step_seed + 1)
+        self.model.vrl_generator = torch.Generator().manual_seed(step_seed + 1)  # type: ignore[assignment]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(
@@ -109,7 +109,8 @@ class ViTPPretrainModule(L.LightningModule):
         return next(self.model.vision_model.parameters()).dtype
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if _no_decay(name, p) else decay).append(p)

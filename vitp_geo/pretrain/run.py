@@ -25,6 +25,7 @@ from datamodules.instruction import InstructionDataModule
 from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
+from vitp_geo.vlm.model import ViTPModel
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _precision(cfg: PretrainConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "32-true"
 
 
-def build_parts(cfg: PretrainConfig, output: Path) -> tuple[torch.nn.Module, object, Path]:
+def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:
     """Model, tokenizer and recipe path for a run (embedded default or real parts)."""
     from vitp_geo.vlm.build import build_tiny_vlm, load_internvl
     from vitp_geo.vlm.tokenizer import build_offline_tokenizer, load_tokenizer
@@ -155,7 +156,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     model, tokenizer, recipe = build_parts(cfg, output)
-    image_size = int(model.vision_model.patch_embed.img_size[0])
+    image_size = int(model.vision_model.patch_embed.img_size[0])  # type: ignore[index]
     datamodule = InstructionDataModule(
         recipe,
         tokenizer,
