@@ -48,7 +48,7 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         backbone="vitp_tiny_patch14_112", img_size=112, neck="sfp", head="upernet", head_channels=64,
         lr=1e-3, weight_decay=0.05, layer_decay=0.9, warmup_steps=10, schedule="poly", drop_path_rate=0.0,
     )
-    common = dict(patch_size=112, batch_size=8, length=64, val_fraction=0.25, seed=seed)
+    common = dict(patch_size=112, batch_size=8, length=96, val_fraction=0.25, seed=seed)
     if task == "segmentation":
         folders = write_synthetic_segmentation(data_dir, n_scenes=3, size=336, seed=seed)
         model.update(num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES), class_colors=[list(c) for c in CLASS_COLORS])
@@ -65,7 +65,7 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         }
     return {
         "seed_everything": seed,
-        "trainer": {"max_epochs": 5, "accelerator": "cpu", "log_every_n_steps": 4},
+        "trainer": {"max_epochs": 10, "accelerator": "cpu", "log_every_n_steps": 4},
         "model": {"class_path": TASK_CLASSES[task], "init_args": model},
         "data": data,
     }
