@@ -31,7 +31,17 @@ def pretrain(out: Path, extra: list[str]) -> Path:
     if weights.is_file():
         print(f"reusing {weights}")
         return weights
-    cmd = [sys.executable, "-m", "vitp_geo.cli.main", "pretrain", "--domain", "rs", "--output", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitp_geo.cli.main",
+        "pretrain",
+        "--domain",
+        "rs",
+        "--output",
+        str(out),
+        *extra,
+    ]
     print("$", " ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
@@ -52,17 +62,36 @@ def finetune(backbone: Path | None, data: Path, steps: int, seed: int, work: Pat
 
     lightning.seed_everything(seed, verbose=False)
     dm = GeoTiffSegmentationDataModule(
-        str(data / "images"), labels=str(data / "labels"), patch_size=112, batch_size=8, length=steps * 8,
-        val_fraction=0.25, seed=seed,
+        str(data / "images"),
+        labels=str(data / "labels"),
+        patch_size=112,
+        batch_size=8,
+        length=steps * 8,
+        val_fraction=0.25,
+        seed=seed,
     )
     task = SegmentationTask(
-        backbone="vitp_tiny_patch14_112", backbone_weights=str(backbone) if backbone else None, img_size=112,
-        num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES), head_channels=64, lr=1e-3, layer_decay=0.9,
-        warmup_steps=5, schedule="poly", drop_path_rate=0.0,
+        backbone="vitp_tiny_patch14_112",
+        backbone_weights=str(backbone) if backbone else None,
+        img_size=112,
+        num_classes=len(CLASS_NAMES),
+        class_names=list(CLASS_NAMES),
+        head_channels=64,
+        lr=1e-3,
+        layer_decay=0.9,
+        warmup_steps=5,
+        schedule="poly",
+        drop_path_rate=0.0,
     )
     trainer = lightning.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=True, num_sanity_val_steps=0, default_root_dir=work,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        num_sanity_val_steps=0,
+        default_root_dir=work,
     )
     trainer.fit(task, datamodule=dm)
     result = trainer.validate(task, datamodule=dm, verbose=False)[0]
@@ -77,7 +106,9 @@ def main() -> int:
     p.add_argument("--no-vrl-backbone", type=Path, help="reuse a backbone for (c) instead of pretraining")
     p.add_argument("--steps", type=int, default=60, help="fine-tuning steps (batch 8, 112 px tiles)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--pretrain-args", nargs=argparse.REMAINDER, default=[], help="extra flags for both pretrainings")
+    p.add_argument(
+        "--pretrain-args", nargs=argparse.REMAINDER, default=[], help="extra flags for both pretrainings"
+    )
     args = p.parse_args()
 
     from datamodules.synthetic_geotiff import write_synthetic_segmentation
@@ -85,9 +116,13 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "data"
     if not (data / "images").is_dir():
-        write_synthetic_segmentation(data, n_scenes=4, size=336, seed=1000)  # scenes unseen in pretraining seeds
+        write_synthetic_segmentation(
+            data, n_scenes=4, size=336, seed=1000
+        )  # scenes unseen in pretraining seeds
     vrl = args.vrl_backbone or pretrain(args.work / "pretrain_vrl", list(args.pretrain_args))
-    no_vrl = args.no_vrl_backbone or pretrain(args.work / "pretrain_no_vrl", ["--vrl-ratio", "0", *args.pretrain_args])
+    no_vrl = args.no_vrl_backbone or pretrain(
+        args.work / "pretrain_no_vrl", ["--vrl-ratio", "0", *args.pretrain_args]
+    )
 
     starts = {"(a) ViTP, VRL on": vrl, "(b) random init": None, "(c) ViTP, VRL off": no_vrl}
     scores: dict[str, list[float]] = {k: [] for k in starts}

@@ -57,7 +57,9 @@ class SegmentationFolder(Dataset[dict[str, Tensor]]):
             candidates = [labels / f"{img.stem}{label_suffix}{ext}" for ext in _EXTS]
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
-                raise FileNotFoundError(f"no label for {img} in {labels} (looked for {img.stem}{label_suffix}.*)")
+                raise FileNotFoundError(
+                    f"no label for {img} in {labels} (looked for {img.stem}{label_suffix}.*)"
+                )
             self.labels.append(found)
 
     def __len__(self) -> int:
@@ -85,7 +87,10 @@ class ChangeFolder(Dataset[dict[str, Tensor]]):
         same = self.root / sub / a.name
         if same.is_file():
             return same
-        return next((self.root / sub / f"{a.stem}{e}" for e in _EXTS if (self.root / sub / f"{a.stem}{e}").is_file()), same)
+        return next(
+            (self.root / sub / f"{a.stem}{e}" for e in _EXTS if (self.root / sub / f"{a.stem}{e}").is_file()),
+            same,
+        )
 
     def __len__(self) -> int:
         return len(self.a)
@@ -100,7 +105,10 @@ class ChangeFolder(Dataset[dict[str, Tensor]]):
         out = np.where(changed, 1, 0)
         if self.ignore_index is not None:
             out[label == self.ignore_index] = self.ignore_index
-        return {"image": torch.from_numpy(np.concatenate([a, b]).astype(np.float32)), "mask": torch.from_numpy(out)}
+        return {
+            "image": torch.from_numpy(np.concatenate([a, b]).astype(np.float32)),
+            "mask": torch.from_numpy(out),
+        }
 
 
 def _crop_collate(patch: int, rng: np.random.Generator):  # noqa: ANN202
@@ -122,7 +130,13 @@ def _crop_collate(patch: int, rng: np.random.Generator):  # noqa: ANN202
 
 class _FolderDataModule(LightningDataModule):
     def __init__(
-        self, patch_size: int, batch_size: int, num_workers: int, mean: Sequence[float], std: Sequence[float], seed: int
+        self,
+        patch_size: int,
+        batch_size: int,
+        num_workers: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -154,9 +168,13 @@ class _FolderDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         mean, std = self._norm()
-        batch["image"] = (batch["image"] - mean.to(batch["image"]).view(1, -1, 1, 1)) / std.to(batch["image"]).view(1, -1, 1, 1)
+        batch["image"] = (batch["image"] - mean.to(batch["image"]).view(1, -1, 1, 1)) / std.to(
+            batch["image"]
+        ).view(1, -1, 1, 1)
         if self.trainer is not None and self.trainer.training:
-            flips = K.AugmentationSequential(K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=None, keepdim=True)
+            flips = K.AugmentationSequential(
+                K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=None, keepdim=True
+            )
             batch = flips({"image": batch["image"], "mask": batch["mask"]})
         return batch
 
@@ -198,7 +216,9 @@ class TileFolderSegmentationDataModule(_FolderDataModule):
     def setup(self, stage: str) -> None:
         images, labels, suffix, train, val = self.dirs
         if stage == "fit":
-            self.train_dataset = SegmentationFolder(self.root / images / train, self.root / labels / train, suffix)
+            self.train_dataset = SegmentationFolder(
+                self.root / images / train, self.root / labels / train, suffix
+            )
         self.val_dataset = SegmentationFolder(self.root / images / val, self.root / labels / val, suffix)
 
 
@@ -241,4 +261,3 @@ class PairFolderChangeDataModule(_FolderDataModule):
         if stage == "fit":
             self.train_dataset = ChangeFolder(self.root / train, self.ignore_index)
         self.val_dataset = ChangeFolder(self.root / val, self.ignore_index)
-

@@ -73,12 +73,16 @@ class _BandSelect:
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         image = sample["image"]
         if max(self.index) >= image.shape[0]:
-            raise ValueError(f"band {max(self.index) + 1} requested but the raster has {image.shape[0]} band(s)")
+            raise ValueError(
+                f"band {max(self.index) + 1} requested but the raster has {image.shape[0]} band(s)"
+            )
         sample["image"] = image[self.index]
         return sample
 
 
-def area_split(footprints: Sequence[BaseGeometry], tile: float, val_fraction: float) -> tuple[BaseGeometry, BaseGeometry]:
+def area_split(
+    footprints: Sequence[BaseGeometry], tile: float, val_fraction: float
+) -> tuple[BaseGeometry, BaseGeometry]:
     """Training and validation regions (map units) for scene ``footprints`` (module doc).
 
     Args:
@@ -121,7 +125,9 @@ class _AreaSplitDataModule(GeoDataModule):
         std: Sequence[float],
         flips: bool,
     ) -> None:
-        super().__init__(GeoDataset, batch_size=batch_size, patch_size=patch_size, length=length, num_workers=num_workers)
+        super().__init__(
+            GeoDataset, batch_size=batch_size, patch_size=patch_size, length=length, num_workers=num_workers
+        )
         self.val_fraction = val_fraction
         self.seed = seed
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
@@ -223,7 +229,9 @@ class GeoTiffSegmentationDataModule(_AreaSplitDataModule):
         image = _ImageRaster(paths=self.image_files, transforms=transforms)
         if self.label_files is None:
             assert self.vector_files is not None
-            self.label_files = burn_vector_labels(self.image_files, self.vector_files, self.label_field, self.cache_dir)
+            self.label_files = burn_vector_labels(
+                self.image_files, self.vector_files, self.label_field, self.cache_dir
+            )
         label = _LabelRaster(paths=self.label_files, crs=image.crs, res=image.res)
         return image & label
 
@@ -288,7 +296,9 @@ def resolve_files_any(spec: str | Sequence[str], what: str) -> list[str]:
     for s in specs:
         p = Path(s)
         if p.is_dir():
-            files += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in (".gpkg", ".shp", ".geojson", ".json"))
+            files += sorted(
+                str(f) for f in p.iterdir() if f.suffix.lower() in (".gpkg", ".shp", ".geojson", ".json")
+            )
         elif p.is_file():
             files.append(str(p))
         else:
@@ -317,7 +327,9 @@ def burn_vector_labels(
     for path in vectors:
         frame = gpd.read_file(path, engine="pyogrio")
         if label_field not in frame.columns:
-            raise ValueError(f"{path}: no attribute {label_field!r} (has {sorted(c for c in frame.columns if c != 'geometry')})")
+            raise ValueError(
+                f"{path}: no attribute {label_field!r} (has {sorted(c for c in frame.columns if c != 'geometry')})"
+            )
         frames.append(frame)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,8 +340,16 @@ def burn_vector_labels(
         shapes = []
         for frame in frames:
             frame = frame.to_crs(crs) if frame.crs is not None and frame.crs != crs else frame
-            shapes += [(g, int(v)) for g, v in zip(frame.geometry, frame[label_field], strict=True) if g is not None and pd.notna(v)]
-        mask = rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="uint8") if shapes else np.zeros(shape, np.uint8)
+            shapes += [
+                (g, int(v))
+                for g, v in zip(frame.geometry, frame[label_field], strict=True)
+                if g is not None and pd.notna(v)
+            ]
+        mask = (
+            rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="uint8")
+            if shapes
+            else np.zeros(shape, np.uint8)
+        )
         out = out_dir / f"{Path(image).stem}_labels.tif"
         write_geotiff(out, mask[None], transform, crs.to_string())
         outputs.append(str(out))
@@ -352,7 +372,9 @@ def default_stats(
     if std is None:
         std = list(IMAGENET_STD_255) if channels == 3 else [255.0] * channels
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean ({len(mean)}) and std ({len(std)}) must have one value per channel ({channels})")
+        raise ValueError(
+            f"mean ({len(mean)}) and std ({len(std)}) must have one value per channel ({channels})"
+        )
     if min(std) <= 0:
         raise ValueError(f"std must be > 0, got {list(std)}")
     return [float(v) for v in mean], [float(v) for v in std]

@@ -32,12 +32,20 @@ class EpochShuffleSampler(Sampler[int]):
         shuffle: permute (True) or keep order (False).
     """
 
-    def __init__(self, length: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
+    def __init__(
+        self, length: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True
+    ):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        self.length, self.seed, self.num_replicas, self.rank, self.shuffle = length, seed, num_replicas, rank, shuffle
+        self.length, self.seed, self.num_replicas, self.rank, self.shuffle = (
+            length,
+            seed,
+            num_replicas,
+            rank,
+            shuffle,
+        )
         self.epoch = 0
         self._skip = 0
 

@@ -44,7 +44,11 @@ def write_synthetic_segmentation(
     for i in range(n_scenes):
         scene = generate_scene(seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size))
         paths = write_scene(scene, root / "tmp", stem=f"scene_{i}")
-        for src, dst in ((paths.image, folders.images), (paths.mask, folders.labels), (paths.objects, folders.vectors)):
+        for src, dst in (
+            (paths.image, folders.images),
+            (paths.mask, folders.labels),
+            (paths.objects, folders.vectors),
+        ):
             assert dst is not None
             dst.mkdir(parents=True, exist_ok=True)
             src.replace(dst / src.name)
@@ -59,7 +63,9 @@ def write_synthetic_change(
     root = Path(directory)
     folders = SyntheticFolders(root / "before", root / "labels", after=root / "after")
     for i in range(n_pairs):
-        pair = generate_change_pair(seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size))
+        pair = generate_change_pair(
+            seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size)
+        )
         b, a, c = write_change_pair(pair, root / "tmp", stem=f"pair_{i}")
         for src, dst in ((b, folders.images), (a, folders.after), (c, folders.labels)):
             assert dst is not None

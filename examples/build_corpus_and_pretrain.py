@@ -32,24 +32,52 @@ def run(workdir: Path, max_steps: int = 3, seed: int = 0) -> int:
     names = workdir / "scene" / "names.yaml"
     names.write_text("".join(f"{i}: {n}\n" for i, n in enumerate(CLASS_NAMES)), encoding="utf-8")
     corpus = workdir / "corpus"
-    build = ["build-instructions", "--image", str(paths.image), "--labels", str(paths.objects),
-             "--class-field", "class_name", "--mask", str(paths.mask), "--classes", str(names),
-             "--tile-size", "128", "--overlap", "0.25", "--seed", str(seed), "--out", str(corpus), "--overwrite"]
+    build = [
+        "build-instructions",
+        "--image",
+        str(paths.image),
+        "--labels",
+        str(paths.objects),
+        "--class-field",
+        "class_name",
+        "--mask",
+        str(paths.mask),
+        "--classes",
+        str(names),
+        "--tile-size",
+        "128",
+        "--overlap",
+        "0.25",
+        "--seed",
+        str(seed),
+        "--out",
+        str(corpus),
+        "--overwrite",
+    ]
     print("$ vitp-geo " + " ".join(build), flush=True)
     rc = vitp_geo(build)
     if rc:
         return rc
     print("$ vitp-geo recipe stats " + str(corpus / "recipe.json"), flush=True)
     vitp_geo(["recipe", "stats", str(corpus / "recipe.json")])
-    pretrain = ["pretrain", "--data", str(corpus / "recipe.json"), "--max-steps", str(max_steps),
-                "--output", str(workdir / "run")]
+    pretrain = [
+        "pretrain",
+        "--data",
+        str(corpus / "recipe.json"),
+        "--max-steps",
+        str(max_steps),
+        "--output",
+        str(workdir / "run"),
+    ]
     print("$ vitp-geo " + " ".join(pretrain), flush=True)
     return vitp_geo(pretrain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="where to write scene, corpus and run (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where to write scene, corpus and run (default: a temp dir)"
+    )
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

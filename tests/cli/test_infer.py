@@ -15,7 +15,8 @@ from vitp_geo.io.raster import write_geotiff
 from vitp_geo.synthetic.scene import generate_scene
 
 loading = pytest.importorskip(
-    "vitp_geo.tasks.loading", reason="vitp_geo.tasks.loading (issue 5: load_inference_model) is not available yet"
+    "vitp_geo.tasks.loading",
+    reason="vitp_geo.tasks.loading (issue 5: load_inference_model) is not available yet",
 )
 
 TILE = 112
@@ -24,14 +25,25 @@ TILE = 112
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    loading.save_tiny_segmentation_checkpoint(path, tile_size=TILE, mean=[120.0, 110.0, 100.0],
-                                              std=[50.0, 45.0, 40.0])
+    loading.save_tiny_segmentation_checkpoint(
+        path, tile_size=TILE, mean=[120.0, 110.0, 100.0], std=[50.0, 45.0, 40.0]
+    )
     return path
 
 
 def _infer(scene: Path, ckpt: Path, out: Path, *extra: str) -> int:
-    return main(["infer", str(scene), "--checkpoint", str(ckpt), "--out", str(out / "pred.tif"), "--no-progress",
-                 *extra])
+    return main(
+        [
+            "infer",
+            str(scene),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out / "pred.tif"),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_single_window_equals_the_model_on_the_normalised_scene(tmp_path: Path, checkpoint: Path) -> None:
@@ -40,7 +52,9 @@ def test_single_window_equals_the_model_on_the_normalised_scene(tmp_path: Path, 
     rc = _infer(tmp_path / "scene.tif", checkpoint, tmp_path, "--probabilities", str(tmp_path / "probs.tif"))
     assert rc == 0
     model, card = loading.load_inference_model(checkpoint)
-    x = (torch.from_numpy(scene.image).float() - torch.tensor(card.mean)[:, None, None]) / torch.tensor(card.std)[:, None, None]
+    x = (torch.from_numpy(scene.image).float() - torch.tensor(card.mean)[:, None, None]) / torch.tensor(
+        card.std
+    )[:, None, None]
     with torch.no_grad():
         expected = torch.softmax(model(x[None]), 1)[0].numpy()
     with rasterio.open(tmp_path / "pred.tif") as pred, rasterio.open(tmp_path / "probs.tif") as probs:
@@ -54,8 +68,17 @@ def test_single_window_equals_the_model_on_the_normalised_scene(tmp_path: Path, 
 def test_multi_window_scene_with_vector(tmp_path: Path, checkpoint: Path) -> None:
     scene = generate_scene(2, (200, 180))
     write_geotiff(tmp_path / "scene.tif", scene.image, scene.transform, scene.crs)
-    rc = _infer(tmp_path / "scene.tif", checkpoint, tmp_path, "--vector", str(tmp_path / "polys.gpkg"),
-                "--overlap", "0.25", "--batch-size", "4")
+    rc = _infer(
+        tmp_path / "scene.tif",
+        checkpoint,
+        tmp_path,
+        "--vector",
+        str(tmp_path / "polys.gpkg"),
+        "--overlap",
+        "0.25",
+        "--batch-size",
+        "4",
+    )
     assert rc == 0
     with rasterio.open(tmp_path / "pred.tif") as pred:
         cls = pred.read(1)
@@ -65,19 +88,32 @@ def test_multi_window_scene_with_vector(tmp_path: Path, checkpoint: Path) -> Non
     assert (tmp_path / "polys.qml").exists()
 
 
-def test_corrupt_scene_fails_cleanly(tmp_path: Path, checkpoint: Path, shared_data: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_scene_fails_cleanly(
+    tmp_path: Path, checkpoint: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     # the damaged block is the last one: big windows reach it after three model calls
-    rc = _infer(shared_data / "corrupt.tif", checkpoint, out, "--vector", str(out / "pred.gpkg"),
-                "--tile-size", "512", "--overlap", "0", "--batch-size", "1")
+    rc = _infer(
+        shared_data / "corrupt.tif",
+        checkpoint,
+        out,
+        "--vector",
+        str(out / "pred.gpkg"),
+        "--tile-size",
+        "512",
+        "--overlap",
+        "0",
+        "--batch-size",
+        "1",
+    )
     assert rc != 0
     assert "corrupt.tif" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []  # nothing left behind, not even the work folder
 
 
-def test_all_nodata_scene_gives_nodata_raster_and_empty_layer(tmp_path: Path, checkpoint: Path,
-                                                             shared_data: Path) -> None:
+def test_all_nodata_scene_gives_nodata_raster_and_empty_layer(
+    tmp_path: Path, checkpoint: Path, shared_data: Path
+) -> None:
     rc = _infer(shared_data / "all-nodata.tif", checkpoint, tmp_path, "--vector", str(tmp_path / "v.gpkg"))
     assert rc == 0
     with rasterio.open(tmp_path / "pred.tif") as pred, rasterio.open(shared_data / "all-nodata.tif") as src:
@@ -98,8 +134,9 @@ def test_tiny_float_scene_with_odd_crs(tmp_path: Path, checkpoint: Path, shared_
         assert (cls[nodata] == 255).all() and (cls[~nodata] < 5).all()
 
 
-def test_band_count_mismatch_is_a_clear_error(tmp_path: Path, checkpoint: Path, shared_data: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_band_count_mismatch_is_a_clear_error(
+    tmp_path: Path, checkpoint: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = _infer(shared_data / "float_raster_with_nodata.tif", checkpoint, tmp_path)
     assert rc == 2
     err = capsys.readouterr().err
@@ -107,11 +144,16 @@ def test_band_count_mismatch_is_a_clear_error(tmp_path: Path, checkpoint: Path, 
     assert not (tmp_path / "pred.tif").exists()
 
 
-def test_complex_sar_with_rotated_grid_uses_the_db_rule(tmp_path: Path, checkpoint: Path, shared_data: Path) -> None:
+def test_complex_sar_with_rotated_grid_uses_the_db_rule(
+    tmp_path: Path, checkpoint: Path, shared_data: Path
+) -> None:
     rc = _infer(shared_data / "sar_hh.tif", checkpoint, tmp_path, "--bands", "1", "--tile-size", "112")
     assert rc == 0
     with rasterio.open(tmp_path / "pred.tif") as pred, rasterio.open(shared_data / "sar_hh.tif") as src:
-        assert (pred.shape, pred.transform) == (src.shape, src.transform) and pred.crs == src.crs  # rotated grid kept
+        assert (pred.shape, pred.transform) == (
+            src.shape,
+            src.transform,
+        ) and pred.crs == src.crs  # rotated grid kept
         valid = np.abs(src.read(1)) > 0  # zero amplitude has no dB value: nodata under the rule
         cls = pred.read(1)
         assert (cls[valid] < 5).all() and (cls[~valid] == 255).all()
@@ -124,7 +166,9 @@ def test_change_model_reads_both_dates(tmp_path: Path, capsys: pytest.CaptureFix
     before, after, _ = write_change_pair(generate_change_pair(4, TILE), tmp_path)
     assert _infer(before, ckpt, tmp_path) == 2  # the second date is required
     assert "--after" in capsys.readouterr().err
-    assert _infer(before, ckpt, tmp_path, "--after", str(after), "--probabilities", str(tmp_path / "p.tif")) == 0
+    assert (
+        _infer(before, ckpt, tmp_path, "--after", str(after), "--probabilities", str(tmp_path / "p.tif")) == 0
+    )
     model, card = loading.load_inference_model(ckpt)
     mean = torch.tensor(card.mean, dtype=torch.float32)
     std = torch.tensor(card.std, dtype=torch.float32)

@@ -25,7 +25,9 @@ def _boxes(sampler) -> list[shapely.Polygon]:  # noqa: ANN001
 
 
 def test_train_and_val_tiles_never_overlap(folders) -> None:  # noqa: ANN001
-    dm = GeoTiffSegmentationDataModule(str(folders.images), labels=str(folders.labels), batch_size=4, length=64, patch_size=64)
+    dm = GeoTiffSegmentationDataModule(
+        str(folders.images), labels=str(folders.labels), batch_size=4, length=64, patch_size=64
+    )
     dm.setup("fit")
     train, val = _boxes(dm.train_batch_sampler), _boxes(dm.val_sampler)
     assert len(train) == 64 and len(val) >= 2
@@ -42,7 +44,9 @@ def test_area_split_rounds_the_strip_to_whole_tiles() -> None:
 
 
 def test_batches_match_the_label_raster_and_vectors_burn_the_same_objects(folders) -> None:  # noqa: ANN001
-    raster = GeoTiffSegmentationDataModule(str(folders.images), labels=str(folders.labels), batch_size=2, length=2, flips=False)
+    raster = GeoTiffSegmentationDataModule(
+        str(folders.images), labels=str(folders.labels), batch_size=2, length=2, flips=False
+    )
     vector = GeoTiffSegmentationDataModule(
         str(folders.images), vectors=str(folders.vectors), batch_size=2, length=2, flips=False, cache_dir=None
     )
@@ -60,7 +64,9 @@ def test_batches_match_the_label_raster_and_vectors_burn_the_same_objects(folder
 
 def test_change_batches_stack_before_then_after(tmp_path) -> None:  # noqa: ANN001
     f = write_synthetic_change(tmp_path, n_pairs=1, size=224, seed=2)
-    dm = GeoTiffChangeDataModule(str(f.images), str(f.after), str(f.labels), batch_size=2, length=2, mean=[0, 0, 0], std=[1, 1, 1])
+    dm = GeoTiffChangeDataModule(
+        str(f.images), str(f.after), str(f.labels), batch_size=2, length=2, mean=[0, 0, 0], std=[1, 1, 1]
+    )
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape == (2, 6, 112, 112)

@@ -34,8 +34,9 @@ def test_labels_without_crs(tmp_path, scene):
 def test_raster_without_georeferencing(tmp_path, scene):
     import rasterio
 
-    with rasterio.open(tmp_path / "plain.tif", "w", driver="GTiff", width=32, height=32, count=3,
-                       dtype="uint8") as dst:
+    with rasterio.open(
+        tmp_path / "plain.tif", "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8"
+    ) as dst:
         dst.write(np.zeros((3, 32, 32), np.uint8))
     with pytest.raises(ValueError, match=r"plain\.tif has no georeferencing"):
         build_corpus(tmp_path / "out", [VectorSource(tmp_path / "plain.tif", scene.objects, tile_size=32)])
@@ -54,9 +55,12 @@ def test_zero_records_is_an_error_not_an_empty_corpus(tmp_path):
     t = Affine(1.0, 0, 0.0, 0, -1.0, 64.0)
     write_geotiff(tmp_path / "img.tif", np.zeros((3, 64, 64), np.uint8), t, "EPSG:32633", nodata=0)
     gpd.GeoDataFrame({"class_name": ["x"]}, geometry=[box(10, 10, 20, 20)], crs="EPSG:32633").to_file(
-        tmp_path / "o.gpkg", driver="GPKG")
+        tmp_path / "o.gpkg", driver="GPKG"
+    )
     with pytest.raises(ValueError, match=r"zero records \(mostly nodata: 1\)"):
-        build_corpus(tmp_path / "out", [VectorSource(tmp_path / "img.tif", tmp_path / "o.gpkg", tile_size=64)])
+        build_corpus(
+            tmp_path / "out", [VectorSource(tmp_path / "img.tif", tmp_path / "o.gpkg", tile_size=64)]
+        )
     assert _nothing_left(tmp_path)
 
 
@@ -83,11 +87,31 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path, scene):
 
 def test_cli_errors_exit_non_zero_and_leave_nothing(tmp_path, scene, shared_data, capsys):
     out = tmp_path / "out"
-    rc = main(["build-instructions", "--image", str(shared_data / "corrupt.tif"), "--labels", str(scene.objects),
-               "--out", str(out)])
+    rc = main(
+        [
+            "build-instructions",
+            "--image",
+            str(shared_data / "corrupt.tif"),
+            "--labels",
+            str(scene.objects),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2 and "corrupt.tif" in capsys.readouterr().err
-    rc = main(["build-instructions", "--image", str(scene.image), "--labels", str(scene.objects),
-               "--class-field", "nope", "--out", str(out)])
+    rc = main(
+        [
+            "build-instructions",
+            "--image",
+            str(scene.image),
+            "--labels",
+            str(scene.objects),
+            "--class-field",
+            "nope",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2 and "'nope'" in capsys.readouterr().err
     rc = main(["build-instructions", "--image", str(scene.image), "--out", str(out)])
     assert rc == 2 and "--labels" in capsys.readouterr().err
@@ -99,9 +123,27 @@ def test_cli_errors_exit_non_zero_and_leave_nothing(tmp_path, scene, shared_data
 def test_cli_builds_vector_and_mask_sources_into_one_corpus(tmp_path, scene, capsys):
     (tmp_path / "names.yaml").write_text("[background, building, road, water, field]\n")
     out = tmp_path / "out"
-    rc = main(["build-instructions", "--image", str(scene.image), "--labels", str(scene.objects),
-               "--mask", str(scene.mask), "--classes", str(tmp_path / "names.yaml"), "--tile-size", "32",
-               "--overlap", "0", "--seed", "5", "--out", str(out)])
+    rc = main(
+        [
+            "build-instructions",
+            "--image",
+            str(scene.image),
+            "--labels",
+            str(scene.objects),
+            "--mask",
+            str(scene.mask),
+            "--classes",
+            str(tmp_path / "names.yaml"),
+            "--tile-size",
+            "32",
+            "--overlap",
+            "0",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0
     from vitp_geo.instruct.records import read_jsonl

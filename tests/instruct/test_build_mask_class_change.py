@@ -37,10 +37,15 @@ def test_mask_area_shares_dominant_and_regions(tmp_path):
     mask[40:, :] = 3  # water: bottom 24 rows: 37.5 %
     write_geotiff(tmp_path / "img.tif", np.full((3, 64, 64), 100, np.uint8), T, "EPSG:32633")
     write_geotiff(tmp_path / "mask.tif", mask[None], T, "EPSG:32633")
-    (tmp_path / "names.yaml").write_text(yaml.safe_dump({0: "background", 1: "building", 2: "road", 3: "water"}))
+    (tmp_path / "names.yaml").write_text(
+        yaml.safe_dump({0: "background", 1: "building", 2: "road", 3: "water"})
+    )
     out = tmp_path / "c"
-    build_corpus(out, [MaskSource(tmp_path / "img.tif", tmp_path / "mask.tif", tmp_path / "names.yaml",
-                                  tile_size=64)], seed=0)
+    build_corpus(
+        out,
+        [MaskSource(tmp_path / "img.tif", tmp_path / "mask.tif", tmp_path / "names.yaml", tile_size=64)],
+        seed=0,
+    )
     (share,) = by_task(out, "area_share")
     assert answer(share) == "background: 38%, water: 38%, building: 25%."  # ties keep class order
     assert not by_task(out, "dominant")  # water and background tie: no dominant question
@@ -48,14 +53,25 @@ def test_mask_area_shares_dominant_and_regions(tmp_path):
         cls = "road" if "road" in question(rec) else None
         assert (answer(rec).startswith("No")) == (cls == "road")
     # Regions over several seeds: the answers follow the mask.
-    truth = {"top-left quadrant": "building.", "top-right quadrant": "None.", "bottom-left quadrant": "water.",
-             "bottom-right quadrant": "water.", "top half": "building.", "bottom half": "water.",
-             "left half": "building and water.", "right half": "water.", "center": "building and water."}
+    truth = {
+        "top-left quadrant": "building.",
+        "top-right quadrant": "None.",
+        "bottom-left quadrant": "water.",
+        "bottom-right quadrant": "water.",
+        "top half": "building.",
+        "bottom half": "water.",
+        "left half": "building and water.",
+        "right half": "water.",
+        "center": "building and water.",
+    }
     seen = 0
     for seed in range(8):
         o = tmp_path / f"s{seed}"
-        build_corpus(o, [MaskSource(tmp_path / "img.tif", tmp_path / "mask.tif", tmp_path / "names.yaml",
-                                    tile_size=64)], seed=seed)
+        build_corpus(
+            o,
+            [MaskSource(tmp_path / "img.tif", tmp_path / "mask.tif", tmp_path / "names.yaml", tile_size=64)],
+            seed=seed,
+        )
         (rec,) = by_task(o, "region")
         region = next(r for r in truth if r in question(rec))
         assert answer(rec) == truth[region], region
@@ -73,8 +89,10 @@ def test_mask_dominant_class_and_unknown_values(tmp_path):
     expected = CLASS_NAMES[int(np.argmax(counts))]
     assert dom is not None and answer(dom) in (expected, "water body" if expected == "water" else expected)
     with pytest.raises(ValueError, match=r"class value\(s\) \[3\]"):
-        build_corpus(tmp_path / "bad", [MaskSource(paths.image, paths.mask, {0: "bg", 1: "b", 2: "r", 4: "f"},
-                                                   tile_size=64)])
+        build_corpus(
+            tmp_path / "bad",
+            [MaskSource(paths.image, paths.mask, {0: "bg", 1: "b", 2: "r", 4: "f"}, tile_size=64)],
+        )
     assert not (tmp_path / "bad").exists()
 
 
@@ -84,7 +102,9 @@ def test_class_folders_give_shuffled_multiple_choice_and_open_questions(tmp_path
         scene = generate_scene(i, 32, scene_class=i % 3)
         from vitp_geo.synthetic.scene import SCENE_CLASSES
 
-        write_geotiff(root / SCENE_CLASSES[scene.scene_class] / f"s{i}.tif", scene.image, scene.transform, scene.crs)
+        write_geotiff(
+            root / SCENE_CLASSES[scene.scene_class] / f"s{i}.tif", scene.image, scene.transform, scene.crs
+        )
     out = tmp_path / "c"
     build_corpus(out, [ClassFolderSource(root)], seed=0)
     recs = by_task(out, "classification")
@@ -130,8 +150,10 @@ def test_torchgeo_eurosat_layout_renders_rgb_bands(tmp_path):
     assert Image.open(out / recs[0].images[0]).mode == "RGB"
 
 
-@pytest.mark.parametrize("name,layout,suffix", [("UCMerced", "UCMerced_LandUse/Images", ".tif"),
-                                                  ("RESISC45", "NWPU-RESISC45", ".jpg")])
+@pytest.mark.parametrize(
+    "name,layout,suffix",
+    [("UCMerced", "UCMerced_LandUse/Images", ".tif"), ("RESISC45", "NWPU-RESISC45", ".jpg")],
+)
 def test_torchgeo_ucmerced_and_resisc45_layouts(tmp_path, name, layout, suffix):
     pytest.importorskip("torchgeo")
     root = tmp_path / name
@@ -165,18 +187,18 @@ def test_change_pairs_two_images_boxes_and_area(tmp_path):
     assert all(len(r.images) == 2 and question(r).count("<image>") == 2 for r in recs)
     yesno = {tile_origin(r.images[0]): answer(r).startswith("Yes") for r in by_task(out, "change_yesno")}
     for (row, col), changed in yesno.items():
-        assert changed == bool(pair.change_mask[row:row + 48, col:col + 48].any())
+        assert changed == bool(pair.change_mask[row : row + 48, col : col + 48].any())
     assert any(yesno.values())
     for rec in by_task(out, "change_area"):
         row, col = tile_origin(rec.images[0])
-        n = int(pair.change_mask[row:row + 48, col:col + 48].sum())
+        n = int(pair.change_mask[row : row + 48, col : col + 48].sum())
         m2 = float(re.search(r"About ([\d.,]+) m²", answer(rec)).group(1).replace(",", ""))
         assert m2 == pytest.approx(n * 0.25, abs=0.51)  # 0.5 m pixels
         pct = float(re.search(r"([\d.]+)% of the image", answer(rec)).group(1))
         assert pct == pytest.approx(100 * n / 48**2, abs=0.05)
     for rec in by_task(out, "change_where"):
         row, col = tile_origin(rec.images[0])
-        tile = pair.change_mask[row:row + 48, col:col + 48].astype(bool)
+        tile = pair.change_mask[row : row + 48, col : col + 48].astype(bool)
         covered = np.zeros_like(tile)
         for bx in parse_boxes(answer(rec)):
             x1, y1, x2, y2 = (int(round(v)) for v in denormalize_box(bx, 48, 48))

@@ -34,8 +34,18 @@ def spacenet_corpus(shared_data, tmp_path_factory):
     """The SpaceNet chip built once per session (the ``shared_data`` fixture skips when absent)."""
     if "sn" not in _BUILT:
         out = tmp_path_factory.mktemp("sn") / "corpus"
-        build_corpus(out, [VectorSource(shared_data / "sample_geotiff.tif", shared_data / "geotiff_labels.geojson",
-                                        default_class="building", tile_size=TILE, overlap=0.25)])
+        build_corpus(
+            out,
+            [
+                VectorSource(
+                    shared_data / "sample_geotiff.tif",
+                    shared_data / "geotiff_labels.geojson",
+                    default_class="building",
+                    tile_size=TILE,
+                    overlap=0.25,
+                )
+            ],
+        )
         _BUILT["sn"] = out
     return _BUILT["sn"]
 
@@ -44,18 +54,27 @@ def test_spacenet_boxes_land_on_their_buildings(shared_data, spacenet_corpus):
     """Every grounding box mapped back to map coordinates matches a building (IoU ≥ 0.9)."""
     with rasterio.open(shared_data / "sample_geotiff.tif") as src:
         transform = src.transform
-    buildings = [shapely.make_valid(g) for g in gpd.read_file(shared_data / "geotiff_labels.geojson").geometry]
+    buildings = [
+        shapely.make_valid(g) for g in gpd.read_file(shared_data / "geotiff_labels.geojson").geometry
+    ]
     n_boxes = 0
     for rec in by_task(spacenet_corpus, "grounding"):
         row, col = tile_origin(rec.images[0])
         (x0, y0), (x1, y1) = transform @ (col, row), transform @ (col + TILE, row + TILE)
         tile_map = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
         # Under the edge rule the expected box is the bounding box of the part inside the tile.
-        truth = [b.intersection(tile_map).bounds for b in buildings if b.intersection(tile_map).area >= 0.5 * b.area]
+        truth = [
+            b.intersection(tile_map).bounds
+            for b in buildings
+            if b.intersection(tile_map).area >= 0.5 * b.area
+        ]
         matched = set()
         for bx in parse_boxes(answer(rec)):
             px = denormalize_box(bx, TILE, TILE)
-            (mx0, my0), (mx1, my1) = transform @ (px[0] + col, px[1] + row), transform @ (px[2] + col, px[3] + row)
+            (mx0, my0), (mx1, my1) = (
+                transform @ (px[0] + col, px[1] + row),
+                transform @ (px[2] + col, px[3] + row),
+            )
             got = (min(mx0, mx1), min(my0, my1), max(mx0, mx1), max(my0, my1))
             ious = [_iou(got, t) for t in truth]
             best = int(np.argmax(ious))
@@ -69,7 +88,9 @@ def test_spacenet_boxes_land_on_their_buildings(shared_data, spacenet_corpus):
 def test_spacenet_counts_match_buildings_inside_each_tile(shared_data, spacenet_corpus):
     with rasterio.open(shared_data / "sample_geotiff.tif") as src:
         transform = src.transform
-    buildings = [shapely.make_valid(g) for g in gpd.read_file(shared_data / "geotiff_labels.geojson").geometry]
+    buildings = [
+        shapely.make_valid(g) for g in gpd.read_file(shared_data / "geotiff_labels.geojson").geometry
+    ]
     counting = by_task(spacenet_corpus, "counting")
     assert len(counting) == 9  # 900 px at 448 with 25 % overlap → 3 × 3 tiles, all holding buildings
     for rec in counting:
@@ -121,7 +142,9 @@ def test_multispectral_band_selection_and_modality(tmp_path, shared_data):
     build_corpus(out_default, [VectorSource(ms, tmp_path / "ship.gpkg", tile_size=300)])
     from vitp_geo.io.raster import RenderRule
 
-    build_corpus(out_bands, [VectorSource(ms, tmp_path / "ship.gpkg", tile_size=300, rule=RenderRule(bands=(4, 3, 2)))])
+    build_corpus(
+        out_bands, [VectorSource(ms, tmp_path / "ship.gpkg", tile_size=300, rule=RenderRule(bands=(4, 3, 2)))]
+    )
     assert {r.modality for r in records(out_default)} == {"multispectral"}
     a = np.asarray(Image.open(out_default / records(out_default)[0].images[0]))
     b = np.asarray(Image.open(out_bands / records(out_bands)[0].images[0]))

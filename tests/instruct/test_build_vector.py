@@ -37,14 +37,29 @@ def _iou(a, b) -> float:
 
 def _pixel_polygons(scene, cls: str) -> list[Polygon]:
     inv = ~scene.transform
-    return [Polygon([inv @ p for p in o["geometry"].exterior.coords]) for o in scene.objects if o["class_name"] == cls]
+    return [
+        Polygon([inv @ p for p in o["geometry"].exterior.coords])
+        for o in scene.objects
+        if o["class_name"] == cls
+    ]
 
 
 def test_counts_and_boxes_match_the_generated_buildings(tmp_path, scene_files):
     scene, paths = scene_files
     out = tmp_path / "corpus"
-    build_corpus(out, [VectorSource(paths.image, paths.objects, class_field="class_name", tile_size=TILE,
-                                    overlap=0.0, min_visible=0.5)])
+    build_corpus(
+        out,
+        [
+            VectorSource(
+                paths.image,
+                paths.objects,
+                class_field="class_name",
+                tile_size=TILE,
+                overlap=0.0,
+                min_visible=0.5,
+            )
+        ],
+    )
     buildings = _pixel_polygons(scene, "building")
     counted = 0
     for rec in by_task(out, "counting"):
@@ -101,18 +116,30 @@ def test_edge_rule_drops_minor_parts_and_skips_presence_for_them(tmp_path):
     # One car mostly in the right tile; one tree fully in the left tile.
     car = box(*(transform @ (45, 20)), *(transform @ (65, 10)))  # 5/20 = 0.25 in left, 0.75 in right
     tree = box(*(transform @ (10, 40)), *(transform @ (20, 30)))
-    write_objects(tmp_path / "o.gpkg", [{"kind": "car", "geometry": car}, {"kind": "tree", "geometry": tree}],
-                  "EPSG:32633")
+    write_objects(
+        tmp_path / "o.gpkg",
+        [{"kind": "car", "geometry": car}, {"kind": "tree", "geometry": tree}],
+        "EPSG:32633",
+    )
     out = tmp_path / "c"
-    build_corpus(out, [VectorSource(tmp_path / "img.tif", tmp_path / "o.gpkg", class_field="kind",
-                                    tile_size=50, overlap=0.0)])
+    build_corpus(
+        out,
+        [
+            VectorSource(
+                tmp_path / "img.tif", tmp_path / "o.gpkg", class_field="kind", tile_size=50, overlap=0.0
+            )
+        ],
+    )
     left = [r for r in records(out) if tile_origin(r.images[0]) == (0, 0)]
     # The car is ambiguous in the left tile: never counted, never asked about.
     assert not any("car" in question(r) for r in left)
     counts = [answer(r) for r in left if r.task == "counting"]
     assert counts == ["1"]
-    right_counts = {question(r): answer(r) for r in records(out)
-                    if tile_origin(r.images[0]) == (0, 50) and r.task == "counting"}
+    right_counts = {
+        question(r): answer(r)
+        for r in records(out)
+        if tile_origin(r.images[0]) == (0, 50) and r.task == "counting"
+    }
     assert list(right_counts.values()) == ["1"] and "car" in next(iter(right_counts))
 
 
@@ -139,8 +166,9 @@ def test_invalid_geometries_are_repaired_and_counted(tmp_path):
     write_geotiff(tmp_path / "img.tif", np.full((3, 64, 64), 90, np.uint8), transform, "EPSG:32633")
     bowtie = Polygon([(10, 10), (30, 30), (30, 10), (10, 30)])  # self-intersecting
     assert not bowtie.is_valid
-    frame = gpd.GeoDataFrame({"class_name": ["roof", "roof"]},
-                             geometry=[bowtie, box(40, 40, 50, 50)], crs="EPSG:32633")
+    frame = gpd.GeoDataFrame(
+        {"class_name": ["roof", "roof"]}, geometry=[bowtie, box(40, 40, 50, 50)], crs="EPSG:32633"
+    )
     frame.to_file(tmp_path / "o.gpkg", driver="GPKG")
     out = tmp_path / "c"
     res = build_corpus(out, [VectorSource(tmp_path / "img.tif", tmp_path / "o.gpkg", tile_size=64)])
@@ -154,7 +182,9 @@ def test_oriented_box_corners_of_a_rotated_square():
     q = quad_corners(sq, 100, 100)
     pts = np.array(q).reshape(4, 2) / 10.0
     # The corners of a diamond centred at (30, 30) with half-diagonal 10·√2; the first is nearest top-left.
-    assert np.allclose(sorted(map(tuple, pts.round(0))), sorted([(30, 16), (44, 30), (30, 44), (16, 30)]), atol=1)
+    assert np.allclose(
+        sorted(map(tuple, pts.round(0))), sorted([(30, 16), (44, 30), (30, 44), (16, 30)]), atol=1
+    )
     x, y = pts[:, 0], pts[:, 1]
     assert 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) > 0  # clockwise on screen (y down)
 
@@ -180,16 +210,23 @@ def test_referring_answers_pick_the_right_object(tmp_path):
     write_geotiff(tmp_path / "img.tif", np.full((3, 100, 100), 90, np.uint8), transform, "EPSG:32633")
     small = box(*(transform @ (10, 80)), *(transform @ (20, 70)))  # 10×10, south-west
     big = box(*(transform @ (50, 40)), *(transform @ (90, 10)))  # 40×30, north-east
-    write_objects(tmp_path / "o.gpkg", [{"class_name": "pond", "geometry": g} for g in (small, big)], "EPSG:32633")
+    write_objects(
+        tmp_path / "o.gpkg", [{"class_name": "pond", "geometry": g} for g in (small, big)], "EPSG:32633"
+    )
     seen = set()
     for seed in range(12):
         out = tmp_path / f"c{seed}"
         build_corpus(out, [VectorSource(tmp_path / "img.tif", tmp_path / "o.gpkg", tile_size=100)], seed=seed)
         (rec,) = by_task(out, "referring")
         which = answer(rec).split("<ref>the ")[1].split(" pond")[0]
-        expected = {"largest": [500, 100, 900, 400], "northernmost": [500, 100, 900, 400],
-                    "easternmost": [500, 100, 900, 400], "smallest": [100, 700, 200, 800],
-                    "southernmost": [100, 700, 200, 800], "westernmost": [100, 700, 200, 800]}[which]
+        expected = {
+            "largest": [500, 100, 900, 400],
+            "northernmost": [500, 100, 900, 400],
+            "easternmost": [500, 100, 900, 400],
+            "smallest": [100, 700, 200, 800],
+            "southernmost": [100, 700, 200, 800],
+            "westernmost": [100, 700, 200, 800],
+        }[which]
         assert parse_boxes(answer(rec)) == [expected]
         seen.add(which)
     assert len(seen) >= 3

@@ -43,7 +43,9 @@ def test_pixel_values_are_imagenet_normalised():
     img = Image.new("RGB", (14, 14), (255, 0, 128))
     pv = to_pixel_values([img])
     assert pv.shape == (1, 3, 14, 14)
-    expected = (torch.tensor([255, 0, 128]) / 255.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    expected = (torch.tensor([255, 0, 128]) / 255.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(
+        IMAGENET_STD
+    )
     assert torch.allclose(pv[0, :, 0, 0], expected.float(), atol=1e-6)
 
 

@@ -33,7 +33,9 @@ def test_template_parses_and_matches_reference_totals(name, n_datasets, total):
     assert all("FILL_ME" in str(e.root) and "FILL_ME" in str(e.annotation) for e in entries)
     # Effective samples per epoch from the file's own fields, two ways (loader arithmetic, exact).
     assert sum(effective_count(raw[e.name]["length"], e.repeat_time) for e in entries) == total
-    exact = sum(math.floor(Fraction(str(d["length"])) * Fraction(str(d["repeat_time"]))) for d in raw.values())
+    exact = sum(
+        math.floor(Fraction(str(d["length"])) * Fraction(str(d["repeat_time"]))) for d in raw.values()
+    )
     assert exact == total
     # The header states the same figure.
     assert f"= {total:,}." in (RECIPES / name).read_text(encoding="utf-8")
@@ -55,7 +57,10 @@ def test_known_reference_entries():
     raw = _raw("rs_paper.yaml")
     assert raw["cls_rgb_Million-AID"]["length"] == 920057 and rs["cls_rgb_Million-AID"].repeat_time == 0.01
     assert rs["cls_rgb_Million-AID"].max_dynamic_patch == 12
-    assert raw["cls_rgb_Million-AID"]["task"] == ["classification"] and raw["cls_rgb_Million-AID"]["modality"] == "rgb"
+    assert (
+        raw["cls_rgb_Million-AID"]["task"] == ["classification"]
+        and raw["cls_rgb_Million-AID"]["modality"] == "rgb"
+    )
     assert raw["cls_sar_Sentinel-1&2_Image_Pairs"]["modality"] == "sar"
     assert raw["rsvg_train"]["length"] == 5505 and rs["rsvg_train"].repeat_time == 10
     assert raw["cls_rgb_UCM"]["data_augment"] is True
@@ -65,4 +70,7 @@ def test_known_reference_entries():
     assert raw_med["pmc_oa"]["length"] == 1646527 and med["pmc_oa"].repeat_time == 0.05
     assert raw_med["quilt_vqa"]["force_image_size"] == 224
     gen = {e.name: e for e in load_recipe(RECIPES / "general_paper.yaml")}
-    assert gen["dvqa_train_200k"].repeat_time == 1 and _raw("general_paper.yaml")["dvqa_train_200k"]["length"] == 200000
+    assert (
+        gen["dvqa_train_200k"].repeat_time == 1
+        and _raw("general_paper.yaml")["dvqa_train_200k"]["length"] == 200000
+    )

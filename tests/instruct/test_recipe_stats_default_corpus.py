@@ -15,13 +15,20 @@ from vitp_geo.instruct.stats import estimate_tokens, merge_recipes, recipe_stats
 
 def _dataset(root, name, tasks, modality="optical", repeat=1.0):
     root.mkdir(parents=True)
-    recs = [InstructionRecord(f"{name}{i}", [f"images/{i % 3}.png"],
-                              [{"from": "human", "value": "<image>\n" + "abcd" * 5},
-                               {"from": "gpt", "value": "wxyz" * 2}], task=t, modality=modality)
-            for i, t in enumerate(tasks)]
+    recs = [
+        InstructionRecord(
+            f"{name}{i}",
+            [f"images/{i % 3}.png"],
+            [{"from": "human", "value": "<image>\n" + "abcd" * 5}, {"from": "gpt", "value": "wxyz" * 2}],
+            task=t,
+            modality=modality,
+        )
+        for i, t in enumerate(tasks)
+    ]
     write_jsonl(root / "annotations.jsonl", recs)
-    (root / "recipe.json").write_text(json.dumps({name: {"root": ".", "annotation": "annotations.jsonl",
-                                                         "repeat_time": repeat}}))
+    (root / "recipe.json").write_text(
+        json.dumps({name: {"root": ".", "annotation": "annotations.jsonl", "repeat_time": repeat}})
+    )
     return root / "recipe.json"
 
 
@@ -79,4 +86,3 @@ def test_default_corpus_default_size_gives_a_few_hundred_records(tmp_path):
     (entry,) = load_recipe(build_default_corpus(tmp_path / "d"))
     n = len(read_jsonl(entry.annotation).records)
     assert 200 <= n <= 2000
-

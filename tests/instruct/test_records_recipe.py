@@ -23,7 +23,10 @@ from vitp_geo.instruct.records import (
 
 
 def _rec(i: int, images=("a.png",)) -> InstructionRecord:
-    conv = [{"from": "human", "value": "<image>\n" * len(images) + "How many?"}, {"from": "gpt", "value": str(i)}]
+    conv = [
+        {"from": "human", "value": "<image>\n" * len(images) + "How many?"},
+        {"from": "gpt", "value": str(i)},
+    ]
     return InstructionRecord(id=f"r{i}", images=list(images), conversations=conv, task="counting")
 
 
@@ -85,7 +88,9 @@ def test_recipe_json_and_yaml_resolve_relative_paths(tmp_path):
     (tmp_path / "d").mkdir()
     meta = {"ds": {"root": "d/", "annotation": "d/a.jsonl", "repeat_time": 0.5, "max_dynamic_patch": 4}}
     (tmp_path / "r.json").write_text(json.dumps(meta))
-    (tmp_path / "r.yaml").write_text("ds:\n  root: d/\n  annotation: d/a.jsonl\n  repeat_time: 0.5\n  max_dynamic_patch: 4\n")
+    (tmp_path / "r.yaml").write_text(
+        "ds:\n  root: d/\n  annotation: d/a.jsonl\n  repeat_time: 0.5\n  max_dynamic_patch: 4\n"
+    )
     for name in ("r.json", "r.yaml"):
         (entry,) = load_recipe(tmp_path / name)
         assert entry.root == tmp_path / "d" and entry.annotation == tmp_path / "d" / "a.jsonl"

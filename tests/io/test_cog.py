@@ -19,9 +19,20 @@ def test_raw_rows_become_a_cog_with_palette_and_categories(tmp_path: Path) -> No
     data.tofile(tmp_path / "c.raw")
     t = Affine(10.0, 0, 300000.0, 0, -10.0, 4000000.0)
     colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    (tmp_path / "c.vrt").write_text(raw_vrt(tmp_path / "c.raw", width=w, height=h, bands=1, dtype="uint8",
-                                            transform=t, crs=CRS.from_epsg(32618), nodata=255, colors=colors,
-                                            category_names=["a", "b", "c"]))
+    (tmp_path / "c.vrt").write_text(
+        raw_vrt(
+            tmp_path / "c.raw",
+            width=w,
+            height=h,
+            bands=1,
+            dtype="uint8",
+            transform=t,
+            crs=CRS.from_epsg(32618),
+            nodata=255,
+            colors=colors,
+            category_names=["a", "b", "c"],
+        )
+    )
     out = write_cog(tmp_path / "c.vrt", tmp_path / "out.tif", category_names=["a", "b", "c"])
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(1), data)
@@ -37,8 +48,18 @@ def test_pixel_interleaved_multiband_float(tmp_path: Path) -> None:
     data = np.random.default_rng(0).random((h, w, k)).astype(np.float32)  # rows × width × bands
     data[0, 0, :] = np.nan
     data.tofile(tmp_path / "p.raw")
-    (tmp_path / "p.vrt").write_text(raw_vrt(tmp_path / "p.raw", width=w, height=h, bands=k, dtype="float32",
-                                            transform=Affine.identity(), crs=None, nodata=float("nan")))
+    (tmp_path / "p.vrt").write_text(
+        raw_vrt(
+            tmp_path / "p.raw",
+            width=w,
+            height=h,
+            bands=k,
+            dtype="float32",
+            transform=Affine.identity(),
+            crs=None,
+            nodata=float("nan"),
+        )
+    )
     write_cog(tmp_path / "p.vrt", tmp_path / "p.tif", resampling="average")
     with rasterio.open(tmp_path / "p.tif") as ds:
         np.testing.assert_array_equal(ds.read(), np.moveaxis(data, -1, 0))

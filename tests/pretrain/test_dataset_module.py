@@ -27,9 +27,17 @@ def tokenizer():
 
 
 def _write_tif(path: Path, array: np.ndarray) -> None:
-    with rasterio.open(path, "w", driver="GTiff", count=array.shape[0], height=array.shape[1],
-                       width=array.shape[2], dtype=array.dtype, crs="EPSG:32633",
-                       transform=Affine(1, 0, 0, 0, -1, 0)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        count=array.shape[0],
+        height=array.shape[1],
+        width=array.shape[2],
+        dtype=array.dtype,
+        crs="EPSG:32633",
+        transform=Affine(1, 0, 0, 0, -1, 0),
+    ) as dst:
         dst.write(array)
 
 
@@ -40,14 +48,19 @@ def _corpus(root: Path, records: list[InstructionRecord]) -> RecipeEntry:
 
 
 def _conv(n_images: int, answer: str = "two") -> list[dict[str, str]]:
-    return [{"from": "human", "value": "<image>\n" * n_images + "how many buildings are there"},
-            {"from": "gpt", "value": answer}]
+    return [
+        {"from": "human", "value": "<image>\n" * n_images + "how many buildings are there"},
+        {"from": "gpt", "value": answer},
+    ]
 
 
 def test_rasters_of_any_dtype_become_rgb(tmp_path: Path):
     rng = np.random.default_rng(0)
     _write_tif(tmp_path / "u16.tif", rng.integers(0, 4000, (1, 30, 30)).astype(np.uint16))
-    _write_tif(tmp_path / "sar.tif", (rng.normal(size=(1, 30, 30)) + 1j * rng.normal(size=(1, 30, 30))).astype(np.complex64))
+    _write_tif(
+        tmp_path / "sar.tif",
+        (rng.normal(size=(1, 30, 30)) + 1j * rng.normal(size=(1, 30, 30))).astype(np.complex64),
+    )
     for name in ("u16.tif", "sar.tif"):
         img = np.asarray(load_image(tmp_path / name))
         assert img.shape == (30, 30, 3) and img.dtype == np.uint8
@@ -58,10 +71,13 @@ def test_rasters_of_any_dtype_become_rgb(tmp_path: Path):
 def test_items_hold_tiles_and_matching_image_tokens(tmp_path: Path, tokenizer):
     Image.new("RGB", (56, 28), (200, 10, 10)).save(tmp_path / "wide.png")  # 2x1 grid + thumbnail
     Image.new("RGB", (28, 28), (10, 200, 10)).save(tmp_path / "sq.png")
-    recs = [InstructionRecord("a", ["wide.png"], _conv(1)),
-            InstructionRecord("b", ["sq.png", "sq.png"], _conv(2, "yes"))]
-    ds = InstructionDataset([_corpus(tmp_path, recs)], tokenizer, tokenize_conversation,
-                            image_size=28, num_image_token=4)
+    recs = [
+        InstructionRecord("a", ["wide.png"], _conv(1)),
+        InstructionRecord("b", ["sq.png", "sq.png"], _conv(2, "yes")),
+    ]
+    ds = InstructionDataset(
+        [_corpus(tmp_path, recs)], tokenizer, tokenize_conversation, image_size=28, num_image_token=4
+    )
     a, b = ds[0], ds[1]
     ctx = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     assert a["num_tiles"] == 3 and a["pixel_values"].shape == (3, 3, 28, 28)
@@ -74,7 +90,9 @@ def test_items_hold_tiles_and_matching_image_tokens(tmp_path: Path, tokenizer):
     assert batch["input_ids"].shape == (2, max(la, lb))
     short = 0 if la < lb else 1
     n_short = min(la, lb)
-    assert (batch["attention_mask"][short, n_short:] == 0).all() and (batch["attention_mask"][short, :n_short] == 1).all()
+    assert (batch["attention_mask"][short, n_short:] == 0).all() and (
+        batch["attention_mask"][short, :n_short] == 1
+    ).all()
     assert (batch["labels"][short, n_short:] == IGNORE_INDEX).all()
     assert (batch["input_ids"][short, n_short:] == tokenizer.pad_token_id).all()
 
@@ -98,20 +116,26 @@ class _FakeVLM(torch.nn.Module):
         self.nan = False
 
     def forward(self, pixel_values, input_ids, attention_mask, labels):
-        loss = (self.vision_model.weight ** 2).sum() + self.language_model.weight.sum() * 0
+        loss = (self.vision_model.weight**2).sum() + self.language_model.weight.sum() * 0
         if self.nan:
             loss = loss * float("nan")
         return SimpleNamespace(loss=loss, kept_image_tokens=1, total_image_tokens=4)
 
 
 def _batch():
-    return {"pixel_values": torch.zeros(1, 3, 2, 2), "input_ids": torch.zeros(1, 3, dtype=torch.long),
-            "attention_mask": torch.ones(1, 3, dtype=torch.long), "labels": torch.zeros(1, 3, dtype=torch.long)}
+    return {
+        "pixel_values": torch.zeros(1, 3, 2, 2),
+        "input_ids": torch.zeros(1, 3, dtype=torch.long),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+        "labels": torch.zeros(1, 3, dtype=torch.long),
+    }
 
 
 def test_non_finite_loss_skips_then_stops():
     fake = _FakeVLM()
-    module = ViTPPretrainModule(fake, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=10, max_nonfinite=3)
+    module = ViTPPretrainModule(
+        fake, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=10, max_nonfinite=3
+    )
     module.log = lambda *a, **k: None  # no trainer attached
     assert module.training_step(_batch(), 0) is not None
     fake.nan = True
@@ -130,8 +154,16 @@ def test_freeze_flags_and_all_frozen_is_refused():
     assert not any(p.requires_grad for p in fake.vision_model.parameters())
     assert all(p.requires_grad for p in fake.language_model.parameters())
     with pytest.raises(ValueError, match="nothing would train"):
-        ViTPPretrainModule(_FakeVLM(), lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=5,
-                           freeze_vision=True, freeze_projector=True, freeze_llm=True)
+        ViTPPretrainModule(
+            _FakeVLM(),
+            lr=1e-3,
+            weight_decay=0.0,
+            warmup_ratio=0.0,
+            max_steps=5,
+            freeze_vision=True,
+            freeze_projector=True,
+            freeze_llm=True,
+        )
 
 
 def test_schedule_warms_up_then_decays_to_zero():

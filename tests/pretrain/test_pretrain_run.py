@@ -49,8 +49,11 @@ def test_backbone_loads_with_plain_timm_and_matches_the_trained_tower(default_ru
     vit.load_state_dict(weights)  # strict: the file is a complete timm state dict
     assert spec["img_size"] == 112 and spec["patch_size"] == 14
     ckpt = torch.load(default_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    tower = {k.removeprefix("model.vision_model."): v for k, v in ckpt["state_dict"].items()
-             if k.startswith("model.vision_model.")}
+    tower = {
+        k.removeprefix("model.vision_model."): v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("model.vision_model.")
+    }
     assert set(tower) == set(weights)
     for key, value in weights.items():
         assert torch.equal(value, tower[key]), key
@@ -92,7 +95,9 @@ def _tiny_corpus(root: Path, lines: list[str]) -> Path:
 
 def _line(image: str = "images/a.png") -> str:
     rec = InstructionRecord(
-        "r", [image], [{"from": "human", "value": "<image>\nIs there water?"}, {"from": "gpt", "value": "No."}]
+        "r",
+        [image],
+        [{"from": "human", "value": "<image>\nIs there water?"}, {"from": "gpt", "value": "No."}],
     )
     return json.dumps(rec.to_json())
 
@@ -109,15 +114,29 @@ def test_bad_jsonl_line_is_named_and_no_backbone_is_written(tmp_path: Path, caps
 def test_skip_bad_samples_counts_them(tmp_path: Path, capsys):
     recipe = _tiny_corpus(tmp_path / "data", [_line(), "{broken", _line("images/missing.png"), _line()])
     out = tmp_path / "run"
-    code = main(["pretrain", "--data", str(recipe), "--max-steps", "2", "--batch-size", "2",
-                 "--output", str(out), "--skip-bad-samples"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(recipe),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out),
+            "--skip-bad-samples",
+        ]
+    )
     assert code == 0
     assert "bad records    2 skipped" in capsys.readouterr().out
     assert (out / "backbone.safetensors").is_file()
 
 
-@pytest.mark.parametrize(("image", "message"), [("images/missing.png", "image not found"),
-                                                ("../../outside.png", "outside the recipe root")])
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [("images/missing.png", "image not found"), ("../../outside.png", "outside the recipe root")],
+)
 def test_missing_or_escaping_image_is_refused(tmp_path: Path, capsys, image, message):
     (tmp_path / "outside.png").write_bytes(b"")
     recipe = _tiny_corpus(tmp_path / "data", [_line(image)])
@@ -140,8 +159,24 @@ def test_invalid_flag_value_is_named(capsys):
 def test_two_process_ddp_on_cpu(tmp_path: Path):
     out = tmp_path / "ddp"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "vitp_geo.cli.main", "pretrain", "--max-steps", "3", "--batch-size", "2",
-           "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitp_geo.cli.main",
+        "pretrain",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--accelerator",
+        "cpu",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]

@@ -39,8 +39,7 @@ def main(raster_path, gpkg_path, layer_name):
             "has_nodata": raster.dataProvider().sourceHasNoDataValue(1),
             "nodata": raster.dataProvider().sourceNoDataValue(1),
             "gdal_color_table": [
-                {"value": int(e.value), "color": e.color.name()}
-                for e in raster.dataProvider().colorTable(1)
+                {"value": int(e.value), "color": e.color.name()} for e in raster.dataProvider().colorTable(1)
             ][:8],
         }
         vrenderer = vector.renderer()
@@ -49,10 +48,14 @@ def main(raster_path, gpkg_path, layer_name):
             "crs": vector.crs().authid(),
             "feature_count": vector.featureCount(),
             "renderer": vrenderer.type() if vrenderer else None,
-            "attribute": vrenderer.classAttribute() if vrenderer and vrenderer.type() == "categorizedSymbol" else None,
+            "attribute": vrenderer.classAttribute()
+            if vrenderer and vrenderer.type() == "categorizedSymbol"
+            else None,
             "categories": [
                 {"value": str(c.value()), "label": c.label(), "color": c.symbol().color().name()}
-                for c in (vrenderer.categories() if vrenderer and vrenderer.type() == "categorizedSymbol" else [])
+                for c in (
+                    vrenderer.categories() if vrenderer and vrenderer.type() == "categorizedSymbol" else []
+                )
             ],
             "fields": [f.name() for f in vector.fields()],
         }

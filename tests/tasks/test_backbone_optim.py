@@ -42,7 +42,9 @@ def test_describe_then_rebuild_gives_the_same_shapes() -> None:
     vit = _vit()
     adapt_patch_embed(vit, 2)
     again = rebuild_backbone(describe_backbone(vit))
-    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in vit.state_dict().items()}
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in vit.state_dict().items()
+    }
 
 
 def test_layer_ids_and_decayed_learning_rates() -> None:
@@ -58,7 +60,10 @@ def test_layer_ids_and_decayed_learning_rates() -> None:
     assert by_name["layer_0_no_decay"]["lr"] == pytest.approx(0.5**5)  # pos_embed, cls_token
     assert by_name["layer_2_decay"]["lr"] == pytest.approx(0.5**3)
     assert by_name["layer_5_decay"]["lr"] == pytest.approx(1.0)
-    assert by_name["layer_1_no_decay"]["weight_decay"] == 0.0 and by_name["layer_1_decay"]["weight_decay"] == 0.05
+    assert (
+        by_name["layer_1_no_decay"]["weight_decay"] == 0.0
+        and by_name["layer_1_decay"]["weight_decay"] == 0.05
+    )
     n_params = sum(p.numel() for g in groups for p in g["params"])
     assert n_params == sum(p.numel() for p in task.parameters())
 

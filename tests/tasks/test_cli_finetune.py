@@ -27,13 +27,19 @@ def test_embedded_segmentation_run_writes_checkpoint_and_summary(tmp_path, capsy
 
 
 def test_bad_config_and_backbone_exit_2_naming_the_file(tmp_path, capsys) -> None:  # noqa: ANN001
-    assert main(["finetune", "change", "--config", str(tmp_path / "nope.yaml"), "--output", str(tmp_path)]) == 2
+    assert (
+        main(["finetune", "change", "--config", str(tmp_path / "nope.yaml"), "--output", str(tmp_path)]) == 2
+    )
     assert "nope.yaml" in capsys.readouterr().err
     fill = tmp_path / "fill.yaml"
-    fill.write_text("model: {class_path: vitp_geo.tasks.ChangeDetectionTask}\ndata: {init_args: {root: FILL_ME}}\n")
+    fill.write_text(
+        "model: {class_path: vitp_geo.tasks.ChangeDetectionTask}\ndata: {init_args: {root: FILL_ME}}\n"
+    )
     assert main(["finetune", "change", "--config", str(fill), "--output", str(tmp_path)]) == 2
     assert "FILL_ME" in capsys.readouterr().err
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text("model: {class_path: vitp_geo.tasks.SegmentationTask}\ndata: {init_args: {root: /data}}\n")
+    wrong.write_text(
+        "model: {class_path: vitp_geo.tasks.SegmentationTask}\ndata: {init_args: {root: /data}}\n"
+    )
     assert main(["finetune", "change", "--config", str(wrong), "--output", str(tmp_path)]) == 2
     assert "ChangeDetectionTask" in capsys.readouterr().err

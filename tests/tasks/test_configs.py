@@ -16,8 +16,14 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" /
 def test_all_eight_paper_configs_exist() -> None:
     names = {f"{p.parent.name}/{p.stem}" for p in CONFIGS}
     assert names == {
-        "segmentation/loveda", "segmentation/isaid", "segmentation/uavid", "segmentation/potsdam",
-        "change/levircd", "change/whu", "change/s2looking", "change/svcd",
+        "segmentation/loveda",
+        "segmentation/isaid",
+        "segmentation/uavid",
+        "segmentation/potsdam",
+        "change/levircd",
+        "change/whu",
+        "change/s2looking",
+        "change/svcd",
     }
 
 
@@ -41,11 +47,22 @@ def test_config_runs_fast_dev_run(path: Path, seg_folders, change_folders, tmp_p
         cfg["data"] = {
             "class_path": "datamodules.geotiff.GeoTiffChangeDataModule",
             "init_args": dict(
-                before=str(change_folders.images), after=str(change_folders.after), labels=str(change_folders.labels), **common
+                before=str(change_folders.images),
+                after=str(change_folders.after),
+                labels=str(change_folders.labels),
+                **common,
             ),
         }
-    cfg["trainer"] = dict(cfg["trainer"], fast_dev_run=True, precision="32-true", accelerator="cpu", devices=1,
-                          default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
+    cfg["trainer"] = dict(
+        cfg["trainer"],
+        fast_dev_run=True,
+        precision="32-true",
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+    )
     cli = LightningCLI(args=cfg, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
     task = cli.model
     assert task.hparams["neck"] == written["neck"] == "adapter"

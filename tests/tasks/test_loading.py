@@ -15,8 +15,14 @@ from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference
 
 def _train_one_step(task: torch.nn.Module, dm: object, root: Path) -> Path:
     trainer = Trainer(
-        max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=root,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
     )
     trainer.fit(task, datamodule=dm)  # type: ignore[arg-type]
     ckpts = sorted((root / "checkpoints").glob("*.ckpt"))
@@ -27,8 +33,12 @@ def _train_one_step(task: torch.nn.Module, dm: object, root: Path) -> Path:
 @pytest.mark.slow
 def test_segmentation_checkpoint_round_trip_gives_identical_logits(seg_folders, tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    dm = GeoTiffSegmentationDataModule(str(seg_folders.images), labels=str(seg_folders.labels), batch_size=2, length=2)
-    task = SegmentationTask(head_channels=16, num_classes=5, class_names=list("abcde"), drop_path_rate=0.0, bands=[3, 2, 1])
+    dm = GeoTiffSegmentationDataModule(
+        str(seg_folders.images), labels=str(seg_folders.labels), batch_size=2, length=2
+    )
+    task = SegmentationTask(
+        head_channels=16, num_classes=5, class_names=list("abcde"), drop_path_rate=0.0, bands=[3, 2, 1]
+    )
     ckpt = _train_one_step(task, dm, tmp_path)
     model, card = load_inference_model(ckpt)
     assert card.task == "segmentation" and card.class_names == list("abcde") and card.bands == [3, 2, 1]
@@ -45,9 +55,15 @@ def test_segmentation_checkpoint_round_trip_gives_identical_logits(seg_folders, 
 def test_change_checkpoint_round_trip_gives_identical_logits(change_folders, tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     dm = GeoTiffChangeDataModule(
-        str(change_folders.images), str(change_folders.after), str(change_folders.labels), batch_size=2, length=2
+        str(change_folders.images),
+        str(change_folders.after),
+        str(change_folders.labels),
+        batch_size=2,
+        length=2,
     )
-    task = ChangeDetectionTask(head_channels=16, neck="adapter", head="unet", fusion="concat", drop_path_rate=0.0)
+    task = ChangeDetectionTask(
+        head_channels=16, neck="adapter", head="unet", fusion="concat", drop_path_rate=0.0
+    )
     ckpt = _train_one_step(task, dm, tmp_path)
     model, card = load_inference_model(ckpt)
     assert card.task == "change" and card.class_names == ["unchanged", "changed"] and len(card.mean) == 3
@@ -60,8 +76,12 @@ def test_change_checkpoint_round_trip_gives_identical_logits(change_folders, tmp
 
 
 def test_tiny_checkpoint_builder_is_seeded_and_loadable(tmp_path) -> None:  # noqa: ANN001
-    a = save_tiny_checkpoint(tmp_path / "a.ckpt", num_classes=3, bands=[1, 2, 3, 4], mean=[1, 2, 3, 4], std=[5, 6, 7, 8])
-    b = save_tiny_checkpoint(tmp_path / "b.ckpt", num_classes=3, bands=[1, 2, 3, 4], mean=[1, 2, 3, 4], std=[5, 6, 7, 8])
+    a = save_tiny_checkpoint(
+        tmp_path / "a.ckpt", num_classes=3, bands=[1, 2, 3, 4], mean=[1, 2, 3, 4], std=[5, 6, 7, 8]
+    )
+    b = save_tiny_checkpoint(
+        tmp_path / "b.ckpt", num_classes=3, bands=[1, 2, 3, 4], mean=[1, 2, 3, 4], std=[5, 6, 7, 8]
+    )
     ma, card = load_inference_model(a)
     mb, _ = load_inference_model(b)
     assert card.bands == [1, 2, 3, 4] and card.std == [5, 6, 7, 8] and len(card.class_names) == 3

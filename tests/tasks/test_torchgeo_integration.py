@@ -16,12 +16,24 @@ from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
 @pytest.mark.slow
 def test_torchgeo_datamodule_trains_our_task_and_loss_drops(seg_folders, tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    dm = GeoTiffSegmentationDataModule(str(seg_folders.images), labels=str(seg_folders.labels), batch_size=4, length=4, flips=False)
+    dm = GeoTiffSegmentationDataModule(
+        str(seg_folders.images), labels=str(seg_folders.labels), batch_size=4, length=4, flips=False
+    )
     assert isinstance(dm, GeoDataModule)
-    task = SegmentationTask(head_channels=16, lr=2e-3, warmup_steps=0, schedule="constant", drop_path_rate=0.0)
+    task = SegmentationTask(
+        head_channels=16, lr=2e-3, warmup_steps=0, schedule="constant", drop_path_rate=0.0
+    )
     assert isinstance(task, BaseTask)
-    trainer = Trainer(max_epochs=6, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    trainer = Trainer(
+        max_epochs=6,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
     losses: list[float] = []
 
     orig = task.training_step

@@ -31,7 +31,9 @@ def test_streaming_blend_matches_full_array_blend() -> None:
             if nxt is not None:  # finalise chunks left of the next window mid-row, as the engine does
                 for blk in acc.finalize(plan.row_end(i), before_col=nxt):
                     h, ww = blk.valid.shape
-                    out[:, blk.row0 : blk.row0 + h, blk.col0 : blk.col0 + ww] = np.where(blk.valid, blk.scores, -1)
+                    out[:, blk.row0 : blk.row0 + h, blk.col0 : blk.col0 + ww] = np.where(
+                        blk.valid, blk.scores, -1
+                    )
                     seen[blk.row0 : blk.row0 + h, blk.col0 : blk.col0 + ww] += 1
         for blk in acc.finalize(plan.row_end(i)):
             h, ww = blk.valid.shape

@@ -39,7 +39,9 @@ class TruthDetector:
     The windows' positions are recovered by matching the rendered input against the scene.
     """
 
-    def __init__(self, boxes_px: list[tuple[float, float, float, float]], positions: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, boxes_px: list[tuple[float, float, float, float]], positions: list[tuple[int, int]]
+    ) -> None:
         self.boxes, self.positions = boxes_px, positions
 
     def __call__(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -52,9 +54,13 @@ class TruthDetector:
                 a, b, c, d = max(x1 - c0, 0), max(y1 - r0, 0), min(x2 - c0, t), min(y2 - r0, t)
                 if a < c and b < d:
                     found.append([a, b, c, d])
-            out.append({"boxes": torch.tensor(found, dtype=torch.float64).reshape(-1, 4),
-                        "scores": torch.rand(len(found), generator=torch.Generator().manual_seed(len(found))),
-                        "labels": torch.ones(len(found), dtype=torch.int64)})
+            out.append(
+                {
+                    "boxes": torch.tensor(found, dtype=torch.float64).reshape(-1, 4),
+                    "scores": torch.rand(len(found), generator=torch.Generator().manual_seed(len(found))),
+                    "labels": torch.ones(len(found), dtype=torch.int64),
+                }
+            )
         return out
 
 
@@ -77,8 +83,15 @@ def test_each_object_is_found_once_across_tile_overlaps(tmp_path: Path) -> None:
 
     plan = plan_windows(300, 300, tile, overlap)
     positions = [(r, c) for r in plan.row_offsets for c in plan.col_offsets]
-    frame = detect_scene(path, TruthDetector(boxes, positions), ["background", "building"], tile_size=tile,
-                         overlap=overlap, batch_size=4, progress=False)
+    frame = detect_scene(
+        path,
+        TruthDetector(boxes, positions),
+        ["background", "building"],
+        tile_size=tile,
+        overlap=overlap,
+        batch_size=4,
+        progress=False,
+    )
     assert len(frame) == len(truth)  # one polygon per building, no duplicates from overlapping windows
     for g in truth:  # each building's box recovered in map coordinates
         best = max(frame.geometry, key=lambda p: p.intersection(g).area / p.union(g).area)

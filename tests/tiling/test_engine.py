@@ -29,9 +29,17 @@ def test_known_function_comes_back_across_seams(tmp_path: Path) -> None:
     summary = _run(tmp_path / "scene.tif", tmp_path)
     expected = pixel_function(img[0].astype(np.float32) / 255.0)  # (K, H, W)
     nodata = (img == 0).all(axis=0)
-    with rasterio.open(tmp_path / "pred.tif") as pred, rasterio.open(tmp_path / "probs.tif") as probs, \
-            rasterio.open(tmp_path / "scene.tif") as src:
-        assert (pred.crs, pred.transform, pred.width, pred.height) == (src.crs, src.transform, src.width, src.height)
+    with (
+        rasterio.open(tmp_path / "pred.tif") as pred,
+        rasterio.open(tmp_path / "probs.tif") as probs,
+        rasterio.open(tmp_path / "scene.tif") as src,
+    ):
+        assert (pred.crs, pred.transform, pred.width, pred.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
         cls, p = pred.read(1), probs.read()
         assert pred.nodata == 255 and pred.colormap(1)[1] == (*CLASS_COLORS[1], 255)
         assert probs.count == N_CLASSES and probs.dtypes[0] == "float32"
@@ -49,8 +57,11 @@ def test_known_function_comes_back_across_seams(tmp_path: Path) -> None:
 
 def test_cog_has_overviews_for_bigger_scenes(tmp_path: Path) -> None:
     write_test_scene(tmp_path / "scene.tif", (700, 300))
-    _run(tmp_path / "scene.tif", tmp_path, config=EngineConfig(tile_size=256, overlap=0.1, activation="none",
-                                                             progress=False))
+    _run(
+        tmp_path / "scene.tif",
+        tmp_path,
+        config=EngineConfig(tile_size=256, overlap=0.1, activation="none", progress=False),
+    )
     with rasterio.open(tmp_path / "pred.tif") as pred:
         assert pred.overviews(1) and pred.profile["blockxsize"] == 512
         assert pred.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
@@ -86,8 +97,18 @@ def test_rotated_geotransform_is_kept_exactly(tmp_path: Path) -> None:
     path = tmp_path / "rotated.tif"
     t = Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5e6)  # rotated: everything stays on the pixel grid
     img = write_test_scene(tmp_path / "north_up.tif", (80, 90))
-    with rasterio.open(path, "w", driver="GTiff", width=90, height=80, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=t, nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=90,
+        height=80,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=t,
+        nodata=0,
+    ) as dst:
         dst.write(img)
     _run(path, tmp_path, vector=tmp_path / "v.gpkg")
     with rasterio.open(tmp_path / "pred.tif") as pred:
@@ -96,7 +117,9 @@ def test_rotated_geotransform_is_kept_exactly(tmp_path: Path) -> None:
     import geopandas as gpd
 
     frame = gpd.read_file(tmp_path / "v.gpkg", layer="v")
-    np.testing.assert_allclose(frame.geometry.area.sum(), 80 * 90 * abs(t.determinant))  # polygons rotated too
+    np.testing.assert_allclose(
+        frame.geometry.area.sum(), 80 * 90 * abs(t.determinant)
+    )  # polygons rotated too
 
 
 def test_wrong_score_channels_is_a_clear_error(tmp_path: Path) -> None:
@@ -125,9 +148,14 @@ def test_vector_layer_matches_class_map(tmp_path: Path) -> None:
 
 def _rank_job(args: tuple[str, str], rank: RankInfo) -> None:
     scene, out = args
-    segment_scene(scene, PixelModel(), CLASSES, SegmentationOutputs(Path(out) / "pred.tif", Path(out) / "probs.tif"),
-                  config=EngineConfig(tile_size=64, overlap=0.25, batch_size=2, activation="none", progress=False),
-                  rank=rank)
+    segment_scene(
+        scene,
+        PixelModel(),
+        CLASSES,
+        SegmentationOutputs(Path(out) / "pred.tif", Path(out) / "probs.tif"),
+        config=EngineConfig(tile_size=64, overlap=0.25, batch_size=2, activation="none", progress=False),
+        rank=rank,
+    )
 
 
 @pytest.mark.slow
@@ -151,8 +179,18 @@ def test_stretch_is_scene_wide_not_per_window(tmp_path: Path) -> None:
     data[:, :, 75:] *= 20  # the right half is much brighter: per-window percentiles would differ
     data[:, :5, :5] = 0
     path = tmp_path / "u16.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=150, height=130, count=1, dtype="uint16",
-                       crs="EPSG:32633", transform=Affine(1, 0, 500000, 0, -1, 5e6), nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=150,
+        height=130,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=Affine(1, 0, 500000, 0, -1, 5e6),
+        nodata=0,
+    ) as dst:
         dst.write(data)
     _run(path, tmp_path)
     rgb, valid = render_rgb(data, 0)  # the rule applied to the whole scene at once

@@ -9,7 +9,9 @@ from vitp_geo.tiling.blending import blend_weights
 from vitp_geo.tiling.planner import axis_offsets, plan_windows
 
 
-@pytest.mark.parametrize("length,tile,stride", [(1000, 256, 192), (256, 256, 192), (257, 256, 192), (100, 256, 200)])
+@pytest.mark.parametrize(
+    "length,tile,stride", [(1000, 256, 192), (256, 256, 192), (257, 256, 192), (100, 256, 200)]
+)
 def test_offsets_cover_axis_and_end_on_edge(length: int, tile: int, stride: int) -> None:
     offs = axis_offsets(length, tile, stride)
     size = min(tile, length)

@@ -9,9 +9,17 @@ from vitp_geo.io.polygonize import polygonize_rows
 
 
 def _polys(cls: np.ndarray, conf: np.ndarray, strip: int, min_area: int = 0):
-    return polygonize_rows(lambda a, b: (cls[a:b], conf[a:b]), height=cls.shape[0], width=cls.shape[1],
-                           transform=Affine(2, 0, 0, 0, -2, 100), crs="EPSG:32633", class_names=["a", "b", "c"],
-                           nodata=255, min_area_px=min_area, strip_rows=strip)
+    return polygonize_rows(
+        lambda a, b: (cls[a:b], conf[a:b]),
+        height=cls.shape[0],
+        width=cls.shape[1],
+        transform=Affine(2, 0, 0, 0, -2, 100),
+        crs="EPSG:32633",
+        class_names=["a", "b", "c"],
+        nodata=255,
+        min_area_px=min_area,
+        strip_rows=strip,
+    )
 
 
 def test_strips_give_the_same_polygons_as_one_pass() -> None:
@@ -38,4 +46,10 @@ def test_min_area_and_empty() -> None:
     frame = _polys(cls, conf, 4, min_area=2)
     assert list(frame.class_id) == [0]
     empty = _polys(np.full((10, 10), 255, np.uint8), conf, 4)
-    assert len(empty) == 0 and list(empty.columns[:5]) == ["class_id", "class_name", "score", "area", "pixels"]
+    assert len(empty) == 0 and list(empty.columns[:5]) == [
+        "class_id",
+        "class_name",
+        "score",
+        "area",
+        "pixels",
+    ]

@@ -39,8 +39,9 @@ class InterruptAfter:
         return self.model(x)
 
 
-def write_test_scene(path: Path, size: tuple[int, int], seed: int = 0, nodata_box: tuple[int, int, int, int] | None = None
-                     ) -> np.ndarray:
+def write_test_scene(
+    path: Path, size: tuple[int, int], seed: int = 0, nodata_box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
     """A synthetic RGB scene with nodata 0; ``nodata_box`` = (r0, r1, c0, c1) set to 0. Returns the image."""
     scene = generate_scene(seed, size)
     img = np.maximum(scene.image, 1)  # keep 0 for nodata only

@@ -51,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "DIR/annotations.jsonl and DIR/recipe.json. Give one or more sources (option groups below).",
     )
     p.add_argument("--out", type=Path, required=True, help="corpus folder (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0, help="seed for template choice and option order (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for template choice and option order (default 0)"
+    )
     p.add_argument("--name", help="dataset name in recipe.json (default: the --out folder name)")
     p.add_argument("--repeat-time", type=float, default=1.0, help="repeat_time in recipe.json (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
@@ -59,17 +61,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("scene + vector labels / segmentation mask")
     g.add_argument("--image", type=Path, help="georeferenced raster (GeoTIFF, …)")
     g.add_argument("--labels", type=Path, help="vector labels in any format and CRS (GeoPackage, GeoJSON, …)")
-    g.add_argument("--class-field", help="label attribute holding the class name "
-                   "(default: class_name/class/label/category if present, else --default-class)")
+    g.add_argument(
+        "--class-field",
+        help="label attribute holding the class name "
+        "(default: class_name/class/label/category if present, else --default-class)",
+    )
     g.add_argument("--default-class", default="object", help="class name when there is no class field")
     g.add_argument("--mask", type=Path, help="segmentation mask raster on the --image grid (class ids)")
     g.add_argument("--classes", type=Path, help="YAML: class id → name (or a list of names)")
     g.add_argument("--tile-size", type=int, default=448, help="tile side in pixels (default 448)")
-    g.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1) (default 0.25)")
-    g.add_argument("--min-visible", type=float, default=0.5,
-                   help="keep an edge-cut object if at least this share of its area is in the tile (default 0.5)")
-    g.add_argument("--min-valid", type=float, default=0.5,
-                   help="skip tiles with less than this share of valid (non-nodata) pixels (default 0.5)")
+    g.add_argument(
+        "--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1) (default 0.25)"
+    )
+    g.add_argument(
+        "--min-visible",
+        type=float,
+        default=0.5,
+        help="keep an edge-cut object if at least this share of its area is in the tile (default 0.5)",
+    )
+    g.add_argument(
+        "--min-valid",
+        type=float,
+        default=0.5,
+        help="skip tiles with less than this share of valid (non-nodata) pixels (default 0.5)",
+    )
     g.add_argument("--keep-empty", action="store_true", help="also write tiles without labelled objects")
 
     g = p.add_argument_group("scene classification")
@@ -86,7 +101,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     g = p.add_argument_group("rendering to 3 channels (see vitp_geo.io.raster)")
     g.add_argument("--bands", type=_ints, help="1-based bands to render, e.g. 4,3,2 (default: first three)")
-    g.add_argument("--percentiles", type=_floats, default=(2.0, 98.0), help="stretch range LO,HI (default 2,98)")
+    g.add_argument(
+        "--percentiles", type=_floats, default=(2.0, 98.0), help="stretch range LO,HI (default 2,98)"
+    )
     g.add_argument("--sar-db", action="store_true", help="treat real bands as SAR amplitude (rendered in dB)")
     g.add_argument("--modality", choices=MODALITIES, help="override the detected modality")
 
@@ -101,33 +118,59 @@ def sources_from_args(args: argparse.Namespace) -> list[Source]:
     if args.image and not (args.labels or args.mask):
         raise ValueError("--image needs --labels (vector labels) or --mask with --classes")
     if args.labels:
-        sources.append(VectorSource(args.image, args.labels, class_field=args.class_field,
-                                    default_class=args.default_class, min_visible=args.min_visible,
-                                    keep_empty=args.keep_empty, rule=rule, modality=args.modality, **tiling))
+        sources.append(
+            VectorSource(
+                args.image,
+                args.labels,
+                class_field=args.class_field,
+                default_class=args.default_class,
+                min_visible=args.min_visible,
+                keep_empty=args.keep_empty,
+                rule=rule,
+                modality=args.modality,
+                **tiling,
+            )
+        )
     if args.mask:
         if not args.classes:
             raise ValueError("--mask needs --classes names.yaml")
-        sources.append(MaskSource(args.image, args.mask, args.classes, rule=rule, modality=args.modality, **tiling))
+        sources.append(
+            MaskSource(args.image, args.mask, args.classes, rule=rule, modality=args.modality, **tiling)
+        )
     if args.folders:
-        sources.append(ClassFolderSource(args.folders, rule=rule, modality=args.modality,
-                                         limit_per_class=args.limit_per_class))
+        sources.append(
+            ClassFolderSource(
+                args.folders, rule=rule, modality=args.modality, limit_per_class=args.limit_per_class
+            )
+        )
     if args.torchgeo:
         if not args.root:
             raise ValueError("--torchgeo needs --root DIR")
-        sources.append(TorchGeoSource(args.torchgeo, args.root, split=args.split,
-                                      limit_per_class=args.limit_per_class))
+        sources.append(
+            TorchGeoSource(args.torchgeo, args.root, split=args.split, limit_per_class=args.limit_per_class)
+        )
     change = (args.before, args.after, args.change_mask)
     if any(change):
         if not all(change):
             raise ValueError("change pairs need all of --before, --after and --change-mask")
-        sources.append(ChangeSource(args.before, args.after, args.change_mask, rule=rule,
-                                    modality=args.modality, **tiling))
+        sources.append(
+            ChangeSource(
+                args.before, args.after, args.change_mask, rule=rule, modality=args.modality, **tiling
+            )
+        )
     return sources
 
 
 def run(args: argparse.Namespace) -> int:
-    result = build_corpus(args.out, sources_from_args(args), seed=args.seed, name=args.name,
-                          repeat_time=args.repeat_time, overwrite=args.overwrite, progress=True)
+    result = build_corpus(
+        args.out,
+        sources_from_args(args),
+        seed=args.seed,
+        name=args.name,
+        repeat_time=args.repeat_time,
+        overwrite=args.overwrite,
+        progress=True,
+    )
     print(f"wrote {result.out_dir}")
     print(result.summary.format())
     print(f"recipe: {result.recipe}")

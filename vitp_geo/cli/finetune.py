@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-TASK_CLASSES = {"segmentation": "vitp_geo.tasks.SegmentationTask", "change": "vitp_geo.tasks.ChangeDetectionTask"}
+TASK_CLASSES = {
+    "segmentation": "vitp_geo.tasks.SegmentationTask",
+    "change": "vitp_geo.tasks.ChangeDetectionTask",
+}
 MONITOR = {"segmentation": "val_mIoU", "change": "val_F1"}
 
 
@@ -29,8 +32,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("task", choices=sorted(TASK_CLASSES), help="segmentation or change")
     p.add_argument("--config", type=Path, help="LightningCLI YAML (default: embedded run on generated data)")
-    p.add_argument("--backbone", type=Path, help="backbone.safetensors from `vitp-geo pretrain` (or a ViTP/InternViT file)")
-    p.add_argument("--output", type=Path, default=Path("finetune_out"), help="output folder (default ./finetune_out)")
+    p.add_argument(
+        "--backbone",
+        type=Path,
+        help="backbone.safetensors from `vitp-geo pretrain` (or a ViTP/InternViT file)",
+    )
+    p.add_argument(
+        "--output", type=Path, default=Path("finetune_out"), help="output folder (default ./finetune_out)"
+    )
     p.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     p.add_argument("--max-steps", type=int, help="override trainer.max_steps")
     p.add_argument("--batch-size", type=int, help="override data.init_args.batch_size")
@@ -45,13 +54,26 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
     from vitp_geo.synthetic import CLASS_COLORS, CLASS_NAMES
 
     model: dict[str, Any] = dict(
-        backbone="vitp_tiny_patch14_112", img_size=112, neck="sfp", head="upernet", head_channels=64,
-        lr=1e-3, weight_decay=0.05, layer_decay=0.9, warmup_steps=10, schedule="poly", drop_path_rate=0.0,
+        backbone="vitp_tiny_patch14_112",
+        img_size=112,
+        neck="sfp",
+        head="upernet",
+        head_channels=64,
+        lr=1e-3,
+        weight_decay=0.05,
+        layer_decay=0.9,
+        warmup_steps=10,
+        schedule="poly",
+        drop_path_rate=0.0,
     )
     common = dict(patch_size=112, batch_size=8, length=96, val_fraction=0.25, seed=seed)
     if task == "segmentation":
         folders = write_synthetic_segmentation(data_dir, n_scenes=3, size=336, seed=seed)
-        model.update(num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES), class_colors=[list(c) for c in CLASS_COLORS])
+        model.update(
+            num_classes=len(CLASS_NAMES),
+            class_names=list(CLASS_NAMES),
+            class_colors=[list(c) for c in CLASS_COLORS],
+        )
         data = {
             "class_path": "datamodules.geotiff.GeoTiffSegmentationDataModule",
             "init_args": dict(images=str(folders.images), labels=str(folders.labels), **common),
@@ -61,7 +83,9 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         model.update(class_weights=[1.0, 3.0])
         data = {
             "class_path": "datamodules.geotiff.GeoTiffChangeDataModule",
-            "init_args": dict(before=str(folders.images), after=str(folders.after), labels=str(folders.labels), **common),
+            "init_args": dict(
+                before=str(folders.images), after=str(folders.after), labels=str(folders.labels), **common
+            ),
         }
     return {
         "seed_everything": seed,
@@ -120,11 +144,15 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = load_config(args.config)
     else:
-        print(f"vitp-geo finetune {args.task}: no --config, embedded run on generated scenes in {out / 'data'}")
+        print(
+            f"vitp-geo finetune {args.task}: no --config, embedded run on generated scenes in {out / 'data'}"
+        )
         cfg = default_config(args.task, out / "data", seed=args.seed or 0)
     class_path = cfg["model"].get("class_path", "")
     if class_path != TASK_CLASSES[args.task]:
-        raise ValueError(f"config model.class_path is {class_path!r}; `finetune {args.task}` needs {TASK_CLASSES[args.task]}")
+        raise ValueError(
+            f"config model.class_path is {class_path!r}; `finetune {args.task}` needs {TASK_CLASSES[args.task]}"
+        )
     cfg = apply_overrides(cfg, args)
     if cfg["model"]["init_args"].get("backbone_weights") is None:
         print("note: no backbone weights given (--backbone): the ViT starts from random initialisation")
@@ -142,7 +170,9 @@ def fit(cfg: dict[str, Any], task: str, out: Path, progress: bool = True) -> dic
 
     ckpt_dir = out / "checkpoints"
     monitor = MONITOR[task]
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True
+    )
     trainer_cfg = cfg.setdefault("trainer", {})
     trainer_cfg.setdefault("enable_progress_bar", progress)
     if not progress:
@@ -152,7 +182,13 @@ def fit(cfg: dict[str, Any], task: str, out: Path, progress: bool = True) -> dic
         args=cfg,
         run=False,
         save_config_callback=None,
-        trainer_defaults={"callbacks": [checkpoint], "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}}},
+        trainer_defaults={
+            "callbacks": [checkpoint],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(out)},
+            },
+        },
         parser_kwargs={"exit_on_error": False},
     )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
@@ -181,7 +217,9 @@ def fit(cfg: dict[str, Any], task: str, out: Path, progress: bool = True) -> dic
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\nfinetune {summary['task']}: {summary['steps']} steps, {summary['epochs']} epochs, {summary['seconds']} s")
+    print(
+        f"\nfinetune {summary['task']}: {summary['steps']} steps, {summary['epochs']} epochs, {summary['seconds']} s"
+    )
     print("validation (best checkpoint):")
     for key, value in sorted(summary["validation"].items()):
         print(f"  {key:<28} {value:.4f}")

@@ -22,7 +22,8 @@ from vitp_geo.tiling.engine import EngineConfig, InferenceSummary, SegmentationO
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "infer", help="tiled inference over a GeoTIFF scene, QGIS-ready outputs",
+        "infer",
+        help="tiled inference over a GeoTIFF scene, QGIS-ready outputs",
         description="Run a fine-tuned checkpoint over a whole GeoTIFF scene, streaming window by window, "
         "and write a Cloud-Optimized GeoTIFF class map (colour table, category names, QGIS .qml), "
         "optionally class probabilities and a styled GeoPackage of polygons.",
@@ -32,18 +33,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="class map COG to write (.tif)")
     p.add_argument("--after", type=Path, default=None, help="the 'after' image (change models only)")
     p.add_argument("--vector", type=Path, default=None, help="also write polygons to this GeoPackage")
-    p.add_argument("--probabilities", type=Path, default=None, help="also write per-class probabilities (COG)")
+    p.add_argument(
+        "--probabilities", type=Path, default=None, help="also write per-class probabilities (COG)"
+    )
     p.add_argument("--probability-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--tile-size", type=int, default=None, help="window side in pixels (default: the checkpoint's)")
+    p.add_argument(
+        "--tile-size", type=int, default=None, help="window side in pixels (default: the checkpoint's)"
+    )
     p.add_argument("--overlap", type=float, default=0.25, help="fraction of a window shared with neighbours")
     p.add_argument("--batch-size", type=int, default=8, help="windows per model call (per device)")
     p.add_argument("--blend", choices=[m.value for m in BlendMode], default="cosine")
-    p.add_argument("--bands", type=str, default=None,
-                   help="1-based bands to read, e.g. 1,2,3 (default: the checkpoint's)")
+    p.add_argument(
+        "--bands",
+        type=str,
+        default=None,
+        help="1-based bands to read, e.g. 1,2,3 (default: the checkpoint's)",
+    )
     p.add_argument("--min-area", type=int, default=0, help="drop polygons smaller than this many pixels")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
-    p.add_argument("--devices", type=int, default=1,
-                   help="processes to shard windows over (one per GPU when CUDA is available, else CPU)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes to shard windows over (one per GPU when CUDA is available, else CPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -97,25 +110,43 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         with open_raster(path) as src:
             count = src.count
         if max(bands) > count:
-            raise ValueError(f"{path} has {count} band(s) but the checkpoint {ckpt.name} reads bands {list(bands)} "
-                             "(pick others with --bands)")
+            raise ValueError(
+                f"{path} has {count} band(s) but the checkpoint {ckpt.name} reads bands {list(bands)} "
+                "(pick others with --bands)"
+            )
     if torch.cuda.is_available():
         device = torch.device("cuda", rank.rank % torch.cuda.device_count())
     else:
         device = torch.device("cpu")
     cfg = EngineConfig(
-        tile_size=opts["tile_size"] or card.tile_size, overlap=opts["overlap"], batch_size=opts["batch_size"],
-        blend=BlendMode(opts["blend"]), activation="softmax", progress=opts["progress"],
+        tile_size=opts["tile_size"] or card.tile_size,
+        overlap=opts["overlap"],
+        batch_size=opts["batch_size"],
+        blend=BlendMode(opts["blend"]),
+        activation="softmax",
+        progress=opts["progress"],
     )
     outputs = SegmentationOutputs(
-        class_map=opts["out"], probabilities=opts["probabilities"], vector=opts["vector"],
-        probability_dtype=opts["probability_dtype"], min_area_px=opts["min_area"],
+        class_map=opts["out"],
+        probabilities=opts["probabilities"],
+        vector=opts["vector"],
+        probability_dtype=opts["probability_dtype"],
+        min_area_px=opts["min_area"],
     )
     st = ckpt.stat()
     return segment_scene(
-        scenes, ModulePredictor(module, device), ClassStyle(card.class_names, card.class_colors), outputs,
-        rule=rule, mean=card.mean, std=card.std, config=cfg, raw_input=raw_input, resume=opts["resume"],
-        model_id=f"{ckpt.resolve()}:{st.st_size}:{st.st_mtime_ns}", rank=rank,
+        scenes,
+        ModulePredictor(module, device),
+        ClassStyle(card.class_names, card.class_colors),
+        outputs,
+        rule=rule,
+        mean=card.mean,
+        std=card.std,
+        config=cfg,
+        raw_input=raw_input,
+        resume=opts["resume"],
+        model_id=f"{ckpt.resolve()}:{st.st_size}:{st.st_mtime_ns}",
+        rank=rank,
     )
 
 
@@ -135,10 +166,21 @@ def run(args: argparse.Namespace) -> int:
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1, got {args.devices}")
     opts = dict(
-        scene=args.scene, checkpoint=args.checkpoint, out=args.out, after=args.after, vector=args.vector,
-        probabilities=args.probabilities, probability_dtype=args.probability_dtype, tile_size=args.tile_size,
-        overlap=args.overlap, batch_size=args.batch_size, blend=args.blend, bands=_parse_bands(args.bands),
-        min_area=args.min_area, resume=args.resume, progress=not args.no_progress,
+        scene=args.scene,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        after=args.after,
+        vector=args.vector,
+        probabilities=args.probabilities,
+        probability_dtype=args.probability_dtype,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        blend=args.blend,
+        bands=_parse_bands(args.bands),
+        min_area=args.min_area,
+        resume=args.resume,
+        progress=not args.no_progress,
     )
     env = env_rank_info()  # launched by torchrun
     if env is not None:

@@ -56,7 +56,9 @@ def add_parser(subparsers: Any) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--domain", choices=DOMAINS, default="rs", help="domain preset (configs/pretrain/<domain>.yaml)")
+    p.add_argument(
+        "--domain", choices=DOMAINS, default="rs", help="domain preset (configs/pretrain/<domain>.yaml)"
+    )
     p.add_argument("--config", default=None, help="YAML file of settings (field names as below, with _)")
     defaults = PretrainConfig()
     for f in fields(PretrainConfig):
@@ -65,11 +67,17 @@ def add_parser(subparsers: Any) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{_HELP.get(f.name, '')} (default: {default})")
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{_HELP.get(f.name, '')} (default: {default})",
+            )
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(flag, type=kind, default=None, help=f"{_HELP.get(f.name, '')} (default: {default})")
+            p.add_argument(
+                flag, type=kind, default=None, help=f"{_HELP.get(f.name, '')} (default: {default})"
+            )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,13 +15,19 @@ from vitp_geo.instruct.stats import (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("recipe", help="inspect and merge instruction recipes",
-                              description="Inspect and merge InternVL/ViTP meta-JSON (or YAML) recipes.")
+    p = subparsers.add_parser(
+        "recipe",
+        help="inspect and merge instruction recipes",
+        description="Inspect and merge InternVL/ViTP meta-JSON (or YAML) recipes.",
+    )
     sub = p.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
     s = sub.add_parser("stats", help="records, samples per epoch, task/modality mix, images, mean tokens")
     s.add_argument("recipe", type=Path)
-    s.add_argument("--tokenizer", type=Path,
-                   help="tokenizer.json (or its folder) for exact token counts; default: chars/4 estimate")
+    s.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="tokenizer.json (or its folder) for exact token counts; default: chars/4 estimate",
+    )
     m = sub.add_parser("merge", help="combine recipes into one (name clashes get a _2, _3 suffix)")
     m.add_argument("recipes", type=Path, nargs="+")
     m.add_argument("--out", type=Path, required=True, help="merged recipe (.json)")

@@ -49,18 +49,25 @@ def build_default_corpus(
         sources: list = []
         for i in range(n_scenes):
             origin = (DEFAULT_ORIGIN[0] + i * 10_000.0, DEFAULT_ORIGIN[1])  # distinct places, same CRS
-            scene = generate_scene(seed * 1000 + i, scene_size, origin=origin,
-                                   scene_class=i % len(SCENE_CLASSES))
+            scene = generate_scene(
+                seed * 1000 + i, scene_size, origin=origin, scene_class=i % len(SCENE_CLASSES)
+            )
             paths = write_scene(scene, work / "scenes", stem=f"scene_{i:03d}")
-            sources.append(VectorSource(paths.image, paths.objects, class_field="class_name",
-                                        tile_size=tile_size, overlap=0.0))
+            sources.append(
+                VectorSource(
+                    paths.image, paths.objects, class_field="class_name", tile_size=tile_size, overlap=0.0
+                )
+            )
             sources.append(MaskSource(paths.image, paths.mask, classes, tile_size=tile_size, overlap=0.0))
             folder = work / "scene_classes" / SCENE_CLASSES[scene.scene_class]
             write_geotiff(folder / f"scene_{i:03d}.tif", scene.image, scene.transform, scene.crs)
         sources.append(ClassFolderSource(work / "scene_classes"))
         for j in range(max(1, n_scenes // 4)):
-            pair = generate_change_pair(seed * 1000 + 500 + j, scene_size,
-                                        origin=(DEFAULT_ORIGIN[0] - (j + 1) * 10_000.0, DEFAULT_ORIGIN[1]))
+            pair = generate_change_pair(
+                seed * 1000 + 500 + j,
+                scene_size,
+                origin=(DEFAULT_ORIGIN[0] - (j + 1) * 10_000.0, DEFAULT_ORIGIN[1]),
+            )
             before, after, change = write_change_pair(pair, work / "pairs", stem=f"pair_{j:03d}")
             sources.append(ChangeSource(before, after, change, tile_size=tile_size))
         result = build_corpus(out_dir, sources, seed=seed, name="rs_default", overwrite=True)

@@ -48,8 +48,11 @@ class RecipeEntry:
             except ValueError:
                 return str(p)
 
-        out: dict[str, object] = {"root": rel(self.root), "annotation": rel(self.annotation),
-                                  "repeat_time": self.repeat_time}
+        out: dict[str, object] = {
+            "root": rel(self.root),
+            "annotation": rel(self.annotation),
+            "repeat_time": self.repeat_time,
+        }
         if self.max_dynamic_patch is not None:
             out["max_dynamic_patch"] = self.max_dynamic_patch
         return out

@@ -137,9 +137,7 @@ def write_jsonl(path: str | Path, records: Iterable[InstructionRecord]) -> Path:
     return path
 
 
-def normalize_box(
-    box: Sequence[float], width: float, height: float
-) -> tuple[int, int, int, int]:
+def normalize_box(box: Sequence[float], width: float, height: float) -> tuple[int, int, int, int]:
     """Pixel box (x1, y1, x2, y2) in an image of ``width``×``height`` → 0–1000 integer box."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {(width, height)}")
@@ -152,9 +150,7 @@ def normalize_box(
     return clip(x1 * sx), clip(y1 * sy), clip(x2 * sx), clip(y2 * sy)
 
 
-def denormalize_box(
-    box: Sequence[float], width: float, height: float
-) -> tuple[float, float, float, float]:
+def denormalize_box(box: Sequence[float], width: float, height: float) -> tuple[float, float, float, float]:
     """0–1000 box → pixel box in an image of ``width``×``height``."""
     x1, y1, x2, y2 = box
     return (x1 * width / BOX_SCALE, y1 * height / BOX_SCALE, x2 * width / BOX_SCALE, y2 * height / BOX_SCALE)

@@ -68,7 +68,9 @@ class DatasetStats:
 def dataset_stats(entry: RecipeEntry, count_tokens: TokenCounter = estimate_tokens) -> DatasetStats:
     """Read one entry's annotation file and count (see module doc)."""
     records: list[InstructionRecord] = read_jsonl(entry.annotation).records
-    st = DatasetStats(entry.name, len(records), entry.repeat_time, effective_count(len(records), entry.repeat_time))
+    st = DatasetStats(
+        entry.name, len(records), entry.repeat_time, effective_count(len(records), entry.repeat_time)
+    )
     seen: set[str] = set()
     for rec in records:
         st.tasks[rec.task] += 1
@@ -118,8 +120,10 @@ def format_stats(per: list[DatasetStats], total: DatasetStats) -> str:
         else:
             head += f" → {st.effective} samples/epoch"
         lines.append(head)
-        lines.append(f"  images: {st.images} distinct, {st.image_refs} references"
-                     + (f" ({st.missing_images} missing on disk)" if st.missing_images else ""))
+        lines.append(
+            f"  images: {st.images} distinct, {st.image_refs} references"
+            + (f" ({st.missing_images} missing on disk)" if st.missing_images else "")
+        )
         lines.append(f"  mean text tokens/record: {st.mean_tokens:.1f}")
         lines.append(f"  tasks: {_mix(st.tasks)}")
         lines.append(f"  modalities: {_mix(st.modalities)}")
@@ -154,7 +158,9 @@ def merge_recipes(paths: list[str | Path], out: str | Path) -> tuple[Path, list[
                 notes.append(f"{path}: dataset {e.name!r} renamed to {name!r} (name already used)")
             ann = e.annotation.resolve()
             if ann in annotations:
-                notes.append(f"{path}: dataset {name!r} uses the same annotation file as {annotations[ann]!r}")
+                notes.append(
+                    f"{path}: dataset {name!r} uses the same annotation file as {annotations[ann]!r}"
+                )
             annotations.setdefault(ann, name)
             names.add(name)
             merged.append(RecipeEntry(name, e.root.resolve(), ann, e.repeat_time, e.max_dynamic_patch))

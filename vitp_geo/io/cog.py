@@ -23,8 +23,14 @@ from rasterio.crs import CRS
 
 from vitp_geo.io.atomic import atomic_output
 
-_GDAL_TYPES = {"uint8": "Byte", "float32": "Float32", "float16": "Float16", "int16": "Int16",
-               "uint16": "UInt16", "int32": "Int32"}
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "float32": "Float32",
+    "float16": "Float16",
+    "int16": "Int16",
+    "uint16": "UInt16",
+    "int32": "Int32",
+}
 # A small GDAL block cache keeps peak memory independent of the scene size.
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_PAM_ENABLED": "NO"}
 
@@ -34,9 +40,17 @@ def _nodata_text(nodata: float) -> str:
 
 
 def raw_vrt(
-    raw_path: str | Path, *, width: int, height: int, bands: int, dtype: str, transform: Affine,
-    crs: CRS | None, nodata: float | None,
-    colors: Sequence[tuple[int, int, int]] | None = None, category_names: Sequence[str] | None = None,
+    raw_path: str | Path,
+    *,
+    width: int,
+    height: int,
+    bands: int,
+    dtype: str,
+    transform: Affine,
+    crs: CRS | None,
+    nodata: float | None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    category_names: Sequence[str] | None = None,
     band_descriptions: Sequence[str] | None = None,
 ) -> str:
     """VRT XML exposing a raw pixel-interleaved (rows × width × bands) file to GDAL.
@@ -74,7 +88,9 @@ def raw_vrt(
         if b == 0 and category_names is not None:
             names = [f"      <Category>{escape(n)}</Category>" for n in category_names]
             parts += ["    <CategoryNames>", *names, "    </CategoryNames>"]
-        parts.append(f'    <SourceFilename relativetoVRT="0">{escape(str(Path(raw_path).resolve()))}</SourceFilename>')
+        parts.append(
+            f'    <SourceFilename relativetoVRT="0">{escape(str(Path(raw_path).resolve()))}</SourceFilename>'
+        )
         parts.append(f"    <ImageOffset>{b * size}</ImageOffset>")
         parts.append(f"    <PixelOffset>{bands * size}</PixelOffset>")
         parts.append(f"    <LineOffset>{bands * size * width}</LineOffset>")
@@ -94,7 +110,11 @@ def category_aux_xml(category_names: Sequence[str]) -> str:
 
 
 def write_cog(
-    src: str | Path, dst: str | Path, *, resampling: str = "nearest", blocksize: int = 512,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    resampling: str = "nearest",
+    blocksize: int = 512,
     category_names: Sequence[str] | None = None,
 ) -> Path:
     """Copy ``src`` (any GDAL raster, e.g. a ``raw_vrt``) to a COG at ``dst``, atomically.
@@ -114,7 +134,13 @@ def write_cog(
             tmp.write_text(category_aux_xml(category_names))
     with rasterio.Env(**GDAL_ENV), atomic_output(dst) as tmp:
         rasterio.shutil.copy(
-            str(src), str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=blocksize,
-            OVERVIEW_RESAMPLING=resampling.upper(), OVERVIEWS="AUTO", BIGTIFF="IF_SAFER",
+            str(src),
+            str(tmp),
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=blocksize,
+            OVERVIEW_RESAMPLING=resampling.upper(),
+            OVERVIEWS="AUTO",
+            BIGTIFF="IF_SAFER",
         )
     return dst

@@ -41,9 +41,7 @@ class ModelCard:
         if self.task not in ("segmentation", "change", "detection"):
             raise ValueError(f"task must be segmentation, change or detection, got {self.task!r}")
         if len(self.class_colors) != len(self.class_names):
-            raise ValueError(
-                f"{len(self.class_names)} class names but {len(self.class_colors)} colours"
-            )
+            raise ValueError(f"{len(self.class_names)} class names but {len(self.class_colors)} colours")
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values, std {len(self.std)}")
 

@@ -27,8 +27,16 @@ COLUMNS = ["class_id", "class_name", "score", "area", "pixels"]
 
 
 def polygonize_rows(
-    read_rows: RowReader, *, height: int, width: int, transform: Affine, crs: CRS | str | None,
-    class_names: Sequence[str], nodata: int, min_area_px: int = 0, strip_rows: int = 512,
+    read_rows: RowReader,
+    *,
+    height: int,
+    width: int,
+    transform: Affine,
+    crs: CRS | str | None,
+    class_names: Sequence[str],
+    nodata: int,
+    min_area_px: int = 0,
+    strip_rows: int = 512,
 ) -> gpd.GeoDataFrame:
     """Polygons of every class region of a (height × width) class raster.
 
@@ -55,11 +63,13 @@ def polygonize_rows(
         if not valid.any():
             continue
         pieces = [(shape(g), int(v)) for g, v in shapes(cls, mask=valid, connectivity=4, transform=t)]
-        labels = rasterize(((g, i + 1) for i, (g, _) in enumerate(pieces)), out_shape=cls.shape,
-                           transform=t, dtype="int32")  # pixel-grid polygons: exact pixel sets
+        labels = rasterize(
+            ((g, i + 1) for i, (g, _) in enumerate(pieces)), out_shape=cls.shape, transform=t, dtype="int32"
+        )  # pixel-grid polygons: exact pixel sets
         count = np.bincount(labels.ravel(), minlength=len(pieces) + 1)
-        csum = np.bincount(labels.ravel(), weights=np.nan_to_num(conf.ravel().astype(np.float64)),
-                           minlength=len(pieces) + 1)
+        csum = np.bincount(
+            labels.ravel(), weights=np.nan_to_num(conf.ravel().astype(np.float64)), minlength=len(pieces) + 1
+        )
         edge: set[int] = set()  # pieces touching a strip border inside the raster
         if r0 > 0:
             edge.update(np.unique(labels[0]).tolist())
@@ -78,13 +88,29 @@ def polygonize_rows(
             inside = [(s, n) for g, s, n in items if part.contains(g.representative_point())]
             done.append((cid, part, sum(s for s, _ in inside), sum(n for _, n in inside)))
     records = [
-        {"class_id": cid, "class_name": class_names[cid] if cid < len(class_names) else str(cid),
-         "score": s / n if n else 0.0, "area": n * pixel_area, "pixels": n, "geometry": g}
-        for cid, g, s, n in done if n >= max(min_area_px, 1)
+        {
+            "class_id": cid,
+            "class_name": class_names[cid] if cid < len(class_names) else str(cid),
+            "score": s / n if n else 0.0,
+            "area": n * pixel_area,
+            "pixels": n,
+            "geometry": g,
+        }
+        for cid, g, s, n in done
+        if n >= max(min_area_px, 1)
     ]
     if not records:
-        return gpd.GeoDataFrame({c: [] for c in COLUMNS}, geometry=gpd.GeoSeries([], crs=crs), crs=crs).astype(
-            {"class_id": "int32", "class_name": "str", "score": "float64", "area": "float64", "pixels": "int64"})
+        return gpd.GeoDataFrame(
+            {c: [] for c in COLUMNS}, geometry=gpd.GeoSeries([], crs=crs), crs=crs
+        ).astype(
+            {
+                "class_id": "int32",
+                "class_name": "str",
+                "score": "float64",
+                "area": "float64",
+                "pixels": "int64",
+            }
+        )
     frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs)
     frame = frame.sort_values(["class_id", "pixels"], ascending=[True, False], kind="stable")
     return frame.reset_index(drop=True).astype({"class_id": "int32", "pixels": "int64"})

@@ -209,12 +209,22 @@ def write_geotiff(
         raise ValueError(f"expected a (C, H, W) array, got shape {array.shape}")
     count, height, width = array.shape
     profile: dict[str, object] = dict(
-        driver="GTiff", count=count, height=height, width=width, dtype=array.dtype,
-        transform=transform, crs=crs, nodata=nodata, compress="deflate",
+        driver="GTiff",
+        count=count,
+        height=height,
+        width=width,
+        dtype=array.dtype,
+        transform=transform,
+        crs=crs,
+        nodata=nodata,
+        compress="deflate",
     )
     if tiled and height >= 16 and width >= 16:
-        profile.update(tiled=True, blockxsize=256 if width >= 256 else 16 * (width // 16),
-                       blockysize=256 if height >= 256 else 16 * (height // 16))
+        profile.update(
+            tiled=True,
+            blockxsize=256 if width >= 256 else 16 * (width // 16),
+            blockysize=256 if height >= 256 else 16 * (height // 16),
+        )
     path = Path(path)
     with atomic_output(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:

@@ -165,8 +165,13 @@ def write_raster_qml(raster: str | Path, classes: ClassStyle | None, nodata: flo
     return out
 
 
-def write_styled_gpkg(path: str | Path, frame: gpd.GeoDataFrame, classes: ClassStyle,
-                      layer: str | None = None, qml: str | Path | None = None) -> Path:
+def write_styled_gpkg(
+    path: str | Path,
+    frame: gpd.GeoDataFrame,
+    classes: ClassStyle,
+    layer: str | None = None,
+    qml: str | Path | None = None,
+) -> Path:
     """Write ``frame`` as one polygon layer with its style in ``layer_styles`` and a ``.qml``.
 
     Args:
@@ -181,17 +186,35 @@ def write_styled_gpkg(path: str | Path, frame: gpd.GeoDataFrame, classes: ClassS
     layer = layer or path.stem
     qml_text = categorized_qml(classes)
     geom_col = "geom"  # the GeoPackage geometry column QGIS matches styles on
-    styles = pd.DataFrame({
-        "f_table_catalog": [""], "f_table_schema": [""], "f_table_name": [layer],
-        "f_geometry_column": [geom_col], "styleName": [layer], "styleQML": [qml_text], "styleSLD": [""],
-        "useAsDefault": [True], "description": ["vitp-geo class style"], "owner": [""], "ui": [""],
-        "update_time": [pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")],
-    })
+    styles = pd.DataFrame(
+        {
+            "f_table_catalog": [""],
+            "f_table_schema": [""],
+            "f_table_name": [layer],
+            "f_geometry_column": [geom_col],
+            "styleName": [layer],
+            "styleQML": [qml_text],
+            "styleSLD": [""],
+            "useAsDefault": [True],
+            "description": ["vitp-geo class style"],
+            "owner": [""],
+            "ui": [""],
+            "update_time": [pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")],
+        }
+    )
     with atomic_output(Path(qml) if qml is not None else qml_path(path)) as tmp:
         tmp.write_text(qml_text, encoding="utf-8")
     with atomic_output(path) as tmp:
-        pyogrio.write_dataframe(frame, tmp, layer=layer, driver="GPKG", geometry_type="Polygon",
-                                dataset_options=GPKG_OPTIONS, layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": geom_col})
-        pyogrio.write_dataframe(styles, tmp, layer="layer_styles", driver="GPKG", append=True,
-                                layer_options={"FID": "id"})
+        pyogrio.write_dataframe(
+            frame,
+            tmp,
+            layer=layer,
+            driver="GPKG",
+            geometry_type="Polygon",
+            dataset_options=GPKG_OPTIONS,
+            layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": geom_col},
+        )
+        pyogrio.write_dataframe(
+            styles, tmp, layer="layer_styles", driver="GPKG", append=True, layer_options={"FID": "id"}
+        )
     return path

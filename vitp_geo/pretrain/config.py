@@ -107,9 +107,7 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(
-    domain: str, config_file: str | Path | None, overrides: dict[str, Any]
-) -> PretrainConfig:
+def resolve_config(domain: str, config_file: str | Path | None, overrides: dict[str, Any]) -> PretrainConfig:
     """Defaults ← domain YAML (only for real parts) ← ``--config`` file ← explicit flags."""
     cfg = PretrainConfig(domain=domain)
     merged: dict[str, Any] = {}

@@ -34,7 +34,9 @@ class MetricsCSV(L.Callback):
             with self.path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(COLUMNS)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # The scheduler steps after the optimizer: read the lr this step actually uses now.
         self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
@@ -57,7 +59,9 @@ class MetricsCSV(L.Callback):
         }
         self.rows.append(row)
         with self.path.open("a", newline="") as fh:
-            csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in COLUMNS])
+            csv.writer(fh).writerow(
+                [f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in COLUMNS]
+            )
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -80,7 +84,10 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
     if len(losses) >= 5:
         k = max(2, len(losses) // 20)
-        smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ax.plot(steps, smooth, lw=1.8, label=f"mean of {k}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

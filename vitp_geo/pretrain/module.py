@@ -59,10 +59,19 @@ class ViTPPretrainModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = lr, weight_decay, warmup_ratio, max_steps
+        self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = (
+            lr,
+            weight_decay,
+            warmup_ratio,
+            max_steps,
+        )
         self.max_nonfinite = max_nonfinite
         self.seed = seed
-        for part, frozen in (("vision_model", freeze_vision), ("mlp1", freeze_projector), ("language_model", freeze_llm)):
+        for part, frozen in (
+            ("vision_model", freeze_vision),
+            ("mlp1", freeze_projector),
+            ("language_model", freeze_llm),
+        ):
             for p in getattr(model, part).parameters():
                 p.requires_grad_(not frozen)
         if not any(p.requires_grad for p in model.parameters()):
@@ -74,7 +83,9 @@ class ViTPPretrainModule(L.LightningModule):
         self.last_tiles = 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        step_seed = (((self.seed * 1_000_003 + self.current_epoch) * 1_000_033 + batch_idx) * 65_537 + self.global_rank) % (2**62)
+        step_seed = (
+            ((self.seed * 1_000_003 + self.current_epoch) * 1_000_033 + batch_idx) * 65_537 + self.global_rank
+        ) % (2**62)
         torch.manual_seed(step_seed)
         self.model.vrl_generator = torch.Generator().manual_seed(step_seed + 1)  # type: ignore[assignment]
 

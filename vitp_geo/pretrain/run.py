@@ -56,8 +56,12 @@ class PretrainSummary:
             lines.append(f"  bad records    {self.skipped_records} skipped (--skip-bad-samples)")
         lines.append(f"  outputs        {self.output}")
         if self.backbone is not None:
-            lines.append(f"  backbone       {self.backbone} (+ backbone.json; timm.create_model + load_state_dict)")
-        lines.append(f"  checkpoints    {self.output / 'checkpoints' / 'last.ckpt'} (continue with --resume last)")
+            lines.append(
+                f"  backbone       {self.backbone} (+ backbone.json; timm.create_model + load_state_dict)"
+            )
+        lines.append(
+            f"  checkpoints    {self.output / 'checkpoints' / 'last.ckpt'} (continue with --resume last)"
+        )
         lines.append(f"  metrics        {self.output / 'metrics.csv'}, {self.output / 'loss.png'}")
         return "\n".join(lines)
 
@@ -69,7 +73,11 @@ def default_output(domain: str) -> Path:
 def _precision(cfg: PretrainConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
-    return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    return (
+        "bf16-mixed"
+        if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+        else "32-true"
+    )
 
 
 def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:

@@ -13,6 +13,13 @@ from vitp_geo.synthetic.scene import (
 )
 
 __all__ = [
-    "CLASS_COLORS", "CLASS_NAMES", "SCENE_CLASSES", "ChangePair", "SyntheticScene",
-    "generate_change_pair", "generate_scene", "write_change_pair", "write_scene",
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "SCENE_CLASSES",
+    "ChangePair",
+    "SyntheticScene",
+    "generate_change_pair",
+    "generate_scene",
+    "write_change_pair",
+    "write_scene",
 ]

@@ -96,15 +96,11 @@ def _rasterize(polys: list[Polygon], height: int, width: int) -> np.ndarray:
 
     if not polys:
         return np.zeros((height, width), dtype=bool)
-    out = rasterize(
-        [(p, 1) for p in polys], out_shape=(height, width), fill=0, dtype="uint8"
-    )
+    out = rasterize([(p, 1) for p in polys], out_shape=(height, width), fill=0, dtype="uint8")
     return out.astype(bool)
 
 
-def _buildings(
-    rng: np.random.Generator, n: int, height: int, width: int, free: np.ndarray
-) -> list[Polygon]:
+def _buildings(rng: np.random.Generator, n: int, height: int, width: int, free: np.ndarray) -> list[Polygon]:
     """Place up to ``n`` rotated rectangles on free ground, without overlaps."""
     placed: list[Polygon] = []
     occupied = ~free
@@ -196,7 +192,9 @@ def generate_scene(
             mask[:, sl][mask[:, sl] != 3] = 2
 
     # Buildings: on free ground (not water, road or field); many in residential scenes.
-    n_buildings = {0: 8 + int(rng.integers(0, 8)), 1: int(rng.integers(0, 4)), 2: int(rng.integers(1, 5))}[kind]
+    n_buildings = {0: 8 + int(rng.integers(0, 8)), 1: int(rng.integers(0, 4)), 2: int(rng.integers(1, 5))}[
+        kind
+    ]
     for poly in _buildings(rng, n_buildings, height, width, free=(mask == 0)):
         objects_px.append((1, poly))
         mask[_rasterize([poly], height, width)] = 1
@@ -213,9 +211,7 @@ def generate_scene(
     return SyntheticScene(image, mask, objects, transform, crs, kind)
 
 
-def _render(
-    rng: np.random.Generator, mask: np.ndarray, objects_px: list[tuple[int, Polygon]]
-) -> np.ndarray:
+def _render(rng: np.random.Generator, mask: np.ndarray, objects_px: list[tuple[int, Polygon]]) -> np.ndarray:
     """Colour the mask with per-class palettes, per-building roof colours and noise."""
     height, width = mask.shape
     img = _PALETTE[mask].copy()  # (H, W, 3)

@@ -51,7 +51,9 @@ def adapt_patch_embed(vit: VisionTransformer, in_chans: int, rgb_channels: list[
     else:
         rgb = list(rgb_channels) if rgb_channels is not None else ([0, 1, 2] if in_chans >= 3 else [])
         if len(rgb) not in (0, 3) or len(set(rgb)) != len(rgb) or any(not 0 <= c < in_chans for c in rgb):
-            raise ValueError(f"rgb_channels must be 3 distinct indexes in [0, {in_chans}), got {rgb_channels}")
+            raise ValueError(
+                f"rgb_channels must be 3 distinct indexes in [0, {in_chans}), got {rgb_channels}"
+            )
         new = weight.mean(dim=1, keepdim=True).repeat(1, in_chans, 1, 1)
         for src, dst in enumerate(rgb):
             new[:, dst] = weight[:, src]

@@ -24,8 +24,18 @@ from vitp_geo.tasks.optim import lr_factor, param_groups
 BACKBONE_PREFIX = "model.neck.backbone."
 # Distinct default colours for up to 12 classes (class 0 black, as for background / no change).
 DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
 )
 
 
@@ -39,7 +49,9 @@ class DenseTask(BaseTask):
     # ------------------------------------------------------------------ configure_*
     def configure_losses(self) -> None:
         """The loss named by ``loss`` with ``ignore_index`` and ``class_weights``."""
-        self.criterion = build_loss(self.hparams["loss"], self.hparams["ignore_index"], self.hparams["class_weights"])
+        self.criterion = build_loss(
+            self.hparams["loss"], self.hparams["ignore_index"], self.hparams["class_weights"]
+        )
 
     def configure_metrics(self) -> None:
         """A confusion matrix per stage; all scores are derived from it (see ``tasks.metrics``)."""
@@ -92,7 +104,14 @@ class DenseTask(BaseTask):
         x, y = self._inputs(batch)
         logits = self(x)  # (B, K, H, W)
         loss: Tensor = self.criterion(logits, y)
-        self.log(f"{stage}_loss", loss, batch_size=x.shape[0], prog_bar=stage != "test", on_epoch=True, on_step=stage == "train")
+        self.log(
+            f"{stage}_loss",
+            loss,
+            batch_size=x.shape[0],
+            prog_bar=stage != "test",
+            on_epoch=True,
+            on_step=stage == "train",
+        )
         getattr(self, f"{stage}_confusion").update(logits.argmax(dim=1), y)
         return loss
 
@@ -173,7 +192,11 @@ class DenseTask(BaseTask):
         colors = self.hparams.get("class_colors")
         if colors is None:
             colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(self.num_classes)]
-        tile = self.hparams.get("img_size") or self._datamodule_attr("patch_size") or self.backbone.patch_embed.img_size[0]
+        tile = (
+            self.hparams.get("img_size")
+            or self._datamodule_attr("patch_size")
+            or self.backbone.patch_embed.img_size[0]
+        )
         if isinstance(tile, tuple | list):
             tile = tile[0]
         return ModelCard(

@@ -35,7 +35,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated file, or not a torch checkpoint at all
-        raise ValueError(f"{path}: not a readable PyTorch/Lightning checkpoint ({err.__class__.__name__}: {err})") from err
+        raise ValueError(
+            f"{path}: not a readable PyTorch/Lightning checkpoint ({err.__class__.__name__}: {err})"
+        ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if CARD_KEY not in ckpt:

@@ -45,7 +45,9 @@ class DiceLoss(nn.Module):
 class FocalLoss(nn.Module):
     """Multiclass focal loss (module doc)."""
 
-    def __init__(self, ignore_index: int | None = None, gamma: float = 2.0, alpha: Tensor | None = None) -> None:
+    def __init__(
+        self, ignore_index: int | None = None, gamma: float = 2.0, alpha: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.gamma = gamma
@@ -74,7 +76,9 @@ class SumLoss(nn.Module):
         return sum((loss(logits, target) for loss in self.losses), torch.zeros((), device=logits.device))
 
 
-def build_loss(name: str, ignore_index: int | None = None, class_weights: Sequence[float] | None = None) -> nn.Module:
+def build_loss(
+    name: str, ignore_index: int | None = None, class_weights: Sequence[float] | None = None
+) -> nn.Module:
     """The loss ``name`` (one of ``LOSSES``)."""
     weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
     ce = nn.CrossEntropyLoss(weight=weight, ignore_index=-100 if ignore_index is None else ignore_index)

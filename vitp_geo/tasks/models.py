@@ -26,7 +26,9 @@ from vitp_geo.models.pyramid import SimpleFeaturePyramid
 from vitp_geo.tasks.backbone import describe_backbone, rebuild_backbone
 
 
-def build_neck(vit: VisionTransformer, neck: str, out_indices: list[int] | None) -> SimpleFeaturePyramid | ViTAdapter:
+def build_neck(
+    vit: VisionTransformer, neck: str, out_indices: list[int] | None
+) -> SimpleFeaturePyramid | ViTAdapter:
     """``sfp`` (simple feature pyramid, default) or ``adapter`` (ViT-Adapter)."""
     if neck == "sfp":
         return SimpleFeaturePyramid(vit, out_indices)
@@ -88,7 +90,12 @@ def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> SegmentationModel 
     widths = list(neck.out_channels)
     if kind == "change" and arch.get("fusion", "diff") == "concat":
         widths = [2 * w for w in widths]
-    head = build_head(str(arch.get("head", "upernet")), widths, int(arch["num_classes"]), int(arch.get("head_channels", 128)))
+    head = build_head(
+        str(arch.get("head", "upernet")),
+        widths,
+        int(arch["num_classes"]),
+        int(arch.get("head_channels", 128)),
+    )
     if kind == "segmentation":
         return SegmentationModel(neck, head)
     if kind == "change":
@@ -96,7 +103,9 @@ def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> SegmentationModel 
     raise ValueError(f"arch kind must be 'segmentation' or 'change', got {kind!r}")
 
 
-def arch_for(vit: VisionTransformer, model: SegmentationModel | SiameseChangeModel, **fields: Any) -> dict[str, Any]:
+def arch_for(
+    vit: VisionTransformer, model: SegmentationModel | SiameseChangeModel, **fields: Any
+) -> dict[str, Any]:
     """The ``arch`` dict of a model built by :func:`assemble` (``fields``: kind, neck, head, ...)."""
     arch: dict[str, Any] = dict(fields)
     arch["backbone"] = describe_backbone(vit)

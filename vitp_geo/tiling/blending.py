@@ -39,7 +39,10 @@ def _cosine_ramp(n: int, ramp: int) -> np.ndarray:
 
 
 def blend_weights(
-    tile_h: int, tile_w: int, mode: BlendMode | str = BlendMode.COSINE, overlap_px: int = 0,
+    tile_h: int,
+    tile_w: int,
+    mode: BlendMode | str = BlendMode.COSINE,
+    overlap_px: int = 0,
     floor: float = 1e-3,
 ) -> np.ndarray:
     """The (tile_h, tile_w) float32 weight map of one window.

@@ -92,16 +92,27 @@ class DetectionMerger:
     scores: list[float] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
 
-    def add(self, row0: int, col0: int, h: int, w: int, boxes: np.ndarray, scores: np.ndarray,
-            labels: np.ndarray) -> None:
+    def add(
+        self, row0: int, col0: int, h: int, w: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
+    ) -> None:
         """Add one window's detections (pixel coordinates within the window)."""
-        inner = (col0 > 0, row0 > 0, col0 + w < self.width, row0 + h < self.height)  # left, top, right, bottom
+        inner = (
+            col0 > 0,
+            row0 > 0,
+            col0 + w < self.width,
+            row0 + h < self.height,
+        )  # left, top, right, bottom
         m = self.edge_margin
-        for b, s, lab in zip(np.asarray(boxes, np.float64), np.asarray(scores), np.asarray(labels), strict=True):
+        for b, s, lab in zip(
+            np.asarray(boxes, np.float64), np.asarray(scores), np.asarray(labels), strict=True
+        ):
             poly = box_polygon(b.tolist())
             x1, y1, x2, y2 = poly.bounds
-            if (inner[0] and x1 <= m) or (inner[1] and y1 <= m) or (inner[2] and x2 >= w - m) or (
-                inner[3] and y2 >= h - m
+            if (
+                (inner[0] and x1 <= m)
+                or (inner[1] and y1 <= m)
+                or (inner[2] and x2 >= w - m)
+                or (inner[3] and y2 >= h - m)
             ):
                 continue  # cut by an inner edge: a neighbouring window sees it whole
             poly = to_map(Polygon([(x + col0, y + row0) for x, y in poly.exterior.coords]), self.transform)
@@ -115,7 +126,9 @@ class DetectionMerger:
         labels = np.asarray(self.labels)
         for cls in np.unique(labels):
             idx = np.nonzero(labels == cls)[0]
-            kept = nms_polygons([self.polygons[i] for i in idx], [self.scores[i] for i in idx], self.iou_threshold)
+            kept = nms_polygons(
+                [self.polygons[i] for i in idx], [self.scores[i] for i in idx], self.iou_threshold
+            )
             keep.extend(int(idx[k]) for k in kept)
         return sorted(keep)
 
@@ -135,10 +148,19 @@ class DetectionMerger:
 
 
 def detect_scene(
-    scene: str | Path, detector: Detector, class_names: Sequence[str], *, tile_size: int = 512,
-    overlap: float = 0.25, batch_size: int = 8, rule: RenderRule = RenderRule(),
-    mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (255.0, 255.0, 255.0),
-    iou_threshold: float = 0.5, score_threshold: float = 0.0, progress: bool = True,
+    scene: str | Path,
+    detector: Detector,
+    class_names: Sequence[str],
+    *,
+    tile_size: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    rule: RenderRule = RenderRule(),
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (255.0, 255.0, 255.0),
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.0,
+    progress: bool = True,
 ) -> gpd.GeoDataFrame:
     """Run ``detector`` over every window of ``scene`` and merge the boxes in map coordinates.
 
@@ -146,14 +168,35 @@ def detect_scene(
         GeoDataFrame of merged detections in the scene's CRS (see ``DetectionMerger.to_frame``).
     """
     with rasterio.Env(GDAL_CACHEMAX=64):  # bounded block cache, independent of the scene
-        return _detect(scene, detector, class_names, tile_size, overlap, batch_size, rule, mean, std,
-                       iou_threshold, score_threshold, progress)
+        return _detect(
+            scene,
+            detector,
+            class_names,
+            tile_size,
+            overlap,
+            batch_size,
+            rule,
+            mean,
+            std,
+            iou_threshold,
+            score_threshold,
+            progress,
+        )
 
 
 def _detect(
-    scene: str | Path, detector: Detector, class_names: Sequence[str], tile_size: int, overlap: float,
-    batch_size: int, rule: RenderRule, mean: Sequence[float], std: Sequence[float], iou_threshold: float,
-    score_threshold: float, progress: bool,
+    scene: str | Path,
+    detector: Detector,
+    class_names: Sequence[str],
+    tile_size: int,
+    overlap: float,
+    batch_size: int,
+    rule: RenderRule,
+    mean: Sequence[float],
+    std: Sequence[float],
+    iou_threshold: float,
+    score_threshold: float,
+    progress: bool,
 ) -> gpd.GeoDataFrame:
     reader = SceneWindowReader([scene], rule, mean, std)
     try:
@@ -174,8 +217,15 @@ def _detect(
                 outs = detector(torch.from_numpy(np.stack(batch)))
             for (r, c), out in zip(where, outs, strict=True):
                 keep = out["scores"].cpu().numpy() >= score_threshold
-                merger.add(r, c, plan.tile_h, plan.tile_w, out["boxes"].cpu().numpy()[keep],
-                           out["scores"].cpu().numpy()[keep], out["labels"].cpu().numpy()[keep])
+                merger.add(
+                    r,
+                    c,
+                    plan.tile_h,
+                    plan.tile_w,
+                    out["boxes"].cpu().numpy()[keep],
+                    out["scores"].cpu().numpy()[keep],
+                    out["labels"].cpu().numpy()[keep],
+                )
         return merger.to_frame(class_names, reader.profile.get("crs"))
     finally:
         reader.close()

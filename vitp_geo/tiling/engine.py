@@ -89,8 +89,8 @@ class InferenceSummary:
         return [
             f"pixels:   {self.pixels:,}",
             f"windows:  {self.windows_run} run, {self.windows_skipped} skipped (all nodata), "
-            f"{self.windows_total} planned" + (f", resumed at window row {self.resumed_from_row}"
-                                                if self.resumed_from_row else ""),
+            f"{self.windows_total} planned"
+            + (f", resumed at window row {self.resumed_from_row}" if self.resumed_from_row else ""),
             f"time:     {self.seconds:.1f} s",
             f"peak mem: {self.peak_rss_mb:.0f} MB (resident, this process)",
             *[f"output:   {o}" for o in self.outputs],
@@ -117,18 +117,30 @@ def _fingerprint(paths: Sequence[Path], settings: dict[str, object]) -> str:
 class _Writer:
     """Rank 0's side: accumulator, raw row sinks and resume checkpoints."""
 
-    def __init__(self, work: Path, plan: WindowPlan, n_classes: int, outputs: SegmentationOutputs,
-                 start_row: int, rows_written: int, acc_state: dict[str, np.ndarray] | None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        plan: WindowPlan,
+        n_classes: int,
+        outputs: SegmentationOutputs,
+        start_row: int,
+        rows_written: int,
+        acc_state: dict[str, np.ndarray] | None,
+    ) -> None:
         self.work, self.plan = work, plan
         self.acc = StripAccumulator(plan.width, n_classes)
         if acc_state is not None:
             self.acc.load_state(acc_state)
         w = plan.width
         self.classes = RawRowSink(work / "class.raw", w, 1, "uint8", CLASS_NODATA, rows_written)
-        self.probs = (RawRowSink(work / "probs.raw", w, n_classes, outputs.probability_dtype, np.nan,
-                                 rows_written) if outputs.probabilities else None)
-        self.conf = (RawRowSink(work / "conf.raw", w, 1, "float32", np.nan, rows_written)
-                     if outputs.vector else None)
+        self.probs = (
+            RawRowSink(work / "probs.raw", w, n_classes, outputs.probability_dtype, np.nan, rows_written)
+            if outputs.probabilities
+            else None
+        )
+        self.conf = (
+            RawRowSink(work / "conf.raw", w, 1, "float32", np.nan, rows_written) if outputs.vector else None
+        )
         self.sinks = [s for s in (self.classes, self.probs, self.conf) if s is not None]
         self.next_row = start_row
         self.last_checkpoint = time.monotonic()
@@ -172,7 +184,9 @@ class _Writer:
             s.close()
 
 
-def _prepare_work(work: Path, fingerprint: str, resume: bool) -> tuple[int, int, dict[str, np.ndarray] | None]:
+def _prepare_work(
+    work: Path, fingerprint: str, resume: bool
+) -> tuple[int, int, dict[str, np.ndarray] | None]:
     """(start window row, rows already written, accumulator state) for a fresh or resumed run."""
     meta, state_file = work / "meta.json", work / "state.npz"
     if resume and meta.exists() and state_file.exists():
@@ -193,8 +207,12 @@ def _prepare_work(work: Path, fingerprint: str, resume: bool) -> tuple[int, int,
 
 
 def _run_windows(
-    reader: SceneWindowReader, predictor: Predictor, windows: Sequence[tuple[int, int]], plan: WindowPlan,
-    cfg: EngineConfig, n_classes: int,
+    reader: SceneWindowReader,
+    predictor: Predictor,
+    windows: Sequence[tuple[int, int]],
+    plan: WindowPlan,
+    cfg: EngineConfig,
+    n_classes: int,
 ) -> list[tuple[int, np.ndarray, np.ndarray] | None]:
     """Read and run ``windows`` [(row0, col0)]: per window ``(col0, scores (K,h,w), valid (h,w))``
     or None when the window is entirely nodata."""
@@ -272,14 +290,37 @@ def segment_scene(
     paths = [Path(scene)] if isinstance(scene, str | Path) else [Path(p) for p in scene]
     # GDAL's default block cache (5 % of RAM) would end up holding most of a big input scene.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        return _segment(paths, predictor, classes, outputs, rule, mean, std, cfg, raw_input, resume, model_id,
-                        rank, n_classes)
+        return _segment(
+            paths,
+            predictor,
+            classes,
+            outputs,
+            rule,
+            mean,
+            std,
+            cfg,
+            raw_input,
+            resume,
+            model_id,
+            rank,
+            n_classes,
+        )
 
 
 def _segment(
-    paths: list[Path], predictor: Predictor, classes: ClassStyle, outputs: SegmentationOutputs, rule: RenderRule,
-    mean: Sequence[float], std: Sequence[float], cfg: EngineConfig, raw_input: bool, resume: bool, model_id: str,
-    rank: RankInfo, n_classes: int,
+    paths: list[Path],
+    predictor: Predictor,
+    classes: ClassStyle,
+    outputs: SegmentationOutputs,
+    rule: RenderRule,
+    mean: Sequence[float],
+    std: Sequence[float],
+    cfg: EngineConfig,
+    raw_input: bool,
+    resume: bool,
+    model_id: str,
+    rank: RankInfo,
+    n_classes: int,
 ) -> InferenceSummary | None:
     t0 = time.monotonic()
     reader = SceneWindowReader(paths, rule, mean, std, raw=raw_input)
@@ -291,17 +332,32 @@ def _segment(
         writer: _Writer | None = None
         start = None
         if rank.is_writer:
-            settings = {**asdict(cfg), "progress": None, "checkpoint_every_s": None,
-                        "classes": n_classes, "rule": asdict(rule), "mean": list(mean), "std": list(std),
-                        "outputs": {k: str(v) for k, v in asdict(outputs).items()}, "model": model_id, "raw": raw_input,
-                        "world": rank.world}
+            settings = {
+                **asdict(cfg),
+                "progress": None,
+                "checkpoint_every_s": None,
+                "classes": n_classes,
+                "rule": asdict(rule),
+                "mean": list(mean),
+                "std": list(std),
+                "outputs": {k: str(v) for k, v in asdict(outputs).items()},
+                "model": model_id,
+                "raw": raw_input,
+                "world": rank.world,
+            }
             start_row, rows_written, acc_state = _prepare_work(work, _fingerprint(paths, settings), resume)
             writer = _Writer(work, plan, n_classes, outputs, start_row, rows_written, acc_state)
             start = start_row
         start_row = int(broadcast_from_writer(start, rank))
         n_cols = len(plan.col_offsets)
-        bar = tqdm(total=plan.n_windows, initial=start_row * n_cols, unit="win", desc="infer",
-                   disable=not (cfg.progress and rank.is_writer), dynamic_ncols=True)
+        bar = tqdm(
+            total=plan.n_windows,
+            initial=start_row * n_cols,
+            unit="win",
+            desc="infer",
+            disable=not (cfg.progress and rank.is_writer),
+            dynamic_ncols=True,
+        )
         run = skipped = 0
         group = cfg.batch_size * rank.world
         for i in range(start_row, len(plan.row_offsets)):
@@ -322,7 +378,9 @@ def _segment(
                         writer.acc.add(r0, col0, scores, weight * valid)
                         run += 1
                 if g + group < n_cols:
-                    writer.emit(list(writer.acc.finalize(plan.row_end(i), before_col=plan.col_offsets[g + group])))
+                    writer.emit(
+                        list(writer.acc.finalize(plan.row_end(i), before_col=plan.col_offsets[g + group]))
+                    )
                 bar.update(len(cols))
                 bar.set_postfix(skipped=skipped)
             if writer is not None:
@@ -340,27 +398,50 @@ def _segment(
         reader.close()
     shutil.rmtree(work, ignore_errors=True)
     return InferenceSummary(
-        pixels=plan.height * plan.width, windows_total=plan.n_windows, windows_run=run,
-        windows_skipped=skipped, seconds=time.monotonic() - t0, peak_rss_mb=_peak_rss_mb(),
-        outputs=[str(p) for p in written], resumed_from_row=start_row,
+        pixels=plan.height * plan.width,
+        windows_total=plan.n_windows,
+        windows_run=run,
+        windows_skipped=skipped,
+        seconds=time.monotonic() - t0,
+        peak_rss_mb=_peak_rss_mb(),
+        outputs=[str(p) for p in written],
+        resumed_from_row=start_row,
     )
 
 
-def _finish(writer: _Writer, reader: SceneWindowReader, classes: ClassStyle,
-            outputs: SegmentationOutputs) -> list[Path]:
+def _finish(
+    writer: _Writer, reader: SceneWindowReader, classes: ClassStyle, outputs: SegmentationOutputs
+) -> list[Path]:
     """Raw row files → COGs, QGIS styles and the optional vector layer."""
     prof = reader.profile
     geo = dict(width=reader.width, height=reader.height, transform=prof["transform"], crs=prof.get("crs"))
     work, written = writer.work, []
     vrt = work / "class.vrt"
-    vrt.write_text(raw_vrt(work / "class.raw", bands=1, dtype="uint8", nodata=CLASS_NODATA,
-                           colors=classes.colors, category_names=classes.names, **geo))
+    vrt.write_text(
+        raw_vrt(
+            work / "class.raw",
+            bands=1,
+            dtype="uint8",
+            nodata=CLASS_NODATA,
+            colors=classes.colors,
+            category_names=classes.names,
+            **geo,
+        )
+    )
     write_raster_qml(outputs.class_map, classes, nodata=CLASS_NODATA)
     written.append(write_cog(vrt, outputs.class_map, resampling="nearest", category_names=classes.names))
     if outputs.probabilities is not None and writer.probs is not None:
         vrt = work / "probs.vrt"
-        vrt.write_text(raw_vrt(work / "probs.raw", bands=len(classes.names), dtype=outputs.probability_dtype,
-                               nodata=float("nan"), band_descriptions=classes.names, **geo))
+        vrt.write_text(
+            raw_vrt(
+                work / "probs.raw",
+                bands=len(classes.names),
+                dtype=outputs.probability_dtype,
+                nodata=float("nan"),
+                band_descriptions=classes.names,
+                **geo,
+            )
+        )
         write_raster_qml(outputs.probabilities, None)
         written.append(write_cog(vrt, outputs.probabilities, resampling="average"))
     if outputs.vector is not None and writer.conf is not None:
@@ -369,9 +450,16 @@ def _finish(writer: _Writer, reader: SceneWindowReader, classes: ClassStyle,
         def rows(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
             return cls_sink.read_rows(r0, r1)[0], conf_sink.read_rows(r0, r1)[0]
 
-        frame = polygonize_rows(rows, height=reader.height, width=reader.width, transform=prof["transform"],
-                                crs=prof.get("crs"), class_names=classes.names, nodata=CLASS_NODATA,
-                                min_area_px=outputs.min_area_px)
+        frame = polygonize_rows(
+            rows,
+            height=reader.height,
+            width=reader.width,
+            transform=prof["transform"],
+            crs=prof.get("crs"),
+            class_names=classes.names,
+            nodata=CLASS_NODATA,
+            min_area_px=outputs.min_area_px,
+        )
         vec = outputs.vector
         qml = vec.with_name(f"{vec.stem}_vector.qml") if vec.stem == outputs.class_map.stem else None
         written.append(write_styled_gpkg(vec, frame, classes, qml=qml))

@@ -76,7 +76,10 @@ def plan_windows(height: int, width: int, tile_size: int, overlap: float) -> Win
     stride = max(1, int(round(tile_size * (1 - overlap))))
     tile_h, tile_w = min(tile_size, height), min(tile_size, width)
     return WindowPlan(
-        height, width, tile_h, tile_w,
+        height,
+        width,
+        tile_h,
+        tile_w,
         tuple(axis_offsets(height, tile_size, stride)),
         tuple(axis_offsets(width, tile_size, stride)),
     )

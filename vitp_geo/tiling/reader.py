@@ -46,8 +46,13 @@ class SceneWindowReader:
     """
 
     def __init__(
-        self, paths: Sequence[str | Path], rule: RenderRule, mean: Sequence[float], std: Sequence[float],
-        overview_size: int = 1024, raw: bool = False,
+        self,
+        paths: Sequence[str | Path],
+        rule: RenderRule,
+        mean: Sequence[float],
+        std: Sequence[float],
+        overview_size: int = 1024,
+        raw: bool = False,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.rule = rule
@@ -57,7 +62,12 @@ class SceneWindowReader:
         for path, ds in zip(self.paths, self.datasets, strict=True):
             if ds.transform.is_identity and ds.crs is None and ds.gcps[0]:
                 raise ValueError(f"{path} is georeferenced by GCPs only; warp it to a grid first (gdalwarp)")
-            if (ds.height, ds.width, ds.transform, ds.crs) != (first.height, first.width, first.transform, first.crs):
+            if (ds.height, ds.width, ds.transform, ds.crs) != (
+                first.height,
+                first.width,
+                first.transform,
+                first.crs,
+            ):
                 raise ValueError(f"{path} is not on the same grid as {self.paths[0]}")
         self.band_index: list[tuple[int, ...]] = []
         for path, ds in zip(self.paths, self.datasets, strict=True):
@@ -68,18 +78,24 @@ class SceneWindowReader:
         per_scene = len(self.band_index[0]) if raw else 3
         channels = per_scene * len(self.paths)
         if raw and any(np.dtype(ds.dtypes[0]).kind == "c" for ds in self.datasets):
-            raise ValueError(f"{self.paths[0]} holds complex (SAR) data: it needs a 3-channel model and the "
-                             "render rule (20·log10|z|), not raw bands")
+            raise ValueError(
+                f"{self.paths[0]} holds complex (SAR) data: it needs a 3-channel model and the "
+                "render rule (20·log10|z|), not raw bands"
+            )
         mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         if mean_a.size == per_scene and len(self.paths) == 2:
             mean_a, std_a = np.tile(mean_a, 2), np.tile(std_a, 2)
         if mean_a.size != channels or std_a.size != channels:
-            raise ValueError(f"mean/std have {mean_a.size}/{std_a.size} values, the model input has {channels}")
+            raise ValueError(
+                f"mean/std have {mean_a.size}/{std_a.size} values, the model input has {channels}"
+            )
         if (std_a <= 0).any():
             raise ValueError(f"std must be > 0, got {std_a.tolist()}")
         self.mean, self.std = mean_a[:, None, None], std_a[:, None, None]
-        self.limits = [self._scene_limits(p, ds, idx, overview_size)
-                       for p, ds, idx in zip(self.paths, self.datasets, self.band_index, strict=True)]
+        self.limits = [
+            self._scene_limits(p, ds, idx, overview_size)
+            for p, ds, idx in zip(self.paths, self.datasets, self.band_index, strict=True)
+        ]
 
     @property
     def height(self) -> int:

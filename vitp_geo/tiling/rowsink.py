@@ -28,7 +28,12 @@ class RawRowSink:
     """
 
     def __init__(
-        self, path: str | Path, width: int, bands: int, dtype: np.dtype | str, fill: float,
+        self,
+        path: str | Path,
+        width: int,
+        bands: int,
+        dtype: np.dtype | str,
+        fill: float,
         start_row: int = 0,
     ) -> None:
         self.path = Path(path)

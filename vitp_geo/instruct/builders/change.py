@@ -90,18 +90,28 @@ class ChangeSource:
                 ctx.summary.tiles_skipped["change below min_change"] += 1
                 continue
             imgs = [
-                ctx.save_image(f"{stem}/{tag}_{tile.name}.png", r.rgb[(slice(None), *tile.slices)],
-                               key=(str(Path(r.path).resolve()), self.rule, tile))
+                ctx.save_image(
+                    f"{stem}/{tag}_{tile.name}.png",
+                    r.rgb[(slice(None), *tile.slices)],
+                    key=(str(Path(r.path).resolve()), self.rule, tile),
+                )
                 for tag, r in (("before", before), ("after", after))
             ]
             ctx.summary.tiles_written += 1
-            records += self._tile_records(ctx, before, tile, changed[tile.slices], share, imgs,
-                                          f"{stem}_{tile.name}")
+            records += self._tile_records(
+                ctx, before, tile, changed[tile.slices], share, imgs, f"{stem}_{tile.name}"
+            )
         return records
 
     def _tile_records(
-        self, ctx: BuildContext, ref: LoadedRaster, tile: Tile, changed: np.ndarray, share: float,
-        imgs: list[str], stem: str,
+        self,
+        ctx: BuildContext,
+        ref: LoadedRaster,
+        tile: Tile,
+        changed: np.ndarray,
+        share: float,
+        imgs: list[str],
+        stem: str,
     ) -> list[InstructionRecord]:
         rng, mod = ctx.rng, ref.modality
         out: list[InstructionRecord] = []
@@ -112,21 +122,33 @@ class ChangeSource:
         has_change = share > 0
         rec(T.pick(rng, "change_yesno"), T.yes_no(rng, has_change), "change_yesno")
         if not has_change:
-            rec(T.pick(rng, "change_caption"), "No change is visible between the two images.", "change_caption")
+            rec(
+                T.pick(rng, "change_caption"),
+                "No change is visible between the two images.",
+                "change_caption",
+            )
             return out
         boxes = change_regions(changed, self.min_region_pixels)
         if boxes:
-            rec(T.pick(rng, "change_where"),
+            rec(
+                T.pick(rng, "change_where"),
                 format_grounding("changed area", [normalize_box(b, tile.width, tile.height) for b in boxes]),
-                "change_where")
+                "change_where",
+            )
         area = float(changed.sum()) * ref.pixel_area
         pct = 100 * share
-        rec(T.pick(rng, "change_area"), f"About {_format_area(area, ref.units)}, {pct:.1f}% of the image.",
-            "change_area")
+        rec(
+            T.pick(rng, "change_area"),
+            f"About {_format_area(area, ref.units)}, {pct:.1f}% of the image.",
+            "change_area",
+        )
         words = [position_word((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, tile.width, tile.height) for b in boxes]
         n = len(boxes)
         where = f" in the {T.join_words(sorted(set(words)))}" if words and len(set(words)) <= 3 else ""
         regions = f"{n} changed region{'s' if n != 1 else ''}" if n else "scattered changed pixels"
-        rec(T.pick(rng, "change_caption"), f"About {pct:.1f}% of the scene changed: {regions}{where}.",
-            "change_caption")
+        rec(
+            T.pick(rng, "change_caption"),
+            f"About {pct:.1f}% of the scene changed: {regions}{where}.",
+            "change_caption",
+        )
         return out

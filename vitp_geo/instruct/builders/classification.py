@@ -72,10 +72,26 @@ def classification_records(
         letters = "ABCDEFGHIJ"
         block = "\n".join(f"{letters[i]}. {_readable(o)}" for i, o in enumerate(options))
         answer = letters[options.index(cls)]
-        records.append(ctx.record(stem, [img], T.pick(rng, "classification_mc", options=block), answer,
-                                  "classification", raster.modality))
-        records.append(ctx.record(stem, [img], T.pick(rng, "classification_open"), _readable(cls),
-                                  "classification", raster.modality))
+        records.append(
+            ctx.record(
+                stem,
+                [img],
+                T.pick(rng, "classification_mc", options=block),
+                answer,
+                "classification",
+                raster.modality,
+            )
+        )
+        records.append(
+            ctx.record(
+                stem,
+                [img],
+                T.pick(rng, "classification_open"),
+                _readable(cls),
+                "classification",
+                raster.modality,
+            )
+        )
     return records
 
 
@@ -99,10 +115,19 @@ class ClassFolderSource:
             files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             samples += [(p, cls) for p in files[: self.limit_per_class]]
         if len(classes) < 2 or not samples:
-            raise ValueError(f"{root} must hold at least two class folders with images "
-                             f"({', '.join(IMAGE_SUFFIXES)}); found classes {classes}")
-        return classification_records(ctx, samples, classes, prefix=root.name, rule=self.rule,
-                                      modality=self.modality, n_options=self.n_options)
+            raise ValueError(
+                f"{root} must hold at least two class folders with images "
+                f"({', '.join(IMAGE_SUFFIXES)}); found classes {classes}"
+            )
+        return classification_records(
+            ctx,
+            samples,
+            classes,
+            prefix=root.name,
+            rule=self.rule,
+            modality=self.modality,
+            n_options=self.n_options,
+        )
 
 
 @dataclass
@@ -137,5 +162,6 @@ class TorchGeoSource:
                 samples.append((Path(path), cls))
         if not samples:
             raise ValueError(f"{self.name} under {self.root} has no images in split {self.split!r}")
-        return classification_records(ctx, samples, classes, prefix=self.name, rule=rule, modality=modality,
-                                      n_options=self.n_options)
+        return classification_records(
+            ctx, samples, classes, prefix=self.name, rule=rule, modality=modality, n_options=self.n_options
+        )

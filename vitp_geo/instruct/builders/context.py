@@ -46,7 +46,9 @@ class BuildSummary:
             lines.append(f"objects dropped ({why}): {n}")
         lines.append(f"records: {self.n_records}")
         lines += [f"  {task}: {n}" for task, n in sorted(self.records_per_task.items())]
-        lines.append("modalities: " + ", ".join(f"{m}={n}" for m, n in sorted(self.records_per_modality.items())))
+        lines.append(
+            "modalities: " + ", ".join(f"{m}={n}" for m, n in sorted(self.records_per_modality.items()))
+        )
         return "\n".join(lines)
 
 

@@ -65,7 +65,9 @@ def build_corpus(
     """
     out_dir = Path(out_dir)
     if not sources:
-        raise ValueError("no sources given: pass --image/--labels, --mask, --folders, --torchgeo or --before/--after")
+        raise ValueError(
+            "no sources given: pass --image/--labels, --mask, --folders, --torchgeo or --before/--after"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -79,11 +81,14 @@ def build_corpus(
             records += source.build(ctx)
         if not records:
             raise ValueError(
-                "the sources produced zero records (" + ", ".join(
-                    f"{why}: {n}" for why, n in sorted(ctx.summary.tiles_skipped.items())) + "); nothing written"
+                "the sources produced zero records ("
+                + ", ".join(f"{why}: {n}" for why, n in sorted(ctx.summary.tiles_skipped.items()))
+                + "); nothing written"
             )
         ctx.summary.add_records(records)
         write_jsonl(tmp / ANNOTATION_NAME, records)
-        save_recipe(tmp / RECIPE_NAME, [RecipeEntry(name=name, root=tmp, annotation=tmp / ANNOTATION_NAME,
-                                                     repeat_time=repeat_time)])
+        save_recipe(
+            tmp / RECIPE_NAME,
+            [RecipeEntry(name=name, root=tmp, annotation=tmp / ANNOTATION_NAME, repeat_time=repeat_time)],
+        )
     return CorpusResult(out_dir, out_dir / RECIPE_NAME, out_dir / ANNOTATION_NAME, ctx.summary)

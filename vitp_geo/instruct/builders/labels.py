@@ -77,7 +77,9 @@ def load_pixel_labels(
     except Exception as err:  # pyogrio raises several DataSourceError subclasses
         raise ValueError(f"cannot read labels {path}: {err}") from err
     if frame.crs is None:
-        raise ValueError(f"labels {path} have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX) before building")
+        raise ValueError(
+            f"labels {path} have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX) before building"
+        )
     if raster.crs is None:
         raise ValueError(f"raster {raster.path} has no CRS; labels {path} cannot be placed on it")
     if class_field is not None and class_field not in frame.columns:

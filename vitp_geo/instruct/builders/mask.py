@@ -103,11 +103,15 @@ class MaskSource:
                 ctx.summary.tiles_skipped["mostly nodata"] += 1
                 continue
             m = np.where(ok, lut[np.clip(mask[tile.slices], 0, lut.size - 1)], -1)
-            img = ctx.save_image(f"{stem}/{tile.name}.png", raster.rgb[(slice(None), *tile.slices)],
-                                 key=(str(Path(self.image).resolve()), self.rule, tile))
+            img = ctx.save_image(
+                f"{stem}/{tile.name}.png",
+                raster.rgb[(slice(None), *tile.slices)],
+                key=(str(Path(self.image).resolve()), self.rule, tile),
+            )
             ctx.summary.tiles_written += 1
-            records += self._tile_records(ctx, m, [names[i] for i in ids], img, f"{stem}_{tile.name}",
-                                          raster.modality)
+            records += self._tile_records(
+                ctx, m, [names[i] for i in ids], img, f"{stem}_{tile.name}", raster.modality
+            )
         return records
 
     def _tile_records(
@@ -128,7 +132,9 @@ class MaskSource:
         for pool, is_present in ((present, True), (absent, False)):
             if pool:
                 j = pool[int(rng.integers(len(pool)))]
-                rec(T.pick(rng, "presence", **T.class_fields(names[j])), T.yes_no(rng, is_present), "presence")
+                rec(
+                    T.pick(rng, "presence", **T.class_fields(names[j])), T.yes_no(rng, is_present), "presence"
+                )
         order = np.argsort(-shares, kind="stable")
         if len(names) >= 2 and shares[order[0]] - shares[order[1]] >= 0.05:
             rec(T.pick(rng, "dominant"), T.singular(names[order[0]]), "dominant")

@@ -81,7 +81,11 @@ def detect_modality(dtype_is_complex: bool, count: int, rule: RenderRule) -> str
 
 
 def load_raster(
-    path: str | Path, rule: RenderRule = RenderRule(), *, require_georef: bool = True, modality: str | None = None
+    path: str | Path,
+    rule: RenderRule = RenderRule(),
+    *,
+    require_georef: bool = True,
+    modality: str | None = None,
 ) -> LoadedRaster:
     """Read and render a whole raster.
 
@@ -145,8 +149,12 @@ def check_same_grid(
 ) -> None:
     """Raise ValueError naming ``other`` when it is not on ``ref``'s pixel grid."""
     if shape != (ref.height, ref.width):
-        raise ValueError(f"{other} is {shape[1]}×{shape[0]} pixels but {ref.path} is {ref.width}×{ref.height}")
+        raise ValueError(
+            f"{other} is {shape[1]}×{shape[0]} pixels but {ref.path} is {ref.width}×{ref.height}"
+        )
     if not transform.almost_equals(ref.transform, precision=1e-6):
-        raise ValueError(f"{other} has transform {tuple(transform)[:6]} but {ref.path} has {tuple(ref.transform)[:6]}")
+        raise ValueError(
+            f"{other} has transform {tuple(transform)[:6]} but {ref.path} has {tuple(ref.transform)[:6]}"
+        )
     if crs is not None and ref.crs is not None and crs != ref.crs:
         raise ValueError(f"{other} has CRS {crs} but {ref.path} has {ref.crs}")

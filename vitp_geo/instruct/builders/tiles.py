@@ -72,8 +72,10 @@ def region_slices(region: str, height: int, width: int) -> tuple[slice, slice]:
     if region not in REGIONS:
         raise ValueError(f"unknown region {region!r}; known: {list(REGIONS)}")
     r0, r1, c0, c1 = REGIONS[region]
-    return (slice(int(round(r0 * height)), int(round(r1 * height))),
-            slice(int(round(c0 * width)), int(round(c1 * width))))
+    return (
+        slice(int(round(r0 * height)), int(round(r1 * height))),
+        slice(int(round(c0 * width)), int(round(c1 * width))),
+    )
 
 
 _ROWS = ("top", "middle", "bottom")

@@ -47,7 +47,9 @@ class TileObject:
         return x1, y1, x2, y2
 
 
-def tile_objects(labels: PixelLabels, tree: shapely.STRtree, tile: Tile, min_visible: float) -> list[TileObject]:
+def tile_objects(
+    labels: PixelLabels, tree: shapely.STRtree, tile: Tile, min_visible: float
+) -> list[TileObject]:
     """Objects touching ``tile`` with the edge rule applied (see module doc), in label order."""
     window = shapely.box(tile.col, tile.row, tile.col + tile.width, tile.row + tile.height)
     out = []
@@ -57,16 +59,22 @@ def tile_objects(labels: PixelLabels, tree: shapely.STRtree, tile: Tile, min_vis
         if clipped.is_empty or clipped.area <= 0:
             continue
         frac = float(clipped.area / geom.area)
-        out.append(TileObject(i, labels.classes[i], translate(clipped, -tile.col, -tile.row), frac,
-                              frac >= min_visible))
+        out.append(
+            TileObject(
+                i, labels.classes[i], translate(clipped, -tile.col, -tile.row), frac, frac >= min_visible
+            )
+        )
     return out
 
 
 def quad_corners(geom: BaseGeometry, width: int, height: int) -> list[int]:
     """Minimum rotated rectangle of ``geom`` → 8 ints in 0–1000 (see module doc for the order)."""
     rect = shapely.minimum_rotated_rectangle(geom)
-    pts = np.asarray(rect.exterior.coords)[:4] if rect.geom_type == "Polygon" else np.asarray(
-        [[geom.bounds[0], geom.bounds[1]]] * 4)
+    pts = (
+        np.asarray(rect.exterior.coords)[:4]
+        if rect.geom_type == "Polygon"
+        else np.asarray([[geom.bounds[0], geom.bounds[1]]] * 4)
+    )
     x, y = pts[:, 0], pts[:, 1]
     if 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0:  # y points down: >0 is clockwise on screen
         pts = pts[::-1]
@@ -97,7 +105,12 @@ def _referring_target(
         return objs[order[0]] if ratio >= 1.15 else None
     cents = [o.visible.centroid for o in objs]
     pts = np.array([raster.transform @ (c.x + tile.col, c.y + tile.row) for c in cents])  # map coords
-    axis, sign = {"northernmost": (1, 1), "southernmost": (1, -1), "easternmost": (0, 1), "westernmost": (0, -1)}[which]
+    axis, sign = {
+        "northernmost": (1, 1),
+        "southernmost": (1, -1),
+        "easternmost": (0, 1),
+        "westernmost": (0, -1),
+    }[which]
     values = sign * pts[:, axis]
     order = np.argsort(-values)
     gap = values[order[0]] - values[order[1]]
@@ -141,8 +154,13 @@ class VectorSource:
 
     def build(self, ctx: BuildContext) -> list[InstructionRecord]:
         raster = load_raster(self.image, self.rule, modality=self.modality)
-        labels = load_pixel_labels(self.labels, raster, class_field=self.class_field,
-                                   default_class=self.default_class, summary=ctx.summary)
+        labels = load_pixel_labels(
+            self.labels,
+            raster,
+            class_field=self.class_field,
+            default_class=self.default_class,
+            summary=ctx.summary,
+        )
         tree = shapely.STRtree(labels.geometries)
         stem = Path(self.image).stem
         records: list[InstructionRecord] = []
@@ -155,8 +173,11 @@ class VectorSource:
             if not kept and not self.keep_empty:
                 ctx.summary.tiles_skipped["no labelled objects"] += 1
                 continue
-            img = ctx.save_image(f"{stem}/{tile.name}.png", raster.rgb[(slice(None), *tile.slices)],
-                                 key=(str(Path(self.image).resolve()), self.rule, tile))
+            img = ctx.save_image(
+                f"{stem}/{tile.name}.png",
+                raster.rgb[(slice(None), *tile.slices)],
+                key=(str(Path(self.image).resolve()), self.rule, tile),
+            )
             ctx.summary.tiles_written += 1
             records += self.tile_records(ctx, raster, labels, tile, objs, img, f"{stem}_{tile.name}")
         return records
@@ -189,16 +210,22 @@ class VectorSource:
             rec(T.pick(rng, "grounding", **f), format_grounding(cls, boxes), "grounding")
             rec(T.pick(rng, "counting", **f), str(len(group)), "counting")
             quads = [quad_corners(o.visible, w, h) for o in group]
-            answer = f"<ref>{cls}</ref><quad>[" + ", ".join("[" + ", ".join(map(str, q)) + "]" for q in quads) + "]</quad>"
+            answer = (
+                f"<ref>{cls}</ref><quad>["
+                + ", ".join("[" + ", ".join(map(str, q)) + "]" for q in quads)
+                + "]</quad>"
+            )
             rec(T.pick(rng, "oriented", **f), answer, "oriented")
             if len(group) >= 2:
                 for k in rng.permutation(len(_REFERRING)):
                     which = _REFERRING[int(k)]
                     target = _referring_target(group, which, raster, tile)
                     if target is not None:
-                        rec(T.pick(rng, "referring", which=which, **f),
+                        rec(
+                            T.pick(rng, "referring", which=which, **f),
                             format_grounding(f"the {which} {f['cls']}", [normalize_box(target.box, w, h)]),
-                            "referring")
+                            "referring",
+                        )
                         break
         positives = sorted(by_class)
         negatives = [c for c in labels.vocabulary if c not in by_class and c not in ambiguous]
@@ -219,8 +246,10 @@ class VectorSource:
         parts = []
         for cls, group in sorted(by_class.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             noun = T.singular(cls) if len(group) == 1 else T.plural(cls)
-            words = [position_word(o.visible.centroid.x, o.visible.centroid.y, tile.width, tile.height)
-                     for o in group]
+            words = [
+                position_word(o.visible.centroid.x, o.visible.centroid.y, tile.width, tile.height)
+                for o in group
+            ]
             top = max(set(words), key=lambda wd: (words.count(wd), wd))
             if words.count(top) == len(words):
                 where = f"in the {top}"
