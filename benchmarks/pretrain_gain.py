@@ -51,7 +51,15 @@ def pretrain(out: Path, extra: list[str]) -> Path:
     return weights
 
 
-def finetune(backbone: Path | None, data: Path, steps: int, seed: int, work: Path) -> float:
+def finetune(
+    backbone: Path | None,
+    data: Path,
+    steps: int,
+    seed: int,
+    work: Path,
+    lr: float = 1e-3,
+    layer_decay: float = 0.9,
+) -> float:
     """Fine-tune for ``steps`` steps and return the validation mIoU."""
     import lightning
     import torch
@@ -77,8 +85,8 @@ def finetune(backbone: Path | None, data: Path, steps: int, seed: int, work: Pat
         num_classes=len(CLASS_NAMES),
         class_names=list(CLASS_NAMES),
         head_channels=64,
-        lr=1e-3,
-        layer_decay=0.9,
+        lr=lr,
+        layer_decay=layer_decay,
         warmup_steps=5,
         schedule="poly",
         drop_path_rate=0.0,
@@ -106,6 +114,8 @@ def main() -> int:
     p.add_argument("--no-vrl-backbone", type=Path, help="reuse a backbone for (c) instead of pretraining")
     p.add_argument("--steps", type=int, default=60, help="fine-tuning steps (batch 8, 112 px tiles)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (all three starts)")
+    p.add_argument("--layer-decay", type=float, default=0.9, help="layer-wise lr decay (all three starts)")
     p.add_argument(
         "--pretrain-args", nargs=argparse.REMAINDER, default=[], help="extra flags for both pretrainings"
     )
@@ -129,10 +139,15 @@ def main() -> int:
     for seed in args.seeds:
         for name, backbone in starts.items():
             print(f"\n== {name}, seed {seed}", flush=True)
-            scores[name].append(finetune(backbone, data, args.steps, seed, args.work / "runs"))
+            scores[name].append(
+                finetune(backbone, data, args.steps, seed, args.work / "runs", args.lr, args.layer_decay)
+            )
 
     base = sum(scores["(b) random init"]) / len(args.seeds)
-    print(f"\nvalidation mIoU after {args.steps} fine-tuning steps (seeds {args.seeds}):")
+    print(
+        f"\nvalidation mIoU after {args.steps} fine-tuning steps at lr {args.lr}, "
+        f"layer decay {args.layer_decay} (seeds {args.seeds}):"
+    )
     print(f"{'start':<22}{'mIoU':>8}{'vs random':>11}   per seed")
     for name, values in scores.items():
         mean = sum(values) / len(values)

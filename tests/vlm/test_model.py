@@ -267,3 +267,8 @@ def test_full_size_internvl2_5_1b_architecture_on_meta_device():
     assert 300e6 < n_vit < 308e6, n_vit
     assert 490e6 < n_llm < 498e6, n_llm
     assert llm.lm_head.weight is llm.model.embed_tokens.weight
+
+
+def test_tiny_vlm_refuses_llm_sizes_that_do_not_divide_into_heads():
+    with pytest.raises(ValueError, match=r"llm_hidden \(500\) must be a multiple of llm_heads \(6\)"):
+        build_tiny_vlm(build_offline_tokenizer(), llm_hidden=500, llm_heads=6, llm_kv_heads=2)

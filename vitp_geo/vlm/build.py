@@ -118,6 +118,11 @@ def build_tiny_vlm(
         attn_implementation: LLM attention (``None``: SDPA, flash-attn on CUDA when installed).
         seed: seeds the weight initialisation (``None`` leaves the global RNG alone).
     """
+    if llm_hidden % llm_heads or llm_heads % llm_kv_heads:
+        raise ValueError(
+            f"llm_hidden ({llm_hidden}) must be a multiple of llm_heads ({llm_heads}), "
+            f"and llm_heads a multiple of llm_kv_heads ({llm_kv_heads})"
+        )
     if seed is not None:
         torch.manual_seed(seed)
     vit = build_vision_tower(vision_arch, img_size=img_size, drop_path_rate=drop_path_rate)
