@@ -1,1 +1,1 @@
-"""cli"""
+"""The ``vitp-geo`` command line (``main``) and one module per subcommand."""

@@ -1,9 +1,9 @@
 """Downstream tasks on a ViTP backbone: torchgeo tasks for segmentation and change detection.
 
 Importing this package registers the ``vitp_*`` backbones with timm, so they can be named
-wherever torchgeo accepts timm ViT names (e.g. ``ChangeDetectionTask(model="changevit",
-backbone="vitp_tiny_patch14_224")`` or ``SemanticSegmentationTask(model="dpt",
-backbone="tu-vitp_tiny_patch14_224")``).
+wherever torchgeo accepts plain timm ViT names, e.g. ``torchgeo.trainers.ChangeDetectionTask(
+model="changevit", backbone="vitp_tiny_patch14_224")`` (see docs/finetune.md for which torchgeo
+models can and cannot take them).
 """
 
 from vitp_geo.tasks.change import ChangeDetectionTask
