@@ -126,7 +126,11 @@ class _AreaSplitDataModule(GeoDataModule):
         flips: bool,
     ) -> None:
         super().__init__(
-            GeoDataset, batch_size=batch_size, patch_size=patch_size, length=length, num_workers=num_workers
+            GeoDataset,  # type: ignore[type-abstract]
+            batch_size=batch_size,
+            patch_size=patch_size,
+            length=length,
+            num_workers=num_workers,
         )
         self.val_fraction = val_fraction
         self.seed = seed
@@ -141,7 +145,7 @@ class _AreaSplitDataModule(GeoDataModule):
     def _build_augmentations(self) -> None:
         mean, std = self._norm_stats()
         self.aug = K.AugmentationSequential(K.Normalize(mean=mean, std=std), data_keys=None, keepdim=True)
-        train = [K.Normalize(mean=mean, std=std)]
+        train: list[Any] = [K.Normalize(mean=mean, std=std)]
         if self.flips:
             train += [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
         self.train_aug = K.AugmentationSequential(*train, data_keys=None, keepdim=True)

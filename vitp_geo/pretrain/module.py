@@ -58,7 +58,7 @@ class ViTPPretrainModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # ViTPModel (or any module with its parts and output fields)
         self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = (
             lr,
             weight_decay,
