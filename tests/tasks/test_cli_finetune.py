@@ -43,3 +43,14 @@ def test_bad_config_and_backbone_exit_2_naming_the_file(tmp_path, capsys) -> Non
     )
     assert main(["finetune", "change", "--config", str(wrong), "--output", str(tmp_path)]) == 2
     assert "ChangeDetectionTask" in capsys.readouterr().err
+
+
+def test_missing_backbone_is_named_before_anything_is_written(tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    code = main(
+        ["finetune", "segmentation", "--backbone", str(tmp_path / "none.safetensors"), "--output", str(out)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "backbone not found" in err and "none.safetensors" in err
+    assert not out.exists()

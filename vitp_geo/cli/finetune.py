@@ -140,6 +140,8 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
+    if args.backbone is not None and not args.backbone.is_file():  # before anything is written
+        raise FileNotFoundError(f"backbone not found: {args.backbone}")
     out.mkdir(parents=True, exist_ok=True)
     if args.config is not None:
         cfg = load_config(args.config)
