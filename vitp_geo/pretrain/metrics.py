@@ -29,10 +29,19 @@ class MetricsCSV(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t = time.perf_counter()
-        if trainer.is_global_zero and not self.path.exists():
+        if not trainer.is_global_zero:
+            return
+        if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(COLUMNS)
+        elif trainer.global_step > 0:
+            # Resumed: drop rows logged after the checkpoint (the interrupted run got further).
+            with self.path.open(newline="") as fh:
+                rows = list(csv.reader(fh))
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= trainer.global_step]
+            with atomic_output(self.path) as tmp, tmp.open("w", newline="") as fh:
+                csv.writer(fh).writerows(kept)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
