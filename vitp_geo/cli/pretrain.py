@@ -54,10 +54,12 @@ def add_parser(subparsers: Any) -> None:
             "on a CPU). Full scale: vitp-geo pretrain --domain rs --model-path /models/InternVL2_5-1B "
             "--data recipe.json --devices 8 --strategy ddp --precision bf16-mixed"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--domain", choices=DOMAINS, default="rs", help="domain preset (configs/pretrain/<domain>.yaml)"
+        "--domain",
+        choices=DOMAINS,
+        default="rs",
+        help="domain preset (configs/pretrain/<domain>.yaml; default: rs)",
     )
     p.add_argument("--config", default=None, help="YAML file of settings (field names as below, with _)")
     defaults = PretrainConfig()
@@ -75,9 +77,8 @@ def add_parser(subparsers: Any) -> None:
             )
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(
-                flag, type=kind, default=None, help=f"{_HELP.get(f.name, '')} (default: {default})"
-            )
+            shown = "" if default is None else f" (default: {default})"
+            p.add_argument(flag, type=kind, default=None, help=f"{_HELP.get(f.name, '')}{shown}")
 
 
 def run(args: argparse.Namespace) -> int:
