@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from datamodules.instruction import InstructionDataModule
+from vitp_geo.io.atomic import atomic_output
 from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
@@ -95,8 +97,8 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
 
         corpus = output / "corpus"
         recipe = corpus / "recipe.json"
-        if not recipe.exists():  # resumed runs reuse the corpus they trained on
-            recipe = build_default_corpus(corpus, seed=cfg.seed)
+        # Resumed runs reuse the corpus they trained on; under torchrun only rank 0 builds it.
+        _made_by_rank_zero(recipe, lambda: build_default_corpus(corpus, seed=cfg.seed))
     else:
         recipe = Path(cfg.data)
         if not recipe.is_file():
@@ -106,18 +108,40 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
         model, tokenizer = load_internvl(cfg.model_path)
     else:
         tok_dir = output / "tokenizer"
-        if tok_dir.is_dir():
-            tokenizer = load_tokenizer(tok_dir)
-        else:
-            tokenizer = build_offline_tokenizer(_corpus_texts(recipe))
-            tokenizer.save_pretrained(str(tok_dir))
-        model = build_tiny_vlm(tokenizer, vision_arch=cfg.vision_arch, drop_path_rate=cfg.drop_path)
+
+        def save_tokenizer() -> None:
+            with atomic_output(tok_dir) as tmp:
+                build_offline_tokenizer(_corpus_texts(recipe)).save_pretrained(str(tmp))
+
+        _made_by_rank_zero(tok_dir, save_tokenizer)
+        tokenizer = load_tokenizer(tok_dir)  # every rank (and a resumed run) reads the same files
+        model = build_tiny_vlm(
+            tokenizer, vision_arch=cfg.vision_arch, drop_path_rate=cfg.drop_path, seed=cfg.seed
+        )
     model.vrl_ratio = cfg.vrl_ratio
     model.vrl_prob = cfg.vrl_prob
     model.vrl_reference_mode = cfg.vrl_reference
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, tokenizer, recipe
+
+
+def _made_by_rank_zero(path: Path, make: Callable[[], object], timeout_s: float = 1800.0) -> None:
+    """Run ``make`` on rank 0 unless ``path`` exists; other ranks wait for ``path`` to appear.
+
+    ``make`` must create ``path`` atomically (write under a temporary name, then rename).
+    """
+    if path.exists():
+        return
+    rank = _launch_rank()
+    if rank == 0:
+        make()
+        return
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank}: waited {timeout_s:.0f} s for rank 0 to write {path}")
+        time.sleep(0.5)
 
 
 def _corpus_texts(recipe: Path) -> list[str]:
