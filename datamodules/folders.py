@@ -129,6 +129,8 @@ def _crop_collate(patch: int, rng: np.random.Generator):  # noqa: ANN202
 
 
 class _FolderDataModule(LightningDataModule):
+    raw_bands = True  # tiles are fed as stored (normalised by mean / std); see the model card
+
     def __init__(
         self,
         patch_size: int,

@@ -113,6 +113,10 @@ def area_split(
 class _AreaSplitDataModule(GeoDataModule):
     """Common setup: one intersected dataset, samplers restricted to the train / val regions."""
 
+    # Models see the raster's own band values (normalised by mean / std), not the 3-channel
+    # render rule; the model card records this so that inference feeds them the same way.
+    raw_bands = True
+
     def __init__(
         self,
         patch_size: int,

@@ -199,3 +199,28 @@ def test_two_devices_from_the_cli_write_the_single_device_result(tmp_path: Path,
         # Ranks batch different windows together, so float sums may differ in the last bit.
         np.testing.assert_allclose(a.read(), b.read(), rtol=0, atol=1e-6)
     assert not list(two.glob(".*partial*"))  # nothing half-written left behind
+
+
+def test_raw_band_checkpoint_gets_raw_values_not_the_render_rule(tmp_path: Path, checkpoint: Path) -> None:
+    # A model trained on a uint16 scene's own values (card.render raw) must see those values at
+    # inference, normalised by the card's statistics, not the percentile-stretched render.
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt["vitp_geo_card"]["render"] = {"raw": True}
+    ckpt["vitp_geo_card"]["mean"] = [1000.0, 1100.0, 1200.0]
+    ckpt["vitp_geo_card"]["std"] = [300.0, 300.0, 300.0]
+    raw_ckpt = tmp_path / "raw.ckpt"
+    torch.save(ckpt, raw_ckpt)
+    rng = np.random.default_rng(0)
+    image = rng.integers(200, 3000, (3, TILE, TILE)).astype(np.uint16)
+    scene = generate_scene(1, TILE)
+    write_geotiff(tmp_path / "u16.tif", image, scene.transform, scene.crs)
+    probs = tmp_path / "probs.tif"
+    assert _infer(tmp_path / "u16.tif", raw_ckpt, tmp_path, "--probabilities", str(probs)) == 0
+    model, card = loading.load_inference_model(raw_ckpt)
+    x = (torch.from_numpy(image.astype(np.float32)) - torch.tensor(card.mean)[:, None, None]) / torch.tensor(
+        card.std
+    )[:, None, None]
+    with torch.no_grad():
+        expected = torch.softmax(model(x[None]), 1)[0].numpy()
+    with rasterio.open(probs) as src:
+        np.testing.assert_allclose(src.read(), expected, atol=1e-5)

@@ -99,7 +99,9 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         raise ValueError(f"--after is only for change models; {ckpt} is a {card.task} model")
     channels = len(card.bands)
     bands = opts["bands"] or tuple(card.bands)
-    raw_input = channels != 3  # 3-channel models read the documented render rule, others raw bands
+    # Models trained on raw band values (our GeoTIFF / folder datamodules) get raw bands; other
+    # 3-channel models read the documented render rule.
+    raw_input = channels != 3 or bool(card.render.get("raw", False))
     if raw_input and len(bands) != channels:
         raise ValueError(f"{ckpt} takes {channels} band(s) {card.bands}, --bands gives {len(bands)}")
     render = {k: v for k, v in card.render.items() if k in ("percentiles", "sar_db")}

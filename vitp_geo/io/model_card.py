@@ -24,7 +24,8 @@ class ModelCard:
         mean, std: per-channel normalisation applied to the 0–255 rendered input.
         tile_size: the window size the model was trained on (pixels).
         arch: how to rebuild the model (task-specific keys, e.g. backbone name, image size).
-        render: the ``RenderRule`` fields used to turn raw bands into model input.
+        render: how scene bands become model input: ``{"raw": True}`` when the model was trained on
+            the raster's own band values (normalised by mean / std), else the ``RenderRule`` fields.
     """
 
     task: str

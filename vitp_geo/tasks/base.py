@@ -203,13 +203,20 @@ class DenseTask(BaseTask):
             task=self.KIND,
             class_names=self.class_names,
             class_colors=[(int(col[0]), int(col[1]), int(col[2])) for col in colors],
-            bands=list(self.hparams.get("bands") or range(1, c + 1)),
+            bands=list(self.hparams.get("bands") or self._datamodule_attr("bands") or range(1, c + 1)),
             mean=self._channel_stats("mean", 0.0, c),  # torchgeo's convention: x / 255 by default
             std=self._channel_stats("std", 255.0, c),
             tile_size=int(tile),
             arch=dict(self.arch),  # type: ignore[arg-type]
-            render=dict(self.hparams.get("render") or {}),
+            render=self._render_spec(),
         )
+
+    def _render_spec(self) -> dict[str, Any]:
+        """How inference must turn scene bands into model input (``raw``: as trained, no render rule)."""
+        render = dict(self.hparams.get("render") or {})
+        if "raw" not in render and self._datamodule_attr("raw_bands"):
+            render["raw"] = True
+        return render
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CARD_KEY] = self.model_card().to_dict()
