@@ -182,3 +182,16 @@ def test_two_process_ddp_on_cpu(tmp_path: Path):
     assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
     assert (out / "backbone.safetensors").is_file()
     assert proc.stdout.count("ViTP pretraining finished") == 1  # one summary, from rank 0
+
+
+def test_gradient_accumulation_logs_one_unscaled_row_per_step(default_run: Path, tmp_path: Path):
+    out = tmp_path / "acc"
+    recipe = default_run / "corpus" / "recipe.json"
+    args = ["pretrain", "--data", str(recipe), "--max-steps", "2", "--batch-size", "2", "--output", str(out)]
+    assert main([*args, "--accumulate", "3", "--lr", "1e-6"]) == 0
+    rows = read_metrics(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2]  # not one row per micro-batch
+    # At init the loss is about ln(vocabulary); Lightning's accumulated loss would be a third of it.
+    vocab = len(json.loads((default_run / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    assert all(r["loss"] > 0.6 * math.log(vocab) for r in rows)
+    assert all(r["image_tokens"] >= 3 * 2 * 16 for r in rows)  # 3 micro-batches x 2 samples x >= 1 tile

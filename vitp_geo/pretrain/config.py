@@ -100,24 +100,40 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot parse YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    known = {f.name for f in fields(PretrainConfig)}
-    unknown = sorted(set(data) - known)
+    known = {f.name: f for f in fields(PretrainConfig)}
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    return data
+    defaults = PretrainConfig()
+    return {key: _coerce(path, key, value, getattr(defaults, key)) for key, value in data.items()}
+
+
+def _coerce(path: Path, key: str, value: Any, default: Any) -> Any:
+    """Give a YAML value its field's type (YAML reads ``1e-4`` as a string), naming bad values."""
+    if value is None or default is None:
+        return None if value is None else str(value)
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{path}: {key} must be true or false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {key} must be of type {kind.__name__}, got {value!r}") from err
 
 
 def resolve_config(domain: str, config_file: str | Path | None, overrides: dict[str, Any]) -> PretrainConfig:
     """Defaults ← domain YAML (only for real parts) ← ``--config`` file ← explicit flags."""
     cfg = PretrainConfig(domain=domain)
+    from_file = read_yaml_config(config_file) if config_file is not None else {}
+    given = {**from_file, **overrides}
     merged: dict[str, Any] = {}
-    real = overrides.get("model_path") is not None or overrides.get("data") is not None
-    if real:
+    if given.get("model_path") is not None or given.get("data") is not None:  # real parts
         domain_file = CONFIG_DIR / f"{domain}.yaml"
         if domain_file.is_file():
             merged.update(read_yaml_config(domain_file))
-    if config_file is not None:
-        merged.update(read_yaml_config(config_file))
+    merged.update(from_file)
     merged.update(overrides)
     merged["domain"] = domain
     return replace(cfg, **merged).validate()

@@ -25,10 +25,12 @@ class MetricsCSV(L.Callback):
         self.path = Path(path)
         self._t: float | None = None
         self._lr = 0.0
+        self._step = -1
         self.rows: list[dict[str, float]] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t = time.perf_counter()
+        self._step = trainer.global_step
         if not trainer.is_global_zero:
             return
         if not self.path.exists():
@@ -52,19 +54,26 @@ class MetricsCSV(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # One row per optimizer step: with gradient accumulation several micro-batches make a step.
+        if trainer.global_step == self._step:
+            return
+        self._step = trainer.global_step
         now = time.perf_counter()
         elapsed = max(now - (self._t or now), 1e-9)
         self._t = now
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None or not trainer.is_global_zero:
+        stats = getattr(pl_module, "step_stats", None)
+        if stats is None:
+            return
+        setattr(pl_module, "step_stats", type(stats)())  # noqa: B010 - reset for the next step
+        if not trainer.is_global_zero or stats.micro_batches == 0:
             return
         row = {
             "step": trainer.global_step,
-            "loss": float(loss.detach().float()),
+            "loss": stats.loss,  # unscaled mean over micro-batches (Lightning divides by accumulate)
             "lr": self._lr,
-            "kept_image_tokens": getattr(pl_module, "last_kept_tokens", 0),
-            "image_tokens": getattr(pl_module, "last_image_tokens", 0),
-            "images_per_s": getattr(pl_module, "last_tiles", 0) / elapsed,
+            "kept_image_tokens": stats.kept_image_tokens,
+            "image_tokens": stats.image_tokens,
+            "images_per_s": stats.tiles / elapsed,
         }
         self.rows.append(row)
         with self.path.open("a", newline="") as fh:

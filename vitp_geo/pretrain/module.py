@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+@dataclass
+class StepStats:
+    """Per-optimizer-step sums over micro-batches (gradient accumulation): loss, tokens, tiles."""
+
+    loss_sum: float = 0.0
+    micro_batches: int = 0
+    kept_image_tokens: int = 0
+    image_tokens: int = 0
+    tiles: int = 0
+
+    def add(self, loss: float, kept: int, total: int) -> None:
+        self.loss_sum += loss
+        self.micro_batches += 1
+        self.kept_image_tokens += kept
+        self.image_tokens += total
+
+    @property
+    def loss(self) -> float:
+        """Mean unscaled loss over the step's micro-batches (NaN if none was finite)."""
+        return self.loss_sum / self.micro_batches if self.micro_batches else float("nan")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,9 +101,8 @@ class ViTPPretrainModule(L.LightningModule):
             raise ValueError("every part is frozen: nothing would train")
         self.nonfinite_steps = 0
         self._nonfinite_run = 0
-        self.last_kept_tokens = 0
-        self.last_image_tokens = 0
-        self.last_tiles = 0
+        # Sums over the micro-batches of the current optimizer step (read and reset by MetricsCSV).
+        self.step_stats = StepStats()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         step_seed = (
@@ -100,7 +122,7 @@ class ViTPPretrainModule(L.LightningModule):
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together, or none
-        self.last_tiles = int(batch["pixel_values"].shape[0])
+        self.step_stats.tiles += int(batch["pixel_values"].shape[0])
         if finite.item() < 1.0:
             self.nonfinite_steps += 1
             self._nonfinite_run += 1
@@ -111,8 +133,7 @@ class ViTPPretrainModule(L.LightningModule):
                 )
             return None  # Lightning skips backward and the optimizer step
         self._nonfinite_run = 0
-        self.last_kept_tokens = int(out.kept_image_tokens)
-        self.last_image_tokens = int(out.total_image_tokens)
+        self.step_stats.add(float(loss.detach()), int(out.kept_image_tokens), int(out.total_image_tokens))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=int(batch["input_ids"].shape[0]))
         return loss
 
