@@ -154,3 +154,13 @@ def test_full_size_internvit_300m_on_meta_device():
     n = sum(p.numel() for p in vit.parameters())
     assert 300e6 < n < 308e6, n  # InternViT-300M: 304M parameters
     assert vit.patch_embed.grid_size == (32, 32) and vit.embed_dim == 1024 and len(vit.blocks) == 24
+
+
+def test_damaged_weights_file_is_named(tmp_path):
+    from vitp_geo.models.vit import load_backbone
+
+    for name in ("broken.safetensors", "broken.pth"):
+        path = tmp_path / name
+        path.write_bytes(b"\x00\x01 not weights")
+        with pytest.raises(ValueError, match=f"{name}: not a readable weights file"):
+            load_backbone(path, arch="vitp_tiny_patch14_112")

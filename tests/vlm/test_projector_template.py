@@ -117,3 +117,16 @@ def test_truncation_never_cuts_image_tokens(tok):
         tokenize_conversation(conv, tok, [40], max_length=20, system_message="")
     with pytest.raises(ValueError, match="1 <image> placeholders but 2 images"):
         tokenize_conversation(conv, tok, [4, 4], max_length=4096)
+
+
+def test_truncation_before_a_later_image_is_refused(tok):
+    # The cut falls in the text between two images: the second image would vanish silently.
+    conv = [
+        {"from": "human", "value": "<image>\nfirst " + "word " * 30 + "\n<image>\nQ?"},
+        {"from": "gpt", "value": "A."},
+    ]
+    full, _ = tokenize_conversation(conv, tok, [4, 4], max_length=4096, system_message="")
+    ctx = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    second = [i for i, t in enumerate(full.tolist()) if t == ctx][4]  # first token of image 2
+    with pytest.raises(ValueError, match="would cut through an image's context tokens"):
+        tokenize_conversation(conv, tok, [4, 4], max_length=second - 3, system_message="")

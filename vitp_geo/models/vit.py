@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -322,6 +323,16 @@ def build_vision_tower(
     return create_vit(arch, **kwargs)
 
 
+def read_weights_file(path: Path, load: Callable[[str], Any]) -> Any:
+    """Call a weights loader, turning a damaged or foreign file into an error that names it."""
+    try:
+        return load(str(path))
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:  # safetensors, pickle and zip errors have no common base class
+        raise ValueError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from err
+
+
 def _check_img_size(img_size: int, patch_size: int) -> None:
     if img_size <= 0 or img_size % patch_size:
         raise ValueError(
@@ -333,9 +344,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return read_weights_file(path, load_file)
     if path.suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = read_weights_file(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
         for wrapper in ("state_dict", "model", "module"):
             if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
                 obj = obj[wrapper]

@@ -151,6 +151,13 @@ class InstructionDataset(Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         src_id, rec_id = self.index[i]
         src = self.sources[src_id]
+        rec = src.records[rec_id]
+        try:
+            return self._load(src, rec_id)
+        except (ValueError, OSError) as err:  # name the record behind a failure mid-training
+            raise ValueError(f"{src.entry.annotation}: record {rec.id!r}: {err}") from err
+
+    def _load(self, src: _Source, rec_id: int) -> Sample:
         rec, paths = src.records[rec_id], src.image_paths[rec_id]
         budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
         per_image = max(1, budget // max(1, len(paths)))  # InternVL splits the budget over images

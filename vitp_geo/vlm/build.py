@@ -189,6 +189,8 @@ def internvl_vision_kwargs(vision_config: dict[str, Any], img_size: int) -> dict
 def _read_weights(model_dir: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
+    from vitp_geo.models.vit import read_weights_file
+
     index = model_dir / "model.safetensors.index.json"
     single = model_dir / "model.safetensors"
     if index.is_file():
@@ -199,10 +201,10 @@ def _read_weights(model_dir: Path) -> dict[str, Tensor]:
             raise FileNotFoundError(f"{index} names shards that are missing: {missing}")
         sd: dict[str, Tensor] = {}
         for shard in shards:
-            sd.update(load_file(str(model_dir / shard)))
+            sd.update(read_weights_file(model_dir / shard, load_file))
         return sd
     if single.is_file():
-        return load_file(str(single))
+        return read_weights_file(single, load_file)
     raise FileNotFoundError(
         f"no weights in {model_dir}: expected model.safetensors or model.safetensors.index.json"
     )

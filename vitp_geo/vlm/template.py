@@ -137,15 +137,13 @@ def tokenize_conversation(
         labels += [IGNORE_INDEX] * len(prefix) + body + [IGNORE_INDEX] * len(newline)
 
     if len(ids) > max_length:
-        start_id = tokenizer.convert_tokens_to_ids(IMG_START_TOKEN)
-        end_id = tokenizer.convert_tokens_to_ids(IMG_END_TOKEN)
-        open_block = False
-        for tok in ids[:max_length]:
-            if tok == start_id:
-                open_block = True
-            elif tok == end_id:
-                open_block = False
-        if open_block:
+        end_id = int(tokenizer.convert_tokens_to_ids(IMG_END_TOKEN))  # type: ignore[arg-type]
+        ctx_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN))  # type: ignore[arg-type]
+        # Truncation may only drop text: every image block must survive whole, or the image
+        # features would no longer match the context tokens.
+        if ids[:max_length].count(ctx_id) != ids.count(ctx_id) or (
+            ids.count(end_id) != ids[:max_length].count(end_id)
+        ):
             last_end = max((i for i, t in enumerate(ids) if t == end_id), default=-1)
             raise ValueError(
                 f"max_length {max_length} would cut through an image's context tokens: the conversation "
