@@ -39,3 +39,12 @@ def test_written_scene_keeps_georeferencing(tmp_path):
         assert np.array_equal(src.read(), scene.image)
     with rasterio.open(paths.mask) as src:
         assert np.array_equal(src.read(1), scene.mask)
+
+
+def test_objects_geopackage_is_version_1_2_for_gdal_3_6(tmp_path):
+    import sqlite3
+
+    paths = write_scene(generate_scene(6, 64), tmp_path)
+    with sqlite3.connect(paths.objects) as db:
+        assert db.execute("pragma user_version").fetchone()[0] == 10200
+        assert db.execute("select count(*) from objects").fetchone()[0] == len(generate_scene(6, 64).objects)

@@ -20,9 +20,9 @@ import pandas as pd
 import pyogrio
 
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.vector import GPKG_OPTIONS  # GeoPackage 1.2 for GDAL 3.6 / QGIS 3.22
 
 QGIS_VERSION = "3.22.16-Białowieża"
-GPKG_OPTIONS = {"VERSION": "1.2"}  # GDAL ≥ 3.7 writes 1.4 by default, which GDAL 3.6 warns about
 
 
 @dataclass(frozen=True)
