@@ -197,3 +197,23 @@ def test_stretch_is_scene_wide_not_per_window(tmp_path: Path) -> None:
     expected = pixel_function(rgb[0].astype(np.float32) / 255.0)
     with rasterio.open(tmp_path / "probs.tif") as probs:
         np.testing.assert_allclose(probs.read()[:, valid], expected[:, valid], rtol=1e-5, atol=1e-6)
+
+
+def test_two_band_uint8_is_stretched_scene_wide(tmp_path: Path) -> None:
+    # Two bands become (b1, b2, b1 - b2) and are stretched even for uint8: one stretch for the scene.
+    from vitp_geo.io.raster import render_rgb
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 120, (2, 130, 150)).astype(np.uint8)
+    data[0, :, 75:] += 120  # the right half of band 1 is brighter: per-window limits would differ
+    path = tmp_path / "dual.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=150, height=130, count=2, dtype="uint8",
+        crs="EPSG:32633", transform=Affine(1, 0, 500000, 0, -1, 5e6),
+    ) as dst:  # fmt: skip
+        dst.write(data)
+    _run(path, tmp_path)
+    rgb, _ = render_rgb(data)
+    expected = pixel_function(rgb[0].astype(np.float32) / 255.0)
+    with rasterio.open(tmp_path / "probs.tif") as probs:
+        np.testing.assert_allclose(probs.read(), expected, rtol=1e-5, atol=1e-6)

@@ -112,8 +112,10 @@ class SceneWindowReader:
     def _scene_limits(
         self, path: Path, ds: rasterio.DatasetReader, idx: tuple[int, ...], size: int
     ) -> list[tuple[float, float]] | None:
-        if self.raw or (np.dtype(ds.dtypes[idx[0] - 1]) == np.uint8 and not self.rule.sar_db):
-            return None
+        if self.raw or (
+            np.dtype(ds.dtypes[idx[0] - 1]) == np.uint8 and not self.rule.sar_db and len(idx) != 2
+        ):
+            return None  # plain uint8 is kept as it is (2 bands are stretched: b1 - b2 is not uint8)
         scale = max(1.0, max(ds.height, ds.width) / size)
         shape = (len(idx), max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
         try:
