@@ -55,3 +55,16 @@ def test_missing_backbone_is_named_before_anything_is_written(tmp_path, capsys) 
     err = capsys.readouterr().err
     assert "backbone not found" in err and "none.safetensors" in err
     assert not out.exists()
+
+
+def test_config_typo_is_a_clear_error_naming_the_file_and_key(tmp_path, capsys) -> None:  # noqa: ANN001
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
+        "    backbone: vitp_tiny_patch14_112\n    num_clases: 5\n"
+        f"data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        f"  init_args:\n    images: {tmp_path}\n"
+    )
+    assert main(["finetune", "segmentation", "--config", str(typo), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo}: invalid configuration" in err and "num_clases" in err

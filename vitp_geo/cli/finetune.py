@@ -158,13 +158,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, args)
     if cfg["model"]["init_args"].get("backbone_weights") is None:
         print("note: no backbone weights given (--backbone): the ViT starts from random initialisation")
-    summary = fit(cfg, args.task, out, progress=not args.no_progress)
+    source = str(args.config) if args.config is not None else "embedded config"
+    summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source)
     print_summary(summary)
     return 0
 
 
-def fit(cfg: dict[str, Any], task: str, out: Path, progress: bool = True) -> dict[str, Any]:
+def fit(
+    cfg: dict[str, Any], task: str, out: Path, progress: bool = True, source: str = "config"
+) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs."""
+    from argparse import ArgumentError
+
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
@@ -180,19 +185,22 @@ def fit(cfg: dict[str, Any], task: str, out: Path, progress: bool = True) -> dic
     if not progress:
         trainer_cfg["enable_progress_bar"] = False
     start = time.time()
-    cli = LightningCLI(
-        args=cfg,
-        run=False,
-        save_config_callback=None,
-        trainer_defaults={
-            "callbacks": [checkpoint],
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(out)},
+    try:
+        cli = LightningCLI(
+            args=cfg,
+            run=False,
+            save_config_callback=None,
+            trainer_defaults={
+                "callbacks": [checkpoint],
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(out)},
+                },
             },
-        },
-        parser_kwargs={"exit_on_error": False},
-    )
+            parser_kwargs={"exit_on_error": False},
+        )
+    except (ArgumentError, KeyError) as err:  # jsonargparse: unknown or mistyped config keys
+        raise ValueError(f"{source}: invalid configuration: {err}") from err
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=datamodule)
     best = checkpoint.best_model_path or checkpoint.last_model_path
