@@ -325,11 +325,11 @@ def _segment(
     t0 = time.monotonic()
     reader = SceneWindowReader(paths, rule, mean, std, raw=raw_input)
     work = work_dir_for(outputs.class_map)
+    writer: _Writer | None = None
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
         stride = plan.row_offsets[1] - plan.row_offsets[0] if len(plan.row_offsets) > 1 else cfg.tile_size
         weight = blend_weights(plan.tile_h, plan.tile_w, cfg.blend, overlap_px=cfg.tile_size - stride)
-        writer: _Writer | None = None
         start = None
         if rank.is_writer:
             settings = {
@@ -395,6 +395,8 @@ def _segment(
             shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
+        if writer is not None:
+            writer.close()  # the raw row files, also when the run stops early (closing twice is fine)
         reader.close()
     shutil.rmtree(work, ignore_errors=True)
     return InferenceSummary(

@@ -57,7 +57,24 @@ class SceneWindowReader:
         self.paths = [Path(p) for p in paths]
         self.rule = rule
         self.raw = raw
-        self.datasets = [open_raster(p) for p in self.paths]
+        self.datasets: list[rasterio.DatasetReader] = []
+        try:
+            for path in self.paths:
+                self.datasets.append(open_raster(path))
+            self._prepare(mean, std, overview_size)
+        except BaseException:
+            self.close()  # no dataset stays open when the scene is refused
+            raise
+
+    def __enter__(self) -> SceneWindowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(self, mean: Sequence[float], std: Sequence[float], overview_size: int) -> None:
+        """Check grids and bands, set normalisation and scene-wide stretch limits."""
+        rule, raw = self.rule, self.raw
         first = self.datasets[0]
         for path, ds in zip(self.paths, self.datasets, strict=True):
             if ds.transform.is_identity and ds.crs is None and ds.gcps[0]:
