@@ -128,10 +128,6 @@ def write_cog(
         category_names: written to ``dst.aux.xml`` (GeoTIFF cannot hold them).
     """
     dst = Path(dst)
-    if category_names is not None:
-        aux = dst.with_name(dst.name + ".aux.xml")
-        with atomic_output(aux) as tmp:
-            tmp.write_text(category_aux_xml(category_names))
     with rasterio.Env(**GDAL_ENV), atomic_output(dst) as tmp:
         rasterio.shutil.copy(
             str(src),
@@ -143,4 +139,8 @@ def write_cog(
             OVERVIEWS="AUTO",
             BIGTIFF="IF_SAFER",
         )
+    if category_names is not None:  # sidecar after the raster, so it never describes a missing file
+        aux = dst.with_name(dst.name + ".aux.xml")
+        with atomic_output(aux) as tmp:
+            tmp.write_text(category_aux_xml(category_names))
     return dst

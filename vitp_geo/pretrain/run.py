@@ -279,6 +279,5 @@ def _annotate_backbone_json(path: Path, cfg: PretrainConfig) -> None:
         for k, v in asdict(cfg).items()
         if k in ("domain", "model_path", "data", "max_steps", "lr", "vrl_ratio", "vrl_prob", "seed")
     }
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -430,8 +430,8 @@ def _finish(
             **geo,
         )
     )
-    write_raster_qml(outputs.class_map, classes, nodata=CLASS_NODATA)
     written.append(write_cog(vrt, outputs.class_map, resampling="nearest", category_names=classes.names))
+    write_raster_qml(outputs.class_map, classes, nodata=CLASS_NODATA)  # the style once the raster exists
     if outputs.probabilities is not None and writer.probs is not None:
         vrt = work / "probs.vrt"
         vrt.write_text(
@@ -444,8 +444,8 @@ def _finish(
                 **geo,
             )
         )
-        write_raster_qml(outputs.probabilities, None)
         written.append(write_cog(vrt, outputs.probabilities, resampling="average"))
+        write_raster_qml(outputs.probabilities, None)
     if outputs.vector is not None and writer.conf is not None:
         cls_sink, conf_sink = writer.classes, writer.conf
 
