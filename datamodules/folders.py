@@ -111,7 +111,10 @@ class ChangeFolder(Dataset[dict[str, Tensor]]):
         }
 
 
-def _crop_collate(patch: int, rng: np.random.Generator):  # noqa: ANN202
+def _crop_collate(patch: int):  # noqa: ANN202
+    """Random ``patch``² crops. Offsets come from torch's RNG, which DataLoader seeds differently
+    in every worker (a NumPy generator captured here would repeat the same offsets per worker)."""
+
     def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         images, masks = [], []
         for s in samples:
@@ -119,8 +122,8 @@ def _crop_collate(patch: int, rng: np.random.Generator):  # noqa: ANN202
             ph, pw = max(0, patch - h), max(0, patch - w)
             img = torch.nn.functional.pad(s["image"], (0, pw, 0, ph))
             msk = torch.nn.functional.pad(s["mask"], (0, pw, 0, ph), value=0)
-            y = int(rng.integers(0, img.shape[1] - patch + 1))
-            x = int(rng.integers(0, img.shape[2] - patch + 1))
+            y = int(torch.randint(0, img.shape[1] - patch + 1, (1,)))
+            x = int(torch.randint(0, img.shape[2] - patch + 1, (1,)))
             images.append(img[:, y : y + patch, x : x + patch])
             masks.append(msk[y : y + patch, x : x + patch])
         return {"image": torch.stack(images), "mask": torch.stack(masks)}
@@ -160,7 +163,7 @@ class _FolderDataModule(LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=_crop_collate(self.patch_size, np.random.default_rng(self.seed)),
+            collate_fn=_crop_collate(self.patch_size),
             drop_last=len(self.train_dataset) > self.batch_size,  # type: ignore[arg-type]
         )
 
