@@ -59,7 +59,9 @@ def run(workdir: Path, max_steps: int = 3, seed: int = 0) -> int:
     if rc:
         return rc
     print("$ vitp-geo recipe stats " + str(corpus / "recipe.json"), flush=True)
-    vitp_geo(["recipe", "stats", str(corpus / "recipe.json")])
+    rc = vitp_geo(["recipe", "stats", str(corpus / "recipe.json")])
+    if rc:
+        return rc
     pretrain = [
         "pretrain",
         "--data",

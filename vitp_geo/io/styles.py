@@ -156,7 +156,7 @@ def qml_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".qml")
 
 
-def write_raster_qml(raster: str | Path, classes: ClassStyle | None, nodata: float | None = None) -> Path:
+def write_raster_qml(raster: str | Path, classes: ClassStyle | None) -> Path:
     """Write ``<raster>.qml``: paletted for a class map, grey 0–1 for scores (``classes=None``)."""
     text = paletted_qml(classes) if classes is not None else gray_qml()
     out = qml_path(raster)

@@ -431,7 +431,7 @@ def _finish(
         )
     )
     written.append(write_cog(vrt, outputs.class_map, resampling="nearest", category_names=classes.names))
-    write_raster_qml(outputs.class_map, classes, nodata=CLASS_NODATA)  # the style once the raster exists
+    write_raster_qml(outputs.class_map, classes)  # the style once the raster exists (nodata: in the COG)
     if outputs.probabilities is not None and writer.probs is not None:
         vrt = work / "probs.vrt"
         vrt.write_text(
