@@ -27,7 +27,13 @@ from vitp_geo.instruct.builders.context import BuildContext
 from vitp_geo.instruct.builders.labels import PixelLabels, load_pixel_labels
 from vitp_geo.instruct.builders.raster_scene import LoadedRaster, load_raster
 from vitp_geo.instruct.builders.tiles import Tile, plan_tiles, position_word
-from vitp_geo.instruct.records import BOX_SCALE, InstructionRecord, format_grounding, normalize_box
+from vitp_geo.instruct.records import (
+    BOX_SCALE,
+    InstructionRecord,
+    format_boxes,
+    format_grounding,
+    normalize_box,
+)
 from vitp_geo.io.raster import RenderRule
 
 
@@ -210,11 +216,7 @@ class VectorSource:
             rec(T.pick(rng, "grounding", **f), format_grounding(cls, boxes), "grounding")
             rec(T.pick(rng, "counting", **f), str(len(group)), "counting")
             quads = [quad_corners(o.visible, w, h) for o in group]
-            answer = (
-                f"<ref>{cls}</ref><quad>["
-                + ", ".join("[" + ", ".join(map(str, q)) + "]" for q in quads)
-                + "]</quad>"
-            )
+            answer = f"<ref>{cls}</ref><quad>{format_boxes(quads)}</quad>"
             rec(T.pick(rng, "oriented", **f), answer, "oriented")
             if len(group) >= 2:
                 for k in rng.permutation(len(_REFERRING)):
