@@ -125,9 +125,7 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     trainer = cfg.setdefault("trainer", {}) or {}
     cfg["trainer"] = trainer
     init = cfg["model"].setdefault("init_args", {})
-    if args.backbone is not None:
-        if not args.backbone.is_file():
-            raise FileNotFoundError(f"backbone not found: {args.backbone}")
+    if args.backbone is not None:  # run() has checked that it exists
         init["backbone_weights"] = str(args.backbone)
     if args.max_epochs is not None:
         trainer["max_epochs"] = args.max_epochs
@@ -188,9 +186,7 @@ def fit(
         dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True
     )
     trainer_cfg = cfg.setdefault("trainer", {})
-    trainer_cfg.setdefault("enable_progress_bar", progress)
-    if not progress:
-        trainer_cfg["enable_progress_bar"] = False
+    trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress
     start = time.time()
     try:
         cli = LightningCLI(
