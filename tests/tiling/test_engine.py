@@ -93,6 +93,58 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
         _run(tmp_path / "scene.tif", tmp_path, config=other, resume=True)
 
 
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+def test_refused_or_failed_resume_keeps_the_saved_state(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (200, 190), nodata_box=(70, 140, 0, 60))
+    (tmp_path / "a").mkdir()
+    _run(tmp_path / "scene.tif", tmp_path / "a")
+    cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0})
+    b = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "scene.tif", b, model=InterruptAfter(PixelModel(), 5), config=cfg)
+    work = work_dir_for(b / "pred.tif")
+    saved = _folder_bytes(work)
+    assert "state.npz" in saved
+    # a mistyped --batch-size is part of the fingerprint: refused, and the state is untouched
+    typo = EngineConfig(**{**cfg.__dict__, "batch_size": 4})
+    with pytest.raises(ValueError, match="cannot resume"):
+        _run(tmp_path / "scene.tif", b, config=typo, resume=True)
+    assert _folder_bytes(work) == saved
+    # an error during an accepted resume (here a broken model) does not wipe it either
+
+    def broken(x: object) -> object:
+        raise ValueError("model failed")
+
+    with pytest.raises(ValueError, match="model failed"):
+        _run(tmp_path / "scene.tif", b, model=broken, config=cfg, resume=True)
+    assert work.is_dir() and {"meta.json", "state.npz"} <= set(saved) <= {f.name for f in work.iterdir()}
+    # and the right settings still continue it to the same bytes as an uninterrupted run
+    summary = _run(tmp_path / "scene.tif", b, config=cfg, resume=True)
+    assert summary.resumed_from_row > 0
+    for name in ("pred.tif", "probs.tif"):
+        assert (tmp_path / "a" / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_rerun_without_resume_says_it_discards_the_partial_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_test_scene(tmp_path / "scene.tif", (130, 130))
+    cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0})
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "scene.tif", tmp_path, model=InterruptAfter(PixelModel(), 2), config=cfg)
+    with caplog.at_level("WARNING", logger="vitp_geo.tiling.engine"):
+        summary = _run(tmp_path / "scene.tif", tmp_path, config=cfg)
+    assert summary.resumed_from_row == 0
+    assert any(
+        "discarding the partial run" in r.getMessage()
+        and str(work_dir_for(tmp_path / "pred.tif")) in r.getMessage()
+        for r in caplog.records
+    )
+
+
 def test_rotated_geotransform_is_kept_exactly(tmp_path: Path) -> None:
     path = tmp_path / "rotated.tif"
     t = Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5e6)  # rotated: everything stays on the pixel grid

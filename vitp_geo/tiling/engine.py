@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import resource
 import shutil
 import time
@@ -48,6 +49,8 @@ from vitp_geo.tiling.rowsink import RawRowSink
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, C, T, T) float → (B, K, T, T) scores
 CLASS_NODATA = 255  # class-map nodata (class ids are 0..K-1, K ≤ 255)
 GDAL_CACHE_MB = 64  # GDAL block cache while streaming: bounded, independent of the scene
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,19 +190,28 @@ class _Writer:
 def _prepare_work(
     work: Path, fingerprint: str, resume: bool
 ) -> tuple[int, int, dict[str, np.ndarray] | None]:
-    """(start window row, rows already written, accumulator state) for a fresh or resumed run."""
+    """(start window row, rows already written, accumulator state) for a fresh or resumed run.
+
+    A resumed run (state returned) reuses ``work`` as it is; a fresh run (state None) has created
+    ``work`` anew. A refused resume raises before anything in ``work`` is touched.
+    """
     meta, state_file = work / "meta.json", work / "state.npz"
     if resume and meta.exists() and state_file.exists():
         recorded = json.loads(meta.read_text()).get("fingerprint")
         if recorded != fingerprint:
             raise ValueError(
-                f"cannot resume from {work}: the scene, model or settings differ from the interrupted run; "
-                "run without --resume to start over"
+                f"cannot resume from {work}: the scene, model or settings differ from the interrupted run "
+                "(its saved state is kept); rerun with the same settings, or without --resume to "
+                "discard it and start over"
             )
         with np.load(state_file) as z:
             state = {k: z[k] for k in z.files}
         return int(state.pop("next_row")), int(state.pop("rows_written")), state
     if work.exists():
+        if state_file.exists():  # an interrupted run that could have been resumed
+            logger.warning(
+                "discarding the partial run in %s and starting over (pass --resume to continue it)", work
+            )
         shutil.rmtree(work)
     work.mkdir(parents=True)
     meta.write_text(json.dumps({"fingerprint": fingerprint}))
@@ -326,6 +338,7 @@ def _segment(
     reader = SceneWindowReader(paths, rule, mean, std, raw=raw_input)
     work = work_dir_for(outputs.class_map)
     writer: _Writer | None = None
+    created_work = False  # True once this call has made ``work`` (a resumed run reuses it)
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
         stride = plan.row_offsets[1] - plan.row_offsets[0] if len(plan.row_offsets) > 1 else cfg.tile_size
@@ -346,6 +359,7 @@ def _segment(
                 "world": rank.world,
             }
             start_row, rows_written, acc_state = _prepare_work(work, _fingerprint(paths, settings), resume)
+            created_work = acc_state is None
             writer = _Writer(work, plan, n_classes, outputs, start_row, rows_written, acc_state)
             start = start_row
         start_row = int(broadcast_from_writer(start, rank))
@@ -391,7 +405,9 @@ def _segment(
         writer.close()
         written = _finish(writer, reader, classes, outputs)
     except (RasterReadError, ValueError):
-        if rank.is_writer:  # bad input: nothing to resume, leave nothing behind
+        # Bad input in a fresh run: nothing worth resuming, leave nothing behind. A refused or
+        # failed resume keeps the interrupted run's state: this call did not create it.
+        if rank.is_writer and created_work:
             shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
