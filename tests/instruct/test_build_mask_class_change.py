@@ -178,6 +178,20 @@ def test_torchgeo_missing_dataset_names_the_root(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_torchgeo_missing_split_file_says_what_to_do_without_download(tmp_path):
+    pytest.importorskip("torchgeo")
+    _fake_eurosat(tmp_path / "eurosat")
+    (tmp_path / "eurosat" / "eurosat-train.txt").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        build_corpus(tmp_path / "c", [TorchGeoSource("EuroSAT", tmp_path / "eurosat")])
+    msg = str(info.value)
+    assert str(tmp_path / "eurosat" / "eurosat-train.txt") in msg  # names the missing file
+    assert "image folder" not in msg  # the images are there: only the split file is missing
+    assert "use `download=True`" not in msg  # torchgeo's advice: the CLI has no such option
+    assert "--root" in msg
+    assert not (tmp_path / "c").exists()
+
+
 def test_change_pairs_two_images_boxes_and_area(tmp_path):
     pair = generate_change_pair(11, 96)
     b, a, c = write_change_pair(pair, tmp_path / "p")

@@ -36,6 +36,36 @@ TORCHGEO_DATASETS: dict[str, tuple[str, RenderRule, str]] = {
     "UCMerced": ("UCMerced", RenderRule(), "optical"),
     "RESISC45": ("RESISC45", RenderRule(), "optical"),
 }
+# What torchgeo 0.8's classes read under ``root``: (split file, image folder, archive it extracts).
+TORCHGEO_LAYOUTS: dict[str, tuple[str, str, str]] = {
+    "EuroSAT": (
+        "eurosat-{split}.txt",
+        "ds/images/remote_sensing/otherDatasets/sentinel_2/tif",
+        "EuroSATallBands.zip",
+    ),
+    "UCMerced": ("uc_merced-{split}.txt", "UCMerced_LandUse/Images", "UCMerced_LandUse.zip"),
+    "RESISC45": ("resisc45-{split}.txt", "NWPU-RESISC45", "NWPU-RESISC45.zip"),
+}
+
+
+def torchgeo_layout_error(name: str, root: Path, split: str) -> str:
+    """Which files of dataset ``name`` are missing under ``root``, and what to do (we never download)."""
+    split_file, images, archive = TORCHGEO_LAYOUTS[name]
+    split_path, images_path, archive_path = (
+        root / split_file.format(split=split),
+        root / images,
+        root / archive,
+    )
+    missing = [f"the split file {split_path}"] if not split_path.is_file() else []
+    if not images_path.is_dir() and not archive_path.is_file():
+        missing.append(f"the image folder {images_path} (or the archive {archive_path})")
+    what = " and ".join(missing) if missing else "files torchgeo reads"
+    return (
+        f"{name} under {root} lacks {what}. build-instructions never downloads: put the dataset there in "
+        f"torchgeo's layout, e.g. fetch it once in Python with "
+        f"torchgeo.datasets.{TORCHGEO_DATASETS[name][0]}(root={str(root)!r}, split={split!r}, download=True), "
+        "then pass that folder as --root"
+    )
 
 
 def _readable(name: str) -> str:
@@ -148,10 +178,9 @@ class TorchGeoSource:
         cls_name, rule, modality = TORCHGEO_DATASETS[self.name]
         try:
             dataset = getattr(tgd, cls_name)(root=str(self.root), split=self.split, download=False)
-        except tgd.DatasetNotFoundError as err:
-            raise FileNotFoundError(f"{self.name} not found under {self.root}: {err}") from err
-        except FileNotFoundError as err:  # e.g. the split file is missing
-            raise FileNotFoundError(f"{self.name} under {self.root} is incomplete: {err}") from err
+        except (tgd.DatasetNotFoundError, FileNotFoundError) as err:  # e.g. the split file is missing
+            # torchgeo's own message suggests download=True, which this command does not have
+            raise FileNotFoundError(torchgeo_layout_error(self.name, self.root, self.split)) from err
         classes = list(dataset.classes)
         per_class: dict[str, int] = {}
         samples: list[tuple[Path, str]] = []
