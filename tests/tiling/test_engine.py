@@ -145,6 +145,35 @@ def test_rerun_without_resume_says_it_discards_the_partial_run(
     )
 
 
+def test_outputs_never_replace_the_scene_or_each_other(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (64, 64))
+    scene = (tmp_path / "scene.tif").read_bytes()
+    clashes = [
+        (
+            SegmentationOutputs(tmp_path / "scene.tif"),
+            "class map .*scene.tif is the same file as the input scene",
+        ),
+        (SegmentationOutputs(tmp_path / "p.tif", tmp_path / "p.tif"), "class map and probabilities"),
+        (SegmentationOutputs(tmp_path / "p.tif", tmp_path / "p.tiff"), r"p\.qml"),  # one style file for both
+        (SegmentationOutputs(tmp_path / "p.tif", None, tmp_path / "scene.tif"), "vector .*input scene"),
+    ]
+    for outputs, message in clashes:
+        with pytest.raises(ValueError, match=message):
+            segment_scene(tmp_path / "scene.tif", PixelModel(), CLASSES, outputs, config=CFG)
+    assert (tmp_path / "scene.tif").read_bytes() == scene
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]  # nothing started
+
+
+def test_vector_sharing_the_probabilities_stem_keeps_its_style_apart(tmp_path: Path) -> None:
+    write_test_scene(tmp_path / "scene.tif", (64, 64))
+    outputs = SegmentationOutputs(tmp_path / "pred.tif", tmp_path / "probs.tif", tmp_path / "probs.gpkg")
+    segment_scene(tmp_path / "scene.tif", PixelModel(), CLASSES, outputs, config=CFG)
+    from vitp_geo.io.styles import categorized_qml, gray_qml
+
+    assert (tmp_path / "probs.qml").read_text() == gray_qml()  # QGIS loads it for probs.tif
+    assert (tmp_path / "probs_vector.qml").read_text() == categorized_qml(CLASSES)
+
+
 def test_rotated_geotransform_is_kept_exactly(tmp_path: Path) -> None:
     path = tmp_path / "rotated.tif"
     t = Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5e6)  # rotated: everything stays on the pixel grid

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vitp_geo.io.paths import check_output_paths
 from vitp_geo.io.raster import RenderRule, open_raster
 from vitp_geo.io.styles import ClassStyle
 from vitp_geo.tiling.blending import BlendMode
@@ -121,7 +122,7 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
     else:
         device = torch.device("cpu")
     cfg = EngineConfig(
-        tile_size=opts["tile_size"] or card.tile_size,
+        tile_size=card.tile_size if opts["tile_size"] is None else opts["tile_size"],
         overlap=opts["overlap"],
         batch_size=opts["batch_size"],
         blend=BlendMode(opts["blend"]),
@@ -167,6 +168,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--vector must be a .gpkg, got {args.vector}")
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1, got {args.devices}")
+    if args.tile_size is not None and args.tile_size < 1:
+        raise ValueError(f"--tile-size must be >= 1, got {args.tile_size}")
+    if not 0 <= args.overlap < 1:  # NaN fails too
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.min_area < 0:
+        raise ValueError(f"--min-area must be >= 0, got {args.min_area}")
+    check_output_paths(
+        {"scene": args.scene, "--after": args.after, "--checkpoint": args.checkpoint},
+        {"--out": args.out, "--probabilities": args.probabilities, "--vector": args.vector},
+    )
     opts = dict(
         scene=args.scene,
         checkpoint=args.checkpoint,

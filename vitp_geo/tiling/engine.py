@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.cog import raw_vrt, write_cog
+from vitp_geo.io.paths import check_output_paths
 from vitp_geo.io.polygonize import polygonize_rows
 from vitp_geo.io.raster import RasterReadError, RenderRule
-from vitp_geo.io.styles import ClassStyle, write_raster_qml, write_styled_gpkg
+from vitp_geo.io.styles import ClassStyle, qml_path, write_raster_qml, write_styled_gpkg
 from vitp_geo.tiling.accumulator import FinalBlock, StripAccumulator
 from vitp_geo.tiling.blending import BlendMode, blend_weights
 from vitp_geo.tiling.distributed import RankInfo, broadcast_from_writer, gather_to_writer
@@ -300,6 +301,16 @@ def segment_scene(
     if not 1 <= n_classes < CLASS_NODATA:
         raise ValueError(f"need 1..254 classes, got {n_classes}")
     paths = [Path(scene)] if isinstance(scene, str | Path) else [Path(p) for p in scene]
+    check_output_paths(  # before anything is written: no output may replace a scene or another output
+        {"scene" if len(paths) == 1 else f"scene {i + 1}": p for i, p in enumerate(paths)},
+        {
+            "class map": outputs.class_map,
+            "probabilities": outputs.probabilities,
+            "vector": outputs.vector,
+            "class map style": qml_path(outputs.class_map),
+            "probabilities style": qml_path(outputs.probabilities) if outputs.probabilities else None,
+        },
+    )
     # GDAL's default block cache (5 % of RAM) would end up holding most of a big input scene.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         return _segment(
@@ -479,6 +490,8 @@ def _finish(
             min_area_px=outputs.min_area_px,
         )
         vec = outputs.vector
-        qml = vec.with_name(f"{vec.stem}_vector.qml") if vec.stem == outputs.class_map.stem else None
+        rasters = {outputs.class_map.stem, outputs.probabilities.stem if outputs.probabilities else None}
+        # QGIS auto-loads <stem>.qml for a raster of that stem: the vector's style goes elsewhere
+        qml = vec.with_name(f"{vec.stem}_vector.qml") if vec.stem in rasters else None
         written.append(write_styled_gpkg(vec, frame, classes, qml=qml))
     return written

@@ -1,0 +1,48 @@
+"""Output-path guards: an output never replaces one of the inputs or another output."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode when both exist (symlinks and hard
+    links included), else the same absolute path once symlinks are resolved."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
+
+
+def check_output_paths(
+    inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]
+) -> None:
+    """Refuse outputs that are also inputs, or that are given twice, before anything is written.
+
+    Args:
+        inputs: label → path of each file the job reads (``None`` entries are skipped), e.g.
+            ``{"scene": ..., "--checkpoint": ...}``; labels appear in the error.
+        outputs: label → path of each file the job writes.
+
+    Raises:
+        ValueError: naming both labels and the path.
+    """
+    outs = [(k, Path(v)) for k, v in outputs.items() if v is not None]
+    ins = [(k, Path(v)) for k, v in inputs.items() if v is not None]
+    for i, (out_label, out) in enumerate(outs):
+        for in_label, src in ins:
+            if same_file(out, src):
+                raise ValueError(
+                    f"{out_label} {out} is the same file as the input {in_label} {src}; "
+                    "refusing to overwrite an input (write the output elsewhere)"
+                )
+        for other_label, other in outs[:i]:
+            if same_file(out, other):
+                raise ValueError(
+                    f"{other_label} and {out_label} are the same file ({out}); give each output its own path"
+                )
