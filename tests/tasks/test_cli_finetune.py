@@ -68,3 +68,42 @@ def test_config_typo_is_a_clear_error_naming_the_file_and_key(tmp_path, capsys) 
     assert main(["finetune", "segmentation", "--config", str(typo), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"{typo}: invalid configuration" in err and "num_clases" in err
+
+
+def test_diverged_training_writes_no_model_ckpt(tmp_path, capsys) -> None:  # noqa: ANN001
+    from vitp_geo.cli.finetune import default_config, fit
+
+    cfg = default_config("segmentation", tmp_path / "data")
+    cfg["model"]["init_args"].update(lr=float("inf"), warmup_steps=0)  # one step makes every weight NaN
+    cfg["trainer"].update(max_steps=1, max_epochs=1, limit_val_batches=1, enable_model_summary=False)
+    with pytest.raises(
+        RuntimeError, match=r"training diverged: .*non-finite weights.*model\.ckpt not written"
+    ):
+        fit(cfg, "segmentation", tmp_path, progress=False)
+    assert not (tmp_path / "model.ckpt").exists() and not (tmp_path / "finetune_summary.json").exists()
+
+
+def test_summary_is_strict_json_with_null_for_nan(tmp_path) -> None:  # noqa: ANN001
+    from vitp_geo.cli.finetune import print_summary, write_summary
+
+    summary = {
+        "task": "change",
+        "checkpoint": "model.ckpt",
+        "best_score": float("nan"),  # e.g. F1 when no change pixel was seen yet
+        "validation": {"val_F1": float("nan"), "val_loss": 0.5, "val_IoU": float("inf")},
+        "steps": 2,
+        "epochs": 0,
+        "seconds": 1.0,
+    }
+    path = write_summary(tmp_path / "finetune_summary.json", summary)
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data["best_score"] is None and data["validation"] == {
+        "val_F1": None,
+        "val_loss": 0.5,
+        "val_IoU": None,
+    }
+    print_summary(data)  # what `finetune` prints after a run reads it back

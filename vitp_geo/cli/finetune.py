@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -143,17 +144,36 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     return cfg
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flag values before anything is written (errors name the flag and the value)."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for flag, value in (("--max-steps", args.max_steps), ("--max-epochs", args.max_epochs)):
+        if value is not None and value < 1 and value != -1:  # Lightning's -1 = no limit
+            raise ValueError(f"{flag} must be >= 1 (or -1 for no limit), got {value}")
+    if args.backbone is not None:
+        check_backbone_file(args.backbone)
+
+
+def check_backbone_file(path: Path) -> None:
+    """The backbone weights exist, are readable and finite (a NaN backbone trains a NaN model)."""
+    from vitp_geo.models.vit import check_finite_weights, read_state_dict
+
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone not found: {path}")
+    check_finite_weights(read_state_dict(path), path)
+
+
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
-    if args.backbone is not None and not args.backbone.is_file():  # before anything is written
-        raise FileNotFoundError(f"backbone not found: {args.backbone}")
-    out.mkdir(parents=True, exist_ok=True)
+    check_args(args)  # before anything is written
     if args.config is not None:
         cfg = load_config(args.config)
     else:
         print(
             f"vitp-geo finetune {args.task}: no --config, embedded run on generated scenes in {out / 'data'}"
         )
+        out.mkdir(parents=True, exist_ok=True)
         cfg = default_config(args.task, out / "data", seed=args.seed or 0)
     class_path = cfg["model"].get("class_path", "")
     if class_path != TASK_CLASSES[args.task]:
@@ -161,8 +181,12 @@ def run(args: argparse.Namespace) -> int:
             f"config model.class_path is {class_path!r}; `finetune {args.task}` needs {TASK_CLASSES[args.task]}"
         )
     cfg = apply_overrides(cfg, args)
-    if cfg["model"]["init_args"].get("backbone_weights") is None:
+    weights = cfg["model"]["init_args"].get("backbone_weights")
+    if weights is None:
         print("note: no backbone weights given (--backbone): the ViT starts from random initialisation")
+    elif args.backbone is None:  # named by the config: the same checks as --backbone, before training
+        check_backbone_file(Path(weights))
+    out.mkdir(parents=True, exist_ok=True)
     source = str(args.config) if args.config is not None else "embedded config"
     summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source)
     print_summary(summary)
@@ -179,6 +203,7 @@ def fit(
     from lightning.pytorch.cli import LightningCLI
 
     from vitp_geo.io.atomic import atomic_output
+    from vitp_geo.models.vit import check_finite_weights
 
     ckpt_dir = out / "checkpoints"
     monitor = MONITOR[task]
@@ -212,6 +237,12 @@ def fit(
     results = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     final = out / "model.ckpt"
+    try:  # the model now holds the best checkpoint's weights
+        check_finite_weights(model.state_dict(), best)
+    except ValueError as err:
+        raise RuntimeError(
+            f"training diverged: {err}; {final} not written (lower the learning rate, check the data)"
+        ) from err
     with atomic_output(final) as tmp:
         shutil.copyfile(best, tmp)
     summary = {
@@ -224,9 +255,29 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.time() - start, 1),
     }
-    with atomic_output(out / "finetune_summary.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
+    summary = json_safe(summary)
+    write_summary(out / "finetune_summary.json", summary)
     return summary
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / inf float replaced by None (JSON has no NaN: it is written null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> Path:
+    """Write the run summary as strict JSON (non-finite scores become null)."""
+    from vitp_geo.io.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    return path
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -235,5 +286,5 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     print("validation (best checkpoint):")
     for key, value in sorted(summary["validation"].items()):
-        print(f"  {key:<28} {value:.4f}")
+        print(f"  {key:<28} {'n/a' if value is None else f'{value:.4f}'}")
     print(f"checkpoint: {summary['checkpoint']}  (vitp-geo infer reads its model card)")

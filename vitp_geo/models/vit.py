@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,11 +37,14 @@ from vitp_geo.io.atomic import atomic_output
 __all__ = [
     "INTERN_LAYOUT_ARCH",
     "build_vision_tower",
+    "check_finite_weights",
     "checkpoint_filter_fn",
     "create_vit",
     "convert_internvit_state_dict",
     "export_backbone",
     "load_backbone",
+    "non_finite_keys",
+    "read_state_dict",
     "resize_pos_embed",
     "vitp_tiny_patch14_112",
     "vitp_tiny_patch14_224",
@@ -340,7 +343,10 @@ def _check_img_size(img_size: int, patch_size: int) -> None:
         )
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` / ``.pth`` / ``.bin`` / ``.ckpt`` weights file, keys as stored
+    (``state_dict`` / ``model`` / ``module`` wrappers removed); ``ValueError`` naming the file."""
+    path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -356,6 +362,30 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     raise ValueError(
         f"{path}: unsupported checkpoint format {path.suffix!r} (use .safetensors, .pth or .bin)"
     )
+
+
+def non_finite_keys(state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state_dict`` that hold a NaN or an infinity."""
+    return [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def check_finite_weights(state_dict: Mapping[str, Tensor], source: str | Path) -> None:
+    """Raise ``ValueError`` naming ``source`` and the first bad keys if any weight is NaN or inf.
+
+    A diverged run (too high a learning rate, a bad loss) leaves such weights; they would turn
+    every prediction into NaN and every pixel into class 0 without any error.
+    """
+    bad = non_finite_keys(state_dict)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{source}: non-finite weights (NaN or inf) in {len(bad)} of {len(state_dict)} tensors: "
+            f"{', '.join(bad[:5])}{more}"
+        )
 
 
 def _infer_kwargs(sd: dict[str, Tensor]) -> dict[str, Any]:
@@ -398,18 +428,20 @@ def load_backbone(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unknown / missing keys or shape mismatches, naming the file.
+        ValueError: unknown / missing keys, shape mismatches or non-finite (NaN / inf) weights,
+            naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
     try:
-        sd = convert_internvit_state_dict(_read_state_dict(path))
+        sd = convert_internvit_state_dict(read_state_dict(path))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
         if key not in sd:
             raise ValueError(f"{path}: missing key {key!r}")
+    check_finite_weights(sd, path)
 
     kwargs: dict[str, Any] = {}
     meta_path = path.with_name("backbone.json")
