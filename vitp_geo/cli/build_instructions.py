@@ -113,6 +113,8 @@ def sources_from_args(args: argparse.Namespace) -> list[Source]:
     rule = RenderRule(bands=args.bands, percentiles=tuple(args.percentiles), sar_db=args.sar_db)
     tiling = dict(tile_size=args.tile_size, overlap=args.overlap, min_valid=args.min_valid)
     sources: list[Source] = []
+    if args.limit_per_class is not None and args.limit_per_class < 1:
+        raise ValueError(f"--limit-per-class must be >= 1, got {args.limit_per_class}")
     if (args.labels or args.mask) and not args.image:
         raise ValueError("--labels and --mask need --image")
     if args.image and not (args.labels or args.mask):

@@ -85,10 +85,12 @@ def load_recipe(path: str | Path) -> list[RecipeEntry]:
         if missing:
             raise RecipeError(f"{path}: entry {name!r} lacks {', '.join(missing)}")
         repeat = entry.get("repeat_time", 1.0)
-        if not isinstance(repeat, (int, float)) or repeat <= 0:
-            raise RecipeError(f"{path}: entry {name!r} has repeat_time {repeat!r}; it must be > 0")
+        if not _is_number(repeat) or not math.isfinite(repeat) or repeat <= 0:  # JSON allows Infinity, NaN
+            raise RecipeError(
+                f"{path}: entry {name!r} has repeat_time {repeat!r}; it must be a finite number > 0"
+            )
         mdp = entry.get("max_dynamic_patch")
-        if mdp is not None and (not isinstance(mdp, int) or mdp < 1):
+        if mdp is not None and (isinstance(mdp, bool) or not isinstance(mdp, int) or mdp < 1):
             raise RecipeError(f"{path}: entry {name!r} has max_dynamic_patch {mdp!r}; it must be an int >= 1")
         entries.append(
             RecipeEntry(
@@ -102,6 +104,10 @@ def load_recipe(path: str | Path) -> list[RecipeEntry]:
     return entries
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def save_recipe(path: str | Path, entries: list[RecipeEntry]) -> Path:
     """Write entries as meta-JSON with paths relative to the recipe's folder."""
     from vitp_geo.io.atomic import atomic_output
@@ -109,14 +115,14 @@ def save_recipe(path: str | Path, entries: list[RecipeEntry]) -> Path:
     path = Path(path)
     data = {e.name: e.to_json(relative_to=path.parent) for e in entries}
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
 def effective_count(n_records: int, repeat_time: float) -> int:
     """Samples per epoch from ``n_records`` at ``repeat_time`` (see module doc)."""
-    if repeat_time <= 0:
-        raise ValueError(f"repeat_time must be > 0, got {repeat_time}")
+    if not math.isfinite(repeat_time) or repeat_time <= 0:
+        raise ValueError(f"repeat_time must be a finite number > 0, got {repeat_time}")
     return int(math.floor(n_records * repeat_time + 1e-9))
 
 

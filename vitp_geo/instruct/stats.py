@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vitp_geo.instruct.recipe import RecipeEntry, effective_count, load_recipe, save_recipe
 from vitp_geo.instruct.records import IMAGE_PLACEHOLDER, InstructionRecord, read_jsonl
+from vitp_geo.io.paths import check_output_paths
 
 TokenCounter = Callable[[str], int]
 
@@ -143,6 +144,7 @@ def merge_recipes(paths: list[str | Path], out: str | Path) -> tuple[Path, list[
     """
     if not paths:
         raise ValueError("recipe merge needs at least one recipe")
+    check_output_paths({f"recipe {i + 1}": p for i, p in enumerate(paths)}, {"--out": out})
     merged: list[RecipeEntry] = []
     names: set[str] = set()
     annotations: dict[Path, str] = {}

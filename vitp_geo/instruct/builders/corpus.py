@@ -7,6 +7,7 @@ the temporary folder is removed, so ``--out`` never holds a half-written corpus.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,9 +62,12 @@ def build_corpus(
         progress: show a progress bar over sources.
 
     Raises:
-        ValueError: no sources, zero records, or ``out_dir`` exists and is not empty.
+        ValueError: no sources, zero records, a non-finite or non-positive ``repeat_time``, or
+            ``out_dir`` exists and is not empty.
     """
     out_dir = Path(out_dir)
+    if not math.isfinite(repeat_time) or repeat_time <= 0:  # NaN fails too
+        raise ValueError(f"--repeat-time must be a finite number > 0, got {repeat_time}")
     if not sources:
         raise ValueError(
             "no sources given: pass --image/--labels, --mask, --folders, --torchgeo or --before/--after"
