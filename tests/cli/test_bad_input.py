@@ -1,0 +1,160 @@
+"""Bad input at the command line, one table: each case exits non-zero with one error line that
+names the bad value, and leaves every file as it was (no input overwritten, nothing written).
+
+Covers ``infer``, ``finetune``, ``build-instructions`` and ``recipe`` (``pretrain`` has its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from vitp_geo.cli.main import main
+from vitp_geo.io.raster import write_geotiff
+from vitp_geo.models.vit import export_backbone
+from vitp_geo.synthetic.scene import generate_scene, write_scene
+from vitp_geo.tasks.loading import save_tiny_segmentation_checkpoint
+
+INFER = ["infer", "{w}/scene.tif", "--checkpoint", "{w}/tiny.ckpt", "--no-progress"]
+FINETUNE = ["finetune", "segmentation", "--output", "{w}/run", "--no-progress"]
+BUILD = ["build-instructions", "--image", "{w}/s/scene.tif", "--labels", "{w}/s/scene_objects.gpkg"]
+BUILD += ["--out", "{w}/corpus", "--tile-size", "64"]
+
+# (id, argv with {w} = the workspace, strings the one error line must contain)
+CASES: list[tuple[str, list[str], list[str]]] = [
+    # inputs that are also outputs: the scene / checkpoint would be destroyed
+    ("infer-out-is-the-scene", [*INFER, "--out", "{w}/scene.tif"], ["--out", "{w}/scene.tif", "input"]),
+    (
+        "infer-out-is-the-scene-via-symlink",
+        [*INFER, "--out", "{w}/link.tif"],
+        ["--out", "{w}/link.tif", "scene"],
+    ),
+    (
+        "infer-probabilities-is-the-class-map",
+        [*INFER, "--out", "{w}/out/pred.tif", "--probabilities", "{w}/out/pred.tif"],
+        ["--out", "--probabilities", "{w}/out/pred.tif"],
+    ),
+    (
+        "infer-probabilities-and-class-map-share-a-style-file",
+        [*INFER, "--out", "{w}/out/pred.tif", "--probabilities", "{w}/out/pred.tiff"],
+        ["{w}/out/pred.qml"],
+    ),
+    # flag values
+    ("infer-tile-size-0", [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "0"], ["--tile-size", "0"]),
+    ("infer-tile-size-negative", [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "-112"], ["-112"]),
+    ("infer-overlap-1", [*INFER, "--out", "{w}/out/p.tif", "--overlap", "1"], ["--overlap", "1"]),
+    ("infer-overlap-nan", [*INFER, "--out", "{w}/out/p.tif", "--overlap", "nan"], ["--overlap", "nan"]),
+    ("infer-batch-size-0", [*INFER, "--out", "{w}/out/p.tif", "--batch-size", "0"], ["--batch-size", "0"]),
+    ("infer-min-area-negative", [*INFER, "--out", "{w}/out/p.tif", "--min-area", "-4"], ["--min-area", "-4"]),
+    ("finetune-batch-size-0", [*FINETUNE, "--batch-size", "0"], ["--batch-size", "0"]),
+    ("finetune-max-steps-minus-2", [*FINETUNE, "--max-steps", "-2"], ["--max-steps", "-2"]),
+    ("finetune-max-steps-0", [*FINETUNE, "--max-steps", "0"], ["--max-steps", "0"]),
+    ("finetune-max-epochs-0", [*FINETUNE, "--max-epochs", "0"], ["--max-epochs", "0"]),
+    # non-finite weights: a NaN backbone trains a NaN model that paints every pixel class 0
+    (
+        "finetune-nan-backbone",
+        [*FINETUNE, "--backbone", "{w}/nan/backbone.safetensors"],
+        ["{w}/nan/backbone.safetensors", "non-finite", "blocks.1.mlp.fc1.weight"],
+    ),
+    (
+        "finetune-inf-backbone",
+        [*FINETUNE, "--backbone", "{w}/inf/backbone.safetensors"],
+        ["{w}/inf/backbone.safetensors", "non-finite", "pos_embed"],
+    ),
+    (
+        "finetune-config-names-a-nan-backbone",
+        [*FINETUNE, "--config", "{w}/nan_backbone.yaml"],
+        ["nan/backbone.safetensors", "non-finite"],  # the config names the template's copy
+    ),
+    ("build-repeat-time-inf", [*BUILD, "--repeat-time", "inf"], ["--repeat-time", "inf"]),
+    ("build-repeat-time-nan", [*BUILD, "--repeat-time", "nan"], ["--repeat-time", "nan"]),
+    ("build-repeat-time-0", [*BUILD, "--repeat-time", "0"], ["--repeat-time", "0"]),
+    (
+        "build-limit-per-class-0",
+        ["build-instructions", "--folders", "{w}/s", "--out", "{w}/corpus", "--limit-per-class", "0"],
+        ["--limit-per-class", "0"],
+    ),
+    ("recipe-repeat-time-Infinity", ["recipe", "stats", "{w}/inf.json"], ["inf.json", "repeat_time", "inf"]),
+    ("recipe-repeat-time-NaN", ["recipe", "stats", "{w}/nan.json"], ["nan.json", "repeat_time", "nan"]),
+    ("recipe-repeat-time-yaml-inf", ["recipe", "stats", "{w}/inf.yaml"], ["inf.yaml", "repeat_time", "inf"]),
+    (
+        "recipe-merge-infinity",
+        ["recipe", "merge", "{w}/good.json", "{w}/inf.json", "--out", "{w}/merged.json"],
+        ["inf.json", "repeat_time"],
+    ),
+    (
+        "recipe-merge-out-is-an-input",
+        ["recipe", "merge", "{w}/good.json", "{w}/other.json", "--out", "{w}/good.json"],
+        ["--out", "{w}/good.json", "input"],
+    ),
+]
+
+
+def _backbone(folder: Path, key: str, value: float) -> None:
+    vit = timm.create_model("vitp_tiny_patch14_112", pretrained=False, num_classes=0)
+    with torch.no_grad():
+        vit.state_dict()[key].view(-1)[0] = value  # one bad number is enough
+    export_backbone(vit, folder)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    w = tmp_path_factory.mktemp("workspace")
+    scene = generate_scene(1, 112)
+    write_geotiff(w / "scene.tif", scene.image, scene.transform, scene.crs)
+    (w / "link.tif").symlink_to("scene.tif")
+    save_tiny_segmentation_checkpoint(w / "tiny.ckpt", tile_size=112)
+    _backbone(w / "nan", "blocks.1.mlp.fc1.weight", float("nan"))
+    _backbone(w / "inf", "pos_embed", float("inf"))
+    (w / "nan_backbone.yaml").write_text(
+        "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
+        f"    backbone_weights: {w}/nan/backbone.safetensors\n"
+        "data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
+    )
+    write_scene(generate_scene(2, 64, scene_class=0), w / "s")
+    (w / "ann.jsonl").write_text("")
+    entry = {"root": ".", "annotation": "ann.jsonl"}
+    (w / "good.json").write_text(json.dumps({"a": entry}))
+    (w / "other.json").write_text(json.dumps({"b": entry}))
+    (w / "inf.json").write_text('{"a": {"root": ".", "annotation": "ann.jsonl", "repeat_time": Infinity}}')
+    (w / "nan.json").write_text('{"a": {"root": ".", "annotation": "ann.jsonl", "repeat_time": NaN}}')
+    (w / "inf.yaml").write_text("a: {root: ., annotation: ann.jsonl, repeat_time: .inf}\n")
+    return w
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file, folder and link under ``folder`` (hidden ones included) with its content hash."""
+
+    def state(p: Path) -> str:
+        if p.is_symlink():
+            return f"link to {p.readlink()}"
+        return "folder" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+
+    return {str(p.relative_to(folder)): state(p) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize(("argv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line_and_leaves_files_alone(
+    argv: list[str], expected: list[str], template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = tmp_path / "w"
+    shutil.copytree(template, w, symlinks=True)
+    before = _snapshot(w)
+    try:
+        code = main([a.format(w=w) for a in argv])
+    except SystemExit as exit_:  # argparse rejects a value
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0, f"accepted: {argv}"
+    assert len(lines) == 1 and lines[0].startswith(f"vitp-geo {argv[0]}: error: "), err
+    for text in expected:
+        assert text.format(w=w) in lines[0]
+    assert _snapshot(w) == before  # no input replaced, no output, partial file or work folder started
