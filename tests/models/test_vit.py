@@ -137,6 +137,16 @@ def test_export_round_trip_through_plain_timm(tmp_path):
     torch.testing.assert_close(_features(again, x), _features(vit, x), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_load_backbone_refuses_non_finite_weights_naming_file_and_key(tmp_path, bad):
+    sd = make_internvit_state_dict(DIM, DEPTH, GRID, prefix="vision_model.")
+    sd["vision_model.encoder.layers.1.mlp.fc2.weight"][3, 5] = bad
+    path = tmp_path / "diverged.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=r"diverged\.safetensors: non-finite .* blocks\.1\.mlp\.fc2\.weight"):
+        load_backbone(path)
+
+
 def test_build_vision_tower_defaults_and_checks():
     vit = build_vision_tower("vitp_tiny_patch14_224", img_size=112)
     assert vit.patch_embed.grid_size == (8, 8) and vit.pos_embed.shape == (1, 65, 192)
