@@ -9,7 +9,7 @@ consumed in the interrupted epoch (read from Lightning's restored loop progress)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -30,13 +30,30 @@ class EpochShuffleSampler(Sampler[int]):
         num_replicas: world size.
         rank: this process's rank.
         shuffle: permute (True) or keep order (False).
+        align_pool: dataset indices of the alignment tasks' records.
+        align_samples: the first ``align_samples`` draws of epoch 0 (all ranks together) come from
+            ``align_pool``; epoch 0 keeps its length, so resume and epoch accounting are unchanged.
     """
 
     def __init__(
-        self, length: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True
+        self,
+        length: int,
+        *,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        align_pool: Sequence[int] = (),
+        align_samples: int = 0,
     ):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
+        if align_samples < 0:
+            raise ValueError(f"align_samples must be >= 0, got {align_samples}")
+        if align_samples and not align_pool:
+            raise ValueError("an alignment phase needs records of the alignment tasks; none were found")
+        self.align_pool = list(align_pool)
+        self.align_samples = align_samples
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         self.length, self.seed, self.num_replicas, self.rank, self.shuffle = (
@@ -65,6 +82,15 @@ class EpochShuffleSampler(Sampler[int]):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
+        if self.epoch == 0 and self.align_samples:
+            # Alignment phase: epoch 0 opens with align_samples draws from the alignment pool
+            # (seeded, repeated as needed); the rest of the epoch keeps its length.
+            g = torch.Generator().manual_seed(self.seed - 1)
+            pool = torch.tensor(self.align_pool)
+            reps = -(-self.align_samples // len(self.align_pool))
+            prefix = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(reps)])
+            prefix_list = prefix[: self.align_samples].tolist()
+            order = (prefix_list + order)[: self.length]
         per_rank = -(-self.length // self.num_replicas)
         total = per_rank * self.num_replicas
         order = (order * (total // self.length + 1))[:total]
@@ -96,6 +122,10 @@ class InstructionDataModule(L.LightningDataModule):
         max_length: token budget per sample.
         seed: ordering seed.
         skip_bad_samples: skip (and count) bad records instead of failing.
+        align_tasks: tasks of the alignment phase (e.g. ``("classes", "classification")``).
+        align_steps: optimizer steps at the start of training that draw only ``align_tasks``
+            records (0: no alignment phase).
+        accumulate: gradient accumulation (micro-batches per optimizer step).
     """
 
     def __init__(
@@ -112,8 +142,14 @@ class InstructionDataModule(L.LightningDataModule):
         max_length: int = 4096,
         seed: int = 0,
         skip_bad_samples: bool = False,
+        align_tasks: Sequence[str] = (),
+        align_steps: int = 0,
+        accumulate: int = 1,
     ) -> None:
         super().__init__()
+        self.align_tasks = tuple(align_tasks)
+        self.align_steps = align_steps
+        self.accumulate = accumulate
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.recipe = Path(recipe)
@@ -164,7 +200,26 @@ class InstructionDataModule(L.LightningDataModule):
         self.setup("fit")
         assert self.dataset is not None
         world, rank = self._world()
-        self.sampler = EpochShuffleSampler(len(self.dataset), seed=self.seed, num_replicas=world, rank=rank)
+        pool: list[int] = []
+        if self.align_steps:
+            pool = [
+                i
+                for i, (src_id, rec_id) in enumerate(self.dataset.index)
+                if self.dataset.sources[src_id].records[rec_id].task in self.align_tasks
+            ]
+            if not pool:
+                raise ValueError(
+                    f"align-steps {self.align_steps}: the recipe has no records of the alignment "
+                    f"tasks {', '.join(self.align_tasks)}; pass --align-steps 0 or other --align-tasks"
+                )
+        self.sampler = EpochShuffleSampler(
+            len(self.dataset),
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            align_pool=pool,
+            align_samples=self.align_steps * self.batch_size * self.accumulate * world,
+        )
         self.sampler.skip(self._consumed_batches() * self.batch_size)
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if pad_id is None:

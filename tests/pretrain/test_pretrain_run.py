@@ -195,3 +195,58 @@ def test_gradient_accumulation_logs_one_unscaled_row_per_step(default_run: Path,
     vocab = len(json.loads((default_run / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
     assert all(r["loss"] > 0.6 * math.log(vocab) for r in rows)
     assert all(r["image_tokens"] >= 3 * 2 * 16 for r in rows)  # 3 micro-batches x 2 samples x >= 1 tile
+
+
+def test_data_without_model_path_keeps_the_tiny_schedule_and_says_so(tmp_path):
+    from vitp_geo.pretrain.config import PretrainConfig, describe_settings, resolve_config
+
+    sources: dict[str, str] = {}
+    cfg = resolve_config("rs", None, {"data": "recipe.json"}, sources=sources)
+    assert cfg.lr == PretrainConfig().lr and not cfg.grad_checkpointing
+    assert "(default)" in describe_settings(cfg, sources)
+    real = resolve_config("rs", None, {"data": "r.json", "model_path": "/m"}, sources=sources)
+    assert real.lr == 2e-5 and real.accumulate == 4 and real.grad_checkpointing
+    assert "lr                 2e-05      (paper preset rs.yaml)" in describe_settings(real, sources)
+    forced = resolve_config("rs", None, {"data": "r.json", "lr": 1e-4}, preset="paper", sources={})
+    assert forced.lr == 1e-4 and forced.max_steps == 8000  # flags still win over the preset
+
+
+def test_ranks_started_later_reuse_the_run_folder_rank_zero_chose(monkeypatch):
+    from vitp_geo.pretrain.run import RUN_DIR_ENV, default_output
+
+    monkeypatch.setenv(RUN_DIR_ENV, "runs/pretrain-rs-20260101-000000")
+    assert default_output("rs") == Path("runs/pretrain-rs-20260101-000000")
+    monkeypatch.delenv(RUN_DIR_ENV)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--output"):
+        default_output("rs")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "inf"], "lr must be a finite"),
+        (["--weight-decay", "nan"], "weight-decay must be a finite"),
+        (["--grad-clip", "-1"], "grad-clip must be"),
+        (["--drop-path", "2"], "drop-path must be in"),
+        (["--checkpoint-every", "-1"], "checkpoint-every must be"),
+        (["--reliance-every", "-3"], "reliance-every must be"),
+        (["--loss-reduction", "mean"], "loss-reduction must be"),
+    ],
+)
+def test_bad_pretrain_flags_are_one_line_errors_and_write_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--domain", "rs", "--output", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    bogus = tmp_path / "random.ckpt"
+    bogus.write_bytes(os.urandom(256))
+    rc = main(["pretrain", "--domain", "rs", "--output", str(out), "--resume", str(bogus)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(bogus) in err and "not a readable Lightning checkpoint" in err

@@ -42,3 +42,21 @@ def test_bad_arguments_are_named():
         EpochShuffleSampler(5, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="length"):
         EpochShuffleSampler(0)
+
+
+def test_alignment_phase_opens_epoch_zero_only_and_keeps_its_length():
+    pool = [3, 7, 11]
+    s = EpochShuffleSampler(20, seed=5, align_pool=pool, align_samples=8)
+    first = s.epoch_indices()
+    assert len(first) == 20
+    assert set(first[:8]) <= set(pool) and set(first[:8]) == set(pool)  # each pool record drawn
+    plain = EpochShuffleSampler(20, seed=5)
+    s.set_epoch(1)
+    plain.set_epoch(1)
+    assert s.epoch_indices() == plain.epoch_indices()  # later epochs are untouched
+    # two ranks split the aligned epoch 0 between them, in step
+    r0 = EpochShuffleSampler(20, seed=5, num_replicas=2, rank=0, align_pool=pool, align_samples=8)
+    r1 = EpochShuffleSampler(20, seed=5, num_replicas=2, rank=1, align_pool=pool, align_samples=8)
+    assert set(r0.epoch_indices()[:4]) | set(r1.epoch_indices()[:4]) <= set(pool)
+    with pytest.raises(ValueError, match="alignment"):
+        EpochShuffleSampler(20, align_samples=4)

@@ -21,12 +21,15 @@ _HELP: dict[str, str] = {
     "warmup_ratio": "share of steps in linear warm-up before cosine decay",
     "weight_decay": "AdamW weight decay (matrices only)",
     "grad_clip": "gradient norm clipping",
+    "loss_reduction": "how answer tokens are averaged: token (InternVL default), sample (each answer weighs the same) or square (1/sqrt(n) per token, InternVL2.5)",
     "max_nonfinite": "stop after this many non-finite losses in a row",
     "vision_arch": "timm ViT for the tiny default",
     "drop_path": "stochastic depth rate in the ViT",
     "max_dynamic_patch": "max tiles per sample (InternVL dynamic tiling)",
     "max_length": "max tokens per sample",
     "num_workers": "DataLoader worker processes",
+    "align_steps": "alignment phase: the first N steps draw only --align-tasks records (0 = off)",
+    "align_tasks": "comma-separated tasks of the alignment phase",
     "vrl_ratio": "VRL: share of projected image tokens dropped before the LLM",
     "vrl_prob": "VRL: probability that the drop fires for a sample",
     "vrl_reference": "VRL: reproduce the reference implementation (fires with probability 1 - ratio)",
@@ -41,6 +44,8 @@ _HELP: dict[str, str] = {
     "seed": "random seed (data order, init, VRL)",
     "skip_bad_samples": "skip and count records that do not parse or miss images, instead of failing",
     "checkpoint_every": "steps between checkpoints",
+    "reliance_records": "held-out records for the image-reliance check (true vs shuffled vs blank images); 0 = off",
+    "reliance_every": "steps between image-reliance checks (always also at the last step; 0 = last only)",
 }
 
 
@@ -62,6 +67,15 @@ def add_parser(subparsers: Any) -> None:
         help="domain preset (configs/pretrain/<domain>.yaml; default: rs)",
     )
     p.add_argument("--config", default=None, help="YAML file of settings (field names as below, with _)")
+    p.add_argument(
+        "--preset",
+        choices=("auto", "paper", "tiny"),
+        default="auto",
+        help=(
+            "auto: the paper settings of configs/pretrain/<domain>.yaml with --model-path, the tiny "
+            "schedule otherwise (also for a small --data corpus); paper / tiny force either (default: auto)"
+        ),
+    )
     defaults = PretrainConfig()
     for f in fields(PretrainConfig):
         if f.name == "domain":
@@ -82,7 +96,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitp_geo.pretrain.config import resolve_config
+    from vitp_geo.pretrain.config import describe_settings, resolve_config
     from vitp_geo.pretrain.run import run_pretrain
 
     overrides = {
@@ -90,13 +104,15 @@ def run(args: argparse.Namespace) -> int:
         for f in fields(PretrainConfig)
         if f.name != "domain" and getattr(args, f.name, None) is not None
     }
-    cfg = resolve_config(args.domain, args.config, overrides)
+    sources: dict[str, str] = {}
+    cfg = resolve_config(args.domain, args.config, overrides, preset=args.preset, sources=sources)
     if cfg.embedded:
         print(
             "vitp-geo pretrain: no --model-path or --data given, running the embedded tiny default "
             f"({cfg.max_steps} steps on a generated remote-sensing corpus)",
             file=sys.stderr,
         )
+    print(f"vitp-geo pretrain: settings\n{describe_settings(cfg, sources)}", file=sys.stderr)
     summary = run_pretrain(cfg)
     if summary.backbone is not None:
         print(summary.format())

@@ -47,6 +47,11 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
         "Give a short description of this aerial image.",
         "Summarize the labelled objects visible in the image.",
     ),
+    "classes": (
+        "Which land-cover classes are in this image?",
+        "List the classes present in this image.",
+        "What classes can you see in the image?",
+    ),
     "dominant": (
         "Which class covers the largest part of this image?",
         "What is the dominant land cover in the image?",

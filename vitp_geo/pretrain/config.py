@@ -8,6 +8,7 @@ hold the paper's full-scale settings and apply as soon as real parts (``--model-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ class PretrainConfig:
     weight_decay: float = 0.01  # AdamW, on matrices only (not biases, norms, layer-scale)
     grad_clip: float = 1.0  # max global grad norm; VLM training diverges without it
     max_nonfinite: int = 10  # this many non-finite losses in a row stop the run
+    # token | sample | square (InternVL2.5's loss reweighting). "token" lets 40-token box lists
+    # drown one-word answers, the ones that only the image decides.
+    loss_reduction: str = "token"
 
     # Model and data geometry.
     vision_arch: str = "vitp_tiny_patch14_112"  # tiny default only; real runs read model_path
@@ -45,6 +49,12 @@ class PretrainConfig:
     max_dynamic_patch: int = 6  # tile budget per sample (InternVL dynamic tiling)
     max_length: int = 1024  # tokens per sample
     num_workers: int = 0  # DataLoader workers; 0 keeps tiny CPU runs simple
+
+    # Alignment phase: the first align_steps steps draw only align_tasks records (one-hop
+    # questions that only the image answers), so the LLM learns to read image tokens before the
+    # text priors of the other tasks win (as LLaVA's stage 1 aligns on captions). 0 = off.
+    align_steps: int = 0
+    align_tasks: str = "classes,classification"  # comma-separated task names
 
     # Visual Robustness Learning.
     vrl_ratio: float = 0.75  # share of projected image tokens dropped before the LLM (paper r)
@@ -66,6 +76,11 @@ class PretrainConfig:
     skip_bad_samples: bool = False
     checkpoint_every: int = 50  # steps between checkpoints (last.ckpt is always written at the end)
 
+    # Image reliance (vitp_geo.pretrain.reliance): held-out answer loss with true / shuffled / blank
+    # images, the only signal that says the VLM reads the image and so teaches the ViT.
+    reliance_records: int = 96  # held-out records (whole image groups; never trained on); 0 = off
+    reliance_every: int = 50  # steps between checks; it always runs at the last step; 0 = last only
+
     def validate(self) -> PretrainConfig:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
@@ -77,8 +92,24 @@ class PretrainConfig:
         for name in ("max_steps", "batch_size", "accumulate", "devices", "max_dynamic_patch", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("reliance_records", "reliance_every", "align_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.loss_reduction not in ("token", "sample", "square"):
+            raise ValueError(f"loss-reduction must be token, sample or square, got {self.loss_reduction!r}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop-path must be in [0, 1), got {self.drop_path}")
+        for name in ("checkpoint_every", "max_nonfinite"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num-workers must be >= 0, got {self.num_workers}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         return self
@@ -123,17 +154,72 @@ def _coerce(path: Path, key: str, value: Any, default: Any) -> Any:
         raise ValueError(f"{path}: {key} must be of type {kind.__name__}, got {value!r}") from err
 
 
-def resolve_config(domain: str, config_file: str | Path | None, overrides: dict[str, Any]) -> PretrainConfig:
-    """Defaults ← domain YAML (only for real parts) ← ``--config`` file ← explicit flags."""
+PRESETS = ("auto", "paper", "tiny")
+
+
+def resolve_config(
+    domain: str,
+    config_file: str | Path | None,
+    overrides: dict[str, Any],
+    preset: str = "auto",
+    sources: dict[str, str] | None = None,
+) -> PretrainConfig:
+    """Defaults ← domain YAML (the paper preset) ← ``--config`` file ← explicit flags.
+
+    The paper preset (``configs/pretrain/<domain>.yaml``: lr 2e-5, global batch 128, gradient
+    checkpointing…) is meant for the real InternVL2.5-1B on a full instruction mixture. ``auto``
+    applies it when ``--model-path`` is given; a tiny model on a user's ``--data`` keeps the tiny
+    schedule, which is what a small corpus needs. ``paper`` and ``tiny`` force either.
+
+    Args:
+        domain: ``rs``, ``med`` or ``general``.
+        config_file: a ``--config`` YAML of settings, or None.
+        overrides: explicit flags (field name → value).
+        preset: ``auto``, ``paper`` or ``tiny``.
+        sources: if given, filled with field name → where its value came from (for printing).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     cfg = PretrainConfig(domain=domain)
     from_file = read_yaml_config(config_file) if config_file is not None else {}
     given = {**from_file, **overrides}
+    domain_file = CONFIG_DIR / f"{domain}.yaml"
+    use_paper = preset == "paper" or (preset == "auto" and given.get("model_path") is not None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if use_paper and domain_file.is_file():
+        layers.append((f"paper preset {domain_file.name}", read_yaml_config(domain_file)))
+    layers += [(f"--config {config_file}", from_file), ("flag", overrides)]
     merged: dict[str, Any] = {}
-    if given.get("model_path") is not None or given.get("data") is not None:  # real parts
-        domain_file = CONFIG_DIR / f"{domain}.yaml"
-        if domain_file.is_file():
-            merged.update(read_yaml_config(domain_file))
-    merged.update(from_file)
-    merged.update(overrides)
+    for name, layer in layers:
+        merged.update(layer)
+        if sources is not None:
+            sources.update({k: name for k in layer})
     merged["domain"] = domain
     return replace(cfg, **merged).validate()
+
+
+# The settings a user should see before a long run starts.
+SHOWN = (
+    "lr",
+    "max_steps",
+    "batch_size",
+    "accumulate",
+    "warmup_ratio",
+    "weight_decay",
+    "loss_reduction",
+    "align_steps",
+    "vrl_ratio",
+    "vrl_prob",
+    "vrl_reference",
+    "grad_checkpointing",
+    "precision",
+)
+
+
+def describe_settings(cfg: PretrainConfig, sources: dict[str, str]) -> str:
+    """One line per key setting with its value and origin (default, paper preset, --config, flag)."""
+    lines = []
+    for name in SHOWN:
+        origin = sources.get(name, "default")
+        lines.append(f"  {name:<18} {getattr(cfg, name)!s:<10} ({origin})")
+    return "\n".join(lines)

@@ -22,9 +22,11 @@ from torch.utils.data import Dataset
 from vitp_geo.instruct.recipe import RecipeEntry, repeat_indices
 from vitp_geo.instruct.records import InstructionRecord, RecordError, read_jsonl
 from vitp_geo.io.raster import read_rgb
-from vitp_geo.vlm.dynamic_tiles import dynamic_tiles, to_pixel_values
+from vitp_geo.vlm.dynamic_tiles import choose_grid, dynamic_tiles, to_pixel_values
 
 IGNORE_INDEX = -100
+# The normalisation mean as 8-bit RGB: a "blank" image normalises to (about) zero everywhere.
+BLANK_RGB: tuple[int, int, int] = (124, 116, 104)  # round(255 * IMAGENET_MEAN)
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 
 # (conversations, tokenizer, num_image_tokens per image, max_length) -> (input_ids, labels)
@@ -74,6 +76,17 @@ def load_image(path: Path) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
     with Image.open(path) as img:
         return img.convert("RGB")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image or raster, from its header only."""
+    if path.suffix.lower() in _RASTER_SUFFIXES:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return int(src.width), int(src.height)
+    with Image.open(path) as img:
+        return int(img.width), int(img.height)
 
 
 class InstructionDataset(Dataset[Sample]):
@@ -157,15 +170,47 @@ class InstructionDataset(Dataset[Sample]):
         except (ValueError, OSError) as err:  # name the record behind a failure mid-training
             raise ValueError(f"{src.entry.annotation}: record {rec.id!r}: {err}") from err
 
-    def _load(self, src: _Source, rec_id: int) -> Sample:
-        rec, paths = src.records[rec_id], src.image_paths[rec_id]
+    def record_at(self, src_id: int, rec_id: int) -> tuple[InstructionRecord, list[Path]]:
+        """The record ``rec_id`` of recipe entry ``src_id`` and its resolved image paths."""
+        src = self.sources[src_id]
+        return src.records[rec_id], src.image_paths[rec_id]
+
+    def tile_layout(self, src_id: int, rec_id: int) -> tuple[tuple[int, int], ...]:
+        """The dynamic-tiling grid ``(cols, rows)`` of each image of a record (read from headers)."""
+        src = self.sources[src_id]
+        paths = src.image_paths[rec_id]
+        budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
+        per_image = max(1, budget // max(1, len(paths)))
+        return tuple(choose_grid(*image_size(p), self.image_size, max_tiles=per_image) for p in paths)
+
+    def load_variant(
+        self, src_id: int, rec_id: int, images: Sequence[Path] | None = None, blank: bool = False
+    ) -> Sample:
+        """A record as a sample, optionally with other images (``images``) or blank ones.
+
+        Used by the image-reliance check (``vitp_geo.pretrain.reliance``): the conversation stays
+        the same, only the pixels change. ``blank=True`` replaces every image with a uniform one of
+        the same size at the normalisation mean, so it becomes all zeros and tiles like the original.
+        """
+        src = self.sources[src_id]
+        try:
+            return self._load(src, rec_id, images=images, blank=blank)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{src.entry.annotation}: record {src.records[rec_id].id!r}: {err}") from err
+
+    def _load(
+        self, src: _Source, rec_id: int, images: Sequence[Path] | None = None, blank: bool = False
+    ) -> Sample:
+        rec = src.records[rec_id]
+        paths = list(images) if images is not None else src.image_paths[rec_id]
         budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
         per_image = max(1, budget // max(1, len(paths)))  # InternVL splits the budget over images
         tiles_per_image: list[torch.Tensor] = []
         for path in paths:
-            tiles = dynamic_tiles(
-                load_image(path), self.image_size, max_tiles=per_image, thumbnail=self.use_thumbnail
-            )
+            img = load_image(path)
+            if blank:
+                img = Image.new("RGB", img.size, BLANK_RGB)
+            tiles = dynamic_tiles(img, self.image_size, max_tiles=per_image, thumbnail=self.use_thumbnail)
             tiles_per_image.append(to_pixel_values(tiles))
         num_tokens = [t.shape[0] * self.num_image_token for t in tiles_per_image]
         input_ids, labels = self.tokenize(rec.conversations, self.tokenizer, num_tokens, self.max_length)

@@ -11,11 +11,13 @@ Outputs in the run folder:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -25,9 +27,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from datamodules.instruction import InstructionDataModule
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.pretrain.config import PretrainConfig
+from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
-from vitp_geo.vlm.model import ViTPModel
+from vitp_geo.pretrain.reliance import NEAR_ZERO_GAIN, ImageReliance, RelianceResult, finite_json, hold_out
+from vitp_geo.vlm.model import LossReduction, ViTPModel
 
 
 @dataclass
@@ -43,6 +47,14 @@ class PretrainSummary:
     skipped_records: int
     backbone: Path | None
     seconds: float
+    reliance: RelianceResult | None = None
+
+    @property
+    def reliance_near_zero(self) -> bool:
+        if self.reliance is None:
+            return False
+        gain = self.reliance.image_gain_decided
+        return (gain if math.isfinite(gain) else self.reliance.image_gain) < NEAR_ZERO_GAIN
 
     def format(self) -> str:
         lines = [
@@ -52,6 +64,13 @@ class PretrainSummary:
             f"  images/s       {self.images_per_s:.1f} (image tiles through the ViT, per device)",
             f"  time           {self.seconds:.0f} s",
         ]
+        if self.reliance is not None:
+            lines.append(self.reliance.format())
+            if self.reliance_near_zero:
+                lines.append(
+                    f"  WARNING        the image gain is below {NEAR_ZERO_GAIN} nats/answer: the VLM barely "
+                    "uses the image, so the ViT learned little from the instructions"
+                )
         if self.nonfinite_steps:
             lines.append(f"  skipped steps  {self.nonfinite_steps} with a non-finite loss")
         if self.skipped_records:
@@ -68,7 +87,24 @@ class PretrainSummary:
         return "\n".join(lines)
 
 
+RUN_DIR_ENV = "VITP_GEO_RUN_DIR"
+
+
 def default_output(domain: str) -> Path:
+    """``runs/pretrain-<domain>-<timestamp>``, chosen once and shared with every rank.
+
+    The first process picks the folder and records it in ``$VITP_GEO_RUN_DIR``; processes that
+    Lightning starts for the other ranks inherit the variable, so all ranks write to one folder
+    (a per-second timestamp taken again by a later rank would name another one). Launchers that
+    start every rank at once (torchrun, SLURM) cannot share it this way: they need ``--output``.
+    """
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        raise ValueError(
+            "under torchrun or SLURM every rank starts on its own: pass --output DIR so that all "
+            "ranks write to the same run folder"
+        )
     return Path("runs") / f"pretrain-{domain}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -121,6 +157,7 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
     model.vrl_ratio = cfg.vrl_ratio
     model.vrl_prob = cfg.vrl_prob
     model.vrl_reference_mode = cfg.vrl_reference
+    model.loss_reduction = LossReduction(cfg.loss_reduction)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, tokenizer, recipe
@@ -170,12 +207,33 @@ def _resume_path(cfg: PretrainConfig, output: Path) -> str | None:
     path = output / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+    try:  # safe loading only: a checkpoint is data, never code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise ValueError(
+            f"--resume {path}: not a readable Lightning checkpoint ({type(err).__name__})"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        raise ValueError(
+            f"--resume {path}: not a Lightning checkpoint of a pretraining run (no state_dict/loops)"
+        )
     return str(path)
 
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     """Run pretraining as configured and return its summary (printed by the CLI on rank 0)."""
-    from vitp_geo.models.vit import export_backbone
+    if cfg.output is not None or os.environ.get(RUN_DIR_ENV):
+        return _run_pretrain(cfg)
+    output = default_output(cfg.domain)
+    os.environ[RUN_DIR_ENV] = str(output)  # ranks that Lightning starts inherit the folder
+    try:
+        return _run_pretrain(replace(cfg, output=str(output)))
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
+    from vitp_geo.models.vit import check_finite_weights, export_backbone
     from vitp_geo.vlm.template import tokenize_conversation
 
     start = time.perf_counter()
@@ -201,8 +259,24 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         max_length=cfg.max_length,
         seed=cfg.seed,
         skip_bad_samples=cfg.skip_bad_samples,
+        align_tasks=[t.strip() for t in cfg.align_tasks.split(",") if t.strip()],
+        align_steps=cfg.align_steps,
+        accumulate=cfg.accumulate,
     )
     datamodule.setup("fit")  # fail on bad data before any training starts
+    assert datamodule.dataset is not None
+    held = hold_out(datamodule.dataset, cfg.reliance_records, seed=cfg.seed)
+    reliance: ImageReliance | None = None
+    if len(held):
+        reliance = ImageReliance(
+            datamodule.dataset,
+            held,
+            partial(collate, pad_token_id=int(tokenizer.pad_token_id)),  # type: ignore[attr-defined]
+            output / "image_reliance.jsonl",
+            every=cfg.reliance_every,
+            warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+            batch_size=max(cfg.batch_size, 8),
+        )
     module = ViTPPretrainModule(
         model,
         lr=cfg.lr,
@@ -227,6 +301,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         strategy=cfg.strategy,
         precision=_precision(cfg),  # type: ignore[arg-type]
         callbacks=[
+            *([reliance] if reliance is not None else []),  # before MetricsCSV: it fills the row
             ModelCheckpoint(
                 dirpath=output / "checkpoints",
                 filename="step{step:06d}",
@@ -244,20 +319,24 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # The final state goes to last.ckpt even when max_steps is not a checkpoint multiple
     # (a collective call: every rank takes part, rank 0 writes).
     trainer.save_checkpoint(output / "checkpoints" / "last.ckpt")
     if not trainer.is_global_zero:
         return PretrainSummary(output, trainer.global_step, float("nan"), float("nan"), 0.0, 0, 0, None, 0.0)
+    final = reliance.results[-1][1] if reliance is not None and reliance.results else None
+    # A diverged run (e.g. --lr too high) must not leave a NaN backbone that looks finished.
+    check_finite_weights(
+        model.vision_model.state_dict(), f"{output / 'checkpoints' / 'last.ckpt'} (the trained ViT)"
+    )
     backbone, backbone_json = export_backbone(model.vision_model, output)
-    _annotate_backbone_json(backbone_json, cfg)
+    _annotate_backbone_json(backbone_json, cfg, final)
     rows = read_metrics(metrics.path)
     if rows:
         plot_loss(metrics.path, output / "loss.png")
     losses = [r["loss"] for r in rows]
     k = max(1, min(10, len(losses) // 5))
-    assert datamodule.dataset is not None
     return PretrainSummary(
         output=output,
         steps=trainer.global_step,
@@ -268,16 +347,30 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         skipped_records=len(datamodule.dataset.report.skipped),
         backbone=backbone,
         seconds=time.perf_counter() - start,
+        reliance=final,
     )
 
 
-def _annotate_backbone_json(path: Path, cfg: PretrainConfig) -> None:
+def _annotate_backbone_json(path: Path, cfg: PretrainConfig, reliance: RelianceResult | None) -> None:
     """Record how the backbone was made, next to what timm needs to rebuild it."""
     data = json.loads(path.read_text())
     data["pretraining"] = {
         k: v
         for k, v in asdict(cfg).items()
-        if k in ("domain", "model_path", "data", "max_steps", "lr", "vrl_ratio", "vrl_prob", "seed")
+        if k
+        in (
+            "domain",
+            "model_path",
+            "data",
+            "max_steps",
+            "lr",
+            "vrl_ratio",
+            "vrl_prob",
+            "vrl_reference",
+            "seed",
+        )
     }
+    # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
+    data["image_reliance"] = finite_json(reliance.to_json()) if reliance is not None else None
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import NamedTuple
 
 import torch
@@ -17,9 +18,17 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from vitp_geo.vlm.projector import pixel_shuffle
-from vitp_geo.vlm.vrl import visual_robustness_drop
+from vitp_geo.vlm.vrl import IGNORE_INDEX, visual_robustness_drop
 
-__all__ = ["ViTPConfig", "ViTPModel", "ViTPOutput", "pick_attn_implementation"]
+__all__ = [
+    "LossReduction",
+    "ViTPConfig",
+    "ViTPModel",
+    "ViTPOutput",
+    "answer_loss",
+    "pick_attn_implementation",
+    "token_losses",
+]
 
 
 @dataclass
@@ -35,12 +44,73 @@ class ViTPConfig:
     vrl_prob: float = 1.0  # probability that VRL is applied to a sample (separate from r)
     vrl_reference_mode: bool = False  # reproduce the reference trigger (fires with prob 1 - r)
     template: str = "internvl2_5"  # chat template the data path must use with this model
+    # How answer tokens are weighted in the loss (InternVL2.5's three options; see LossReduction).
+    loss_reduction: str = "token"
 
     @property
     def num_image_token(self) -> int:
         """Image tokens per tile: (img_size / patch)² · downsample²."""
         grid = self.img_size // self.patch_size
         return int(grid * grid * self.downsample_ratio**2)
+
+
+class LossReduction(StrEnum):
+    """How the next-token loss averages over answer tokens (InternVL2.5 §3: loss reweighting).
+
+    - ``token``: mean over all answer tokens of the batch (InternVL's default): a 40-token box
+      list weighs 40 times a one-word answer;
+    - ``sample``: mean over each sample's answer tokens, then over samples: every answer weighs
+      the same, however long;
+    - ``square``: each token weighs ``1 / sqrt(n)`` for an answer of ``n`` tokens (InternVL2.5's
+      "square averaging", between the two).
+    """
+
+    TOKEN = "token"
+    SAMPLE = "sample"
+    SQUARE = "square"
+
+
+def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position next-token cross-entropy and a 0/1 mask of the labelled positions.
+
+    Args:
+        logits: (B, L, V) LM logits.
+        labels: (B, L) targets, -100 where no loss (the LM's own shift convention).
+
+    Returns:
+        ``(ce, valid)``, both (B, L-1) float32; ``ce`` is 0 where ``valid`` is 0.
+    """
+    shift_logits = logits[:, :-1].float()  # (B, L-1, V)
+    shift_labels = labels[:, 1:]  # (B, L-1)
+    ce = nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shift_labels)
+    return ce, (shift_labels != IGNORE_INDEX).to(ce.dtype)
+
+
+def answer_loss(logits: Tensor, labels: Tensor, reduction: LossReduction | str = "token") -> Tensor:
+    """Next-token cross-entropy on labelled positions, weighted per :class:`LossReduction`.
+
+    Args:
+        logits: (B, L, V).
+        labels: (B, L) with -100 where no loss.
+        reduction: ``token``, ``sample`` or ``square``.
+
+    Returns:
+        The scalar loss (NaN when no token has a label, as the LM's own loss).
+    """
+    mode = LossReduction(reduction)
+    ce, valid = token_losses(logits, labels)
+    if mode is LossReduction.TOKEN:
+        weights = valid
+    else:
+        n = valid.sum(dim=1, keepdim=True)  # (B, 1) answer tokens per sample
+        power = 1.0 if mode is LossReduction.SAMPLE else 0.5
+        weights = valid / n.clamp(min=1.0).pow(power)
+    return (ce * weights).sum() / weights.sum()
 
 
 class ViTPOutput(NamedTuple):
@@ -98,6 +168,7 @@ class ViTPModel(nn.Module):
         self.vrl_prob = config.vrl_prob
         self.vrl_reference_mode = config.vrl_reference_mode
         self.vrl_generator: torch.Generator | None = None  # CPU generator for reproducible drops
+        self.loss_reduction = LossReduction(config.loss_reduction)
 
     # ------------------------------------------------------------------------------------------
     def _vit_hidden(self, pixel_values: Tensor) -> Tensor:
@@ -205,10 +276,10 @@ class ViTPModel(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            labels=labels_in if labels is not None else None,
             use_cache=False,
         )
-        return ViTPOutput(out.loss, out.logits, kept, total)
+        loss = None if labels is None else answer_loss(out.logits, labels_in, self.loss_reduction)
+        return ViTPOutput(loss, out.logits, kept, total)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute ViT blocks and LM layers in the backward pass to save memory."""

@@ -1,4 +1,4 @@
-"""Segmentation mask raster → presence, dominant-class, area-share and region records.
+"""Segmentation mask raster → presence, classes, dominant-class, area-share and region records.
 
 The mask (band 1, integer class ids) must lie on the image's pixel grid. ``names.yaml`` maps ids
 to names, as a mapping (``{0: background, 1: building}``), a list (index = id) or either of those
@@ -9,6 +9,8 @@ Rules per tile (shares are of the counted pixels):
 
 - presence: a class is present at ≥ ``min_share`` (default 0.5 %), absent at 0 pixels; in
   between it is not asked about.
+- classes: the present classes in class-id order ("building, road and water."), asked only when
+  every class is clearly present or absent (none lies between 0 and ``min_share``).
 - dominant: asked only when the top class leads the second by ≥ 5 percentage points.
 - area share: every class at ≥ 1 %, largest first, rounded to whole percent.
 - region: for one named region (``tiles.REGIONS``, e.g. "top-left quadrant") the non-background
@@ -135,6 +137,12 @@ class MaskSource:
                 rec(
                     T.pick(rng, "presence", **T.class_fields(names[j])), T.yes_no(rng, is_present), "presence"
                 )
+        # classes: every present class in id order, asked only when no class is in the ambiguous
+        # band between absent and min_share (the same rule as presence).
+        if all(j in present or j in absent for j in askable):
+            listed_present = [names[j] for j in present]
+            answer = T.join_words(listed_present) + "." if listed_present else "None."
+            rec(T.pick(rng, "classes"), answer, "classes")
         order = np.argsort(-shares, kind="stable")
         if len(names) >= 2 and shares[order[0]] - shares[order[1]] >= 0.05:
             rec(T.pick(rng, "dominant"), T.singular(names[order[0]]), "dominant")

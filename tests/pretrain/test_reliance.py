@@ -1,0 +1,211 @@
+"""Image reliance: held-out split, the shuffle that never returns a record's own tile, the metric."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitp_geo.instruct.recipe import RecipeEntry
+from vitp_geo.instruct.records import InstructionRecord, write_jsonl
+from vitp_geo.pretrain.dataset import InstructionDataset, collate
+from vitp_geo.pretrain.reliance import (
+    IMAGE_DECIDED_TASKS,
+    answer_loss_per_sample,
+    evaluate_reliance,
+    hold_out,
+    vlm_forward,
+)
+from vitp_geo.vlm.build import build_tiny_vlm
+from vitp_geo.vlm.dynamic_tiles import IMAGENET_MEAN, IMAGENET_STD
+from vitp_geo.vlm.model import answer_loss
+from vitp_geo.vlm.template import tokenize_conversation
+from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, build_offline_tokenizer
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 200), "yellow": (220, 210, 40)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_offline_tokenizer(
+        ["what colour is this image", "red green blue yellow", "case 0 1 2 3 4 5 6 7 8 9"]
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """24 images (16 tiles of 112 px, 8 scenes of 224 px that tile 2x2 + thumbnail), 3 records each."""
+    root = tmp_path_factory.mktemp("reliance")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    recs = []
+    names = list(COLOURS)
+    for i in range(24):
+        size = 112 if i < 16 else 224
+        colour = names[i % 4]
+        arr = np.clip(np.array(COLOURS[colour])[None, None] + rng.normal(0, 10, (size, size, 3)), 0, 255)
+        Image.fromarray(arr.astype(np.uint8)).save(root / "images" / f"{i}.png")
+        for k, task in enumerate(("classification", "presence", "description")):
+            recs.append(
+                InstructionRecord(
+                    id=f"img{i}_{task}",
+                    images=[f"images/{i}.png"],
+                    conversations=[
+                        {"from": "human", "value": f"<image>\nWhat colour is this image? case {i} {k}"},
+                        {"from": "gpt", "value": colour},
+                    ],
+                    task=task,
+                )
+            )
+    write_jsonl(root / "annotations.jsonl", recs)
+    return root
+
+
+def _dataset(corpus: Path, tokenizer, image_size: int = 112) -> InstructionDataset:
+    return InstructionDataset(
+        [RecipeEntry("c", corpus, corpus / "annotations.jsonl")],
+        tokenizer,
+        tokenize_conversation,
+        image_size=image_size,
+        num_image_token=16,
+    )
+
+
+def test_hold_out_removes_whole_images_and_never_shuffles_a_tile_back(corpus, tokenizer):
+    ds = _dataset(corpus, tokenizer)
+    n_before = len(ds)
+    held = hold_out(ds, max_records=30, seed=3)
+    assert len(held) >= 30
+    held_pairs = {(r.src_id, r.rec_id) for r in held.records}
+    assert not held_pairs & set(ds.index), "held-out records must not be trained on"
+    assert len(ds) == n_before - len(held)
+    where = {tuple(p): (i, j) for i, src in enumerate(ds.sources) for j, p in enumerate(src.image_paths)}
+    own_images = {}
+    for rec, shuffled in zip(held.records, held.shuffled_images, strict=True):
+        _, paths = ds.record_at(rec.src_id, rec.rec_id)
+        own_images.setdefault(rec.group, paths)
+        assert shuffled != paths, "a record got its own tile back"
+        # the swapped-in image tiles alike, so the token sequence only differs in pixels
+        assert ds.tile_layout(*where[tuple(shuffled)]) == ds.tile_layout(rec.src_id, rec.rec_id)
+    assert {ds.tile_layout(r.src_id, r.rec_id) for r in held.records} == {((1, 1),), ((2, 2),)}
+    # every held-out image group is whole: all its records are held out, none stays in training
+    for paths in own_images.values():
+        for src_id, src in enumerate(ds.sources):
+            for rec_id, p in enumerate(src.image_paths):
+                if p == paths:
+                    assert (src_id, rec_id) in held_pairs
+    # the same seed holds out the same records
+    again = hold_out(_dataset(corpus, tokenizer), max_records=30, seed=3)
+    assert [(r.src_id, r.rec_id) for r in again.records] == [(r.src_id, r.rec_id) for r in held.records]
+
+
+def test_a_model_that_ignores_the_image_reads_zero_gain(corpus, tokenizer):
+    model = build_tiny_vlm(tokenizer, seed=0).eval()
+    with torch.no_grad():  # image tokens become one constant vector whatever the pixels
+        model.mlp1[3].weight.zero_()
+        model.mlp1[3].bias.normal_()
+    ds = _dataset(corpus, tokenizer)
+    held = hold_out(ds, max_records=40, seed=1)
+    collate_fn = partial(collate, pad_token_id=int(tokenizer.pad_token_id))
+    result = evaluate_reliance(vlm_forward(model), ds, held, collate_fn, batch_size=5)
+    # 112 px tiles and 224 px scenes (5 tiles) are both held out: a shuffle that changed the
+    # token count would move the loss even for this model.
+    assert result.records == len(held) and result.loss > 0.5
+    assert abs(result.image_gain) < 1e-4
+    assert abs(result.loss_blank - result.loss) < 1e-4
+    for row in result.per_task.values():
+        assert abs(row["image_gain"]) < 1e-4
+
+
+def _colour_forward(tokenizer, targets: dict[tuple[int, ...], np.ndarray]):
+    """A model built to depend on the image: its answer loss is the distance of the image's mean
+    colour from the colour its record is about (looked up from the record's text)."""
+    img_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def forward(batch):
+        losses = []
+        start = 0
+        for j, n in enumerate(batch["num_tiles"].tolist()):
+            tiles = batch["pixel_values"][start : start + n] * std + mean  # back to [0, 1]
+            start += n
+            ids = batch["input_ids"][j][batch["attention_mask"][j].bool()]
+            key = tuple(int(t) for t in ids if int(t) != img_id)
+            rgb = tiles[-1].mean(dim=(1, 2)).numpy() * 255  # the thumbnail (or the only tile)
+            losses.append(float(np.abs(rgb - targets[key]).sum()) / 100.0)
+        return torch.tensor(losses), torch.ones(len(losses))
+
+    return forward
+
+
+def test_a_model_that_reads_the_image_reads_a_clearly_positive_gain(corpus, tokenizer):
+    ds = _dataset(corpus, tokenizer)
+    held = hold_out(ds, max_records=40, seed=1)
+    targets = {}
+    for rec in held.records:
+        record, _ = ds.record_at(rec.src_id, rec.rec_id)
+        sample = ds.load_variant(rec.src_id, rec.rec_id)
+        img_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        key = tuple(int(t) for t in sample["input_ids"] if int(t) != img_id)
+        targets[key] = np.array(COLOURS[record.conversations[-1]["value"]], dtype=np.float64)
+    collate_fn = partial(collate, pad_token_id=int(tokenizer.pad_token_id))
+    result = evaluate_reliance(_colour_forward(tokenizer, targets), ds, held, collate_fn, batch_size=4)
+    # true images sit near their colour (noise only); shuffled ones are other colours at least
+    # half of the time (4 colours, groups deranged); blank ones are the normalisation mean
+    assert result.loss < 0.5
+    assert result.image_gain > 1.0 and result.loss_blank - result.loss > 1.0
+    assert set(result.per_task) == {"classification", "presence", "description"}
+    assert result.image_gain_decided == pytest.approx(
+        np.average(
+            [result.per_task[t]["image_gain"] for t in ("classification", "presence")],
+            weights=[result.per_task[t]["records"] for t in ("classification", "presence")],
+        )
+    )
+    assert "description" not in IMAGE_DECIDED_TASKS
+
+
+def test_answer_loss_is_summed_per_answer_and_matches_the_lm_convention():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, -100, -100], [-100, 1, 2, 3, 4, 5]])
+    loss_sum, n_tok = answer_loss_per_sample(logits, labels)
+    logp = torch.log_softmax(logits, dim=-1)
+    manual = [
+        -sum(float(logp[b, t - 1, labels[b, t]]) for t in range(6) if labels[b, t] >= 0) for b in range(2)
+    ]
+    assert loss_sum.tolist() == pytest.approx(manual, rel=1e-5)
+    assert n_tok.tolist() == [2.0, 5.0]
+    # token: mean over all 7 answer tokens; sample: mean of the per-answer means; square: 1/sqrt(n)
+    assert float(answer_loss(logits, labels, "token")) == pytest.approx(sum(manual) / 7, rel=1e-5)
+    assert float(answer_loss(logits, labels, "sample")) == pytest.approx(
+        (manual[0] / 2 + manual[1] / 5) / 2, rel=1e-5
+    )
+    w = [2 / 2**0.5, 5 / 5**0.5]
+    assert float(answer_loss(logits, labels, "square")) == pytest.approx(
+        (manual[0] / 2**0.5 + manual[1] / 5**0.5) / sum(w), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="mean"):
+        answer_loss(logits, labels, "mean")
+
+
+def test_token_loss_equals_the_language_models_own_loss(tokenizer):
+    model = build_tiny_vlm(tokenizer, seed=0).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    out = model.language_model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    assert float(answer_loss(out.logits, labels, "token")) == pytest.approx(float(out.loss), rel=1e-5)
+
+
+def test_reliance_jsonl_and_backbone_json_are_strict_json(tmp_path):
+    from vitp_geo.pretrain.reliance import RelianceResult, finite_json
+
+    r = RelianceResult(1.0, 1.5, float("nan"), 3, 2.0, {"presence": {"image_gain": 0.5, "records": 3.0}})
+    text = json.dumps(finite_json(r.to_json()), allow_nan=False)
+    assert json.loads(text)["loss_blank"] is None and json.loads(text)["image_gain"] == 0.5
