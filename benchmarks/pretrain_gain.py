@@ -1,160 +1,1110 @@
-"""Does ViTP pretraining help downstream? Same fine-tuning budget from three starting points.
+"""Does ViTP pretraining teach the ViT? A fair protocol: same pretraining compute for every arm.
 
-On a generated segmentation task (the shared synthetic world, written as GeoTIFFs and read by
-the GeoTIFF datamodule), fine-tune the same UperNet model for the same number of steps from:
+Arms (one backbone each per pretraining seed; every pretrained arm gets the same optimizer steps,
+batch size and learning-rate schedule — the ``PretrainConfig`` defaults — only the arm's own
+settings, the step count and the seed differ):
 
-  (a) the backbone written by the default ``vitp-geo pretrain --domain rs`` (VRL on),
-  (b) random initialisation,
-  (c) the backbone of ``vitp-geo pretrain --domain rs --vrl-ratio 0`` (VRL off),
+  1. ``random``      random init: the tiny ViT exactly as every ViTP run starts (seeded build).
+  2. ``vitp_r0``     ViTP on the embedded default corpus, VRL off (r = 0).
+  3. ``vitp_r075_p1``   ViTP, VRL r = 0.75 on every sample (p = 1, the paper text).
+  4. ``vitp_r075_p025`` ViTP, VRL r = 0.75 on a quarter of the samples (p = 0.25, the reference
+     code fires with probability 1 - r).
+  5. ``shuffled``    shuffled-image control: the same corpus, but every record's images replaced by
+     those of another source tile (a derangement over distinct image-path tuples of equal image
+     count and size), pretrained with the default VRL settings. It has the same text, the same
+     optimiser and the same images, only not the image the instruction is about: it separates
+     "instructions about this image" from optimiser drift.
+  6. ``supervised``  a non-instruction baseline on the same images: multi-label classification of
+     the classes present in each scene tile of the corpus (BCE, mean-pooled ViT patch tokens +
+     linear head), same steps, batch, lr, weight decay, warm-up + cosine schedule and clipping.
 
-and print the validation mIoU of each, side by side, with the gain over (b).
+Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run used:
 
-    python benchmarks/pretrain_gain.py --work /tmp/gain            # runs both pretrainings first
-    python benchmarks/pretrain_gain.py --vrl-backbone A --no-vrl-backbone C   # reuse backbones
+- a frozen-backbone patch-level linear probe (closed-form ridge, ``vitp_geo.evaluation.probe``) on
+  the ViT's patch tokens (``forward_features`` without the class token, 8 x 8 per 112 px tile)
+  at 1, 4 and 16 labelled tiles drawn from a labelled pool, tested on 64 held-out tiles, for every
+  label draw x pretraining seed; a raw-pixel probe as the reference row;
+- a short fine-tune at 4 labelled tiles (ViT + linear head on patch tokens, patch-level CE), the
+  learning rate picked per arm and run from {1e-4, 3e-4, 1e-3} by mIoU on a separate validation
+  split, reporting the test mIoU of the chosen one;
+- robustness: the drop in probe mIoU (16 tiles, probe fitted on clean tiles) when the test tiles
+  get gaussian noise, blur, haze or occlusion (grey squares).
 
-Every run uses the same seed, data, tiles and schedule; only the initial backbone differs.
-Repeat with ``--seeds 0 1 2`` to see the spread (the figures on a tiny model are noisy).
+The pass rule is fixed before anything runs (``PASS_RULE``) and computed from the paired
+differences (same seed, same label draw) by :func:`pass_rule`.
+
+    python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, <= 20 min
+    python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
+
+Time (measured on the shared 2-core machine under load, OMP_NUM_THREADS=1): --quick 77 s. The
+full protocol is dominated by its 8 pretraining runs (4 ViTP arms x 2 seeds, ~0.3-0.45 s a step
+plus the image-reliance checks); lower ``--steps`` if it must fit a slower machine.
+
+Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes
+them), so a rerun only repeats the read-out. Run with ``OMP_NUM_THREADS`` set on shared machines.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import hashlib
+import inspect
+import json
+import math
+import os
+import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------------------------------
+# The protocol, fixed in advance
+
+ARMS: tuple[str, ...] = ("random", "vitp_r0", "vitp_r075_p1", "vitp_r075_p025", "shuffled", "supervised")
+RAW = "raw"  # the raw-pixel reference row (no backbone)
+LABELS: dict[str, str] = {
+    "random": "random init",
+    "vitp_r0": "ViTP r=0",
+    "vitp_r075_p1": "ViTP r=0.75 p=1",
+    "vitp_r075_p025": "ViTP r=0.75 p=0.25",
+    "shuffled": "shuffled-image control",
+    "supervised": "supervised multi-label",
+    RAW: "raw pixels (reference)",
+}
+# The arms' own PretrainConfig settings (everything else is the PretrainConfig default).
+VITP_ARMS: dict[str, dict[str, Any]] = {
+    "vitp_r0": {"vrl_ratio": 0.0, "vrl_prob": 1.0, "vrl_reference": False},
+    "vitp_r075_p1": {"vrl_ratio": 0.75, "vrl_prob": 1.0, "vrl_reference": False},
+    "vitp_r075_p025": {"vrl_ratio": 0.75, "vrl_prob": 0.25, "vrl_reference": False},
+    "shuffled": {},  # the default VRL settings, on the deranged corpus
+}
+CANDIDATES: tuple[str, ...] = ("vitp_r075_p1", "vitp_r075_p025")  # the ViTP r = 0.75 arms under test
+RIVALS: tuple[str, ...] = ("random", "shuffled", "supervised")  # what they must beat
+RULE_SHOTS: tuple[int, ...] = (1, 4)  # "at <= 4 labelled tiles"
+RULE_SIGMAS = 2.0
+PASS_RULE = (
+    "PASS if ViTP r=0.75 beats random init, the shuffled control and the supervised baseline by more "
+    "than 2 std (std of the paired differences) at <= 4 tiles. Checked on the frozen-probe mIoU at 1 "
+    "and at 4 labelled tiles, for the p=1 and the p=0.25 arm separately: an arm passes when, at both "
+    "tile counts and against all three rivals, mean(paired difference) > 2 x std(paired differences) "
+    "(sample std over seed x draw pairs; fewer than 2 pairs cannot pass). The protocol passes when "
+    "at least one of the two arms does; the verdict names which."
+)
+
+SHOTS: tuple[int, ...] = (1, 4, 16)
+FT_SHOTS = 4
+FT_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+ROBUST_SHOTS = 16
+CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "haze", "occlusion")
+PRESENT_SHARE = 0.01  # a class is "present" in a tile (supervised target) from 1 % of its pixels
+EVAL_SEED_BASE = 7_000_000  # evaluation scenes: EVAL_SEED_BASE + k (pretraining uses seed*1000 + i)
+PROTOCOL_VERSION = 1  # bump when a change invalidates reused runs in --work
 
 
-def pretrain(out: Path, extra: list[str]) -> Path:
-    """Run ``vitp-geo pretrain --domain rs --output out`` (+ extra flags); returns the backbone path."""
-    weights = out / "backbone.safetensors"
-    if weights.is_file():
-        print(f"reusing {weights}")
-        return weights
-    cmd = [
-        sys.executable,
-        "-m",
-        "vitp_geo.cli.main",
-        "pretrain",
-        "--domain",
-        "rs",
-        "--output",
-        str(out),
-        *extra,
-    ]
-    print("$", " ".join(cmd), flush=True)
-    start = time.time()
-    subprocess.run(cmd, check=True)
-    print(f"  pretraining took {time.time() - start:.0f} s")
-    if not weights.is_file():
-        raise FileNotFoundError(f"pretraining finished but wrote no {weights}")
-    return weights
+@dataclass(frozen=True)
+class Settings:
+    """One invocation's sizes. ``full()`` is the protocol; ``quick()`` the CI smoke test."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    draws: int = 3
+    steps: int = 200  # pretraining optimizer steps of every arm
+    pool_scenes: int = 8  # labelled pool (4 tiles a scene): the draws pick from these 32 tiles
+    val_scenes: int = 4  # fine-tune lr selection: 16 tiles
+    test_scenes: int = 16  # held-out test: 64 tiles
+    ft_steps: int = 60
+    ft_draws: int = 1  # label draws fine-tuned per seed (each: one run per lr)
+    reliance_records: int | None = None  # None = the PretrainConfig default
+    quick: bool = False
+
+    @staticmethod
+    def full() -> Settings:
+        return Settings()
+
+    @staticmethod
+    def quick_smoke() -> Settings:
+        return Settings(seeds=(0,), draws=1, steps=10, ft_steps=4, reliance_records=24, quick=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small statistics
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1; 0 for a single value); NaN for no values."""
+    a = np.asarray(list(xs), dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def fmt(xs: Sequence[float] | None, signed: bool = False) -> str:
+    if not xs:
+        return "—"
+    m, s = mean_std(xs)
+    if not math.isfinite(m):
+        return "nan"
+    sign = "+" if signed else ""
+    return f"{m:{sign}.3f} ± {s:.3f}"
+
+
+def beats(diffs: Sequence[float], sigmas: float = RULE_SIGMAS) -> bool:
+    """True when mean(diffs) > sigmas x std(diffs) (sample std); needs >= 2 finite pairs."""
+    a = np.asarray(list(diffs), dtype=np.float64)
+    if a.size < 2 or not np.all(np.isfinite(a)):
+        return False
+    return bool(a.mean() > sigmas * a.std(ddof=1))
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Element-wise a - b over the same (seed, draw) pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"paired differences need equal lengths, got {len(a)} and {len(b)}")
+    return [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    per_arm: dict[str, bool]
+    lines: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        head = "PASS" if self.passed else "FAIL"
+        winners = [LABELS[a] for a, ok in self.per_arm.items() if ok]
+        why = f" ({', '.join(winners)} met the rule)" if winners else " (no ViTP r=0.75 arm met the rule)"
+        return "\n".join([f"**{head}**{why}", *[f"- {line}" for line in self.lines]])
+
+
+def pass_rule(probe: dict[str, dict[int, list[float]]]) -> Verdict:
+    """Apply :data:`PASS_RULE` to probe mIoUs ``probe[arm][shots] = [value per (seed, draw)]``."""
+    per_arm: dict[str, bool] = {}
+    lines: list[str] = []
+    for cand in CANDIDATES:
+        ok = True
+        for rival in RIVALS:
+            for k in RULE_SHOTS:
+                d = paired(probe[cand][k], probe[rival][k])
+                m, s = mean_std(d)
+                won = beats(d)
+                ok &= won
+                lines.append(
+                    f"{LABELS[cand]} − {LABELS[rival]} at {k} tile{'s' if k > 1 else ''}: "
+                    f"{m:+.3f} (std {s:.3f}, n={len(d)}) → {'beats' if won else 'does not beat'} "
+                    f"by > {RULE_SIGMAS:g} std"
+                )
+        per_arm[cand] = ok
+    return Verdict(any(per_arm.values()), per_arm, lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shuffled-image control: derange the images of a corpus
+
+
+def _image_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
+def _corpus_files(recipe: Path) -> list[tuple[Path, Path]]:
+    """(annotation, image root) of every recipe entry, checked to lie inside the recipe's folder."""
+    from vitp_geo.instruct.recipe import load_recipe
+
+    base = recipe.parent.resolve()
+    out = []
+    for entry in load_recipe(recipe):
+        for p in (entry.annotation, entry.root):
+            if not p.resolve().is_relative_to(base):
+                raise ValueError(f"{recipe}: {p} lies outside the recipe folder; cannot copy the corpus")
+        out.append((entry.annotation, entry.root))
+    return out
+
+
+def derangement_map(
+    groups: dict[Any, list[tuple[str, ...]]], seed: int, tries: int = 1000
+) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Map every image tuple to another one of its group, sharing no path with it.
+
+    ``groups`` holds distinct image-path tuples by signature (image count and sizes). Within each
+    group of >= 2 tuples a uniformly drawn permutation is redrawn until no tuple keeps a path of
+    its own. Groups of one tuple cannot be deranged and are left out of the map.
+    """
+    rng = np.random.default_rng(seed)
+    mapping: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for sig in sorted(groups, key=repr):
+        tuples = sorted(set(groups[sig]))
+        if len(tuples) < 2:
+            continue
+        for _ in range(tries):
+            perm = rng.permutation(len(tuples))
+            if all(not set(tuples[i]) & set(tuples[j]) for i, j in enumerate(perm)):
+                break
+        else:
+            raise RuntimeError(f"no derangement of {len(tuples)} image tuples {sig} in {tries} tries")
+        mapping.update({tuples[i]: tuples[j] for i, j in enumerate(perm)})
+    return mapping
+
+
+@dataclass
+class ShuffleReport:
+    records: int
+    image_tuples: int
+    groups: int
+    dropped_records: int  # records whose image tuple had no partner of the same signature
+    own_image_records: int  # must be 0
+
+    def format(self) -> str:
+        return (
+            f"shuffled control: {self.records} records over {self.image_tuples} distinct image tuples in "
+            f"{self.groups} (count, size) groups; {self.own_image_records} records keep an own image; "
+            f"{self.dropped_records} records dropped (no partner of the same image count and size)"
+        )
+
+
+def write_shuffled_corpus(recipe: Path, out_dir: Path, seed: int) -> tuple[Path, ShuffleReport]:
+    """Copy the corpus of ``recipe`` to ``out_dir`` with images permuted across records.
+
+    Every record's image-path tuple is replaced by another source tile's tuple with the same image
+    count and image sizes (one mapping for all recipe entries, so the records of one tile all move
+    to the same other tile). Records with text only keep no image. Returns the new recipe path
+    and a report; raises if any record kept one of its own image paths.
+    """
+    recipe = Path(recipe)
+    src_dir = recipe.parent
+    files = _corpus_files(recipe)
+    entries: list[tuple[Path, Path, list[dict[str, Any]]]] = []
+    sizes: dict[Path, tuple[int, int]] = {}
+    groups: dict[Any, list[tuple[str, ...]]] = {}
+    for annotation, root in files:
+        rows = [
+            json.loads(line) for line in annotation.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+        entries.append((annotation, root, rows))
+        for row in rows:
+            imgs = _image_tuple(row.get("image"))
+            if not imgs:
+                continue
+            sig = []
+            for rel in imgs:
+                p = (root / rel).resolve()
+                if p not in sizes:
+                    sizes[p] = _image_size(p)
+                sig.append(sizes[p])
+            groups.setdefault((len(imgs), tuple(sig)), []).append(imgs)
+    # Paths are relative to each entry's root; the default corpus has one root for all entries.
+    mapping = derangement_map(groups, seed)
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _copy_tree(src_dir, tmp)
+    n_records = dropped = own = 0
+    for annotation, _root, rows in entries:
+        kept = []
+        for row in rows:
+            imgs = _image_tuple(row.get("image"))
+            if imgs:
+                new = mapping.get(imgs)
+                if new is None:
+                    dropped += 1
+                    continue
+                own += bool(set(new) & set(imgs))
+                row = {**row, "image": new[0] if isinstance(row["image"], str) else list(new)}
+            kept.append(row)
+        n_records += len(kept)
+        dst = tmp / annotation.relative_to(src_dir)
+        dst.unlink()  # never write through a link to the original
+        dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    if own:
+        raise RuntimeError(f"shuffled corpus: {own} records kept an image of their own")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    report = ShuffleReport(n_records, sum(len(set(v)) for v in groups.values()), len(groups), dropped, own)
+    return out_dir / recipe.name, report
+
+
+def records_with_own_image(original: Path, shuffled: Path) -> int:
+    """Records (matched by id, in order) of two corpora that share an image path."""
+    count = 0
+    for (a, _), (b, _) in zip(_corpus_files(original), _corpus_files(shuffled), strict=True):
+        ra = {json.loads(x)["id"]: x for x in a.read_text(encoding="utf-8").splitlines() if x.strip()}
+        for line in b.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            mine = _image_tuple(json.loads(ra[row["id"]]).get("image"))
+            count += bool(set(mine) & set(_image_tuple(row.get("image"))))
+    return count
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a folder, hard-linking images where the file system allows it (text files are copied,
+    so that rewriting one in the copy never changes the original)."""
+
+    def link_or_copy(s: str, d: str) -> None:
+        if Path(s).suffix.lower() in (".json", ".jsonl", ".yaml", ".yml", ".txt"):
+            shutil.copy2(s, d)
+            return
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
+def corpus_fingerprint(recipe: Path) -> str:
+    """sha256 over a corpus's recipe, annotation files and images (to know when a run is stale)."""
+    h = hashlib.sha256()
+    folder = Path(recipe).parent
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiles: the corpus's scene tiles (supervised arm) and the evaluation scenes
+
+
+def corpus_defaults() -> dict[str, Any]:
+    """The keyword defaults of ``build_default_corpus`` (n_scenes, scene_size, tile_size, ...)."""
+    from vitp_geo.instruct.default_corpus import build_default_corpus
+
+    return {
+        k: p.default
+        for k, p in inspect.signature(build_default_corpus).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def cut_tiles(
+    image: np.ndarray, mask: np.ndarray, tile: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Non-overlapping ``tile`` x ``tile`` windows of a (3, H, W) image and its (H, W) mask."""
+    _, h, w = image.shape
+    for r in range(0, h - tile + 1, tile):
+        for c in range(0, w - tile + 1, tile):
+            yield r, c, image[:, r : r + tile, c : c + tile], mask[r : r + tile, c : c + tile]
+
+
+def corpus_scene_tiles(seed: int, corpus: Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The scene tiles of the default corpus for ``seed``, regenerated with their masks.
+
+    Mirrors ``build_default_corpus``'s scenes (seed * 1000 + i, scene classes cycling, distinct
+    origins). When ``corpus`` is given, every regenerated tile is compared with the corpus's
+    image file of the same window; the returned note says how many matched.
+    """
+    from vitp_geo.synthetic.scene import DEFAULT_ORIGIN, SCENE_CLASSES, generate_scene
+
+    d = corpus_defaults()
+    n_scenes, size, tile = int(d["n_scenes"]), int(d["scene_size"]), int(d["tile_size"])
+    images, masks, checked, matched = [], [], 0, 0
+    for i in range(n_scenes):
+        origin = (DEFAULT_ORIGIN[0] + i * 10_000.0, DEFAULT_ORIGIN[1])
+        scene = generate_scene(seed * 1000 + i, size, origin=origin, scene_class=i % len(SCENE_CLASSES))
+        for r, c, img, msk in cut_tiles(scene.image, scene.mask, tile):
+            images.append(img)
+            masks.append(msk)
+            if corpus is not None:
+                path = corpus / "images" / f"scene_{i:03d}" / f"r{r:05d}_c{c:05d}.png"
+                if path.is_file():
+                    checked += 1
+                    matched += bool(np.array_equal(_read_png(path), img))
+    note = f"{len(images)} scene tiles from {n_scenes} regenerated scenes"
+    if corpus is not None:
+        note += f"; {matched}/{len(images)} identical to the corpus's image files ({checked} found)"
+        if matched < len(images):
+            note += " — WARNING: the supervised arm's tiles differ from the corpus's"
+    return np.stack(images), np.stack(masks), note
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+
+
+@dataclass
+class EvalData:
+    pool_x: np.ndarray  # (N, 3, T, T) uint8 labelled pool
+    pool_y: np.ndarray  # (N, T, T) class ids
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    seeds: list[int]
+
+
+def eval_data(s: Settings) -> EvalData:
+    """Evaluation tiles from scenes seeded EVAL_SEED_BASE + k: pool, validation and test by scene."""
+    from vitp_geo.synthetic.scene import SCENE_CLASSES, generate_scene
+
+    d = corpus_defaults()
+    size, tile = int(d["scene_size"]), int(d["tile_size"])
+    splits: list[tuple[np.ndarray, np.ndarray]] = []
+    seeds: list[int] = []
+    k = 0
+    for n in (s.pool_scenes, s.val_scenes, s.test_scenes):
+        xs, ys = [], []
+        for _ in range(n):
+            seeds.append(EVAL_SEED_BASE + k)
+            scene = generate_scene(EVAL_SEED_BASE + k, size, scene_class=k % len(SCENE_CLASSES))
+            for _r, _c, img, msk in cut_tiles(scene.image, scene.mask, tile):
+                xs.append(img)
+                ys.append(msk)
+            k += 1
+        splits.append((np.stack(xs), np.stack(ys).astype(np.int64)))
+    (px, py), (vx, vy), (tx, ty) = splits
+    return EvalData(px, py, vx, vy, tx, ty, seeds)
+
+
+def check_seeds_disjoint(eval_seeds: Sequence[int], pretrain_seeds: Sequence[int]) -> None:
+    """Pretraining scenes of seed s use seeds s*1000 + [0, 1000); evaluation must not."""
+    used = {s * 1000 + i for s in pretrain_seeds for i in range(1000)}
+    clash = sorted(set(eval_seeds) & used)
+    if clash:
+        raise ValueError(f"evaluation scene seeds {clash[:5]} are also pretraining scene seeds")
+
+
+# --------------------------------------------------------------------------------------------------
+# Corruptions (robustness read-out)
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    radius = max(1, int(round(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def corrupt(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """A corrupted copy of (N, 3, H, W) uint8 tiles: noise, blur, haze or occlusion (seeded)."""
+    rng = np.random.default_rng(seed)
+    x = images.astype(np.float32)
+    if kind == "noise":  # gaussian, sigma = 10 % of the range
+        x = x + rng.normal(0.0, 25.5, size=x.shape).astype(np.float32)
+    elif kind == "blur":  # gaussian blur, sigma 1.5 px
+        x = _gaussian_blur(torch.from_numpy(x), 1.5).numpy()
+    elif kind == "haze":  # blend halfway towards a bright, slightly blue-grey veil
+        veil = np.asarray([205.0, 210.0, 220.0], np.float32)[None, :, None, None]
+        x = 0.5 * x + 0.5 * veil
+    elif kind == "occlusion":  # three grey 28 px squares a tile (~19 % of its area)
+        _, _, h, w = x.shape
+        side = max(1, h // 4)
+        for i in range(len(x)):
+            for _ in range(3):
+                r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                x[i, :, r : r + side, c : c + side] = 128.0
+    else:
+        raise ValueError(f"unknown corruption {kind!r}; one of {', '.join(CORRUPTIONS)}")
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbones and features
+
+
+def normalise(images: np.ndarray | Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) → float, ImageNet mean/std as the VLM's tile pipeline does."""
+    from vitp_geo.vlm.dynamic_tiles import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.as_tensor(images).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def patch_tokens(vit: nn.Module, x: Tensor) -> Tensor:
+    """(N, 3, H, W) normalised → (N, P, C) patch tokens (class token dropped)."""
+    return vit.forward_features(x)[:, int(vit.num_prefix_tokens) :]
+
+
+@torch.no_grad()
+def features(vit: nn.Module, images: np.ndarray, batch: int = 32) -> Tensor:
+    vit.eval()
+    return torch.cat(
+        [patch_tokens(vit, normalise(images[i : i + batch])) for i in range(0, len(images), batch)]
+    )
+
+
+def fresh_vit(cfg: Any, seed: int) -> nn.Module:
+    """The ViT every ViTP run of ``seed`` starts from (``build_tiny_vlm`` seeds, then builds it)."""
+    from vitp_geo.models.vit import build_vision_tower
+
+    torch.manual_seed(seed)
+    return build_vision_tower(cfg.vision_arch, drop_path_rate=cfg.drop_path)
+
+
+def load(path: Path) -> nn.Module:
+    from vitp_geo.models.vit import load_backbone
+
+    return load_backbone(path)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as the pretraining module makes them: no decay on vectors, embeddings, gammas."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith(("pos_embed", "cls_token")) or ".gamma" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(opt: torch.optim.Optimizer, steps: int, warmup_ratio: float) -> Any:
+    from vitp_geo.pretrain.module import cosine_with_warmup
+
+    warmup = int(warmup_ratio * steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_with_warmup(step, steps, warmup))
+
+
+def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, mininterval=1.0)
+
+
+def train_supervised(cfg: Any, seed: int, images: np.ndarray, masks: np.ndarray, steps: int) -> nn.Module:
+    """Multi-label classification of the classes present: ViT mean-pooled patch tokens + linear.
+
+    Same init, optimiser (AdamW, decay groups), lr, warm-up + cosine schedule, clipping, batch
+    and optimizer steps as a pretraining run of ``cfg``.
+    """
+    from vitp_geo.synthetic.scene import CLASS_NAMES
+
+    n_classes = len(CLASS_NAMES)
+    shares = np.stack([(masks == c).mean(axis=(1, 2)) for c in range(n_classes)], axis=1)
+    targets = torch.from_numpy((shares >= PRESENT_SHARE).astype(np.float32))
+    vit = fresh_vit(cfg, seed)
+    head = nn.Linear(int(vit.embed_dim), n_classes)
+    model = nn.ModuleDict({"vit": vit, "head": head})
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    sched = _schedule(opt, steps, cfg.warmup_ratio)
+    batch = cfg.batch_size * cfg.accumulate
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    model.train()
+    for _ in _progress(range(steps), f"supervised seed {seed}"):
+        while len(order) < batch:  # epochs of shuffled tiles
+            order.extend(rng.permutation(len(images)).tolist())
+        idx, order = order[:batch], order[batch:]
+        logits = head(patch_tokens(vit, normalise(images[idx])).mean(1))
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+    return vit.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Read-outs
+
+
+def draw_orders(seed: int, draws: int, pool: int) -> list[np.ndarray]:
+    """Label draws of a seed: permutations of the pool; the first k tiles are the k labelled ones."""
+    return [np.random.default_rng([seed, 17, d]).permutation(pool) for d in range(draws)]
+
+
+def probe_scores(
+    pool_f: Tensor,
+    pool_y: np.ndarray,
+    tests: dict[str, tuple[Tensor, np.ndarray]],
+    orders: list[np.ndarray],
+    shots: Sequence[int],
+    n_classes: int,
+) -> dict[str, dict[int, list[float]]]:
+    """Ridge-probe mIoU per test set, shots and draw: ``out[test][k] = [draw 0, draw 1, ...]``."""
+    from vitp_geo.evaluation.probe import fit_ridge_probe, miou, predict_probe
+
+    out: dict[str, dict[int, list[float]]] = {name: {k: [] for k in shots} for name in tests}
+    c = pool_f.shape[-1]
+    for order in orders:
+        for k in shots:
+            idx = order[:k]
+            w = fit_ridge_probe(
+                pool_f[idx].reshape(-1, c), torch.from_numpy(pool_y[idx].reshape(-1)), n_classes
+            )
+            for name, (f, y) in tests.items():
+                pred = predict_probe(w, f.reshape(-1, c))
+                out[name][k].append(miou(pred, torch.from_numpy(y.reshape(-1)), n_classes))
+    return out
+
+
+def _d4(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The same random flip / 90° rotation of (N, 3, H, W) tiles and (N, H, W) masks."""
+    k = int(torch.randint(4, (1,), generator=g))
+    x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
+    if int(torch.randint(2, (1,), generator=g)):
+        x, y = x.flip(3), y.flip(2)
+    return x, y
 
 
 def finetune(
-    backbone: Path | None,
-    data: Path,
+    backbone: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    lr: float,
     steps: int,
     seed: int,
-    work: Path,
-    lr: float = 1e-3,
-    layer_decay: float = 0.9,
-) -> float:
-    """Fine-tune for ``steps`` steps and return the validation mIoU."""
-    import lightning
-    import torch
+    n_classes: int,
+    patch: int,
+) -> tuple[float, float]:
+    """Fine-tune ViT + linear head on patch tokens (patch-level CE); (val mIoU, test mIoU)."""
+    from vitp_geo.evaluation.probe import miou, patch_labels
 
-    from datamodules.geotiff import GeoTiffSegmentationDataModule
-    from vitp_geo.synthetic import CLASS_NAMES
-    from vitp_geo.tasks import SegmentationTask
+    torch.manual_seed(seed)
+    vit = load(backbone)
+    head = nn.Linear(int(vit.embed_dim), n_classes)
+    model = nn.ModuleDict({"vit": vit, "head": head})
+    opt = torch.optim.AdamW(_param_groups(model, 0.01), lr=lr)
+    sched = _schedule(opt, steps, 0.1)
+    g = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(train[0])
+    y_all = torch.from_numpy(train[1])
+    model.train()
+    for _ in range(steps):
+        x, y = _d4(x_all, y_all, g)
+        labels = torch.from_numpy(patch_labels(y.numpy(), patch, n_classes))
+        logits = head(patch_tokens(vit, normalise(x)))
+        loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), labels.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for xs, ys in (val, test):
+            pred = torch.cat(
+                [head(patch_tokens(vit, normalise(xs[i : i + 32]))).argmax(-1) for i in range(0, len(xs), 32)]
+            )
+            scores.append(
+                miou(
+                    pred.reshape(-1),
+                    torch.from_numpy(patch_labels(ys, patch, n_classes)).reshape(-1),
+                    n_classes,
+                )
+            )
+    return scores[0], scores[1]
 
-    lightning.seed_everything(seed, verbose=False)
-    dm = GeoTiffSegmentationDataModule(
-        str(data / "images"),
-        labels=str(data / "labels"),
-        patch_size=112,
-        batch_size=8,
-        length=steps * 8,
-        val_fraction=0.25,
-        seed=seed,
+
+# --------------------------------------------------------------------------------------------------
+# Pretraining runs (reused from --work when their settings and corpus match)
+
+
+def arm_config(arm: str, seed: int, s: Settings, out: Path, data: Path | None) -> Any:
+    """The PretrainConfig of a ViTP arm: defaults except the arm's settings, steps and seed.
+
+    ``align_steps`` (an absolute count) scales with the step count so that the schedule keeps the
+    default's shape. Built directly (not through ``resolve_config``) so that ``data`` does not pull
+    in the full-scale YAML schedule.
+    """
+    from vitp_geo.pretrain.config import PretrainConfig
+
+    base = PretrainConfig()
+    extra: dict[str, Any] = dict(VITP_ARMS[arm])
+    if base.align_steps:
+        extra["align_steps"] = int(round(base.align_steps * s.steps / base.max_steps))
+    if s.reliance_records is not None:
+        extra["reliance_records"] = min(s.reliance_records, base.reliance_records)
+    return replace(
+        base, max_steps=s.steps, seed=seed, output=str(out), data=str(data) if data else None, **extra
+    ).validate()
+
+
+def _stamp(out: Path) -> dict[str, Any] | None:
+    p = out / "protocol_run.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _write_stamp(out: Path, data: dict[str, Any]) -> None:
+    tmp = out / "protocol_run.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out / "protocol_run.json")
+
+
+def _reliance_from_json(backbone: Path) -> dict[str, Any] | None:
+    meta = backbone.with_name("backbone.json")
+    try:
+        return json.loads(meta.read_text()).get("image_reliance")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def pretrain_arm(
+    cfg: Any, corpus: Path, fingerprint: str, fresh: bool
+) -> tuple[Path, dict[str, Any] | None, bool]:
+    """Run (or reuse) one ViTP pretraining; returns (backbone, image reliance JSON, reused?)."""
+    from vitp_geo.pretrain.run import run_pretrain
+
+    out = Path(cfg.output)
+    want = json.loads(json.dumps({"version": PROTOCOL_VERSION, "config": asdict(cfg), "corpus": fingerprint}))
+    backbone = out / "backbone.safetensors"
+    if not fresh and backbone.is_file() and _stamp(out) == want:
+        return backbone, _reliance_from_json(backbone), True
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if cfg.data is None:  # the embedded run builds the default corpus here unless present: give it ours
+        _copy_tree(corpus, out / "corpus")
+    summary = run_pretrain(cfg)
+    if summary.backbone is None:
+        raise RuntimeError(f"pretraining in {out} wrote no backbone")
+    _write_stamp(out, want)
+    return summary.backbone, _reliance_from_json(summary.backbone), False
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole protocol
+
+
+@dataclass
+class Results:
+    settings: Settings
+    probe: dict[str, dict[int, list[float]]]  # arm → shots → per (seed, draw)
+    finetune: dict[str, list[float]]  # arm → test mIoU per (seed, ft draw)
+    finetune_lr: dict[str, list[float]]
+    drops: dict[str, dict[str, list[float]]]  # arm → corruption → per (seed, draw)
+    gains: dict[str, list[float]]  # arm → final image_gain per seed
+    gains_decided: dict[str, list[float]]
+    verdict: Verdict
+    phases: list[tuple[str, float]]
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "verdict"}
+        d["verdict"] = {
+            "passed": self.verdict.passed,
+            "per_arm": self.verdict.per_arm,
+            "lines": self.verdict.lines,
+        }
+        d["pass_rule"] = PASS_RULE
+        return d
+
+
+class Phases:
+    def __init__(self) -> None:
+        self.done: list[tuple[str, float]] = []
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        print(f"\n== {name}", flush=True)
+        start = time.perf_counter()
+        yield
+        took = time.perf_counter() - start
+        self.done.append((name, took))
+        print(f"== {name}: {took:.1f} s", flush=True)
+
+
+def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[str], None] = print) -> Results:
+    from vitp_geo.instruct.default_corpus import build_default_corpus
+    from vitp_geo.models.vit import export_backbone
+    from vitp_geo.pretrain.config import PretrainConfig
+    from vitp_geo.synthetic.scene import CLASS_NAMES
+
+    n_classes = len(CLASS_NAMES)
+    base = PretrainConfig()
+    phase = Phases()
+    notes: list[str] = []
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    log("pass rule (fixed in advance): " + PASS_RULE)
+    example = arm_config("shuffled", s.seeds[0], s, work, None)
+    notes.append(
+        f"every pretrained arm: {s.steps} steps (PretrainConfig default {base.max_steps}), batch "
+        f"{base.batch_size} x {base.accumulate}, lr {base.lr:g}, warm-up {base.warmup_ratio:g} + cosine, "
+        f"align_steps {example.align_steps} (default {base.align_steps}, scaled with the steps); the shuffled "
+        f"control uses the default VRL: r={base.vrl_ratio:g} p={base.vrl_prob:g}"
+        + (" (reference mode)" if base.vrl_reference else "")
     )
-    task = SegmentationTask(
-        backbone="vitp_tiny_patch14_112",
-        backbone_weights=str(backbone) if backbone else None,
-        img_size=112,
-        num_classes=len(CLASS_NAMES),
-        class_names=list(CLASS_NAMES),
-        head_channels=64,
-        lr=lr,
-        layer_decay=layer_decay,
-        warmup_steps=5,
-        schedule="poly",
-        drop_path_rate=0.0,
-    )
-    trainer = lightning.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=True,
-        num_sanity_val_steps=0,
-        default_root_dir=work,
-    )
-    trainer.fit(task, datamodule=dm)
-    result = trainer.validate(task, datamodule=dm, verbose=False)[0]
-    torch.set_grad_enabled(True)
-    return float(result["val_mIoU"])
+    log(notes[-1])
 
+    with phase("evaluation tiles"):
+        ev = eval_data(s)
+        check_seeds_disjoint(ev.seeds, s.seeds)
+        patch = int(fresh_vit(base, 0).patch_embed.patch_size[0])
+        log(
+            f"pool {len(ev.pool_x)} tiles, validation {len(ev.val_x)}, test {len(ev.test_x)} "
+            f"({ev.pool_x.shape[-1]} px, patch {patch}); scene seeds {ev.seeds[0]}..{ev.seeds[-1]}"
+        )
+        corrupted = {kind: corrupt(ev.test_x, kind, seed=i) for i, kind in enumerate(CORRUPTIONS)}
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", type=Path, default=Path("pretrain_gain_work"))
-    p.add_argument("--vrl-backbone", type=Path, help="reuse a backbone for (a) instead of pretraining")
-    p.add_argument("--no-vrl-backbone", type=Path, help="reuse a backbone for (c) instead of pretraining")
-    p.add_argument("--steps", type=int, default=60, help="fine-tuning steps (batch 8, 112 px tiles)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (all three starts)")
-    p.add_argument("--layer-decay", type=float, default=0.9, help="layer-wise lr decay (all three starts)")
-    p.add_argument(
-        "--pretrain-args", nargs=argparse.REMAINDER, default=[], help="extra flags for both pretrainings"
-    )
-    args = p.parse_args()
+    backbones: dict[tuple[str, int], Path] = {}
+    gains: dict[str, list[float]] = {a: [] for a in VITP_ARMS}
+    gains_decided: dict[str, list[float]] = {a: [] for a in VITP_ARMS}
+    for seed in s.seeds:
+        sdir = work / f"seed{seed}"
+        with phase(f"seed {seed}: default corpus + shuffled copy"):
+            corpus = sdir / "corpus"
+            shutil.rmtree(corpus, ignore_errors=True)
+            recipe = build_default_corpus(corpus, seed=seed)
+            fp = corpus_fingerprint(recipe)
+            shuffled_recipe, report = write_shuffled_corpus(recipe, sdir / "corpus_shuffled", seed=seed)
+            own = records_with_own_image(recipe, shuffled_recipe)
+            if own:
+                raise RuntimeError(f"shuffled corpus has {own} records with an own image")
+            fp_shuffled = corpus_fingerprint(shuffled_recipe)
+            notes.append(f"seed {seed}: " + report.format())
+            log(notes[-1])
+        with phase(f"seed {seed}: random init"):
+            out = sdir / "random"
+            out.mkdir(parents=True, exist_ok=True)
+            backbones["random", seed], _ = export_backbone(fresh_vit(base, seed), out)
+        for arm in VITP_ARMS:
+            shuffled = arm == "shuffled"
+            cfg = arm_config(arm, seed, s, sdir / arm, shuffled_recipe if shuffled else None)
+            with phase(
+                f"seed {seed}: pretrain {arm} ({cfg.max_steps} steps, vrl r={cfg.vrl_ratio} p={cfg.vrl_prob}"
+                f"{' reference' if cfg.vrl_reference else ''})"
+            ):
+                path, rel, reused = pretrain_arm(cfg, corpus, fp_shuffled if shuffled else fp, fresh)
+                if reused:
+                    log(f"reusing the finished run in {path.parent}")
+            backbones[arm, seed] = path
+            rel = rel or {}
+            gains[arm].append(float("nan") if rel.get("image_gain") is None else float(rel["image_gain"]))
+            g = rel.get("image_gain_decided")
+            gains_decided[arm].append(float("nan") if g is None else float(g))
+        with phase(f"seed {seed}: supervised multi-label ({s.steps} steps)"):
+            out = sdir / "supervised"
+            want = {
+                "version": PROTOCOL_VERSION,
+                "steps": s.steps,
+                "seed": seed,
+                "config": asdict(base),
+                "corpus": fp,
+            }
+            want = json.loads(json.dumps(want))
+            path = out / "backbone.safetensors"
+            if not fresh and path.is_file() and _stamp(out) == want:
+                notes.append(f"seed {seed}: supervised arm reused from {path}")
+                log(notes[-1])
+            else:
+                images, masks, note = corpus_scene_tiles(seed, corpus)
+                notes.append(f"seed {seed}: supervised arm: {note}")
+                log(notes[-1])
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                export_backbone(train_supervised(base, seed, images, masks, s.steps), out)
+                _write_stamp(out, want)
+            backbones["supervised", seed] = path
 
-    from datamodules.synthetic_geotiff import write_synthetic_segmentation
+    probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in SHOTS} for a in (*ARMS, RAW)}
+    drops: dict[str, dict[str, list[float]]] = {a: {c: [] for c in CORRUPTIONS} for a in (*ARMS, RAW)}
+    with phase("frozen probes (clean and corrupted)"):
+        from vitp_geo.evaluation.probe import patch_labels, raw_patch_features
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = args.work / "data"
-    if not (data / "images").is_dir():
-        write_synthetic_segmentation(
-            data, n_scenes=4, size=336, seed=1000
-        )  # scenes unseen in pretraining seeds
-    vrl = args.vrl_backbone or pretrain(args.work / "pretrain_vrl", list(args.pretrain_args))
-    no_vrl = args.no_vrl_backbone or pretrain(
-        args.work / "pretrain_no_vrl", ["--vrl-ratio", "0", *args.pretrain_args]
-    )
-
-    starts = {"(a) ViTP, VRL on": vrl, "(b) random init": None, "(c) ViTP, VRL off": no_vrl}
-    scores: dict[str, list[float]] = {k: [] for k in starts}
-    for seed in args.seeds:
-        for name, backbone in starts.items():
-            print(f"\n== {name}, seed {seed}", flush=True)
-            scores[name].append(
-                finetune(backbone, data, args.steps, seed, args.work / "runs", args.lr, args.layer_decay)
+        pool_y = patch_labels(ev.pool_y, patch, n_classes)
+        test_y = patch_labels(ev.test_y, patch, n_classes)
+        for seed in s.seeds:
+            orders = draw_orders(seed, s.draws, len(ev.pool_x))
+            for arm in (*ARMS, RAW):
+                if arm == RAW:
+                    fx = lambda x: torch.from_numpy(raw_patch_features(x, patch))  # noqa: E731
+                else:
+                    vit = load(backbones[arm, seed])
+                    fx = lambda x, vit=vit: features(vit, x)  # noqa: E731
+                tests = {
+                    "clean": (fx(ev.test_x), test_y),
+                    **{c: (fx(corrupted[c]), test_y) for c in CORRUPTIONS},
+                }
+                scores = probe_scores(fx(ev.pool_x), pool_y, tests, orders, SHOTS, n_classes)
+                for k in SHOTS:
+                    probe[arm][k].extend(scores["clean"][k])
+                for c in CORRUPTIONS:
+                    drops[arm][c].extend(paired(scores["clean"][ROBUST_SHOTS], scores[c][ROBUST_SHOTS]))
+            log(
+                f"seed {seed}: "
+                + ", ".join(f"{a} {np.mean(probe[a][4][-s.draws :]):.3f}" for a in (*ARMS, RAW))
+                + " (probe @4)"
             )
 
-    base = sum(scores["(b) random init"]) / len(args.seeds)
-    print(
-        f"\nvalidation mIoU after {args.steps} fine-tuning steps at lr {args.lr}, "
-        f"layer decay {args.layer_decay} (seeds {args.seeds}):"
+    ft: dict[str, list[float]] = {a: [] for a in ARMS}
+    ft_lr: dict[str, list[float]] = {a: [] for a in ARMS}
+    with phase(
+        f"fine-tune at {FT_SHOTS} tiles ({s.ft_steps} steps, lr grid {', '.join(f'{lr:g}' for lr in FT_LRS)})"
+    ):
+        jobs = [(seed, d, arm) for seed in s.seeds for d in range(min(s.ft_draws, s.draws)) for arm in ARMS]
+        for seed, d, arm in _progress(jobs, "fine-tune"):
+            idx = draw_orders(seed, s.draws, len(ev.pool_x))[d][:FT_SHOTS]
+            runs = [
+                finetune(
+                    backbones[arm, seed],
+                    (ev.pool_x[idx], ev.pool_y[idx]),
+                    (ev.val_x, ev.val_y),
+                    (ev.test_x, ev.test_y),
+                    lr,
+                    s.ft_steps,
+                    seed * 100 + d,
+                    n_classes,
+                    patch,
+                )
+                for lr in FT_LRS
+            ]
+            best = max(range(len(FT_LRS)), key=lambda i: (runs[i][0], -i))  # ties: the smaller lr
+            ft[arm].append(runs[best][1])
+            ft_lr[arm].append(FT_LRS[best])
+
+    verdict = pass_rule(probe)
+    return Results(s, probe, ft, ft_lr, drops, gains, gains_decided, verdict, phase.done, notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def _gain_cell(r: Results, arm: str) -> str:
+    if arm not in r.gains:
+        return "—"
+    g = [x for x in r.gains[arm] if math.isfinite(x)]
+    gd = [x for x in r.gains_decided[arm] if math.isfinite(x)]
+    if not g:
+        return "n/a"
+    cell = f"{np.mean(g):+.3f}"
+    return cell + (f" ({np.mean(gd):+.3f})" if gd else "")
+
+
+def markdown(r: Results) -> str:
+    s = r.settings
+    pairs = len(s.seeds) * s.draws
+    lines = [
+        "## Pretraining gain: fair protocol" + (" (--quick smoke run: too small to read)" if s.quick else ""),
+        "",
+        f"{len(s.seeds)} pretraining seed(s) ({', '.join(map(str, s.seeds))}) x {s.draws} label draw(s) = "
+        f"{pairs} pairs; {s.steps} pretraining steps per arm (PretrainConfig defaults otherwise); probe: "
+        f"ridge on frozen patch tokens, {s.pool_scenes * 4}-tile labelled pool, {s.test_scenes * 4} test tiles; "
+        f"fine-tune: {s.ft_steps} steps at {FT_SHOTS} tiles, lr from {{{', '.join(f'{x:g}' for x in FT_LRS)}}} "
+        f"by validation mIoU on {s.val_scenes * 4} tiles, {min(s.ft_draws, s.draws)} draw(s) per seed; "
+        f"robustness: probe mIoU drop at {ROBUST_SHOTS} tiles (clean − corrupted).",
+        "",
+        "| arm | probe@1 | probe@4 | probe@16 | fine-tune@4 | drop noise | drop blur | drop haze | drop occlusion "
+        "| image_gain (decided) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in (*ARMS, RAW):
+        cells = [fmt(r.probe[arm][k]) for k in SHOTS]
+        cells.append(fmt(r.finetune.get(arm)))
+        cells += [fmt(r.drops[arm][c], signed=True) for c in CORRUPTIONS]
+        cells.append(_gain_cell(r, arm))
+        lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "mIoU as mean ± std over seed x draw pairs (fine-tune: over seed x fine-tune draw); image_gain: the "
+        "run's final held-out shuffled − true answer loss in nats per answer (image-decided tasks in brackets), "
+        "mean over seeds. Chosen fine-tune lr per arm: "
+        + "; ".join(f"{LABELS[a]} {', '.join(f'{x:g}' for x in r.finetune_lr[a])}" for a in ARMS)
+        + ".",
+        "",
+        "### Paired differences (probe mIoU, same seed and label draw)",
+        "",
+        "| difference | @1 | @4 | @16 | > 2 std at 1 and 4 |",
+        "|---|---|---|---|---|",
+    ]
+    for cand in CANDIDATES:
+        for other in (*ARMS, RAW):
+            if other == cand:
+                continue
+            diffs = {k: paired(r.probe[cand][k], r.probe[other][k]) for k in SHOTS}
+            ok = all(beats(diffs[k]) for k in RULE_SHOTS)
+            mark = ("yes" if ok else "no") + ("" if other in RIVALS else " (not in the rule)")
+            lines.append(
+                f"| {LABELS[cand]} − {LABELS[other]} | "
+                + " | ".join(fmt(diffs[k], signed=True) for k in SHOTS)
+                + f" | {mark} |"
+            )
+    lines += ["", "### Pass rule", "", PASS_RULE, "", r.verdict.format(), ""]
+    lines += ["### Run", ""]
+    lines += [f"- {n}" for n in r.notes]
+    lines += [f"- {name}: {took:.0f} s" for name, took in r.phases]
+    lines.append(f"- total: {sum(t for _, t in r.phases):.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    print(f"{'start':<22}{'mIoU':>8}{'vs random':>11}   per seed")
-    for name, values in scores.items():
-        mean = sum(values) / len(values)
-        ratio = mean / base if base > 0 else float("nan")
-        print(f"{name:<22}{mean:>8.4f}{ratio:>10.3f}x   {', '.join(f'{v:.4f}' for v in values)}")
+    p.add_argument(
+        "--quick", action="store_true", help="CI smoke: 1 seed, 1 draw, 10 pretraining steps, tiny fine-tune"
+    )
+    p.add_argument(
+        "--work", type=Path, default=None, help="folder for pretraining runs (reused when they match)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    p.add_argument(
+        "--json", type=Path, default=None, help="write every number here (default: WORK/results.json)"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="pretraining seeds (default 0 1; quick: 0)"
+    )
+    p.add_argument("--draws", type=int, default=None, help="label draws per seed (default 3; quick: 1)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="pretraining steps of every arm (default 200; quick: 10)"
+    )
+    p.add_argument("--ft-steps", type=int, default=None, help="fine-tune steps (default 60; quick: 4)")
+    p.add_argument("--ft-draws", type=int, default=None, help="label draws fine-tuned per seed (default 1)")
+    p.add_argument("--fresh", action="store_true", help="redo pretraining runs even when --work has them")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+
+    s = Settings.quick_smoke() if args.quick else Settings.full()
+    given = {
+        "seeds": tuple(args.seeds) if args.seeds else None,
+        "draws": args.draws,
+        "steps": args.steps,
+        "ft_steps": args.ft_steps,
+        "ft_draws": args.ft_draws,
+    }
+    s = replace(s, **{k: v for k, v in given.items() if v is not None})
+    for name in ("draws", "steps", "ft_steps", "ft_draws"):
+        if getattr(s, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or Path("runs") / ("pretrain-gain-quick" if s.quick else "pretrain-gain")
+    start = time.perf_counter()
+    results = run_protocol(s, work, fresh=args.fresh)
+    report = markdown(results)
+    print("\n" + report)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+    json_path = args.json or work / "results.json"
+    json_path.write_text(json.dumps(results.to_json(), indent=2, default=str, allow_nan=True) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
