@@ -73,16 +73,20 @@ def test_default_corpus_is_deterministic_and_mixed(tmp_path):
     p1 = build_default_corpus(tmp_path / "a", seed=0, n_scenes=6, scene_size=128, tile_size=64)
     p2 = build_default_corpus(tmp_path / "b", seed=0, n_scenes=6, scene_size=128, tile_size=64)
     assert (p1.parent / "annotations.jsonl").read_bytes() == (p2.parent / "annotations.jsonl").read_bytes()
-    (entry,) = load_recipe(p1)
-    recs = read_jsonl(entry.annotation).records
+    assert (p1.parent / "alignment.jsonl").read_bytes() == (p2.parent / "alignment.jsonl").read_bytes()
+    align, rest = load_recipe(p1)
+    assert (align.name, align.repeat_time, rest.name, rest.repeat_time) == ("rs_default_align", 4.0, "rs_default", 1.0)
+    align_recs, recs = read_jsonl(align.annotation).records, read_jsonl(rest.annotation).records
+    assert {r.task for r in align_recs} == {"classes", "classification"}
     tasks = {r.task for r in recs}
-    assert {"counting", "grounding", "classification", "presence", "change_yesno", "area_share"} <= tasks
-    assert all((entry.root / i).exists() for r in recs for i in r.images)
+    assert {"counting", "grounding", "presence", "change_yesno", "area_share"} <= tasks
+    assert not tasks & {"classes", "classification"}
+    assert all((rest.root / i).exists() for r in recs + align_recs for i in r.images)
     per, _ = recipe_stats(p1)
-    assert per[0].missing_images == 0 and per[0].records == len(recs) >= 100
+    assert per[1].missing_images == 0 and per[1].records == len(recs) >= 100
+    assert per[0].samples == 4 * per[0].records  # the one-look tasks weigh four times
 
 
-def test_default_corpus_default_size_gives_a_few_hundred_records(tmp_path):
-    (entry,) = load_recipe(build_default_corpus(tmp_path / "d"))
-    n = len(read_jsonl(entry.annotation).records)
-    assert 200 <= n <= 2000
+def test_default_corpus_default_size_gives_a_few_thousand_records(tmp_path):
+    n = sum(len(read_jsonl(e.annotation).records) for e in load_recipe(build_default_corpus(tmp_path / "d")))
+    assert 1500 <= n <= 4000

@@ -20,7 +20,8 @@ from vitp_geo.instruct.recipe import RecipeEntry, save_recipe
 from vitp_geo.instruct.records import InstructionRecord
 from vitp_geo.pretrain.metrics import read_metrics
 
-FAST = ["--batch-size", "4", "--checkpoint-every", "3"]
+# VRL on every sample (p = 1) so the kept-token counts below are exact; the default fires on 25 %.
+FAST = ["--batch-size", "4", "--checkpoint-every", "3", "--vrl-prob", "1.0", "--reliance-records", "24"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,14 @@ def test_default_writes_every_output(default_run: Path, capsys):
     for r in rows:  # VRL at r = 0.75 keeps ceil(0.25 n) per sample, so about a quarter overall
         assert 0.2 * r["image_tokens"] <= r["kept_image_tokens"] <= 0.25 * r["image_tokens"] + 4
         assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["images_per_s"] > 0
+    # the image-reliance check ran at the last step only (every 200 steps by default)
+    assert [int(r["step"]) for r in rows if math.isfinite(r["val/loss"])] == [6]
+    last = rows[-1]
+    assert last["val/image_gain"] == pytest.approx(last["val/loss_shuffled"] - last["val/loss"], abs=1e-4)
+    lines = (default_run / "image_reliance.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["step"] == 6 and json.loads(lines[0])["records"] >= 24
+    spec = json.loads((default_run / "backbone.json").read_text())
+    assert spec["image_reliance"]["image_gain"] == pytest.approx(last["val/image_gain"], abs=1e-4)
 
 
 def test_backbone_loads_with_plain_timm_and_matches_the_trained_tower(default_run: Path):

@@ -46,7 +46,7 @@ def raw_patch_features(images: np.ndarray, patch: int) -> np.ndarray:
 
 
 def fit_ridge_probe(features: Tensor, labels: Tensor, n_classes: int, l2: float = 1e-2) -> Tensor:
-    """Closed-form ridge regression of one-hot labels on standardised features (+ bias).
+    """Closed-form, class-balanced ridge regression of one-hot labels on standardised features.
 
     Args:
         features: (M, D) float.
@@ -62,9 +62,15 @@ def fit_ridge_probe(features: Tensor, labels: Tensor, n_classes: int, l2: float 
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # (M, D+1)
     y = torch.nn.functional.one_hot(labels.long(), n_classes).double()  # (M, C)
+    # Class-balanced: each class weighs the same in total, so rare classes are not drowned by
+    # background (the usual failure of least squares on imbalanced segmentation labels).
+    counts = y.sum(0).clamp(min=1.0)
+    sw = (1.0 / counts)[labels.long()]
+    sw = sw * (len(x) / sw.sum())  # (M,), mean 1
+    zw = z * sw[:, None]
     reg = l2 * len(x) * torch.eye(z.shape[1], dtype=x.dtype)
     reg[-1, -1] = 0.0  # no penalty on the bias
-    w = torch.linalg.solve(z.T @ z + reg, z.T @ y)  # (D+1, C)
+    w = torch.linalg.solve(zw.T @ z + reg, zw.T @ y)  # (D+1, C)
     folded = torch.cat([w[:-1] / std[:, None], (w[-1] - (mean / std) @ w[:-1])[None]], dim=0)
     return folded.float()
 

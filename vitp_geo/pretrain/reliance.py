@@ -299,15 +299,15 @@ def evaluate_reliance(
         sums = reduced.cpu()
     total = sums.sum(dim=0)
     n = float(total[3])
-    per_task = {}
-    for t, i in task_ix.items():
+    per_task: dict[str, dict[str, float]] = {}
+    for task, i in task_ix.items():
         m = float(sums[i, 3])
         if m == 0:
             continue
         row = {name: float(sums[i, k]) / m for k, name in enumerate(("loss", "loss_shuffled", "loss_blank"))}
         row["image_gain"] = row["loss_shuffled"] - row["loss"]
         row["records"] = m
-        per_task[t] = row
+        per_task[task] = row
     return RelianceResult(
         loss=float(total[0]) / n,
         loss_shuffled=float(total[1]) / n,
