@@ -36,9 +36,9 @@ differences (same seed, same label draw) by :func:`pass_rule`.
     python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, <= 20 min
     python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
 
-Time (measured on the shared 2-core machine under load, OMP_NUM_THREADS=1): --quick 77 s. The
-full protocol is dominated by its 8 pretraining runs (4 ViTP arms x 2 seeds, ~0.3-0.45 s a step
-plus the image-reliance checks); lower ``--steps`` if it must fit a slower machine.
+Time on an idle 2-core CPU (OMP_NUM_THREADS=2): the full protocol 973 s (16 min; 8 pretraining
+runs of 300 steps at 81-120 s each, fine-tunes 133 s, probes 12 s); --quick 77 s under load.
+Lower ``--steps`` if it must fit a slower machine. Results: docs/pretraining-evidence.md.
 
 Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes
 them), so a rerun only repeats the read-out. Run with ``OMP_NUM_THREADS`` set on shared machines.
@@ -115,7 +115,7 @@ class Settings:
 
     seeds: tuple[int, ...] = (0, 1)
     draws: int = 3
-    steps: int = 200  # pretraining optimizer steps of every arm
+    steps: int = 300  # pretraining optimizer steps of every arm (8 runs fit the 20-minute budget)
     pool_scenes: int = 8  # labelled pool (4 tiles a scene): the draws pick from these 32 tiles
     val_scenes: int = 4  # fine-tune lr selection: 16 tiles
     test_scenes: int = 16  # held-out test: 64 tiles
@@ -1070,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--draws", type=int, default=None, help="label draws per seed (default 3; quick: 1)")
     p.add_argument(
-        "--steps", type=int, default=None, help="pretraining steps of every arm (default 200; quick: 10)"
+        "--steps", type=int, default=None, help="pretraining steps of every arm (default 300; quick: 10)"
     )
     p.add_argument("--ft-steps", type=int, default=None, help="fine-tune steps (default 60; quick: 4)")
     p.add_argument("--ft-draws", type=int, default=None, help="label draws fine-tuned per seed (default 1)")

@@ -48,6 +48,8 @@ def test_mask_area_shares_dominant_and_regions(tmp_path):
     )
     (share,) = by_task(out, "area_share")
     assert answer(share) == "background: 38%, water: 38%, building: 25%."  # ties keep class order
+    (classes,) = by_task(out, "classes")  # present classes in id order, background never named
+    assert answer(classes) == "building and water."
     assert not by_task(out, "dominant")  # water and background tie: no dominant question
     for rec in by_task(out, "presence"):
         cls = "road" if "road" in question(rec) else None
@@ -219,3 +221,20 @@ def test_change_pairs_two_images_boxes_and_area(tmp_path):
             assert tile[y1:y2, x1:x2].any()  # every box holds changed pixels
             covered[y1:y2, x1:x2] = True
         assert covered[tile].mean() > 0.95  # and the boxes cover the change
+
+
+def test_classes_question_is_skipped_when_a_class_is_ambiguously_small(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:32, :32] = 1
+    mask[63, 63] = 2  # one road pixel: 0.02 %, between absent and min_share (0.5 %)
+    write_geotiff(tmp_path / "img.tif", np.full((3, 64, 64), 100, np.uint8), T, "EPSG:32633")
+    write_geotiff(tmp_path / "mask.tif", mask[None], T, "EPSG:32633")
+    (tmp_path / "names.yaml").write_text(yaml.safe_dump({0: "background", 1: "building", 2: "road"}))
+    out = tmp_path / "c"
+    build_corpus(
+        out,
+        [MaskSource(tmp_path / "img.tif", tmp_path / "mask.tif", tmp_path / "names.yaml", tile_size=64)],
+        seed=0,
+    )
+    assert not by_task(out, "classes")
+    assert by_task(out, "area_share")  # the other mask questions are still asked
