@@ -9,6 +9,7 @@ consumed in the interrupted epoch (read from Lightning's restored loop progress)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -208,9 +209,11 @@ class InstructionDataModule(L.LightningDataModule):
                 if self.dataset.sources[src_id].records[rec_id].task in self.align_tasks
             ]
             if not pool:
-                raise ValueError(
-                    f"align-steps {self.align_steps}: the recipe has no records of the alignment "
-                    f"tasks {', '.join(self.align_tasks)}; pass --align-steps 0 or other --align-tasks"
+                warnings.warn(
+                    f"align-steps {self.align_steps}: the recipe has no records of the alignment tasks "
+                    f"{', '.join(self.align_tasks)}, so there is no alignment phase (choose others with "
+                    "--align-tasks, or --align-steps 0 to silence this)",
+                    stacklevel=2,
                 )
         self.sampler = EpochShuffleSampler(
             len(self.dataset),
@@ -218,7 +221,7 @@ class InstructionDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
             align_pool=pool,
-            align_samples=self.align_steps * self.batch_size * self.accumulate * world,
+            align_samples=self.align_steps * self.batch_size * self.accumulate * world if pool else 0,
         )
         self.sampler.skip(self._consumed_batches() * self.batch_size)
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
