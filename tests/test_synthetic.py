@@ -84,8 +84,9 @@ def test_raw_pixels_do_not_solve_the_world_but_class_evidence_would():
     rng = np.random.default_rng(0)  # class evidence + noise: the probe itself can succeed
 
     def oracle(labels):
-        return torch.nn.functional.one_hot(labels, 5).float() + 0.15 * torch.from_numpy(
-            rng.normal(size=(len(labels), 5))
-        ).float()
+        return (
+            torch.nn.functional.one_hot(labels, 5).float()
+            + 0.15 * torch.from_numpy(rng.normal(size=(len(labels), 5))).float()
+        )
 
     assert probe_miou(oracle(y), y, oracle(yt), yt, 5) > 0.9

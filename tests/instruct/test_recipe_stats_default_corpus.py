@@ -75,7 +75,12 @@ def test_default_corpus_is_deterministic_and_mixed(tmp_path):
     assert (p1.parent / "annotations.jsonl").read_bytes() == (p2.parent / "annotations.jsonl").read_bytes()
     assert (p1.parent / "alignment.jsonl").read_bytes() == (p2.parent / "alignment.jsonl").read_bytes()
     align, rest = load_recipe(p1)
-    assert (align.name, align.repeat_time, rest.name, rest.repeat_time) == ("rs_default_align", 4.0, "rs_default", 1.0)
+    assert (align.name, align.repeat_time, rest.name, rest.repeat_time) == (
+        "rs_default_align",
+        4.0,
+        "rs_default",
+        1.0,
+    )
     align_recs, recs = read_jsonl(align.annotation).records, read_jsonl(rest.annotation).records
     assert {r.task for r in align_recs} == {"classes", "classification"}
     tasks = {r.task for r in recs}
