@@ -89,7 +89,7 @@ def test_default_corpus_is_deterministic_and_mixed(tmp_path):
     assert all((rest.root / i).exists() for r in recs + align_recs for i in r.images)
     per, _ = recipe_stats(p1)
     assert per[1].missing_images == 0 and per[1].records == len(recs) >= 100
-    assert per[0].samples == 4 * per[0].records  # the one-look tasks weigh four times
+    assert per[0].effective == 4 * per[0].records  # the one-look tasks weigh four times
 
 
 def test_default_corpus_default_size_gives_a_few_thousand_records(tmp_path):

@@ -173,15 +173,19 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert values[60] == pytest.approx(0.5) and values[100] == pytest.approx(0.0)
 
 
-def test_config_file_values_get_field_types_and_real_parts_pull_in_the_domain_preset(tmp_path: Path):
-    from vitp_geo.pretrain.config import resolve_config
+def test_config_file_values_get_field_types_and_real_weights_pull_in_the_domain_preset(tmp_path: Path):
+    from vitp_geo.pretrain.config import PretrainConfig, resolve_config
 
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("lr: 1e-4\ndata: corpus/recipe.json\nbatch_size: 2\n")  # YAML reads 1e-4 as text
+    cfg_file.write_text("lr: 1e-4\nmodel_path: /models/x\nbatch_size: 2\n")  # YAML reads 1e-4 as text
     cfg = resolve_config("rs", cfg_file, {})
-    assert cfg.lr == 1e-4 and cfg.batch_size == 2 and cfg.data == "corpus/recipe.json"
-    assert cfg.max_steps == 8000 and cfg.accumulate == 4  # rs.yaml applies: the file names real data
-    assert resolve_config("rs", None, {}).max_steps == 200  # no real parts: the tiny default
+    assert cfg.lr == 1e-4 and cfg.batch_size == 2 and cfg.model_path == "/models/x"
+    assert cfg.max_steps == 8000 and cfg.accumulate == 4  # rs.yaml applies: the file names real weights
+    tiny = PretrainConfig().max_steps
+    assert resolve_config("rs", None, {}).max_steps == tiny  # no real parts: the tiny default
+    data_only = tmp_path / "d.yaml"
+    data_only.write_text("data: corpus/recipe.json\n")
+    assert resolve_config("rs", data_only, {}).max_steps == tiny  # a tiny model on user data
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_steps: lots\n")
     with pytest.raises(ValueError, match=r"bad.yaml: max_steps must be of type int, got 'lots'"):

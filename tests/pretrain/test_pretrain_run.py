@@ -259,3 +259,18 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_pa
     assert rc == 2
     err = capsys.readouterr().err
     assert str(bogus) in err and "not a readable Lightning checkpoint" in err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_without_output_writes_one_run_folder(tmp_path: Path):
+    """Rank 0 picks runs/pretrain-rs-<timestamp>; the rank Lightning starts later reuses it."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    env.pop("VITP_GEO_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "vitp_geo.cli.main", "pretrain", "--max-steps", "2", "--batch-size", "2"]
+    cmd += ["--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--reliance-records", "8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    assert (runs[0] / "backbone.safetensors").is_file()
+    assert [int(r["step"]) for r in read_metrics(runs[0] / "metrics.csv")] == [1, 2]
