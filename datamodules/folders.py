@@ -6,7 +6,10 @@ Layouts (the mmsegmentation / open-cd conventions the ViTP reference code uses):
   — labels are single-band class-index images (run mmseg's dataset converter first for iSAID
   and UAVid, whose released labels are RGB colours);
 * change: ``<root>/<split>/A/<name>``, ``<root>/<split>/B/<name>``, ``<root>/<split>/label/<name>``
-  — labels 0 / 255 (or 0 / 1); any non-zero value except ``ignore_index`` is "changed".
+  — labels 0 / 255 (or 0 / 1); any non-zero value except ``ignore_index`` is "changed", or,
+  with ``label_threshold`` set, any value >= the threshold. JPEG labels (SVCD / CDD) carry
+  compression noise (values 1..127 around every edge): open-cd binarises them at 128, and so
+  does ``configs/finetune/change/svcd.yaml``.
 
 Training draws a random ``patch_size`` crop (plus flips); validation uses whole images one at a
 time (the models take any size). Samples are torchgeo-style dicts, normalised on the device
@@ -74,10 +77,15 @@ class SegmentationFolder(Dataset[dict[str, Tensor]]):
 class ChangeFolder(Dataset[dict[str, Tensor]]):
     """``A`` / ``B`` / ``label`` triples matched by file name; image = (2C, H, W)."""
 
-    def __init__(self, root: Path, ignore_index: int | None = None) -> None:
+    def __init__(
+        self, root: Path, ignore_index: int | None = None, label_threshold: int | None = None
+    ) -> None:
+        if label_threshold is not None and not 1 <= label_threshold <= 255:
+            raise ValueError(f"label_threshold must be in [1, 255] (or None), got {label_threshold}")
         self.a = _list(root / "A")
         self.root = root
         self.ignore_index = ignore_index
+        self.label_threshold = label_threshold
         for p in self.a:
             for sub in ("B", "label"):
                 if not self._match(sub, p).is_file():
@@ -99,7 +107,8 @@ class ChangeFolder(Dataset[dict[str, Tensor]]):
         a = _read(self.a[i])
         b = _read(self._match("B", self.a[i]))
         label = _read(self._match("label", self.a[i]))[0].astype(np.int64)
-        changed = label != 0
+        # (H, W) bool; JPEG labels: below the threshold is compression noise, not change
+        changed = label != 0 if self.label_threshold is None else label >= self.label_threshold
         if self.ignore_index is not None:
             changed &= label != self.ignore_index
         out = np.where(changed, 1, 0)
@@ -234,6 +243,8 @@ class PairFolderChangeDataModule(_FolderDataModule):
         root: dataset root.
         train_split, val_split: split folder names.
         ignore_index: label value to keep as "ignore" instead of "changed".
+        label_threshold: label values >= this are "changed" (128 for JPEG labels, as open-cd's
+            ``to_binary``); ``None``: any non-zero value (clean 0 / 1 or 0 / 255 PNG labels).
         patch_size, batch_size, num_workers, mean, std, channels, seed: as for segmentation
             (``mean`` / ``std`` per band of one date).
     """
@@ -244,6 +255,7 @@ class PairFolderChangeDataModule(_FolderDataModule):
         train_split: str = "train",
         val_split: str = "val",
         ignore_index: int | None = None,
+        label_threshold: int | None = None,
         patch_size: int = 256,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -257,6 +269,7 @@ class PairFolderChangeDataModule(_FolderDataModule):
         self.root = Path(root)
         self.splits = (train_split, val_split)
         self.ignore_index = ignore_index
+        self.label_threshold = label_threshold
 
     def _norm(self) -> tuple[Tensor, Tensor]:
         return self.mean.repeat(2), self.std.repeat(2)
@@ -264,5 +277,5 @@ class PairFolderChangeDataModule(_FolderDataModule):
     def setup(self, stage: str) -> None:
         train, val = self.splits
         if stage == "fit":
-            self.train_dataset = ChangeFolder(self.root / train, self.ignore_index)
-        self.val_dataset = ChangeFolder(self.root / val, self.ignore_index)
+            self.train_dataset = ChangeFolder(self.root / train, self.ignore_index, self.label_threshold)
+        self.val_dataset = ChangeFolder(self.root / val, self.ignore_index, self.label_threshold)
