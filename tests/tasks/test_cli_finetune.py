@@ -107,3 +107,21 @@ def test_summary_is_strict_json_with_null_for_nan(tmp_path) -> None:  # noqa: AN
         "val_IoU": None,
     }
     print_summary(data)  # what `finetune` prints after a run reads it back
+
+
+def test_config_run_does_not_print_lightningclis_args_warning(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    import sys
+    import warnings
+
+    from vitp_geo.cli.finetune import build_cli, default_config
+
+    # As under `vitp-geo finetune ... --config x.yaml`: sys.argv holds our own command line.
+    monkeypatch.setattr(sys, "argv", ["vitp-geo", "finetune", "segmentation", "--config", "x.yaml"])
+    cfg = default_config("segmentation", tmp_path / "data")
+    cfg["trainer"].update(enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cli = build_cli(cfg, [], tmp_path)
+    assert cli.model.hparams["num_classes"] == 5  # the config was applied
+    messages = [str(w.message) for w in seen] + [capsys.readouterr().err]
+    assert not [m for m in messages if "LightningCLI's args parameter" in m], messages

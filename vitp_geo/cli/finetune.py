@@ -197,10 +197,7 @@ def fit(
     cfg: dict[str, Any], task: str, out: Path, progress: bool = True, source: str = "config"
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs."""
-    from argparse import ArgumentError
-
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
 
     from vitp_geo.io.atomic import atomic_output
     from vitp_geo.models.vit import check_finite_weights
@@ -213,22 +210,7 @@ def fit(
     trainer_cfg = cfg.setdefault("trainer", {})
     trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress
     start = time.time()
-    try:
-        cli = LightningCLI(
-            args=cfg,
-            run=False,
-            save_config_callback=None,
-            trainer_defaults={
-                "callbacks": [checkpoint],
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.CSVLogger",
-                    "init_args": {"save_dir": str(out)},
-                },
-            },
-            parser_kwargs={"exit_on_error": False},
-        )
-    except (ArgumentError, KeyError) as err:  # jsonargparse: unknown or mistyped config keys
-        raise ValueError(f"{source}: invalid configuration: {err}") from err
+    cli = build_cli(cfg, [checkpoint], out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=datamodule)
     best = checkpoint.best_model_path or checkpoint.last_model_path
@@ -258,6 +240,43 @@ def fit(
     summary = json_safe(summary)
     write_summary(out / "finetune_summary.json", summary)
     return summary
+
+
+# LightningCLI warns when ``args`` is given while ``sys.argv`` holds arguments, and prints the
+# whole config dict in the warning. Here ``sys.argv`` is the ``vitp-geo`` command line, which we
+# parsed ourselves: the warning is always a false alarm.
+_ARGS_AND_ARGV_WARNING = r"LightningCLI's args parameter is intended to run from within Python"
+
+
+def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
+    """Instantiate trainer, model and datamodule from ``cfg`` through LightningCLI (``run=False``).
+
+    Raises:
+        ValueError: unknown or mistyped config keys (names ``source`` and the key).
+    """
+    import warnings
+    from argparse import ArgumentError
+
+    from lightning.pytorch.cli import LightningCLI
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ARGS_AND_ARGV_WARNING, category=UserWarning)
+            return LightningCLI(
+                args=cfg,
+                run=False,
+                save_config_callback=None,
+                trainer_defaults={
+                    "callbacks": callbacks,
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": str(out)},
+                    },
+                },
+                parser_kwargs={"exit_on_error": False},
+            )
+    except (ArgumentError, KeyError) as err:  # jsonargparse: unknown or mistyped config keys
+        raise ValueError(f"{source}: invalid configuration: {err}") from err
 
 
 def json_safe(value: Any) -> Any:
