@@ -8,6 +8,13 @@
   concatenate the next finer map and apply two 3×3 convs; classifier at stride 4.
 
 Both return logits at stride 4; the model wrapping them upsamples to the input size.
+
+Normalisation is BatchNorm, as mmseg's ``ConvModule`` (``SyncBN`` there), through
+:class:`HeadBatchNorm2d`: where a training batch holds one value per channel (batch 1 into the
+1×1 global pooling branch, or a 1×1 map), plain BatchNorm cannot compute a variance and raises;
+this one normalises such a batch with its running statistics instead (and leaves them as they
+are). Every other batch is ordinary BatchNorm, and the state-dict keys are BatchNorm's, so
+checkpoints written before keep loading unchanged.
 """
 
 from __future__ import annotations
@@ -17,13 +24,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class HeadBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` that also trains on batches with one value per channel (module doc)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise (B, C, H, W); with B·H·W == 1 in training, by the running statistics."""
+        one_value = x.shape[0] * x.shape[2] * x.shape[3] == 1
+        if self.training and one_value and self.running_mean is not None and self.running_var is not None:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+            )
+        return super().forward(x)
+
+
 class ConvBNReLU(nn.Sequential):
     """Conv → BatchNorm → ReLU (the mmseg ``ConvModule`` default)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
+            HeadBatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 

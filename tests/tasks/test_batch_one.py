@@ -1,0 +1,61 @@
+"""Batch size 1 trains: the UperNet head's global pooling branch sees one value per channel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vitp_geo.models.heads import HeadBatchNorm2d, UperNetHead
+from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
+
+
+@pytest.mark.parametrize("head", ["upernet", "unet"])
+def test_segmentation_task_trains_at_batch_1(head: str) -> None:
+    torch.manual_seed(0)
+    task = SegmentationTask(num_classes=3, head=head, head_channels=16, drop_path_rate=0.0).train()
+    x, y = torch.randn(1, 3, 112, 112), torch.randint(0, 3, (1, 112, 112))
+    loss = task.criterion(task(x), y)  # (1, 3, 112, 112) logits
+    loss.backward()
+    grads = [p.grad for p in task.model.head.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if head == "upernet":  # the 1×1 pooling branch is trained too
+        conv = task.model.head.ppm[0][1][0]
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_change_task_trains_at_batch_1() -> None:
+    torch.manual_seed(0)
+    task = ChangeDetectionTask(head_channels=16, drop_path_rate=0.0).train()
+    logits = task(torch.randn(1, 6, 112, 112))
+    task.criterion(logits, torch.randint(0, 2, (1, 112, 112))).backward()
+    assert torch.isfinite(logits).all() and logits.shape == (1, 2, 112, 112)
+
+
+def test_head_norm_is_batchnorm_except_for_one_value_per_channel() -> None:
+    torch.manual_seed(0)
+    head = UperNetHead([8, 8, 8, 8], num_classes=2, channels=8).train()
+    bn = head.ppm[0][1][1]  # after AdaptiveAvgPool2d(1): (B, C, 1, 1)
+    assert isinstance(bn, HeadBatchNorm2d)
+    feats = [torch.randn(2, 8, s, s) for s in (16, 8, 4, 2)]
+    before = bn.running_mean.clone()
+    head(feats)  # batch 2: ordinary BatchNorm, running statistics move
+    assert not torch.equal(bn.running_mean, before)
+    one = torch.randn(1, 8, 1, 1)
+    stats = bn.running_mean.clone(), bn.running_var.clone()
+    out = bn(one)  # plain nn.BatchNorm2d raises "Expected more than 1 value per channel"
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+    assert torch.allclose(out, bn.eval()(one))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm2d(8).train()(one)
+
+
+def test_head_state_dict_keys_are_batchnorms() -> None:
+    """Checkpoints written with plain ``nn.BatchNorm2d`` heads load strictly into the new head."""
+    old = UperNetHead([8, 8, 8, 8], num_classes=2, channels=8)
+    for parent in list(old.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, HeadBatchNorm2d):
+                setattr(parent, name, nn.BatchNorm2d(child.num_features))
+    assert not any(isinstance(m, HeadBatchNorm2d) for m in old.modules())
+    UperNetHead([8, 8, 8, 8], num_classes=2, channels=8).load_state_dict(old.state_dict(), strict=True)
