@@ -25,6 +25,19 @@ def test_embedded_segmentation_run_writes_checkpoint_and_summary(tmp_path, capsy
     assert card.class_colors[1] == (220, 20, 60) and card.tile_size == 112
     assert card.render == {"raw": True} and card.bands == [1, 2, 3]  # trained on the rasters' own values
     assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 5, 112, 112)
+    # model.ckpt holds weights + card only; the weights-only best.ckpt it came from is not kept twice
+    ckpt = torch.load(out / "model.ckpt", weights_only=True)
+    assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks"} & set(ckpt)
+    assert ckpt["hyper_parameters"]["num_classes"] == 5
+    assert not (out / "checkpoints").exists()  # no --save-last: no resumable state either
+    scene = sorted((out / "data").rglob("*.tif"))[0]
+    rc = main(["infer", str(scene), "--checkpoint", str(out / "model.ckpt"), "--out", str(out / "p.tif")])
+    assert rc == 0
+    import rasterio
+
+    with rasterio.open(out / "p.tif") as pred, rasterio.open(scene) as src:
+        classes = pred.read(1)
+        assert classes.shape == (src.height, src.width) and int(classes.max()) < 5
 
 
 def test_bad_config_and_backbone_exit_2_naming_the_file(tmp_path, capsys) -> None:  # noqa: ANN001
@@ -125,3 +138,35 @@ def test_config_run_does_not_print_lightningclis_args_warning(tmp_path, monkeypa
     assert cli.model.hparams["num_classes"] == 5  # the config was applied
     messages = [str(w.message) for w in seen] + [capsys.readouterr().err]
     assert not [m for m in messages if "LightningCLI's args parameter" in m], messages
+
+
+@pytest.mark.slow
+def test_save_last_keeps_a_resumable_full_checkpoint_apart(tmp_path) -> None:  # noqa: ANN001
+    from lightning import Callback, Trainer
+
+    from vitp_geo.cli.finetune import default_config, fit
+    from vitp_geo.tasks import SegmentationTask
+
+    cfg = default_config("segmentation", tmp_path / "data")
+    cfg["trainer"].update(max_steps=1, max_epochs=1, limit_val_batches=1, enable_model_summary=False)
+    fit(cfg, "segmentation", tmp_path, progress=False, save_last=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["optimizer_states"] and last["lr_schedulers"] and last["global_step"] == 1
+    assert "optimizer_states" not in torch.load(tmp_path / "model.ckpt", weights_only=True)
+    from vitp_geo.cli.finetune import build_cli
+
+    cfg["trainer"].update(max_steps=2, max_epochs=3, logger=False, enable_progress_bar=False)
+    cfg["trainer"]["default_root_dir"] = str(tmp_path / "resume")
+
+    class CountSteps(Callback):
+        steps = 0
+
+        def on_train_batch_end(self, *args: object) -> None:
+            self.steps += 1
+
+    counter = CountSteps()
+    cli = build_cli(cfg, [counter], tmp_path / "resume")
+    assert isinstance(cli.model, SegmentationTask) and isinstance(cli.trainer, Trainer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert cli.trainer.global_step == 2 and counter.steps == 1  # resumed at step 1: one more step

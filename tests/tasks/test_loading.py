@@ -11,6 +11,7 @@ from lightning import Trainer
 from datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule
 from vitp_geo.io.model_card import CARD_KEY
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference_model, save_tiny_checkpoint
+from vitp_geo.tasks.loading import write_weights_checkpoint
 
 
 def _train_one_step(task: torch.nn.Module, dm: object, root: Path) -> Path:
@@ -49,6 +50,20 @@ def test_segmentation_checkpoint_round_trip_gives_identical_logits(seg_folders, 
     with torch.no_grad():
         assert torch.equal(model(x), task(x))
     assert not model.training
+    # the weights-only model.ckpt that `finetune` writes from it: no optimizer state, same model
+    full = torch.load(ckpt, weights_only=True)
+    assert full["optimizer_states"]  # what the Trainer wrote is resumable
+    slim = write_weights_checkpoint(ckpt, tmp_path / "model.ckpt")
+    kept = torch.load(slim, weights_only=True)
+    assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks"} & set(kept)
+    assert kept[CARD_KEY] == full[CARD_KEY] and kept["hyper_parameters"] == full["hyper_parameters"]
+    assert slim.stat().st_size < ckpt.stat().st_size
+    slim_model, slim_card = load_inference_model(slim)
+    assert slim_card == card
+    with torch.no_grad():
+        assert torch.equal(slim_model(x), task(x))
+    reloaded = SegmentationTask.load_from_checkpoint(slim)
+    assert reloaded.hparams["class_names"] == list("abcde")
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
 
 With ``--config`` it runs a LightningCLI YAML (``configs/finetune/<task>/<dataset>.yaml``);
 without one it runs an embedded default on generated GeoTIFF scenes (the shared synthetic
-world) that finishes in a few minutes on a laptop CPU. The best checkpoint (with its model
-card) is copied to ``<output>/model.ckpt``; ``<output>/finetune_summary.json`` records the
-validation scores.
+world) that finishes in a few minutes on a laptop CPU. The best weights (with the model card,
+no optimizer state) are written to ``<output>/model.ckpt``; ``--save-last`` also keeps the full,
+resumable state in ``<output>/checkpoints/last.ckpt``; ``<output>/finetune_summary.json``
+records the validation scores.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import copy
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--accelerator", default=None, help="override trainer.accelerator (cpu, gpu, auto)")
     p.add_argument("--seed", type=int, default=None, help="override seed_everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--save-last",
+        action="store_true",
+        help="also keep checkpoints/last.ckpt, the full training state (optimizer included) for resuming",
+    )
 
 
 def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
@@ -188,34 +193,49 @@ def run(args: argparse.Namespace) -> int:
         check_backbone_file(Path(weights))
     out.mkdir(parents=True, exist_ok=True)
     source = str(args.config) if args.config is not None else "embedded config"
-    summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source)
+    summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source, save_last=args.save_last)
     print_summary(summary)
     return 0
 
 
 def fit(
-    cfg: dict[str, Any], task: str, out: Path, progress: bool = True, source: str = "config"
+    cfg: dict[str, Any],
+    task: str,
+    out: Path,
+    progress: bool = True,
+    source: str = "config",
+    save_last: bool = False,
 ) -> dict[str, Any]:
-    """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs."""
+    """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
+
+    ``<out>/model.ckpt`` holds the best weights, hyper-parameters and model card, no optimizer
+    state; with ``save_last``, ``<out>/checkpoints/last.ckpt`` keeps the full training state of
+    the last step (Lightning's ``ckpt_path`` resumes from it).
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vitp_geo.io.atomic import atomic_output
     from vitp_geo.models.vit import check_finite_weights
+    from vitp_geo.tasks.loading import write_weights_checkpoint
 
     ckpt_dir = out / "checkpoints"
     monitor = MONITOR[task]
+    # The best weights only (no optimizer state: a paper-size run's full state is ~3x the weights).
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True
+        dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_weights_only=True
     )
+    callbacks: list[Any] = [checkpoint]
+    if save_last:  # the full, resumable state of the last step: optional, and in its own file
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True))
     trainer_cfg = cfg.setdefault("trainer", {})
     trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress
     start = time.time()
-    cli = build_cli(cfg, [checkpoint], out, source)
+    cli = build_cli(cfg, callbacks, out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=datamodule)
-    best = checkpoint.best_model_path or checkpoint.last_model_path
-    if not best:
-        raise RuntimeError("training produced no checkpoint (did validation run? check trainer settings)")
+    best = checkpoint.best_model_path
+    if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
+        best = str(ckpt_dir / "final.ckpt")
+        trainer.save_checkpoint(best, weights_only=True)
     results = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     final = out / "model.ckpt"
@@ -225,8 +245,11 @@ def fit(
         raise RuntimeError(
             f"training diverged: {err}; {final} not written (lower the learning rate, check the data)"
         ) from err
-    with atomic_output(final) as tmp:
-        shutil.copyfile(best, tmp)
+    write_weights_checkpoint(best, final)
+    if Path(best).parent == ckpt_dir:  # model.ckpt holds the same weights: no second copy
+        Path(best).unlink(missing_ok=True)
+        if not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
     summary = {
         "task": task,
         "checkpoint": str(final),

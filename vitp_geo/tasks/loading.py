@@ -26,7 +26,24 @@ from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.model_card import CARD_KEY, ModelCard
 from vitp_geo.tasks.models import rebuild_model
 
-__all__ = ["load_inference_model", "save_tiny_checkpoint", "save_tiny_segmentation_checkpoint"]
+__all__ = [
+    "load_inference_model",
+    "save_tiny_checkpoint",
+    "save_tiny_segmentation_checkpoint",
+    "write_weights_checkpoint",
+]
+
+# What a fine-tuned model.ckpt keeps: weights, what rebuilds the model (hyper-parameters, the card)
+# and where it came from. Optimizer / scheduler / loop / callback state is for resuming only.
+WEIGHTS_CHECKPOINT_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    "hparams_name",
+    CARD_KEY,
+    "pytorch-lightning_version",
+    "epoch",
+    "global_step",
+)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -43,6 +60,25 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if CARD_KEY not in ckpt:
         raise ValueError(f"{path}: no model card under {CARD_KEY!r}; was it written by `vitp-geo finetune`?")
     return ckpt
+
+
+def write_weights_checkpoint(source: str | Path, path: str | Path) -> Path:
+    """Write ``path`` (atomically) from the Lightning checkpoint ``source``, weights only.
+
+    Keeps ``WEIGHTS_CHECKPOINT_KEYS`` (weights, hyper-parameters, model card), drops optimizer,
+    scheduler, loop and callback state; :func:`load_inference_model` and
+    ``Task.load_from_checkpoint`` read the result.
+
+    Raises:
+        FileNotFoundError, ValueError: ``source`` is missing or not a finetune checkpoint.
+    """
+    ckpt = _read_checkpoint(Path(source))
+    slim = {k: ckpt[k] for k in WEIGHTS_CHECKPOINT_KEYS if k in ckpt}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save(slim, str(tmp))
+    return path
 
 
 def load_inference_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
