@@ -139,6 +139,11 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
             ax2.plot(vx, [r[key] for r in val], marker="o", ms=3, label=label)
         ax2.set_xlabel("step")
         ax2.set_ylabel("held-out answer loss (nats / answer)")
+        gain_ax = ax2.twinx()  # the gain is small next to the losses: its own axis
+        gain_ax.plot(vx, [r["val/image_gain"] for r in val], "k--", marker="s", ms=3, label="image gain")
+        gain_ax.axhline(0.0, color="grey", lw=0.6)
+        gain_ax.set_ylabel("image gain = shuffled − true (nats / answer)")
+        gain_ax.legend(loc="lower left")
         gain = val[-1]["val/image_gain_decided"]
         if not math.isfinite(gain):
             gain = val[-1]["val/image_gain"]
