@@ -36,7 +36,7 @@ differences (same seed, same label draw) by :func:`pass_rule`.
     python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, <= 20 min
     python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
 
-Time on an idle 2-core CPU (OMP_NUM_THREADS=2): the full protocol 973 s (16 min; 8 pretraining
+Time on a 2-core CPU (OMP_NUM_THREADS=2; two short mypy runs overlapped): the full protocol 973 s (16 min; 8 pretraining
 runs of 300 steps at 81-120 s each, fine-tunes 133 s, probes 12 s); --quick 77 s under load.
 Lower ``--steps`` if it must fit a slower machine. Results: docs/pretraining-evidence.md.
 

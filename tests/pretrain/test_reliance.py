@@ -204,8 +204,9 @@ def test_token_loss_equals_the_language_models_own_loss(tokenizer):
 
 
 def test_reliance_jsonl_and_backbone_json_are_strict_json(tmp_path):
-    from vitp_geo.pretrain.reliance import RelianceResult, finite_json
+    from vitp_geo.io.strict_json import json_safe
+    from vitp_geo.pretrain.reliance import RelianceResult
 
     r = RelianceResult(1.0, 1.5, float("nan"), 3, 2.0, {"presence": {"image_gain": 0.5, "records": 3.0}})
-    text = json.dumps(finite_json(r.to_json()), allow_nan=False)
+    text = json.dumps(json_safe(r.to_json()), allow_nan=False)
     assert json.loads(text)["loss_blank"] is None and json.loads(text)["image_gain"] == 0.5

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
+
+from vitp_geo.io.strict_json import json_safe
 
 TASK_CLASSES = {
     "segmentation": "vitp_geo.tasks.SegmentationTask",
@@ -300,17 +301,6 @@ def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str 
             )
     except (ArgumentError, KeyError) as err:  # jsonargparse: unknown or mistyped config keys
         raise ValueError(f"{source}: invalid configuration: {err}") from err
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN / inf float replaced by None (JSON has no NaN: it is written null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:

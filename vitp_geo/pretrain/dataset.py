@@ -162,13 +162,7 @@ class InstructionDataset(Dataset[Sample]):
         return len(self.index)
 
     def __getitem__(self, i: int) -> Sample:
-        src_id, rec_id = self.index[i]
-        src = self.sources[src_id]
-        rec = src.records[rec_id]
-        try:
-            return self._load(src, rec_id)
-        except (ValueError, OSError) as err:  # name the record behind a failure mid-training
-            raise ValueError(f"{src.entry.annotation}: record {rec.id!r}: {err}") from err
+        return self.load_variant(*self.index[i])
 
     def record_at(self, src_id: int, rec_id: int) -> tuple[InstructionRecord, list[Path]]:
         """The record ``rec_id`` of recipe entry ``src_id`` and its resolved image paths."""
@@ -179,9 +173,13 @@ class InstructionDataset(Dataset[Sample]):
         """The dynamic-tiling grid ``(cols, rows)`` of each image of a record (read from headers)."""
         src = self.sources[src_id]
         paths = src.image_paths[rec_id]
-        budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
-        per_image = max(1, budget // max(1, len(paths)))
+        per_image = self._tiles_per_image(src, len(paths))
         return tuple(choose_grid(*image_size(p), self.image_size, max_tiles=per_image) for p in paths)
+
+    def _tiles_per_image(self, src: _Source, n_images: int) -> int:
+        """Tile budget of each image: InternVL splits a sample's budget over its images."""
+        budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
+        return max(1, budget // max(1, n_images))
 
     def load_variant(
         self, src_id: int, rec_id: int, images: Sequence[Path] | None = None, blank: bool = False
@@ -195,7 +193,7 @@ class InstructionDataset(Dataset[Sample]):
         src = self.sources[src_id]
         try:
             return self._load(src, rec_id, images=images, blank=blank)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError) as err:  # name the record behind a failure mid-training
             raise ValueError(f"{src.entry.annotation}: record {src.records[rec_id].id!r}: {err}") from err
 
     def _load(
@@ -203,13 +201,10 @@ class InstructionDataset(Dataset[Sample]):
     ) -> Sample:
         rec = src.records[rec_id]
         paths = list(images) if images is not None else src.image_paths[rec_id]
-        budget = src.entry.max_dynamic_patch or self.max_dynamic_patch
-        per_image = max(1, budget // max(1, len(paths)))  # InternVL splits the budget over images
+        per_image = self._tiles_per_image(src, len(paths))
         tiles_per_image: list[torch.Tensor] = []
         for path in paths:
-            img = load_image(path)
-            if blank:
-                img = Image.new("RGB", img.size, BLANK_RGB)
+            img = Image.new("RGB", image_size(path), BLANK_RGB) if blank else load_image(path)
             tiles = dynamic_tiles(img, self.image_size, max_tiles=per_image, thumbnail=self.use_thumbnail)
             tiles_per_image.append(to_pixel_values(tiles))
         num_tokens = [t.shape[0] * self.num_image_token for t in tiles_per_image]

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.dataset import InstructionDataset, Sample
 from vitp_geo.vlm.model import token_losses
 
@@ -50,7 +51,6 @@ __all__ = [
     "RelianceSet",
     "answer_loss_per_sample",
     "evaluate_reliance",
-    "finite_json",
     "hold_out",
     "vlm_forward",
 ]
@@ -397,7 +397,7 @@ class ImageReliance(L.Callback):
         if not trainer.is_global_zero:
             return
         with self.path.open("a") as fh:
-            fh.write(json.dumps({"step": step, **finite_json(result.to_json())}) + "\n")
+            fh.write(json.dumps({"step": step, **json_safe(result.to_json())}) + "\n")
         gain = result.image_gain_decided
         if math.isnan(gain):
             gain = result.image_gain
@@ -429,14 +429,3 @@ class ImageReliance(L.Callback):
                 )
         finally:
             model.train(was_training)
-
-
-def finite_json(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null (bare NaN is not JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [finite_json(v) for v in obj]
-    return obj

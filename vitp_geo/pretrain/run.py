@@ -26,11 +26,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from datamodules.instruction import InstructionDataModule
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
-from vitp_geo.pretrain.reliance import NEAR_ZERO_GAIN, ImageReliance, RelianceResult, finite_json, hold_out
+from vitp_geo.pretrain.reliance import NEAR_ZERO_GAIN, ImageReliance, RelianceResult, hold_out
 from vitp_geo.vlm.model import LossReduction, ViTPModel
 
 
@@ -371,6 +372,6 @@ def _annotate_backbone_json(path: Path, cfg: PretrainConfig, reliance: RelianceR
         )
     }
     # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
-    data["image_reliance"] = finite_json(reliance.to_json()) if reliance is not None else None
+    data["image_reliance"] = json_safe(reliance.to_json()) if reliance is not None else None
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
