@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("vitp_geo.cli.recipe", "inspect and merge instruction recipes"),
     "finetune": ("vitp_geo.cli.finetune", "fine-tune the backbone for segmentation or change detection"),
     "infer": ("vitp_geo.cli.infer", "tiled inference over a GeoTIFF scene, QGIS-ready outputs"),
+    "evaluate": ("vitp_geo.cli.evaluate", "score predictions: detection mAP, segmentation Dice"),
 }
 
 
