@@ -158,3 +158,25 @@ def test_bad_input_is_one_error_line_and_leaves_files_alone(
     for text in expected:
         assert text.format(w=w) in lines[0]
     assert _snapshot(w) == before  # no input replaced, no output, partial file or work folder started
+
+
+@pytest.mark.parametrize("where", ["first", "last", "env"])
+def test_debug_shows_the_traceback_behind_the_error_line(
+    where: str, template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = tmp_path / "w"
+    shutil.copytree(template, w, symlinks=True)
+    argv = [a.format(w=w) for a in [*FINETUNE, "--batch-size", "0"]]
+    if where == "first":
+        argv = ["--debug", *argv]
+    elif where == "last":
+        argv = [*argv, "--debug"]
+    else:
+        monkeypatch.setenv("VITP_GEO_DEBUG", "1")
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert lines[0].startswith("Traceback (most recent call last):"), err
+    assert any("ValueError" in line for line in lines[1:-1]), err
+    assert lines[-1].startswith("vitp-geo finetune: error: ") and "--batch-size" in lines[-1]

@@ -52,15 +52,18 @@ def test_load_backbone_pth_infers_arch_and_resizes_pos_embed(tmp_path):
     x_native = torch.randn(1, 3, GRID * 14, GRID * 14, generator=torch.Generator().manual_seed(2))
     x_big = torch.randn(1, 3, 6 * 14, 6 * 14, generator=torch.Generator().manual_seed(3))
 
-    # Heads are inferred as dim // 64 without backbone.json; a 48-dim checkpoint gives 1 head,
-    # so compare against the reference with the inferred head count.
-    native = load_backbone(path)
-    heads = native.blocks[0].attn.num_heads
+    # Without backbone.json the head count is a guess (64-wide heads): a 48-dim checkpoint gets
+    # one head, and the guess is announced.
+    with pytest.warns(UserWarning, match=r"guessed num_heads=1 from embed_dim=48"):
+        native = load_backbone(path)
+    heads = 1
+    assert native.blocks[0].attn.num_heads == heads
     torch.testing.assert_close(
         _features(native, x_native), internvit_forward(sd, x_native, heads, ""), atol=1e-5, rtol=1e-5
     )
 
-    big = load_backbone(path, img_size=6 * 14)
+    with pytest.warns(UserWarning, match="guessed num_heads"):
+        big = load_backbone(path, img_size=6 * 14)
     assert big.pos_embed.shape == (1, 1 + 36, DIM)
     # The resized table equals InternViT's own run-time bicubic interpolation at that size.
     torch.testing.assert_close(
@@ -174,3 +177,44 @@ def test_damaged_weights_file_is_named(tmp_path):
         path.write_bytes(b"\x00\x01 not weights")
         with pytest.raises(ValueError, match=f"{name}: not a readable weights file"):
             load_backbone(path, arch="vitp_tiny_patch14_112")
+
+
+def test_mmseg_mmdet_backbone_prefix_keeps_only_the_backbone(caplog):
+    """A ViTP mmseg/mmdet checkpoint (``backbone.*`` + heads + ViT-Adapter modules) converts to the ViT."""
+    vit = make_internvit_state_dict(DIM, DEPTH, GRID, prefix="")
+    expected = convert_internvit_state_dict(vit)
+    mm = {f"backbone.{k}": v for k, v in vit.items()}
+    extra = {
+        "decode_head.conv_seg.weight": torch.ones(6, 64, 1, 1),
+        "auxiliary_head.conv_seg.bias": torch.ones(6),
+        "neck.lateral_convs.0.conv.weight": torch.ones(4, 4, 1, 1),
+        "roi_head.bbox_head.fc_cls.weight": torch.ones(16, 4),
+        "backbone.level_embed": torch.ones(3, DIM),
+        "backbone.spm.stem.0.weight": torch.ones(4, 3, 3, 3),
+        "backbone.interactions.0.injector.gamma": torch.ones(DIM),
+        "backbone.up.weight": torch.ones(DIM, DIM, 2, 2),
+        "backbone.norm1.weight": torch.ones(DIM),
+    }
+    with caplog.at_level("WARNING", logger="vitp_geo.models.vit"):
+        out = convert_internvit_state_dict({**mm, **extra})
+    assert out.keys() == expected.keys()
+    for k in out:
+        torch.testing.assert_close(out[k], expected[k])
+    text = caplog.text
+    assert "dropped 4 keys of auxiliary_head, decode_head, neck, roi_head" in text
+    assert "dropped 5 ViT-Adapter keys" in text
+    # A timm-layout backbone under the same prefix is unwrapped too.
+    timm_mm = {f"backbone.{k}": v for k, v in expected.items()} | {"decode_head.conv_seg.bias": torch.ones(6)}
+    assert convert_internvit_state_dict(timm_mm).keys() == expected.keys()
+    # A key inside backbone.* that is neither ViT nor adapter is still refused, by name.
+    with pytest.raises(ValueError, match=r"unknown keys.*backbone\.encoder\.layers\.0\.attn\.q_norm"):
+        convert_internvit_state_dict({**mm, "backbone.encoder.layers.0.attn.q_norm.weight": torch.ones(1)})
+
+
+def test_backbone_json_beside_another_weights_file_is_announced(tmp_path):
+    model = build_vision_tower("vitp_tiny_patch14_112")
+    weights, _ = export_backbone(model, tmp_path)
+    other = tmp_path / "finetuned.safetensors"
+    other.write_bytes(weights.read_bytes())
+    with pytest.warns(UserWarning, match=r"finetuned\.safetensors: using the architecture in .*backbone\.json"):
+        load_backbone(other)

@@ -143,9 +143,20 @@ def test_non_finite_loss_skips_then_stops():
     assert module.nonfinite_steps == 2
     with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
         module.training_step(_batch(), 3)
-    fake.nan = False  # a finite step resets the run of bad steps
-    module2 = ViTPPretrainModule(_FakeVLM(), lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=10)
-    assert module2.nonfinite_steps == 0
+    # A finite step resets the run of bad steps: two more bad steps then do not stop the run.
+    module2 = ViTPPretrainModule(
+        _FakeVLM(), lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=10, max_nonfinite=3
+    )
+    module2.log = lambda *a, **k: None
+    module2.model.nan = True
+    assert module2.training_step(_batch(), 0) is None and module2.training_step(_batch(), 1) is None
+    module2.model.nan = False
+    assert module2.training_step(_batch(), 2) is not None
+    module2.model.nan = True
+    assert module2.training_step(_batch(), 3) is None and module2.training_step(_batch(), 4) is None
+    assert module2.nonfinite_steps == 4  # the total; only the run of consecutive ones stops training
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
+        module2.training_step(_batch(), 5)
 
 
 def test_freeze_flags_and_all_frozen_is_refused():

@@ -2,13 +2,19 @@
 
 A subcommand module exposes ``add_parser(subparsers) -> None`` and ``run(args) -> int``. Modules are
 imported only when their subcommand is used, so ``vitp-geo --help`` stays fast.
+
+Errors print as one line (``vitp-geo <command>: error: ...``, exit 2). ``--debug`` anywhere on the
+command line (or ``VITP_GEO_DEBUG=1``) also prints the traceback behind that line, for every error
+including CUDA out-of-memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 # subcommand name → (module, one-line help)
@@ -34,6 +40,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     from vitp_geo import __version__
 
     parser.add_argument("--version", action="version", version=f"vitp-geo {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback behind an error line (also VITP_GEO_DEBUG=1); may appear anywhere",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         if selected is not None and name == selected:
@@ -46,6 +57,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VITP_GEO_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     selected = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(selected)
     args = parser.parse_args(argv)
@@ -56,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print("vitp-geo: interrupted", file=sys.stderr)
         return 130
     except (CLIError, FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        if debug:
+            traceback.print_exc()
         print(f"vitp-geo {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -17,6 +17,7 @@ pretraining data path and inference:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,12 @@ class RenderRule:
 def select_bands(count: int, rule: RenderRule) -> tuple[int, ...]:
     """The 1-based band indexes the rule reads from a raster with ``count`` bands."""
     if rule.bands is None:
+        if count > 3:
+            warnings.warn(
+                f"the raster has {count} bands and no band selection was given: using bands 1, 2, 3 "
+                "as RGB (set bands=... / --bands to choose)",
+                stacklevel=2,
+            )
         return tuple(range(1, min(count, 3) + 1))
     bad = [b for b in rule.bands if b > count]
     if bad:

@@ -17,8 +17,10 @@ prefix, mmdet/mmseg ``backbone.*``, or keys that are already timm's).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +35,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from vitp_geo.io.atomic import atomic_output
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "INTERN_LAYOUT_ARCH",
@@ -112,6 +116,39 @@ _EMBED_KEYS = {
 _LAYER_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 # Parts of a full InternVL checkpoint that are not the vision tower (skipped by the converter).
 _NON_VISION_PREFIXES = ("mlp1.", "language_model.")
+# Modules a ViT-Adapter (mmseg/mmdet ``backbone.*``) adds around the plain ViT; not part of the backbone.
+_ADAPTER_PREFIXES = ("spm.", "interactions.", "level_embed", "up.", "norm1.", "norm2.", "norm3.", "norm4.")
+
+
+def _strip_mm_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keep the ``backbone.`` part of an mmseg/mmdet checkpoint, without the prefix.
+
+    The detector's or segmentor's other modules (``decode_head.*``, ``neck.*``, ``roi_head.*``, ...) and
+    the ViT-Adapter's own modules (``spm``, ``interactions``, ``level_embed``, ...) are dropped, and
+    the counts are logged.
+    """
+    kept: dict[str, Tensor] = {}
+    outside: list[str] = []
+    adapter: list[str] = []
+    for key, value in sd.items():
+        if not key.startswith("backbone."):
+            outside.append(key)
+            continue
+        short = key[len("backbone.") :]
+        if short.startswith(_ADAPTER_PREFIXES):
+            adapter.append(key)
+            continue
+        kept[short] = value
+    if outside:
+        heads = sorted({k.split(".")[0] for k in outside})
+        logger.warning(
+            "mmseg/mmdet checkpoint: kept the backbone.* keys, dropped %d keys of %s",
+            len(outside),
+            ", ".join(heads),
+        )
+    if adapter:
+        logger.warning("mmseg/mmdet checkpoint: dropped %d ViT-Adapter keys (spm, interactions, ...)", len(adapter))
+    return kept
 
 
 def _is_timm_layout(keys: set[str]) -> bool:
@@ -126,7 +163,8 @@ def convert_internvit_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     * InternVL layout: ``vision_model.embeddings.*`` and ``vision_model.encoder.layers.N.*``
       (``mlp1.*`` and ``language_model.*`` of a full InternVL checkpoint are skipped);
     * released ViTP backbone layout: the same keys without ``vision_model.`` (an mmdet/mmseg
-      ``backbone.`` prefix is also accepted);
+      ``backbone.`` prefix is also accepted: only ``backbone.*`` is kept, and the ViT-Adapter's own
+      modules and every head/neck key are dropped with a logged count);
     * timm layout (``patch_embed.proj.weight``, ``blocks.N.*``): returned unchanged.
 
     Args:
@@ -143,15 +181,15 @@ def convert_internvit_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     keys = set(sd)
     if not keys:
         raise ValueError("empty state dict: no tensors to convert")
+    shown = ""  # the prefix error messages put back, so they name the keys as the file has them
+    if not _is_timm_layout(keys) and not any(k.startswith("vision_model.") for k in keys):
+        if any(k.startswith("backbone.") for k in keys):
+            sd, shown = _strip_mm_prefix(sd), "backbone."
+            keys = set(sd)
     if _is_timm_layout(keys):
         return dict(sd)
 
-    if any(k.startswith("vision_model.") for k in keys):
-        prefix = "vision_model."
-    elif any(k.startswith("backbone.") for k in keys):
-        prefix = "backbone."
-    else:
-        prefix = ""
+    prefix = "vision_model." if any(k.startswith("vision_model.") for k in keys) else ""
 
     out: dict[str, Tensor] = {}
     unknown: list[str] = []
@@ -159,7 +197,7 @@ def convert_internvit_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         if prefix and not key.startswith(prefix):
             if key.startswith(_NON_VISION_PREFIXES):
                 continue
-            unknown.append(key)
+            unknown.append(shown + key)
             continue
         short = key[len(prefix) :]
         if short in _EMBED_KEYS:
@@ -169,12 +207,13 @@ def convert_internvit_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         if match and match.group(2) in _BLOCK_SUFFIXES:
             out[f"blocks.{match.group(1)}.{_BLOCK_SUFFIXES[match.group(2)]}"] = value
             continue
-        unknown.append(key)
+        unknown.append(shown + key)
     if unknown:
         shown = ", ".join(sorted(unknown)[:10])
         more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
         raise ValueError(f"unknown keys in InternViT checkpoint: {shown}{more}")
 
+    prefix = shown + prefix
     missing = [f"{prefix}{k}" for k, v in _EMBED_KEYS.items() if v not in out]
     depth = 1 + max((int(k.split(".")[1]) for k in out if k.startswith("blocks.")), default=-1)
     for i in range(depth):
@@ -396,7 +435,13 @@ def _infer_kwargs(sd: dict[str, Tensor]) -> dict[str, Any]:
     grid = math.isqrt(int(sd["pos_embed"].shape[1]) - 1)
     mlp_ratio = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     # InternViT heads are 64 wide at every released size (300M: 1024/16); tiny variants use 3×64.
+    # The weights do not say the head count: this is a guess, so it is said.
     num_heads = max(1, embed_dim // 64)
+    warnings.warn(
+        f"no backbone.json beside the weights: guessed num_heads={num_heads} from embed_dim={embed_dim} "
+        "(64-wide heads, as every released InternViT); pass arch= or keep backbone.json to be exact",
+        stacklevel=3,
+    )
     return dict(
         embed_dim=embed_dim,
         depth=depth,
@@ -446,6 +491,12 @@ def load_backbone(
     kwargs: dict[str, Any] = {}
     meta_path = path.with_name("backbone.json")
     if meta_path.is_file():
+        if path.name != "backbone.safetensors":
+            warnings.warn(
+                f"{path}: using the architecture in {meta_path}, which lies in the same folder "
+                "(written by export_backbone for backbone.safetensors); pass arch= if it does not belong to this file",
+                stacklevel=2,
+            )
         meta = json.loads(meta_path.read_text())
         arch = arch or meta.get("arch")
         kwargs.update(meta.get("model_kwargs", {}))
