@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from toy_models import N_CLASSES, InterruptAfter, PixelModel, pixel_function, write_test_scene
+from toy_models import (
+    N_CLASSES,
+    InterruptAfter,
+    PixelModel,
+    PositionModel,
+    pixel_function,
+    reference_blend,
+    write_test_scene,
+)
 
 from vitp_geo.io.styles import ClassStyle
 from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
@@ -298,3 +306,24 @@ def test_two_band_uint8_is_stretched_scene_wide(tmp_path: Path) -> None:
     expected = pixel_function(rgb[0].astype(np.float32) / 255.0)
     with rasterio.open(tmp_path / "probs.tif") as probs:
         np.testing.assert_allclose(probs.read(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap"),
+    [((600, 600), 512, 0.25), ((64, 200), 64, 0.25)],
+    ids=["last-window-shifted-far", "one-tile-tall"],
+)
+def test_blend_ramp_is_the_nominal_overlap(
+    tmp_path: Path, size: tuple[int, int], tile: int, overlap: float
+) -> None:
+    """A model with spatial context: the blend must use ramps of ``tile − stride`` on both axes.
+
+    At 600 px with 512-px tiles the second row starts 88 px down (a 424-px overlap), which must not
+    widen the 128-px ramp; a one-tile-tall scene still ramps between its columns.
+    """
+    write_test_scene(tmp_path / "scene.tif", size)
+    cfg = EngineConfig(tile_size=tile, overlap=overlap, batch_size=2, activation="none", progress=False)
+    _run(tmp_path / "scene.tif", tmp_path, model=PositionModel(), config=cfg)
+    with rasterio.open(tmp_path / "probs.tif") as probs:
+        p = probs.read().astype(np.float64)
+    np.testing.assert_allclose(p, reference_blend(*size, tile, overlap), rtol=1e-5, atol=1e-5)

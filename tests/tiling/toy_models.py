@@ -50,3 +50,37 @@ def write_test_scene(
         img[:, r0:r1, c0:c1] = 0
     write_geotiff(path, img, scene.transform, scene.crs, nodata=0)
     return img
+
+
+class PositionModel(torch.nn.Module):
+    """Scores that depend on where a pixel lies inside its window (spatial context, unlike PixelModel).
+
+    Class 0 rises left to right across the window, class 1 top to bottom; the others are 0. Blending
+    windows that disagree this way shows exactly which weights the engine used.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) → (B, K, H, W)
+        b, _, h, w = x.shape
+        out = torch.zeros(b, N_CLASSES, h, w)
+        out[:, 0] = torch.linspace(0.0, 1.0, w).expand(h, w)
+        out[:, 1] = torch.linspace(0.0, 1.0, h)[:, None].expand(h, w)
+        return out
+
+
+def reference_blend(height: int, width: int, tile: int, overlap: float) -> np.ndarray:
+    """What PositionModel's blended scores must be: windows and cosine ramps of the nominal overlap."""
+    from vitp_geo.tiling.blending import blend_weights
+    from vitp_geo.tiling.planner import plan_windows
+
+    plan = plan_windows(height, width, tile, overlap)
+    stride = max(1, int(round(tile * (1 - overlap))))
+    weight = blend_weights(plan.tile_h, plan.tile_w, "cosine", overlap_px=tile - stride).astype(np.float64)
+    model = PositionModel()
+    scores = model(torch.zeros(1, 3, plan.tile_h, plan.tile_w))[0].numpy().astype(np.float64)
+    acc = np.zeros((N_CLASSES, height, width))
+    wsum = np.zeros((height, width))
+    for r in plan.row_offsets:
+        for c in plan.col_offsets:
+            acc[:, r : r + plan.tile_h, c : c + plan.tile_w] += scores * weight
+            wsum[r : r + plan.tile_h, c : c + plan.tile_w] += weight
+    return acc / wsum

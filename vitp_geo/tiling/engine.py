@@ -352,8 +352,7 @@ def _segment(
     created_work = False  # True once this call has made ``work`` (a resumed run reuses it)
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
-        stride = plan.row_offsets[1] - plan.row_offsets[0] if len(plan.row_offsets) > 1 else cfg.tile_size
-        weight = blend_weights(plan.tile_h, plan.tile_w, cfg.blend, overlap_px=cfg.tile_size - stride)
+        weight = blend_weights(plan.tile_h, plan.tile_w, cfg.blend, overlap_px=plan.overlap_px)
         start = None
         if rank.is_writer:
             settings = {

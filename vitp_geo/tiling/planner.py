@@ -38,6 +38,9 @@ class WindowPlan:
         height, width: scene size in pixels.
         tile_h, tile_w: window size (``min(tile_size, scene side)``).
         row_offsets, col_offsets: window start rows and columns, increasing.
+        stride: the nominal step between neighbouring windows (``tile_size − overlap px``); only the
+            last row and column, shifted inward to end on the edge, may overlap more. Blending ramps
+            take their width from it (``tile_size − stride``), never from an offset gap.
     """
 
     height: int
@@ -46,6 +49,12 @@ class WindowPlan:
     tile_w: int
     row_offsets: tuple[int, ...]
     col_offsets: tuple[int, ...]
+    stride: int
+
+    @property
+    def overlap_px(self) -> int:
+        """Nominal overlap between neighbouring windows in pixels (the blend ramp width)."""
+        return max(0, max(self.tile_h, self.tile_w) - self.stride)
 
     @property
     def n_windows(self) -> int:
@@ -82,4 +91,5 @@ def plan_windows(height: int, width: int, tile_size: int, overlap: float) -> Win
         tile_w,
         tuple(axis_offsets(height, tile_size, stride)),
         tuple(axis_offsets(width, tile_size, stride)),
+        stride,
     )
