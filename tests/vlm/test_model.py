@@ -272,3 +272,19 @@ def test_full_size_internvl2_5_1b_architecture_on_meta_device():
 def test_tiny_vlm_refuses_llm_sizes_that_do_not_divide_into_heads():
     with pytest.raises(ValueError, match=r"llm_hidden \(500\) must be a multiple of llm_heads \(6\)"):
         build_tiny_vlm(build_offline_tokenizer(), llm_hidden=500, llm_heads=6, llm_kv_heads=2)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_drop_path_reaches_a_real_internvl_vit(tmp_path, tok, rate):
+    """``--drop-path`` applies with ``--model-path`` too (it used to apply to the tiny model only)."""
+    from vitp_geo.pretrain.config import PretrainConfig
+    from vitp_geo.pretrain.run import build_parts
+
+    d = tmp_path / "InternVL2_5-mini"
+    make_internvl_dir(d, tok, sharded=False)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text("{}")
+    cfg = PretrainConfig(model_path=str(d), data=str(recipe), drop_path=rate)
+    model, _, _ = build_parts(cfg, tmp_path / "run")
+    rates = [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in model.vision_model.blocks]
+    assert rates[-1] == pytest.approx(rate) and rates == sorted(rates)  # timm's linear rule up to the rate

@@ -142,7 +142,7 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
             raise FileNotFoundError(f"recipe not found: {recipe}")
 
     if cfg.model_path is not None:
-        model, tokenizer = load_internvl(cfg.model_path)
+        model, tokenizer = load_internvl(cfg.model_path, drop_path_rate=cfg.drop_path)
     else:
         tok_dir = output / "tokenizer"
 
