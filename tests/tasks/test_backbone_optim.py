@@ -38,6 +38,23 @@ def test_extra_bands_keep_rgb_filters_at_their_positions_and_scale_by_3_over_c()
         adapt_patch_embed(_vit(), 4, rgb_channels=[0, 0, 1])
 
 
+@pytest.mark.parametrize("chans", [2, 4, 6])
+def test_equal_channels_keep_the_rgb_response(chans: int) -> None:
+    """A grey input (all channels equal) gives the RGB model's patch response: every C != 1, 3 is
+    scaled by 3 / C, as timm's ``adapt_input_conv`` scales (2 channels used to be left 1.5x short)."""
+    rgb = _vit()
+    w = rgb.patch_embed.proj.weight.detach().clone()
+    vit = _vit()
+    adapt_patch_embed(vit, chans)
+    grey = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = rgb.patch_embed.proj(grey.expand(1, 3, 28, 28))
+        out = vit.patch_embed.proj(grey.expand(1, chans, 28, 28))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if chans == 2:  # no RGB triple: both channels start from the mean filter, scaled by 3/2
+        torch.testing.assert_close(vit.patch_embed.proj.weight.detach()[:, 1], w.mean(1) * 1.5)
+
+
 def test_describe_then_rebuild_gives_the_same_shapes() -> None:
     vit = _vit()
     adapt_patch_embed(vit, 2)

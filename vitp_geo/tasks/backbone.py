@@ -8,7 +8,7 @@ Extra bands (multispectral, SAR) — the rule, applied to the patch-embedding co
 2. Every other channel (NIR, SWIR, SAR polarisations, ...) starts from the mean RGB filter
    ``W.mean(dim=1)``; with ``C == 1`` (single SAR band, panchromatic) the one channel gets the
    sum of the three RGB filters (a grey image then gives exactly the RGB model's response).
-3. For ``C > 3`` all filters are scaled by ``3 / C`` so that the response to an input whose
+3. For ``C == 2`` and ``C > 3`` all filters are scaled by ``3 / C`` so that the response to an input whose
    channels are equal keeps the magnitude the pretrained model saw.
 
 This is the rule of timm's ``adapt_input_conv`` with the RGB channels placed where the user's
@@ -57,7 +57,7 @@ def adapt_patch_embed(vit: VisionTransformer, in_chans: int, rgb_channels: list[
         new = weight.mean(dim=1, keepdim=True).repeat(1, in_chans, 1, 1)
         for src, dst in enumerate(rgb):
             new[:, dst] = weight[:, src]
-        new = new * (3.0 / in_chans) if in_chans > 3 else new
+        new = new * (3.0 / in_chans)  # C == 2 too (timm's adapt_input_conv scales every C != 1, 3)
     new_conv = torch.nn.Conv2d(
         in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
     )
