@@ -18,6 +18,7 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize, shapes
+from shapely import STRtree
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
@@ -84,9 +85,15 @@ def polygonize_rows(
     for cid, items in open_pieces.items():
         merged = unary_union([g for g, _, _ in items])
         parts = list(getattr(merged, "geoms", [merged]))
-        for part in parts:
-            inside = [(s, n) for g, s, n in items if part.contains(g.representative_point())]
-            done.append((cid, part, sum(s for s, _ in inside), sum(n for _, n in inside)))
+        # Which joined part each piece went into: one spatial-index query (was parts × pieces tests).
+        points = [g.representative_point() for g, _, _ in items]
+        piece_idx, part_idx = STRtree(parts).query(points, predicate="within")
+        sums = np.zeros(len(parts))
+        pixels = np.zeros(len(parts), np.int64)
+        np.add.at(sums, part_idx, [items[i][1] for i in piece_idx])
+        np.add.at(pixels, part_idx, [items[i][2] for i in piece_idx])
+        for j, part in enumerate(parts):
+            done.append((cid, part, float(sums[j]), int(pixels[j])))
     records = [
         {
             "class_id": cid,
