@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vitp_geo.tiling.planner import plan_windows
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -25,32 +27,18 @@ class Tile:
         return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:  # the last tile is aligned to the far edge
-        starts.append(length - tile)
-    return starts
-
-
 def plan_tiles(height: int, width: int, tile_size: int, overlap: float = 0.0) -> list[Tile]:
     """Tiles covering an ``height``×``width`` scene, row-major.
 
-    Tiles are ``tile_size`` square with stride ``round(tile_size · (1 − overlap))``; the last row
-    and column are shifted to end at the scene edge. A scene smaller than ``tile_size`` is one tile
-    of the scene's own size.
+    The windows are the one tile planner's (``vitp_geo.tiling.planner.plan_windows``, which
+    inference uses too): ``tile_size`` square with stride ``round(tile_size · (1 − overlap))``; the
+    last row and column are shifted to end at the scene edge. A scene smaller than ``tile_size`` is
+    one tile of the scene's own size.
     """
     if tile_size < 8:
         raise ValueError(f"tile_size must be >= 8, got {tile_size}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    stride = max(1, int(round(tile_size * (1 - overlap))))
-    return [
-        Tile(r, c, min(tile_size, height), min(tile_size, width))
-        for r in _starts(height, tile_size, stride)
-        for c in _starts(width, tile_size, stride)
-    ]
+    plan = plan_windows(height, width, tile_size, overlap)
+    return [Tile(r, c, plan.tile_h, plan.tile_w) for r in plan.row_offsets for c in plan.col_offsets]
 
 
 # Named regions of a tile as (row0, row1, col0, col1) fractions.
