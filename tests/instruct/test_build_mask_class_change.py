@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import rasterio
 import yaml
 from _corpus_helpers import answer, by_task, question, records, tile_origin
 from affine import Affine
@@ -87,6 +88,8 @@ def test_mask_dominant_class_and_unknown_values(tmp_path):
     out = tmp_path / "c"
     build_corpus(out, [MaskSource(paths.image, paths.mask, dict(enumerate(CLASS_NAMES)), tile_size=64)])
     (dom,) = by_task(out, "dominant") or [None]
+    with rasterio.open(paths.image) as src:  # a one-tile scene: the tile is the whole scene
+        assert dom is not None and dom.extra["origin"]["bounds"] == pytest.approx(list(src.bounds))
     counts = np.bincount(scene.mask.ravel(), minlength=len(CLASS_NAMES))
     expected = CLASS_NAMES[int(np.argmax(counts))]
     assert dom is not None and answer(dom) in (expected, "water body" if expected == "water" else expected)
@@ -201,6 +204,12 @@ def test_change_pairs_two_images_boxes_and_area(tmp_path):
     build_corpus(out, [ChangeSource(b, a, c, tile_size=48)])
     recs = records(out)
     assert all(len(r.images) == 2 and question(r).count("<image>") == 2 for r in recs)
+    for r in recs:  # one origin per image: the same window of the before and the after scene
+        before, after = r.extra["origin"]
+        row, col = tile_origin(r.images[0])
+        assert (before["scene"], after["scene"]) == (str(b), str(a))
+        assert before["window"] == after["window"] == [col, row, 48, 48]
+        assert before["bounds"] == after["bounds"]
     yesno = {tile_origin(r.images[0]): answer(r).startswith("Yes") for r in by_task(out, "change_yesno")}
     for (row, col), changed in yesno.items():
         assert changed == bool(pair.change_mask[row : row + 48, col : col + 48].any())

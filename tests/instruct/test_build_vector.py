@@ -230,3 +230,34 @@ def test_referring_answers_pick_the_right_object(tmp_path):
         assert parse_boxes(answer(rec)) == [expected]
         seen.add(which)
     assert len(seen) >= 3
+
+
+def test_records_say_where_their_tile_lies_on_the_map(tmp_path, scene_files):
+    """Traceability: ``origin`` gives the scene, window, CRS, tile transform and bounds of each record."""
+    import rasterio
+    from rasterio.windows import Window, bounds, transform
+
+    scene, paths = scene_files
+    out = tmp_path / "corpus"
+    build_corpus(out, [VectorSource(paths.image, paths.objects, class_field="class_name", tile_size=TILE)])
+    recs = records(out)
+    assert recs and all("origin" in r.extra for r in recs)
+    buildings_map = [o["geometry"] for o in scene.objects if o["class_name"] == "building"]
+    with rasterio.open(paths.image) as src:
+        for rec in recs:
+            o = rec.extra["origin"]
+            row, col = tile_origin(rec.images[0])
+            assert o["scene"] == str(paths.image) and o["window"] == [col, row, TILE, TILE]
+            assert o["crs"] == src.crs.to_string()
+            win = Window(col, row, TILE, TILE)
+            np.testing.assert_allclose(o["bounds"], bounds(win, src.transform))
+            np.testing.assert_allclose(o["transform"], list(transform(win, src.transform))[:6])
+        # A grounded box, taken to the map through its record's origin alone, lands on a building.
+        rec = next(r for r in by_task(out, "grounding") if "<ref>building</ref>" in answer(r))
+        t = Affine(*rec.extra["origin"]["transform"])
+        x1, y1, x2, y2 = denormalize_box(parse_boxes(answer(rec))[0], TILE, TILE)
+        footprint = shapely.box(*(t @ (x1, y2)), *(t @ (x2, y1)))
+        assert max(footprint.intersection(b).area / b.area for b in buildings_map) > 0.5
+    # The JSONL on disk carries it too (InternVL ignores extra keys).
+    line = (out / "annotations.jsonl").read_text().splitlines()[0]
+    assert '"origin": {"scene":' in line

@@ -91,7 +91,9 @@ def build_default_corpus(
             )
             before, after, change = write_change_pair(pair, work / "pairs", stem=f"pair_{j:03d}")
             sources.append(ChangeSource(before, after, change, tile_size=tile_size))
-        result = build_corpus(out_dir, sources, seed=seed, name="rs_default", overwrite=True)
+        result = build_corpus(
+            out_dir, sources, seed=seed, name="rs_default", overwrite=True, origin_base=work
+        )  # origins name the generated scenes as scenes/scene_000.tif, …, not the temporary folder
     return _split_alignment(result.recipe, align_repeat)
 
 

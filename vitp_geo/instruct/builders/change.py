@@ -94,6 +94,7 @@ class ChangeSource:
                     f"{stem}/{tag}_{tile.name}.png",
                     r.rgb[(slice(None), *tile.slices)],
                     key=(str(Path(r.path).resolve()), self.rule, tile),
+                    origin=r.tile_origin(tile.row, tile.col, tile.height, tile.width),
                 )
                 for tag, r in (("before", before), ("after", after))
             ]

@@ -60,18 +60,27 @@ class BuildContext:
         rng: the seeded generator every builder draws from, in source order.
     """
 
-    def __init__(self, root: Path, rng: np.random.Generator) -> None:
+    def __init__(self, root: Path, rng: np.random.Generator, origin_base: str | Path | None = None) -> None:
         self.root = root
+        self.origin_base = Path(origin_base).resolve() if origin_base is not None else None
         self.rng = rng
         self.summary = BuildSummary()
         self._saved: dict[Hashable, str] = {}
+        self._origins: dict[str, dict[str, object]] = {}  # image path → where its tile lies
         self._ids: Counter[str] = Counter()
 
-    def save_image(self, rel: str, rgb: np.ndarray, key: Hashable | None = None) -> str:
+    def save_image(
+        self,
+        rel: str,
+        rgb: np.ndarray,
+        key: Hashable | None = None,
+        origin: dict[str, object] | None = None,
+    ) -> str:
         """Save (3, H, W) uint8 as PNG at ``images/<rel>``; returns the path relative to the root.
 
         A second call with the same ``key`` returns the first path without writing again (builders
-        that share a raster tile share its image).
+        that share a raster tile share its image). ``origin`` (``LoadedRaster.tile_origin``) says
+        where the tile lies; every record about the image then carries it as ``origin``.
         """
         if key is not None and key in self._saved:
             return self._saved[key]
@@ -81,10 +90,18 @@ class BuildContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(path)
         out = path.relative_to(self.root).as_posix()
+        if origin is not None:
+            self._origins[out] = self._relative_scene(origin)
         self.summary.images_written += 1
         if key is not None:
             self._saved[key] = out
         return out
+
+    def _relative_scene(self, origin: dict[str, object]) -> dict[str, object]:
+        scene = Path(str(origin["scene"]))
+        if self.origin_base is not None and scene.resolve().is_relative_to(self.origin_base):
+            return {**origin, "scene": scene.resolve().relative_to(self.origin_base).as_posix()}
+        return origin
 
     def record(
         self, stem: str, images: list[str], question: str, answer: str, task: str, modality: str
@@ -97,10 +114,15 @@ class BuildContext:
         base = f"{stem}_{task}"
         self._ids[base] += 1
         rid = base if self._ids[base] == 1 else f"{base}_{self._ids[base]}"
+        origins = [self._origins.get(i) for i in images]
+        extra: dict[str, object] = {}
+        if images and all(o is not None for o in origins):
+            extra["origin"] = origins[0] if len(origins) == 1 else origins
         return InstructionRecord(
             id=rid,
             images=list(images),
             conversations=[{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}],
             task=task,
             modality=modality,
+            extra=extra,
         )

@@ -49,6 +49,7 @@ def build_corpus(
     repeat_time: float = 1.0,
     overwrite: bool = False,
     progress: bool = False,
+    origin_base: str | Path | None = None,
 ) -> CorpusResult:
     """Build every source into ``out_dir`` (see module doc).
 
@@ -60,6 +61,8 @@ def build_corpus(
         repeat_time: the recipe entry's ``repeat_time``.
         overwrite: replace an existing non-empty ``out_dir``.
         progress: show a progress bar over sources.
+        origin_base: record each tile's ``origin.scene`` relative to this folder (scenes outside it
+            keep the path as given); ``None`` keeps the paths as given.
 
     Raises:
         ValueError: no sources, zero records, a non-finite or non-positive ``repeat_time``, or
@@ -79,7 +82,7 @@ def build_corpus(
     name = name or out_dir.resolve().name
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        ctx = BuildContext(tmp, np.random.default_rng(seed))
+        ctx = BuildContext(tmp, np.random.default_rng(seed), origin_base=origin_base)
         records: list[InstructionRecord] = []
         for source in tqdm(sources, desc="sources", disable=not progress or len(sources) < 2):
             records += source.build(ctx)

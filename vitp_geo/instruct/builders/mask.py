@@ -109,6 +109,7 @@ class MaskSource:
                 f"{stem}/{tile.name}.png",
                 raster.rgb[(slice(None), *tile.slices)],
                 key=(str(Path(self.image).resolve()), self.rule, tile),
+                origin=raster.tile_origin(tile.row, tile.col, tile.height, tile.width),
             )
             ctx.summary.tiles_written += 1
             records += self._tile_records(

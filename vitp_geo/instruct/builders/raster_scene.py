@@ -53,6 +53,29 @@ class LoadedRaster:
     def width(self) -> int:
         return int(self.rgb.shape[2])
 
+    def tile_origin(self, row: int, col: int, height: int, width: int) -> dict[str, object]:
+        """Where a tile of this raster lies, for the record that uses it (trace a record to the map).
+
+        Returns ``scene`` (the file), ``window`` ``[col_off, row_off, width, height]`` in pixels,
+        ``crs`` (authority string such as ``EPSG:32633``, else WKT; ``None`` when the raster has
+        none), the tile's own ``transform`` (GDAL order ``a, b, c, d, e, f``) and its map ``bounds``
+        ``[minx, miny, maxx, maxy]``.
+        """
+        t = self.transform @ Affine.translation(col, row)
+        corners = [t @ (x, y) for x, y in ((0, 0), (width, 0), (0, height), (width, height))]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        crs: str | None = None
+        if self.crs is not None:
+            auth = self.crs.to_authority()
+            crs = f"{auth[0]}:{auth[1]}" if auth else self.crs.to_wkt()
+        return {
+            "scene": str(self.path),
+            "window": [col, row, width, height],
+            "crs": crs,
+            "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "bounds": [min(xs), min(ys), max(xs), max(ys)],
+        }
+
     @property
     def pixel_area(self) -> float:
         """Area of one pixel in CRS units² (absolute determinant of the transform)."""

@@ -183,6 +183,7 @@ class VectorSource:
                 f"{stem}/{tile.name}.png",
                 raster.rgb[(slice(None), *tile.slices)],
                 key=(str(Path(self.image).resolve()), self.rule, tile),
+                origin=raster.tile_origin(tile.row, tile.col, tile.height, tile.width),
             )
             ctx.summary.tiles_written += 1
             records += self.tile_records(ctx, raster, labels, tile, objs, img, f"{stem}_{tile.name}")
