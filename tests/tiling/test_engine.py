@@ -136,6 +136,36 @@ def test_refused_or_failed_resume_keeps_the_saved_state(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (b / name).read_bytes()
 
 
+@pytest.mark.parametrize("damage", ["class-raw-truncated", "probs-raw-altered", "state-truncated"])
+def test_resume_verifies_the_saved_state_before_trusting_it(tmp_path: Path, damage: str) -> None:
+    """A raw file shorter than the recorded rows (it used to be zero-filled, exit 0), a raw file whose
+    rows changed, or a cut-off state.npz: refused with a message naming the file, every file kept."""
+    write_test_scene(tmp_path / "scene.tif", (200, 190))
+    cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0})
+    b = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "scene.tif", b, model=InterruptAfter(PixelModel(), 5), config=cfg)
+    work = work_dir_for(b / "pred.tif")
+    if damage == "class-raw-truncated":
+        raw = work / "class.raw"
+        raw.write_bytes(raw.read_bytes()[:-190])  # one row short
+        match = r"class\.raw holds .* bytes, but the saved state records"
+    elif damage == "probs-raw-altered":
+        raw = work / "probs.raw"
+        data = bytearray(raw.read_bytes())
+        data[100] ^= 0xFF
+        raw.write_bytes(bytes(data))
+        match = r"probs\.raw differ from what the saved state recorded"
+    else:
+        state = work / "state.npz"
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        match = r"state\.npz is damaged"
+    saved = _folder_bytes(work)
+    with pytest.raises(ValueError, match=match):
+        _run(tmp_path / "scene.tif", b, config=cfg, resume=True)
+    assert _folder_bytes(work) == saved and not (b / "pred.tif").exists()
+
+
 def test_rerun_without_resume_says_it_discards_the_partial_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,7 @@ import logging
 import resource
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,17 +134,28 @@ class _Writer:
     ) -> None:
         self.work, self.plan = work, plan
         self.acc = StripAccumulator(plan.width, n_classes)
+        crcs: dict[str, int | None] = {"class": None, "probs": None, "conf": None}
         if acc_state is not None:
+            acc_state = dict(acc_state)
+            for name in crcs:
+                if f"crc_{name}" in acc_state:
+                    crcs[name] = int(acc_state.pop(f"crc_{name}"))
             self.acc.load_state(acc_state)
         w = plan.width
-        self.classes = RawRowSink(work / "class.raw", w, 1, "uint8", CLASS_NODATA, rows_written)
+        self.classes = RawRowSink(
+            work / "class.raw", w, 1, "uint8", CLASS_NODATA, rows_written, crcs["class"]
+        )
         self.probs = (
-            RawRowSink(work / "probs.raw", w, n_classes, outputs.probability_dtype, np.nan, rows_written)
+            RawRowSink(
+                work / "probs.raw", w, n_classes, outputs.probability_dtype, np.nan, rows_written, crcs["probs"]
+            )
             if outputs.probabilities
             else None
         )
         self.conf = (
-            RawRowSink(work / "conf.raw", w, 1, "float32", np.nan, rows_written) if outputs.vector else None
+            RawRowSink(work / "conf.raw", w, 1, "float32", np.nan, rows_written, crcs["conf"])
+            if outputs.vector
+            else None
         )
         self.sinks = [s for s in (self.classes, self.probs, self.conf) if s is not None]
         self.next_row = start_row
@@ -178,6 +190,9 @@ class _Writer:
         state = self.acc.state()
         state["next_row"] = np.asarray(self.next_row)
         state["rows_written"] = np.asarray(self.classes.rows_written)
+        for name, sink in (("class", self.classes), ("probs", self.probs), ("conf", self.conf)):
+            if sink is not None:
+                state[f"crc_{name}"] = np.asarray(sink.crc, dtype=np.uint32)
         with atomic_output(self.work / "state.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **state)  # type: ignore[arg-type]
@@ -205,9 +220,16 @@ def _prepare_work(
                 "(its saved state is kept); rerun with the same settings, or without --resume to "
                 "discard it and start over"
             )
-        with np.load(state_file) as z:
-            state = {k: z[k] for k in z.files}
-        return int(state.pop("next_row")), int(state.pop("rows_written")), state
+        try:
+            with np.load(state_file) as z:
+                state = {k: z[k] for k in z.files}
+            next_row, rows_written = int(state.pop("next_row")), int(state.pop("rows_written"))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"cannot resume from {work}: its saved state {state_file} is damaged ({err}); it is kept — "
+                "rerun without --resume to discard it and start over"
+            ) from err
+        return next_row, rows_written, state
     if work.exists():
         if state_file.exists():  # an interrupted run that could have been resumed
             logger.warning(
