@@ -45,6 +45,13 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*INFER, "--out", "{w}/out/pred.tif", "--probabilities", "{w}/out/pred.tiff"],
         ["{w}/out/pred.qml"],
     ),
+    # outputs that cannot be written: found before the job runs, not after
+    ("infer-out-is-a-directory", [*INFER, "--out", "{w}/d.tif"], ["--out", "{w}/d.tif", "is a directory"]),
+    (
+        "infer-vector-under-a-file",
+        [*INFER, "--out", "{w}/out/p.tif", "--vector", "{w}/scene.tif/objects.gpkg"],
+        ["--vector", "{w}/scene.tif is a file"],
+    ),
     # flag values
     ("infer-tile-size-0", [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "0"], ["--tile-size", "0"]),
     ("infer-tile-size-negative", [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "-112"], ["-112"]),
@@ -109,6 +116,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     scene = generate_scene(1, 112)
     write_geotiff(w / "scene.tif", scene.image, scene.transform, scene.crs)
     (w / "link.tif").symlink_to("scene.tif")
+    (w / "d.tif").mkdir()
     save_tiny_segmentation_checkpoint(w / "tiny.ckpt", tile_size=112)
     _backbone(w / "nan", "blocks.1.mlp.fc1.weight", float("nan"))
     _backbone(w / "inf", "pos_embed", float("inf"))

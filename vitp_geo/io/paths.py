@@ -30,10 +30,17 @@ def check_output_paths(
         outputs: label → path of each file the job writes.
 
     Raises:
-        ValueError: naming both labels and the path.
+        ValueError: naming both labels and the path; or an output that is a directory, or lies
+            under a file.
     """
     outs = [(k, Path(v)) for k, v in outputs.items() if v is not None]
     ins = [(k, Path(v)) for k, v in inputs.items() if v is not None]
+    for out_label, out in outs:  # a job must not run for hours, then fail to write its result
+        if out.is_dir():
+            raise ValueError(f"{out_label} {out} is a directory; give a file path (e.g. {out / 'pred.tif'})")
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ValueError(f"{out_label} {out}: {blocking} is a file, not a folder")
     for i, (out_label, out) in enumerate(outs):
         for in_label, src in ins:
             if same_file(out, src):
