@@ -6,7 +6,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 from affine import Affine
-from shapely.geometry import box
+from shapely.geometry import LineString, Point, box
 
 from vitp_geo.cli.main import main
 from vitp_geo.instruct.builders import VectorSource, build_corpus
@@ -48,6 +48,25 @@ def test_labels_that_miss_the_raster(tmp_path, scene):
     far.to_file(tmp_path / "far.gpkg", driver="GPKG")
     with pytest.raises(ValueError, match=r"far\.gpkg do not overlap raster .*scene\.tif"):
         build_corpus(tmp_path / "out", [VectorSource(scene.image, tmp_path / "far.gpkg", tile_size=64)])
+    assert _nothing_left(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("geoms", "expected"),
+    [
+        ([], r"empty\.gpkg have no polygons to build from: no features"),
+        (
+            [Point(5, 5), LineString([(0, 0), (1, 1)])],
+            r"empty\.gpkg have no polygons to build from: 2 feature\(s\), none usable \(2 not a polygon\)",
+        ),
+    ],
+    ids=["no-features", "points-and-lines"],
+)
+def test_labels_without_polygons_say_so_not_that_they_miss_the_raster(tmp_path, scene, geoms, expected):
+    frame = gpd.GeoDataFrame({"class_name": ["building"] * len(geoms)}, geometry=geoms, crs="EPSG:32633")
+    frame.to_file(tmp_path / "empty.gpkg", driver="GPKG")
+    with pytest.raises(ValueError, match=expected):
+        build_corpus(tmp_path / "out", [VectorSource(scene.image, tmp_path / "empty.gpkg", tile_size=64)])
     assert _nothing_left(tmp_path)
 
 

@@ -117,6 +117,10 @@ def load_pixel_labels(
         map_geoms.append(poly)
         classes.append(name)
 
+    if not geoms:  # say why: an empty layer or one without usable polygons is not an overlap problem
+        dropped = ", ".join(f"{n} {why}" for why, n in summary.objects_dropped.items() if n)
+        what = f"{len(frame)} feature(s), none usable ({dropped})" if len(frame) else "no features"
+        raise ValueError(f"labels {path} have no polygons to build from: {what}")
     extent = shapely.box(0, 0, raster.width, raster.height)
     inside = [g.intersects(extent) for g in geoms]
     if not any(inside):
