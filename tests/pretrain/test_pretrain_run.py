@@ -274,3 +274,20 @@ def test_two_process_ddp_without_output_writes_one_run_folder(tmp_path: Path):
     assert len(runs) == 1, runs
     assert (runs[0] / "backbone.safetensors").is_file()
     assert [int(r["step"]) for r in read_metrics(runs[0] / "metrics.csv")] == [1, 2]
+
+
+def test_an_earlier_run_is_never_started_over_silently(tmp_path: Path, capsys):
+    """Without --resume or --overwrite, a folder holding an earlier run is refused and left as it is
+    (it used to lose metrics.csv and have its interrupted last.ckpt overwritten)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"interrupted run")
+    (run / "metrics.csv").write_text("step,loss\n1,2.0\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["pretrain", "--max-steps", "1", "--output", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds an earlier run (checkpoints/last.ckpt, metrics.csv)" in err and "--resume last" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # --resume gets past the guard (and then names the file that is not a checkpoint)
+    assert main(["pretrain", "--max-steps", "1", "--output", str(run), "--resume", "last"]) == 2
+    assert "earlier run" not in capsys.readouterr().err

@@ -14,6 +14,7 @@ _HELP: dict[str, str] = {
     "data": "instruction recipe (InternVL meta-JSON or YAML); default: the embedded synthetic corpus",
     "output": "run folder (default runs/pretrain-<domain>-<timestamp>)",
     "resume": "continue from a checkpoint: a .ckpt path, or 'last' for <output>/checkpoints/last.ckpt",
+    "overwrite": "replace an earlier run in --output (without it, and without --resume, such a folder is refused)",
     "lr": "peak learning rate",
     "max_steps": "optimizer steps",
     "batch_size": "samples per batch on each device",

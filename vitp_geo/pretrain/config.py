@@ -28,6 +28,7 @@ class PretrainConfig:
     data: str | None = None  # recipe (meta-JSON / YAML); None = the embedded synthetic corpus
     output: str | None = None  # None = runs/pretrain-<domain>-<timestamp>
     resume: str | None = None  # a .ckpt path, or "last" for <output>/checkpoints/last.ckpt
+    overwrite: bool = False  # an --output that holds an earlier run is refused unless this (or resume)
 
     # Optimisation. Tiny default: a high lr so a few hundred CPU steps visibly learn (2e-3 delays
     # image reading, docs/pretraining-evidence.md); 450 steps fit the 3-minute budget on 2 cores (measured 2:36 wall alone).

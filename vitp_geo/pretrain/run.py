@@ -233,6 +233,27 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         os.environ.pop(RUN_DIR_ENV, None)
 
 
+EARLIER_RUN_FILES = ("checkpoints/last.ckpt", "metrics.csv", "backbone.safetensors")
+
+
+def _check_earlier_run(cfg: PretrainConfig, output: Path) -> None:
+    """Refuse to start over in a folder that holds an earlier run, unless asked (one rule for all commands).
+
+    Only the process that starts the run checks (ranks that Lightning or torchrun start later see
+    rank 0's fresh files).
+    """
+    if cfg.resume is not None or cfg.overwrite:
+        return
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return
+    found = [name for name in EARLIER_RUN_FILES if (output / name).exists()]
+    if found:
+        raise ValueError(
+            f"--output {output} holds an earlier run ({', '.join(found)}); pass --resume last to continue "
+            "it, --overwrite to replace it, or choose another --output"
+        )
+
+
 def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     from vitp_geo.models.vit import check_finite_weights, export_backbone
     from vitp_geo.vlm.template import tokenize_conversation
@@ -242,6 +263,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     if cfg.resume is not None and cfg.output is None:
         raise ValueError("--resume needs --output: the run folder to continue")
     output = Path(cfg.output) if cfg.output else default_output(cfg.domain)
+    _check_earlier_run(cfg, output)
     output.mkdir(parents=True, exist_ok=True)
     ckpt_path = _resume_path(cfg, output)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
