@@ -172,7 +172,7 @@ def _read_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
         if pred.shape != gt.shape:
             raise ValueError(f"shape mismatch: {pred_path} is {pred.shape}, {gt_path} is {gt.shape}")
         return pred, gt
-    from vitp_geo.medical.volume import check_same_grid, load_nifti
+    from vitp_geo.medical.volume import as_labels, check_same_grid, load_nifti
 
     gv, pv = load_nifti(gt_path), load_nifti(pred_path)
     if pv.array.ndim != 3 or gv.array.ndim != 3:
@@ -180,18 +180,7 @@ def _read_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"label volumes must be 3D: {pred_path} is {pv.array.shape}, {gt_path} is {gv.array.shape}"
         )
     check_same_grid(gv, pv)
-    return _labels(pv.array, pred_path), _labels(gv.array, gt_path)
-
-
-def _labels(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.dtype.kind == "f":
-        frac = array != np.round(array)
-        if frac.any():
-            raise ValueError(f"{path}: non-integer label value {float(array[frac].flat[0])}")
-    out = array.astype(np.int64)
-    if out.size and out.min() < 0:
-        raise ValueError(f"{path}: negative label value {int(out.min())}")
-    return out
+    return as_labels(pv.array, pred_path), as_labels(gv.array, gt_path)
 
 
 def _check_values(array: np.ndarray, allowed: set[int], path: Path, source: str) -> None:
