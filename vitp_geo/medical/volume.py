@@ -257,9 +257,10 @@ def load_volume(path: str | Path, modality: Modality | str | None = None) -> Vol
     elif is_dicom_file(path):
         vol = dicom.load_dicom_file_as_volume(path)
     else:
+        hint = " (radiographs: vitp_geo.medical.xray.load_xray)" if path.suffix.lower() == ".png" else ""
         raise ValueError(
             f"{path}: neither NIfTI (.nii / .nii.gz) nor DICOM (no 'DICM' marker at byte 128); "
-            "pass a NIfTI file, a DICOM file or a folder of DICOM slices"
+            f"pass a NIfTI file, a DICOM file or a folder of DICOM slices{hint}"
         )
     if modality is not None:
         vol.modality = Modality(modality)
@@ -392,6 +393,7 @@ def save_nifti_like(labels_ras: np.ndarray, reference: Volume, path: str | Path)
         img = nib.Nifti1Image(data, reference.source_affine)
         img.set_qform(reference.source_affine, 1)
         img.set_sform(reference.source_affine, 1)
+        img.header.set_xyzt_units("mm")
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"] = 0
