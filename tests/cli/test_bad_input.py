@@ -95,6 +95,22 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["recipe", "merge", "{w}/good.json", "{w}/inf.json", "--out", "{w}/merged.json"],
         ["inf.json", "repeat_time"],
     ),
+    # existing outputs: replaced only with --overwrite, the same rule for every command
+    (
+        "recipe-merge-out-exists",
+        ["recipe", "merge", "{w}/good.json", "{w}/other.json", "--out", "{w}/merged_before.json"],
+        ["--out", "{w}/merged_before.json", "exists", "--overwrite"],
+    ),
+    (
+        "build-out-exists",
+        ["build-instructions", "--folders", "{w}/s", "--out", "{w}/d.tif"],
+        ["--out", "{w}/d.tif", "not empty", "--overwrite"],
+    ),
+    (
+        "pretrain-output-holds-an-earlier-run",
+        ["pretrain", "--output", "{w}/earlier", "--max-steps", "1"],
+        ["--output", "{w}/earlier", "earlier run", "--resume last", "--overwrite"],
+    ),
     (
         "recipe-merge-out-is-an-input",
         ["recipe", "merge", "{w}/good.json", "{w}/other.json", "--out", "{w}/good.json"],
@@ -117,6 +133,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_geotiff(w / "scene.tif", scene.image, scene.transform, scene.crs)
     (w / "link.tif").symlink_to("scene.tif")
     (w / "d.tif").mkdir()
+    (w / "d.tif" / "keep.txt").write_text("a folder that is not empty")
+    (w / "merged_before.json").write_text("{}")
+    (w / "earlier" / "checkpoints").mkdir(parents=True)
+    (w / "earlier" / "checkpoints" / "last.ckpt").write_bytes(b"an interrupted run")
     save_tiny_segmentation_checkpoint(w / "tiny.ckpt", tile_size=112)
     _backbone(w / "nan", "blocks.1.mlp.fc1.weight", float("nan"))
     _backbone(w / "inf", "pos_embed", float("inf"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from vitp_geo.pretrain.config import DOMAINS, PretrainConfig
@@ -98,7 +99,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitp_geo.pretrain.config import describe_settings, resolve_config
-    from vitp_geo.pretrain.run import run_pretrain
+    from vitp_geo.pretrain.run import check_earlier_run, run_pretrain
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -107,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     }
     sources: dict[str, str] = {}
     cfg = resolve_config(args.domain, args.config, overrides, preset=args.preset, sources=sources)
+    if cfg.output is not None:
+        cfg.validate()  # bad flags and an earlier run are one error line, before anything is printed
+        check_earlier_run(cfg, Path(cfg.output))
     if cfg.embedded:
         print(
             "vitp-geo pretrain: no --model-path or --data given, running the embedded tiny default "

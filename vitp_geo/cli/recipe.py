@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m = sub.add_parser("merge", help="combine recipes into one (name clashes get a _2, _3 suffix)")
     m.add_argument("recipes", type=Path, nargs="+")
     m.add_argument("--out", type=Path, required=True, help="merged recipe (.json)")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.tokenizer:
             print("(text tokens estimated as characters/4; pass --tokenizer for exact counts)")
         return 0
-    out, notes = merge_recipes(list(args.recipes), args.out)
+    out, notes = merge_recipes(list(args.recipes), args.out, overwrite=args.overwrite)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out}")

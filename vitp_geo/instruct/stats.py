@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vitp_geo.instruct.recipe import RecipeEntry, effective_count, load_recipe, save_recipe
 from vitp_geo.instruct.records import IMAGE_PLACEHOLDER, InstructionRecord, read_jsonl
-from vitp_geo.io.paths import check_output_paths
+from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 
 TokenCounter = Callable[[str], int]
 
@@ -131,7 +131,7 @@ def format_stats(per: list[DatasetStats], total: DatasetStats) -> str:
     return "\n".join(lines)
 
 
-def merge_recipes(paths: list[str | Path], out: str | Path) -> tuple[Path, list[str]]:
+def merge_recipes(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> tuple[Path, list[str]]:
     """Combine recipes into one meta-JSON at ``out``.
 
     Entries keep their ``repeat_time``; paths are made absolute before saving, then written
@@ -139,12 +139,15 @@ def merge_recipes(paths: list[str | Path], out: str | Path) -> tuple[Path, list[
     ``<name>_2``, ``<name>_3``, … An entry pointing at an annotation file already merged under
     another name is kept (it is a deliberate duplicate only if the user merged it twice) but reported.
 
+    An existing ``out`` is replaced only with ``overwrite``.
+
     Returns:
         ``(out path, notes)``: one note per renamed or duplicated entry.
     """
     if not paths:
         raise ValueError("recipe merge needs at least one recipe")
     check_output_paths({f"recipe {i + 1}": p for i, p in enumerate(paths)}, {"--out": out})
+    refuse_existing_outputs({"--out": out}, overwrite)
     merged: list[RecipeEntry] = []
     names: set[str] = set()
     annotations: dict[Path, str] = {}

@@ -1,4 +1,5 @@
-"""Output-path guards: an output never replaces one of the inputs or another output."""
+"""Output-path guards: an output never replaces one of the inputs or another output, and an
+existing output is replaced only when the user asks (``--overwrite``): one rule for every command."""
 
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ def check_output_paths(
                 raise ValueError(
                     f"{other_label} and {out_label} are the same file ({out}); give each output its own path"
                 )
+
+
+def refuse_existing_outputs(outputs: Mapping[str, str | Path | None], overwrite: bool) -> None:
+    """Refuse outputs that already exist unless ``overwrite`` (the same rule for every command).
+
+    A folder output counts as existing when it is not empty.
+
+    Args:
+        outputs: label (the flag, e.g. ``--out``) → path of each file or folder the job writes.
+        overwrite: the user passed ``--overwrite``.
+
+    Raises:
+        ValueError: naming the flag and the path, and saying how to proceed.
+    """
+    if overwrite:
+        return
+    for label, value in outputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        exists = any(path.iterdir()) if path.is_dir() else path.exists()
+        if exists:
+            what = "exists and is not empty" if path.is_dir() else "exists"
+            raise ValueError(f"{label} {path} {what}; pass --overwrite to replace it, or choose another path")

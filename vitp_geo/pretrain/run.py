@@ -236,7 +236,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
 EARLIER_RUN_FILES = ("checkpoints/last.ckpt", "metrics.csv", "backbone.safetensors")
 
 
-def _check_earlier_run(cfg: PretrainConfig, output: Path) -> None:
+def check_earlier_run(cfg: PretrainConfig, output: Path) -> None:
     """Refuse to start over in a folder that holds an earlier run, unless asked (one rule for all commands).
 
     Only the process that starts the run checks (ranks that Lightning or torchrun start later see
@@ -263,7 +263,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     if cfg.resume is not None and cfg.output is None:
         raise ValueError("--resume needs --output: the run folder to continue")
     output = Path(cfg.output) if cfg.output else default_output(cfg.domain)
-    _check_earlier_run(cfg, output)
+    check_earlier_run(cfg, output)
     output.mkdir(parents=True, exist_ok=True)
     ckpt_path = _resume_path(cfg, output)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -19,6 +19,7 @@ from vitp_geo.instruct.builders.context import BuildContext, BuildSummary
 from vitp_geo.instruct.recipe import RecipeEntry, save_recipe
 from vitp_geo.instruct.records import InstructionRecord, write_jsonl
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.paths import refuse_existing_outputs
 
 ANNOTATION_NAME = "annotations.jsonl"
 RECIPE_NAME = "recipe.json"
@@ -77,8 +78,7 @@ def build_corpus(
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out_dir} exists and is not empty; pass --overwrite to replace it")
+    refuse_existing_outputs({"--out": out_dir}, overwrite)
     name = name or out_dir.resolve().name
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
