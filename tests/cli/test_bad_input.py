@@ -79,6 +79,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*FINETUNE, "--config", "{w}/nan_backbone.yaml"],
         ["nan/backbone.safetensors", "non-finite"],  # the config names the template's copy
     ),
+    (
+        "finetune-config-unknown-backbone",
+        [*FINETUNE, "--config", "{w}/unknown_backbone.yaml"],
+        ["unknown_backbone.yaml", "invalid configuration (model section)", "unknown backbone 'vitp_no_such_vit'"],
+    ),
     ("build-repeat-time-inf", [*BUILD, "--repeat-time", "inf"], ["--repeat-time", "inf"]),
     ("build-repeat-time-nan", [*BUILD, "--repeat-time", "nan"], ["--repeat-time", "nan"]),
     ("build-repeat-time-0", [*BUILD, "--repeat-time", "0"], ["--repeat-time", "0"]),
@@ -143,6 +148,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "nan_backbone.yaml").write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
         f"    backbone_weights: {w}/nan/backbone.safetensors\n"
+        "data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
+    )
+    (w / "unknown_backbone.yaml").write_text(
+        "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n    backbone: vitp_no_such_vit\n"
         "data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
     )

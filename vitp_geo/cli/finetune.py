@@ -46,7 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--max-steps", type=int, help="override trainer.max_steps")
     p.add_argument("--batch-size", type=int, help="override data.init_args.batch_size")
     p.add_argument("--accelerator", default=None, help="override trainer.accelerator (cpu, gpu, auto)")
-    p.add_argument("--seed", type=int, default=None, help="override seed_everything")
+    p.add_argument(
+        "--seed", type=int, default=None, help="override seed_everything (default: the config's, else 0)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--save-last",
@@ -146,6 +148,8 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         trainer["accelerator"] = args.accelerator
     if args.seed is not None:
         cfg["seed_everything"] = args.seed
+    elif cfg.get("seed_everything") in (None, True):  # reproducible unless the config says otherwise
+        cfg["seed_everything"] = 0
     trainer["default_root_dir"] = str(args.output)
     return cfg
 
@@ -192,9 +196,15 @@ def run(args: argparse.Namespace) -> int:
         print("note: no backbone weights given (--backbone): the ViT starts from random initialisation")
     elif args.backbone is None:  # named by the config: the same checks as --backbone, before training
         check_backbone_file(Path(weights))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     source = str(args.config) if args.config is not None else "embedded config"
-    summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source, save_last=args.save_last)
+    try:
+        summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source, save_last=args.save_last)
+    except ValueError:
+        if created and not any(out.iterdir()):  # a refused config leaves no empty run folder behind
+            out.rmdir()
+        raise
     print_summary(summary)
     return 0
 
@@ -299,8 +309,32 @@ def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str 
                 },
                 parser_kwargs={"exit_on_error": False},
             )
-    except (ArgumentError, KeyError) as err:  # jsonargparse: unknown or mistyped config keys
-        raise ValueError(f"{source}: invalid configuration: {err}") from err
+    except (ArgumentError, KeyError, ValueError, TypeError) as err:  # jsonargparse: keys, values, __init__
+        raise ValueError(f"{source}: {concise_config_error(err)}") from err
+
+
+def concise_config_error(err: BaseException) -> str:
+    """The cause behind jsonargparse's "Does not validate against any of the Union subtypes" (and its
+    dump of the whole section), with the section it concerns:
+    ``invalid configuration (model section): <cause>``."""
+    msg = str(err)
+    if "Errors:" not in msg:
+        return f"invalid configuration: {msg}"
+    causes: list[str] = []
+    item_indent = None
+    for line in msg.splitlines():
+        text, indent = line.strip(), len(line) - len(line.lstrip())
+        if text.startswith("- "):
+            item_indent = None
+            if not text.startswith("- Expected a <class"):
+                causes.append(text[2:])
+                item_indent = indent
+        elif item_indent is not None and indent > item_indent and text and causes:
+            causes[-1] += " " + text  # the cause's own lines, e.g. "Option 'num_clases' is not accepted"
+        else:
+            item_indent = None
+    section = "model" if "LightningModule" in msg else "data" if "LightningDataModule" in msg else "config"
+    return f"invalid configuration ({section} section): {'; '.join(causes) or msg.splitlines()[0]}"
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
