@@ -1,7 +1,8 @@
 """Shared machinery of the dense ViTP tasks (segmentation, change): a torchgeo ``BaseTask``.
 
-Subclasses set ``KIND`` and build ``self.model`` in ``configure_models``; this class gives them
-the loss, the confusion-matrix metrics, layer-wise lr decay, freezing, the learning-rate
+Subclasses set ``KIND`` and say what their model is in ``model_fields``; the one
+``configure_models`` here builds backbone → neck → (fusion →) head from it. This class also gives
+them the loss, the confusion-matrix metrics, layer-wise lr decay, freezing, the learning-rate
 schedule and the ``ModelCard`` written into every checkpoint.
 """
 
@@ -17,8 +18,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.trainers import BaseTask
 
 from vitp_geo.io.model_card import CARD_KEY, ModelCard
+from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.losses import build_loss
 from vitp_geo.tasks.metrics import confusion_metric
+from vitp_geo.tasks.models import arch_for, assemble
 from vitp_geo.tasks.optim import lr_factor, param_groups
 
 BACKBONE_PREFIX = "model.neck.backbone."
@@ -47,6 +50,27 @@ class DenseTask(BaseTask):
     mode = "max"
 
     # ------------------------------------------------------------------ configure_*
+    def model_fields(self) -> dict[str, Any]:
+        """The task's model description for ``tasks.models.assemble`` (kind, neck, head, classes, ...)."""
+        raise NotImplementedError
+
+    def configure_models(self) -> None:
+        """Backbone (loaded or random) → neck → head, one path for every dense task; records
+        ``self.arch`` for the card."""
+        hp = self.hparams
+        vit = build_backbone(
+            hp["backbone"],
+            weights=hp["backbone_weights"],
+            img_size=hp["img_size"],
+            in_channels=hp["in_channels"],
+            rgb_channels=hp["rgb_channels"],
+            drop_path_rate=hp["drop_path_rate"],
+        )
+        fields = self.model_fields()
+        self.model = assemble(vit, fields)
+        self.arch = arch_for(vit, self.model, **fields)
+        self._apply_freezing()
+
     def configure_losses(self) -> None:
         """The loss named by ``loss`` with ``ignore_index`` and ``class_weights``."""
         self.criterion = build_loss(

@@ -14,10 +14,8 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.base import DenseTask
 from vitp_geo.tasks.metrics import scores_from_confusion
-from vitp_geo.tasks.models import arch_for, assemble
 
 
 class ChangeDetectionTask(DenseTask):
@@ -83,18 +81,9 @@ class ChangeDetectionTask(DenseTask):
         names = self.hparams.get("class_names")
         return list(names) if names is not None else ["unchanged", "changed"]
 
-    def configure_models(self) -> None:
-        """Shared backbone (loaded or random) → neck → fusion → head; records ``self.arch``."""
+    def model_fields(self) -> dict[str, Any]:
         hp = self.hparams
-        vit = build_backbone(
-            hp["backbone"],
-            weights=hp["backbone_weights"],
-            img_size=hp["img_size"],
-            in_channels=hp["in_channels"],
-            rgb_channels=hp["rgb_channels"],
-            drop_path_rate=hp["drop_path_rate"],
-        )
-        fields = dict(
+        return dict(
             kind="change",
             neck=hp["neck"],
             out_indices=hp["out_indices"],
@@ -104,9 +93,6 @@ class ChangeDetectionTask(DenseTask):
             in_channels=hp["in_channels"],
             fusion=hp["fusion"],
         )
-        self.model = assemble(vit, fields)
-        self.arch = arch_for(vit, self.model, **fields)
-        self._apply_freezing()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2, C, H, W) or (B, 2C, H, W) → (B, 2, H, W) logits."""

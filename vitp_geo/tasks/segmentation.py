@@ -12,10 +12,8 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.base import DenseTask
 from vitp_geo.tasks.metrics import scores_from_confusion
-from vitp_geo.tasks.models import arch_for, assemble
 
 
 class SegmentationTask(DenseTask):
@@ -90,18 +88,9 @@ class SegmentationTask(DenseTask):
             raise ValueError(f"{len(class_colors)} class_colors for num_classes={num_classes}")
         super().__init__()
 
-    def configure_models(self) -> None:
-        """Backbone (loaded or random) → neck → head; records ``self.arch`` for the card."""
+    def model_fields(self) -> dict[str, Any]:
         hp = self.hparams
-        vit = build_backbone(
-            hp["backbone"],
-            weights=hp["backbone_weights"],
-            img_size=hp["img_size"],
-            in_channels=hp["in_channels"],
-            rgb_channels=hp["rgb_channels"],
-            drop_path_rate=hp["drop_path_rate"],
-        )
-        fields = dict(
+        return dict(
             kind="segmentation",
             neck=hp["neck"],
             out_indices=hp["out_indices"],
@@ -110,9 +99,6 @@ class SegmentationTask(DenseTask):
             num_classes=hp["num_classes"],
             in_channels=hp["in_channels"],
         )
-        self.model = assemble(vit, fields)
-        self.arch = arch_for(vit, self.model, **fields)
-        self._apply_freezing()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) → (B, K, H, W) logits."""
