@@ -21,6 +21,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 
+from vitp_geo.constants import GDAL_CACHE_MB
 from vitp_geo.io.atomic import atomic_output
 
 _GDAL_TYPES = {
@@ -32,7 +33,7 @@ _GDAL_TYPES = {
     "int32": "Int32",
 }
 # A small GDAL block cache keeps peak memory independent of the scene size.
-GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_PAM_ENABLED": "NO"}
+GDAL_ENV = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_PAM_ENABLED": "NO"}
 
 
 def _nodata_text(nodata: float) -> str:

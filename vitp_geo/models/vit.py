@@ -34,6 +34,7 @@ from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from vitp_geo.constants import IMAGENET_MEAN, IMAGENET_STD
 from vitp_geo.io.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -302,8 +303,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "crop_pct": 1.0,
         "interpolation": "bicubic",
         "fixed_input_size": False,
-        "mean": (0.485, 0.456, 0.406),  # InternVL normalises with ImageNet statistics
-        "std": (0.229, 0.224, 0.225),
+        "mean": IMAGENET_MEAN,  # InternVL normalises with ImageNet statistics
+        "std": IMAGENET_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "license": "apache-2.0",

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitp_geo.constants import IGNORE_INDEX
 from vitp_geo.instruct.recipe import RecipeEntry, repeat_indices
 from vitp_geo.instruct.records import InstructionRecord, RecordError, read_jsonl
 from vitp_geo.io.raster import read_rgb
 from vitp_geo.vlm.dynamic_tiles import choose_grid, dynamic_tiles, to_pixel_values
 
-IGNORE_INDEX = -100
 # The normalisation mean as 8-bit RGB: a "blank" image normalises to (about) zero everywhere.
 BLANK_RGB: tuple[int, int, int] = (124, 116, 104)  # round(255 * IMAGENET_MEAN)
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}

@@ -35,6 +35,7 @@ import rasterio
 import torch
 from tqdm.auto import tqdm
 
+from vitp_geo.constants import GDAL_CACHE_MB
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.cog import raw_vrt, write_cog
 from vitp_geo.io.paths import check_output_paths
@@ -50,7 +51,6 @@ from vitp_geo.tiling.rowsink import RawRowSink
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, C, T, T) float → (B, K, T, T) scores
 CLASS_NODATA = 255  # class-map nodata (class ids are 0..K-1, K ≤ 255)
-GDAL_CACHE_MB = 64  # GDAL block cache while streaming: bounded, independent of the scene
 
 logger = logging.getLogger(__name__)
 

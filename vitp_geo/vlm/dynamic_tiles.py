@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitp_geo.constants import IMAGENET_MEAN, IMAGENET_STD
+
 # InternVL normalises with the ImageNet statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from vitp_geo.constants import IGNORE_INDEX
 from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "tokenize_conversation",
 ]
 
-IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 # InternVL2.5's default system message (conversation template "internvl2_5").
 INTERNVL2_5_SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"

@@ -28,9 +28,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from vitp_geo.constants import IGNORE_INDEX
+
 __all__ = ["VRLResult", "kept_count", "visual_robustness_drop"]
 
-IGNORE_INDEX = -100
 
 
 class VRLResult(NamedTuple):
