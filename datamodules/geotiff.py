@@ -229,6 +229,7 @@ class GeoTiffSegmentationDataModule(_AreaSplitDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else Path(self.image_files[0]).parent / ".vitp_labels"
         self.bands = list(bands) if bands is not None else None
         channels = len(self.bands) if self.bands is not None else _band_count(self.image_files[0])
+        self.raw_dtype = _raster_dtype(self.image_files[0])
         mean, std = default_stats(channels, mean, std)
         super().__init__(patch_size, batch_size, length, val_fraction, num_workers, seed, mean, std, flips)
 
@@ -283,6 +284,7 @@ class GeoTiffChangeDataModule(_AreaSplitDataModule):
             )
         self.bands = list(bands) if bands is not None else None
         channels = len(self.bands) if self.bands is not None else _band_count(self.before_files[0])
+        self.raw_dtype = _raster_dtype(self.before_files[0])
         mean, std = default_stats(channels, mean, std)
         super().__init__(patch_size, batch_size, length, val_fraction, num_workers, seed, mean, std, flips)
 
@@ -369,6 +371,14 @@ def _band_count(path: str) -> int:
 
     with open_raster(path) as src:
         return int(src.count)
+
+
+def _raster_dtype(path: str) -> str:
+    """The first band's dtype: the value type a raw-band model is trained on (recorded in its card)."""
+    from vitp_geo.io.raster import open_raster
+
+    with open_raster(path) as src:
+        return str(src.dtypes[0])
 
 
 def default_stats(

@@ -220,3 +220,21 @@ def test_raw_band_checkpoint_gets_raw_values_not_the_render_rule(tmp_path: Path,
         expected = torch.softmax(model(x[None]), 1)[0].numpy()
     with rasterio.open(probs) as src:
         np.testing.assert_allclose(src.read(), expected, atol=1e-5)
+
+
+def test_a_scene_of_another_value_type_than_a_raw_band_model_is_refused(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model trained on raw uint8 bands fed a 16-bit scene painted every pixel one class, silently."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt["vitp_geo_card"]["render"] = {"raw": True, "dtype": "uint8"}
+    raw_ckpt = tmp_path / "raw.ckpt"
+    torch.save(ckpt, raw_ckpt)
+    scene = generate_scene(1, TILE)
+    write_geotiff(tmp_path / "u16.tif", scene.image.astype(np.uint16) * 40, scene.transform, scene.crs)
+    assert _infer(tmp_path / "u16.tif", raw_ckpt, tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "u16.tif holds uint16 band values but raw.ckpt was trained on raw uint8 values" in err
+    assert not (tmp_path / "a").exists()
+    write_geotiff(tmp_path / "u8.tif", scene.image, scene.transform, scene.crs)  # the trained type runs
+    assert _infer(tmp_path / "u8.tif", raw_ckpt, tmp_path / "b") == 0

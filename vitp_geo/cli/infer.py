@@ -112,10 +112,18 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
     for path in scenes:  # a clear band-count error before any work
         with open_raster(path) as src:
             count = src.count
+            dtypes = [src.dtypes[b - 1] for b in bands if b <= count]
         if max(bands) > count:
             raise ValueError(
                 f"{path} has {count} band(s) but the checkpoint {ckpt.name} reads bands {list(bands)} "
                 "(pick others with --bands)"
+            )
+        trained = card.render.get("dtype") if raw_input else None
+        if trained is not None and any(d != trained for d in dtypes):
+            raise ValueError(
+                f"{path} holds {'/'.join(sorted(set(dtypes)))} band values but {ckpt.name} was trained on raw "
+                f"{trained} values, so its scores would be meaningless; convert the scene to {trained} "
+                "(gdal_translate -ot ... -scale) or fine-tune on this data type"
             )
     if torch.cuda.is_available():
         device = torch.device("cuda", rank.rank % torch.cuda.device_count())

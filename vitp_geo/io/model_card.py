@@ -24,8 +24,10 @@ class ModelCard:
         mean, std: per-channel normalisation applied to the 0–255 rendered input.
         tile_size: the window size the model was trained on (pixels).
         arch: how to rebuild the model (task-specific keys, e.g. backbone name, image size).
-        render: how scene bands become model input: ``{"raw": True}`` when the model was trained on
-            the raster's own band values (normalised by mean / std), else the ``RenderRule`` fields.
+        render: how scene bands become model input: ``{"raw": True, "dtype": "uint8"}`` when the
+            model was trained on the raster's own band values (normalised by mean / std; ``dtype``
+            is the training rasters' value type, which a scene must share), else the ``RenderRule``
+            fields.
     """
 
     task: str

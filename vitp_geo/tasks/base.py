@@ -240,6 +240,8 @@ class DenseTask(BaseTask):
         render = dict(self.hparams.get("render") or {})
         if "raw" not in render and self._datamodule_attr("raw_bands"):
             render["raw"] = True
+        if render.get("raw") and "dtype" not in render and self._datamodule_attr("raw_dtype"):
+            render["dtype"] = str(self._datamodule_attr("raw_dtype"))  # infer refuses other value types
         return render
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
