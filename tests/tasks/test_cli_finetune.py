@@ -23,11 +23,8 @@ def test_embedded_segmentation_run_writes_checkpoint_and_summary(tmp_path, capsy
     model, card = load_inference_model(out / "model.ckpt")
     assert card.class_names == ["background", "building", "road", "water", "field"]
     assert card.class_colors[1] == (220, 20, 60) and card.tile_size == 112
-    assert card.render == {"raw": True, "dtype": "uint8"} and card.bands == [
-        1,
-        2,
-        3,
-    ]  # the rasters' own values
+    assert card.render == {"raw": True, "dtype": "uint8"}  # trained on the rasters' own values
+    assert card.bands == [1, 2, 3]
     assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 5, 112, 112)
     # model.ckpt holds weights + card only; the weights-only best.ckpt it came from is not kept twice
     ckpt = torch.load(out / "model.ckpt", weights_only=True)
