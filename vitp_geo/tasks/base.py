@@ -216,6 +216,9 @@ class DenseTask(BaseTask):
         render = dict(self.hparams.get("render") or {})
         if "raw" not in render and self._datamodule_attr("raw_bands"):
             render["raw"] = True
+        # Datamodules whose inputs need more than bands (the medical slice rule, label values).
+        for key, value in (self._datamodule_attr("render_spec") or {}).items():
+            render.setdefault(key, value)
         return render
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
