@@ -45,38 +45,16 @@ from vitp_geo.medical.datasets import (
     LabelTable,
     MSDCase,
     XrayItem,
+    load_case,
+    load_case_label,
     read_msd_dataset,
     read_xray_folder,
     xray_label,
 )
 from vitp_geo.medical.inputs import SliceInput
 from vitp_geo.medical.slicing import choose_slices, take_slice
-from vitp_geo.medical.volume import Volume, check_same_grid, load_volume
 
 log = logging.getLogger(__name__)
-
-
-def load_case(case: MSDCase, spec: SliceInput, channel_names: Sequence[str]) -> tuple[np.ndarray, Volume]:
-    """A case's prepared array (``SliceInput.prepare``) and its first channel's ``Volume`` (the grid).
-
-    Raises:
-        ValueError: channels on different grids (names both files).
-    """
-    vols = [load_volume(p) for p in case.images]
-    for v in vols[1:]:
-        check_same_grid(vols[0], v)
-    return spec.prepare([v.array for v in vols], channel_names), vols[0]
-
-
-def load_case_label(case: MSDCase, reference: Volume, table: LabelTable) -> np.ndarray:
-    """The case's label as RAS class ids on ``reference``'s grid (errors name the file)."""
-    if case.label is None:
-        raise ValueError(f"case {case.case_id!r} has no label file")
-    lab = load_volume(case.label)
-    check_same_grid(reference, lab)
-    if lab.array.ndim != 3:
-        raise ValueError(f"{case.label}: a label map must be 3-D, got shape {lab.array.shape}")
-    return table.to_class_ids(np.asarray(lab.array), case.label)
 
 
 class MedicalSliceDataset(Dataset[dict[str, Tensor]]):
@@ -97,7 +75,7 @@ class MedicalSliceDataset(Dataset[dict[str, Tensor]]):
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.index: list[tuple[int, int]] = []
         self.empty_slices = 0
-        for c, case in enumerate(self.cases):
+        for c in range(len(self.cases)):
             prepared, labels = self._load(c)
             keep, empty = choose_slices(labels, spec.axis, empty_fraction, seed=seed + c)
             self.index += [(c, k) for k in keep]
@@ -185,6 +163,8 @@ class _MedicalDataModule(_FolderDataModule):
         batch["image"] = (image - mean.to(image).view(1, -1, 1, 1)) / std.to(image).view(1, -1, 1, 1)
         return batch
 
+    channel_names: tuple[str, ...] = ("X-ray",)
+
     @property
     def render_spec(self) -> dict[str, Any]:
         """What the model card must hold for ``vitp-geo infer`` (``card.render``)."""
@@ -192,6 +172,7 @@ class _MedicalDataModule(_FolderDataModule):
             "raw": True,
             "medical": self.spec.to_dict(),
             "modality": self.modality,
+            "channel_names": list(self.channel_names),
             "label_values": list(self.table.values),
         }
 
@@ -250,6 +231,7 @@ class MedicalSliceDataModule(_MedicalDataModule):
         self.dataset_info = read_msd_dataset(root, images, labels)  # fails early on a bad folder
         self.table = self.dataset_info.labels
         self.modality = self.dataset_info.modality
+        self.channel_names = self.dataset_info.channel_names
         if self.modality == "CT" and spec.rule.value == "mri-sequences":
             raise ValueError(f"{root}: a CT dataset cannot use channel_rule mri-sequences")
         self.train_cases, self.val_cases = (
@@ -268,6 +250,33 @@ class MedicalSliceDataModule(_MedicalDataModule):
             seed=self.seed,
             cache_cases=self.cache_cases,
         )
+
+    def case_scores(self, network: torch.nn.Module) -> dict[str, Any]:
+        """Per-case Dice of ``network`` on the validation cases, whole volumes slice by slice.
+
+        ``network`` maps normalised (B, 3, H, W) → (B, K, H, W) logits (the task's ``model``).
+        Returns ``vitp_geo.medical.finetune.report_to_json`` of the report.
+        """
+        from vitp_geo.medical.finetune import report_to_json
+        from vitp_geo.medical.inference import score_cases
+
+        was_training = network.training
+        network.eval()
+        device = next(network.parameters()).device
+        mean, std = self._norm()
+        try:
+            report = score_cases(
+                lambda x: network(x.to(device)),
+                self.val_cases,
+                self.channel_names,
+                self.table,
+                self.spec,
+                mean.tolist(),
+                std.tolist(),
+            )
+        finally:
+            network.train(was_training)
+        return report_to_json(report)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_dataset is None:

@@ -35,6 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("task", choices=sorted(TASK_CLASSES), help="segmentation or change")
     p.add_argument("--config", type=Path, help="LightningCLI YAML (default: embedded run on generated data)")
     p.add_argument(
+        "--domain",
+        choices=("rs", "med"),
+        default="rs",
+        help="embedded run without --config: rs (aerial scenes) or med (CT phantoms, per-case Dice)",
+    )
+    p.add_argument(
         "--backbone",
         type=Path,
         help="backbone.safetensors from `vitp-geo pretrain` (or a ViTP/InternViT file)",
@@ -175,6 +181,14 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)  # before anything is written
     if args.config is not None:
         cfg = load_config(args.config)
+    elif getattr(args, "domain", "rs") == "med":
+        from vitp_geo.medical.finetune import default_config as medical_default_config
+
+        if args.task != "segmentation":
+            raise ValueError(f"--domain med has an embedded run for segmentation only, not {args.task}")
+        print(f"vitp-geo finetune segmentation: no --config, embedded run on CT phantoms in {out / 'data'}")
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = medical_default_config(out / "data", seed=args.seed or 0)
     else:
         print(
             f"vitp-geo finetune {args.task}: no --config, embedded run on generated scenes in {out / 'data'}"
@@ -232,6 +246,11 @@ def fit(
     start = time.time()
     cli = build_cli(cfg, callbacks, out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    # Medical datamodules also score whole validation volumes per case (Dice), before and after.
+    case_scores = getattr(datamodule, "case_scores", None)
+    if callable(case_scores):
+        datamodule.setup("validate")
+        dice_start = case_scores(model.model)
     trainer.fit(model, datamodule=datamodule)
     best = checkpoint.best_model_path
     if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
@@ -261,6 +280,9 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.time() - start, 1),
     }
+    if callable(case_scores):  # the model holds the best checkpoint's weights
+        summary["dice"] = case_scores(model.model)
+        summary["dice_start"] = dice_start
     summary = json_safe(summary)
     write_summary(out / "finetune_summary.json", summary)
     return summary
@@ -319,4 +341,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("validation (best checkpoint):")
     for key, value in sorted(summary["validation"].items()):
         print(f"  {key:<28} {'n/a' if value is None else f'{value:.4f}'}")
+    if summary.get("dice"):
+        from vitp_geo.medical.finetune import format_report
+
+        print(format_report(summary["dice"]))
+        start, end = summary["dice_start"]["mean_dice"], summary["dice"]["mean_dice"]
+        if start is not None and end is not None:
+            print(f"  mean Dice before training {start:.4f} -> after {end:.4f}")
     print(f"checkpoint: {summary['checkpoint']}  (vitp-geo infer reads its model card)")

@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from vitp_geo.medical.inputs import SliceInput
+from vitp_geo.medical.volume import Volume, check_same_grid, load_volume
 
 XRAY_CLASSES: tuple[str, ...] = ("background", "lung", "infection")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -140,7 +144,9 @@ def parse_label_table(labels: object, where: str | Path) -> LabelTable:
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
-def read_msd_dataset(root: str | Path, images: str = "imagesTr", labels: str | None = "labelsTr") -> MSDDataset:
+def read_msd_dataset(
+    root: str | Path, images: str = "imagesTr", labels: str | None = "labelsTr"
+) -> MSDDataset:
     """Parse an MSD / nnU-Net folder (module doc).
 
     Args:
@@ -203,6 +209,29 @@ def read_msd_dataset(root: str | Path, images: str = "imagesTr", labels: str | N
     return MSDDataset(root, str(meta.get("name", root.name)), channel_names, table, ending, cases)
 
 
+def load_case(case: MSDCase, spec: SliceInput, channel_names: Sequence[str]) -> tuple[np.ndarray, Volume]:
+    """A case's prepared array (``SliceInput.prepare``) and its first channel's ``Volume`` (the grid).
+
+    Raises:
+        ValueError: channels on different grids (names both files).
+    """
+    vols = [load_volume(p) for p in case.images]
+    for v in vols[1:]:
+        check_same_grid(vols[0], v)
+    return spec.prepare([v.array for v in vols], channel_names), vols[0]
+
+
+def load_case_label(case: MSDCase, reference: Volume, table: LabelTable) -> np.ndarray:
+    """The case's label as RAS class ids on ``reference``'s grid (errors name the file)."""
+    if case.label is None:
+        raise ValueError(f"case {case.case_id!r} has no label file")
+    lab = load_volume(case.label)
+    check_same_grid(reference, lab)
+    if lab.array.ndim != 3:
+        raise ValueError(f"{case.label}: a label map must be 3-D, got shape {lab.array.shape}")
+    return table.to_class_ids(np.asarray(lab.array), case.label)
+
+
 @dataclass(frozen=True)
 class XrayItem:
     """One radiograph and its masks (``infection`` None: no infection mask folder)."""
@@ -237,7 +266,9 @@ def read_xray_folder(root: str | Path, split: str | None = None) -> list[XrayIte
                     continue
                 mask = folder / path.name
                 if not mask.is_file():
-                    mask = next((m for m in folder.glob(f"{path.stem}.*") if not m.name.startswith(".")), mask)
+                    mask = next(
+                        (m for m in folder.glob(f"{path.stem}.*") if not m.name.startswith(".")), mask
+                    )
                 if not mask.is_file():
                     raise FileNotFoundError(f"no mask for {path}: {folder / path.name} not found")
                 masks.append(mask)
@@ -250,25 +281,15 @@ def read_xray_folder(root: str | Path, split: str | None = None) -> list[XrayIte
     return items
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """(H, W) bool of a mask image (anything non-zero is inside)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"))
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable mask image ({err})") from err
-    return arr > 0
-
-
 def xray_label(item: XrayItem, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 class ids of ``XRAY_CLASSES`` for ``item`` (module doc)."""
+    from vitp_geo.medical.xray import read_png_mask
+
     out = np.zeros(shape, np.uint8)
     for mask_path, cls in ((item.lung, 1), (item.infection, 2)):
         if mask_path is None:
             continue
-        mask = read_mask(mask_path)
+        mask = read_png_mask(mask_path) > 0
         if mask.shape != shape:
             raise ValueError(f"{mask_path}: mask is {mask.shape}, image {item.image} is {shape}")
         out[mask] = cls

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from vitp_geo.medical.intensity import (
-    DEFAULT_CT_WINDOW_TRIPLET,
     BRATS_DEFAULT_SEQUENCES,
+    DEFAULT_CT_WINDOW_TRIPLET,
     ChannelRule,
     IntensityPreset,
     normalise,
