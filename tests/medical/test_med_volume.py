@@ -143,3 +143,41 @@ def test_four_d_volume_keeps_channels_last(tmp_path: Path) -> None:
     np.testing.assert_array_equal(vol.array, data[::-1, ::-1, :, :])
     assert str(vol.modality) == "MR"
     assert os.path.basename(str(vol.path)) == "mri.nii.gz" and vol.name == "mri"
+
+
+def test_image_and_labels_pair(tmp_path: Path) -> None:
+    from vitp_geo.medical.volume import load_image_and_labels
+
+    raw = nib.load(str(ANAT))
+    lab = (np.asanyarray(raw.dataobj) > 100).astype(np.float32)
+    nib.save(nib.Nifti1Image(lab, raw.affine), str(tmp_path / "seg.nii.gz"))
+    img, seg = load_image_and_labels(ANAT, tmp_path / "seg.nii.gz", modality="CT")
+    assert seg.array.dtype == np.int64 and str(img.modality) == "CT"
+    np.testing.assert_array_equal(seg.array, (img.array > 100).astype(np.int64))
+    nib.save(nib.Nifti1Image(lab[:, :, :-1], raw.affine), str(tmp_path / "short.nii.gz"))
+    with pytest.raises(ValueError, match=r"shape mismatch.*anatomical.nii.*\(33, 41, 25\).*short.nii.gz"):
+        load_image_and_labels(ANAT, tmp_path / "short.nii.gz")
+    moved = raw.affine.copy()
+    moved[2, 3] += 4
+    nib.save(nib.Nifti1Image(lab, moved), str(tmp_path / "moved.nii.gz"))
+    with pytest.raises(ValueError, match=r"affine mismatch \(max difference 4 mm\).*moved.nii.gz"):
+        load_image_and_labels(ANAT, tmp_path / "moved.nii.gz")
+    nib.save(nib.Nifti1Image(lab + 0.5, raw.affine), str(tmp_path / "soft.nii.gz"))
+    with pytest.raises(ValueError, match=r"soft.nii.gz: non-integer label value (0|1).5"):
+        load_image_and_labels(ANAT, tmp_path / "soft.nii.gz")
+
+
+def test_medical_package_has_no_geospatial_imports() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import vitp_geo.medical.volume, vitp_geo.medical.dicom, vitp_geo.medical.xray\n"
+        "import vitp_geo.medical.intensity, vitp_geo.medical.slicing, vitp_geo.evaluation.segmentation\n"
+        "bad = sorted(m for m in ('rasterio', 'geopandas', 'torchgeo', 'pyogrio', 'shapely', 'pyproj')"
+        " if m in sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -27,10 +27,12 @@ from vitp_geo.io.atomic import atomic_output
 
 __all__ = [
     "Modality",
+    "as_labels",
     "Volume",
     "check_same_grid",
     "is_dicom_file",
     "is_nifti_path",
+    "load_image_and_labels",
     "load_nifti",
     "load_volume",
     "reorient_to_ras",
@@ -274,6 +276,45 @@ def check_same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> None:
             f"affine mismatch (max difference {diff:.4g} mm): {a.path} has "
             f"{np.round(a.affine, 4).tolist()}, {b.path} has {np.round(b.affine, 4).tolist()}"
         )
+
+
+def as_labels(array: np.ndarray, path: str | Path | None) -> np.ndarray:
+    """``array`` as int64 labels; a fractional or negative value is an error naming ``path`` and the value."""
+    array = np.asarray(array)
+    if array.dtype.kind == "f":
+        frac = array != np.round(array)
+        if frac.any():
+            raise ValueError(f"{path}: non-integer label value {float(array[frac].flat[0])}")
+    out = array.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise ValueError(f"{path}: negative label value {int(out.min())}")
+    return out
+
+
+def load_image_and_labels(
+    image: str | Path, labels: str | Path, modality: Modality | str | None = None
+) -> tuple[Volume, Volume]:
+    """Read an image and its label map and check that they share one voxel grid.
+
+    Args:
+        image: NIfTI file, DICOM folder or DICOM file.
+        labels: NIfTI label file (integer values).
+        modality: overrides the image's modality.
+
+    Returns:
+        ``(image, labels)`` as RAS volumes; ``labels.array`` is int64, shape ``image.shape``.
+
+    Raises:
+        ValueError: different shapes or affines (both files named), a 4D label file, or
+            non-integer / negative label values (file and value named).
+    """
+    img = load_volume(image, modality)
+    lab = load_volume(labels)
+    if lab.array.ndim != 3:
+        raise ValueError(f"{lab.path}: label map must be 3D, got shape {lab.array.shape}")
+    check_same_grid(img, lab)
+    lab.array = as_labels(lab.array, lab.path)
+    return img, lab
 
 
 def to_source_frame(array_ras: np.ndarray, reference: Volume) -> np.ndarray:
