@@ -165,3 +165,31 @@ def test_bad_infer_input_exits_2_and_writes_nothing(
     assert main(["infer", str(vol), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.nii.gz")]) == 2
     assert "not a medical segmentation model" in capsys.readouterr().err
     assert not (tmp_path / "p.nii.gz").exists()
+
+
+@pytest.mark.slow
+def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from vitp_geo.medical.volume import load_volume
+
+    series = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
+    out, _ = med_run
+    pred_path = tmp_path / "dicom_pred.nii.gz"
+    rc = main(
+        [
+            "infer",
+            str(series),
+            "--checkpoint",
+            str(out / "model.ckpt"),
+            "--out",
+            str(pred_path),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    vol = load_volume(series)
+    pred = nib.load(pred_path)
+    assert pred.shape == vol.source_shape and np.allclose(pred.affine, vol.source_affine)
+    assert int(pred.header["qform_code"]) == int(pred.header["sform_code"]) == 1
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(range(len(P.CT_CLASSES)))

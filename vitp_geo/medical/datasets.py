@@ -6,7 +6,8 @@ value → name). Images are ``imagesTr/<case>_<XXXX><file_ending>`` with one fil
 (``_0000`` … in ``channel_names`` order, e.g. BraTS FLAIR, T1, T1ce, T2); a single-channel
 dataset may also name them ``<case><file_ending>`` (the MSD release). Labels are
 ``labelsTr/<case><file_ending>``. Files whose name starts with ``.`` (macOS ``._*`` forks in the MSD
-archives) are ignored. nnU-Net's region-based label entries (a list of values) are refused.
+archives) are ignored. nnU-Net's region-based label entries (a list of values) and its ``ignore``
+label are refused for training.
 
 **Class ids.** Label values need not be contiguous: class id ``k`` is the ``k``-th smallest
 value of ``dataset.json``'s table (``LabelTable``). BraTS' 0/1/2/4 become class ids 0/1/2/3
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vitp_geo.medical.inputs import SliceInput
-from vitp_geo.medical.volume import Volume, check_same_grid, load_volume
+from vitp_geo.medical.volume import Volume, as_labels, check_same_grid, load_volume
 
 XRAY_CLASSES: tuple[str, ...] = ("background", "lung", "infection")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -120,25 +121,28 @@ def _load_json(path: Path) -> dict[str, object]:
     return data
 
 
-def parse_label_table(labels: object, where: str | Path) -> LabelTable:
-    """``dataset.json``'s ``labels`` (v2 name → value, or v1 value → name) as a ``LabelTable``."""
-    if not isinstance(labels, dict) or not labels:
-        raise ValueError(f"{where}: 'labels' must be a non-empty object, got {labels!r}")
-    pairs: list[tuple[int, str]] = []
-    for key, value in labels.items():
-        if isinstance(value, list):
-            raise ValueError(
-                f"{where}: label {key!r} is region-based ({value}); give the plain label values "
-                "(e.g. BraTS 0/1/2/4) instead"
-            )
-        if isinstance(value, int) and not isinstance(value, bool):  # v2: name → value
-            pairs.append((value, str(key)))
-        elif isinstance(value, str) and str(key).lstrip("-").isdigit():  # v1: "value" → name
-            pairs.append((int(key), value))
-        else:
-            raise ValueError(f"{where}: cannot read label entry {key!r}: {value!r}")
-    pairs.sort()
-    return LabelTable(tuple(n for _, n in pairs), tuple(v for v, _ in pairs))
+def label_table_from_json(path: str | Path) -> LabelTable:
+    """``dataset.json``'s ``labels`` (v2 name → value, or v1 value → name) as a ``LabelTable``.
+
+    Parsing is ``vitp_geo.evaluation.segmentation.load_dataset_labels`` (one reader for training
+    and evaluation); training needs one value per class, so region entries and nnU-Net's
+    ``ignore`` label are refused here.
+    """
+    from vitp_geo.evaluation.segmentation import load_dataset_labels
+
+    spec = load_dataset_labels(path)
+    regions = [c.name for c in spec.classes if len(c.labels) != 1]
+    if regions:
+        raise ValueError(
+            f"{path}: label(s) {regions} are region-based; give the plain label values "
+            "(e.g. BraTS 0/1/2/4) to train on"
+        )
+    if spec.ignore is not None:
+        raise ValueError(f"{path}: an 'ignore' label ({spec.ignore}) is not supported for training")
+    entries = sorted(
+        (c.labels[0], c.name) for c in ([spec.background] if spec.background else []) + spec.classes
+    )
+    return LabelTable(tuple(n for _, n in entries), tuple(v for v, _ in entries))
 
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -171,7 +175,7 @@ def read_msd_dataset(
     if [int(k) for k in order] != list(range(len(order))):
         raise ValueError(f"{meta_path}: channel keys must be 0..{len(order) - 1}, got {order}")
     channel_names = tuple(str(channels[k]) for k in order)
-    table = parse_label_table(meta.get("labels"), meta_path)
+    table = label_table_from_json(meta_path)
     ending = str(meta.get("file_ending", ".nii.gz"))
     folder = root / images
     if not folder.is_dir():
@@ -226,10 +230,10 @@ def load_case_label(case: MSDCase, reference: Volume, table: LabelTable) -> np.n
     if case.label is None:
         raise ValueError(f"case {case.case_id!r} has no label file")
     lab = load_volume(case.label)
-    check_same_grid(reference, lab)
     if lab.array.ndim != 3:
         raise ValueError(f"{case.label}: a label map must be 3-D, got shape {lab.array.shape}")
-    return table.to_class_ids(np.asarray(lab.array), case.label)
+    check_same_grid(reference, lab)
+    return table.to_class_ids(as_labels(lab.array, case.label), case.label)
 
 
 @dataclass(frozen=True)
