@@ -187,6 +187,8 @@ class MedicalSliceDataModule(_MedicalDataModule):
     Args:
         root: folder with ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
         images, labels: sub-folder names.
+        val_images, val_labels: a separate validation folder pair (AMOS' ``imagesVa`` /
+            ``labelsVa``); when given, every case of ``images`` trains and ``val_fraction`` is unused.
         channel_rule: ``ct-windows``, ``neighbours``, ``mri-sequences`` or ``repeat``.
         windows: three CT window presets for ``ct-windows``.
         preset: normalisation for the other rules (``mri-zscore`` for MRI).
@@ -203,6 +205,8 @@ class MedicalSliceDataModule(_MedicalDataModule):
         root: str,
         images: str = "imagesTr",
         labels: str = "labelsTr",
+        val_images: str | None = None,
+        val_labels: str | None = None,
         channel_rule: str = "ct-windows",
         windows: list[str] | None = None,
         preset: str = "ct-abdomen",
@@ -234,10 +238,16 @@ class MedicalSliceDataModule(_MedicalDataModule):
         self.channel_names = self.dataset_info.channel_names
         if self.modality == "CT" and spec.rule.value == "mri-sequences":
             raise ValueError(f"{root}: a CT dataset cannot use channel_rule mri-sequences")
-        self.train_cases, self.val_cases = (
-            [self.dataset_info.cases[i] for i in part]
-            for part in split_cases(len(self.dataset_info.cases), val_fraction, seed)
-        )
+        if val_images is not None:
+            if val_labels is None:
+                raise ValueError("val_images needs val_labels")
+            self.train_cases = list(self.dataset_info.cases)
+            self.val_cases = read_msd_dataset(root, val_images, val_labels).cases
+        else:
+            self.train_cases, self.val_cases = (
+                [self.dataset_info.cases[i] for i in part]
+                for part in split_cases(len(self.dataset_info.cases), val_fraction, seed)
+            )
         self.empty_fraction, self.cache_cases = empty_fraction, cache_cases
 
     def _dataset(self, cases: list[MSDCase], empty_fraction: float) -> MedicalSliceDataset:

@@ -4,7 +4,8 @@
 name → value, ``file_ending``) or in the MSD / nnU-Net v1 form (``modality``, ``labels`` as
 value → name). Images are ``imagesTr/<case>_<XXXX><file_ending>`` with one file per channel
 (``_0000`` … in ``channel_names`` order, e.g. BraTS FLAIR, T1, T1ce, T2); a single-channel
-dataset may also name them ``<case><file_ending>`` (the MSD release). Labels are
+dataset may also name them ``<case><file_ending>`` (the MSD and AMOS releases: ``amos_0001`` is a
+case, only ``_0000`` is read as a channel suffix). Labels are
 ``labelsTr/<case><file_ending>``. Files whose name starts with ``.`` (macOS ``._*`` forks in the MSD
 archives) are ignored. nnU-Net's region-based label entries (a list of values) and its ``ignore``
 label are refused for training.
@@ -186,6 +187,8 @@ def read_msd_dataset(
             continue
         stem = path.name[: -len(ending)]
         m = _CHANNEL.match(stem)
+        if len(channel_names) == 1 and m and int(m["ch"]) != 0:
+            m = None  # one channel: only _0000 is a channel suffix (AMOS names cases amos_0001 …)
         case, ch = (m["case"], int(m["ch"])) if m else (stem, 0)
         if not m and len(channel_names) > 1:
             raise ValueError(
