@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from vitp_geo.instruct.builders.corpus import build_corpus
+from vitp_geo.instruct.builders.corpus import Source, build_corpus
 from vitp_geo.instruct.default_corpus import _split_alignment
 from vitp_geo.medical.instructions import MSDSource, XraySource
 from vitp_geo.synthetic.phantoms import write_brats_dataset, write_ct_dataset, write_xray_dataset
@@ -49,6 +49,6 @@ def build_medical_default_corpus(
         ct = write_ct_dataset(work / "ct", n_cases=n_ct, seed=seed)
         mri = write_brats_dataset(work / "mri", n_cases=n_mri, seed=seed)
         xray = write_xray_dataset(work / "xray", n_images=n_xray, seed=seed, size=112, splits=("Train",))
-        sources = [MSDSource(ct, seed=seed), MSDSource(mri, seed=seed), XraySource(xray)]
+        sources: list[Source] = [MSDSource(ct, seed=seed), MSDSource(mri, seed=seed), XraySource(xray)]
         result = build_corpus(out_dir, sources, seed=seed, name="med_default", overwrite=True)
     return _split_alignment(result.recipe, align_repeat, name="med_default")

@@ -130,10 +130,15 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
                 f"--domain {cfg.domain} has no embedded corpus; pass --data RECIPE "
                 f"(see configs/recipes/ for templates)"
             )
+        build_default_corpus: Callable[..., Path]
         if cfg.domain == "med":  # phantoms: CT, MRI and radiographs (vitp_geo.medical.default_corpus)
-            from vitp_geo.medical.default_corpus import build_medical_default_corpus as build_default_corpus
+            from vitp_geo.medical.default_corpus import build_medical_default_corpus
+
+            build_default_corpus = build_medical_default_corpus
         else:
-            from vitp_geo.instruct.default_corpus import build_default_corpus
+            from vitp_geo.instruct.default_corpus import build_default_corpus as build_rs_default_corpus
+
+            build_default_corpus = build_rs_default_corpus
 
         corpus = output / "corpus"
         recipe = corpus / "recipe.json"
