@@ -15,8 +15,6 @@ from vitp_geo.evaluation.dice import (
     per_case_dice,
 )
 
-DiceMetric = pytest.importorskip("monai.metrics", reason="MONAI (test extra) is the oracle").DiceMetric
-
 CLASSES = [SegClass(f"c{v}", (v,)) for v in (1, 2, 3)]
 
 
@@ -34,8 +32,10 @@ def _one_hot(a: np.ndarray, n: int = 4) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.from_numpy(a), n).permute(0, 4, 1, 2, 3).float()
 
 
+@pytest.mark.slow  # importing MONAI takes ~10-25 s on a shared 2-core CPU
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_per_case_dice_equals_monai(seed: int) -> None:
+    DiceMetric = pytest.importorskip("monai.metrics", reason="MONAI (test extra) is the oracle").DiceMetric
     pred, gt = _random_cases(seed)
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     monai_per_case = metric(_one_hot(pred), _one_hot(gt)).numpy()  # (N, 3)

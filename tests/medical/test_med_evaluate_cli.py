@@ -107,6 +107,17 @@ def test_v2_dataset_json_regions_and_ignore_label(msd: dict) -> None:
     assert [c["name"] for c in s["classes"]] == ["spleen", "liver", "organs"]
     organs = [_dice(msd["preds"][c], msd["gts"][c], (1, 2)) for c in msd["gts"]]
     assert s["per_case_mean"]["organs"] == pytest.approx(np.mean(organs))
+    # background left implicit (label 0 not listed): still accepted as background
+    dj0 = msd["root"] / "dataset_nobg.json"
+    dj0.write_text(json.dumps({"labels": {"spleen": 1, "liver": 2}}))
+    out0 = msd["root"] / "eval0"
+    assert _run(["--pred", msd["pred"], "--gt", msd["gt"], "--dataset-json", dj0, "--out", out0]) == 0
+    s0 = json.loads((out0 / "summary.json").read_text())
+    assert s0["per_case_mean"]["liver"] == s["per_case_mean"]["liver"]
+    allp = np.concatenate([msd["preds"][c].ravel() for c in msd["gts"]])
+    allg = np.concatenate([msd["gts"][c].ravel() for c in msd["gts"]])
+    with_bg = np.mean([_dice(allp, allg, (v,)) for v in (0, 1, 2)])
+    assert s0["pooled_mdice_with_background"] == pytest.approx(with_bg)
     # an "ignore" label: those ground-truth voxels leave every count
     gt_dir = msd["root"] / "gt_ignore"
     gt_dir.mkdir()

@@ -160,6 +160,10 @@ def test_empty_slice_share_is_seeded_and_subset_round_trips(tmp_path: Path) -> N
     for name in ("m.json", "m.csv"):
         m1.save_json(tmp_path / name) if name.endswith("json") else m1.save_csv(tmp_path / name)
         assert SliceManifest.load(tmp_path / name).records == m1.records
+    _, none_lab, m_all = slice_volume(vol, axis=0)  # no labels: every slice, "empty" unknown
+    assert none_lab is None and len(m_all) == vol.shape[0] and all(r.empty is None for r in m_all.records)
+    m_all.save_csv(tmp_path / "all.csv")
+    assert SliceManifest.load(tmp_path / "all.csv").records == m_all.records
     with pytest.raises(ValueError, match="empty_fraction"):
         slice_volume(vol, labels=labels, empty_fraction=1.5)
     with pytest.raises(ValueError, match="labels have shape"):

@@ -181,3 +181,43 @@ def test_medical_package_has_no_geospatial_imports() -> None:
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_oblique_permuted_affine_round_trip(tmp_path: Path) -> None:
+    """Axes stored as (S, R, A) and rotated 20 degrees: RAS on load, the exact file back on write."""
+    t = np.deg2rad(20)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    perm = np.array([[0, -1.5, 0], [0, 0, 2.0], [3.0, 0, 0]])  # file axis 0 -> S, 1 -> L, 2 -> A
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ perm
+    aff[:3, 3] = [10, -20, 30]
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 5, size=(4, 5, 6)).astype(np.int16)
+    img = nib.Nifti1Image(data, aff)
+    img.set_qform(aff, 1)
+    img.set_sform(aff, 4)
+    nib.save(img, str(tmp_path / "obl.nii.gz"))
+    vol = load_nifti(tmp_path / "obl.nii.gz")
+    assert vol.source_axcodes == nib.aff2axcodes(aff)
+    assert nib.aff2axcodes(vol.affine) == ("R", "A", "S") and vol.shape == (5, 6, 4)
+    assert vol.source_shape == (4, 5, 6)
+    assert vol.spacing == pytest.approx((1.5, 2.0, 3.0))
+    save_nifti_like(vol.array, vol, tmp_path / "back.nii.gz")
+    back = nib.load(str(tmp_path / "back.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj), data)
+    np.testing.assert_allclose(back.affine, aff, atol=1e-6)
+    assert (int(back.header["qform_code"]), int(back.header["sform_code"])) == (1, 4)
+
+
+def test_singleton_trailing_axes_are_squeezed(tmp_path: Path) -> None:
+    data = np.arange(60, dtype=np.uint8).reshape(3, 4, 5, 1)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "seg.nii.gz"))
+    assert load_nifti(tmp_path / "seg.nii.gz").array.shape == (3, 4, 5)
+    vec = np.zeros((3, 4, 5, 1, 2), np.float32)
+    nib.save(nib.Nifti1Image(vec, np.eye(4)), str(tmp_path / "vec.nii.gz"))
+    assert load_nifti(tmp_path / "vec.nii.gz").array.shape == (3, 4, 5, 2)
+    scaled = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), np.eye(4))
+    scaled.header.set_slope_inter(1.0, -1024.0)
+    nib.save(scaled, str(tmp_path / "ct.nii.gz"))
+    ct = load_nifti(tmp_path / "ct.nii.gz")
+    assert ct.array.dtype == np.float32 and ct.array.min() == -1024.0

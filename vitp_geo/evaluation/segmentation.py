@@ -132,6 +132,10 @@ def load_dataset_labels(path: str | Path) -> LabelSpec:
             classes.append(SegClass(name, values))
     if not classes:
         raise ValueError(f"{path}: 'labels' holds no foreground class: {labels}")
+    if background is None:  # nnU-Net requires background = 0; some files leave it implicit
+        log.info("%s: no label 0 listed; treating 0 as background", path)
+        background = SegClass("background", (0,))
+        allowed.add(0)
     return LabelSpec(classes, background, allowed, ignore, str(path))
 
 

@@ -186,7 +186,9 @@ def load_dicom_series(folder: str | Path) -> Volume:
         raise FileNotFoundError(f"no such DICOM folder: {folder}")
     groups = _series_files(folder)
     if not groups:
-        raise ValueError(f"{folder}: no DICOM image slices found")
+        subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        hint = f" (subfolders are not searched: {', '.join(subdirs[:3])})" if subdirs else ""
+        raise ValueError(f"{folder}: no DICOM image slices found{hint}")
     if len(groups) > 1:
         described = "; ".join(
             f"{uid} ({len(files)} files, e.g. {files[0].name})" for uid, files in groups.items()

@@ -102,9 +102,11 @@ class Volume:
     @property
     def source_shape(self) -> tuple[int, int, int]:
         """Spatial shape in the file's own voxel order."""
-        back = _ras_to_source(self.source_affine)
-        order = [int(a) for a in back[:, 0]]
-        return (self.shape[order[0]], self.shape[order[1]], self.shape[order[2]])
+        back = _ras_to_source(self.source_affine)  # row i: where RAS axis i goes in the file
+        out = [0, 0, 0]
+        for i in range(3):
+            out[int(back[i, 0])] = self.shape[i]
+        return (out[0], out[1], out[2])
 
     @property
     def name(self) -> str:
@@ -199,12 +201,19 @@ def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) ->
         raise ValueError(f"{path}: {type(img).__name__} is not NIfTI (expected a .nii / .nii.gz file)")
     shape = tuple(int(s) for s in img.shape)
     _check_not_empty(shape, path)
-    if len(shape) > 4:
+    squeezable = len(shape) > 4 and all(s == 1 for s in shape[3:-1])
+    if len(shape) > 4 and not squeezable:
         raise ValueError(f"{path}: {len(shape)}-D NIfTI shape {shape} is not supported (3D or 3D + channels)")
     try:
         data = _native(np.asanyarray(img.dataobj))
     except Exception as err:
         raise ValueError(f"{path}: could not read the voxel data ({type(err).__name__}: {err})") from err
+    if data.dtype == np.float64 and img.get_data_dtype() != np.float64:
+        data = data.astype(np.float32)  # nibabel scales in float64; the stored values need no more
+    while data.ndim > 3 and data.shape[-1] == 1:  # (X, Y, Z, 1) label files written by some tools
+        data = data[..., 0]
+    if data.ndim > 4:  # NIfTI vector layout (X, Y, Z, 1, C)
+        data = data.reshape(data.shape[:3] + data.shape[-1:])
     source_affine = np.asarray(img.affine, dtype=np.float64)
     array, affine = reorient_to_ras(data, source_affine)
     return Volume(
@@ -248,9 +257,10 @@ def load_volume(path: str | Path, modality: Modality | str | None = None) -> Vol
     elif is_dicom_file(path):
         vol = dicom.load_dicom_file_as_volume(path)
     else:
+        hint = " (radiographs: vitp_geo.medical.xray.load_xray)" if path.suffix.lower() == ".png" else ""
         raise ValueError(
             f"{path}: neither NIfTI (.nii / .nii.gz) nor DICOM (no 'DICM' marker at byte 128); "
-            "pass a NIfTI file, a DICOM file or a folder of DICOM slices"
+            f"pass a NIfTI file, a DICOM file or a folder of DICOM slices{hint}"
         )
     if modality is not None:
         vol.modality = Modality(modality)
@@ -383,6 +393,7 @@ def save_nifti_like(labels_ras: np.ndarray, reference: Volume, path: str | Path)
         img = nib.Nifti1Image(data, reference.source_affine)
         img.set_qform(reference.source_affine, 1)
         img.set_sform(reference.source_affine, 1)
+        img.header.set_xyzt_units("mm")
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"] = 0
