@@ -145,3 +145,27 @@ def test_cli_volume_with_labels_and_bad_input(tmp_path: Path, capsys: pytest.Cap
     assert "case_000.nii.gz" in err and "label value(s) [" in err
     assert main(["build-instructions", "--volume", str(image), "--out", str(bad)]) == 2
     assert "--volume needs --labels" in capsys.readouterr().err
+
+
+def test_cli_volume_with_one_file_per_mri_sequence(tmp_path: Path) -> None:
+    root = P.write_brats_dataset(tmp_path / "brats", n_cases=1, shape=(32, 32, 8))
+    seqs = [tmp_path / f"BraTS2021_00000_{s}.nii.gz" for s in ("flair", "t1", "t1ce", "t2")]
+    for c, dst in enumerate(seqs):  # BraTS 2021's own file names
+        (root / "imagesTr" / f"case_000_{c:04d}.nii.gz").rename(dst)
+    names = tmp_path / "names.yaml"
+    names.write_text("0: background\n1: necrotic tumour core\n2: peritumoral edema\n4: enhancing tumour\n")
+    out = tmp_path / "corpus"
+    args = [
+        "build-instructions",
+        "--volume",
+        *map(str, seqs),
+        "--labels",
+        str(root / "labelsTr" / "case_000.nii.gz"),
+    ]
+    assert main([*args, "--classes", str(names), "--out", str(out)]) == 0
+    records = read_jsonl(out / "annotations.jsonl").records
+    assert {r.modality for r in records} == {"mri"}
+    answers = " ".join(r.conversations[1]["value"] for r in records)
+    assert "enhancing tumour" in answers and "peritumoral edema" in answers
+    png = np.asarray(Image.open(out / records[0].images[0]))
+    assert png.shape[2] == 3 and not np.array_equal(png[..., 0], png[..., 1])  # 3 different sequences

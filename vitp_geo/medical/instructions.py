@@ -262,7 +262,8 @@ class VolumeSource:
         image: the image file (NIfTI, DICOM file or series folder), or one file per channel.
         labels: the label NIfTI on the image's grid.
         classes: label value → name (``dataset.json``'s table or a ``names.yaml`` read by the caller).
-        channel_names: channel names (default ``CT``, or ``channel_0…`` for several files).
+        channel_names: channel names (default ``CT``; for several files the last ``_`` part of each
+            file name, e.g. ``flair``, ``t1ce``).
         modality: ``ct`` or ``mri``.
         spec: the slice rule (default: ``default_spec``).
         empty_fraction, min_pixels, seed: see the module doc.
@@ -282,12 +283,16 @@ class VolumeSource:
         images = (
             (Path(self.image),) if isinstance(self.image, str | Path) else tuple(Path(p) for p in self.image)
         )
+        # Sequence names from the file names' last part (BraTS2021_00000_t1ce.nii.gz → t1ce).
         names = self.channel_names or (
-            ("CT",) if len(images) == 1 else tuple(f"channel_{i}" for i in range(len(images)))
+            ("CT",) if len(images) == 1 else tuple(_case_name(p).rsplit("_", 1)[-1] for p in images)
         )
         values = sorted(self.classes)
         table = LabelTable(tuple(self.classes[v] for v in values), tuple(values))
         spec = self.spec or default_spec(names, self.modality)
+        if spec.rule is ChannelRule.REPEAT and len(images) > 1:
+            log.warning("%s: the slice rule reads one channel; using %s only", self.labels, images[0])
+            images, names = images[:1], tuple(names[:1])
         case = MSDCase(_case_name(images[0]), images, Path(self.labels))
         return _volume_records(
             ctx, case, names, table, spec, self.modality, self.empty_fraction, self.min_pixels, self.seed
