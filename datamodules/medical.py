@@ -180,6 +180,17 @@ class _MedicalDataModule(_FolderDataModule):
     def class_names(self) -> list[str]:
         return list(self.table.names)
 
+    def _check_model(self) -> None:
+        """The model must predict one class per label table entry (else labels map to wrong ids)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        k = getattr(module, "hparams", {}).get("num_classes") if module is not None else None
+        if k is not None and int(k) != len(self.table.names):
+            raise ValueError(
+                f"model.num_classes is {k} but the data has {len(self.table.names)} classes "
+                f"({dict(zip(self.table.values, self.table.names, strict=True))}); make them agree"
+            )
+
 
 class MedicalSliceDataModule(_MedicalDataModule):
     """2D / 2.5D slices of an MSD / nnU-Net folder (module doc).
@@ -289,6 +300,7 @@ class MedicalSliceDataModule(_MedicalDataModule):
         return report_to_json(report)
 
     def setup(self, stage: str) -> None:
+        self._check_model()
         if stage == "fit" and self.train_dataset is None:
             self.train_dataset = self._dataset(self.train_cases, self.empty_fraction)
         if self.val_dataset is None:
@@ -346,6 +358,7 @@ class XraySegmentationDataModule(_MedicalDataModule):
         self.val_items = read_xray_folder(self.root, val_split)
 
     def setup(self, stage: str) -> None:
+        self._check_model()
         if stage == "fit":
             self.train_dataset = XraySliceDataset(self.train_items, self.spec)
         self.val_dataset = XraySliceDataset(self.val_items, self.spec)

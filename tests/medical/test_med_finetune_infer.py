@@ -193,3 +193,17 @@ def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Pat
     assert pred.shape == vol.source_shape and np.allclose(pred.affine, vol.source_affine)
     assert int(pred.header["qform_code"]) == int(pred.header["sform_code"]) == 1
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(range(len(P.CT_CLASSES)))
+
+
+def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path: Path) -> None:
+    import lightning as L
+
+    from datamodules.medical import MedicalSliceDataModule
+    from vitp_geo.tasks import SegmentationTask
+
+    root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(28, 28, 6))
+    dm = MedicalSliceDataModule(str(root), channel_rule="mri-sequences", preset="mri-zscore", patch_size=28)
+    task = SegmentationTask(backbone="vitp_tiny_patch14_112", img_size=112, num_classes=5, head_channels=16)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"num_classes is 5 but the data has 4 classes"):
+        trainer.fit(task, datamodule=dm)
