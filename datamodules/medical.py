@@ -165,6 +165,20 @@ class _MedicalDataModule(_FolderDataModule):
 
     channel_names: tuple[str, ...] = ("X-ray",)
 
+    def _scores(self, network: torch.nn.Module, score: Any) -> dict[str, Any]:
+        """Run ``score(predictor, mean, std)`` with ``network`` in eval mode; the report as JSON."""
+        from vitp_geo.medical.finetune import report_to_json
+
+        was_training = network.training
+        network.eval()
+        device = next(network.parameters()).device
+        mean, std = self._norm()
+        try:
+            report = score(lambda x: network(x.to(device)), mean.tolist(), std.tolist())
+        finally:
+            network.train(was_training)
+        return report_to_json(report)
+
     @property
     def render_spec(self) -> dict[str, Any]:
         """What the model card must hold for ``vitp-geo infer`` (``card.render``)."""
@@ -278,26 +292,14 @@ class MedicalSliceDataModule(_MedicalDataModule):
         ``network`` maps normalised (B, 3, H, W) → (B, K, H, W) logits (the task's ``model``).
         Returns ``vitp_geo.medical.finetune.report_to_json`` of the report.
         """
-        from vitp_geo.medical.finetune import report_to_json
         from vitp_geo.medical.inference import score_cases
 
-        was_training = network.training
-        network.eval()
-        device = next(network.parameters()).device
-        mean, std = self._norm()
-        try:
-            report = score_cases(
-                lambda x: network(x.to(device)),
-                self.val_cases,
-                self.channel_names,
-                self.table,
-                self.spec,
-                mean.tolist(),
-                std.tolist(),
-            )
-        finally:
-            network.train(was_training)
-        return report_to_json(report)
+        return self._scores(
+            network,
+            lambda predictor, mean, std: score_cases(
+                predictor, self.val_cases, self.channel_names, self.table, self.spec, mean, std
+            ),
+        )
 
     def setup(self, stage: str) -> None:
         self._check_model()
@@ -356,6 +358,17 @@ class XraySegmentationDataModule(_MedicalDataModule):
         self.root, self.splits = Path(root), (train_split, val_split)
         self.train_items = read_xray_folder(self.root, train_split)  # fails early on a bad folder
         self.val_items = read_xray_folder(self.root, val_split)
+
+    def case_scores(self, network: torch.nn.Module) -> dict[str, Any]:
+        """Per-image Dice of ``network`` on the validation radiographs (each image is a case)."""
+        from vitp_geo.medical.inference import score_radiographs
+
+        return self._scores(
+            network,
+            lambda predictor, mean, std: score_radiographs(
+                predictor, self.val_items, self.table, self.spec, mean, std
+            ),
+        )
 
     def setup(self, stage: str) -> None:
         self._check_model()

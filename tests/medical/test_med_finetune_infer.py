@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.inferers import SliceInferer
+from PIL import Image
 
 from vitp_geo.cli.main import main
 from vitp_geo.medical.datasets import LabelTable, read_msd_dataset
@@ -207,3 +208,34 @@ def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path:
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"num_classes is 5 but the data has 4 classes"):
         trainer.fit(task, datamodule=dm)
+
+
+def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
+    from datamodules.medical import XraySegmentationDataModule
+    from vitp_geo.medical.intensity import minmax
+
+    root = P.write_xray_dataset(tmp_path / "cxr", n_images=2, size=64, splits=("Train", "Val"))
+    dm = XraySegmentationDataModule(str(root), patch_size=64)
+
+    class DarkIsLung(torch.nn.Module):  # lung where the normalised grey value is below ImageNet's mean
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            zeros = torch.zeros_like(x[:, 0])
+            return torch.stack([zeros, -x[:, 0], zeros - 10], dim=1)
+
+    scores = dm.case_scores(DarkIsLung())
+    assert set(scores["per_case"]) == {
+        f"{p.parent.parent.name}/{p.stem}" for p in (root / "Val").rglob("images/*.png")
+    }
+    for name, row in scores["per_case"].items():
+        category, stem = name.split("/")
+        img = np.asarray(Image.open(root / "Val" / category / "images" / f"{stem}.png"), np.float32)
+        lung = np.asarray(Image.open(root / "Val" / category / "lung masks" / f"{stem}.png")) > 0
+        inf = np.asarray(Image.open(root / "Val" / category / "infection masks" / f"{stem}.png")) > 0
+        pred = minmax(img) < 0.485
+        gt = lung & ~inf
+        assert row["lung"] == pytest.approx(2 * (pred & gt).sum() / (pred.sum() + gt.sum()), abs=1e-9)
+        assert row["infection"] == (0.0 if inf.any() else None)  # never predicted; absent -> left out

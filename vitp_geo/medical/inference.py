@@ -253,3 +253,37 @@ def score_cases(
         confusions.append((case.case_id, confusion_matrix(table.to_values(pred), table.to_values(gt))))
     classes = [SegClass(n, (v,)) for n, v in zip(table.names, table.values, strict=True) if v != 0]
     return dice_report(confusions, classes, rule, background=SegClass(table.names[0], (table.values[0],)))
+
+
+def score_radiographs(
+    predictor: Predictor,
+    items: Sequence[Any],
+    table: LabelTable,
+    spec: SliceInput,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    rule: str = "ignore",
+) -> Any:
+    """Per-image Dice of a model on radiographs (``medical.datasets.XrayItem``; each image is a case).
+
+    Returns:
+        A ``vitp_geo.evaluation.dice.DiceReport`` over the foreground classes.
+    """
+    from vitp_geo.evaluation.dice import SegClass, confusion_matrix, dice_report
+    from vitp_geo.medical.datasets import xray_label
+    from vitp_geo.medical.xray import load_xray
+
+    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    confusions = []
+    for item in items:
+        xr = load_xray(item.image)
+        x = torch.from_numpy(spec.image_2d(xr.array))[None]  # (1, 3, H, W)
+        with torch.inference_mode():
+            pred = predictor((x - m) / s).float().cpu()[0].argmax(0).numpy()
+        gt = xray_label(item, xr.shape)
+        name = f"{item.category}/{item.image.stem}" if item.category else item.image.stem
+        confusions.append((name, confusion_matrix(table.to_values(pred), table.to_values(gt))))
+    classes = [SegClass(n, (v,)) for n, v in zip(table.names, table.values, strict=True) if v != 0]
+    return dice_report(confusions, classes, rule, background=SegClass(table.names[0], (table.values[0],)))
