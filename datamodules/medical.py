@@ -170,13 +170,14 @@ class _MedicalDataModule(_FolderDataModule):
         from vitp_geo.medical.finetune import report_to_json
 
         was_training = network.training
-        network.eval()
-        device = next(network.parameters()).device
+        home = next(network.parameters()).device  # Lightning hands the model back on the CPU
+        device = torch.device("cuda") if torch.cuda.is_available() else home
+        network.to(device).eval()
         mean, std = self._norm()
         try:
             report = score(lambda x: network(x.to(device)), mean.tolist(), std.tolist())
         finally:
-            network.train(was_training)
+            network.to(home).train(was_training)
         return report_to_json(report)
 
     @property

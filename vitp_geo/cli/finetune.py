@@ -208,7 +208,15 @@ def run(args: argparse.Namespace) -> int:
         check_backbone_file(Path(weights))
     out.mkdir(parents=True, exist_ok=True)
     source = str(args.config) if args.config is not None else "embedded config"
-    summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source, save_last=args.save_last)
+    summary = fit(
+        cfg,
+        args.task,
+        out,
+        progress=not args.no_progress,
+        source=source,
+        save_last=args.save_last,
+        score_start=args.config is None,  # the embedded run also scores the untrained model
+    )
     print_summary(summary)
     return 0
 
@@ -220,8 +228,13 @@ def fit(
     progress: bool = True,
     source: str = "config",
     save_last: bool = False,
+    score_start: bool = False,
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
+
+    Datamodules with a ``case_scores(network)`` method (the medical ones) also score whole
+    validation cases (per-case Dice) with the best weights, and with ``score_start`` once before
+    training too.
 
     ``<out>/model.ckpt`` holds the best weights, hyper-parameters and model card, no optimizer
     state; with ``save_last``, ``<out>/checkpoints/last.ckpt`` keeps the full training state of
@@ -248,7 +261,9 @@ def fit(
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     # Medical datamodules also score whole validation volumes per case (Dice), before and after.
     case_scores = getattr(datamodule, "case_scores", None)
-    if callable(case_scores):
+    case_scores = case_scores if callable(case_scores) else None
+    dice_start = None
+    if case_scores is not None and score_start:
         datamodule.setup("validate")
         dice_start = case_scores(model.model)
     trainer.fit(model, datamodule=datamodule)
@@ -280,7 +295,7 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.time() - start, 1),
     }
-    if callable(case_scores):  # the model holds the best checkpoint's weights
+    if case_scores is not None and trainer.is_global_zero:  # the model holds the best weights
         summary["dice"] = case_scores(model.model)
         summary["dice_start"] = dice_start
     summary = json_safe(summary)
@@ -345,7 +360,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         from vitp_geo.medical.finetune import format_report
 
         print(format_report(summary["dice"]))
-        start, end = summary["dice_start"]["mean_dice"], summary["dice"]["mean_dice"]
+        start = (summary.get("dice_start") or {}).get("mean_dice")
+        end = summary["dice"]["mean_dice"]
         if start is not None and end is not None:
             print(f"  mean Dice before training {start:.4f} -> after {end:.4f}")
     print(f"checkpoint: {summary['checkpoint']}  (vitp-geo infer reads its model card)")
