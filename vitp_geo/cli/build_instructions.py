@@ -7,6 +7,9 @@ The sources are given as option groups (one or several in one call, all into one
     vitp-geo build-instructions --folders scenes_by_class/ --out corpus/
     vitp-geo build-instructions --torchgeo EuroSAT --root data/eurosat --out corpus/
     vitp-geo build-instructions --before a.tif --after b.tif --change-mask m.tif --out corpus/
+    vitp-geo build-instructions --volume CT.nii.gz --labels seg.nii.gz --classes dataset.json --out corpus/
+    vitp-geo build-instructions --msd Task03_Liver/ --out corpus/            (imagesTr, labelsTr, dataset.json)
+    vitp-geo build-instructions --xray "Infection Segmentation Data/Infection Segmentation Data" --out corpus/
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from vitp_geo.instruct.builders import (
     TorchGeoSource,
     VectorSource,
     build_corpus,
+    load_class_names,
 )
 from vitp_geo.instruct.builders.corpus import Source
 from vitp_geo.instruct.builders.raster_scene import MODALITIES
@@ -99,6 +103,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--after", type=Path, help="image of the second date, same grid")
     g.add_argument("--change-mask", type=Path, help="change mask raster (non-zero = changed), same grid")
 
+    g = p.add_argument_group("medical volumes and radiographs (see vitp_geo.medical.instructions)")
+    g.add_argument(
+        "--volume",
+        type=Path,
+        nargs="+",
+        help="image volume (NIfTI, DICOM file or series folder; one file per MRI sequence) with --labels seg.nii.gz",
+    )
+    g.add_argument("--msd", type=Path, help="MSD / nnU-Net folder (imagesTr/, labelsTr/, dataset.json)")
+    g.add_argument(
+        "--xray", type=Path, help="X-ray folder: images/ next to 'lung masks/', 'infection masks/'"
+    )
+    g.add_argument("--xray-split", help="only this split folder of --xray (e.g. Train)")
+    g.add_argument(
+        "--empty-fraction", type=float, default=0.1, help="share of label-free slices kept (default 0.1)"
+    )
+    g.add_argument(
+        "--min-pixels", type=int, default=8, help="pixels for a structure to count as present (default 8)"
+    )
+
     g = p.add_argument_group("rendering to 3 channels (see vitp_geo.io.raster)")
     g.add_argument("--bands", type=_ints, help="1-based bands to render, e.g. 4,3,2 (default: first three)")
     g.add_argument(
@@ -115,11 +138,12 @@ def sources_from_args(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
     if args.limit_per_class is not None and args.limit_per_class < 1:
         raise ValueError(f"--limit-per-class must be >= 1, got {args.limit_per_class}")
-    if (args.labels or args.mask) and not args.image:
-        raise ValueError("--labels and --mask need --image")
+    sources += medical_sources_from_args(args)
+    if (args.labels or args.mask) and not (args.image or args.volume):
+        raise ValueError("--labels and --mask need --image (or --volume for a label NIfTI)")
     if args.image and not (args.labels or args.mask):
         raise ValueError("--image needs --labels (vector labels) or --mask with --classes")
-    if args.labels:
+    if args.labels and args.image:
         sources.append(
             VectorSource(
                 args.image,
@@ -160,6 +184,36 @@ def sources_from_args(args: argparse.Namespace) -> list[Source]:
                 args.before, args.after, args.change_mask, rule=rule, modality=args.modality, **tiling
             )
         )
+    return sources
+
+
+def medical_sources_from_args(args: argparse.Namespace) -> list[Source]:
+    """The ``--volume`` / ``--msd`` / ``--xray`` sources (vitp_geo.medical.instructions)."""
+    if not (args.volume or args.msd or args.xray):
+        return []
+    from vitp_geo.medical.datasets import label_table_from_json
+    from vitp_geo.medical.instructions import MSDSource, VolumeSource, XraySource
+
+    if not 0 <= args.empty_fraction <= 1:
+        raise ValueError(f"--empty-fraction must be in [0, 1], got {args.empty_fraction}")
+    if args.min_pixels < 1:
+        raise ValueError(f"--min-pixels must be >= 1, got {args.min_pixels}")
+    slicing = dict(empty_fraction=args.empty_fraction, min_pixels=args.min_pixels, seed=args.seed)
+    sources: list[Source] = []
+    if args.volume:
+        if args.image or not args.labels or not args.classes:
+            raise ValueError("--volume needs --labels seg.nii.gz and --classes (dataset.json or names.yaml)")
+        if args.classes.suffix.lower() == ".json":
+            table = label_table_from_json(args.classes)
+            classes = dict(zip(table.values, table.names, strict=True))
+        else:
+            classes = load_class_names(args.classes)
+        modality = "ct" if len(args.volume) == 1 else "mri"
+        sources.append(VolumeSource(args.volume, args.labels, classes, modality=modality, **slicing))  # type: ignore[arg-type]
+    if args.msd:
+        sources.append(MSDSource(args.msd, **slicing))  # type: ignore[arg-type]
+    if args.xray:
+        sources.append(XraySource(args.xray, split=args.xray_split, min_pixels=args.min_pixels))
     return sources
 
 

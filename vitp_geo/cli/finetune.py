@@ -35,6 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("task", choices=sorted(TASK_CLASSES), help="segmentation or change")
     p.add_argument("--config", type=Path, help="LightningCLI YAML (default: embedded run on generated data)")
     p.add_argument(
+        "--domain",
+        choices=("rs", "med"),
+        default="rs",
+        help="embedded run without --config: rs (aerial scenes) or med (CT phantoms, per-case Dice)",
+    )
+    p.add_argument(
         "--backbone",
         type=Path,
         help="backbone.safetensors from `vitp-geo pretrain` (or a ViTP/InternViT file)",
@@ -179,6 +185,14 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)  # before anything is written
     if args.config is not None:
         cfg = load_config(args.config)
+    elif getattr(args, "domain", "rs") == "med":
+        from vitp_geo.medical.finetune import default_config as medical_default_config
+
+        if args.task != "segmentation":
+            raise ValueError(f"--domain med has an embedded run for segmentation only, not {args.task}")
+        print(f"vitp-geo finetune segmentation: no --config, embedded run on CT phantoms in {out / 'data'}")
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = medical_default_config(out / "data", seed=args.seed or 0)
     else:
         print(
             f"vitp-geo finetune {args.task}: no --config, embedded run on generated scenes in {out / 'data'}"
@@ -200,7 +214,15 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     source = str(args.config) if args.config is not None else "embedded config"
     try:
-        summary = fit(cfg, args.task, out, progress=not args.no_progress, source=source, save_last=args.save_last)
+        summary = fit(
+            cfg,
+            args.task,
+            out,
+            progress=not args.no_progress,
+            source=source,
+            save_last=args.save_last,
+            score_start=args.config is None,  # the embedded run also scores the untrained model
+        )
     except ValueError:
         if created and not any(out.iterdir()):  # a refused config leaves no empty run folder behind
             out.rmdir()
@@ -216,8 +238,13 @@ def fit(
     progress: bool = True,
     source: str = "config",
     save_last: bool = False,
+    score_start: bool = False,
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
+
+    Datamodules with a ``case_scores(network)`` method (the medical ones) also score whole
+    validation cases (per-case Dice) with the best weights, and with ``score_start`` once before
+    training too.
 
     ``<out>/model.ckpt`` holds the best weights, hyper-parameters and model card, no optimizer
     state; with ``save_last``, ``<out>/checkpoints/last.ckpt`` keeps the full training state of
@@ -242,6 +269,13 @@ def fit(
     start = time.time()
     cli = build_cli(cfg, callbacks, out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    # Medical datamodules also score whole validation volumes per case (Dice), before and after.
+    case_scores = getattr(datamodule, "case_scores", None)
+    case_scores = case_scores if callable(case_scores) else None
+    dice_start = None
+    if case_scores is not None and score_start:
+        datamodule.setup("validate")
+        dice_start = case_scores(model.model)
     trainer.fit(model, datamodule=datamodule)
     best = checkpoint.best_model_path
     if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
@@ -271,6 +305,9 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.time() - start, 1),
     }
+    if case_scores is not None and trainer.is_global_zero:  # the model holds the best weights
+        summary["dice"] = case_scores(model.model)
+        summary["dice_start"] = dice_start
     summary = json_safe(summary)
     write_summary(out / "finetune_summary.json", summary)
     return summary
@@ -353,4 +390,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("validation (best checkpoint):")
     for key, value in sorted(summary["validation"].items()):
         print(f"  {key:<28} {'n/a' if value is None else f'{value:.4f}'}")
+    if summary.get("dice"):
+        from vitp_geo.medical.finetune import format_report
+
+        print(format_report(summary["dice"]))
+        start = (summary.get("dice_start") or {}).get("mean_dice")
+        end = summary["dice"]["mean_dice"]
+        if start is not None and end is not None:
+            print(f"  mean Dice before training {start:.4f} -> after {end:.4f}")
     print(f"checkpoint: {summary['checkpoint']}  (vitp-geo infer reads its model card)")

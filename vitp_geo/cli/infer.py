@@ -168,6 +168,8 @@ def _spawned(opts: dict[str, Any], rank: RankInfo) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if _is_medical(args.scene, args.out):
+        return _run_medical(args)
     if not args.scene.exists():
         raise FileNotFoundError(f"scene not found: {args.scene}")
     if args.out.suffix.lower() not in (".tif", ".tiff"):
@@ -212,4 +214,33 @@ def run(args: argparse.Namespace) -> int:
         spawn_ranks(functools.partial(_spawned, opts), args.devices)
     else:
         _spawned(opts, RankInfo())
+    return 0
+
+
+def _is_medical(scene: Path, out: Path) -> bool:
+    """NIfTI / DICOM input (a file, or a folder of DICOM slices) or a NIfTI output: the volume path."""
+    names = (scene.name.lower(), out.name.lower())
+    return scene.is_dir() or any(n.endswith((".nii", ".nii.gz", ".dcm")) for n in names)
+
+
+def _run_medical(args: argparse.Namespace) -> int:
+    """``vitp-geo infer CASE.nii.gz|DICOM_DIR --checkpoint model.ckpt --out pred.nii.gz`` (see medical.inference)."""
+    from vitp_geo.medical.inference import infer_case
+
+    for flag, value in (
+        ("--after", args.after),
+        ("--vector", args.vector),
+        ("--probabilities", args.probabilities),
+    ):
+        if value is not None:
+            raise ValueError(
+                f"{flag} is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"
+            )
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output_paths({"input": args.scene, "--checkpoint": args.checkpoint}, {"--out": args.out})
+    out = infer_case(
+        args.checkpoint, args.scene, args.out, batch_size=args.batch_size, progress=not args.no_progress
+    )
+    print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.embedded:
         print(
             "vitp-geo pretrain: no --model-path or --data given, running the embedded tiny default "
-            f"({cfg.max_steps} steps on a generated remote-sensing corpus)",
+            f"({cfg.max_steps} steps on a generated "
+            f"{'medical (CT, MRI, X-ray phantoms)' if cfg.domain == 'med' else 'remote-sensing'} corpus)",
             file=sys.stderr,
         )
     print(f"vitp-geo pretrain: settings\n{describe_settings(cfg, sources)}", file=sys.stderr)

@@ -12,19 +12,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from vitp_geo.instruct.builders import ChangeSource, ClassFolderSource, MaskSource, VectorSource, build_corpus
 from vitp_geo.instruct.recipe import RecipeEntry, load_recipe, save_recipe
 from vitp_geo.instruct.records import read_jsonl, write_jsonl
-from vitp_geo.io.raster import write_geotiff
-from vitp_geo.synthetic.scene import (
-    CLASS_NAMES,
-    DEFAULT_ORIGIN,
-    SCENE_CLASSES,
-    generate_change_pair,
-    generate_scene,
-    write_change_pair,
-    write_scene,
-)
 
 # Tasks answered by reading the whole image in one look (which classes are here, which scene is
 # this). They open the default run (PretrainConfig.align_tasks) and weigh more in its recipe.
@@ -61,6 +50,25 @@ def build_default_corpus(
     Returns:
         The path of ``out_dir/recipe.json``.
     """
+    # Geospatial imports here, so that the medical default corpus can reuse _split_alignment.
+    from vitp_geo.instruct.builders import (
+        ChangeSource,
+        ClassFolderSource,
+        MaskSource,
+        VectorSource,
+        build_corpus,
+    )
+    from vitp_geo.io.raster import write_geotiff
+    from vitp_geo.synthetic.scene import (
+        CLASS_NAMES,
+        DEFAULT_ORIGIN,
+        SCENE_CLASSES,
+        generate_change_pair,
+        generate_scene,
+        write_change_pair,
+        write_scene,
+    )
+
     if n_scenes < len(SCENE_CLASSES):
         raise ValueError(f"n_scenes must be >= {len(SCENE_CLASSES)} (one per scene class), got {n_scenes}")
     out_dir = Path(out_dir)
@@ -97,8 +105,8 @@ def build_default_corpus(
     return _split_alignment(result.recipe, align_repeat)
 
 
-def _split_alignment(recipe: Path, align_repeat: float) -> Path:
-    """Move the :data:`ALIGN_TASKS` records into their own, up-weighted recipe entry."""
+def _split_alignment(recipe: Path, align_repeat: float, name: str = "rs_default") -> Path:
+    """Move the :data:`ALIGN_TASKS` records into their own, up-weighted recipe entry ``<name>_align``."""
     entry = load_recipe(recipe)[0]
     records = read_jsonl(entry.annotation).records
     align = [r for r in records if r.task in ALIGN_TASKS]
@@ -109,7 +117,7 @@ def _split_alignment(recipe: Path, align_repeat: float) -> Path:
     return save_recipe(
         recipe,
         [
-            RecipeEntry("rs_default_align", entry.root, align_file, repeat_time=align_repeat),
-            RecipeEntry("rs_default", entry.root, entry.annotation, repeat_time=1.0),
+            RecipeEntry(f"{name}_align", entry.root, align_file, repeat_time=align_repeat),
+            RecipeEntry(name, entry.root, entry.annotation, repeat_time=1.0),
         ],
     )

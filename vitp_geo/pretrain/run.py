@@ -125,12 +125,20 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
     from vitp_geo.vlm.tokenizer import build_offline_tokenizer, load_tokenizer
 
     if cfg.data is None:
-        if cfg.domain != "rs":
+        if cfg.domain not in ("rs", "med"):
             raise ValueError(
                 f"--domain {cfg.domain} has no embedded corpus; pass --data RECIPE "
                 f"(see configs/recipes/ for templates)"
             )
-        from vitp_geo.instruct.default_corpus import build_default_corpus
+        build_default_corpus: Callable[..., Path]
+        if cfg.domain == "med":  # phantoms: CT, MRI and radiographs (vitp_geo.medical.default_corpus)
+            from vitp_geo.medical.default_corpus import build_medical_default_corpus
+
+            build_default_corpus = build_medical_default_corpus
+        else:
+            from vitp_geo.instruct.default_corpus import build_default_corpus as build_rs_default_corpus
+
+            build_default_corpus = build_rs_default_corpus
 
         corpus = output / "corpus"
         recipe = corpus / "recipe.json"

@@ -242,6 +242,9 @@ class DenseTask(BaseTask):
             render["raw"] = True
         if render.get("raw") and "dtype" not in render and self._datamodule_attr("raw_dtype"):
             render["dtype"] = str(self._datamodule_attr("raw_dtype"))  # infer refuses other value types
+        # Datamodules whose inputs need more than bands (the medical slice rule, label values).
+        for key, value in (self._datamodule_attr("render_spec") or {}).items():
+            render.setdefault(key, value)
         return render
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

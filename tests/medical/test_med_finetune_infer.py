@@ -1,0 +1,241 @@
+"""Medical fine-tuning on phantoms (per-case Dice rises) and slice-wise volume inference (= MONAI's SliceInferer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SliceInferer
+from PIL import Image
+
+from vitp_geo.cli.main import main
+from vitp_geo.medical.datasets import LabelTable, read_msd_dataset
+from vitp_geo.medical.inference import load_medical_model, predict_volume
+from vitp_geo.medical.inputs import SliceInput
+from vitp_geo.synthetic import phantoms as P
+
+
+@pytest.fixture(scope="module")
+def med_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The embedded ``--domain med`` run, shortened to 5 epochs."""
+    out = tmp_path_factory.mktemp("medft") / "run"
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(
+            [
+                "finetune",
+                "segmentation",
+                "--domain",
+                "med",
+                "--output",
+                str(out),
+                "--max-epochs",
+                "5",
+                "--no-progress",
+            ]
+        )
+    assert rc == 0
+    return out, buf.getvalue()
+
+
+@pytest.mark.slow
+def test_phantom_finetune_raises_per_case_dice(med_run: tuple[Path, str]) -> None:
+    out, printed = med_run
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    start, end = summary["dice_start"], summary["dice"]
+    assert end["empty_rule"] == "ignore"
+    val_cases = sorted(end["per_case"])
+    assert len(val_cases) == 2 and val_cases == sorted(start["per_case"])
+    assert end["mean_dice"] > start["mean_dice"] + 0.2  # random init is near 0
+    assert end["mean_per_class"]["liver"] > 0.7 and end["mean_per_class"]["spleen"] > 0.3
+    assert "per-case Dice" in printed and "mean Dice before training" in printed
+    for case in val_cases:
+        assert case in printed
+    card = load_medical_model(out / "model.ckpt")
+    assert card.spec.rule == "ct-windows" and card.table.values == tuple(range(len(P.CT_CLASSES)))
+    assert card.channel_names == ("CT",) and card.modality == "CT"
+
+
+@pytest.mark.slow
+def test_infer_writes_labels_on_the_inputs_grid_and_they_overlay_the_truth(
+    med_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    out, _ = med_run
+    data = out / "data" / "phantom_ct"
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    case = sorted(summary["dice"]["per_case"])[0]  # a validation case
+    src = data / "imagesTr" / f"{case}_0000.nii.gz"
+    pred_path = tmp_path / "pred.nii.gz"
+    rc = main(
+        ["infer", str(src), "--checkpoint", str(out / "model.ckpt"), "--out", str(pred_path), "--no-progress"]
+    )
+    assert rc == 0
+    img, pred = nib.load(src), nib.load(pred_path)
+    assert pred.shape == img.shape and np.allclose(pred.affine, img.affine)
+    assert nib.aff2axcodes(pred.affine) == ("L", "P", "S")  # the input's own (non-RAS) frame
+    assert np.allclose(pred.header.get_qform(), img.header.get_qform())
+    assert np.allclose(pred.header.get_sform(), img.header.get_sform())
+    # in the file's own voxel order the prediction overlays the label file (a flipped write would not)
+    p = np.asarray(pred.dataobj)
+    gt = np.asarray(nib.load(data / "labelsTr" / f"{case}.nii.gz").dataobj)
+    liver = P.CT_CLASSES.index("liver")
+    dice = 2 * np.sum((p == liver) & (gt == liver)) / (np.sum(p == liver) + np.sum(gt == liver))
+    assert dice > 0.7
+    assert dice == pytest.approx(summary["dice"]["per_case"][case]["liver"], abs=1e-6)
+
+
+def test_slice_inference_equals_monai_slice_inferer() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 5, padding=2)
+    ).eval()
+    ct = P.generate_ct_phantom(5, shape=(20, 16, 6))
+    spec = SliceInput()
+    mean, std = spec.mean_std
+    ours = predict_volume(net, spec.prepare([ct.image], ["CT"]), spec, mean, std, batch_size=4, logits=True)
+    assert ours.shape == (20, 16, 6, 4)
+    # MONAI: the same 3 windows per voxel, in display order (rows = anterior→posterior,
+    # columns = patient right→left), slid over the axial axis.
+    from vitp_geo.medical.intensity import normalise
+
+    windows = np.stack([normalise(ct.image, w) for w in spec.windows])  # (3, X, Y, Z)
+    display = np.flip(windows, axis=(1, 2)).transpose(0, 2, 1, 3)  # (3, Y, X, Z)
+    x = (torch.from_numpy(display.copy())[None] - torch.tensor(mean).view(1, 3, 1, 1, 1)) / torch.tensor(
+        std
+    ).view(1, 3, 1, 1, 1)
+    with torch.no_grad():
+        theirs = SliceInferer(roi_size=(16, 20), sw_batch_size=4, spatial_dim=2)(x.float(), net)
+    assert isinstance(theirs, torch.Tensor) and theirs.shape == (1, 4, 16, 20, 6)
+    back = np.flip(theirs[0].numpy().transpose(0, 2, 1, 3), axis=(1, 2)).transpose(1, 2, 3, 0)  # (X, Y, Z, K)
+    assert np.allclose(ours, back, atol=1e-5)
+    ids = predict_volume(net, spec.prepare([ct.image], ["CT"]), spec, mean, std, batch_size=3)
+    assert np.array_equal(ids, back.argmax(-1))
+
+
+def test_brats_label_4_is_class_3_and_back(tmp_path: Path) -> None:
+    root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(24, 24, 6))
+    table = read_msd_dataset(root).labels
+    assert table.values == (0, 1, 2, 4) and table.names[3] == "enhancing tumour"
+    labels = np.array([[0, 1], [2, 4]])
+    ids = table.to_class_ids(labels, "x")
+    assert ids.tolist() == [[0, 1], [2, 3]] and table.to_values(ids).tolist() == labels.tolist()
+    with pytest.raises(ValueError, match=r"case_9.nii.gz: label value\(s\) \[3\]"):
+        table.to_class_ids(np.array([0, 3]), root / "labelsTr" / "case_9.nii.gz")
+    assert LabelTable.from_names(["a", "b"]).contiguous
+
+
+def test_a_label_value_missing_from_dataset_json_names_the_file(tmp_path: Path) -> None:
+    from datamodules.medical import MedicalSliceDataModule
+
+    root = P.write_ct_dataset(tmp_path / "ct", n_cases=2, shape=(24, 24, 6))
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["labels"]["liver lesion"], meta["labels"]["liver"]  # liver (4) is in every case
+    (root / "dataset.json").write_text(json.dumps(meta))
+    dm = MedicalSliceDataModule(str(root), patch_size=24, val_fraction=0.5)
+    with pytest.raises(ValueError, match=r"labelsTr/case_00\d.nii.gz: label value\(s\) \[4"):
+        dm.setup("fit")
+
+
+def test_bad_infer_input_exits_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitp_geo.tasks.loading import save_tiny_segmentation_checkpoint
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a volume\n")
+    fake = tmp_path / "fake.nii.gz"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\nnot nifti")
+    ckpt = tmp_path / "geo.ckpt"
+    save_tiny_segmentation_checkpoint(ckpt)
+    for src in (text, fake):
+        out = tmp_path / "pred.nii.gz"
+        assert main(["infer", str(src), "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert src.name in err or "not a medical" in err
+        assert not out.exists() and not any(p.name.startswith(".pred") for p in tmp_path.iterdir())
+    # a real volume with a GeoTIFF model: refused, naming the checkpoint
+    P.write_ct_dataset(tmp_path / "ct", n_cases=1, shape=(16, 16, 4))
+    vol = tmp_path / "ct" / "imagesTr" / "case_000_0000.nii.gz"
+    assert main(["infer", str(vol), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.nii.gz")]) == 2
+    assert "not a medical segmentation model" in capsys.readouterr().err
+    assert not (tmp_path / "p.nii.gz").exists()
+
+
+@pytest.mark.slow
+def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from vitp_geo.medical.volume import load_volume
+
+    series = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
+    out, _ = med_run
+    pred_path = tmp_path / "dicom_pred.nii.gz"
+    rc = main(
+        [
+            "infer",
+            str(series),
+            "--checkpoint",
+            str(out / "model.ckpt"),
+            "--out",
+            str(pred_path),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    vol = load_volume(series)
+    pred = nib.load(pred_path)
+    assert pred.shape == vol.source_shape and np.allclose(pred.affine, vol.source_affine)
+    assert int(pred.header["qform_code"]) == int(pred.header["sform_code"]) == 1
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(range(len(P.CT_CLASSES)))
+
+
+def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path: Path) -> None:
+    import lightning as L
+
+    from datamodules.medical import MedicalSliceDataModule
+    from vitp_geo.tasks import SegmentationTask
+
+    root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(28, 28, 6))
+    dm = MedicalSliceDataModule(str(root), channel_rule="mri-sequences", preset="mri-zscore", patch_size=28)
+    task = SegmentationTask(backbone="vitp_tiny_patch14_112", img_size=112, num_classes=5, head_channels=16)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"num_classes is 5 but the data has 4 classes"):
+        trainer.fit(task, datamodule=dm)
+
+
+def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
+    from datamodules.medical import XraySegmentationDataModule
+    from vitp_geo.medical.intensity import minmax
+
+    root = P.write_xray_dataset(tmp_path / "cxr", n_images=2, size=64, splits=("Train", "Val"))
+    dm = XraySegmentationDataModule(str(root), patch_size=64)
+
+    class DarkIsLung(torch.nn.Module):  # lung where the normalised grey value is below ImageNet's mean
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            zeros = torch.zeros_like(x[:, 0])
+            return torch.stack([zeros, -x[:, 0], zeros - 10], dim=1)
+
+    scores = dm.case_scores(DarkIsLung())
+    assert set(scores["per_case"]) == {
+        f"{p.parent.parent.name}/{p.stem}" for p in (root / "Val").rglob("images/*.png")
+    }
+    for name, row in scores["per_case"].items():
+        category, stem = name.split("/")
+        img = np.asarray(Image.open(root / "Val" / category / "images" / f"{stem}.png"), np.float32)
+        lung = np.asarray(Image.open(root / "Val" / category / "lung masks" / f"{stem}.png")) > 0
+        inf = np.asarray(Image.open(root / "Val" / category / "infection masks" / f"{stem}.png")) > 0
+        pred = minmax(img) < 0.485
+        gt = lung & ~inf
+        assert row["lung"] == pytest.approx(2 * (pred & gt).sum() / (pred.sum() + gt.sum()), abs=1e-9)
+        assert row["infection"] == (0.0 if inf.any() else None)  # never predicted; absent -> left out
