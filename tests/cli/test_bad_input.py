@@ -117,6 +117,21 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--output", "{w}/earlier", "earlier run", "--resume last", "--overwrite"],
     ),
     (
+        "infer-out-exists",
+        [*INFER, "--out", "{w}/done/pred.tif"],
+        ["--out", "{w}/done/pred.tif", "exists", "--overwrite"],
+    ),
+    (
+        "infer-vector-exists",
+        [*INFER, "--out", "{w}/out/p.tif", "--vector", "{w}/done/pred.gpkg"],
+        ["--vector", "{w}/done/pred.gpkg", "exists"],
+    ),
+    (
+        "finetune-output-holds-an-earlier-run",
+        ["finetune", "segmentation", "--output", "{w}/done", "--no-progress"],
+        ["--output", "{w}/done", "earlier run (model.ckpt)", "--overwrite"],
+    ),
+    (
         "recipe-merge-out-is-an-input",
         ["recipe", "merge", "{w}/good.json", "{w}/other.json", "--out", "{w}/good.json"],
         ["--out", "{w}/good.json", "input"],
@@ -140,6 +155,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "d.tif").mkdir()
     (w / "d.tif" / "keep.txt").write_text("a folder that is not empty")
     (w / "merged_before.json").write_text("{}")
+    (w / "done").mkdir()
+    for name in ("pred.tif", "pred.gpkg", "model.ckpt"):
+        (w / "done" / name).write_bytes(b"an earlier result")
     (w / "earlier" / "checkpoints").mkdir(parents=True)
     (w / "earlier" / "checkpoints" / "last.ckpt").write_bytes(b"an interrupted run")
     save_tiny_segmentation_checkpoint(w / "tiny.ckpt", tile_size=112)

@@ -23,6 +23,8 @@ TASK_CLASSES = {
     "segmentation": "vitp_geo.tasks.SegmentationTask",
     "change": "vitp_geo.tasks.ChangeDetectionTask",
 }
+# What a finished (or --save-last) run leaves in --output: a new run there needs --overwrite.
+FINETUNE_OUTPUTS = ("model.ckpt", "finetune_summary.json", "checkpoints/last.ckpt")
 MONITOR = {"segmentation": "val_mIoU", "change": "val_F1"}
 
 
@@ -60,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--save-last",
         action="store_true",
         help="also keep checkpoints/last.ckpt, the full training state (optimizer included) for resuming",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run in --output (model.ckpt, summary)"
     )
 
 
@@ -183,6 +188,12 @@ def check_backbone_file(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     check_args(args)  # before anything is written
+    earlier = [n for n in FINETUNE_OUTPUTS if (out / n).exists()]
+    if earlier and not args.overwrite:
+        raise ValueError(
+            f"--output {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to replace it, "
+            "or choose another --output"
+        )
     if args.config is not None:
         cfg = load_config(args.config)
     elif getattr(args, "domain", "rs") == "med":

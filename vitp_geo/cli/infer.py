@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vitp_geo.io.paths import check_output_paths
+from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 from vitp_geo.io.raster import RenderRule, open_raster
 from vitp_geo.io.styles import ClassStyle
 from vitp_geo.tiling.blending import BlendMode
@@ -52,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--min-area", type=int, default=0, help="drop polygons smaller than this many pixels")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument(
         "--devices",
         type=int,
@@ -190,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
         {"scene": args.scene, "--after": args.after, "--checkpoint": args.checkpoint},
         {"--out": args.out, "--probabilities": args.probabilities, "--vector": args.vector},
     )
+    refuse_existing_outputs(
+        {"--out": args.out, "--probabilities": args.probabilities, "--vector": args.vector}, args.overwrite
+    )
     opts = dict(
         scene=args.scene,
         checkpoint=args.checkpoint,
@@ -239,6 +243,7 @@ def _run_medical(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_output_paths({"input": args.scene, "--checkpoint": args.checkpoint}, {"--out": args.out})
+    refuse_existing_outputs({"--out": args.out}, args.overwrite)
     out = infer_case(
         args.checkpoint, args.scene, args.out, batch_size=args.batch_size, progress=not args.no_progress
     )
