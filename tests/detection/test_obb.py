@@ -13,10 +13,12 @@ from shapely.geometry import Polygon
 from vitp_geo.models.detection.obb import (
     batched_rotated_nms,
     hbb_to_obb,
+    is_convex_quad,
     normalize_obb,
     obb_to_hbb,
     obb_to_poly,
     poly_to_obb,
+    quad_iou,
     rotated_iou,
     rotated_iou_aligned,
     rotated_nms,
@@ -142,6 +144,34 @@ def test_rotated_iou_far_from_the_origin_and_contained_boxes() -> None:
     ref = shapely_iou(polygons(a), polygons(b))
     np.testing.assert_allclose(rotated_iou(a, b).double().numpy(), ref, atol=1e-4, rtol=0)
     np.testing.assert_allclose(rotated_iou_aligned(a, inner).double().numpy(), 0.25, atol=1e-5)
+
+
+def test_quad_iou_matches_shapely_on_convex_quadrilaterals() -> None:
+    # DOTA-like annotations: rectangles with every corner moved a little, in either winding
+    g = torch.Generator().manual_seed(16)
+    a = obb_to_poly(random_obbs(80, 17)) + torch.randn(80, 8, generator=g, dtype=torch.float64)
+    b = obb_to_poly(random_obbs(70, 18)) + torch.randn(70, 8, generator=g, dtype=torch.float64)
+    b[::2] = b[::2].reshape(-1, 4, 2).flip(1).reshape(-1, 8)
+    convex_a, convex_b = is_convex_quad(a), is_convex_quad(b)
+    assert convex_a.float().mean() > 0.8
+    a, b = a[convex_a], b[convex_b]
+    pa = [Polygon(p.reshape(4, 2).tolist()) for p in a]
+    pb = [Polygon(p.reshape(4, 2).tolist()) for p in b]
+    np.testing.assert_allclose(quad_iou(a, b).numpy(), shapely_iou(pa, pb), atol=1e-9, rtol=0)
+
+
+def test_is_convex_quad() -> None:
+    quads = torch.tensor(
+        [
+            [0, 0, 4, 0, 4, 3, 0, 3],  # rectangle
+            [0, 0, 0, 3, 4, 3, 4, 0],  # same, other winding
+            [0, 0, 4, 0, 1, 1, 0, 4],  # dart (one reflex corner)
+            [0, 0, 4, 3, 4, 0, 0, 3],  # bow-tie (self-intersecting)
+            [0, 0, 2, 0, 4, 0, 2, 3],  # a triangle with a corner on an edge: convex
+        ],
+        dtype=torch.float64,
+    )
+    assert is_convex_quad(quads).tolist() == [True, True, False, False, True]
 
 
 def test_aligned_equals_the_diagonal_and_chunking_changes_nothing() -> None:
