@@ -120,7 +120,7 @@ def test_dota_v2_floats_headers_and_a_degenerate_object(caplog: pytest.LogCaptur
             r"bad\.txt:3: expected 8 coordinates .*got 7: '1 2 3 4 5 6 7 x8 plane 0'",
         ),
         ("1 2 3 4 5 6 7 8 9 plane 0", r"bad\.txt:3: expected 8 coordinates .*got 9"),
-        ("1 2 3 4 5 6 7 8 plane 2", r"bad\.txt:3: difficult flag must be 0 or 1, got '2'"),
+        ("1 2 3 4 5 6 7 8 plane 3", r"bad\.txt:3: difficult flag must be 0, 1 or 2, got '3'"),
         ("1 2 3 4 5 6 7 8 aeroplane 0", r"bad\.txt:3: unknown class 'aeroplane'"),
     ],
 )

@@ -5,7 +5,8 @@
 
     x1 y1 x2 y2 x3 y3 x4 y4 class-name difficult
 
-(integers in v1.0, floats in v1.5 / v2.0; ``difficult`` is 0 or 1 and may be absent). Task1 result
+(integers in v1.0, floats in v1.5 / v2.0; ``difficult`` is 0 or 1 and may be absent; the devkit's
+splitter writes 2 for the small remnant of an object cut by a patch edge, read as difficult). Task1 result
 files ``Task1_<class>.txt`` hold one detection per line, ``image score x1 y1 ... x4 y4``; Task2
 files ``Task2_<class>.txt`` hold ``image score xmin ymin xmax ymax``.
 """
@@ -111,9 +112,9 @@ def read_dota_label(path: str | Path, classes: Sequence[str]) -> dict[str, Tenso
         polys.append([_float(t, path, lineno) for t in tok[:8]])
         labels.append(lookup_class(tok[8], index, classes, path, lineno))
         if len(tok) == 10:
-            if tok[9] not in ("0", "1"):
-                raise ParseError(path, lineno, f"difficult flag must be 0 or 1, got {tok[9]!r}")
-            difficult.append(tok[9] == "1")
+            if tok[9] not in ("0", "1", "2"):
+                raise ParseError(path, lineno, f"difficult flag must be 0, 1 or 2, got {tok[9]!r}")
+            difficult.append(tok[9] != "0")  # 2: a remnant cut by a patch edge (devkit split)
         else:
             difficult.append(False)
     return polygon_sample(polys, labels, difficult, path)
@@ -152,15 +153,30 @@ def write_dota_label(
     sample: Mapping[str, Tensor],
     classes: Sequence[str],
     header: Mapping[str, str] | None = None,
+    flags: Sequence[int] | None = None,
 ) -> Path:
-    """Write a sample as a labelTxt file (atomically), corners from ``bbox_xyxyxyxy`` or ``bbox_xyxy``."""
+    """Write a sample as a labelTxt file (atomically), corners from ``bbox_xyxyxyxy`` or ``bbox_xyxy``.
+
+    Args:
+        path: the ``.txt`` file.
+        sample: boxes, ``label``, optional ``difficult``.
+        classes: class names.
+        header: ``key:value`` lines written first (``imagesource``, ``gsd``).
+        flags: per-object flags (0, 1 or 2) written instead of ``difficult``.
+    """
     path = Path(path)
     polys = _polygons(sample)
     labels = torch.as_tensor(sample["label"]).reshape(-1).tolist()
-    diff = torch.as_tensor(sample.get("difficult", torch.zeros(len(labels), dtype=torch.bool))).reshape(-1)
+    if flags is None:
+        diff = torch.as_tensor(sample.get("difficult", torch.zeros(len(labels), dtype=torch.bool))).reshape(
+            -1
+        )
+        flags = [int(bool(d)) for d in diff.tolist()]
     lines = [f"{k}:{v}" for k, v in (header or {}).items()]
-    for p, lab, d in zip(polys.tolist(), labels, diff.tolist(), strict=True):
-        lines.append(" ".join(_fmt(v) for v in p) + f" {classes[lab]} {int(bool(d))}")
+    for p, lab, f in zip(polys.tolist(), labels, flags, strict=True):
+        if f not in (0, 1, 2):
+            raise ValueError(f"{path}: flags must be 0, 1 or 2, got {f}")
+        lines.append(" ".join(_fmt(v) for v in p) + f" {classes[lab]} {f}")
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
     return path
