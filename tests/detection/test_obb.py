@@ -238,6 +238,34 @@ def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float)
     assert keep.tolist() == ref
 
 
+def test_rotated_nms_on_a_long_chain_and_with_large_boxes() -> None:
+    # a chain: each box overlaps the next and scores lower, so each decision waits for the one before
+    n = 300
+    chain = torch.stack(
+        [
+            torch.arange(n) * 6.0,
+            torch.zeros(n),
+            torch.full((n,), 10.0),
+            torch.full((n,), 5.0),
+            torch.full((n,), 0.1),
+        ],
+        1,
+    )
+    scores = torch.linspace(1, 0, n)
+    ref = nms_polygons(polygons(chain), scores.tolist(), 0.2)  # neighbours' IoU: 20 / 80 = 0.25
+    assert rotated_nms(chain, scores, 0.2).tolist() == ref and len(ref) == n // 2
+    # a few boxes much larger than the rest (outside the grid cell) among many small ones
+    b = random_obbs(500, 19, span=400.0)
+    big = torch.tensor(
+        [[200.0, 200.0, 300.0, 250.0, 0.3], [100.0, 300.0, 180.0, 60.0, -0.2]], dtype=torch.float64
+    )
+    b = torch.cat([b, big])
+    s = torch.rand(502, generator=torch.Generator().manual_seed(20))
+    s[-2:] = 1.0  # the large boxes first: they suppress what they cover
+    ref = nms_polygons(polygons(b), s.tolist(), 0.05)
+    assert rotated_nms(b, s, 0.05).tolist() == ref and len(ref) < 450
+
+
 def test_batched_rotated_nms_never_suppresses_across_classes() -> None:
     b = random_obbs(300, 10, span=120.0)
     g = torch.Generator().manual_seed(11)

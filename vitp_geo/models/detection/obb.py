@@ -416,6 +416,11 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Boxes are visited by descending score (ties by index); a box is dropped when its IoU with an
     already kept box is strictly greater than ``iou_threshold``.
 
+    The greedy result is computed in vectorised waves: candidate pairs come from a grid over the
+    axis-aligned bounds; a box is decided once every higher-scoring candidate neighbour is, and its
+    IoU is computed only against the kept ones. So the work is about (kept boxes x neighbours), as
+    in a sequential loop, without a Python step per box (long chains fall back to one batch).
+
     Args:
         boxes: (N, 5) ``cx, cy, w, h, angle``.
         scores: (N,).
@@ -437,70 +442,108 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         boxes = boxes.detach().to(torch.promote_types(boxes.dtype, torch.float32))
         order = torch.sort(scores.detach(), descending=True, stable=True).indices
         sb = boxes[order]  # boxes in rank order
-        # candidate pairs (r < s in rank) whose bounds overlap, then their exact IoU
-        i, j = _overlapping_pairs_sweep(obb_to_hbb(sb))
-        if i.numel():
-            iou = rotated_iou_aligned(sb[i], sb[j])
-            hit = iou > iou_threshold
-            i, j = i[hit], j[hit]
-        keep_rank = _greedy(n, i.cpu().numpy(), j.cpu().numpy())
-    return order[torch.from_numpy(keep_rank).to(device)]
+        i, j = _candidate_pairs(obb_to_hbb(sb))  # rank pairs, i < j, bounds overlapping
+        state = torch.zeros(n, dtype=torch.int8, device=device)  # 0 undecided, 1 kept, 2 dropped
+        waves = 0
+        while True:
+            undecided = state == 0
+            if not bool(undecided.any()):
+                break
+            blocked = torch.zeros(n, dtype=torch.bool, device=device)
+            blocked[j[state[i] == 0]] = True
+            ready = undecided & ~blocked
+            waves += 1
+            if waves > 16 and int(ready.sum()) < max(64, int(undecided.sum()) // 64):
+                _finish_greedy(sb, i, j, state, iou_threshold)  # a long chain: one batch for the rest
+                break
+            sel = (state[i] == 1) & ready[j]
+            hit = torch.zeros(n, dtype=torch.bool, device=device)
+            if bool(sel.any()):
+                iou = rotated_iou_aligned(sb[i[sel]], sb[j[sel]])
+                hit[j[sel][iou > iou_threshold]] = True
+            state[ready & hit] = 2
+            state[ready & ~hit] = 1
+            live = (state[j] == 0) & (state[i] != 2)  # pairs that can still decide something
+            i, j = i[live], j[live]
+        keep_rank = torch.nonzero(state == 1)[:, 0]
+    return order[keep_rank]
 
 
-def _overlapping_pairs_sweep(hbb: Tensor, max_pairs: int = 1 << 22) -> tuple[Tensor, Tensor]:
-    """Pairs ``(r, s)``, ``r < s``, of (N, 4) bounds that intersect: sweep over x, then test y.
-
-    Sorting by ``x1`` makes each box's x-overlapping partners one contiguous run, so the pairs are
-    enumerated without an N x N matrix.
-    """
-    n = hbb.shape[0]
-    x_order = torch.sort(hbb[:, 0], stable=True).indices
-    hs = hbb[x_order]
-    # box k (in x order) overlaps in x the boxes k+1 .. end[k]-1 (their x1 < its x2)
-    end = torch.searchsorted(hs[:, 0].contiguous(), hs[:, 2].contiguous(), side="left")
-    count = (end - torch.arange(n, device=hbb.device) - 1).clamp_min(0)
-    ii, jj = [], []
-    cum = torch.cumsum(count, 0)
-    start = 0
-    while start < n:  # chunks of at most ~max_pairs candidate pairs
-        base = int(cum[start - 1]) if start else 0
-        stop = int(torch.searchsorted(cum, torch.tensor(base + max_pairs, device=cum.device), side="right"))
-        stop = max(stop, start + 1)
-        c = count[start:stop]
-        src = torch.repeat_interleave(torch.arange(start, stop, device=hbb.device), c)
-        if src.numel():
-            first = torch.cumsum(c, 0) - c  # position of each source's first pair
-            offs = torch.arange(src.numel(), device=hbb.device) - torch.repeat_interleave(first, c)
-            dst = src + 1 + offs
-            a, b = hs[src], hs[dst]
-            ok = (torch.minimum(a[:, 2], b[:, 2]) > torch.maximum(a[:, 0], b[:, 0])) & (
-                torch.minimum(a[:, 3], b[:, 3]) > torch.maximum(a[:, 1], b[:, 1])
-            )
-            ii.append(x_order[src[ok]])
-            jj.append(x_order[dst[ok]])
-        start = stop
-    if not ii:
-        empty = torch.zeros(0, dtype=torch.long, device=hbb.device)
-        return empty, empty
-    i, j = torch.cat(ii), torch.cat(jj)
-    return torch.minimum(i, j), torch.maximum(i, j)  # rank order: lower rank first
-
-
-def _greedy(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Greedy suppression in rank order over the suppressing pairs ``(i, j)``, ``i < j``."""
-    order = np.argsort(i, kind="stable")
-    i, j = i[order], j[order]
-    ptr = np.searchsorted(i, np.arange(n + 1))
-    removed = np.zeros(n, bool)
-    keep = []
-    for r in range(n):
+def _finish_greedy(sb: Tensor, i: Tensor, j: Tensor, state: Tensor, thr: float) -> None:
+    """Decide the remaining boxes of ``state`` in place: all remaining pair IoUs, then a sequential pass."""
+    iou = rotated_iou_aligned(sb[i], sb[j]) if i.numel() else sb.new_zeros(0)
+    hit = iou > thr
+    a, b = i[hit].cpu().numpy(), j[hit].cpu().numpy()
+    st = state.cpu().numpy()
+    removed = st == 2
+    kept_src = st[a] == 1
+    removed[b[kept_src]] = True  # suppressed by boxes kept in earlier waves
+    a, b = a[~kept_src], b[~kept_src]
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    ptr = np.searchsorted(a, np.arange(len(st) + 1))
+    for r in np.nonzero(st == 0)[0]:
         if removed[r]:
+            st[r] = 2
             continue
-        keep.append(r)
+        st[r] = 1
         lo, hi = ptr[r], ptr[r + 1]
         if hi > lo:
-            removed[j[lo:hi]] = True
-    return np.asarray(keep, np.int64)
+            removed[b[lo:hi]] = True
+    state.copy_(torch.from_numpy(st))
+
+
+def _candidate_pairs(hbb: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairs ``(r, s)``, ``r < s``, of (N, 4) bounds that overlap with positive area, without an N x N matrix.
+
+    Boxes go into a grid whose cell is the 99th percentile of the box extents: two boxes no larger
+    than a cell overlap only if their centres' cells touch, so each box is tested against the 9
+    cells around it. The few larger boxes are tested against all boxes.
+    """
+    n = hbb.shape[0]
+    device = hbb.device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n < 2:
+        return empty, empty
+    ext = torch.maximum(hbb[:, 2] - hbb[:, 0], hbb[:, 3] - hbb[:, 1])
+    k = max(1, min(n, math.ceil(0.99 * n)))
+    cell = float(ext.kthvalue(k).values.clamp_min(1e-6))
+    large = ext > cell
+    ii, jj = [], []
+    small = torch.nonzero(~large)[:, 0]
+    if small.numel() > 1:
+        hs = hbb[small]
+        c = ((hs[:, :2] + hs[:, 2:]) / 2 / cell).floor().long()
+        c = c - c.min(0).values + 1  # >= 1, so that neighbour offsets stay >= 0
+        rows = int(c[:, 1].max()) + 2
+        key = c[:, 0] * rows + c[:, 1]
+        sorted_key, pos = torch.sort(key)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                target = key + dx * rows + dy
+                lo = torch.searchsorted(sorted_key, target, side="left")
+                cnt = torch.searchsorted(sorted_key, target, side="right") - lo
+                src = torch.repeat_interleave(torch.arange(len(key), device=device), cnt)
+                if src.numel() == 0:
+                    continue
+                first = torch.cumsum(cnt, 0) - cnt
+                dst = pos[lo[src] + torch.arange(src.numel(), device=device) - first[src]]
+                a, b = small[src], small[dst]
+                ii.append(a[a < b])
+                jj.append(b[a < b])
+    big = torch.nonzero(large)[:, 0]
+    if big.numel():
+        bi, bj = _overlapping_pairs(hbb[big], hbb, max(_MAX_PAIRS, n))
+        a, b = big[bi], bj
+        ok = (a != b) & ~(large[b] & (b < a))  # large-large pairs once
+        ii.append(torch.minimum(a[ok], b[ok]))
+        jj.append(torch.maximum(a[ok], b[ok]))
+    if not ii:
+        return empty, empty
+    i, j = torch.cat(ii), torch.cat(jj)
+    x = torch.minimum(hbb[i, 2], hbb[j, 2]) > torch.maximum(hbb[i, 0], hbb[j, 0])
+    y = torch.minimum(hbb[i, 3], hbb[j, 3]) > torch.maximum(hbb[i, 1], hbb[j, 1])
+    return i[x & y], j[x & y]
 
 
 def batched_rotated_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
