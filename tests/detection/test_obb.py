@@ -19,6 +19,7 @@ from vitp_geo.models.detection.obb import (
     obb_to_poly,
     poly_to_obb,
     quad_iou,
+    quad_iou_aligned,
     rotated_iou,
     rotated_iou_aligned,
     rotated_nms,
@@ -172,6 +173,51 @@ def test_touching_vertices_in_every_direction() -> None:
         [[5.0, 5.0, 10.0, 10.0, math.pi / 4], [5.0, 5.0, 2 * s, 2 * s, 0.0]], dtype=torch.float64
     )
     assert float(rotated_iou(both[:1], both[1:])) == pytest.approx(0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_iou_with_shared_and_touching_edges(dtype: torch.dtype) -> None:
+    """Collinear edges are where clipping goes wrong: integer boxes on a small grid (shared edges,
+    identical and touching boxes), the same boxes as angle -pi/2 oriented boxes, and rotated boxes
+    slid along their own axis (partly overlapping, sharing two edges, or touching end to end)."""
+    g = torch.Generator().manual_seed(21)
+    n = 3000
+
+    def grid_boxes() -> torch.Tensor:
+        xy = torch.randint(0, 6, (n, 2), generator=g).double()
+        return torch.cat([xy, xy + torch.randint(1, 5, (n, 2), generator=g).double()], 1)
+
+    def hpoly(h: torch.Tensor) -> torch.Tensor:
+        x1, y1, x2, y2 = h.unbind(1)
+        return torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1)
+
+    def ref(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        out = []
+        for x, y in zip(a.double().tolist(), b.double().tolist(), strict=True):
+            px, py = Polygon(np.reshape(x, (4, 2))), Polygon(np.reshape(y, (4, 2)))
+            inter = px.intersection(py).area
+            out.append(inter / (px.area + py.area - inter))
+        return np.asarray(out)
+
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    h1, h2 = grid_boxes(), grid_boxes()
+    r = ref(hpoly(h1), hpoly(h2))
+    assert (r == 0).mean() > 0.1 and (r == 1).any()
+    np.testing.assert_allclose(
+        quad_iou_aligned(hpoly(h1).to(dtype), hpoly(h2).to(dtype)).double(), r, atol=tol
+    )
+    o1, o2 = hbb_to_obb(h1.to(dtype)), hbb_to_obb(h2.to(dtype))
+    np.testing.assert_allclose(rotated_iou_aligned(o1, o2).double(), r, atol=tol)
+    b = random_obbs(n, 22)
+    k = torch.randint(0, 5, (n, 1), generator=g).double() / 4  # slide by 0, 1/4, ..., 1 of w
+    slide = torch.cat(
+        [torch.cos(b[:, 4:]) * b[:, 2:3] * k, torch.sin(b[:, 4:]) * b[:, 2:3] * k, torch.zeros(n, 3)], 1
+    )
+    r = ref(obb_to_poly(b), obb_to_poly(b + slide))
+    assert (r == 0).sum() > 100  # touching end to end
+    np.testing.assert_allclose(
+        rotated_iou_aligned(b.to(dtype), (b + slide).to(dtype)).double(), r, atol=10 * tol
+    )
 
 
 def test_is_convex_quad() -> None:

@@ -25,9 +25,10 @@ bottom-right, bottom-left, clockwise on screen like DOTA's annotations. Polygons
 ``x1, y1, ..., x4, y4``.
 
 IoU (``rotated_iou`` for boxes, ``quad_iou`` for any convex quadrilaterals such as DOTA's
-annotations) is computed by convex polygon clipping on tensors (the vertices of the intersection are the
-corners of each box inside the other and the crossings of their edges; they are sorted by angle
-and summed with the shoelace formula). It is differentiable with respect to the boxes wherever
+annotations) is computed by convex polygon clipping on tensors: by Green's theorem the
+intersection's area is a sum over its boundary, which is made of the part of each polygon's edges
+inside the other (each edge clipped against the other's four half-planes), so no vertex list has
+to be built or sorted. It is differentiable with respect to the boxes wherever
 the intersection's combinatorics do not change, and it is computed in chunks, only for pairs whose
 axis-aligned bounds overlap, so tens of thousands of boxes fit in memory. NMS suppresses a box
 whose IoU with a kept, higher-scoring box is **strictly greater** than the threshold
@@ -187,69 +188,62 @@ def hbb_to_obb(boxes: Tensor) -> Tensor:
 def _intersection_area(pa: Tensor, pb: Tensor) -> Tensor:
     """Area of the intersection of two convex quadrilaterals per pair.
 
+    Green's theorem over the boundary of the intersection: that boundary is, for each edge of one
+    polygon, the part of it inside the other (one sub-segment ``[t0, t1]`` of the edge, clipped
+    against the other's four half-planes), and a segment ``p + t d`` contributes
+    ``(t1 - t0) cross(p, d) / 2``. Collinear overlapping edges belong to the boundary once: an edge
+    of ``pa`` on an edge of ``pb`` with the same direction counts (from ``pa`` only), with opposite
+    directions (polygons touching from outside) neither counts.
+
     Args:
         pa, pb: (P, 4, 2) corners of the first and second polygons, each in either winding.
 
     Returns:
         (P,) intersection areas.
     """
-    # corners of one polygon inside the other
-    in_b = _inside(pa, pb)  # (P, 4)
-    in_a = _inside(pb, pa)
-    # crossings of the 4 x 4 edge pairs: p + t r = q + s e
-    p, r = pa, pa.roll(-1, 1) - pa  # (P, 4, 2)
-    q, e = pb, pb.roll(-1, 1) - pb
-    p, r = p[:, :, None], r[:, :, None]  # (P, 4, 1, 2)
-    q, e = q[:, None], e[:, None]  # (P, 1, 4, 2)
-    denom = r[..., 0] * e[..., 1] - r[..., 1] * e[..., 0]  # (P, 4, 4)
-    qp = q - p
-    parallel = denom.abs() <= 1e-12 * (r.norm(dim=-1) * e.norm(dim=-1)).clamp_min(1e-30)
-    safe = torch.where(parallel, torch.ones_like(denom), denom)
-    t = (qp[..., 0] * e[..., 1] - qp[..., 1] * e[..., 0]) / safe
-    s = (qp[..., 0] * r[..., 1] - qp[..., 1] * r[..., 0]) / safe
-    tol = _TOL_EPS * torch.finfo(pa.dtype).eps
-    cross_ok = ~parallel & (t >= -tol) & (t <= 1 + tol) & (s >= -tol) & (s <= 1 + tol)
-    cross = p + t[..., None] * r  # (P, 4, 4, 2)
+    pa, pb = _ccw(pa), _ccw(pb)
+    return _boundary_inside(pa, pb, shared=True) + _boundary_inside(pb, pa, shared=False)
 
-    xs = torch.cat([pa[..., 0], pb[..., 0], cross[..., 0].flatten(1)], 1)  # (P, 24)
-    ys = torch.cat([pa[..., 1], pb[..., 1], cross[..., 1].flatten(1)], 1)
-    ok = torch.cat([in_b, in_a, cross_ok.flatten(1)], 1)  # (P, 24)
-    xs = torch.where(ok, xs, torch.zeros_like(xs))
-    ys = torch.where(ok, ys, torch.zeros_like(ys))
-    n = ok.sum(1, keepdim=True).clamp_min(1)
-    with torch.no_grad():  # the ordering is piecewise constant: no gradient through it
-        # pseudo-angle around the mean of the vertices (a point inside the intersection),
-        # monotonic in the true angle and cheaper than atan2
-        dx = (xs - xs.sum(1, keepdim=True) / n).detach()
-        dy = (ys - ys.sum(1, keepdim=True) / n).detach()
-        ratio = dy / (dx.abs() + dy.abs()).clamp_min(torch.finfo(dx.dtype).tiny)
-        key = torch.where(dx >= 0, ratio, torch.where(dy >= 0, 2 - ratio, -2 - ratio))  # in (-2, 2]
-        key = torch.where(dx.abs() + dy.abs() > 0, key, torch.zeros_like(key))
-        key = torch.where(ok, key, torch.full_like(key, 10.0))  # invalid points last
-        order = key.argsort(1)
-    xs, ys, ok = xs.gather(1, order), ys.gather(1, order), ok.gather(1, order)
-    xs = torch.where(ok, xs, xs[:, :1])  # invalid → repeat the first vertex: zero area
-    ys = torch.where(ok, ys, ys[:, :1])
-    area = (xs * ys.roll(-1, 1) - xs.roll(-1, 1) * ys).sum(1).abs() / 2
-    return torch.where(ok.sum(1) >= 3, area, torch.zeros_like(area))
+
+def _ccw(poly: Tensor) -> Tensor:
+    """(P, 4, 2) with every polygon in the winding of positive ``_signed_area``."""
+    flip = _signed_area(poly) < 0
+    return torch.where(flip[:, None, None], poly.flip(1), poly)
+
+
+def _boundary_inside(pa: Tensor, pb: Tensor, shared: bool) -> Tensor:
+    """Sum of ``cross(p, d) (t1 - t0) / 2`` over the parts of ``pa``'s edges inside ``pb`` → (P,)."""
+    ax, ay = pa[..., 0].contiguous(), pa[..., 1].contiguous()  # (P, 4) edge starts of pa
+    bx, by = pb[..., 0].contiguous(), pb[..., 1].contiguous()
+    dx, dy = ax.roll(-1, 1) - ax, ay.roll(-1, 1) - ay  # (P, 4) edge vectors of pa
+    ex, ey = bx.roll(-1, 1) - bx, by.roll(-1, 1) - by
+    # inside pb's k-th half-plane: cross(e_k, p + t d - v_k) = c0 + t c1 >= 0; axes (P, edge of pa, edge of pb)
+    exk, eyk = ex[:, None, :], ey[:, None, :]
+    c0 = exk * (ay[:, :, None] - by[:, None, :]) - eyk * (ax[:, :, None] - bx[:, None, :])
+    c1 = exk * dy[:, :, None] - eyk * dx[:, :, None]
+    eps = _TOL_EPS * torch.finfo(pa.dtype).eps
+    len_e = torch.sqrt(ex * ex + ey * ey)[:, None, :]
+    len_d = torch.sqrt(dx * dx + dy * dy)[:, :, None]
+    scale = (
+        ax.amax(1) - ax.amin(1) + ay.amax(1) - ay.amin(1) + bx.amax(1) - bx.amin(1) + by.amax(1) - by.amin(1)
+    )
+    flat = c1.abs() <= eps * len_e * len_d  # edge parallel to the half-plane's line
+    on_line = c0.abs() <= (eps * scale)[:, None, None] * len_e
+    ok_parallel = (c0 > 0) & ~on_line
+    if shared:
+        ok_parallel = ok_parallel | (on_line & ((exk * dx[:, :, None] + eyk * dy[:, :, None]) > 0))
+    t = -c0 / torch.where(flat, torch.ones_like(c1), c1)
+    lower = torch.where(~flat & (c1 > 0), t, -2.0).amax(-1).clamp_min(0.0)  # (P, 4)
+    upper = torch.where(~flat & (c1 < 0), t, 2.0).amin(-1).clamp_max(1.0)
+    feasible = (~flat | ok_parallel).all(-1)
+    span = torch.where(feasible, (upper - lower).clamp_min(0.0), torch.zeros_like(upper))
+    return (span * (ax * dy - ay * dx)).sum(-1) / 2
 
 
 def _signed_area(poly: Tensor) -> Tensor:
     """(P, 4, 2) → (P,) shoelace area, positive for corners clockwise on screen (y down)."""
     x, y = poly[..., 0], poly[..., 1]
     return (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1) / 2
-
-
-def _inside(pts: Tensor, poly: Tensor) -> Tensor:
-    """(P, K, 2) points inside (or on the border of) convex (P, 4, 2) polygons → (P, K) bool."""
-    v = poly[:, None]  # (P, 1, 4, 2)
-    e = poly.roll(-1, 1)[:, None] - v
-    d = pts[:, :, None] - v  # (P, K, 4, 2)
-    cross = e[..., 0] * d[..., 1] - e[..., 1] * d[..., 0]  # (P, K, 4), length x distance
-    orient = torch.where(_signed_area(poly) >= 0, 1.0, -1.0).to(cross.dtype)[:, None, None]
-    size = e.norm(dim=-1)  # (P, 1, 4)
-    slack = _TOL_EPS * torch.finfo(pts.dtype).eps * size * size.sum(-1, keepdim=True)
-    return (cross * orient >= -slack).all(-1)
 
 
 def _quad_iou_chunk(pa: Tensor, pb: Tensor) -> Tensor:
