@@ -11,6 +11,7 @@ import torch
 from shapely.geometry import Polygon
 
 from vitp_geo.models.detection.obb import (
+    _rotated_nms,
     batched_rotated_nms,
     hbb_to_obb,
     is_convex_quad,
@@ -263,8 +264,9 @@ def test_gradcheck_rotated_iou_aligned() -> None:
     assert g[0, 0] < 0  # b's centre is right of a's: moving it left increases the overlap
 
 
+@pytest.mark.parametrize("finish_pairs", [0, 1 << 30])  # all in waves / all in one batch
 @pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.7])
-def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float) -> None:
+def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float, finish_pairs: int) -> None:
     base = random_obbs(100, 8, span=300.0, dtype=torch.float32)
     g = torch.Generator().manual_seed(9)
     jitter = torch.cat(  # 4 noisy copies of each box: IoUs spread over (0, 1)
@@ -278,8 +280,9 @@ def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float)
     b = base.repeat(4, 1) * torch.cat([torch.ones(400, 2), jitter[:, 2:4], torch.ones(400, 1)], 1)
     b = b + torch.cat([jitter[:, :2], torch.zeros(400, 2), jitter[:, 4:]], 1)
     scores = torch.rand(400, generator=g)
-    keep = rotated_nms(b, scores, threshold)
+    keep = _rotated_nms(b, scores, threshold, finish_pairs)
     ref = nms_polygons(polygons(b), scores.tolist(), threshold)
+    assert rotated_nms(b, scores, threshold).tolist() == ref
     assert 20 < len(ref) < 390  # suppression actually happened
     assert keep.tolist() == ref
 
@@ -300,6 +303,7 @@ def test_rotated_nms_on_a_long_chain_and_with_large_boxes() -> None:
     scores = torch.linspace(1, 0, n)
     ref = nms_polygons(polygons(chain), scores.tolist(), 0.2)  # neighbours' IoU: 20 / 80 = 0.25
     assert rotated_nms(chain, scores, 0.2).tolist() == ref and len(ref) == n // 2
+    assert _rotated_nms(chain, scores, 0.2, 0).tolist() == ref  # waves, then the long-chain batch
     # a few boxes much larger than the rest (outside the grid cell) among many small ones
     b = random_obbs(500, 19, span=400.0)
     big = torch.tensor(
@@ -310,6 +314,7 @@ def test_rotated_nms_on_a_long_chain_and_with_large_boxes() -> None:
     s[-2:] = 1.0  # the large boxes first: they suppress what they cover
     ref = nms_polygons(polygons(b), s.tolist(), 0.05)
     assert rotated_nms(b, s, 0.05).tolist() == ref and len(ref) < 450
+    assert _rotated_nms(b, s, 0.05, 0).tolist() == ref
 
 
 def test_batched_rotated_nms_never_suppresses_across_classes() -> None:

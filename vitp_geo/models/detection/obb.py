@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 _MAX_PAIRS = 1 << 17  # pairs per IoU chunk: ~200 MB of float32 intermediates at most
+_FINISH_PAIRS = 1 << 13  # rotated_nms: remaining candidate pairs below which one batch finishes
 _TOL_EPS = 8  # slack of the inside / on-segment tests, in machine epsilons (relative to size)
 
 
@@ -428,6 +429,11 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
     if not 0 <= iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    return _rotated_nms(boxes, scores, iou_threshold, _FINISH_PAIRS)
+
+
+def _rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, finish_pairs: int) -> Tensor:
+    """``rotated_nms`` (checked inputs); waves until at most ``finish_pairs`` pairs remain."""
     device = boxes.device
     n = boxes.shape[0]
     if n == 0:
@@ -447,8 +453,10 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
             blocked[j[state[i] == 0]] = True
             ready = undecided & ~blocked
             waves += 1
-            if waves > 16 and int(ready.sum()) < max(64, int(undecided.sum()) // 64):
-                _finish_greedy(sb, i, j, state, iou_threshold)  # a long chain: one batch for the rest
+            few_pairs = i.numel() <= finish_pairs  # the rest is cheaper in one batch than in waves
+            long_chain = waves > 16 and int(ready.sum()) < max(64, int(undecided.sum()) // 64)
+            if few_pairs or long_chain:
+                _finish_greedy(sb, i, j, state, iou_threshold)
                 break
             sel = (state[i] == 1) & ready[j]
             hit = torch.zeros(n, dtype=torch.bool, device=device)
