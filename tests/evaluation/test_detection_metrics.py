@@ -213,3 +213,28 @@ def quad_iou_of_hull(a: np.ndarray, b: np.ndarray) -> float:
 
     pa, pb = Polygon(a[0].reshape(4, 2)).convex_hull, Polygon(b[0].reshape(4, 2))
     return pa.intersection(pb).area / pa.union(pb).area
+
+
+def test_accumulator_matches_evaluate_voc_and_takes_torchvision_style_dicts() -> None:
+    from vitp_geo.evaluation.detection import VOCMeanAP
+
+    gt, pred = _random_scene(3, n_img=5)
+    names = ["a", "b", "c"]
+    want = evaluate_voc(gt, pred, names, metric="voc12")
+    acc = VOCMeanAP(names, "voc12")
+    keys = list(gt)
+    for lo in (0, 2):  # two batches, torchvision-style keys; oriented (N, 5) boxes for the second
+        batch = keys[lo : lo + 3] if lo else keys[:2]
+        preds, targets = [], []
+        for k in batch:
+            p, t = pred[k], gt[k]
+            boxes = p["bbox_xyxy"] if not lo else hbb_to_obb(p["bbox_xyxy"].double())
+            preds.append({"boxes": boxes, "labels": p["label"], "scores": p["score"]})
+            targets.append({"boxes": t["bbox_xyxy"], "labels": t["label"], "difficult": t["difficult"]})
+        acc.update(preds, targets)
+    got = acc.compute()
+    for n in names:
+        assert got.per_class[n].ap == pytest.approx(want.per_class[n].ap, abs=1e-12)
+    acc.reset()
+    with pytest.raises(ValueError, match="2 predictions for 1 targets"):
+        acc.update([pred["im0"], pred["im1"]], [gt["im0"]])
