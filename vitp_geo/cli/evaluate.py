@@ -10,7 +10,10 @@ import argparse
 import importlib
 
 TARGETS: dict[str, tuple[str, str]] = {
-    "detection": ("vitp_geo.cli.evaluate_detection", "mAP (VOC07/VOC12 on polygons, COCO) of box predictions"),
+    "detection": (
+        "vitp_geo.cli.evaluate_detection",
+        "mAP (VOC07/VOC12 on polygons, COCO) of box predictions",
+    ),
     "segmentation": ("vitp_geo.cli.evaluate_segmentation", "per-case Dice of label volumes/images"),
 }
 

@@ -30,6 +30,7 @@ from shapely import STRtree
 from shapely.geometry import Polygon, box
 from tqdm.auto import tqdm
 
+from vitp_geo.constants import GDAL_CACHE_MB
 from vitp_geo.io.raster import RenderRule
 from vitp_geo.models.detection.obb import batched_rotated_nms, hbb_to_obb, obb_to_poly
 from vitp_geo.tiling.planner import plan_windows
@@ -186,7 +187,7 @@ def detect_scene(
     Returns:
         GeoDataFrame of merged detections in the scene's CRS (see ``DetectionMerger.to_frame``).
     """
-    with rasterio.Env(GDAL_CACHEMAX=64):  # bounded block cache, independent of the scene
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # bounded block cache, independent of the scene
         return _detect(
             scene,
             detector,
