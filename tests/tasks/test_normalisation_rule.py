@@ -83,3 +83,11 @@ def test_config_feeds_pretraining_statistics_in_training_and_inference(path: Pat
     ) as reader:
         x, _ = reader.read(0, 0, 4, 4)
     np.testing.assert_allclose(x[:, 0, 0], fed.numpy(), atol=1e-5)
+
+
+def test_card_warns_when_the_datamodule_does_not_say_what_it_fed() -> None:
+    task = SegmentationTask(head_channels=8)
+    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(setup=lambda stage: None))  # type: ignore[assignment]
+    with pytest.warns(UserWarning, match="neither the task nor the datamodule sets mean"):
+        card = task.model_card()
+    assert card.mean == [0.0] * 3 and card.std == [255.0] * 3  # recorded as the x / 255 it guesses
