@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,7 +25,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _load_generator(name: str):  # noqa: ANN202
+def _load_generator(name: str) -> ModuleType:
     """``tests/data/<name>/data.py`` as a module (the seeded fake-dataset generators)."""
     import importlib.util
 
