@@ -31,8 +31,7 @@ from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import GeoDataset, RasterDataset
 from torchgeo.samplers import GridGeoSampler, RandomBatchGeoSampler
 
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+from vitp_geo.constants import IMAGENET_MEAN_255, IMAGENET_STD_255
 
 
 def resolve_files(spec: str | Sequence[str], what: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,3 +23,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data folder not found: {SHARED_DATA}")
     return SHARED_DATA
+
+
+def _load_generator(name: str) -> ModuleType:
+    """``tests/data/<name>/data.py`` as a module (the seeded fake-dataset generators)."""
+    import importlib.util
+
+    path = ROOT / "tests" / "data" / name / "data.py"
+    spec = importlib.util.spec_from_file_location(f"fake_{name}_data", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def torchgeo_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fake LoveDA, Potsdam and LEVIR-CD roots in torchgeo 0.8.1's on-disk layouts (written once)."""
+    base = tmp_path_factory.mktemp("torchgeo_layouts")
+    return {name: _load_generator(name).write(base / name) for name in ("loveda", "potsdam", "levircd")}

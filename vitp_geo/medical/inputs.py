@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vitp_geo.constants import IMAGENET_MEAN, IMAGENET_STD
 from vitp_geo.medical.intensity import (
     BRATS_DEFAULT_SEQUENCES,
     DEFAULT_CT_WINDOW_TRIPLET,
@@ -30,8 +31,6 @@ from vitp_geo.medical.intensity import (
 )
 from vitp_geo.medical.slicing import three_channel_slice
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Z_RANGE = 3.0  # z-scores in [-Z_RANGE, Z_RANGE] span the PNG's 0-255
 
 

@@ -528,7 +528,9 @@ def load_backbone(
     return model.eval()
 
 
-def export_backbone(vit: VisionTransformer, out_dir: str | Path) -> tuple[Path, Path]:
+def export_backbone(
+    vit: VisionTransformer, out_dir: str | Path, state: Mapping[str, torch.Tensor] | None = None
+) -> tuple[Path, Path]:
     """Write ``backbone.safetensors`` (plain timm state dict) and ``backbone.json``.
 
     ``backbone.json`` names the timm-native architecture (``vit_intern300m_patch14_448``) and the
@@ -544,9 +546,15 @@ def export_backbone(vit: VisionTransformer, out_dir: str | Path) -> tuple[Path, 
         vit: an InternViT-layout timm ``VisionTransformer`` (class token, layer-scale, no final
             norm, no classifier head).
         out_dir: output folder (created); both files are written atomically.
+        state: the ViT's full weights when ``vit`` holds only a shard of them (FSDP: see
+            ``vitp_geo.pretrain.export.gather_vision_state``); default ``vit.state_dict()``.
 
     Returns:
         (path of backbone.safetensors, path of backbone.json).
+
+    Raises:
+        ValueError: not the InternViT layout, or weights whose shapes do not fit the model
+            (e.g. the flat shards FSDP leaves in each rank's module).
     """
     from safetensors.torch import save_file
 
@@ -584,9 +592,26 @@ def export_backbone(vit: VisionTransformer, out_dir: str | Path) -> tuple[Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights, meta_path = out / "backbone.safetensors", out / "backbone.json"
-    state = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
+    weights_in = vit.state_dict() if state is None else state
+    expected = {
+        "cls_token": (1, 1, embed_dim),
+        "patch_embed.proj.weight": (
+            embed_dim,
+            int(cast(Any, vit.patch_embed).proj.in_channels),
+            patch,
+            patch,
+        ),
+    }
+    for key, shape in expected.items():
+        got = tuple(weights_in[key].shape) if key in weights_in else None
+        if got != shape:
+            raise ValueError(
+                f"export_backbone: {key} has shape {got}, the model needs {shape}: these are not the "
+                "ViT's full weights (under FSDP, export the gathered full state dict)"
+            )
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights_in.items()}
     with atomic_output(weights) as tmp:
-        save_file(state, str(tmp), metadata={"arch": INTERN_LAYOUT_ARCH})
+        save_file(tensors, str(tmp), metadata={"arch": INTERN_LAYOUT_ARCH})
     with atomic_output(meta_path) as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
     return weights, meta_path

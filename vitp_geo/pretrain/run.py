@@ -264,10 +264,12 @@ def check_earlier_run(cfg: PretrainConfig, output: Path) -> None:
 
 def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     from vitp_geo.models.vit import check_finite_weights, export_backbone
+    from vitp_geo.pretrain.export import check_export_strategy, gather_vision_state
     from vitp_geo.vlm.template import tokenize_conversation
 
     start = time.perf_counter()
     cfg.validate()
+    check_export_strategy(cfg.strategy)
     if cfg.resume is not None and cfg.output is None:
         raise ValueError("--resume needs --output: the run folder to continue")
     output = Path(cfg.output) if cfg.output else default_output(cfg.domain)
@@ -354,14 +356,14 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     # The final state goes to last.ckpt even when max_steps is not a checkpoint multiple
     # (a collective call: every rank takes part, rank 0 writes).
     trainer.save_checkpoint(output / "checkpoints" / "last.ckpt")
+    vision_weights = gather_vision_state(trainer, module)  # collective under FSDP: every rank
     if not trainer.is_global_zero:
         return PretrainSummary(output, trainer.global_step, float("nan"), float("nan"), 0.0, 0, 0, None, 0.0)
     final = reliance.results[-1][1] if reliance is not None and reliance.results else None
     # A diverged run (e.g. --lr too high) must not leave a NaN backbone that looks finished.
-    check_finite_weights(
-        model.vision_model.state_dict(), f"{output / 'checkpoints' / 'last.ckpt'} (the trained ViT)"
-    )
-    backbone, backbone_json = export_backbone(model.vision_model, output)
+    assert vision_weights is not None  # rank 0 holds the gathered weights
+    check_finite_weights(vision_weights, f"{output / 'checkpoints' / 'last.ckpt'} (the trained ViT)")
+    backbone, backbone_json = export_backbone(model.vision_model, output, state=vision_weights)
     _annotate_backbone_json(backbone_json, cfg, final)
     rows = read_metrics(metrics.path)
     if rows:

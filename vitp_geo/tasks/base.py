@@ -202,6 +202,15 @@ class DenseTask(BaseTask):
         if value is None:
             value = self._datamodule_attr(key)
         if value is None:
+            if self._datamodule_attr("setup") is not None:  # trained on a datamodule that does not say
+                import warnings
+
+                warnings.warn(
+                    f"model card: neither the task nor the datamodule sets {key}; recording {default} "
+                    f"(x / 255) — set model.init_args.{key} to what the datamodule feeds, or infer will "
+                    "normalise differently",
+                    stacklevel=2,
+                )
             return [default] * channels
         values = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
         if len(values) == 1:
@@ -228,7 +237,9 @@ class DenseTask(BaseTask):
             class_names=self.class_names,
             class_colors=[(int(col[0]), int(col[1]), int(col[2])) for col in colors],
             bands=list(self.hparams.get("bands") or self._datamodule_attr("bands") or range(1, c + 1)),
-            mean=self._channel_stats("mean", 0.0, c),  # torchgeo's convention: x / 255 by default
+            # what the datamodule fed (datamodules.geotiff.default_stats: ImageNet x 255 for 3 bands);
+            # unknown: x / 255, with a warning when a datamodule was attached
+            mean=self._channel_stats("mean", 0.0, c),
             std=self._channel_stats("std", 255.0, c),
             tile_size=int(tile),
             arch=dict(self.arch),  # type: ignore[arg-type]
