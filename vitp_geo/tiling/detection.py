@@ -1,14 +1,17 @@
 """Detections over a whole scene: window boxes → map polygons → cross-tile NMS in map coordinates.
 
 A detector maps a window batch (B, C, T, T) to one dict per window (torchvision style):
-``boxes`` (N, 4) ``x1, y1, x2, y2`` or (N, 5) oriented ``cx, cy, w, h, angle`` (degrees,
-counter-clockwise in pixel space), ``scores`` (N,) and ``labels`` (N,), all in window pixels.
+``boxes`` (N, 4) ``x1, y1, x2, y2`` or (N, 5) oriented ``cx, cy, w, h, angle`` (the convention of
+``vitp_geo.models.detection.obb``: radians, the w side along ``(cos, sin)`` in pixel axes),
+``scores`` (N,) and ``labels`` (N,), all in window pixels.
 
 ``DetectionMerger`` converts each window's boxes to polygons in map coordinates through the
 scene's affine transform, drops boxes cut by an inner window edge (the neighbouring window, which
 overlaps by more than an object, sees them whole), and at the end runs per-class non-maximum
-suppression on polygon IoU in map coordinates, so a building seen by four windows is one
-polygon. ``detect_scene`` drives a detector over a scene with the same planner and reader as
+suppression, so a building seen by four windows is one polygon. The suppression is the tensor
+``batched_rotated_nms`` on the boxes in scene pixels: IoU is a ratio of areas, which any affine
+map (the scene transform) preserves, so this is the same decision as polygon IoU in map
+coordinates, made by the one NMS rule of the detectors. ``detect_scene`` drives a detector over a scene with the same planner and reader as
 segmentation.
 """
 
@@ -24,11 +27,11 @@ import rasterio
 import torch
 from affine import Affine
 from shapely import STRtree
-from shapely.affinity import rotate
 from shapely.geometry import Polygon, box
 from tqdm.auto import tqdm
 
 from vitp_geo.io.raster import RenderRule
+from vitp_geo.models.detection.obb import batched_rotated_nms, hbb_to_obb, obb_to_poly
 from vitp_geo.tiling.planner import plan_windows
 from vitp_geo.tiling.reader import SceneWindowReader
 
@@ -36,12 +39,12 @@ Detector = Callable[[torch.Tensor], Sequence[dict[str, torch.Tensor]]]
 
 
 def box_polygon(b: Sequence[float]) -> Polygon:
-    """A pixel-space polygon from ``(x1, y1, x2, y2)`` or oriented ``(cx, cy, w, h, angle°)``."""
+    """A pixel-space polygon from ``(x1, y1, x2, y2)`` or oriented ``(cx, cy, w, h, angle)`` (radians)."""
     if len(b) == 4:
         return box(*b)
     if len(b) == 5:
-        cx, cy, w, h, angle = b
-        return rotate(box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), angle, origin=(cx, cy))
+        corners = obb_to_poly(torch.tensor([list(b)], dtype=torch.float64))[0]
+        return Polygon(corners.reshape(4, 2).tolist())
     raise ValueError(f"a box has 4 (x1, y1, x2, y2) or 5 (cx, cy, w, h, angle) values, got {len(b)}")
 
 
@@ -51,7 +54,12 @@ def to_map(poly: Polygon, transform: Affine) -> Polygon:
 
 
 def nms_polygons(polys: Sequence[Polygon], scores: Sequence[float], iou_threshold: float) -> list[int]:
-    """Indices kept by greedy NMS on polygon IoU (highest score first)."""
+    """Indices kept by greedy NMS on polygon IoU (highest score first).
+
+    Any polygons (shapely); a polygon is dropped when its IoU with a kept one is strictly greater
+    than ``iou_threshold``, the rule of ``rotated_nms``. The merger uses the tensor
+    ``batched_rotated_nms``; this is its reference for polygons that are not rectangles.
+    """
     if not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
@@ -67,7 +75,7 @@ def nms_polygons(polys: Sequence[Polygon], scores: Sequence[float], iou_threshol
                 continue
             inter = polys[i].intersection(polys[j]).area
             union = polys[i].area + polys[j].area - inter
-            if union > 0 and inter / union >= iou_threshold:
+            if union > 0 and inter / union > iou_threshold:
                 removed[j] = True
     return keep
 
@@ -91,6 +99,7 @@ class DetectionMerger:
     polygons: list[Polygon] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)  # oriented boxes in scene pixels
 
     def add(
         self, row0: int, col0: int, h: int, w: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
@@ -117,20 +126,21 @@ class DetectionMerger:
                 continue  # cut by an inner edge: a neighbouring window sees it whole
             poly = to_map(Polygon([(x + col0, y + row0) for x, y in poly.exterior.coords]), self.transform)
             self.polygons.append(poly)
+            self.boxes.append(_scene_obb(b, row0, col0))
             self.scores.append(float(s))
             self.labels.append(int(lab))
 
     def merged(self) -> list[int]:
         """Indices of detections kept by per-class NMS."""
-        keep: list[int] = []
-        labels = np.asarray(self.labels)
-        for cls in np.unique(labels):
-            idx = np.nonzero(labels == cls)[0]
-            kept = nms_polygons(
-                [self.polygons[i] for i in idx], [self.scores[i] for i in idx], self.iou_threshold
-            )
-            keep.extend(int(idx[k]) for k in kept)
-        return sorted(keep)
+        if not self.boxes:
+            return []
+        keep = batched_rotated_nms(
+            torch.tensor(self.boxes, dtype=torch.float64),
+            torch.tensor(self.scores, dtype=torch.float64),
+            torch.tensor(self.labels, dtype=torch.int64),
+            self.iou_threshold,
+        )
+        return sorted(keep.tolist())
 
     def to_frame(self, class_names: Sequence[str], crs: object) -> gpd.GeoDataFrame:
         """The merged detections: ``class_id, class_name, score, area`` and polygon geometry."""
@@ -145,6 +155,15 @@ class DetectionMerger:
             geometry=gpd.GeoSeries([self.polygons[i] for i in keep], crs=crs),
             crs=crs,
         )
+
+
+def _scene_obb(b: np.ndarray, row0: int, col0: int) -> list[float]:
+    """A window box (4 or 5 values) as an oriented box ``cx, cy, w, h, angle`` in scene pixels."""
+    t = torch.as_tensor(b, dtype=torch.float64)[None]
+    obb = hbb_to_obb(t)[0] if t.shape[1] == 4 else t[0].clone()
+    obb[0] += col0
+    obb[1] += row0
+    return obb.tolist()
 
 
 def detect_scene(

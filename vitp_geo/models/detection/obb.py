@@ -24,7 +24,8 @@ are ``c - u - v, c + u - v, c + u + v, c - u + v``; at angle 0 that is top-left,
 bottom-right, bottom-left, clockwise on screen like DOTA's annotations. Polygons are ``(N, 8)``
 ``x1, y1, ..., x4, y4``.
 
-IoU is computed by convex polygon clipping on tensors (the vertices of the intersection are the
+IoU (``rotated_iou`` for boxes, ``quad_iou`` for any convex quadrilaterals such as DOTA's
+annotations) is computed by convex polygon clipping on tensors (the vertices of the intersection are the
 corners of each box inside the other and the crossings of their edges; they are sorted by angle
 and summed with the shoelace formula). It is differentiable with respect to the boxes wherever
 the intersection's combinatorics do not change, and it is computed in chunks, only for pairs whose
@@ -44,10 +45,13 @@ from torch import Tensor
 __all__ = [
     "batched_rotated_nms",
     "hbb_to_obb",
+    "is_convex_quad",
     "normalize_obb",
     "obb_to_hbb",
     "obb_to_poly",
     "poly_to_obb",
+    "quad_iou",
+    "quad_iou_aligned",
     "rotated_iou",
     "rotated_iou_aligned",
     "rotated_nms",
@@ -180,19 +184,18 @@ def hbb_to_obb(boxes: Tensor) -> Tensor:
     return normalize_obb(obb)
 
 
-def _intersection_area(pa: Tensor, pb: Tensor, ba: Tensor, bb: Tensor) -> Tensor:
+def _intersection_area(pa: Tensor, pb: Tensor) -> Tensor:
     """Area of the intersection of two convex quadrilaterals per pair.
 
     Args:
-        pa, pb: (P, 4, 2) corners (consistent order) of the first and second boxes.
-        ba, bb: (P, 5) the boxes themselves (for the inside tests).
+        pa, pb: (P, 4, 2) corners of the first and second polygons, each in either winding.
 
     Returns:
         (P,) intersection areas.
     """
-    # corners of one box inside the other (tested in the other's own axes)
-    in_b = _inside(pa, bb)  # (P, 4)
-    in_a = _inside(pb, ba)
+    # corners of one polygon inside the other
+    in_b = _inside(pa, pb)  # (P, 4)
+    in_a = _inside(pb, pa)
     # crossings of the 4 x 4 edge pairs: p + t r = q + s e
     p, r = pa, pa.roll(-1, 1) - pa  # (P, 4, 2)
     q, e = pb, pb.roll(-1, 1) - pb
@@ -208,45 +211,86 @@ def _intersection_area(pa: Tensor, pb: Tensor, ba: Tensor, bb: Tensor) -> Tensor
     cross_ok = ~parallel & (t >= -tol) & (t <= 1 + tol) & (s >= -tol) & (s <= 1 + tol)
     cross = p + t[..., None] * r  # (P, 4, 4, 2)
 
-    pts = torch.cat([pa, pb, cross.flatten(1, 2)], 1)  # (P, 24, 2)
-    ok = torch.cat([in_b, in_a, cross_ok.flatten(1, 2)], 1)  # (P, 24)
-    pts = torch.where(ok[..., None], pts, torch.zeros_like(pts))
+    xs = torch.cat([pa[..., 0], pb[..., 0], cross[..., 0].flatten(1)], 1)  # (P, 24)
+    ys = torch.cat([pa[..., 1], pb[..., 1], cross[..., 1].flatten(1)], 1)
+    ok = torch.cat([in_b, in_a, cross_ok.flatten(1)], 1)  # (P, 24)
+    xs = torch.where(ok, xs, torch.zeros_like(xs))
+    ys = torch.where(ok, ys, torch.zeros_like(ys))
     n = ok.sum(1, keepdim=True).clamp_min(1)
-    centre = pts.sum(1, keepdim=True) / n[..., None]  # (P, 1, 2), inside the intersection
     with torch.no_grad():  # the ordering is piecewise constant: no gradient through it
-        rel = (pts - centre).detach()
-        key = torch.atan2(rel[..., 1], rel[..., 0])
+        # pseudo-angle around the mean of the vertices (a point inside the intersection),
+        # monotonic in the true angle and cheaper than atan2
+        dx = (xs - xs.sum(1, keepdim=True) / n).detach()
+        dy = (ys - ys.sum(1, keepdim=True) / n).detach()
+        ratio = dy / (dx.abs() + dy.abs()).clamp_min(torch.finfo(dx.dtype).tiny)
+        key = torch.where(dx >= 0, ratio, torch.sign(dy + 0.0) * 2 - ratio)  # in (-2, 2]
+        key = torch.where(dx.abs() + dy.abs() > 0, key, torch.zeros_like(key))
         key = torch.where(ok, key, torch.full_like(key, 10.0))  # invalid points last
         order = key.argsort(1)
-    pts = pts.gather(1, order[..., None].expand(-1, -1, 2))
-    ok = ok.gather(1, order)
-    pts = torch.where(ok[..., None], pts, pts[:, :1])  # invalid → repeat the first: zero area
-    nxt = pts.roll(-1, 1)
-    area = (pts[..., 0] * nxt[..., 1] - nxt[..., 0] * pts[..., 1]).sum(1).abs() / 2
+    xs, ys, ok = xs.gather(1, order), ys.gather(1, order), ok.gather(1, order)
+    xs = torch.where(ok, xs, xs[:, :1])  # invalid → repeat the first vertex: zero area
+    ys = torch.where(ok, ys, ys[:, :1])
+    area = (xs * ys.roll(-1, 1) - xs.roll(-1, 1) * ys).sum(1).abs() / 2
     return torch.where(ok.sum(1) >= 3, area, torch.zeros_like(area))
 
 
-def _inside(pts: Tensor, boxes: Tensor) -> Tensor:
-    """(P, K, 2) points inside (or on the border of) (P, 5) boxes → (P, K) bool."""
-    cx, cy, w, h, a = (t[:, None] for t in boxes.unbind(-1))
-    dx, dy = pts[..., 0] - cx, pts[..., 1] - cy
-    cos, sin = torch.cos(a), torch.sin(a)
-    du = dx * cos + dy * sin
-    dv = -dx * sin + dy * cos
-    slack = _TOL_EPS * torch.finfo(boxes.dtype).eps * (w + h)
-    return (du.abs() <= w / 2 + slack) & (dv.abs() <= h / 2 + slack)
+def _signed_area(poly: Tensor) -> Tensor:
+    """(P, 4, 2) → (P,) shoelace area, positive for corners clockwise on screen (y down)."""
+    x, y = poly[..., 0], poly[..., 1]
+    return (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1) / 2
 
 
-def _aligned(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of pairs, one chunk (no shape checks)."""
-    # work relative to the first box's centre: float32 keeps its precision at large coordinates
-    shift = torch.cat([a[:, :2], torch.zeros_like(a[:, 2:])], 1)
-    a, b = a - shift, b - shift
-    inter = _intersection_area(_corners(a), _corners(b), a, b)
-    area_a = a[:, 2] * a[:, 3]
-    area_b = b[:, 2] * b[:, 3]
-    union = area_a + area_b - inter
+def _inside(pts: Tensor, poly: Tensor) -> Tensor:
+    """(P, K, 2) points inside (or on the border of) convex (P, 4, 2) polygons → (P, K) bool."""
+    v = poly[:, None]  # (P, 1, 4, 2)
+    e = poly.roll(-1, 1)[:, None] - v
+    d = pts[:, :, None] - v  # (P, K, 4, 2)
+    cross = e[..., 0] * d[..., 1] - e[..., 1] * d[..., 0]  # (P, K, 4), length x distance
+    orient = torch.where(_signed_area(poly) >= 0, 1.0, -1.0).to(cross.dtype)[:, None, None]
+    size = e.norm(dim=-1)  # (P, 1, 4)
+    slack = _TOL_EPS * torch.finfo(pts.dtype).eps * size * size.sum(-1, keepdim=True)
+    return (cross * orient >= -slack).all(-1)
+
+
+def _quad_iou_chunk(pa: Tensor, pb: Tensor) -> Tensor:
+    """IoU of (P, 4, 2) convex quadrilateral pairs, one chunk (no checks)."""
+    # work relative to the first polygon's centre: float32 keeps its precision at large coordinates
+    shift = pa.mean(1, keepdim=True)
+    pa, pb = pa - shift, pb - shift
+    inter = _intersection_area(pa, pb)
+    union = _signed_area(pa).abs() + _signed_area(pb).abs() - inter
     return inter / union.clamp_min(torch.finfo(union.dtype).tiny)
+
+
+def _float(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return a.to(dtype), b.to(dtype)
+
+
+def quad_iou_aligned(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
+    """IoU of convex quadrilaterals pair by pair (``a[i]`` with ``b[i]``), any winding.
+
+    Args:
+        a: (N, 8) ``x1, y1, ..., x4, y4``, convex (see ``is_convex_quad``).
+        b: (N, 8).
+        max_pairs: pairs per chunk (bounds the memory of the intermediates).
+
+    Returns:
+        (N,) IoU in [0, 1]; 0 for polygons of zero area.
+    """
+    _check(a, 8, "a")
+    _check(b, 8, "b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must have the same number of boxes, got {a.shape[0]} and {b.shape[0]}")
+    a, b = _float(a, b)
+    pa, pb = a.reshape(-1, 4, 2), b.reshape(-1, 4, 2)
+    if a.shape[0] <= max_pairs:
+        return _quad_iou_chunk(pa, pb)
+    return torch.cat(
+        [_quad_iou_chunk(pa[i : i + max_pairs], pb[i : i + max_pairs]) for i in range(0, len(pa), max_pairs)]
+    )
 
 
 def rotated_iou_aligned(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
@@ -266,15 +310,31 @@ def rotated_iou_aligned(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) ->
     _check(b, 5, "b")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"a and b must have the same number of boxes, got {a.shape[0]} and {b.shape[0]}")
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    a, b = a.to(dtype), b.to(dtype)
-    if a.shape[0] <= max_pairs:
-        return _aligned(a, b)
-    return torch.cat(
-        [_aligned(a[i : i + max_pairs], b[i : i + max_pairs]) for i in range(0, len(a), max_pairs)]
-    )
+    a, b = _float(a, b)
+    # corners relative to the first box's centre: float32 keeps its precision at large coordinates
+    shift = torch.cat([a[:, :2], torch.zeros_like(a[:, 2:])], 1)
+    a, b = a - shift, b - shift
+    return quad_iou_aligned(obb_to_poly(a), obb_to_poly(b), max_pairs=max_pairs)
+
+
+def is_convex_quad(polys: Tensor) -> Tensor:
+    """Whether each quadrilateral is convex and not self-intersecting (collinear corners allowed).
+
+    Args:
+        polys: (N, 8).
+
+    Returns:
+        (N,) bool.
+    """
+    _check(polys, 8, "polys")
+    p = polys.reshape(-1, 4, 2)
+    e = p.roll(-1, 1) - p
+    turn = e[..., 0] * e.roll(-1, 1)[..., 1] - e[..., 1] * e.roll(-1, 1)[..., 0]  # (N, 4)
+    same_sign = (turn >= 0).all(1) | (turn <= 0).all(1)
+    # a convex polygon winds once: its exterior angles sum to one full turn
+    ang = torch.atan2(e[..., 1], e[..., 0])
+    turning = torch.remainder(ang.roll(-1, 1) - ang + math.pi, 2 * math.pi) - math.pi
+    return same_sign & ((turning.sum(1).abs() - 2 * math.pi).abs() < 1e-3)
 
 
 def _overlapping_pairs(ha: Tensor, hb: Tensor, max_pairs: int) -> tuple[Tensor, Tensor]:
@@ -294,6 +354,37 @@ def _overlapping_pairs(ha: Tensor, hb: Tensor, max_pairs: int) -> tuple[Tensor, 
     return torch.cat(ii), torch.cat(jj)
 
 
+def _quad_bounds(polys: Tensor) -> Tensor:
+    """(N, 8) → (N, 4) ``x1, y1, x2, y2``."""
+    p = polys.reshape(-1, 4, 2)
+    return torch.cat([p.amin(1), p.amax(1)], 1)
+
+
+def quad_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
+    """IoU of every convex quadrilateral in ``a`` with every one in ``b``.
+
+    Only pairs whose axis-aligned bounds overlap are clipped (the others are 0), in chunks of at
+    most ``max_pairs`` pairs. Differentiable like ``rotated_iou_aligned``.
+
+    Args:
+        a: (N, 8) ``x1, y1, ..., x4, y4``.
+        b: (M, 8).
+        max_pairs: pairs per chunk.
+
+    Returns:
+        (N, M) IoU.
+    """
+    _check(a, 8, "a")
+    _check(b, 8, "b")
+    a, b = _float(a, b)
+    with torch.no_grad():
+        i, j = _overlapping_pairs(_quad_bounds(a), _quad_bounds(b), max_pairs)
+    out = a.new_zeros(a.shape[0], b.shape[0])
+    if i.numel():
+        out = out.index_put((i, j), quad_iou_aligned(a[i], b[j], max_pairs=max_pairs))
+    return out
+
+
 def rotated_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
     """IoU of every oriented box in ``a`` with every one in ``b``.
 
@@ -310,10 +401,7 @@ def rotated_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
     """
     _check(a, 5, "a")
     _check(b, 5, "b")
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    a, b = a.to(dtype), b.to(dtype)
+    a, b = _float(a, b)
     with torch.no_grad():
         i, j = _overlapping_pairs(obb_to_hbb(a), obb_to_hbb(b), max_pairs)
     out = a.new_zeros(a.shape[0], b.shape[0])
