@@ -76,7 +76,7 @@ def test_angle_zero_equals_torchvision_roi_align(aligned: bool) -> None:
     bi = torch.randint(0, 2, (40,), generator=gen).double()
     ref = roi_align(feat, torch.stack([bi, x1, y1, x2, y2], 1), 5, 0.8, 2, aligned)
     rois = torch.stack([bi, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros(40).double()], 1)
-    out = roi_align_rotated(feat, rois, 5, 0.8, 2, aligned)
+    out = roi_align_rotated(feat, rois, 5, 0.8, 2, aligned, rotated_kernel=True)  # the tensor-op path
     torch.testing.assert_close(out, ref)
 
 
@@ -108,7 +108,7 @@ def test_gradcheck() -> None:
     gen = torch.Generator().manual_seed(3)
     feat = torch.randn(1, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 3.1, 2.7, 3.3, 2.2, 0.4], [0, 4.2, 3.3, 2.5, 3.1, -1.1]], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda f: roi_align_rotated(f, rois, 2, 1.0, 2), (feat,))
+    assert torch.autograd.gradcheck(lambda f: roi_align_rotated(f, rois, 2, 1.0, 2, rotated_kernel=True), (feat,))
     # and with respect to the box geometry (away from pixel boundaries the op is smooth)
     rois_g = rois.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda r: roi_align_rotated(feat.detach(), r, 2, 1.0, 2), (rois_g,))

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import box_iou
 
 from vitp_geo.models.detection.coder import OrientedBoxCoder
-from vitp_geo.models.detection.obb import batched_rotated_nms, normalize_obb, rotated_iou
+from vitp_geo.models.detection.obb import batched_rotated_nms, normalize_obb, obb_to_hbb, rotated_iou
 from vitp_geo.models.detection.roi_align_rotated import MultiScaleRotatedRoIAlign
 
 
@@ -65,6 +66,10 @@ class OrientedRoIHeads(nn.Module):
         batch_size_per_image, positive_fraction: RoI sampling.
         score_thresh, nms_thresh, detections_per_img: inference filtering.
         min_size: boxes with a side below this (pixels) are dropped at inference.
+        assign_iou: ``obb``: RoIs are matched to ground truth by rotated IoU with the oriented
+            boxes (mmrotate's Rotated Faster R-CNN); ``hbb``: by IoU with their horizontal
+            envelopes (the horizontal RoI of a 45° square overlaps the square itself by only
+            0.5, so ``obb`` leaves diagonal objects with few positive RoIs).
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class OrientedRoIHeads(nn.Module):
         nms_thresh: float = 0.1,
         detections_per_img: int = 100,
         min_size: float = 1e-2,
+        assign_iou: str = "obb",
     ) -> None:
         super().__init__()
         self.pooler = MultiScaleRotatedRoIAlign(strides, pool_size, sampling_ratio)
@@ -95,6 +101,9 @@ class OrientedRoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.min_size = min_size
+        if assign_iou not in ("obb", "hbb"):
+            raise ValueError(f"assign_iou must be 'obb' or 'hbb', got {assign_iou!r}")
+        self.assign_iou = assign_iou
 
     # ------------------------------------------------------------------ training targets
     def _sample(
@@ -104,12 +113,17 @@ class OrientedRoIHeads(nn.Module):
         rois_out, labels_out, deltas_out = [], [], []
         for props, t in zip(proposals, targets, strict=True):
             gt, gt_labels = t["obb"], t["labels"]
-            rois = torch.cat([hbb_rois(props), gt]) if gt.numel() else hbb_rois(props)
+            # ground-truth envelopes join the proposals as horizontal RoIs (torchvision's rule), so
+            # training RoIs look like the inference ones
+            rois = hbb_rois(torch.cat([props, obb_to_hbb(gt)]) if gt.numel() else props)
             if gt.shape[0] == 0:
                 labels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
                 matched = torch.zeros_like(rois)
             else:
-                iou = rotated_iou(gt, rois)  # (G, R)
+                if self.assign_iou == "obb":
+                    iou = rotated_iou(gt, rois)  # (G, R)
+                else:
+                    iou = box_iou(obb_to_hbb(gt), obb_to_hbb(rois))
                 idx = self.matcher(iou)
                 labels = gt_labels[idx.clamp(min=0)].to(torch.int64)
                 labels[idx == self.matcher.BELOW_LOW_THRESHOLD] = 0

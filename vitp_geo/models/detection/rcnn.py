@@ -65,6 +65,8 @@ class DetectionModel(nn.Module):
         score_thresh: minimum score of a detection.
         nms_thresh: final NMS IoU (0.5 horizontal as torchvision, 0.1 rotated as the paper).
         detections_per_img: most detections per image.
+        assign_iou: obb only: match RoIs by rotated IoU (``obb``) or envelope IoU (``hbb``);
+            see ``OrientedRoIHeads``.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class DetectionModel(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float | None = None,
         detections_per_img: int = 100,
+        assign_iou: str = "obb",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -124,6 +127,7 @@ class DetectionModel(nn.Module):
                 score_thresh=score_thresh,
                 nms_thresh=0.5 if nms_thresh is None else nms_thresh,
                 detections_per_img=detections_per_img,
+                assign_iou=assign_iou,
             )
         else:
             self.roi_heads = OrientedRoIHeads(
@@ -135,6 +139,7 @@ class DetectionModel(nn.Module):
                 score_thresh=score_thresh,
                 nms_thresh=0.1 if nms_thresh is None else nms_thresh,
                 detections_per_img=detections_per_img,
+                assign_iou=assign_iou,
             )
 
     @property

@@ -8,7 +8,9 @@ coder and ``obb.obb_to_poly`` use. Feature coordinates are ``image * spatial_sca
 ``aligned=True`` a half-pixel offset puts pixel centres at integer + 0.5, as in
 ``torchvision.ops.roi_align(aligned=True)``, which this function equals at angle 0 (same
 bilinear rule at the borders: samples more than one pixel outside give 0, samples within one
-pixel are clamped to the edge).
+pixel are clamped to the edge). When every RoI of a call has angle 0 (the horizontal proposals of
+a Rotated Faster R-CNN) the call goes to torchvision's compiled kernel, which computes the same
+values faster; ``rotated_kernel=True`` forces the tensor-op path (tests compare the two).
 
 ``MultiScaleRotatedRoIAlign`` picks a pyramid level per RoI by its size (the FPN rule of
 ``torchvision.ops.MultiScaleRoIAlign``) and gathers all levels without a Python loop over boxes.
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import roi_align as tv_roi_align
 
 
 def _bilinear(features: Tensor, batch: Tensor, y: Tensor, x: Tensor) -> Tensor:
@@ -67,6 +70,7 @@ def roi_align_rotated(
     spatial_scale: float = 1.0,
     sampling_ratio: int = 2,
     aligned: bool = True,
+    rotated_kernel: bool = False,
 ) -> Tensor:
     """Pool rotated RoIs from a feature map (module doc).
 
@@ -77,6 +81,7 @@ def roi_align_rotated(
         spatial_scale: feature / image size (1 / stride).
         sampling_ratio: samples per bin side (> 0: a fixed count keeps the op vectorised).
         aligned: half-pixel offset (module doc).
+        rotated_kernel: always use the tensor-op path, even when every angle is 0.
 
     Returns:
         (K, C, ph, pw).
@@ -89,6 +94,11 @@ def roi_align_rotated(
     k, c = rois.shape[0], features.shape[1]
     if k == 0:
         return features.new_zeros((0, c, ph, pw))
+    if not rotated_kernel and not bool(rois[:, 5].any()):  # all horizontal: torchvision's kernel computes the same, faster
+        x1 = rois[:, 1] - rois[:, 3] / 2
+        y1 = rois[:, 2] - rois[:, 4] / 2
+        boxes = torch.stack([rois[:, 0], x1, y1, x1 + rois[:, 3], y1 + rois[:, 4]], dim=1)
+        return tv_roi_align(features, boxes.to(features.dtype), (ph, pw), spatial_scale, sampling_ratio, aligned)
     s = sampling_ratio
     dtype = features.dtype
     rois = rois.to(dtype)
