@@ -160,6 +160,20 @@ def test_quad_iou_matches_shapely_on_convex_quadrilaterals() -> None:
     np.testing.assert_allclose(quad_iou(a, b).numpy(), shapely_iou(pa, pb), atol=1e-9, rtol=0)
 
 
+def test_touching_vertices_in_every_direction() -> None:
+    # a diamond inscribed in a square: its corners lie on the square's edges, straight up, down,
+    # left and right of the centre (the vertex sort must tell left from right)
+    s = 10 / math.sqrt(2)
+    diamond = obb_to_poly(torch.tensor([[5.0, 5.0, 10.0, 10.0, math.pi / 4]], dtype=torch.float64))
+    square = torch.tensor([[5 - s, 5 - s, 5 + s, 5 - s, 5 + s, 5 + s, 5 - s, 5 + s]], dtype=torch.float64)
+    assert float(quad_iou(diamond, square)) == pytest.approx(0.5, abs=1e-12)
+    assert float(quad_iou(square, diamond)) == pytest.approx(0.5, abs=1e-12)
+    both = torch.tensor(
+        [[5.0, 5.0, 10.0, 10.0, math.pi / 4], [5.0, 5.0, 2 * s, 2 * s, 0.0]], dtype=torch.float64
+    )
+    assert float(rotated_iou(both[:1], both[1:])) == pytest.approx(0.5, abs=1e-12)
+
+
 def test_is_convex_quad() -> None:
     quads = torch.tensor(
         [

@@ -1,13 +1,80 @@
-"""``vitp-geo evaluate detection``: not implemented yet (placeholder so the subcommand is wired)."""
+"""``vitp-geo evaluate detection``: mAP of box predictions against a dataset's ground truth.
+
+Argument wiring only; the work is ``vitp_geo.evaluation.detection_files.evaluate_files`` (see it
+for the accepted layouts of ``--gt`` and ``--pred``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
+
+from vitp_geo.evaluation.detection import APMetric
+from vitp_geo.evaluation.detection_files import (
+    CLASS_PRESETS,
+    GroundTruthFormat,
+    evaluate_files,
+    write_metrics,
+)
+
+
+def _iou(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--iou must be a number in [0, 1), got {text!r}") from None
+    if not (math.isfinite(v) and 0 <= v < 1):
+        raise argparse.ArgumentTypeError(f"--iou must be in [0, 1), got {text}")
+    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    del p
+    p.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="ground truth: labelTxt folder, DIOR root / XML folder, or COCO JSON",
+    )
+    p.add_argument(
+        "--pred",
+        type=Path,
+        required=True,
+        help="folder of Task1_<class>.txt (or Task2) files, or a COCO results JSON",
+    )
+    p.add_argument("--format", dest="fmt", choices=[f.value for f in GroundTruthFormat], required=True)
+    p.add_argument("--metric", choices=[m.value for m in APMetric], default="voc07", help="default voc07")
+    p.add_argument(
+        "--iou", type=_iou, default=0.5, help="VOC match threshold, matched when IoU > it (default 0.5)"
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help=f"class names in id order, or one preset ({', '.join(CLASS_PRESETS)}); default the format's list",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--image-list", type=Path, default=None, help="file of image ids to score (one per line)"
+    )
+    group.add_argument(
+        "--split", default=None, help="DIOR split: reads ImageSets/Main/<split>.txt under --gt"
+    )
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise RuntimeError("vitp-geo evaluate detection is not implemented yet")
+    metrics = evaluate_files(
+        args.gt,
+        args.pred,
+        args.fmt,
+        args.metric,
+        iou_threshold=args.iou,
+        classes=args.classes,
+        image_list=args.image_list,
+        split=args.split,
+    )
+    write_metrics(args.out, metrics, {"format": args.fmt, "gt": str(args.gt), "pred": str(args.pred)})
+    print(metrics.table())
+    print(f"wrote {args.out}")
+    return 0

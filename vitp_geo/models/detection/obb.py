@@ -223,7 +223,7 @@ def _intersection_area(pa: Tensor, pb: Tensor) -> Tensor:
         dx = (xs - xs.sum(1, keepdim=True) / n).detach()
         dy = (ys - ys.sum(1, keepdim=True) / n).detach()
         ratio = dy / (dx.abs() + dy.abs()).clamp_min(torch.finfo(dx.dtype).tiny)
-        key = torch.where(dx >= 0, ratio, torch.sign(dy + 0.0) * 2 - ratio)  # in (-2, 2]
+        key = torch.where(dx >= 0, ratio, torch.where(dy >= 0, 2 - ratio, -2 - ratio))  # in (-2, 2]
         key = torch.where(dx.abs() + dy.abs() > 0, key, torch.zeros_like(key))
         key = torch.where(ok, key, torch.full_like(key, 10.0))  # invalid points last
         order = key.argsort(1)

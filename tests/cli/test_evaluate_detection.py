@@ -1,0 +1,192 @@
+"""``vitp-geo evaluate detection`` on the DOTA / DIOR / COCO fixtures, and its bad-input paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitp_geo.cli.main import main
+from vitp_geo.io.annotations import (
+    DIOR_CLASSES,
+    DOTA_V2_CLASSES,
+    read_coco,
+    read_dior,
+    read_dota_labels,
+    write_coco_results,
+    write_task_results,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DOTA_GT = DATA / "dota" / "DOTA-v1.0" / "train" / "labelTxt"
+
+
+def _copies(gt: dict, score: float = 0.9) -> dict:
+    """Predictions that are exactly the ground truth (difficult objects included)."""
+    out = {}
+    for k, s in gt.items():
+        p = {n: v for n, v in s.items() if n != "difficult"}
+        p["score"] = torch.full((len(s["label"]),), score)
+        out[k] = p
+    return out
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(["evaluate", "detection", *args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_dota_perfect_predictions_score_one_and_a_ranked_false_positive_costs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt = read_dota_labels(DOTA_GT, DOTA_V2_CLASSES)
+    preds = _copies(gt)
+    # a false positive ranked below everything costs nothing...
+    extra = {
+        "bbox_xyxyxyxy": torch.tensor([[0.0, 0, 4, 0, 4, 4, 0, 4]]),
+        "label": torch.tensor([0]),
+        "score": torch.tensor([0.1]),
+    }
+    preds["P0002"] = extra
+    write_task_results(tmp_path / "pred", preds, DOTA_V2_CLASSES)
+    out = tmp_path / "metrics.json"
+    rc, stdout, _ = _run(
+        [
+            "--gt",
+            str(DOTA_GT),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--format",
+            "dota",
+            "--metric",
+            "voc07",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert m["mAP"] == pytest.approx(1.0)
+    seen = {
+        DOTA_V2_CLASSES[i]
+        for s in gt.values()
+        for i, d in zip(s["label"].tolist(), s["difficult"].tolist(), strict=True)
+        if not d
+    }
+    for name, c in m["per_class"].items():
+        n = sum(
+            int(((s["label"] == DOTA_V2_CLASSES.index(name)) & ~s["difficult"]).sum()) for s in gt.values()
+        )
+        assert c["num_gt"] == n
+        assert (c["ap"] is None) == (name not in seen)  # classes without positives: no AP, not in the mean
+    assert "plane" in stdout and "mAP" in stdout and "100.00" in stdout
+    # ...one ranked above a class's only true positives halves that class's precision
+    preds["P0002"] = {**extra, "score": torch.tensor([0.99])}
+    write_task_results(tmp_path / "pred2", preds, DOTA_V2_CLASSES)
+    rc, _, _ = _run(
+        [
+            "--gt",
+            str(DOTA_GT),
+            "--pred",
+            str(tmp_path / "pred2"),
+            "--format",
+            "dota",
+            "--metric",
+            "voc12",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    m = json.loads(out.read_text())
+    plane = m["per_class"]["plane"]
+    assert rc == 0 and plane["num_gt"] >= 1 and plane["ap"] < 1.0 and plane["recall"] == 1.0
+    n = plane["num_gt"]  # precision k/(k+1) at recall k/n rises with k: the envelope is n/(n+1)
+    assert plane["ap"] == pytest.approx(n / (n + 1))
+    others = [c["ap"] for k, c in m["per_class"].items() if k != "plane" and c["ap"] is not None]
+    assert others and all(a == pytest.approx(1.0) for a in others)
+
+
+@pytest.mark.parametrize(("fmt", "task"), [("dior", 2), ("dior-r", 1)])
+def test_dior_split_with_task_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str, task: int
+) -> None:
+    gt = read_dior(DATA / "dior", "train", DIOR_CLASSES, oriented=fmt == "dior-r")
+    preds = _copies(gt)
+    preds["00004"] = preds["00001"]  # a test image: outside the split, dropped with a log line
+    write_task_results(tmp_path / "pred", preds, DIOR_CLASSES, task=task)
+    out = tmp_path / "m.json"
+    rc, _, _ = _run(
+        [
+            "--gt",
+            str(DATA / "dior"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--format",
+            fmt,
+            "--split",
+            "train",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert m["mAP"] == pytest.approx(1.0) and m["format"] == fmt
+    assert sum(c["num_gt"] for c in m["per_class"].values()) == sum(len(s["label"]) for s in gt.values())
+
+
+def test_coco_results_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt_file = DATA / "coco" / "annotations" / "instances_train.json"
+    gt = read_coco(gt_file)
+    write_coco_results(tmp_path / "results.json", _copies(gt), gt_file)
+    out = tmp_path / "m.json"
+    rc, stdout, _ = _run(
+        [
+            "--gt",
+            str(DATA / "coco"),
+            "--pred",
+            str(tmp_path / "results.json"),
+            "--format",
+            "coco",
+            "--metric",
+            "coco",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert m["mAP"] == pytest.approx(1.0) and m["iou_threshold"] is None and "(coco)" in stdout
+    assert set(m["per_class"]) == {"aircraft", "ship", "car"}
+
+
+def test_bad_inputs_exit_2_with_the_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.json"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "Task1_plane.txt").write_text("P0000 0.9 1 2 3 4 5 6 7 8\nP0000 0.8 1 2 3 4 5 6 7\n")
+    base = ["--gt", str(DOTA_GT), "--pred", str(pred), "--format", "dota", "--out", str(out)]
+    rc, _, err = _run(base, capsys)
+    assert rc == 2 and "Task1_plane.txt:2" in err and "P0000 0.8 1 2 3 4 5 6 7" in err
+    assert not out.exists()
+    (pred / "Task1_plane.txt").write_text("P9999 0.9 1 2 3 4 5 6 7 8\n")
+    rc, _, err = _run(base, capsys)
+    assert rc == 2 and "P9999" in err and "without ground truth" in err
+    rc, _, err = _run(["--gt", str(tmp_path / "nowhere"), *base[2:]], capsys)
+    assert rc == 2 and "nowhere" in err
+    bad_gt = tmp_path / "labelTxt"
+    bad_gt.mkdir()
+    (bad_gt / "P0000.txt").write_text("imagesource:GoogleEarth\n1 2 3 4 5 6 7 8 spaceship 0\n")
+    rc, _, err = _run(["--gt", str(bad_gt), *base[2:]], capsys)
+    assert rc == 2 and "P0000.txt:2" in err and "spaceship" in err
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "detection", *base, "--iou", "1.5"])
+    assert e.value.code == 2 and "--iou must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,202 @@
+"""COCO detection JSON (``annotations/instances_<split>.json``) and COCO result files.
+
+Ground truth: ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations``
+(``image_id``, ``category_id``, ``bbox`` = ``[x, y, width, height]``, ``iscrowd``) and
+``categories`` (``id``, ``name``); SARDet-100K, SSDD and any COCO export use it. Samples are
+keyed by the image file's stem; ``iscrowd`` objects become ``difficult`` (ignored by the VOC
+metrics). Results: a JSON list of ``{"image_id", "category_id", "bbox", "score"}``, whose ids refer
+to a ground-truth file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vitp_geo.io.annotations.classes import class_index
+from vitp_geo.io.annotations.samples import ParseError, box_sample, lookup_class
+from vitp_geo.io.atomic import atomic_output
+
+__all__ = ["coco_classes", "read_coco", "read_coco_results", "write_coco_results"]
+
+
+def _load(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO JSON file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise ParseError(path, e.lineno, f"malformed JSON ({e.msg}, column {e.colno})") from None
+
+
+def _gt(path: Path) -> dict[str, Any]:
+    data = _load(path)
+    if not isinstance(data, dict):
+        raise ParseError(
+            path,
+            None,
+            f"expected a JSON object with 'images', 'annotations', 'categories', got {type(data).__name__}",
+        )
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ParseError(path, None, f"missing or non-list '{key}'")
+    return data
+
+
+def coco_classes(path: str | Path) -> list[str]:
+    """The category names of a COCO ground-truth file, by ascending category id."""
+    data = _gt(Path(path))
+    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+
+def _bbox(v: Any, path: Path, where: str) -> list[float]:
+    if not (isinstance(v, list) and len(v) == 4 and all(isinstance(x, int | float) for x in v)):
+        raise ParseError(path, where, f"bbox must be [x, y, width, height], got {v!r}")
+    x, y, w, h = (float(t) for t in v)
+    return [x, y, x + w, y + h]
+
+
+def _images(data: dict[str, Any], path: Path) -> tuple[dict[Any, str], dict[str, Any]]:
+    """image id → key (file stem), and key → id; duplicate stems are an error."""
+    by_id: dict[Any, str] = {}
+    by_key: dict[str, Any] = {}
+    for k, im in enumerate(data["images"]):
+        if "id" not in im or "file_name" not in im:
+            raise ParseError(path, f"images[{k}]", f"image without 'id' or 'file_name': {im!r}")
+        key = Path(str(im["file_name"])).stem
+        if key in by_key:
+            raise ParseError(path, f"images[{k}]", f"two images share the name {key!r}")
+        by_id[im["id"]] = key
+        by_key[key] = im["id"]
+    return by_id, by_key
+
+
+def _categories(data: dict[str, Any], classes: Sequence[str], path: Path) -> dict[Any, int]:
+    index = class_index(classes)
+    return {
+        c["id"]: lookup_class(str(c["name"]), index, classes, path, f"category id {c['id']}")
+        for c in data["categories"]
+    }
+
+
+def read_coco(path: str | Path, classes: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
+    """A COCO ground-truth file as samples keyed by image file stem (images without objects too).
+
+    Args:
+        path: the ``instances_*.json`` file.
+        classes: class names (matched to the categories by name); default the file's categories.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: malformed JSON, a bad ``bbox``, an unknown image or category, naming the file
+            and the annotation.
+    """
+    path = Path(path)
+    data = _gt(path)
+    classes = coco_classes(path) if classes is None else classes
+    by_id, _ = _images(data, path)
+    cat = _categories(data, classes, path)
+    rows: dict[str, tuple[list[list[float]], list[int], list[bool]]] = {
+        k: ([], [], []) for k in by_id.values()
+    }
+    for k, a in enumerate(data["annotations"]):
+        where = f"annotations[{k}] (id {a.get('id')})"
+        if a.get("image_id") not in by_id:
+            raise ParseError(path, where, f"unknown image_id {a.get('image_id')!r}")
+        if a.get("category_id") not in cat:
+            raise ParseError(path, where, f"unknown category_id {a.get('category_id')!r}")
+        boxes, labels, crowd = rows[by_id[a["image_id"]]]
+        boxes.append(_bbox(a.get("bbox"), path, where))
+        labels.append(cat[a["category_id"]])
+        crowd.append(bool(a.get("iscrowd", 0)))
+    return {key: box_sample(b, lab, c, f"{path} (image {key})") for key, (b, lab, c) in rows.items()}
+
+
+def read_coco_results(
+    path: str | Path, gt_path: str | Path, classes: Sequence[str] | None = None
+) -> dict[str, dict[str, Tensor]]:
+    """A COCO results JSON list as prediction samples (``bbox_xyxy``, ``label``, ``score``).
+
+    Args:
+        path: the results file.
+        gt_path: the ground-truth file its ``image_id`` / ``category_id`` refer to.
+        classes: class names; default the ground truth's categories.
+    """
+    path, gt_path = Path(path), Path(gt_path)
+    gt = _gt(gt_path)
+    classes = coco_classes(gt_path) if classes is None else classes
+    by_id, _ = _images(gt, gt_path)
+    cat = _categories(gt, classes, gt_path)
+    res = _load(path)
+    if not isinstance(res, list):
+        raise ParseError(path, None, f"expected a JSON list of detections, got {type(res).__name__}")
+    rows: dict[str, tuple[list[list[float]], list[int], list[float]]] = {}
+    for k, d in enumerate(res):
+        where = f"[{k}]"
+        if not isinstance(d, dict):
+            raise ParseError(path, where, f"expected an object, got {d!r}")
+        if d.get("image_id") not in by_id:
+            raise ParseError(path, where, f"image_id {d.get('image_id')!r} is not in {gt_path}")
+        if d.get("category_id") not in cat:
+            raise ParseError(path, where, f"category_id {d.get('category_id')!r} is not in {gt_path}")
+        score = d.get("score")
+        if not isinstance(score, int | float):
+            raise ParseError(path, where, f"score must be a number, got {score!r}")
+        boxes, labels, scores = rows.setdefault(by_id[d["image_id"]], ([], [], []))
+        boxes.append(_bbox(d.get("bbox"), path, where))
+        labels.append(cat[d["category_id"]])
+        scores.append(float(score))
+    return {key: box_sample(b, lab, None, f"{path} (image {key})", s) for key, (b, lab, s) in rows.items()}
+
+
+def write_coco_results(
+    path: str | Path,
+    predictions: Mapping[str, Mapping[str, Tensor]],
+    gt_path: str | Path,
+    classes: Sequence[str] | None = None,
+) -> Path:
+    """Write predictions (``bbox_xyxy`` or corners, ``label``, ``score``) as a COCO results file, atomically.
+
+    Image and category ids are taken from ``gt_path`` by file stem and class name.
+    """
+    gt_path = Path(gt_path)
+    gt = _gt(gt_path)
+    classes = coco_classes(gt_path) if classes is None else classes
+    _, by_key = _images(gt, gt_path)
+    cat = _categories(gt, classes, gt_path)
+    cat_of_label = {v: k for k, v in cat.items()}
+    out: list[dict[str, Any]] = []
+    for key, s in predictions.items():
+        if key not in by_key:
+            raise ValueError(f"prediction for image {key!r}, which is not in {gt_path}")
+        if "bbox_xyxy" in s:
+            b = torch.as_tensor(s["bbox_xyxy"]).double().reshape(-1, 4).numpy()
+        else:
+            p = torch.as_tensor(s["bbox_xyxyxyxy"]).double().reshape(-1, 4, 2).numpy()
+            b = np.concatenate([p.min(1), p.max(1)], 1)
+        for (x1, y1, x2, y2), lab, sc in zip(
+            b.tolist(),
+            torch.as_tensor(s["label"]).reshape(-1).tolist(),
+            torch.as_tensor(s["score"]).reshape(-1).tolist(),
+            strict=True,
+        ):
+            if lab not in cat_of_label:
+                raise ValueError(f"predictions for {key}: label {lab} has no category in {gt_path}")
+            out.append(
+                {
+                    "image_id": by_key[key],
+                    "category_id": cat_of_label[lab],
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(sc), 6),
+                }
+            )
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(out), encoding="utf-8")
+    return path
