@@ -213,7 +213,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         store = self._eval_store[stage]
         if not store:
             return
-        scores = detection_scores(store, self.box_type, self.num_classes)
+        scores = detection_scores(store, self.box_type, self.class_names)
         self.log_dict({f"{stage}_{k}": v for k, v in scores.items()}, sync_dist=False)
         store.clear()
 
@@ -232,32 +232,39 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         return super().model_card()
 
 
-def detection_scores(store: list[dict[str, Tensor]], box_type: BoxType, num_classes: int) -> dict[str, float]:
+def detection_scores(store: list[dict[str, Tensor]], box_type: BoxType, class_names: list[str]) -> dict[str, float]:
     """``map50`` (VOC07 AP50 on the task's boxes) and, for obb, ``map50_hbb`` on horizontal envelopes.
+
+    The evaluator is ``vitp_geo.evaluation.detection.evaluate_voc`` (DOTA devkit rules: polygon
+    IoU strictly above 0.5, 11-point AP). A split without any object has no AP: 0 is logged.
 
     Args:
         store: per image ``pred_boxes``, ``scores``, ``pred_labels``, ``gt_boxes``, ``gt_labels``.
         box_type: what ``pred_boxes`` / ``gt_boxes`` hold ((N, 4) or (N, 5)).
-        num_classes: K.
+        class_names: the K class names.
     """
-    from vitp_geo.evaluation.detection import voc_map
+    from vitp_geo.evaluation.detection import evaluate_voc
 
-    def polys(boxes: Tensor, kind: str) -> Tensor:
-        if kind == "obb":
-            return obb_to_poly(boxes.reshape(-1, 5))
-        b = boxes.reshape(-1, 4)
-        return torch.stack([b[:, 0], b[:, 1], b[:, 2], b[:, 1], b[:, 2], b[:, 3], b[:, 0], b[:, 3]], dim=1)
-
-    def run(kind: str, convert: bool) -> float:
-        preds, gts = [], []
-        for s in store:
+    def run(oriented: bool) -> float:
+        gt: dict[str, dict[str, Tensor]] = {}
+        pred: dict[str, dict[str, Tensor]] = {}
+        for i, s in enumerate(store):
             pb, gb = s["pred_boxes"], s["gt_boxes"]
-            if convert:  # oriented → horizontal envelopes
+            if oriented:
+                gt[str(i)] = {"bbox_xyxyxyxy": obb_to_poly(gb.reshape(-1, 5)), "label": s["gt_labels"]}
+                pred[str(i)] = {
+                    "bbox_xyxyxyxy": obb_to_poly(pb.reshape(-1, 5)),
+                    "label": s["pred_labels"],
+                    "score": s["scores"],
+                }
+                continue
+            if box_type == BoxType.OBB:  # oriented → horizontal envelopes
                 pb, gb = obb_to_hbb(pb.reshape(-1, 5)), obb_to_hbb(gb.reshape(-1, 5))
-            preds.append({"polygons": polys(pb, kind), "scores": s["scores"], "labels": s["pred_labels"]})
-            gts.append({"polygons": polys(gb, kind), "labels": s["gt_labels"]})
-        return float(voc_map(preds, gts, num_classes, iou_threshold=0.5, metric="voc07"))
+            gt[str(i)] = {"bbox_xyxy": gb.reshape(-1, 4), "label": s["gt_labels"]}
+            pred[str(i)] = {"bbox_xyxy": pb.reshape(-1, 4), "label": s["pred_labels"], "score": s["scores"]}
+        result = evaluate_voc(gt, pred, class_names, metric="voc07", iou_threshold=0.5)
+        return 0.0 if result.mean_ap is None else float(result.mean_ap)
 
     if box_type == BoxType.OBB:
-        return {"map50": run("obb", False), "map50_hbb": run("hbb", True)}
-    return {"map50": run("hbb", False)}
+        return {"map50": run(True), "map50_hbb": run(False)}
+    return {"map50": run(False)}
