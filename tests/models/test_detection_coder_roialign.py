@@ -108,7 +108,9 @@ def test_gradcheck() -> None:
     gen = torch.Generator().manual_seed(3)
     feat = torch.randn(1, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 3.1, 2.7, 3.3, 2.2, 0.4], [0, 4.2, 3.3, 2.5, 3.1, -1.1]], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda f: roi_align_rotated(f, rois, 2, 1.0, 2, rotated_kernel=True), (feat,))
+    assert torch.autograd.gradcheck(
+        lambda f: roi_align_rotated(f, rois, 2, 1.0, 2, rotated_kernel=True), (feat,)
+    )
     # and with respect to the box geometry (away from pixel boundaries the op is smooth)
     rois_g = rois.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda r: roi_align_rotated(feat.detach(), r, 2, 1.0, 2), (rois_g,))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
@@ -105,7 +104,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         # BaseTask.__init__ directly: torchgeo's ObjectDetectionTask.__init__ would record its own
         # defaults (model="faster-rcnn", backbone="resnet50", ...) among the hyper-parameters.
         # Lightning collects init arguments from frames holding a ``__class__`` cell; naming it creates one.
-        __class__  # noqa: B018
+        __class__  # type: ignore[name-defined]  # noqa: B018
         BaseTask.__init__(self)
 
     # ------------------------------------------------------------------ configure_*
@@ -232,7 +231,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         return super().model_card()
 
 
-def detection_scores(store: list[dict[str, Tensor]], box_type: BoxType, class_names: list[str]) -> dict[str, float]:
+def detection_scores(
+    store: list[dict[str, Tensor]], box_type: BoxType, class_names: list[str]
+) -> dict[str, float]:
     """``map50`` (VOC07 AP50 on the task's boxes) and, for obb, ``map50_hbb`` on horizontal envelopes.
 
     The evaluator is ``vitp_geo.evaluation.detection.evaluate_voc`` (DOTA devkit rules: polygon

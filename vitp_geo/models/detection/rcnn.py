@@ -127,7 +127,6 @@ class DetectionModel(nn.Module):
                 score_thresh=score_thresh,
                 nms_thresh=0.5 if nms_thresh is None else nms_thresh,
                 detections_per_img=detections_per_img,
-                assign_iou=assign_iou,
             )
         else:
             self.roi_heads = OrientedRoIHeads(

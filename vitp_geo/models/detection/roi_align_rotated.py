@@ -94,11 +94,15 @@ def roi_align_rotated(
     k, c = rois.shape[0], features.shape[1]
     if k == 0:
         return features.new_zeros((0, c, ph, pw))
-    if not rotated_kernel and not bool(rois[:, 5].any()):  # all horizontal: torchvision's kernel computes the same, faster
+    if not rotated_kernel and not bool(
+        rois[:, 5].any()
+    ):  # all horizontal: torchvision's kernel computes the same, faster
         x1 = rois[:, 1] - rois[:, 3] / 2
         y1 = rois[:, 2] - rois[:, 4] / 2
         boxes = torch.stack([rois[:, 0], x1, y1, x1 + rois[:, 3], y1 + rois[:, 4]], dim=1)
-        return tv_roi_align(features, boxes.to(features.dtype), (ph, pw), spatial_scale, sampling_ratio, aligned)
+        return tv_roi_align(
+            features, boxes.to(features.dtype), (ph, pw), spatial_scale, sampling_ratio, aligned
+        )
     s = sampling_ratio
     dtype = features.dtype
     rois = rois.to(dtype)
