@@ -78,3 +78,38 @@ def test_segmentation_checkpoint_is_refused_as_a_backbone_and_the_reverse(tmp_pa
     det = save_tiny_checkpoint(tmp_path / "det.ckpt", task="detection", num_classes=1)
     with pytest.raises(ValueError, match=r"det\.ckpt is a fine-tuned detection checkpoint"):
         build_backbone("vitp_tiny_patch14_112", weights=det)
+
+
+def test_detection_scores_obb_and_hbb() -> None:
+    from vitp_geo.models.detection.obb import obb_to_poly
+    from vitp_geo.models.detection.rcnn import BoxType
+    from vitp_geo.tasks.detection import detection_scores
+
+    gt = torch.tensor([[30.0, 30, 20, 8, 0.6], [70, 60, 16, 10, -0.3]])
+    far = gt.clone()
+    far[:, 0] += 50
+    entry = {
+        "gt_boxes": gt,
+        "gt_labels": torch.tensor([0, 1]),
+        "gt_polys": obb_to_poly(gt),
+        "pred_labels": torch.tensor([0, 1]),
+        "scores": torch.tensor([0.9, 0.8]),
+    }
+    perfect = detection_scores([{**entry, "pred_boxes": gt}], BoxType.OBB, ["a", "b"])
+    assert perfect == {"map50": pytest.approx(1.0), "map50_hbb": pytest.approx(1.0)}
+    missed = detection_scores([{**entry, "pred_boxes": far}], BoxType.OBB, ["a", "b"])
+    assert missed == {"map50": 0.0, "map50_hbb": 0.0}
+    # the mirror image of a diagonal box: the same horizontal envelope, a poor oriented overlap
+    mirrored = gt.clone()
+    mirrored[:, 4] = -mirrored[:, 4]
+    diag = {**entry, "gt_boxes": gt.clone(), "pred_boxes": mirrored}
+    diag["gt_boxes"][:, 4] = 0.785
+    diag["pred_boxes"][:, 4] = -0.785
+    diag["gt_polys"] = obb_to_poly(diag["gt_boxes"])
+    both = detection_scores([diag], BoxType.OBB, ["a", "b"])
+    assert both == {"map50": 0.0, "map50_hbb": pytest.approx(1.0)}
+    # difficult objects that are missed do not count
+    half = {**entry, "pred_boxes": gt[:1], "pred_labels": torch.tensor([0]), "scores": torch.tensor([0.9])}
+    assert detection_scores([half], BoxType.OBB, ["a", "b"])["map50"] == pytest.approx(0.5)
+    half["difficult"] = torch.tensor([False, True])
+    assert detection_scores([half], BoxType.OBB, ["a", "b"])["map50"] == pytest.approx(1.0)

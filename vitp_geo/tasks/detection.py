@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
@@ -180,16 +181,20 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         targets = targets_from_batch(batch, self.box_type)
         preds = self.model(x)
         assert isinstance(preds, list)
-        for p, t in zip(preds, targets, strict=True):
-            self._eval_store[stage].append(
-                {
-                    "pred_boxes": p["boxes"].detach().cpu(),
-                    "scores": p["scores"].detach().cpu(),
-                    "pred_labels": p["labels"].detach().cpu(),
-                    "gt_boxes": (t["obb"] if self.box_type == BoxType.OBB else t["boxes"]).cpu(),
-                    "gt_labels": t["labels"].cpu(),
-                }
-            )
+        difficult = batch.get("difficult")
+        for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
+            entry = {
+                "pred_boxes": p["boxes"].detach().cpu(),
+                "scores": p["scores"].detach().cpu(),
+                "pred_labels": p["labels"].detach().cpu(),
+                "gt_boxes": (t["obb"] if self.box_type == BoxType.OBB else t["boxes"]).cpu(),
+                "gt_labels": t["labels"].cpu(),
+            }
+            if self.box_type == BoxType.OBB:  # AP on the annotated quadrilaterals themselves
+                entry["gt_polys"] = torch.as_tensor(batch["bbox_xyxyxyxy"][i]).float().reshape(-1, 8).cpu()
+            if difficult is not None:
+                entry["difficult"] = torch.as_tensor(difficult[i]).bool().reshape(-1).cpu()
+            self._eval_store[stage].append(entry)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val")
@@ -237,7 +242,9 @@ def detection_scores(
     """``map50`` (VOC07 AP50 on the task's boxes) and, for obb, ``map50_hbb`` on horizontal envelopes.
 
     The evaluator is ``vitp_geo.evaluation.detection.evaluate_voc`` (DOTA devkit rules: polygon
-    IoU strictly above 0.5, 11-point AP). A split without any object has no AP: 0 is logged.
+    IoU strictly above 0.5, 11-point AP; ``difficult`` objects neither count nor hurt; oriented
+    ground truth is the annotated quadrilaterals, ``gt_polys``). A split without any object has
+    no AP: 0 is logged.
 
     Args:
         store: per image ``pred_boxes``, ``scores``, ``pred_labels``, ``gt_boxes``, ``gt_labels``.
@@ -252,7 +259,8 @@ def detection_scores(
         for i, s in enumerate(store):
             pb, gb = s["pred_boxes"], s["gt_boxes"]
             if oriented:
-                gt[str(i)] = {"bbox_xyxyxyxy": obb_to_poly(gb.reshape(-1, 5)), "label": s["gt_labels"]}
+                polys = s["gt_polys"] if "gt_polys" in s else obb_to_poly(gb.reshape(-1, 5))
+                gt[str(i)] = {"bbox_xyxyxyxy": polys, "label": s["gt_labels"]}
                 pred[str(i)] = {
                     "bbox_xyxyxyxy": obb_to_poly(pb.reshape(-1, 5)),
                     "label": s["pred_labels"],
@@ -262,7 +270,13 @@ def detection_scores(
             if box_type == BoxType.OBB:  # oriented → horizontal envelopes
                 pb, gb = obb_to_hbb(pb.reshape(-1, 5)), obb_to_hbb(gb.reshape(-1, 5))
             gt[str(i)] = {"bbox_xyxy": gb.reshape(-1, 4), "label": s["gt_labels"]}
+            if "difficult" in s:
+                gt[str(i)]["difficult"] = s["difficult"]
             pred[str(i)] = {"bbox_xyxy": pb.reshape(-1, 4), "label": s["pred_labels"], "score": s["scores"]}
+        if oriented:
+            for i, s in enumerate(store):
+                if "difficult" in s:
+                    gt[str(i)]["difficult"] = s["difficult"]
         result = evaluate_voc(gt, pred, class_names, metric="voc07", iou_threshold=0.5)
         return 0.0 if result.mean_ap is None else float(result.mean_ap)
 
