@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vitp_geo.models.detection.obb import (  # noqa: E402
-    _overlapping_pairs_sweep,
+    _candidate_pairs,
     obb_to_hbb,
     obb_to_poly,
     rotated_iou_aligned,
@@ -90,7 +90,7 @@ def shapely_pair_iou(pa: list[Polygon], pb: list[Polygon]) -> list[float]:
 def run_size(n: int, device: str, repeat: int) -> None:
     boxes, scores = detections(n)
     polys = [Polygon(p.reshape(4, 2).tolist()) for p in obb_to_poly(boxes.double())]
-    i, j = _overlapping_pairs_sweep(obb_to_hbb(boxes))
+    i, j = _candidate_pairs(obb_to_hbb(boxes))
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     bd, sd = boxes.to(dev), scores.to(dev)

@@ -141,6 +141,21 @@ def test_dior_split_with_task_files(
     assert sum(c["num_gt"] for c in m["per_class"].values()) == sum(len(s["label"]) for s in gt.values())
 
 
+def test_class_presets_and_image_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt = read_dota_labels(DOTA_GT, DOTA_V2_CLASSES)
+    preds = _copies(gt)
+    preds["P0001"] = {k: v[:0] for k, v in preds["P0001"].items()}  # P0001's objects all missed
+    write_task_results(tmp_path / "pred", preds, DOTA_V2_CLASSES)
+    out = tmp_path / "m.json"
+    common = ["--gt", str(DOTA_GT), "--pred", str(tmp_path / "pred"), "--format", "dota", "--out", str(out)]
+    assert _run([*common, "--classes", "dota1.0"], capsys)[0] == 0
+    m = json.loads(out.read_text())
+    assert len(m["per_class"]) == 15 and m["mAP"] < 1.0
+    (tmp_path / "ids.txt").write_text("P0000\nP0002\n")  # without P0001: perfect again
+    assert _run([*common, "--classes", "dota1.0", "--image-list", str(tmp_path / "ids.txt")], capsys)[0] == 0
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(1.0)
+
+
 def test_coco_results_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gt_file = DATA / "coco" / "annotations" / "instances_train.json"
     gt = read_coco(gt_file)

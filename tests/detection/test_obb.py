@@ -11,6 +11,7 @@ import torch
 from shapely.geometry import Polygon
 
 from vitp_geo.models.detection.obb import (
+    _rotated_nms,
     batched_rotated_nms,
     hbb_to_obb,
     is_convex_quad,
@@ -19,6 +20,7 @@ from vitp_geo.models.detection.obb import (
     obb_to_poly,
     poly_to_obb,
     quad_iou,
+    quad_iou_aligned,
     rotated_iou,
     rotated_iou_aligned,
     rotated_nms,
@@ -174,6 +176,51 @@ def test_touching_vertices_in_every_direction() -> None:
     assert float(rotated_iou(both[:1], both[1:])) == pytest.approx(0.5, abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_iou_with_shared_and_touching_edges(dtype: torch.dtype) -> None:
+    """Collinear edges are where clipping goes wrong: integer boxes on a small grid (shared edges,
+    identical and touching boxes), the same boxes as angle -pi/2 oriented boxes, and rotated boxes
+    slid along their own axis (partly overlapping, sharing two edges, or touching end to end)."""
+    g = torch.Generator().manual_seed(21)
+    n = 3000
+
+    def grid_boxes() -> torch.Tensor:
+        xy = torch.randint(0, 6, (n, 2), generator=g).double()
+        return torch.cat([xy, xy + torch.randint(1, 5, (n, 2), generator=g).double()], 1)
+
+    def hpoly(h: torch.Tensor) -> torch.Tensor:
+        x1, y1, x2, y2 = h.unbind(1)
+        return torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1)
+
+    def ref(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        out = []
+        for x, y in zip(a.double().tolist(), b.double().tolist(), strict=True):
+            px, py = Polygon(np.reshape(x, (4, 2))), Polygon(np.reshape(y, (4, 2)))
+            inter = px.intersection(py).area
+            out.append(inter / (px.area + py.area - inter))
+        return np.asarray(out)
+
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    h1, h2 = grid_boxes(), grid_boxes()
+    r = ref(hpoly(h1), hpoly(h2))
+    assert (r == 0).mean() > 0.1 and (r == 1).any()
+    np.testing.assert_allclose(
+        quad_iou_aligned(hpoly(h1).to(dtype), hpoly(h2).to(dtype)).double(), r, atol=tol
+    )
+    o1, o2 = hbb_to_obb(h1.to(dtype)), hbb_to_obb(h2.to(dtype))
+    np.testing.assert_allclose(rotated_iou_aligned(o1, o2).double(), r, atol=tol)
+    b = random_obbs(n, 22)
+    k = torch.randint(0, 5, (n, 1), generator=g).double() / 4  # slide by 0, 1/4, ..., 1 of w
+    slide = torch.cat(
+        [torch.cos(b[:, 4:]) * b[:, 2:3] * k, torch.sin(b[:, 4:]) * b[:, 2:3] * k, torch.zeros(n, 3)], 1
+    )
+    r = ref(obb_to_poly(b), obb_to_poly(b + slide))
+    assert (r == 0).sum() > 100  # touching end to end
+    np.testing.assert_allclose(
+        rotated_iou_aligned(b.to(dtype), (b + slide).to(dtype)).double(), r, atol=10 * tol
+    )
+
+
 def test_is_convex_quad() -> None:
     quads = torch.tensor(
         [
@@ -217,8 +264,9 @@ def test_gradcheck_rotated_iou_aligned() -> None:
     assert g[0, 0] < 0  # b's centre is right of a's: moving it left increases the overlap
 
 
+@pytest.mark.parametrize("finish_pairs", [0, 1 << 30])  # all in waves / all in one batch
 @pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.7])
-def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float) -> None:
+def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float, finish_pairs: int) -> None:
     base = random_obbs(100, 8, span=300.0, dtype=torch.float32)
     g = torch.Generator().manual_seed(9)
     jitter = torch.cat(  # 4 noisy copies of each box: IoUs spread over (0, 1)
@@ -232,10 +280,41 @@ def test_rotated_nms_keeps_the_same_indices_as_the_polygon_nms(threshold: float)
     b = base.repeat(4, 1) * torch.cat([torch.ones(400, 2), jitter[:, 2:4], torch.ones(400, 1)], 1)
     b = b + torch.cat([jitter[:, :2], torch.zeros(400, 2), jitter[:, 4:]], 1)
     scores = torch.rand(400, generator=g)
-    keep = rotated_nms(b, scores, threshold)
+    keep = _rotated_nms(b, scores, threshold, finish_pairs)
     ref = nms_polygons(polygons(b), scores.tolist(), threshold)
+    assert rotated_nms(b, scores, threshold).tolist() == ref
     assert 20 < len(ref) < 390  # suppression actually happened
     assert keep.tolist() == ref
+
+
+def test_rotated_nms_on_a_long_chain_and_with_large_boxes() -> None:
+    # a chain: each box overlaps the next and scores lower, so each decision waits for the one before
+    n = 300
+    chain = torch.stack(
+        [
+            torch.arange(n) * 6.0,
+            torch.zeros(n),
+            torch.full((n,), 10.0),
+            torch.full((n,), 5.0),
+            torch.full((n,), 0.1),
+        ],
+        1,
+    )
+    scores = torch.linspace(1, 0, n)
+    ref = nms_polygons(polygons(chain), scores.tolist(), 0.2)  # neighbours' IoU: 20 / 80 = 0.25
+    assert rotated_nms(chain, scores, 0.2).tolist() == ref and len(ref) == n // 2
+    assert _rotated_nms(chain, scores, 0.2, 0).tolist() == ref  # waves, then the long-chain batch
+    # a few boxes much larger than the rest (outside the grid cell) among many small ones
+    b = random_obbs(500, 19, span=400.0)
+    big = torch.tensor(
+        [[200.0, 200.0, 300.0, 250.0, 0.3], [100.0, 300.0, 180.0, 60.0, -0.2]], dtype=torch.float64
+    )
+    b = torch.cat([b, big])
+    s = torch.rand(502, generator=torch.Generator().manual_seed(20))
+    s[-2:] = 1.0  # the large boxes first: they suppress what they cover
+    ref = nms_polygons(polygons(b), s.tolist(), 0.05)
+    assert rotated_nms(b, s, 0.05).tolist() == ref and len(ref) < 450
+    assert _rotated_nms(b, s, 0.05, 0).tolist() == ref
 
 
 def test_batched_rotated_nms_never_suppresses_across_classes() -> None:

@@ -192,3 +192,49 @@ def test_coco_map_by_hand() -> None:
     assert r.per_class["car"].recall == pytest.approx(0.7, abs=1e-6)  # AR: recalled at 7 of 10 thresholds
     d = r.to_dict()
     assert d["mAP"] == pytest.approx(0.6, abs=1e-6) and d["per_class"]["ship"]["num_gt"] == 1
+
+
+def test_non_convex_annotations_use_exact_polygon_iou() -> None:
+    from shapely.geometry import Polygon
+
+    from vitp_geo.evaluation.detection import polygon_iou
+
+    dart = np.array([[0, 0, 10, 0, 3, 3, 0, 10]], dtype=np.float64)  # one reflex corner
+    square = np.array([[0, 0, 6, 0, 6, 6, 0, 6], [20, 20, 30, 20, 30, 30, 20, 30]], dtype=np.float64)
+    got = polygon_iou(dart, square)
+    d, s0 = Polygon(dart[0].reshape(4, 2)), Polygon(square[0].reshape(4, 2))
+    want = d.intersection(s0).area / d.union(s0).area
+    assert got[0, 0] == pytest.approx(want, abs=1e-12) and got[0, 1] == 0.0
+    assert abs(want - quad_iou_of_hull(dart, square[:1])) > 0.05  # the convex path would be wrong here
+
+
+def quad_iou_of_hull(a: np.ndarray, b: np.ndarray) -> float:
+    from shapely.geometry import Polygon
+
+    pa, pb = Polygon(a[0].reshape(4, 2)).convex_hull, Polygon(b[0].reshape(4, 2))
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def test_accumulator_matches_evaluate_voc_and_takes_torchvision_style_dicts() -> None:
+    from vitp_geo.evaluation.detection import VOCMeanAP
+
+    gt, pred = _random_scene(3, n_img=5)
+    names = ["a", "b", "c"]
+    want = evaluate_voc(gt, pred, names, metric="voc12")
+    acc = VOCMeanAP(names, "voc12")
+    keys = list(gt)
+    for lo in (0, 2):  # two batches, torchvision-style keys; oriented (N, 5) boxes for the second
+        batch = keys[lo : lo + 3] if lo else keys[:2]
+        preds, targets = [], []
+        for k in batch:
+            p, t = pred[k], gt[k]
+            boxes = p["bbox_xyxy"] if not lo else hbb_to_obb(p["bbox_xyxy"].double())
+            preds.append({"boxes": boxes, "labels": p["label"], "scores": p["score"]})
+            targets.append({"boxes": t["bbox_xyxy"], "labels": t["label"], "difficult": t["difficult"]})
+        acc.update(preds, targets)
+    got = acc.compute()
+    for n in names:
+        assert got.per_class[n].ap == pytest.approx(want.per_class[n].ap, abs=1e-12)
+    acc.reset()
+    with pytest.raises(ValueError, match="2 predictions for 1 targets"):
+        acc.update([pred["im0"], pred["im1"]], [gt["im0"]])

@@ -47,6 +47,7 @@ __all__ = [
     "APMetric",
     "ClassAP",
     "DetectionMetrics",
+    "VOCMeanAP",
     "evaluate_coco",
     "evaluate_detections",
     "evaluate_voc",
@@ -409,3 +410,79 @@ def evaluate_detections(
     if metric is APMetric.COCO:
         return evaluate_coco(gt, pred, class_names)
     return evaluate_voc(gt, pred, class_names, metric=metric, iou_threshold=iou_threshold)
+
+
+def _as_sample(d: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    """torchvision-style (``boxes`` (N, 4 | 5 | 8), ``labels``, ``scores``) or sample-style dict → sample keys."""
+    from vitp_geo.models.detection.obb import obb_to_poly
+
+    out: dict[str, Tensor] = {}
+    if "bbox_xyxyxyxy" in d or "bbox_xyxy" in d:
+        out["bbox_xyxyxyxy"] = torch.as_tensor(sample_polygons(d, where))
+    elif "boxes" in d:
+        b = torch.as_tensor(d["boxes"]).detach().double()
+        if b.ndim != 2 or b.shape[1] not in (4, 5, 8):
+            raise ValueError(f"{where}: boxes must be (N, 4), (N, 5) or (N, 8), got {tuple(b.shape)}")
+        if b.shape[1] == 5:
+            b = obb_to_poly(b)
+        out["bbox_xyxyxyxy"] = torch.as_tensor(
+            sample_polygons({"bbox_xyxy": b} if b.shape[1] == 4 else {"bbox_xyxyxyxy": b})
+        )
+    else:
+        raise ValueError(f"{where} has no boxes ('boxes', 'bbox_xyxy' or 'bbox_xyxyxyxy'; keys: {sorted(d)})")
+    n = len(out["bbox_xyxyxyxy"])
+    lab = d.get("label", d.get("labels"))
+    if lab is None:
+        raise ValueError(f"{where} has no 'label' / 'labels'")
+    out["label"] = torch.as_tensor(lab).detach().reshape(-1).long().cpu()
+    sc = d.get("score", d.get("scores"))
+    out["score"] = torch.ones(n) if sc is None else torch.as_tensor(sc).detach().reshape(-1).double().cpu()
+    dif = d.get("difficult")
+    out["difficult"] = (
+        torch.zeros(n, dtype=torch.bool) if dif is None else torch.as_tensor(dif).reshape(-1).bool().cpu()
+    )
+    return out
+
+
+class VOCMeanAP:
+    """Accumulate detections and ground truth image by image; ``compute()`` runs ``evaluate_voc``.
+
+    For validation loops: ``update(preds, targets)`` takes lists (one dict per image) in
+    torchvision style (``boxes`` (N, 4) ``xyxy``, (N, 5) oriented or (N, 8) corners, ``labels``,
+    ``scores``; targets may carry ``difficult``) or sample style (``bbox_xyxy`` /
+    ``bbox_xyxyxyxy``, ``label``, ``score``). Everything is kept on the CPU. In distributed runs,
+    evaluate on one rank (or gather the inputs first).
+
+    Args:
+        class_names: names of the class ids.
+        metric: ``voc07`` or ``voc12``.
+        iou_threshold: VOC match threshold.
+    """
+
+    def __init__(
+        self, class_names: Sequence[str], metric: APMetric | str = APMetric.VOC07, iou_threshold: float = 0.5
+    ) -> None:
+        self.class_names = list(class_names)
+        self.metric = APMetric(metric)
+        self.iou_threshold = iou_threshold
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        self._gt: dict[str, dict[str, Tensor]] = {}
+        self._pred: dict[str, dict[str, Tensor]] = {}
+
+    def update(self, preds: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]) -> None:
+        """Add one batch: ``preds[k]`` are the detections on the image whose ground truth is ``targets[k]``."""
+        if len(preds) != len(targets):
+            raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")
+        for p, t in zip(preds, targets, strict=True):
+            key = str(len(self._gt))
+            self._gt[key] = _as_sample(t, f"target {key}")
+            self._pred[key] = _as_sample(p, f"prediction {key}")
+
+    def compute(self) -> DetectionMetrics:
+        """The metrics over everything added since the last ``reset``."""
+        return evaluate_voc(
+            self._gt, self._pred, self.class_names, metric=self.metric, iou_threshold=self.iou_threshold
+        )

@@ -13,6 +13,7 @@ files ``Task2_<class>.txt`` hold ``image score xmin ymin xmax ymax``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from torch import Tensor
 from vitp_geo.io.annotations.classes import class_index
 from vitp_geo.io.annotations.samples import ParseError, box_sample, lookup_class, polygon_sample
 from vitp_geo.io.atomic import atomic_output
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "dota_header",
@@ -240,7 +243,7 @@ def read_task_results(folder: str | Path, classes: Sequence[str]) -> dict[str, d
     """Read ``Task1_<class>.txt`` (or ``Task2_<class>.txt``) files into per-image prediction samples.
 
     Every ``Task1_*.txt`` / ``Task2_*.txt`` in ``folder`` is read (one of the two kinds, not both);
-    its class comes from the file name. Oriented results give ``bbox_xyxyxyxy`` and ``bbox_xyxy``,
+    its class comes from the file name (an empty file of a class outside ``classes`` is skipped). Oriented results give ``bbox_xyxyxyxy`` and ``bbox_xyxy``,
     horizontal ones ``bbox_xyxy``; all give ``label`` and ``score``.
 
     Raises:
@@ -261,8 +264,12 @@ def read_task_results(folder: str | Path, classes: Sequence[str]) -> dict[str, d
     rows: dict[str, tuple[list[list[float]], list[int], list[float]]] = {}
     for f in files:
         name = f.stem.split("_", 1)[1]
+        text = f.read_text(encoding="utf-8-sig")
+        if name.lower() not in index and not text.strip():
+            log.info("%s: skipped an empty result file of a class outside the class list", f)
+            continue
         lab = lookup_class(name, index, classes, f, "file name")
-        for lineno, raw in enumerate(f.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line:
                 continue

@@ -25,9 +25,10 @@ bottom-right, bottom-left, clockwise on screen like DOTA's annotations. Polygons
 ``x1, y1, ..., x4, y4``.
 
 IoU (``rotated_iou`` for boxes, ``quad_iou`` for any convex quadrilaterals such as DOTA's
-annotations) is computed by convex polygon clipping on tensors (the vertices of the intersection are the
-corners of each box inside the other and the crossings of their edges; they are sorted by angle
-and summed with the shoelace formula). It is differentiable with respect to the boxes wherever
+annotations) is computed by convex polygon clipping on tensors: by Green's theorem the
+intersection's area is a sum over its boundary, which is made of the part of each polygon's edges
+inside the other (each edge clipped against the other's four half-planes), so no vertex list has
+to be built or sorted. It is differentiable with respect to the boxes wherever
 the intersection's combinatorics do not change, and it is computed in chunks, only for pairs whose
 axis-aligned bounds overlap, so tens of thousands of boxes fit in memory. NMS suppresses a box
 whose IoU with a kept, higher-scoring box is **strictly greater** than the threshold
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 _MAX_PAIRS = 1 << 17  # pairs per IoU chunk: ~200 MB of float32 intermediates at most
+_FINISH_PAIRS = 1 << 13  # rotated_nms: remaining candidate pairs below which one batch finishes
 _TOL_EPS = 8  # slack of the inside / on-segment tests, in machine epsilons (relative to size)
 
 
@@ -187,69 +189,62 @@ def hbb_to_obb(boxes: Tensor) -> Tensor:
 def _intersection_area(pa: Tensor, pb: Tensor) -> Tensor:
     """Area of the intersection of two convex quadrilaterals per pair.
 
+    Green's theorem over the boundary of the intersection: that boundary is, for each edge of one
+    polygon, the part of it inside the other (one sub-segment ``[t0, t1]`` of the edge, clipped
+    against the other's four half-planes), and a segment ``p + t d`` contributes
+    ``(t1 - t0) cross(p, d) / 2``. Collinear overlapping edges belong to the boundary once: an edge
+    of ``pa`` on an edge of ``pb`` with the same direction counts (from ``pa`` only), with opposite
+    directions (polygons touching from outside) neither counts.
+
     Args:
         pa, pb: (P, 4, 2) corners of the first and second polygons, each in either winding.
 
     Returns:
         (P,) intersection areas.
     """
-    # corners of one polygon inside the other
-    in_b = _inside(pa, pb)  # (P, 4)
-    in_a = _inside(pb, pa)
-    # crossings of the 4 x 4 edge pairs: p + t r = q + s e
-    p, r = pa, pa.roll(-1, 1) - pa  # (P, 4, 2)
-    q, e = pb, pb.roll(-1, 1) - pb
-    p, r = p[:, :, None], r[:, :, None]  # (P, 4, 1, 2)
-    q, e = q[:, None], e[:, None]  # (P, 1, 4, 2)
-    denom = r[..., 0] * e[..., 1] - r[..., 1] * e[..., 0]  # (P, 4, 4)
-    qp = q - p
-    parallel = denom.abs() <= 1e-12 * (r.norm(dim=-1) * e.norm(dim=-1)).clamp_min(1e-30)
-    safe = torch.where(parallel, torch.ones_like(denom), denom)
-    t = (qp[..., 0] * e[..., 1] - qp[..., 1] * e[..., 0]) / safe
-    s = (qp[..., 0] * r[..., 1] - qp[..., 1] * r[..., 0]) / safe
-    tol = _TOL_EPS * torch.finfo(pa.dtype).eps
-    cross_ok = ~parallel & (t >= -tol) & (t <= 1 + tol) & (s >= -tol) & (s <= 1 + tol)
-    cross = p + t[..., None] * r  # (P, 4, 4, 2)
+    pa, pb = _ccw(pa), _ccw(pb)
+    return _boundary_inside(pa, pb, shared=True) + _boundary_inside(pb, pa, shared=False)
 
-    xs = torch.cat([pa[..., 0], pb[..., 0], cross[..., 0].flatten(1)], 1)  # (P, 24)
-    ys = torch.cat([pa[..., 1], pb[..., 1], cross[..., 1].flatten(1)], 1)
-    ok = torch.cat([in_b, in_a, cross_ok.flatten(1)], 1)  # (P, 24)
-    xs = torch.where(ok, xs, torch.zeros_like(xs))
-    ys = torch.where(ok, ys, torch.zeros_like(ys))
-    n = ok.sum(1, keepdim=True).clamp_min(1)
-    with torch.no_grad():  # the ordering is piecewise constant: no gradient through it
-        # pseudo-angle around the mean of the vertices (a point inside the intersection),
-        # monotonic in the true angle and cheaper than atan2
-        dx = (xs - xs.sum(1, keepdim=True) / n).detach()
-        dy = (ys - ys.sum(1, keepdim=True) / n).detach()
-        ratio = dy / (dx.abs() + dy.abs()).clamp_min(torch.finfo(dx.dtype).tiny)
-        key = torch.where(dx >= 0, ratio, torch.where(dy >= 0, 2 - ratio, -2 - ratio))  # in (-2, 2]
-        key = torch.where(dx.abs() + dy.abs() > 0, key, torch.zeros_like(key))
-        key = torch.where(ok, key, torch.full_like(key, 10.0))  # invalid points last
-        order = key.argsort(1)
-    xs, ys, ok = xs.gather(1, order), ys.gather(1, order), ok.gather(1, order)
-    xs = torch.where(ok, xs, xs[:, :1])  # invalid → repeat the first vertex: zero area
-    ys = torch.where(ok, ys, ys[:, :1])
-    area = (xs * ys.roll(-1, 1) - xs.roll(-1, 1) * ys).sum(1).abs() / 2
-    return torch.where(ok.sum(1) >= 3, area, torch.zeros_like(area))
+
+def _ccw(poly: Tensor) -> Tensor:
+    """(P, 4, 2) with every polygon in the winding of positive ``_signed_area``."""
+    flip = _signed_area(poly) < 0
+    return torch.where(flip[:, None, None], poly.flip(1), poly)
+
+
+def _boundary_inside(pa: Tensor, pb: Tensor, shared: bool) -> Tensor:
+    """Sum of ``cross(p, d) (t1 - t0) / 2`` over the parts of ``pa``'s edges inside ``pb`` → (P,)."""
+    ax, ay = pa[..., 0].contiguous(), pa[..., 1].contiguous()  # (P, 4) edge starts of pa
+    bx, by = pb[..., 0].contiguous(), pb[..., 1].contiguous()
+    dx, dy = ax.roll(-1, 1) - ax, ay.roll(-1, 1) - ay  # (P, 4) edge vectors of pa
+    ex, ey = bx.roll(-1, 1) - bx, by.roll(-1, 1) - by
+    # inside pb's k-th half-plane: cross(e_k, p + t d - v_k) = c0 + t c1 >= 0; axes (P, edge of pa, edge of pb)
+    exk, eyk = ex[:, None, :], ey[:, None, :]
+    c0 = exk * (ay[:, :, None] - by[:, None, :]) - eyk * (ax[:, :, None] - bx[:, None, :])
+    c1 = exk * dy[:, :, None] - eyk * dx[:, :, None]
+    eps = _TOL_EPS * torch.finfo(pa.dtype).eps
+    len_e = torch.sqrt(ex * ex + ey * ey)[:, None, :]
+    len_d = torch.sqrt(dx * dx + dy * dy)[:, :, None]
+    scale = (
+        ax.amax(1) - ax.amin(1) + ay.amax(1) - ay.amin(1) + bx.amax(1) - bx.amin(1) + by.amax(1) - by.amin(1)
+    )
+    flat = c1.abs() <= eps * len_e * len_d  # edge parallel to the half-plane's line
+    on_line = c0.abs() <= (eps * scale)[:, None, None] * len_e
+    ok_parallel = (c0 > 0) & ~on_line
+    if shared:
+        ok_parallel = ok_parallel | (on_line & ((exk * dx[:, :, None] + eyk * dy[:, :, None]) > 0))
+    t = -c0 / torch.where(flat, torch.ones_like(c1), c1)
+    lower = torch.where(~flat & (c1 > 0), t, -2.0).amax(-1).clamp_min(0.0)  # (P, 4)
+    upper = torch.where(~flat & (c1 < 0), t, 2.0).amin(-1).clamp_max(1.0)
+    feasible = (~flat | ok_parallel).all(-1)
+    span = torch.where(feasible, (upper - lower).clamp_min(0.0), torch.zeros_like(upper))
+    return (span * (ax * dy - ay * dx)).sum(-1) / 2
 
 
 def _signed_area(poly: Tensor) -> Tensor:
     """(P, 4, 2) → (P,) shoelace area, positive for corners clockwise on screen (y down)."""
     x, y = poly[..., 0], poly[..., 1]
     return (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1) / 2
-
-
-def _inside(pts: Tensor, poly: Tensor) -> Tensor:
-    """(P, K, 2) points inside (or on the border of) convex (P, 4, 2) polygons → (P, K) bool."""
-    v = poly[:, None]  # (P, 1, 4, 2)
-    e = poly.roll(-1, 1)[:, None] - v
-    d = pts[:, :, None] - v  # (P, K, 4, 2)
-    cross = e[..., 0] * d[..., 1] - e[..., 1] * d[..., 0]  # (P, K, 4), length x distance
-    orient = torch.where(_signed_area(poly) >= 0, 1.0, -1.0).to(cross.dtype)[:, None, None]
-    size = e.norm(dim=-1)  # (P, 1, 4)
-    slack = _TOL_EPS * torch.finfo(pts.dtype).eps * size * size.sum(-1, keepdim=True)
-    return (cross * orient >= -slack).all(-1)
 
 
 def _quad_iou_chunk(pa: Tensor, pb: Tensor) -> Tensor:
@@ -416,6 +411,11 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Boxes are visited by descending score (ties by index); a box is dropped when its IoU with an
     already kept box is strictly greater than ``iou_threshold``.
 
+    The greedy result is computed in vectorised waves: candidate pairs come from a grid over the
+    axis-aligned bounds; a box is decided once every higher-scoring candidate neighbour is, and its
+    IoU is computed only against the kept ones. So the work is about (kept boxes x neighbours), as
+    in a sequential loop, without a Python step per box (long chains fall back to one batch).
+
     Args:
         boxes: (N, 5) ``cx, cy, w, h, angle``.
         scores: (N,).
@@ -429,6 +429,11 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
     if not 0 <= iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    return _rotated_nms(boxes, scores, iou_threshold, _FINISH_PAIRS)
+
+
+def _rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, finish_pairs: int) -> Tensor:
+    """``rotated_nms`` (checked inputs); waves until at most ``finish_pairs`` pairs remain."""
     device = boxes.device
     n = boxes.shape[0]
     if n == 0:
@@ -437,70 +442,110 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         boxes = boxes.detach().to(torch.promote_types(boxes.dtype, torch.float32))
         order = torch.sort(scores.detach(), descending=True, stable=True).indices
         sb = boxes[order]  # boxes in rank order
-        # candidate pairs (r < s in rank) whose bounds overlap, then their exact IoU
-        i, j = _overlapping_pairs_sweep(obb_to_hbb(sb))
-        if i.numel():
-            iou = rotated_iou_aligned(sb[i], sb[j])
-            hit = iou > iou_threshold
-            i, j = i[hit], j[hit]
-        keep_rank = _greedy(n, i.cpu().numpy(), j.cpu().numpy())
-    return order[torch.from_numpy(keep_rank).to(device)]
+        i, j = _candidate_pairs(obb_to_hbb(sb))  # rank pairs, i < j, bounds overlapping
+        state = torch.zeros(n, dtype=torch.int8, device=device)  # 0 undecided, 1 kept, 2 dropped
+        waves = 0
+        while True:
+            undecided = state == 0
+            if not bool(undecided.any()):
+                break
+            blocked = torch.zeros(n, dtype=torch.bool, device=device)
+            blocked[j[state[i] == 0]] = True
+            ready = undecided & ~blocked
+            waves += 1
+            few_pairs = i.numel() <= finish_pairs  # the rest is cheaper in one batch than in waves
+            long_chain = waves > 16 and int(ready.sum()) < max(64, int(undecided.sum()) // 64)
+            if few_pairs or long_chain:
+                _finish_greedy(sb, i, j, state, iou_threshold)
+                break
+            sel = (state[i] == 1) & ready[j]
+            hit = torch.zeros(n, dtype=torch.bool, device=device)
+            if bool(sel.any()):
+                iou = rotated_iou_aligned(sb[i[sel]], sb[j[sel]])
+                hit[j[sel][iou > iou_threshold]] = True
+            state[ready & hit] = 2
+            state[ready & ~hit] = 1
+            live = (state[j] == 0) & (state[i] != 2)  # pairs that can still decide something
+            i, j = i[live], j[live]
+        keep_rank = torch.nonzero(state == 1)[:, 0]
+    return order[keep_rank]
 
 
-def _overlapping_pairs_sweep(hbb: Tensor, max_pairs: int = 1 << 22) -> tuple[Tensor, Tensor]:
-    """Pairs ``(r, s)``, ``r < s``, of (N, 4) bounds that intersect: sweep over x, then test y.
-
-    Sorting by ``x1`` makes each box's x-overlapping partners one contiguous run, so the pairs are
-    enumerated without an N x N matrix.
-    """
-    n = hbb.shape[0]
-    x_order = torch.sort(hbb[:, 0], stable=True).indices
-    hs = hbb[x_order]
-    # box k (in x order) overlaps in x the boxes k+1 .. end[k]-1 (their x1 < its x2)
-    end = torch.searchsorted(hs[:, 0].contiguous(), hs[:, 2].contiguous(), side="left")
-    count = (end - torch.arange(n, device=hbb.device) - 1).clamp_min(0)
-    ii, jj = [], []
-    cum = torch.cumsum(count, 0)
-    start = 0
-    while start < n:  # chunks of at most ~max_pairs candidate pairs
-        base = int(cum[start - 1]) if start else 0
-        stop = int(torch.searchsorted(cum, torch.tensor(base + max_pairs, device=cum.device), side="right"))
-        stop = max(stop, start + 1)
-        c = count[start:stop]
-        src = torch.repeat_interleave(torch.arange(start, stop, device=hbb.device), c)
-        if src.numel():
-            first = torch.cumsum(c, 0) - c  # position of each source's first pair
-            offs = torch.arange(src.numel(), device=hbb.device) - torch.repeat_interleave(first, c)
-            dst = src + 1 + offs
-            a, b = hs[src], hs[dst]
-            ok = (torch.minimum(a[:, 2], b[:, 2]) > torch.maximum(a[:, 0], b[:, 0])) & (
-                torch.minimum(a[:, 3], b[:, 3]) > torch.maximum(a[:, 1], b[:, 1])
-            )
-            ii.append(x_order[src[ok]])
-            jj.append(x_order[dst[ok]])
-        start = stop
-    if not ii:
-        empty = torch.zeros(0, dtype=torch.long, device=hbb.device)
-        return empty, empty
-    i, j = torch.cat(ii), torch.cat(jj)
-    return torch.minimum(i, j), torch.maximum(i, j)  # rank order: lower rank first
-
-
-def _greedy(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Greedy suppression in rank order over the suppressing pairs ``(i, j)``, ``i < j``."""
-    order = np.argsort(i, kind="stable")
-    i, j = i[order], j[order]
-    ptr = np.searchsorted(i, np.arange(n + 1))
-    removed = np.zeros(n, bool)
-    keep = []
-    for r in range(n):
+def _finish_greedy(sb: Tensor, i: Tensor, j: Tensor, state: Tensor, thr: float) -> None:
+    """Decide the remaining boxes of ``state`` in place: all remaining pair IoUs, then a sequential pass."""
+    iou = rotated_iou_aligned(sb[i], sb[j]) if i.numel() else sb.new_zeros(0)
+    hit = iou > thr
+    a, b = i[hit].cpu().numpy(), j[hit].cpu().numpy()
+    st = state.cpu().numpy()
+    removed = st == 2
+    kept_src = st[a] == 1
+    removed[b[kept_src]] = True  # suppressed by boxes kept in earlier waves
+    a, b = a[~kept_src], b[~kept_src]
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    ptr = np.searchsorted(a, np.arange(len(st) + 1))
+    for r in np.nonzero(st == 0)[0]:
         if removed[r]:
+            st[r] = 2
             continue
-        keep.append(r)
+        st[r] = 1
         lo, hi = ptr[r], ptr[r + 1]
         if hi > lo:
-            removed[j[lo:hi]] = True
-    return np.asarray(keep, np.int64)
+            removed[b[lo:hi]] = True
+    state.copy_(torch.from_numpy(st))
+
+
+def _candidate_pairs(hbb: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairs ``(r, s)``, ``r < s``, of (N, 4) bounds that overlap with positive area, without an N x N matrix.
+
+    Boxes go into a grid whose cell is the 99th percentile of the box extents: two boxes no larger
+    than a cell overlap only if their centres' cells touch, so each box is tested against the 9
+    cells around it. The few larger boxes are tested against all boxes.
+    """
+    n = hbb.shape[0]
+    device = hbb.device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n < 2:
+        return empty, empty
+    ext = torch.maximum(hbb[:, 2] - hbb[:, 0], hbb[:, 3] - hbb[:, 1])
+    k = max(1, min(n, math.ceil(0.99 * n)))
+    cell = float(ext.kthvalue(k).values.clamp_min(1e-6))
+    large = ext > cell
+    ii, jj = [], []
+    small = torch.nonzero(~large)[:, 0]
+    if small.numel() > 1:
+        hs = hbb[small]
+        c = ((hs[:, :2] + hs[:, 2:]) / 2 / cell).floor().long()
+        c = c - c.min(0).values + 1  # >= 1, so that neighbour offsets stay >= 0
+        rows = int(c[:, 1].max()) + 2
+        key = c[:, 0] * rows + c[:, 1]
+        sorted_key, pos = torch.sort(key)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                target = key + dx * rows + dy
+                lo = torch.searchsorted(sorted_key, target, side="left")
+                cnt = torch.searchsorted(sorted_key, target, side="right") - lo
+                src = torch.repeat_interleave(torch.arange(len(key), device=device), cnt)
+                if src.numel() == 0:
+                    continue
+                first = torch.cumsum(cnt, 0) - cnt
+                dst = pos[lo[src] + torch.arange(src.numel(), device=device) - first[src]]
+                a, b = small[src], small[dst]
+                ii.append(a[a < b])
+                jj.append(b[a < b])
+    big = torch.nonzero(large)[:, 0]
+    if big.numel():
+        bi, bj = _overlapping_pairs(hbb[big], hbb, max(_MAX_PAIRS, n))
+        a, b = big[bi], bj
+        ok = (a != b) & ~(large[b] & (b < a))  # large-large pairs once
+        ii.append(torch.minimum(a[ok], b[ok]))
+        jj.append(torch.maximum(a[ok], b[ok]))
+    if not ii:
+        return empty, empty
+    i, j = torch.cat(ii), torch.cat(jj)
+    x = torch.minimum(hbb[i, 2], hbb[j, 2]) > torch.maximum(hbb[i, 0], hbb[j, 0])
+    y = torch.minimum(hbb[i, 3], hbb[j, 3]) > torch.maximum(hbb[i, 1], hbb[j, 1])
+    return i[x & y], j[x & y]
 
 
 def batched_rotated_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
