@@ -89,3 +89,31 @@ def test_unknown_classes_are_left_out_and_bad_input_is_named(folders, tmp_path) 
     small = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), patch_size=400)
     with pytest.raises(ValueError, match="too small"):
         small.setup("fit")
+
+
+def test_torchgeo_datasets_map_classes_by_name() -> None:
+    from torchgeo.datasets import DOTA, VHR10
+
+    from datamodules.detection import TorchGeoDetection
+
+    class FakeDota(torch.utils.data.Dataset):  # what torchgeo 0.8.1's DOTA.__getitem__ returns
+        classes = DOTA.classes
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int) -> dict:
+            quads = torch.tensor([[0, 0, 10, 0, 10, 5, 0, 5], [20, 20, 30, 22, 29, 27, 19, 25.0]])
+            labels = torch.tensor([DOTA.classes.index("plane"), DOTA.classes.index("helipad")])
+            return {"image": torch.full((3, 32, 32), 255.0), "bbox": quads, "labels": labels}
+
+    ds = TorchGeoDetection(FakeDota(), ["Helipad", "small-vehicle", "plane"], mean=[255.0] * 3, std=[2.0] * 3)
+    s = ds[0]
+    assert s["label"].tolist() == [2, 0]  # by name, whatever torchgeo's order
+    assert s["bbox_xyxy"][1].tolist() == [19, 20, 30, 27] and float(s["image"].abs().max()) == 0
+    only_plane = TorchGeoDetection(FakeDota(), ["plane"])[0]  # a v1.0-style list: helipad dropped
+    assert only_plane["label"].tolist() == [0] and only_plane["bbox_xyxyxyxy"].shape == (1, 8)
+    vhr = TorchGeoDetection(FakeDota(), ["vehicle", "ships"], source_classes=VHR10.categories)
+    assert vhr.lookup[VHR10.categories.index("ships")] == 1 and vhr.lookup[0] == -1  # background
+    with pytest.raises(ValueError, match="none of"):
+        TorchGeoDetection(FakeDota(), ["cat"])
