@@ -113,3 +113,16 @@ def test_detection_scores_obb_and_hbb() -> None:
     assert detection_scores([half], BoxType.OBB, ["a", "b"])["map50"] == pytest.approx(0.5)
     half["difficult"] = torch.tensor([False, True])
     assert detection_scores([half], BoxType.OBB, ["a", "b"])["map50"] == pytest.approx(1.0)
+
+
+def test_cli_refuses_a_finetuned_checkpoint_as_backbone_before_writing(tmp_path, capsys) -> None:  # noqa: ANN001
+    from vitp_geo.cli.main import main
+
+    seg = save_tiny_checkpoint(tmp_path / "seg.ckpt", task="segmentation")
+    out = tmp_path / "run"
+    assert main(["finetune", "detection", "--backbone", str(seg), "--output", str(out)]) == 2
+    assert "seg.ckpt is a fine-tuned segmentation checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+    det = save_tiny_checkpoint(tmp_path / "det.ckpt", task="detection", num_classes=1)
+    assert main(["finetune", "segmentation", "--backbone", str(det), "--output", str(out)]) == 2
+    assert "det.ckpt is a fine-tuned detection checkpoint" in capsys.readouterr().err

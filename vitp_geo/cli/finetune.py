@@ -30,7 +30,7 @@ MONITOR = {"segmentation": "val_mIoU", "change": "val_F1", "detection": "val_map
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune the backbone for segmentation or change detection",
+        help="fine-tune the backbone for segmentation, change detection or object detection",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("task", choices=sorted(TASK_CLASSES), help=", ".join(sorted(TASK_CLASSES)))
@@ -173,6 +173,9 @@ def check_backbone_file(path: Path) -> None:
 
     if not path.is_file():
         raise FileNotFoundError(f"backbone not found: {path}")
+    from vitp_geo.tasks.backbone import refuse_finetuned_checkpoint
+
+    refuse_finetuned_checkpoint(path)  # a fine-tuned model.ckpt (any task) is not a backbone
     check_finite_weights(read_state_dict(path), path)
 
 
