@@ -425,6 +425,8 @@ class DetectionFilesDataModule(LightningDataModule):
         flips: random horizontal flips in training.
     """
 
+    raw_bands = True  # the model sees the files' own 0-255 values; the card tells inference so
+
     def __init__(
         self,
         root: str,
