@@ -84,3 +84,26 @@ def test_bad_arguments() -> None:
         )
     with pytest.raises(ValueError, match="targets"):
         model(torch.randn(1, 3, 112, 112))
+
+
+def test_assignment_by_rotated_iou_or_by_envelopes() -> None:
+    """A 2:1 box at 45° overlaps its own horizontal envelope by 4/9 < 0.5: rotated-IoU matching
+    leaves it without positive RoIs, envelope matching does not."""
+    from vitp_geo.models.detection.obb import normalize_obb, obb_to_poly
+    from vitp_geo.models.detection.oriented_heads import OrientedRoIHeads, hbb_rois
+
+    gt = torch.tensor([[50.0, 50, 40, 20, torch.pi / 4]])
+    proposals = [obb_to_hbb(gt)]
+    targets = [{"obb": gt, "labels": torch.tensor([1])}]
+    positives = {}
+    for mode in ("obb", "hbb"):
+        heads = OrientedRoIHeads(16, (4, 8, 16, 32), 1, assign_iou=mode)
+        _, labels, deltas = heads._sample(proposals, targets)
+        positives[mode] = int((labels > 0).sum())
+        if positives[mode]:  # the regression target turns the envelope into the box
+            envelope = hbb_rois(proposals[0])
+            decoded = heads.coder.decode(deltas[labels > 0][:1], envelope)
+            torch.testing.assert_close(
+                obb_to_poly(normalize_obb(decoded)), obb_to_poly(gt), atol=1e-3, rtol=0
+            )
+    assert positives == {"obb": 0, "hbb": 2}  # the proposal and the added ground-truth envelope
