@@ -73,3 +73,30 @@ def write_synthetic_change(
             src.replace(dst / src.name)
     (root / "tmp").rmdir()
     return folders
+
+
+def write_synthetic_detection(
+    directory: str | Path, n_scenes: int = 4, size: int = 336, seed: int = 0, pixel_size: float = 0.5
+) -> SyntheticFolders:
+    """Residential scenes for detection: ``images/scene_i.tif`` and ``vectors/scene_i_objects.gpkg``.
+
+    Buildings are rotated rectangles in the object layer (``class_name`` ``building``), so their
+    polygons are exact oriented ground truth. Also writes ``labels/scene_i_mask.tif``.
+    """
+    root = Path(directory)
+    folders = SyntheticFolders(root / "images", root / "labels", root / "vectors")
+    for i in range(n_scenes):
+        scene = generate_scene(
+            seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size), scene_class=0
+        )
+        paths = write_scene(scene, root / "tmp", stem=f"scene_{i}")
+        for src, dst in (
+            (paths.image, folders.images),
+            (paths.mask, folders.labels),
+            (paths.objects, folders.vectors),
+        ):
+            assert dst is not None
+            dst.mkdir(parents=True, exist_ok=True)
+            src.replace(dst / src.name)
+    (root / "tmp").rmdir()
+    return folders

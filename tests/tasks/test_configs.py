@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 CONFIGS = sorted(
     p
     for p in (Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune").glob("*/*.yaml")
-    if p.parent.name in ("segmentation", "change")  # medical/: tests/medical/test_med_configs.py
+    if p.parent.name in ("segmentation", "change")  # medical/, detection/: their own config tests
 )
 TORCHGEO_LAYOUT = {
     "segmentation/loveda",

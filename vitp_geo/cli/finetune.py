@@ -22,19 +22,20 @@ from vitp_geo.io.strict_json import json_safe
 TASK_CLASSES = {
     "segmentation": "vitp_geo.tasks.SegmentationTask",
     "change": "vitp_geo.tasks.ChangeDetectionTask",
+    "detection": "vitp_geo.tasks.detection.ObjectDetectionTask",
 }
 # What a finished (or --save-last) run leaves in --output: a new run there needs --overwrite.
 FINETUNE_OUTPUTS = ("model.ckpt", "finetune_summary.json", "checkpoints/last.ckpt")
-MONITOR = {"segmentation": "val_mIoU", "change": "val_F1"}
+MONITOR = {"segmentation": "val_mIoU", "change": "val_F1", "detection": "val_map50"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune the backbone for segmentation or change detection",
+        help="fine-tune the backbone for segmentation, change detection or object detection",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("task", choices=sorted(TASK_CLASSES), help="segmentation or change")
+    p.add_argument("task", choices=sorted(TASK_CLASSES), help=", ".join(sorted(TASK_CLASSES)))
     p.add_argument("--config", type=Path, help="LightningCLI YAML (default: embedded run on generated data)")
     p.add_argument(
         "--domain",
@@ -72,6 +73,11 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
     """The embedded run: a tiny ViTP backbone on generated scenes (writes them into ``data_dir``)."""
     from datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
     from vitp_geo.synthetic import CLASS_COLORS, CLASS_NAMES
+
+    if task == "detection":
+        from vitp_geo.cli.finetune_detection import detection_default_config
+
+        return detection_default_config(data_dir, seed)
 
     model: dict[str, Any] = dict(
         backbone="vitp_tiny_patch14_112",
@@ -182,6 +188,9 @@ def check_backbone_file(path: Path) -> None:
 
     if not path.is_file():
         raise FileNotFoundError(f"backbone not found: {path}")
+    from vitp_geo.tasks.backbone import refuse_finetuned_checkpoint
+
+    refuse_finetuned_checkpoint(path)  # a fine-tuned model.ckpt (any task) is not a backbone
     check_finite_weights(read_state_dict(path), path)
 
 

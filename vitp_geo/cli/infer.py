@@ -31,9 +31,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("scene", type=Path, help="input GeoTIFF (the 'before' image for change models)")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by `vitp-geo finetune`")
-    p.add_argument("--out", type=Path, required=True, help="class map COG to write (.tif)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="class map COG to write (.tif; segmentation and change models)"
+    )
     p.add_argument("--after", type=Path, default=None, help="the 'after' image (change models only)")
-    p.add_argument("--vector", type=Path, default=None, help="also write polygons to this GeoPackage")
+    p.add_argument(
+        "--vector",
+        type=Path,
+        default=None,
+        help="also write polygons to this GeoPackage (detection models: the output, oriented boxes)",
+    )
+    p.add_argument(
+        "--min-score", type=float, default=0.3, help="detection models: lowest score written (default 0.3)"
+    )
     p.add_argument(
         "--probabilities", type=Path, default=None, help="also write per-class probabilities (COG)"
     )
@@ -90,8 +100,11 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
 
     ckpt: Path = opts["checkpoint"]
     module, card = load_inference_model(ckpt)
-    if card.task not in ("segmentation", "change"):
-        raise ValueError(f"{ckpt}: task {card.task!r} is not supported by infer yet (segmentation, change)")
+    if card.task == "detection":
+        _run_detection(opts, module, card, rank)
+        return None
+    if opts["out"] is None:
+        raise ValueError(f"{ckpt} is a {card.task} model: give the class map to write with --out")
     scenes = [opts["scene"]]
     if card.task == "change":
         if opts["after"] is None:
@@ -162,6 +175,51 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
     )
 
 
+def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: Any, rank: RankInfo) -> None:
+    """A detection checkpoint: windows → merged oriented polygons → styled GeoPackage."""
+    from vitp_geo.tiling.detection_outputs import DetectionRunConfig, detect_scene_to_vector
+
+    ckpt: Path = opts["checkpoint"]
+    if rank.world > 1:
+        raise ValueError(f"{ckpt} is a detection model: detection inference runs on one device (--devices 1)")
+    if opts["vector"] is None:
+        raise ValueError(f"{ckpt} is a detection model: give the GeoPackage to write with --vector")
+    for flag in ("out", "after", "probabilities"):
+        if opts[flag] is not None:
+            raise ValueError(f"--{flag} is not for detection models ({ckpt} writes --vector only)")
+    bands = opts["bands"] or tuple(card.bands)
+    raw_input = len(card.bands) != 3 or bool(card.render.get("raw", False))
+    if raw_input and len(bands) != len(card.bands):
+        raise ValueError(f"{ckpt} takes {len(card.bands)} band(s) {card.bands}, --bands gives {len(bands)}")
+    with open_raster(opts["scene"]) as src:
+        if max(bands) > src.count:
+            raise ValueError(
+                f"{opts['scene']} has {src.count} band(s) but {ckpt.name} reads bands {list(bands)}"
+            )
+    render = {k: v for k, v in card.render.items() if k in ("percentiles", "sar_db")}
+    if "percentiles" in render:
+        render["percentiles"] = tuple(render["percentiles"])
+    frame = detect_scene_to_vector(
+        opts["scene"],
+        module,
+        ClassStyle(card.class_names, card.class_colors),
+        opts["vector"],
+        rule=RenderRule(bands=bands, **render),
+        mean=card.mean,
+        std=card.std,
+        raw_input=raw_input,
+        config=DetectionRunConfig(
+            tile_size=card.tile_size if opts["tile_size"] is None else opts["tile_size"],
+            overlap=opts["overlap"],
+            batch_size=opts["batch_size"],
+            min_score=opts["min_score"],
+            progress=opts["progress"],
+        ),
+    )
+    counts = frame["class_name"].value_counts().to_dict() if len(frame) else {}
+    print(f"{len(frame)} detections {counts} -> {opts['vector']}", file=sys.stderr)
+
+
 def _spawned(opts: dict[str, Any], rank: RankInfo) -> None:
     summary = _run_rank(opts, rank)
     if summary is not None:
@@ -173,8 +231,12 @@ def run(args: argparse.Namespace) -> int:
         return _run_medical(args)
     if not args.scene.exists():
         raise FileNotFoundError(f"scene not found: {args.scene}")
-    if args.out.suffix.lower() not in (".tif", ".tiff"):
+    if args.out is not None and args.out.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--out must be a .tif, got {args.out}")
+    if args.out is None and args.vector is None:
+        raise ValueError("give --out (class map, segmentation / change) or --vector (detections)")
+    if not 0 <= args.min_score <= 1:  # NaN fails too
+        raise ValueError(f"--min-score must be in [0, 1], got {args.min_score}")
     if args.vector is not None and args.vector.suffix.lower() != ".gpkg":
         raise ValueError(f"--vector must be a .gpkg, got {args.vector}")
     if args.devices < 1:
@@ -208,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         blend=args.blend,
         bands=_parse_bands(args.bands),
         min_area=args.min_area,
+        min_score=args.min_score,
         resume=args.resume,
         progress=not args.no_progress,
     )

@@ -94,6 +94,7 @@ def build_backbone(
         A timm ``VisionTransformer`` accepting any input size, with ``num_classes=0``.
     """
     if weights is not None:
+        refuse_finetuned_checkpoint(weights)
         vit = load_backbone(weights, img_size=img_size)
         if drop_path_rate > 0:
             _set_drop_path(vit, drop_path_rate)
@@ -109,6 +110,29 @@ def build_backbone(
         raise ValueError(f"backbone {name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
     adapt_patch_embed(vit, in_channels, rgb_channels)
     return enable_dynamic_size(vit)
+
+
+def refuse_finetuned_checkpoint(path: str | Path) -> None:
+    """Raise a clear ``ValueError`` when ``path`` is a fine-tuned task checkpoint, not a backbone.
+
+    A ``model.ckpt`` from ``vitp-geo finetune`` (segmentation, change or detection) carries a
+    model card; its weights include a neck and head, so it cannot initialise another task's ViT.
+    """
+    from vitp_geo.io.model_card import CARD_KEY
+
+    path = Path(path)
+    if path.suffix != ".ckpt" or not path.is_file():
+        return
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file: load_backbone reports it
+        return
+    if isinstance(ckpt, dict) and isinstance(ckpt.get(CARD_KEY), dict):
+        task = ckpt[CARD_KEY].get("task", "?")
+        raise ValueError(
+            f"{path} is a fine-tuned {task} checkpoint (it has a model card), not a backbone: give the "
+            "backbone file instead (backbone.safetensors from `vitp-geo pretrain`, or a ViTP / InternViT release)"
+        )
 
 
 def _set_drop_path(vit: VisionTransformer, rate: float) -> None:

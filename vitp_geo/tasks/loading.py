@@ -8,7 +8,9 @@ needed. The returned module is in eval mode and maps
 * segmentation: (B, C, h, w) float, normalised with ``card.mean`` / ``card.std`` →
   (B, K, h, w) class logits;
 * change: (B, 2C, h, w), before and after stacked on channels, each normalised →
-  (B, 2, h, w) logits (class 1 = changed).
+  (B, 2, h, w) logits (class 1 = changed);
+* detection: (B, C, h, w) normalised → per image ``boxes`` ((N, 4) ``x1, y1, x2, y2`` or (N, 5)
+  ``cx, cy, w, h, angle``, ``card.arch["box_type"]``), ``scores``, ``labels`` (0-based classes).
 
 Any h, w work (position embeddings are resampled); ``card.tile_size`` is what it was trained on.
 """
@@ -93,8 +95,8 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
     ckpt = _read_checkpoint(path)
     try:
         card = ModelCard.from_dict(ckpt[CARD_KEY])
-        if card.task not in ("segmentation", "change"):
-            raise ValueError(f"task {card.task!r} is not segmentation or change")
+        if card.task not in ("segmentation", "change", "detection"):
+            raise ValueError(f"task {card.task!r} is not segmentation, change or detection")
         model = rebuild_model(card.arch)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: bad model card: {err}") from err
@@ -123,6 +125,7 @@ def save_tiny_checkpoint(
     neck: str = "sfp",
     head: str = "upernet",
     seed: int = 0,
+    box_type: str = "obb",
 ) -> Path:
     """Write a real, small, untrained checkpoint in the exact format ``vitp-geo finetune`` writes.
 
@@ -131,7 +134,8 @@ def save_tiny_checkpoint(
 
     Args:
         path: the ``.ckpt`` to write (atomically).
-        task: ``segmentation`` or ``change`` (change: ``num_classes`` is ignored, always 2).
+        task: ``segmentation``, ``change`` (``num_classes`` is ignored, always 2) or ``detection``
+            (``num_classes`` object classes; a 32-wide FPN and a 64-wide box head).
         num_classes: segmentation classes K.
         tile_size: recorded tile size (also the backbone's position-embedding grid).
         bands: 1-based raster bands, one per model channel (per date for change).
@@ -139,6 +143,7 @@ def save_tiny_checkpoint(
         mean, std: per-channel statistics in 0–255 units (default 0 / 255).
         neck, head: ``sfp`` / ``adapter`` and ``upernet`` / ``unet``.
         seed: weight initialisation seed.
+        box_type: ``hbb`` or ``obb`` (detection only).
 
     Returns:
         ``path``.
@@ -146,6 +151,7 @@ def save_tiny_checkpoint(
     import lightning
 
     from vitp_geo.tasks.change import ChangeDetectionTask
+    from vitp_geo.tasks.detection import ObjectDetectionTask
     from vitp_geo.tasks.segmentation import SegmentationTask
 
     path = Path(path)
@@ -164,13 +170,24 @@ def save_tiny_checkpoint(
         class_colors=[list(c) for c in class_colors] if class_colors is not None else None,
     )
     torch.manual_seed(seed)
-    module: SegmentationTask | ChangeDetectionTask
-    if task == "segmentation":
+    module: SegmentationTask | ChangeDetectionTask | ObjectDetectionTask
+    if task == "detection":
+        for key in ("head", "head_channels"):
+            common.pop(key)
+        module = ObjectDetectionTask(
+            num_classes=num_classes,
+            box_type=box_type,  # type: ignore[arg-type]
+            fpn_channels=32,
+            representation=64,
+            anchor_sizes=[16, 32, 64, 128, 256],
+            **common,
+        )
+    elif task == "segmentation":
         module = SegmentationTask(num_classes=num_classes, **common)
     elif task == "change":
         module = ChangeDetectionTask(**common)
     else:
-        raise ValueError(f"task must be 'segmentation' or 'change', got {task!r}")
+        raise ValueError(f"task must be 'segmentation', 'change' or 'detection', got {task!r}")
     with torch.no_grad():  # non-trivial normalisation statistics, so eval-mode BN is exercised
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:

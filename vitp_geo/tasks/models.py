@@ -3,12 +3,14 @@
 ``arch`` — the JSON-able dict stored in the checkpoint's ``ModelCard.arch`` — says how to
 rebuild a model without the original backbone file::
 
-    {"kind": "segmentation" | "change",
+    {"kind": "segmentation" | "change" | "detection",
      "backbone": {"name": ..., "kwargs": {...}},       # see tasks.backbone.describe_backbone
      "neck": "sfp" | "adapter", "out_indices": [i0, i1, i2, i3],
      "head": "upernet" | "unet", "head_channels": 128,
      "num_classes": K, "in_channels": C,
-     "fusion": "diff" | "concat"}                       # change only
+     "fusion": "diff" | "concat",                       # change only
+     "box_type": "hbb" | "obb", "fpn_channels": 256,    # detection only (no head / head_channels;
+     "anchor_sizes": [...], "detector": {...}}          #   see models.detection.rcnn.DetectionModel)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vitp_geo.models.adapter import ViTAdapter
+from vitp_geo.models.detection.rcnn import DetectionModel
 from vitp_geo.models.heads import build_head
 from vitp_geo.models.pyramid import SimpleFeaturePyramid
 from vitp_geo.tasks.backbone import describe_backbone, rebuild_backbone
@@ -83,10 +86,22 @@ class SiameseChangeModel(nn.Module):
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> SegmentationModel | SiameseChangeModel:
+DenseModel = SegmentationModel | SiameseChangeModel | DetectionModel
+
+
+def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> DenseModel:
     """Wrap a backbone into the model ``arch`` describes (the backbone entry of ``arch`` is not used)."""
     kind = arch.get("kind")
     neck = build_neck(vit, str(arch.get("neck", "sfp")), arch.get("out_indices"))
+    if kind == "detection":
+        return DetectionModel(
+            neck,
+            int(arch["num_classes"]),
+            str(arch.get("box_type", "hbb")),
+            fpn_channels=int(arch.get("fpn_channels", 256)),
+            anchor_sizes=tuple(int(a) for a in arch.get("anchor_sizes", (32, 64, 128, 256, 512))),
+            **dict(arch.get("detector") or {}),
+        )
     widths = list(neck.out_channels)
     if kind == "change" and arch.get("fusion", "diff") == "concat":
         widths = [2 * w for w in widths]
@@ -100,12 +115,10 @@ def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> SegmentationModel 
         return SegmentationModel(neck, head)
     if kind == "change":
         return SiameseChangeModel(neck, head, str(arch.get("fusion", "diff")), int(arch["in_channels"]))
-    raise ValueError(f"arch kind must be 'segmentation' or 'change', got {kind!r}")
+    raise ValueError(f"arch kind must be 'segmentation', 'change' or 'detection', got {kind!r}")
 
 
-def arch_for(
-    vit: VisionTransformer, model: SegmentationModel | SiameseChangeModel, **fields: Any
-) -> dict[str, Any]:
+def arch_for(vit: VisionTransformer, model: DenseModel, **fields: Any) -> dict[str, Any]:
     """The ``arch`` dict of a model built by :func:`assemble` (``fields``: kind, neck, head, ...)."""
     arch: dict[str, Any] = dict(fields)
     arch["backbone"] = describe_backbone(vit)
@@ -114,7 +127,7 @@ def arch_for(
     return arch
 
 
-def rebuild_model(arch: dict[str, Any]) -> SegmentationModel | SiameseChangeModel:
+def rebuild_model(arch: dict[str, Any]) -> DenseModel:
     """An untrained model with the layout of ``arch`` (load the checkpoint's weights into it)."""
     if "backbone" not in arch:
         raise ValueError(f"arch has no 'backbone' entry: {sorted(arch)}")

@@ -181,8 +181,12 @@ def detect_scene(
     iou_threshold: float = 0.5,
     score_threshold: float = 0.0,
     progress: bool = True,
+    raw_input: bool = False,
 ) -> gpd.GeoDataFrame:
     """Run ``detector`` over every window of ``scene`` and merge the boxes in map coordinates.
+
+    ``raw_input``: feed the selected bands' raw values (normalised by ``mean`` / ``std``), as for
+    models trained on the rasters' own values (``SceneWindowReader(raw=True)``).
 
     Returns:
         GeoDataFrame of merged detections in the scene's CRS (see ``DetectionMerger.to_frame``).
@@ -201,6 +205,7 @@ def detect_scene(
             iou_threshold,
             score_threshold,
             progress,
+            raw_input,
         )
 
 
@@ -217,8 +222,9 @@ def _detect(
     iou_threshold: float,
     score_threshold: float,
     progress: bool,
+    raw_input: bool = False,
 ) -> gpd.GeoDataFrame:
-    reader = SceneWindowReader([scene], rule, mean, std)
+    reader = SceneWindowReader([scene], rule, mean, std, raw=raw_input)
     try:
         plan = plan_windows(reader.height, reader.width, tile_size, overlap)
         merger = DetectionMerger(reader.profile["transform"], reader.height, reader.width, iou_threshold)

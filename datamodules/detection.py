@@ -1,0 +1,576 @@
+"""Detection datamodules: GeoTIFF scenes + vector labels, and torchgeo's DOTA / VHR-10 with named classes.
+
+Samples are torchgeo-style dicts: ``image`` (C, P, P) float32 (normalised), ``bbox_xyxy``
+(N, 4) ``x1, y1, x2, y2``, ``bbox_xyxyxyxy`` (N, 8) the four corners of each object's
+minimum-area rectangle, ``label`` (N,) int64 (index into ``classes``). ``detection_collate``
+stacks images and keeps the box tensors as per-image lists, so tiles with no object work.
+
+**GeoTIFF scenes.** Labels are read and placed on each scene's pixel grid by the instruction
+builders' loader (``vitp_geo.instruct.builders.labels.load_pixel_labels``: any CRS, repaired
+geometries, polygons only), and cut per tile by their edge rule (``tile_objects``: an object is
+kept when at least ``min_visible`` of its area lies in the tile, and described by the clipped
+part). Each scene is split by area as in ``datamodules.geotiff``: the eastern ``val_fraction``
+of its width (whole tiles, at least one) is validation, tiled on a grid; training tiles are
+drawn at random strictly west of it, so no pixel is seen by both splits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import shapely
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.geotiff import default_stats, resolve_files, resolve_files_any
+
+log = logging.getLogger(__name__)
+
+BOX_KEYS = ("bbox_xyxy", "bbox_xyxyxyxy", "label", "difficult")
+
+
+def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``image`` (zero-padded bottom / right to the largest in the batch); keep
+    ``bbox_xyxy`` / ``bbox_xyxyxyxy`` / ``label`` / ``difficult`` as per-image lists."""
+    images = [torch.as_tensor(s["image"]) for s in samples]
+    h = max(int(i.shape[-2]) for i in images)
+    w = max(int(i.shape[-1]) for i in images)
+    images = [torch.nn.functional.pad(i, (0, w - i.shape[-1], 0, h - i.shape[-2])) for i in images]
+    batch: dict[str, Any] = {"image": torch.stack(images)}
+    for key in BOX_KEYS:
+        if all(key in s for s in samples):
+            batch[key] = [torch.as_tensor(s[key]) for s in samples]
+    return batch
+
+
+def rect_corners(geom: shapely.geometry.base.BaseGeometry) -> np.ndarray:
+    """The minimum-area rectangle of ``geom`` as 4 corners (4, 2), clockwise on screen from the top-left-most."""
+    rect = shapely.minimum_rotated_rectangle(geom)
+    if rect.geom_type != "Polygon":  # a degenerate (line / point) object
+        x1, y1, x2, y2 = geom.bounds
+        return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64)
+    pts = np.asarray(rect.exterior.coords, np.float64)[:4]
+    x, y = pts[:, 0], pts[:, 1]
+    if 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0:  # y down: > 0 is clockwise on screen
+        pts = pts[::-1]
+    return np.roll(pts, -int(np.argmin(pts[:, 0] + pts[:, 1])), axis=0)
+
+
+class _Scene:
+    """One scene: its raw pixels and label polygons in pixel coordinates."""
+
+    def __init__(
+        self, image: str, vector: Sequence[str], class_field: str | None, classes: list[str] | None
+    ) -> None:
+        import rasterio
+
+        from vitp_geo.instruct.builders.labels import load_pixel_labels
+        from vitp_geo.instruct.builders.raster_scene import LoadedRaster
+
+        with rasterio.open(image) as src:
+            self.pixels = src.read().astype(np.float32)  # (C, H, W) raw band values
+            transform, crs = src.transform, src.crs
+        c, h, w = self.pixels.shape
+        # The label loader needs the grid only (transform, CRS, size), not rendered pixels.
+        grid = LoadedRaster(
+            Path(image),
+            np.broadcast_to(np.zeros((3, 1, 1), np.uint8), (3, h, w)),
+            np.ones((h, w), bool),
+            transform,
+            crs,
+            "optical",
+        )
+        geoms: list[Any] = []
+        names: list[str] = []
+        for path in vector:
+            try:
+                labels = load_pixel_labels(path, grid, class_field=class_field)
+            except ValueError as err:
+                if "do not overlap" in str(err):
+                    continue  # this vector file covers another scene
+                raise
+            geoms += labels.geometries
+            names += labels.classes
+        self.path = image
+        self.geometries = geoms
+        self.classes = names
+        self.tree = shapely.STRtree(geoms) if geoms else None
+        self.height, self.width = h, w
+
+
+class _TileDataset(Dataset[dict[str, Any]]):
+    """Tiles ``(scene, row, col)`` → detection samples (module doc)."""
+
+    def __init__(
+        self,
+        scenes: list[_Scene],
+        tiles: list[tuple[int, int, int]],
+        patch: int,
+        classes: list[str],
+        mean: Tensor,
+        std: Tensor,
+        min_visible: float,
+        flips: bool,
+        seed: int,
+    ) -> None:
+        self.scenes, self.tiles, self.patch, self.classes = scenes, tiles, patch, classes
+        self.mean, self.std = mean[:, None, None], std[:, None, None]
+        self.min_visible, self.flips = min_visible, flips
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from vitp_geo.instruct.builders.labels import PixelLabels
+        from vitp_geo.instruct.builders.tiles import Tile
+        from vitp_geo.instruct.builders.vector import tile_objects
+
+        si, row, col = self.tiles[index]
+        scene, p = self.scenes[si], self.patch
+        image = torch.from_numpy(scene.pixels[:, row : row + p, col : col + p].copy())
+        image = (image - self.mean) / self.std
+        corners: list[np.ndarray] = []
+        labels: list[int] = []
+        if scene.tree is not None:
+            pl = PixelLabels(scene.geometries, scene.geometries, scene.classes, sorted(set(scene.classes)))
+            for obj in tile_objects(pl, scene.tree, Tile(row, col, p, p), self.min_visible):
+                if obj.kept and obj.cls in self.classes:
+                    corners.append(rect_corners(obj.visible))
+                    labels.append(self.classes.index(obj.cls))
+        quads = torch.from_numpy(np.asarray(corners, np.float32).reshape(-1, 4, 2))  # (N, 4, 2)
+        if self.flips:
+            if self.rng.random() < 0.5:  # horizontal flip (corners stay a rectangle, order reverses)
+                image = image.flip(-1)
+                quads = quads.flip(1)
+                quads[..., 0] = p - quads[..., 0]
+            if self.rng.random() < 0.5:
+                image = image.flip(-2)
+                quads = quads.flip(1)
+                quads[..., 1] = p - quads[..., 1]
+        xy = quads.reshape(-1, 4, 2)
+        hbb = (
+            torch.cat([xy.amin(1), xy.amax(1)], dim=1).clamp(0, p)
+            if xy.shape[0]
+            else torch.zeros((0, 4), dtype=torch.float32)
+        )
+        return {
+            "image": image,
+            "bbox_xyxy": hbb,
+            "bbox_xyxyxyxy": xy.reshape(-1, 8),
+            "label": torch.as_tensor(labels, dtype=torch.int64),
+        }
+
+
+class GeoTiffDetectionDataModule(LightningDataModule):
+    """Detection tiles from GeoTIFF scenes and vector polygons (module doc).
+
+    Args:
+        images: scene GeoTIFFs (folder, glob, file or list).
+        vectors: vector files (GeoPackage, shapefile, GeoJSON) in any CRS; each is placed on
+            every scene it overlaps.
+        classes: object classes in label order; objects of other classes are left out (counted
+            in the log). None: every class name found, sorted.
+        class_field: attribute holding the class name (None: ``class_name`` / ``class`` /
+            ``label`` / ``category``, the builders' rule).
+        bands: 1-based bands to read (default all).
+        patch_size: tile size in pixels.
+        batch_size: tiles per batch.
+        length: training tiles per epoch (default: about one pass over the training area).
+        val_fraction: share of each scene's width used for validation.
+        min_visible: share of an object's area that must lie in a tile for it to count there.
+        mean, std: per-channel normalisation (``datamodules.geotiff.default_stats``).
+        flips: random horizontal / vertical flips in training.
+        num_workers: DataLoader workers.
+        seed: seed of the training tile positions and flips.
+    """
+
+    raw_bands = True  # models see the raster's own band values, as for the segmentation datamodules
+
+    def __init__(
+        self,
+        images: str | list[str],
+        vectors: str | list[str],
+        classes: list[str] | None = None,
+        class_field: str | None = None,
+        bands: list[int] | None = None,
+        patch_size: int = 112,
+        batch_size: int = 8,
+        length: int | None = None,
+        val_fraction: float = 0.25,
+        min_visible: float = 0.5,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        flips: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0 < min_visible <= 1:
+            raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
+        self.image_files = resolve_files(images, "image")
+        self.vector_files = resolve_files_any(vectors, "vector")
+        self.classes = list(classes) if classes is not None else None
+        self.class_field = class_field
+        self.bands = list(bands) if bands is not None else None
+        self.patch_size, self.batch_size, self.length = patch_size, batch_size, length
+        self.val_fraction, self.min_visible = val_fraction, min_visible
+        self.flips, self.num_workers, self.seed = flips, num_workers, seed
+        self._mean_arg, self._std_arg = mean, std
+        self.scenes: list[_Scene] | None = None
+
+    def _load(self) -> list[_Scene]:
+        if self.scenes is None:
+            scenes = [_Scene(f, self.vector_files, self.class_field, self.classes) for f in self.image_files]
+            if self.bands is not None:
+                for s in scenes:
+                    if max(self.bands) > s.pixels.shape[0]:
+                        raise ValueError(
+                            f"{s.path}: band {max(self.bands)} requested but it has {s.pixels.shape[0]} band(s)"
+                        )
+                    s.pixels = s.pixels[[b - 1 for b in self.bands]]
+            found = sorted({c for s in scenes for c in s.classes})
+            if self.classes is None:
+                self.classes = found
+            dropped = {c: sum(s.classes.count(c) for s in scenes) for c in found if c not in self.classes}
+            if dropped:
+                log.info("objects of classes outside %s left out: %s", self.classes, dropped)
+            channels = scenes[0].pixels.shape[0]
+            mean, std = default_stats(channels, self._mean_arg, self._std_arg)
+            self.mean = torch.tensor(mean, dtype=torch.float32)
+            self.std = torch.tensor(std, dtype=torch.float32)
+            self.scenes = scenes
+        return self.scenes
+
+    def _split(self, scene: _Scene) -> int:
+        """First validation column of ``scene`` (module doc)."""
+        p = self.patch_size
+        n = max(1, round(self.val_fraction * scene.width / p))
+        cut = scene.width - n * p
+        if cut < p or scene.height < p:
+            raise ValueError(
+                f"{scene.path}: {scene.width}x{scene.height} px is too small for a training area and a "
+                f"{n}-tile validation strip of {p} px tiles"
+            )
+        return cut
+
+    def setup(self, stage: str) -> None:
+        """Read the scenes once; plan random training tiles and grid validation tiles."""
+        scenes = self._load()
+        p = self.patch_size
+        rng = np.random.default_rng(self.seed)
+        train: list[tuple[int, int, int]] = []
+        val: list[tuple[int, int, int]] = []
+        areas = []
+        for i, s in enumerate(scenes):
+            cut = self._split(s)
+            areas.append((cut - p + 1) * (s.height - p + 1))
+            for row in range(0, s.height - p + 1, p):
+                for col in range(cut, s.width - p + 1, p):
+                    val.append((i, row, col))
+        n_train = self.length or max(1, sum(round(self._split(s) * s.height / p**2) for s in scenes))
+        weights = np.asarray(areas, np.float64) / float(sum(areas))
+        for si in rng.choice(len(scenes), size=n_train, p=weights):
+            s = scenes[int(si)]
+            cut = self._split(s)
+            train.append((int(si), int(rng.integers(0, s.height - p + 1)), int(rng.integers(0, cut - p + 1))))
+        assert self.classes is not None
+        common = dict(
+            patch=p, classes=self.classes, mean=self.mean, std=self.std, min_visible=self.min_visible
+        )
+        self.train_dataset = _TileDataset(scenes, train, flips=self.flips, seed=self.seed, **common)  # type: ignore[arg-type]
+        self.val_dataset = _TileDataset(scenes, val, flips=False, seed=self.seed, **common)  # type: ignore[arg-type]
+
+    def _loader(self, dataset: Dataset[dict[str, Any]], shuffle: bool) -> DataLoader[dict[str, Any]]:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=detection_collate,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self.val_dataset, shuffle=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark datasets in their own on-disk layouts (DOTA / RSAR labelTxt, DIOR / DIOR-R XML, COCO)
+
+
+class AnnotationFormat(StrEnum):
+    """On-disk annotation layouts read by ``DetectionFilesDataModule``."""
+
+    DOTA = "dota"  # <root>/<split>/images/*.png + <root>/<split>/labelTxt/*.txt (DOTA, RSAR)
+    DIOR = "dior"  # DIOR: JPEGImages-{trainval,test}, Annotations/Horizontal Bounding Boxes, ImageSets
+    DIOR_R = "dior-r"  # DIOR-R: the same with Annotations/Oriented Bounding Boxes (robndbox)
+    COCO = "coco"  # <root>/<annotations>/instances_<split>.json + <root>/<split>/<file_name>
+
+
+def read_split(
+    root: Path, fmt: AnnotationFormat, split: str, classes: Sequence[str], layout: dict[str, str]
+) -> list[tuple[Path, dict[str, Tensor]]]:
+    """(image file, sample) pairs of one split, read by ``vitp_geo.io.annotations`` (class order by name).
+
+    ``layout`` overrides the folder templates (``{split}`` is replaced): ``images``, ``labels``
+    (dota), ``annotations`` (coco json).
+    """
+    from vitp_geo.io import annotations as A
+
+    def tmpl(key: str, default: str) -> Path:
+        return root / layout.get(key, default).format(split=split)
+
+    if fmt == AnnotationFormat.DOTA:
+        images = tmpl("images", "{split}/images")
+        samples = A.read_dota_labels(tmpl("labels", "{split}/labelTxt"), classes)
+    elif fmt in (AnnotationFormat.DIOR, AnnotationFormat.DIOR_R):
+        images = tmpl("images", "JPEGImages-test" if split == "test" else "JPEGImages-trainval")
+        samples = A.read_dior(root, split, classes, oriented=fmt == AnnotationFormat.DIOR_R)
+    else:
+        ann = tmpl("annotations", "annotations/instances_{split}.json")
+        images = tmpl("images", "{split}")
+        samples = A.read_coco(ann, classes)
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images}")
+    files = {
+        p.stem: p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".bmp")
+    }
+    missing = [k for k in samples if k not in files]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} annotated image(s) missing from {images}, e.g. {missing[:3]}"
+        )
+    return [(files[k], samples[k]) for k in sorted(samples)]
+
+
+class _ImageFileDataset(Dataset[dict[str, Any]]):
+    """Images and their annotation samples → detection samples (normalised image, both box keys)."""
+
+    def __init__(
+        self,
+        items: list[tuple[Path, dict[str, Tensor]]],
+        channels: int,
+        mean: Tensor,
+        std: Tensor,
+        flips: bool,
+    ) -> None:
+        self.items, self.channels, self.flips = items, channels, flips
+        self.mean, self.std = mean[:, None, None], std[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        path, s = self.items[index]
+        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+        image = (decode_image(read_file(str(path)), mode=mode).float() - self.mean) / self.std
+        w = image.shape[-1]
+        hbb = s["bbox_xyxy"].float().reshape(-1, 4)
+        if "bbox_xyxyxyxy" in s:
+            quads = s["bbox_xyxyxyxy"].float().reshape(-1, 4, 2)
+        else:  # horizontal datasets: the corners of the box, clockwise from the top-left
+            x1, y1, x2, y2 = hbb.unbind(1)
+            quads = torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1).reshape(-1, 4, 2)
+        if self.flips and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+            quads = quads.flip(1)
+            quads[..., 0] = w - quads[..., 0]
+        hbb = torch.cat([quads.amin(1), quads.amax(1)], 1) if len(quads) else hbb
+        out: dict[str, Any] = {
+            "image": image,
+            "bbox_xyxy": hbb,
+            "bbox_xyxyxyxy": quads.reshape(-1, 8),
+            "label": s["label"].long(),
+        }
+        if "difficult" in s:
+            out["difficult"] = s["difficult"].bool()
+        return out
+
+
+class DetectionFilesDataModule(LightningDataModule):
+    """A detection benchmark in its own layout (``AnnotationFormat``): DOTA / RSAR, DIOR / DIOR-R, COCO.
+
+    Images are used at their size (DOTA: split them into 1024 px patches first with
+    ``vitp_geo.tiling.dota_split``, the devkit's rule, and point ``root`` at the patches); a batch
+    is zero-padded to its largest image. Classes are matched to the files by name.
+
+    Args:
+        root: the dataset folder.
+        format: ``dota``, ``dior``, ``dior-r`` or ``coco``.
+        classes: class names in label order (the paper's list for the dataset).
+        train_split, val_split, test_split: split names (folders / list files / json suffixes).
+        layout: folder templates overriding the format's defaults (``images``, ``labels``,
+            ``annotations``; ``{split}`` is replaced).
+        channels: 3 (RGB) or 1 (single-band SAR).
+        batch_size, num_workers: DataLoader settings.
+        mean, std: per-channel normalisation (0–255 units; ImageNet's for 3 channels by default).
+        flips: random horizontal flips in training.
+    """
+
+    raw_bands = True  # the model sees the files' own 0-255 values; the card tells inference so
+
+    def __init__(
+        self,
+        root: str,
+        format: Literal["dota", "dior", "dior-r", "coco"],
+        classes: list[str],
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str | None = None,
+        layout: dict[str, str] | None = None,
+        channels: int = 3,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        flips: bool = True,
+    ) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root not found: {self.root}")
+        self.format = AnnotationFormat(format)
+        self.classes = list(classes)
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.layout = dict(layout or {})
+        self.channels, self.batch_size, self.num_workers, self.flips = (
+            channels,
+            batch_size,
+            num_workers,
+            flips,
+        )
+        m, s = default_stats(channels, mean, std)
+        self.mean, self.std = torch.tensor(m), torch.tensor(s)
+
+    def _dataset(self, stage: str, flips: bool) -> _ImageFileDataset:
+        split = self.splits[stage]
+        if split is None:
+            raise ValueError(f"no {stage}_split configured")
+        items = read_split(self.root, self.format, split, self.classes, self.layout)
+        return _ImageFileDataset(items, self.channels, self.mean, self.std, flips)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.train_dataset = self._dataset("train", self.flips)
+        if stage in ("fit", "validate"):
+            self.val_dataset = self._dataset("val", False)
+        if stage == "test":
+            self.test_dataset = self._dataset("test", False)
+
+    def _loader(self, dataset: Dataset[dict[str, Any]], shuffle: bool) -> DataLoader[dict[str, Any]]:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=detection_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self.train_dataset, True)
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self.val_dataset, False)
+
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self.test_dataset, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchgeo's DOTA and VHR-10 with the class order mapped by name
+
+
+class TorchGeoDetection(Dataset[dict[str, Any]]):
+    """A torchgeo detection dataset (``DOTA``, ``VHR10``) with labels mapped to ``classes`` by name.
+
+    torchgeo 0.8.1's ``DOTA`` gives ``bbox`` (N, 8) corners (or ``bbox_xyxy`` with
+    ``bbox_orientation="horizontal"``) and ``labels`` indexing ``DOTA.classes`` (the 18 v2.0
+    names, whatever the version); ``VHR10`` gives ``bbox_xyxy`` and ``label`` indexing
+    ``VHR10.categories`` (``background`` first). Samples come out as this module's:
+    ``image`` float (normalised by ``mean`` / ``std``), ``bbox_xyxy``, ``bbox_xyxyxyxy``,
+    ``label`` indexing ``classes``. Names match case-insensitively; objects whose class is not in
+    ``classes`` are dropped (so a 15-class DOTA-v1.0 list works on torchgeo's 18-name labels).
+
+    Args:
+        dataset: the torchgeo dataset.
+        classes: target class names, in label order.
+        source_classes: the dataset's label names (default ``dataset.classes`` or
+            ``dataset.categories``).
+        mean, std: per-channel normalisation of ``image`` (default: unchanged).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[dict[str, Any]],
+        classes: Sequence[str],
+        source_classes: Sequence[str] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        from vitp_geo.io.annotations import class_index
+
+        names = source_classes or getattr(dataset, "classes", None) or getattr(dataset, "categories", None)
+        if names is None:
+            raise ValueError(f"{type(dataset).__name__} has no 'classes' / 'categories': give source_classes")
+        index = class_index(list(classes))
+        self.lookup = torch.tensor([index.get(str(n).lower(), -1) for n in names], dtype=torch.int64)
+        if not bool((self.lookup >= 0).any()):
+            raise ValueError(
+                f"none of {list(classes)} is a class of {type(dataset).__name__} ({list(names)})"
+            )
+        self.dataset, self.classes = dataset, list(classes)
+        self.mean = torch.tensor(list(mean))[:, None, None] if mean is not None else None
+        self.std = torch.tensor(list(std))[:, None, None] if std is not None else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.dataset[index]
+        image = torch.as_tensor(s["image"]).float()
+        if self.mean is not None:
+            image = image - self.mean
+        if self.std is not None:
+            image = image / self.std
+        labels = (
+            torch.as_tensor(s["label"] if "label" in s else s.get("labels", torch.zeros(0)))
+            .long()
+            .reshape(-1)
+        )
+        if "bbox" in s:
+            quads = torch.as_tensor(s["bbox"]).float().reshape(-1, 4, 2)
+        else:
+            b = torch.as_tensor(s.get("bbox_xyxy", torch.zeros(0, 4))).float().reshape(-1, 4)
+            quads = torch.stack([b[:, 0], b[:, 1], b[:, 2], b[:, 1], b[:, 2], b[:, 3], b[:, 0], b[:, 3]], 1)
+            quads = quads.reshape(-1, 4, 2)
+        if len(labels) != len(quads):
+            raise ValueError(f"sample {index}: {len(labels)} labels for {len(quads)} boxes")
+        mapped = self.lookup[labels] if len(labels) else labels
+        keep = mapped >= 0
+        quads = quads[keep]
+        return {
+            "image": image,
+            "bbox_xyxy": torch.cat([quads.amin(1), quads.amax(1)], 1) if len(quads) else torch.zeros(0, 4),
+            "bbox_xyxyxyxy": quads.reshape(-1, 8),
+            "label": mapped[keep],
+        }

@@ -1,0 +1,119 @@
+"""GeoTIFF + vector detection datamodule: oriented ground truth from the synthetic buildings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+import shapely
+import torch
+
+from datamodules.detection import GeoTiffDetectionDataModule, detection_collate
+from datamodules.synthetic_geotiff import write_synthetic_detection
+from vitp_geo.models.detection.obb import poly_to_obb
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    return write_synthetic_detection(tmp_path_factory.mktemp("det"), n_scenes=2, size=448, seed=4)
+
+
+def test_tiles_hold_the_buildings_as_exact_oriented_boxes(folders) -> None:  # noqa: ANN001
+    dm = GeoTiffDetectionDataModule(
+        str(folders.images),
+        str(folders.vectors),
+        classes=["building"],
+        patch_size=112,
+        flips=False,
+        length=10,
+    )
+    dm.setup("fit")
+    assert dm.classes == ["building"]
+    scene = dm.scenes[0]  # type: ignore[index]
+    frame = gpd.read_file(Path(folders.vectors) / "scene_0_objects.gpkg")
+    with rasterio.open(scene.path) as src:
+        inv = ~src.transform
+    truth = [
+        shapely.affinity.affine_transform(g, [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
+        for g, c in zip(frame.geometry, frame["class_name"], strict=True)
+        if c == "building"
+    ]
+    checked = 0
+    for k, (si, row, col) in enumerate(dm.val_dataset.tiles):
+        if si != 0:
+            continue
+        s = dm.val_dataset[k]
+        assert s["image"].shape == (3, 112, 112) and s["image"].dtype == torch.float32
+        assert s["bbox_xyxyxyxy"].shape[0] == s["bbox_xyxy"].shape[0] == s["label"].shape[0]
+        for quad in s["bbox_xyxyxyxy"]:
+            pts = quad.reshape(4, 2).numpy() + [col, row]
+            poly = shapely.Polygon(pts)
+            inside = [t for t in truth if t.within(shapely.box(col, row, col + 112, row + 112))]
+            for t in inside:
+                if t.intersection(poly).area / t.union(poly).area > 0.99:  # a whole building: exact
+                    checked += 1
+    assert checked >= 1
+    # (N, 8) corners → normalised oriented boxes, the detector's targets
+    obb = poly_to_obb(dm.val_dataset[0]["bbox_xyxyxyxy"].reshape(-1, 8))
+    assert (obb[:, 2] >= obb[:, 3]).all()
+
+
+def test_splits_are_disjoint_and_empty_tiles_collate(folders) -> None:  # noqa: ANN001
+    dm = GeoTiffDetectionDataModule(
+        str(folders.images), str(folders.vectors), classes=["building"], patch_size=112
+    )
+    dm.setup("fit")
+    for si, _row, col in dm.train_dataset.tiles:
+        cut = dm._split(dm.scenes[si])  # type: ignore[index]
+        assert col + 112 <= cut
+    assert all(col >= dm._split(dm.scenes[si]) for si, _, col in dm.val_dataset.tiles)  # type: ignore[index]
+    empty = {
+        "image": torch.zeros(3, 112, 112),
+        "bbox_xyxy": torch.zeros(0, 4),
+        "bbox_xyxyxyxy": torch.zeros(0, 8),
+    }
+    empty["label"] = torch.zeros(0, dtype=torch.int64)
+    batch = detection_collate([dm.train_dataset[0], empty])
+    assert batch["image"].shape == (2, 3, 112, 112)
+    assert isinstance(batch["bbox_xyxy"], list) and batch["bbox_xyxy"][1].shape == (0, 4)
+
+
+def test_unknown_classes_are_left_out_and_bad_input_is_named(folders, tmp_path) -> None:  # noqa: ANN001
+    dm = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), patch_size=112)
+    dm.setup("fit")
+    assert "building" in dm.classes  # type: ignore[operator]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        GeoTiffDetectionDataModule(str(tmp_path / "nope"), str(folders.vectors))
+    small = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), patch_size=400)
+    with pytest.raises(ValueError, match="too small"):
+        small.setup("fit")
+
+
+def test_torchgeo_datasets_map_classes_by_name() -> None:
+    from torchgeo.datasets import DOTA, VHR10
+
+    from datamodules.detection import TorchGeoDetection
+
+    class FakeDota(torch.utils.data.Dataset):  # what torchgeo 0.8.1's DOTA.__getitem__ returns
+        classes = DOTA.classes
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int) -> dict:
+            quads = torch.tensor([[0, 0, 10, 0, 10, 5, 0, 5], [20, 20, 30, 22, 29, 27, 19, 25.0]])
+            labels = torch.tensor([DOTA.classes.index("plane"), DOTA.classes.index("helipad")])
+            return {"image": torch.full((3, 32, 32), 255.0), "bbox": quads, "labels": labels}
+
+    ds = TorchGeoDetection(FakeDota(), ["Helipad", "small-vehicle", "plane"], mean=[255.0] * 3, std=[2.0] * 3)
+    s = ds[0]
+    assert s["label"].tolist() == [2, 0]  # by name, whatever torchgeo's order
+    assert s["bbox_xyxy"][1].tolist() == [19, 20, 30, 27] and float(s["image"].abs().max()) == 0
+    only_plane = TorchGeoDetection(FakeDota(), ["plane"])[0]  # a v1.0-style list: helipad dropped
+    assert only_plane["label"].tolist() == [0] and only_plane["bbox_xyxyxyxy"].shape == (1, 8)
+    vhr = TorchGeoDetection(FakeDota(), ["vehicle", "ships"], source_classes=VHR10.categories)
+    assert vhr.lookup[VHR10.categories.index("ships")] == 1 and vhr.lookup[0] == -1  # background
+    with pytest.raises(ValueError, match="none of"):
+        TorchGeoDetection(FakeDota(), ["cat"])
