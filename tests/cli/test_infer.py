@@ -238,3 +238,16 @@ def test_a_scene_of_another_value_type_than_a_raw_band_model_is_refused(
     assert not (tmp_path / "a").exists()
     write_geotiff(tmp_path / "u8.tif", scene.image, scene.transform, scene.crs)  # the trained type runs
     assert _infer(tmp_path / "u8.tif", raw_ckpt, tmp_path / "b") == 0
+
+
+def test_help_and_argument_errors_do_not_import_torch() -> None:
+    """``vitp-geo infer --help`` answers at once: torch, rasterio and the engine load when a run starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from vitp_geo.cli.main import build_parser; build_parser('infer'); "
+        "print(sorted(m for m in ('torch', 'rasterio', 'geopandas', 'torchgeo') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -9,16 +9,19 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
-from vitp_geo.io.raster import RenderRule, open_raster
-from vitp_geo.io.styles import ClassStyle
 from vitp_geo.tiling.blending import BlendMode
-from vitp_geo.tiling.distributed import RankInfo, env_rank_info, spawn_ranks
-from vitp_geo.tiling.engine import EngineConfig, InferenceSummary, SegmentationOutputs, segment_scene
+
+# torch, rasterio, geopandas and the engine are imported when a run starts, so that
+# `vitp-geo infer --help` and argument errors answer at once.
+if TYPE_CHECKING:
+    import torch
+
+    from vitp_geo.io.model_card import ModelCard
+    from vitp_geo.tiling.distributed import RankInfo
+    from vitp_geo.tiling.engine import InferenceSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -91,12 +94,18 @@ class ModulePredictor:
         self.module, self.device = module.to(device).eval(), device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         with torch.inference_mode():
             return self.module(x.to(self.device, non_blocking=True)).float().cpu()
 
 
 def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
+    import torch
+
+    from vitp_geo.io.styles import ClassStyle
     from vitp_geo.tasks.loading import load_inference_model
+    from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
 
     ckpt: Path = opts["checkpoint"]
     module, card = load_inference_model(ckpt)
@@ -112,33 +121,10 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         scenes.append(opts["after"])
     elif opts["after"] is not None:
         raise ValueError(f"--after is only for change models; {ckpt} is a {card.task} model")
-    channels = len(card.bands)
-    bands = opts["bands"] or tuple(card.bands)
-    # Models trained on raw band values (our GeoTIFF / folder datamodules) get raw bands; other
-    # 3-channel models read the documented render rule.
-    raw_input = channels != 3 or bool(card.render.get("raw", False))
-    if raw_input and len(bands) != channels:
-        raise ValueError(f"{ckpt} takes {channels} band(s) {card.bands}, --bands gives {len(bands)}")
-    render = {k: v for k, v in card.render.items() if k in ("percentiles", "sar_db")}
-    if "percentiles" in render:
-        render["percentiles"] = tuple(render["percentiles"])
-    rule = RenderRule(bands=bands, **render)
-    for path in scenes:  # a clear band-count error before any work
-        with open_raster(path) as src:
-            count = src.count
-            dtypes = [src.dtypes[b - 1] for b in bands if b <= count]
-        if max(bands) > count:
-            raise ValueError(
-                f"{path} has {count} band(s) but the checkpoint {ckpt.name} reads bands {list(bands)} "
-                "(pick others with --bands)"
-            )
-        trained = card.render.get("dtype") if raw_input else None
-        if trained is not None and any(d != trained for d in dtypes):
-            raise ValueError(
-                f"{path} holds {'/'.join(sorted(set(dtypes)))} band values but {ckpt.name} was trained on raw "
-                f"{trained} values, so its scores would be meaningless; convert the scene to {trained} "
-                "(gdal_translate -ot ... -scale) or fine-tune on this data type"
-            )
+    bands = card.scene_bands(opts["bands"], str(ckpt))
+    rule = card.render_rule(bands)
+    for path in scenes:  # a clear band-count or value-type error before any work
+        card.check_scene(path, bands, ckpt.name)
     if torch.cuda.is_available():
         device = torch.device("cuda", rank.rank % torch.cuda.device_count())
     else:
@@ -168,15 +154,16 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         mean=card.mean,
         std=card.std,
         config=cfg,
-        raw_input=raw_input,
+        raw_input=card.raw_input,
         resume=opts["resume"],
         model_id=f"{ckpt.resolve()}:{st.st_size}:{st.st_mtime_ns}",
         rank=rank,
     )
 
 
-def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: Any, rank: RankInfo) -> None:
+def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCard, rank: RankInfo) -> None:
     """A detection checkpoint: windows → merged oriented polygons → styled GeoPackage."""
+    from vitp_geo.io.styles import ClassStyle
     from vitp_geo.tiling.detection_outputs import DetectionRunConfig, detect_scene_to_vector
 
     ckpt: Path = opts["checkpoint"]
@@ -187,27 +174,17 @@ def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: Any, ran
     for flag in ("out", "after", "probabilities"):
         if opts[flag] is not None:
             raise ValueError(f"--{flag} is not for detection models ({ckpt} writes --vector only)")
-    bands = opts["bands"] or tuple(card.bands)
-    raw_input = len(card.bands) != 3 or bool(card.render.get("raw", False))
-    if raw_input and len(bands) != len(card.bands):
-        raise ValueError(f"{ckpt} takes {len(card.bands)} band(s) {card.bands}, --bands gives {len(bands)}")
-    with open_raster(opts["scene"]) as src:
-        if max(bands) > src.count:
-            raise ValueError(
-                f"{opts['scene']} has {src.count} band(s) but {ckpt.name} reads bands {list(bands)}"
-            )
-    render = {k: v for k, v in card.render.items() if k in ("percentiles", "sar_db")}
-    if "percentiles" in render:
-        render["percentiles"] = tuple(render["percentiles"])
+    bands = card.scene_bands(opts["bands"], str(ckpt))
+    card.check_scene(opts["scene"], bands, ckpt.name)
     frame = detect_scene_to_vector(
         opts["scene"],
         module,
         ClassStyle(card.class_names, card.class_colors),
         opts["vector"],
-        rule=RenderRule(bands=bands, **render),
+        rule=card.render_rule(bands),
         mean=card.mean,
         std=card.std,
-        raw_input=raw_input,
+        raw_input=card.raw_input,
         config=DetectionRunConfig(
             tile_size=card.tile_size if opts["tile_size"] is None else opts["tile_size"],
             overlap=opts["overlap"],
@@ -274,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
+    from vitp_geo.tiling.distributed import RankInfo, env_rank_info, spawn_ranks
+
     env = env_rank_info()  # launched by torchrun
     if env is not None:
         _spawned(opts, env)
@@ -284,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_medical(scene: Path, out: Path) -> bool:
+def _is_medical(scene: Path, out: Path | None) -> bool:
     """NIfTI / DICOM input (a file, or a folder of DICOM slices) or a NIfTI output: the volume path."""
-    names = (scene.name.lower(), out.name.lower())
+    names = [scene.name.lower()] + ([out.name.lower()] if out is not None else [])
     return scene.is_dir() or any(n.endswith((".nii", ".nii.gz", ".dcm")) for n in names)
 
 
