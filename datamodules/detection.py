@@ -47,6 +47,8 @@ def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in BOX_KEYS:
         if all(key in s for s in samples):
             batch[key] = [torch.as_tensor(s[key]) for s in samples]
+    if all("image_id" in s for s in samples):  # file stems: DOTA Task1 result lines name them
+        batch["image_id"] = [str(s["image_id"]) for s in samples]
     return batch
 
 
@@ -399,6 +401,7 @@ class _ImageFileDataset(Dataset[dict[str, Any]]):
             "bbox_xyxy": hbb,
             "bbox_xyxyxyxy": quads.reshape(-1, 8),
             "label": s["label"].long(),
+            "image_id": path.stem,
         }
         if "difficult" in s:
             out["difficult"] = s["difficult"].bool()

@@ -109,3 +109,37 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     assert "train_loss" in cli.trainer.callback_metrics and "val_map50" in cli.trainer.callback_metrics
     if written["box_type"] == "obb":
         assert "val_map50_hbb" in cli.trainer.callback_metrics
+
+
+@pytest.mark.slow
+def test_finetune_detection_writes_task1_files_that_evaluate_reads(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``finetune detection --task1-out``: DOTA server files for the test split, one per class, whose
+    lines name the split's images and read back through ``vitp-geo evaluate detection``."""
+    from vitp_geo.cli.main import main
+
+    cfg = yaml.safe_load((REPO / "vitp_geo" / "configs" / "finetune" / "detection" / "dotav2.yaml").read_text())
+    root = DATA / "dota" / "DOTA-v2.0"
+    cfg["data"]["init_args"].update(
+        root=str(root), num_workers=0, train_split="val", val_split="val", test_split="val"
+    )
+    cfg["model"]["init_args"].update(
+        backbone="vitp_tiny_patch14_112", img_size=112, fpn_channels=32, representation=64
+    )
+    cfg["trainer"] = dict(cfg["trainer"], precision="32-true", accelerator="cpu", devices=1)
+    config = tmp_path / "dota.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    t1 = tmp_path / "task1"
+    argv = ["finetune", "detection", "--config", str(config), "--output", str(tmp_path / "run")]
+    assert main([*argv, "--max-steps", "2", "--no-progress", "--task1-out", str(t1)]) == 0
+    classes = cfg["model"]["init_args"]["class_names"]
+    assert sorted(p.name for p in t1.iterdir()) == sorted(f"Task1_{c}.txt" for c in classes)
+    stems = {p.stem for p in (root / "val" / "images").iterdir()}
+    lines = [line.split() for p in t1.iterdir() for line in p.read_text().splitlines()]
+    assert all(parts[0] in stems and len(parts) == 10 for parts in lines)
+    summary = json.loads((tmp_path / "run" / "finetune_summary.json").read_text())
+    assert summary["task1"]["images"] == len(stems) and summary["task1"]["files"] == len(classes)
+    out = tmp_path / "metrics.json"
+    gt = root / "val" / "labelTxt"
+    assert main(["evaluate", "detection", "--gt", str(gt), "--pred", str(t1), "--format", "dota",
+                 "--metric", "voc07", "--out", str(out)]) == 0  # fmt: skip
+    assert 0.0 <= json.loads(out.read_text())["mAP"] <= 1.0

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vitp_geo.io.paths import refuse_existing_outputs
 from vitp_geo.io.strict_json import json_safe
 
 TASK_CLASSES = {
@@ -66,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in --output (model.ckpt, summary)"
+    )
+    p.add_argument(
+        "--task1-out",
+        type=Path,
+        default=None,
+        help="detection: also write DOTA Task1 result files (Task1_<class>.txt) for the test split here",
     )
 
 
@@ -197,6 +204,10 @@ def check_backbone_file(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     check_args(args)  # before anything is written
+    if args.task1_out is not None and args.task != "detection":
+        raise ValueError(f"--task1-out is for detection runs, not {args.task}")
+    if args.task1_out is not None:
+        refuse_existing_outputs({"--task1-out": args.task1_out}, args.overwrite)
     earlier = [n for n in FINETUNE_OUTPUTS if (out / n).exists()]
     if earlier and not args.overwrite:
         raise ValueError(
@@ -242,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
             source=source,
             save_last=args.save_last,
             score_start=args.config is None,  # the embedded run also scores the untrained model
+            task1_out=args.task1_out,
         )
     except ValueError:
         if created and not any(out.iterdir()):  # a refused config leaves no empty run folder behind
@@ -259,6 +271,7 @@ def fit(
     source: str = "config",
     save_last: bool = False,
     score_start: bool = False,
+    task1_out: Path | None = None,
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
 
@@ -315,7 +328,7 @@ def fit(
         Path(best).unlink(missing_ok=True)
         if not any(ckpt_dir.iterdir()):
             ckpt_dir.rmdir()
-    summary = {
+    summary: dict[str, Any] = {
         "task": task,
         "checkpoint": str(final),
         "monitor": monitor,
@@ -328,6 +341,14 @@ def fit(
     if case_scores is not None and trainer.is_global_zero:  # the model holds the best weights
         summary["dice"] = case_scores(model.model)
         summary["dice_start"] = dice_start
+    if task1_out is not None and trainer.is_global_zero:  # DOTA server submission files, best weights
+        from vitp_geo.io.annotations.dota import write_task_results
+        from vitp_geo.tasks.detection import predict_task_results
+
+        datamodule.setup("test")
+        preds = predict_task_results(model, datamodule.test_dataloader(), progress=progress)
+        files = write_task_results(task1_out, preds, list(model.class_names), task=1)
+        summary["task1"] = dict(folder=str(task1_out), images=len(preds), files=len(files))
     summary = json_safe(summary)
     write_summary(out / "finetune_summary.json", summary)
     return summary

@@ -283,3 +283,39 @@ def detection_scores(
     if box_type == BoxType.OBB:
         return {"map50": run(True), "map50_hbb": run(False)}
     return {"map50": run(False)}
+
+
+def predict_task_results(
+    task: ObjectDetectionTask, dataloader: Any, progress: bool = False
+) -> dict[str, dict[str, Tensor]]:
+    """Detections over ``dataloader`` keyed by image id, as ``write_task_results`` takes them.
+
+    Each value holds ``bbox_xyxyxyxy`` (N, 8) corners (oriented boxes through ``obb_to_poly``,
+    horizontal ones as their four corners), ``label`` (N,) and ``score`` (N,).
+
+    Raises:
+        ValueError: the batches carry no ``image_id`` (``DetectionFilesDataModule`` provides them).
+    """
+    from tqdm import tqdm
+
+    out: dict[str, dict[str, Tensor]] = {}
+    task.eval()
+    with torch.inference_mode():
+        for batch in tqdm(dataloader, desc="predict", disable=not progress, dynamic_ncols=True):
+            ids = batch.get("image_id")
+            if ids is None:
+                raise ValueError("the test split's samples have no image_id: Task1 files need image names")
+            preds = task.model(batch["image"].float().to(task.device))
+            for image_id, p in zip(ids, preds, strict=True):
+                boxes = p["boxes"].detach().float().cpu()
+                if boxes.shape[-1] == 5:
+                    corners = obb_to_poly(boxes).reshape(-1, 8)
+                else:
+                    x1, y1, x2, y2 = boxes.reshape(-1, 4).unbind(1)
+                    corners = torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1)
+                out[str(image_id)] = {
+                    "bbox_xyxyxyxy": corners,
+                    "label": p["labels"].detach().cpu().long(),
+                    "score": p["scores"].detach().cpu().float(),
+                }
+    return out
