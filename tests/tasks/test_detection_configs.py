@@ -117,7 +117,9 @@ def test_finetune_detection_writes_task1_files_that_evaluate_reads(tmp_path: Pat
     lines name the split's images and read back through ``vitp-geo evaluate detection``."""
     from vitp_geo.cli.main import main
 
-    cfg = yaml.safe_load((REPO / "vitp_geo" / "configs" / "finetune" / "detection" / "dotav2.yaml").read_text())
+    cfg = yaml.safe_load(
+        (REPO / "vitp_geo" / "configs" / "finetune" / "detection" / "dotav2.yaml").read_text()
+    )
     root = DATA / "dota" / "DOTA-v2.0"
     cfg["data"]["init_args"].update(
         root=str(root), num_workers=0, train_split="val", val_split="val", test_split="val"
