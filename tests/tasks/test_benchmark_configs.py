@@ -20,6 +20,7 @@ import yaml
 
 from datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
 from vitp_geo.cli import finetune
+from vitp_geo.tasks import run as finetune_run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune"
 TORCHGEO_LAYOUT_CONFIGS = {
@@ -53,7 +54,7 @@ def test_shipped_config_trains_on_the_torchgeo_layout(name: str, torchgeo_layout
     config = fill_root(shipped, torchgeo_layouts[name], tmp_path / f"{name}.yaml")
     args = _args(task, config, tmp_path / "run")
     finetune.check_args(args)
-    cfg = finetune.apply_overrides(finetune.load_config(args.config), args)
+    cfg = finetune.apply_overrides(finetune_run.load_config(args.config), args)
     written = yaml.safe_load(shipped.read_text())
     assert cfg["data"] == {
         **written["data"],
@@ -62,7 +63,7 @@ def test_shipped_config_trains_on_the_torchgeo_layout(name: str, torchgeo_layout
     # test-only: one step on the CPU, and a backbone that fits it (module doc)
     cfg["trainer"].update(fast_dev_run=True, accelerator="cpu", devices=1, precision="32-true")
     cfg["model"]["init_args"].update(backbone="vitp_tiny_patch14_112", head_channels=16)
-    summary = finetune.fit(cfg, task, args.output, progress=False, source=str(config))
+    summary = finetune_run.fit(cfg, task, args.output, progress=False, source=str(config))
 
     card = torch.load(args.output / "model.ckpt", map_location="cpu", weights_only=True)["vitp_geo_card"]
     model = written["model"]["init_args"]

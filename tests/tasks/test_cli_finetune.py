@@ -86,7 +86,7 @@ def test_config_typo_is_a_clear_error_naming_the_file_and_key(tmp_path, capsys) 
 
 
 def test_diverged_training_writes_no_model_ckpt(tmp_path, capsys) -> None:  # noqa: ANN001
-    from vitp_geo.cli.finetune import default_config, fit
+    from vitp_geo.tasks.run import default_config, fit
 
     cfg = default_config("segmentation", tmp_path / "data")
     cfg["model"]["init_args"].update(lr=float("inf"), warmup_steps=0)  # one step makes every weight NaN
@@ -99,7 +99,7 @@ def test_diverged_training_writes_no_model_ckpt(tmp_path, capsys) -> None:  # no
 
 
 def test_summary_is_strict_json_with_null_for_nan(tmp_path) -> None:  # noqa: ANN001
-    from vitp_geo.cli.finetune import print_summary, write_summary
+    from vitp_geo.tasks.run import print_summary, write_summary
 
     summary = {
         "task": "change",
@@ -128,7 +128,7 @@ def test_config_run_does_not_print_lightningclis_args_warning(tmp_path, monkeypa
     import sys
     import warnings
 
-    from vitp_geo.cli.finetune import build_cli, default_config
+    from vitp_geo.tasks.run import build_cli, default_config
 
     # As under `vitp-geo finetune ... --config x.yaml`: sys.argv holds our own command line.
     monkeypatch.setattr(sys, "argv", ["vitp-geo", "finetune", "segmentation", "--config", "x.yaml"])
@@ -146,8 +146,8 @@ def test_config_run_does_not_print_lightningclis_args_warning(tmp_path, monkeypa
 def test_save_last_keeps_a_resumable_full_checkpoint_apart(tmp_path) -> None:  # noqa: ANN001
     from lightning import Callback, Trainer
 
-    from vitp_geo.cli.finetune import default_config, fit
     from vitp_geo.tasks import SegmentationTask
+    from vitp_geo.tasks.run import default_config, fit
 
     cfg = default_config("segmentation", tmp_path / "data")
     cfg["trainer"].update(max_steps=1, max_epochs=1, limit_val_batches=1, enable_model_summary=False)
@@ -156,7 +156,7 @@ def test_save_last_keeps_a_resumable_full_checkpoint_apart(tmp_path) -> None:  #
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["optimizer_states"] and last["lr_schedulers"] and last["global_step"] == 1
     assert "optimizer_states" not in torch.load(tmp_path / "model.ckpt", weights_only=True)
-    from vitp_geo.cli.finetune import build_cli
+    from vitp_geo.tasks.run import build_cli
 
     cfg["trainer"].update(max_steps=2, max_epochs=3, logger=False, enable_progress_bar=False)
     cfg["trainer"]["default_root_dir"] = str(tmp_path / "resume")

@@ -12,22 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import time
 from pathlib import Path
 from typing import Any
 
+from vitp_geo.io.model_card import TASK_KINDS
 from vitp_geo.io.paths import refuse_existing_outputs
-from vitp_geo.io.strict_json import json_safe
-
-TASK_CLASSES = {
-    "segmentation": "vitp_geo.tasks.SegmentationTask",
-    "change": "vitp_geo.tasks.ChangeDetectionTask",
-    "detection": "vitp_geo.tasks.detection.ObjectDetectionTask",
-}
-# What a finished (or --save-last) run leaves in --output: a new run there needs --overwrite.
-FINETUNE_OUTPUTS = ("model.ckpt", "finetune_summary.json", "checkpoints/last.ckpt")
-MONITOR = {"segmentation": "val_mIoU", "change": "val_F1", "detection": "val_map50"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="fine-tune the backbone for segmentation, change detection or object detection",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("task", choices=sorted(TASK_CLASSES), help=", ".join(sorted(TASK_CLASSES)))
+    p.add_argument("task", choices=sorted(TASK_KINDS), help=", ".join(sorted(TASK_KINDS)))
     p.add_argument("--config", type=Path, help="LightningCLI YAML (default: embedded run on generated data)")
     p.add_argument(
         "--domain",
@@ -76,82 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
 
 
-def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """The embedded run: a tiny ViTP backbone on generated scenes (writes them into ``data_dir``)."""
-    from datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
-    from vitp_geo.synthetic import CLASS_COLORS, CLASS_NAMES
-
-    if task == "detection":
-        from vitp_geo.cli.finetune_detection import detection_default_config
-
-        return detection_default_config(data_dir, seed)
-
-    model: dict[str, Any] = dict(
-        backbone="vitp_tiny_patch14_112",
-        img_size=112,
-        neck="sfp",
-        head="upernet",
-        head_channels=64,
-        lr=1e-3,
-        weight_decay=0.05,
-        layer_decay=0.9,
-        warmup_steps=10,
-        schedule="poly",
-        drop_path_rate=0.0,
-    )
-    common = dict(patch_size=112, batch_size=8, length=96, val_fraction=0.25, seed=seed)
-    if task == "segmentation":
-        folders = write_synthetic_segmentation(data_dir, n_scenes=3, size=336, seed=seed)
-        model.update(
-            num_classes=len(CLASS_NAMES),
-            class_names=list(CLASS_NAMES),
-            class_colors=[list(c) for c in CLASS_COLORS],
-            # Buildings cover a few % of the pixels: with CE alone their IoU stays 0 at this budget;
-            # CE + Dice reaches mIoU 0.80 / building IoU 0.62 in 20 epochs (~1 min on 2 cores).
-            loss="ce+dice",
-        )
-        data = {
-            "class_path": "datamodules.geotiff.GeoTiffSegmentationDataModule",
-            "init_args": dict(images=str(folders.images), labels=str(folders.labels), **common),
-        }
-    else:
-        folders = write_synthetic_change(data_dir, n_pairs=3, size=336, seed=seed)
-        model.update(class_weights=[1.0, 3.0])
-        data = {
-            "class_path": "datamodules.geotiff.GeoTiffChangeDataModule",
-            "init_args": dict(
-                before=str(folders.images), after=str(folders.after), labels=str(folders.labels), **common
-            ),
-        }
-    return {
-        "seed_everything": seed,
-        "trainer": {
-            "max_epochs": 20 if task == "segmentation" else 10,
-            "accelerator": "cpu",
-            "log_every_n_steps": 4,
-        },
-        "model": {"class_path": TASK_CLASSES[task], "init_args": model},
-        "data": data,
-    }
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """A LightningCLI YAML as a dict (errors name the file)."""
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(cfg, dict) or "model" not in cfg or "data" not in cfg:
-        raise ValueError(f"{path}: a finetune config needs 'model' and 'data' sections")
-    if "FILL_ME" in json.dumps(cfg.get("data")):
-        raise ValueError(f"{path}: set the dataset root (data.init_args.root is FILL_ME)")
-    return cfg
-
-
 def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Command-line overrides on a config dict (returns a new dict)."""
     cfg = copy.deepcopy(cfg)
@@ -180,6 +93,8 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values before anything is written (errors name the flag and the value)."""
+    from vitp_geo.tasks.run import check_backbone_file
+
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     for flag, value in (("--max-steps", args.max_steps), ("--max-epochs", args.max_epochs)):
@@ -189,19 +104,17 @@ def check_args(args: argparse.Namespace) -> None:
         check_backbone_file(args.backbone)
 
 
-def check_backbone_file(path: Path) -> None:
-    """The backbone weights exist, are readable and finite (a NaN backbone trains a NaN model)."""
-    from vitp_geo.models.vit import check_finite_weights, read_state_dict
-
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone not found: {path}")
-    from vitp_geo.tasks.backbone import refuse_finetuned_checkpoint
-
-    refuse_finetuned_checkpoint(path)  # a fine-tuned model.ckpt (any task) is not a backbone
-    check_finite_weights(read_state_dict(path), path)
-
-
 def run(args: argparse.Namespace) -> int:
+    from vitp_geo.tasks.run import (  # the library does the work; this module parses and wires
+        FINETUNE_OUTPUTS,
+        TASK_CLASSES,
+        check_backbone_file,
+        default_config,
+        fit,
+        load_config,
+        print_summary,
+    )
+
     out: Path = args.output
     check_args(args)  # before anything is written
     if args.task1_out is not None and args.task != "detection":
@@ -261,182 +174,3 @@ def run(args: argparse.Namespace) -> int:
         raise
     print_summary(summary)
     return 0
-
-
-def fit(
-    cfg: dict[str, Any],
-    task: str,
-    out: Path,
-    progress: bool = True,
-    source: str = "config",
-    save_last: bool = False,
-    score_start: bool = False,
-    task1_out: Path | None = None,
-) -> dict[str, Any]:
-    """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
-
-    Datamodules with a ``case_scores(network)`` method (the medical ones) also score whole
-    validation cases (per-case Dice) with the best weights, and with ``score_start`` once before
-    training too.
-
-    ``<out>/model.ckpt`` holds the best weights, hyper-parameters and model card, no optimizer
-    state; with ``save_last``, ``<out>/checkpoints/last.ckpt`` keeps the full training state of
-    the last step (Lightning's ``ckpt_path`` resumes from it).
-    """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from vitp_geo.models.vit import check_finite_weights
-    from vitp_geo.tasks.loading import write_weights_checkpoint
-
-    ckpt_dir = out / "checkpoints"
-    monitor = MONITOR[task]
-    # The best weights only (no optimizer state: a paper-size run's full state is ~3x the weights).
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_weights_only=True
-    )
-    callbacks: list[Any] = [checkpoint]
-    if save_last:  # the full, resumable state of the last step: optional, and in its own file
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True))
-    trainer_cfg = cfg.setdefault("trainer", {})
-    trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress
-    start = time.time()
-    cli = build_cli(cfg, callbacks, out, source)
-    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    # Medical datamodules also score whole validation volumes per case (Dice), before and after.
-    case_scores = getattr(datamodule, "case_scores", None)
-    case_scores = case_scores if callable(case_scores) else None
-    dice_start = None
-    if case_scores is not None and score_start:
-        datamodule.setup("validate")
-        dice_start = case_scores(model.model)
-    trainer.fit(model, datamodule=datamodule)
-    best = checkpoint.best_model_path
-    if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
-        best = str(ckpt_dir / "final.ckpt")
-        trainer.save_checkpoint(best, weights_only=True)
-    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    final = out / "model.ckpt"
-    try:  # the model now holds the best checkpoint's weights
-        check_finite_weights(model.state_dict(), best)
-    except ValueError as err:
-        raise RuntimeError(
-            f"training diverged: {err}; {final} not written (lower the learning rate, check the data)"
-        ) from err
-    write_weights_checkpoint(best, final)
-    if Path(best).parent == ckpt_dir:  # model.ckpt holds the same weights: no second copy
-        Path(best).unlink(missing_ok=True)
-        if not any(ckpt_dir.iterdir()):
-            ckpt_dir.rmdir()
-    summary: dict[str, Any] = {
-        "task": task,
-        "checkpoint": str(final),
-        "monitor": monitor,
-        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
-        "validation": metrics,
-        "steps": int(trainer.global_step),
-        "epochs": int(trainer.current_epoch),
-        "seconds": round(time.time() - start, 1),
-    }
-    if case_scores is not None and trainer.is_global_zero:  # the model holds the best weights
-        summary["dice"] = case_scores(model.model)
-        summary["dice_start"] = dice_start
-    if task1_out is not None and trainer.is_global_zero:  # DOTA server submission files, best weights
-        from vitp_geo.io.annotations.dota import write_task_results
-        from vitp_geo.tasks.detection import predict_task_results
-
-        datamodule.setup("test")
-        preds = predict_task_results(model, datamodule.test_dataloader(), progress=progress)
-        files = write_task_results(task1_out, preds, list(model.class_names), task=1)
-        summary["task1"] = dict(folder=str(task1_out), images=len(preds), files=len(files))
-    summary = json_safe(summary)
-    write_summary(out / "finetune_summary.json", summary)
-    return summary
-
-
-# LightningCLI warns when ``args`` is given while ``sys.argv`` holds arguments, and prints the
-# whole config dict in the warning. Here ``sys.argv`` is the ``vitp-geo`` command line, which we
-# parsed ourselves: the warning is always a false alarm.
-_ARGS_AND_ARGV_WARNING = r"LightningCLI's args parameter is intended to run from within Python"
-
-
-def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
-    """Instantiate trainer, model and datamodule from ``cfg`` through LightningCLI (``run=False``).
-
-    Raises:
-        ValueError: unknown or mistyped config keys (names ``source`` and the key).
-    """
-    import warnings
-    from argparse import ArgumentError
-
-    from lightning.pytorch.cli import LightningCLI
-
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_ARGS_AND_ARGV_WARNING, category=UserWarning)
-            return LightningCLI(
-                args=cfg,
-                run=False,
-                save_config_callback=None,
-                trainer_defaults={
-                    "callbacks": callbacks,
-                    "logger": {
-                        "class_path": "lightning.pytorch.loggers.CSVLogger",
-                        "init_args": {"save_dir": str(out)},
-                    },
-                },
-                parser_kwargs={"exit_on_error": False},
-            )
-    except (ArgumentError, KeyError, ValueError, TypeError) as err:  # jsonargparse: keys, values, __init__
-        raise ValueError(f"{source}: {concise_config_error(err)}") from err
-
-
-def concise_config_error(err: BaseException) -> str:
-    """The cause behind jsonargparse's "Does not validate against any of the Union subtypes" (and its
-    dump of the whole section), with the section it concerns:
-    ``invalid configuration (model section): <cause>``."""
-    msg = str(err)
-    if "Errors:" not in msg:
-        return f"invalid configuration: {msg}"
-    causes: list[str] = []
-    item_indent = None
-    for line in msg.splitlines():
-        text, indent = line.strip(), len(line) - len(line.lstrip())
-        if text.startswith("- "):
-            item_indent = None
-            if not text.startswith("- Expected a <class"):
-                causes.append(text[2:])
-                item_indent = indent
-        elif item_indent is not None and indent > item_indent and text and causes:
-            causes[-1] += " " + text  # the cause's own lines, e.g. "Option 'num_clases' is not accepted"
-        else:
-            item_indent = None
-    section = "model" if "LightningModule" in msg else "data" if "LightningDataModule" in msg else "config"
-    return f"invalid configuration ({section} section): {'; '.join(causes) or msg.splitlines()[0]}"
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> Path:
-    """Write the run summary as strict JSON (non-finite scores become null)."""
-    from vitp_geo.io.atomic import atomic_output
-
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    print(
-        f"\nfinetune {summary['task']}: {summary['steps']} steps, {summary['epochs']} epochs, {summary['seconds']} s"
-    )
-    print("validation (best checkpoint):")
-    for key, value in sorted(summary["validation"].items()):
-        print(f"  {key:<28} {'n/a' if value is None else f'{value:.4f}'}")
-    if summary.get("dice"):
-        from vitp_geo.medical.finetune import format_report
-
-        print(format_report(summary["dice"]))
-        start = (summary.get("dice_start") or {}).get("mean_dice")
-        end = summary["dice"]["mean_dice"]
-        if start is not None and end is not None:
-            print(f"  mean Dice before training {start:.4f} -> after {end:.4f}")
-    print(f"checkpoint: {summary['checkpoint']}  (vitp-geo infer reads its model card)")

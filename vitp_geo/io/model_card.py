@@ -14,6 +14,7 @@ from typing import Any
 from vitp_geo.io.raster import RenderRule, open_raster
 
 CARD_KEY = "vitp_geo_card"
+TASK_KINDS = ("segmentation", "change", "detection")  # what a card (and `vitp-geo finetune`) can be
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ModelCard:
     render: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in ("segmentation", "change", "detection"):
+        if self.task not in TASK_KINDS:
             raise ValueError(f"task must be segmentation, change or detection, got {self.task!r}")
         if len(self.class_colors) != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names but {len(self.class_colors)} colours")
