@@ -263,7 +263,8 @@ def check_earlier_run(cfg: PretrainConfig, output: Path) -> None:
 
 
 def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
-    from vitp_geo.models.vit import check_finite_weights, export_backbone
+    from vitp_geo.models.convert import check_finite_weights
+    from vitp_geo.models.vit import export_backbone
     from vitp_geo.pretrain.export import check_export_strategy, gather_vision_state
     from vitp_geo.vlm.template import tokenize_conversation
 

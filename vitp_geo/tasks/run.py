@@ -108,7 +108,7 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def check_backbone_file(path: Path) -> None:
     """The backbone weights exist, are readable and finite (a NaN backbone trains a NaN model)."""
-    from vitp_geo.models.vit import check_finite_weights, read_state_dict
+    from vitp_geo.models.convert import check_finite_weights, read_state_dict
 
     if not path.is_file():
         raise FileNotFoundError(f"backbone not found: {path}")
@@ -140,7 +140,7 @@ def fit(
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vitp_geo.models.vit import check_finite_weights
+    from vitp_geo.models.convert import check_finite_weights
     from vitp_geo.tasks.loading import write_weights_checkpoint
 
     ckpt_dir = out / "checkpoints"

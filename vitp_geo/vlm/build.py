@@ -17,18 +17,18 @@ from torch import Tensor
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 import vitp_geo.models  # noqa: F401  (registers the vitp_* timm models)
-from vitp_geo.models.vit import (
-    INTERN_LAYOUT_ARCH,
-    build_vision_tower,
+from vitp_geo.models.convert import (
     convert_internvit_state_dict,
-    create_vit,
+    internvl_vision_kwargs,
+    read_weights_file,
     resize_pos_embed,
 )
+from vitp_geo.models.vit import INTERN_LAYOUT_ARCH, build_vision_tower, create_vit
 from vitp_geo.vlm.model import ViTPConfig, ViTPModel, pick_attn_implementation
 from vitp_geo.vlm.projector import build_projector
 from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, load_tokenizer
 
-__all__ = ["build_llm", "build_tiny_vlm", "internvl_vision_kwargs", "load_internvl", "qwen2_0_5b_config"]
+__all__ = ["build_llm", "build_tiny_vlm", "load_internvl", "qwen2_0_5b_config"]
 
 # LLM config keys that describe how the original was run, not what it is.
 _RUNTIME_KEYS = {
@@ -161,35 +161,9 @@ def build_tiny_vlm(
 # InternVL release directories
 
 
-def internvl_vision_kwargs(vision_config: dict[str, Any], img_size: int) -> dict[str, Any]:
-    """timm ``model_kwargs`` (for ``vit_intern300m_patch14_448``) from InternVL's ``vision_config``."""
-    if vision_config.get("norm_type", "layer_norm") != "layer_norm" or vision_config.get(
-        "qk_normalization", False
-    ):
-        raise ValueError(
-            "only InternViT-300M-style vision towers (layer_norm, no qk_normalization) are supported, got "
-            f"norm_type={vision_config.get('norm_type')!r}, qk_normalization={vision_config.get('qk_normalization')}"
-        )
-    try:
-        hidden = int(vision_config["hidden_size"])
-        return dict(
-            img_size=img_size,
-            patch_size=int(vision_config["patch_size"]),
-            embed_dim=hidden,
-            depth=int(vision_config["num_hidden_layers"]),
-            num_heads=int(vision_config["num_attention_heads"]),
-            mlp_ratio=int(vision_config["intermediate_size"]) / hidden,
-            qkv_bias=bool(vision_config.get("qkv_bias", True)),
-            num_classes=0,
-        )
-    except KeyError as err:
-        raise ValueError(f"vision_config lacks {err.args[0]!r}") from err
-
-
 def _read_weights(model_dir: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
-    from vitp_geo.models.vit import read_weights_file
 
     index = model_dir / "model.safetensors.index.json"
     single = model_dir / "model.safetensors"
