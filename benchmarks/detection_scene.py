@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
 
+    from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.io.raster import RenderRule
-    from vitp_geo.io.styles import ClassStyle
     from vitp_geo.synthetic.scene import generate_scene, write_scene
     from vitp_geo.tasks import load_inference_model, save_tiny_checkpoint
     from vitp_geo.tiling.detection_outputs import DetectionRunConfig, ModuleDetector, detect_scene_to_vector

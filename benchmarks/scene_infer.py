@@ -100,7 +100,7 @@ def child(
     import torch
 
     torch.set_num_threads(2)
-    from vitp_geo.io.styles import ClassStyle
+    from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
     from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
 

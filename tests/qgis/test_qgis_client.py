@@ -11,7 +11,7 @@ import pyogrio
 import pytest
 import torch
 
-from vitp_geo.io.styles import ClassStyle
+from vitp_geo.io.qgis_styles import ClassStyle
 from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -104,7 +104,7 @@ def test_gpkg_style_comes_from_layer_styles_table(tmp_path: Path) -> None:
     import geopandas as gpd
     from shapely.geometry import box
 
-    from vitp_geo.io.styles import write_styled_gpkg
+    from vitp_geo.io.qgis_styles import write_styled_gpkg
 
     frame = gpd.GeoDataFrame(
         {

@@ -18,7 +18,7 @@ from toy_models import (
     write_test_scene,
 )
 
-from vitp_geo.io.styles import ClassStyle
+from vitp_geo.io.qgis_styles import ClassStyle
 from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
 from vitp_geo.tiling.distributed import RankInfo, spawn_ranks
 from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene, work_dir_for
@@ -206,7 +206,7 @@ def test_vector_sharing_the_probabilities_stem_keeps_its_style_apart(tmp_path: P
     write_test_scene(tmp_path / "scene.tif", (64, 64))
     outputs = SegmentationOutputs(tmp_path / "pred.tif", tmp_path / "probs.tif", tmp_path / "probs.gpkg")
     segment_scene(tmp_path / "scene.tif", PixelModel(), CLASSES, outputs, config=CFG)
-    from vitp_geo.io.styles import categorized_qml, gray_qml
+    from vitp_geo.io.qgis_styles import categorized_qml, gray_qml
 
     assert (tmp_path / "probs.qml").read_text() == gray_qml()  # QGIS loads it for probs.tif
     assert (tmp_path / "probs_vector.qml").read_text() == categorized_qml(CLASSES)

@@ -103,7 +103,7 @@ class ModulePredictor:
 def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
     import torch
 
-    from vitp_geo.io.styles import ClassStyle
+    from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.tasks.loading import load_inference_model
     from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
 
@@ -163,7 +163,7 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
 
 def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCard, rank: RankInfo) -> None:
     """A detection checkpoint: windows → merged oriented polygons → styled GeoPackage."""
-    from vitp_geo.io.styles import ClassStyle
+    from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.tiling.detection_outputs import DetectionRunConfig, detect_scene_to_vector
 
     ckpt: Path = opts["checkpoint"]

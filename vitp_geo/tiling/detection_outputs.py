@@ -2,7 +2,7 @@
 
 ``detect_scene_to_vector`` wraps ``tiling.detection.detect_scene`` (windows, cross-window merge
 in map coordinates) around a detection model on one device and writes the merged detections with
-``io.styles.write_styled_gpkg`` — one polygon layer (``class_id``, ``class_name``, ``score``,
+``io.qgis_styles.write_styled_gpkg`` — one polygon layer (``class_id``, ``class_name``, ``score``,
 ``area`` in CRS units²) in the scene CRS, its categorised QGIS style in ``layer_styles`` and a
 ``.qml`` beside it, exactly as segmentation polygons are styled. Written atomically.
 """
@@ -17,8 +17,8 @@ import geopandas as gpd
 import torch
 from torch import nn
 
+from vitp_geo.io.qgis_styles import ClassStyle, write_styled_gpkg
 from vitp_geo.io.raster import RenderRule
-from vitp_geo.io.styles import ClassStyle, write_styled_gpkg
 from vitp_geo.tiling.detection import detect_scene
 
 

@@ -40,8 +40,8 @@ from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.cog import raw_vrt, write_cog
 from vitp_geo.io.paths import check_output_paths
 from vitp_geo.io.polygonize import polygonize_rows
+from vitp_geo.io.qgis_styles import ClassStyle, qml_path, write_raster_qml, write_styled_gpkg
 from vitp_geo.io.raster import RasterReadError, RenderRule
-from vitp_geo.io.styles import ClassStyle, qml_path, write_raster_qml, write_styled_gpkg
 from vitp_geo.tiling.accumulator import FinalBlock, StripAccumulator
 from vitp_geo.tiling.blending import BlendMode, blend_weights
 from vitp_geo.tiling.distributed import RankInfo, broadcast_from_writer, gather_to_writer

@@ -12,7 +12,7 @@ import geopandas as gpd
 import pytest
 from shapely.geometry import box
 
-from vitp_geo.io.styles import ClassStyle, categorized_qml, paletted_qml, write_styled_gpkg
+from vitp_geo.io.qgis_styles import ClassStyle, categorized_qml, paletted_qml, write_styled_gpkg
 
 CLASSES = ClassStyle(["background", "building & roof"], [(0, 0, 0), (220, 20, 60)])
 
