@@ -14,6 +14,7 @@ boxes, so ``--min-score 0`` gives the merge a heavy load. Prints seconds and the
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.io.raster import RenderRule
     from vitp_geo.synthetic.scene import generate_scene, write_scene
-    from vitp_geo.tasks import load_inference_model, save_tiny_checkpoint
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny checkpoint writer
+    from tiny_checkpoints import save_tiny_checkpoint
+
+    from vitp_geo.tasks import load_inference_model
     from vitp_geo.tiling.detection_outputs import DetectionRunConfig, ModuleDetector, detect_scene_to_vector
     from vitp_geo.tiling.planner import plan_windows
     from vitp_geo.tiling.reader import SceneWindowReader

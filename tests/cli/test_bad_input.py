@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from tiny_checkpoints import save_tiny_segmentation_checkpoint
 
 from vitp_geo.cli.main import main
 from vitp_geo.io.raster import write_geotiff
 from vitp_geo.models.vit import export_backbone
 from vitp_geo.synthetic.scene import generate_scene, write_scene
-from vitp_geo.tasks.loading import save_tiny_segmentation_checkpoint
 
 INFER = ["infer", "{w}/scene.tif", "--checkpoint", "{w}/tiny.ckpt", "--no-progress"]
 FINETUNE = ["finetune", "segmentation", "--output", "{w}/run", "--no-progress"]

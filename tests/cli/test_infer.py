@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from tiny_checkpoints import (  # a plain import: a broken module fails these tests
+    save_tiny_checkpoint,
+    save_tiny_segmentation_checkpoint,
+)
 
-import vitp_geo.tasks.loading as loading  # a plain import: a broken module fails these tests
+import vitp_geo.tasks.loading as loading
 from vitp_geo.cli.main import main
 from vitp_geo.io.raster import write_geotiff
 from vitp_geo.synthetic.scene import generate_scene
@@ -21,7 +25,7 @@ TILE = 112
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    loading.save_tiny_segmentation_checkpoint(
+    save_tiny_segmentation_checkpoint(
         path, tile_size=TILE, mean=[120.0, 110.0, 100.0], std=[50.0, 45.0, 40.0]
     )
     return path
@@ -158,7 +162,7 @@ def test_complex_sar_with_rotated_grid_uses_the_db_rule(
 def test_change_model_reads_both_dates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vitp_geo.synthetic.scene import generate_change_pair, write_change_pair
 
-    ckpt = loading.save_tiny_checkpoint(tmp_path / "change.ckpt", task="change", tile_size=TILE)
+    ckpt = save_tiny_checkpoint(tmp_path / "change.ckpt", task="change", tile_size=TILE)
     before, after, _ = write_change_pair(generate_change_pair(4, TILE), tmp_path)
     assert _infer(before, ckpt, tmp_path) == 2  # the second date is required
     assert "--after" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def test_a_label_value_missing_from_dataset_json_names_the_file(tmp_path: Path) 
 def test_bad_infer_input_exits_2_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vitp_geo.tasks.loading import save_tiny_segmentation_checkpoint
+    from tiny_checkpoints import save_tiny_segmentation_checkpoint
 
     text = tmp_path / "notes.txt"
     text.write_text("not a volume\n")

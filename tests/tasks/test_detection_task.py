@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_checkpoints import save_tiny_checkpoint
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
 from vitp_geo.models.detection.rcnn import DetectionModel
-from vitp_geo.tasks import load_inference_model, save_tiny_checkpoint
+from vitp_geo.tasks import load_inference_model
 from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.detection import ObjectDetectionTask
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Trainer
+from tiny_checkpoints import save_tiny_checkpoint
 
 from datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule
 from vitp_geo.io.model_card import CARD_KEY
-from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference_model, save_tiny_checkpoint
+from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference_model
 from vitp_geo.tasks.loading import write_weights_checkpoint
 
 

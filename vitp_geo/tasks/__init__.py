@@ -7,17 +7,11 @@ models can and cannot take them).
 """
 
 from vitp_geo.tasks.change import ChangeDetectionTask
-from vitp_geo.tasks.loading import (
-    load_inference_model,
-    save_tiny_checkpoint,
-    save_tiny_segmentation_checkpoint,
-)
+from vitp_geo.tasks.loading import load_inference_model
 from vitp_geo.tasks.segmentation import SegmentationTask
 
 __all__ = [
     "ChangeDetectionTask",
     "SegmentationTask",
     "load_inference_model",
-    "save_tiny_checkpoint",
-    "save_tiny_segmentation_checkpoint",
 ]
