@@ -98,3 +98,25 @@ def test_freezing_options_and_schedule() -> None:
     assert lr_factor(55, 100, 10, "poly") == pytest.approx(0.5)
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+
+
+def test_one_vit_description_for_backbone_json_and_the_model_card(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from vitp_geo.models.vit import export_backbone
+
+    vit = _vit()
+    card = describe_backbone(vit)
+    _, meta = export_backbone(vit, tmp_path)
+    on_disk = json.loads(meta.read_text())
+    # same schema and the same shapes; backbone.json names the timm-native class of the tiny variant
+    assert set(card) == {"arch", "model_kwargs"} and card["model_kwargs"] == on_disk["model_kwargs"]
+    assert card["arch"] == "vitp_tiny_patch14_112" and on_disk["arch"] == "vit_intern300m_patch14_448"
+    for description in (card, {"arch": on_disk["arch"], "model_kwargs": on_disk["model_kwargs"]}):
+        again = rebuild_backbone(description)
+        assert {k: v.shape for k, v in again.state_dict().items()} == {
+            k: v.shape for k, v in vit.state_dict().items()
+        }
+    # model cards written before the one schema ({"name", "kwargs"}, img_size as [h, w]) still load
+    legacy = {"name": card["arch"], "kwargs": {**card["model_kwargs"], "img_size": [112, 112]}}
+    assert rebuild_backbone(legacy).patch_embed.grid_size == (8, 8)

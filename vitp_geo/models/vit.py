@@ -51,6 +51,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "create_vit",
     "convert_internvit_state_dict",
+    "describe_vit",
     "export_backbone",
     "load_backbone",
     "non_finite_keys",
@@ -304,6 +305,42 @@ def load_backbone(
     return model.eval()
 
 
+def describe_vit(vit: VisionTransformer, arch: str | None = None) -> dict[str, Any]:
+    """The one description of a ViT: ``{"arch": timm name, "model_kwargs": {...}}``, the schema of
+    ``backbone.json`` and of a model card's ``arch["backbone"]``, so that
+    ``timm.create_model(d["arch"], pretrained=False, **d["model_kwargs"])`` rebuilds its shapes.
+
+    Args:
+        vit: a timm ``VisionTransformer``.
+        arch: the timm name to record (default: the one it was created with).
+
+    Returns:
+        ``model_kwargs`` holds ``img_size`` (an int when square, else ``[h, w]``), ``patch_size``,
+        ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans`` and ``num_classes=0``.
+    """
+    if arch is None:
+        arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
+        if not arch:
+            raise ValueError("cannot describe a ViT that was not created through timm.create_model")
+    block0 = cast(Any, vit.blocks[0])
+    patch = int(cast(Any, vit.patch_embed).patch_size[0])
+    rows, cols = _grid(vit)
+    embed_dim = int(vit.embed_dim)
+    return {
+        "arch": str(arch),
+        "model_kwargs": {
+            "img_size": rows * patch if rows == cols else [rows * patch, cols * patch],
+            "patch_size": patch,
+            "embed_dim": embed_dim,
+            "depth": len(vit.blocks),
+            "num_heads": int(block0.attn.num_heads),
+            "mlp_ratio": block0.mlp.fc1.out_features / embed_dim,
+            "in_chans": int(cast(Any, vit.patch_embed).proj.in_channels),
+            "num_classes": 0,
+        },
+    }
+
+
 def export_backbone(
     vit: VisionTransformer, out_dir: str | Path, state: Mapping[str, torch.Tensor] | None = None
 ) -> tuple[Path, Path]:
@@ -340,24 +377,14 @@ def export_backbone(
         raise ValueError("export_backbone expects the InternViT layout (class token and layer-scale)")
     if not isinstance(vit.norm, torch.nn.Identity) or not isinstance(vit.head, torch.nn.Identity):
         raise ValueError("export_backbone expects no final norm and no classifier head (num_classes=0)")
-    block0 = cast(Any, vit.blocks[0])
-    patch = int(cast(Any, vit.patch_embed).patch_size[0])
+    described = describe_vit(vit, INTERN_LAYOUT_ARCH)  # timm-native: plain timm rebuilds it
+    model_kwargs = described["model_kwargs"]
+    patch = int(model_kwargs["patch_size"])
     img_size = _grid(vit)[0] * patch
-    embed_dim = int(vit.embed_dim)
-    depth = len(vit.blocks)
-    num_heads = int(block0.attn.num_heads)
-    mlp_ratio = block0.mlp.fc1.out_features / embed_dim
-    model_kwargs: dict[str, Any] = dict(
-        img_size=img_size,
-        patch_size=patch,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        num_classes=0,
-    )
+    embed_dim = int(model_kwargs["embed_dim"])
+    depth = int(model_kwargs["depth"])
     meta = {
-        "arch": INTERN_LAYOUT_ARCH,
+        "arch": described["arch"],
         "model_kwargs": model_kwargs,
         "img_size": img_size,
         "patch_size": patch,

@@ -25,8 +25,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import vitp_geo.models  # noqa: F401  (registers the vitp_* models with timm)
-from vitp_geo.models.pyramid import enable_dynamic_size, patch_size_of
-from vitp_geo.models.vit import load_backbone
+from vitp_geo.models.pyramid import enable_dynamic_size
+from vitp_geo.models.vit import describe_vit, load_backbone
 
 
 def adapt_patch_embed(vit: VisionTransformer, in_chans: int, rgb_channels: list[int] | None = None) -> None:
@@ -146,42 +146,28 @@ def _set_drop_path(vit: VisionTransformer, rate: float) -> None:
 
 
 def describe_backbone(vit: VisionTransformer) -> dict[str, Any]:
-    """What :func:`rebuild_backbone` needs to recreate ``vit`` (untrained) with the same shapes.
-
-    Returns:
-        ``{"name": timm architecture, "kwargs": {img_size, patch_size, embed_dim, depth,
-        num_heads, mlp_ratio, in_chans, num_classes}}`` — plain JSON types.
-    """
-    cfg = getattr(vit, "pretrained_cfg", None) or {}
-    name = cfg.get("architecture")
-    if not name:
-        raise ValueError("cannot describe a backbone that was not created through timm.create_model")
-    grid = vit.patch_embed.grid_size
-    patch = patch_size_of(vit)
-    embed_dim = int(vit.embed_dim)
-    first: Any = vit.blocks[0]
-    return {
-        "name": str(name),
-        "kwargs": {
-            "img_size": [int(grid[0] * patch), int(grid[1] * patch)],
-            "patch_size": patch,
-            "embed_dim": embed_dim,
-            "depth": len(vit.blocks),
-            "num_heads": int(first.attn.num_heads),
-            "mlp_ratio": first.mlp.fc1.out_features / embed_dim,
-            "in_chans": int(vit.patch_embed.proj.in_channels),
-            "num_classes": 0,
-        },
-    }
+    """What :func:`rebuild_backbone` needs to recreate ``vit`` (untrained) with the same shapes: the
+    one ViT description, ``models.vit.describe_vit`` (``{"arch", "model_kwargs"}``, the schema of
+    ``backbone.json``), stored in the model card's ``arch["backbone"]``."""
+    return describe_vit(vit)
 
 
 def rebuild_backbone(description: dict[str, Any]) -> VisionTransformer:
-    """An untrained ViT with the shapes of :func:`describe_backbone`'s output (weights come from a checkpoint)."""
+    """An untrained ViT with the shapes of :func:`describe_backbone`'s output (weights come from a checkpoint).
+
+    Also reads the ``{"name", "kwargs"}`` form that model cards written before the one schema hold.
+    """
     try:
-        name, kwargs = description["name"], dict(description["kwargs"])
+        if "arch" in description:
+            name, kwargs = description["arch"], dict(description["model_kwargs"])
+        else:
+            name, kwargs = description["name"], dict(description["kwargs"])
     except (KeyError, TypeError) as err:
-        raise ValueError(f"backbone description needs 'name' and 'kwargs', got {description!r}") from err
-    kwargs["img_size"] = tuple(kwargs["img_size"])
+        raise ValueError(
+            f"backbone description needs 'arch' and 'model_kwargs', got {description!r}"
+        ) from err
+    if isinstance(kwargs.get("img_size"), list):
+        kwargs["img_size"] = tuple(kwargs["img_size"])
     if name not in timm.list_models():
         raise ValueError(f"unknown backbone architecture {name!r} in the checkpoint")
     vit: Any = timm.create_model(name, pretrained=False, **kwargs)

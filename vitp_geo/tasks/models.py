@@ -4,7 +4,7 @@
 rebuild a model without the original backbone file::
 
     {"kind": "segmentation" | "change" | "detection",
-     "backbone": {"name": ..., "kwargs": {...}},       # see tasks.backbone.describe_backbone
+     "backbone": {"arch": ..., "model_kwargs": {...}},  # models.vit.describe_vit (backbone.json's schema)
      "neck": "sfp" | "adapter", "out_indices": [i0, i1, i2, i3],
      "head": "upernet" | "unet", "head_channels": 128,
      "num_classes": K, "in_channels": C,
