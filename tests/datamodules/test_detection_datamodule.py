@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import rasterio
 import shapely
@@ -117,3 +118,58 @@ def test_torchgeo_datasets_map_classes_by_name() -> None:
     assert vhr.lookup[VHR10.categories.index("ships")] == 1 and vhr.lookup[0] == -1  # background
     with pytest.raises(ValueError, match="none of"):
         TorchGeoDetection(FakeDota(), ["cat"])
+
+
+def _torchgeo_dota_layout(root: Path) -> list[list[tuple[list[float], str]]]:
+    """torchgeo 0.8.1's DOTA layout, as its class reads it: ``samples.csv`` (image_path,
+    annotation_path, split, version) + ``<split>/images/*.png`` + ``<split>/annotations/version<v>/*.txt``
+    (DOTA labelTxt lines, with the two header lines on one file). Returns the objects per image."""
+    import csv
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    objects = [
+        [([10, 12, 40, 14, 38, 30, 9, 28], "plane"), ([50, 50, 70, 52, 69, 66, 49, 64], "small-vehicle")],
+        [([5, 5, 25, 5, 25, 20, 5, 20], "helipad"), ([30, 40, 60, 42, 58, 60, 28, 58], "plane")],
+    ]
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "annotations" / "version2.0").mkdir(parents=True)
+    rows = []
+    for i, objs in enumerate(objects):
+        stem = f"P{i:04d}"
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(
+            root / "train" / "images" / f"{stem}.png"
+        )
+        header = "imagesource:GoogleEarth\ngsd:0.146\n" if i == 0 else ""
+        lines = "".join(f"{' '.join(str(v) for v in c)} {n} 0\n" for c, n in objs)
+        ann = root / "train" / "annotations" / "version2.0" / f"{stem}.txt"
+        ann.write_text(header + lines)
+        rows.append([f"train/images/{stem}.png", f"train/annotations/version2.0/{stem}.txt", "train", "2.0"])
+    with open(root / "samples.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_path", "annotation_path", "split", "version"])
+        w.writerows(rows)
+    return objects
+
+
+def test_torchgeo_dota_on_disk_maps_classes_by_name(tmp_path: Path) -> None:
+    """torchgeo's own DOTA loader over files in its on-disk layout, through TorchGeoDetection."""
+    from torchgeo.datasets import DOTA
+
+    from datamodules.detection import TorchGeoDetection
+
+    objects = _torchgeo_dota_layout(tmp_path)
+    dota = DOTA(root=tmp_path, split="train", version="2.0", bbox_orientation="oriented")
+    classes = ["helipad", "plane", "small-vehicle"]  # another order than torchgeo's 18 names
+    ds = TorchGeoDetection(dota, classes)
+    assert len(ds) == len(objects)
+    for i, objs in enumerate(objects):
+        s = ds[i]
+        assert s["label"].tolist() == [classes.index(n) for _, n in objs]
+        torch.testing.assert_close(
+            s["bbox_xyxyxyxy"], torch.tensor([c for c, _ in objs], dtype=torch.float32)
+        )
+        assert s["image"].shape == (3, 96, 96)
+    only_plane = TorchGeoDetection(dota, ["plane"])[1]  # a shorter list drops the other classes
+    assert only_plane["label"].tolist() == [0] and only_plane["bbox_xyxyxyxy"].shape == (1, 8)
