@@ -17,6 +17,7 @@ drawn at random strictly west of it, so no pixel is seen by both splits.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -542,6 +543,14 @@ class TorchGeoDetection(Dataset[dict[str, Any]]):
                 f"none of {list(classes)} is a class of {type(dataset).__name__} ({list(names)})"
             )
         self.dataset, self.classes = dataset, list(classes)
+        unmatched = [str(n) for n, k in zip(names, self.lookup.tolist(), strict=True) if k < 0]
+        unmatched = [n for n in unmatched if n.lower() != "background"]
+        if unmatched:  # names differ between datasets (VHR10 says "ships", DOTA/DIOR "ship")
+            warnings.warn(
+                f"{type(dataset).__name__} classes not in the class list, their objects are dropped: "
+                f"{', '.join(unmatched)} (give them under the dataset's own name to keep them)",
+                stacklevel=2,
+            )
         self.mean = torch.tensor(list(mean))[:, None, None] if mean is not None else None
         self.std = torch.tensor(list(std))[:, None, None] if std is not None else None
 

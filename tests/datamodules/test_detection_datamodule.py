@@ -173,3 +173,47 @@ def test_torchgeo_dota_on_disk_maps_classes_by_name(tmp_path: Path) -> None:
         assert s["image"].shape == (3, 96, 96)
     only_plane = TorchGeoDetection(dota, ["plane"])[1]  # a shorter list drops the other classes
     assert only_plane["label"].tolist() == [0] and only_plane["bbox_xyxyxyxy"].shape == (1, 8)
+
+
+def test_torchgeo_vhr10_on_disk_maps_classes_by_name(tmp_path: Path) -> None:
+    """torchgeo's own VHR10 loader over NWPU VHR-10's layout (``NWPU VHR-10 dataset/positive image
+    set/NNN.jpg`` + COCO ``annotations.json`` with 0-based image ids, categories after background)."""
+    import json
+
+    from PIL import Image
+    from torchgeo.datasets import VHR10
+
+    from datamodules.detection import TorchGeoDetection
+
+    base = tmp_path / "NWPU VHR-10 dataset"
+    (base / "positive image set").mkdir(parents=True)
+    (tmp_path / "NWPU VHR-10 dataset.zip").write_bytes(b"")  # the archive torchgeo checks for (no md5)
+    names = ["airplane", "ship", "storage tank", "baseball diamond", "tennis court", "basketball court",
+             "ground track field", "harbor", "bridge", "vehicle"]  # fmt: skip
+    boxes = [[(8, 10, 20, 12, "ship"), (40, 30, 16, 20, "vehicle")], [(5, 6, 30, 24, "airplane")]]
+    rng = np.random.default_rng(5)
+    images, anns = [], []
+    for i, objs in enumerate(boxes):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            base / "positive image set" / f"{i + 1:03d}.jpg"
+        )
+        images.append({"id": i, "file_name": f"{i + 1:03d}.jpg", "height": 64, "width": 64})
+        for x, y, w, h, n in objs:
+            anns.append({
+                "id": len(anns), "image_id": i, "category_id": names.index(n) + 1, "bbox": [x, y, w, h],
+                "area": w * h, "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+            })  # fmt: skip
+    cats = [{"id": k + 1, "name": n} for k, n in enumerate(names)]
+    (base / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
+    vhr = VHR10(root=tmp_path, split="positive")
+    with pytest.warns(UserWarning, match=r"VHR10 classes not in the class list.*: ships, storage tank"):
+        TorchGeoDetection(vhr, ["vehicle", "airplane", "ship"])  # DOTA's spelling: torchgeo says "ships"
+    classes = ["vehicle", "airplane", "ships"]
+    ds = TorchGeoDetection(vhr, classes)
+    for i, objs in enumerate(boxes):
+        s = ds[i]
+        assert s["label"].tolist() == [classes.index("ships" if n == "ship" else n) for *_, n in objs]
+        expected = torch.tensor([[x, y, x + w, y + h] for x, y, w, h, _ in objs], dtype=torch.float32)
+        torch.testing.assert_close(s["bbox_xyxy"], expected)
