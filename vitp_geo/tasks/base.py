@@ -8,6 +8,7 @@ schedule and the ``ModelCard`` written into every checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,6 +41,16 @@ DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
     (250, 190, 212),
     (0, 128, 128),
 )
+
+
+def check_class_lists(
+    num_classes: int, class_names: Sequence[Any] | None, class_colors: Sequence[Any] | None
+) -> None:
+    """``class_names`` / ``class_colors`` (when given) have one entry per class."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+    if class_colors is not None and len(class_colors) != num_classes:
+        raise ValueError(f"{len(class_colors)} class_colors for num_classes={num_classes}")
 
 
 class DenseTask(BaseTask):

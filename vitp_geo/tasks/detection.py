@@ -24,9 +24,7 @@ from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
 from vitp_geo.models.detection.obb import obb_to_hbb, obb_to_poly
 from vitp_geo.models.detection.rcnn import BoxType, targets_from_batch
-from vitp_geo.tasks.backbone import build_backbone
-from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask
-from vitp_geo.tasks.models import arch_for, assemble
+from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
 
 
 class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
@@ -97,10 +95,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
-        if class_colors is not None and len(class_colors) != num_classes:
-            raise ValueError(f"{len(class_colors)} class_colors for num_classes={num_classes}")
+        check_class_lists(num_classes, class_names, class_colors)
         BoxType(box_type)  # a clear error for anything but hbb / obb
         # BaseTask.__init__ directly: torchgeo's ObjectDetectionTask.__init__ would record its own
         # defaults (model="faster-rcnn", backbone="resnet50", ...) among the hyper-parameters.
@@ -109,17 +104,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         BaseTask.__init__(self)
 
     # ------------------------------------------------------------------ configure_*
-    def configure_models(self) -> None:
-        """Backbone (loaded or random) → neck → FPN → RPN → RoI heads; records ``self.arch``."""
+    def model_fields(self) -> dict[str, Any]:
+        """Backbone → neck → FPN → RPN → RoI heads (built by ``DenseTask.configure_models``)."""
         hp = self.hparams
-        vit = build_backbone(
-            hp["backbone"],
-            weights=hp["backbone_weights"],
-            img_size=hp["img_size"],
-            in_channels=hp["in_channels"],
-            rgb_channels=hp["rgb_channels"],
-            drop_path_rate=hp["drop_path_rate"],
-        )
         detector: dict[str, Any] = dict(
             rpn_batch_size_per_image=hp["rpn_batch_size_per_image"],
             box_batch_size_per_image=hp["box_batch_size_per_image"],
@@ -132,7 +119,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         for key in ("aspect_ratios", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
             if hp[key] is not None:
                 detector[key] = list(hp[key])
-        fields: dict[str, Any] = dict(
+        return dict(
             kind="detection",
             box_type=str(BoxType(hp["box_type"])),
             neck=hp["neck"],
@@ -143,9 +130,6 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             anchor_sizes=list(hp["anchor_sizes"] or (32, 64, 128, 256, 512)),
             detector=detector,
         )
-        self.model = assemble(vit, fields)
-        self.arch = arch_for(vit, self.model, **fields)
-        self._apply_freezing()
 
     def configure_losses(self) -> None:
         """The detector computes its own losses (RPN objectness / box, classifier, box regression)."""

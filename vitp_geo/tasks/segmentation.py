@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from vitp_geo.tasks.base import DenseTask
+from vitp_geo.tasks.base import DenseTask, check_class_lists
 from vitp_geo.tasks.metrics import scores_from_confusion
 
 
@@ -82,10 +82,7 @@ class SegmentationTask(DenseTask):
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
-        if class_colors is not None and len(class_colors) != num_classes:
-            raise ValueError(f"{len(class_colors)} class_colors for num_classes={num_classes}")
+        check_class_lists(num_classes, class_names, class_colors)
         super().__init__()
 
     def model_fields(self) -> dict[str, Any]:
