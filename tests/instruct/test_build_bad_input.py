@@ -83,9 +83,24 @@ def test_zero_records_is_an_error_not_an_empty_corpus(tmp_path):
     assert _nothing_left(tmp_path)
 
 
-def test_unreadable_raster(tmp_path, shared_data, scene):
-    with pytest.raises(RasterReadError, match=r"corrupt\.tif"):
-        build_corpus(tmp_path / "out", [VectorSource(shared_data / "corrupt.tif", scene.objects)])
+def test_unreadable_raster(tmp_path, shared_data):
+    """``corrupt.tif`` opens but some of its tiles cannot be decoded: the tile that reads one fails
+    with an error naming the file, and the half-built corpus is removed."""
+    import rasterio
+
+    with rasterio.open(shared_data / "corrupt.tif") as src:
+        bounds, crs = src.bounds, src.crs
+    x0, y0, x1, y1 = bounds  # small buildings all over the scene, so every tile is read
+    xs, ys = np.arange(x0 + 5, x1 - 15, 40.0), np.arange(y0 + 5, y1 - 15, 40.0)
+    houses = [box(x, y, x + 10, y + 10) for x in xs for y in ys]
+    gpd.GeoDataFrame({"class_name": ["building"] * len(houses)}, geometry=houses, crs=crs).to_file(
+        tmp_path / "all.gpkg", driver="GPKG"
+    )
+    with pytest.raises(RasterReadError, match=r"cannot read raster .*corrupt\.tif"):
+        build_corpus(
+            tmp_path / "out",
+            [VectorSource(shared_data / "corrupt.tif", tmp_path / "all.gpkg", tile_size=256)],
+        )
     assert _nothing_left(tmp_path)
 
 

@@ -13,6 +13,13 @@ pretraining data path and inference:
    become ``(b1, b2, b1 − b2)`` (the ratio in dB), each stretched. Three bands are RGB.
 5. **Nodata.** Pixels equal to the nodata value (or non-finite) in any selected band are invalid:
    they render as 0 and are reported in the returned valid mask.
+
+**One stretch per scene.** Readers that work window by window (``vitp-geo infer``, the
+instruction builders) compute the stretch limits once per scene with ``scene_stretch_limits``,
+from a decimated read of at most ``OVERVIEW_SIZE`` pixels a side (GDAL uses the file's overviews
+when it has them; a scene no larger than that is read whole, so its limits are exact), and apply
+them to every window. So a pretraining tile and an inference window of the same scene render the
+same, and neighbouring windows never differ in scale.
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from vitp_geo.io.atomic import atomic_output
+
+# Side of the decimated read from which a scene's stretch limits are computed (see module doc).
+OVERVIEW_SIZE = 1024
 
 
 class RasterReadError(RuntimeError):
@@ -136,6 +148,49 @@ def stretch_limits(
         lo, hi = np.percentile(values, rule.percentiles)
         limits.append((float(lo), float(hi)))
     return limits
+
+
+def keeps_values(dtype: np.dtype | str, n_bands: int, rule: RenderRule) -> bool:
+    """True when the rule keeps the selected bands' values as they are (no stretch to compute).
+
+    That is plain ``uint8`` data, not SAR, and not two bands (``b1 − b2`` is not uint8).
+    """
+    return np.dtype(dtype) == np.uint8 and not rule.sar_db and n_bands != 2
+
+
+def scene_stretch_limits(
+    path: str | Path,
+    ds: rasterio.DatasetReader,
+    bands: tuple[int, ...],
+    rule: RenderRule,
+    overview_size: int = OVERVIEW_SIZE,
+) -> list[tuple[float, float]] | None:
+    """The stretch limits of one scene from a decimated read (see module doc).
+
+    Returns None when ``keeps_values``; otherwise the per-channel ``(lo, hi)`` that
+    ``render_rgb(..., limits=...)`` takes.
+    """
+    if keeps_values(ds.dtypes[bands[0] - 1], len(bands), rule):
+        return None
+    if overview_size < 1:
+        raise ValueError(f"overview_size must be >= 1, got {overview_size}")
+    scale = max(1.0, max(ds.height, ds.width) / overview_size)
+    shape = (len(bands), max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
+    try:
+        sample = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest)
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot read raster {path}: {err}") from err
+    return stretch_limits(sample, ds.nodata, rule)
+
+
+def read_window(
+    path: str | Path, ds: rasterio.DatasetReader, bands: tuple[int, ...], window: Window
+) -> np.ndarray:
+    """The selected bands of one window, (C, h, w), with read errors naming the file."""
+    try:
+        return ds.read(list(bands), window=window)
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot read raster {path}: {err}") from err
 
 
 def render_rgb(

@@ -6,8 +6,8 @@ normalised with the checkpoint's mean/std.
 
 Percentile stretch (non-uint8 and SAR data) must be the same for every window, otherwise
 neighbouring tiles would be scaled differently and seams would appear. The stretch limits are
-therefore computed once per scene from a decimated read (at most ``overview_size`` pixels a
-side; GDAL uses the file's overviews when it has them) and applied to every window.
+therefore computed once per scene (``vitp_geo.io.raster.scene_stretch_limits``, the rule the
+instruction builders use too) and applied to every window.
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from vitp_geo.io.raster import (
-    RasterReadError,
+    OVERVIEW_SIZE,
     RenderRule,
     open_raster,
+    read_window,
     render_rgb,
+    scene_stretch_limits,
     select_bands,
-    stretch_limits,
     valid_mask,
 )
 
@@ -51,7 +50,7 @@ class SceneWindowReader:
         rule: RenderRule,
         mean: Sequence[float],
         std: Sequence[float],
-        overview_size: int = 1024,
+        overview_size: int = OVERVIEW_SIZE,
         raw: bool = False,
     ) -> None:
         self.paths = [Path(p) for p in paths]
@@ -110,7 +109,7 @@ class SceneWindowReader:
             raise ValueError(f"std must be > 0, got {std_a.tolist()}")
         self.mean, self.std = mean_a[:, None, None], std_a[:, None, None]
         self.limits = [
-            self._scene_limits(p, ds, idx, overview_size)
+            None if raw else scene_stretch_limits(p, ds, idx, rule, overview_size)
             for p, ds, idx in zip(self.paths, self.datasets, self.band_index, strict=True)
         ]
 
@@ -126,21 +125,6 @@ class SceneWindowReader:
     def profile(self) -> rasterio.profiles.Profile:
         return self.datasets[0].profile
 
-    def _scene_limits(
-        self, path: Path, ds: rasterio.DatasetReader, idx: tuple[int, ...], size: int
-    ) -> list[tuple[float, float]] | None:
-        if self.raw or (
-            np.dtype(ds.dtypes[idx[0] - 1]) == np.uint8 and not self.rule.sar_db and len(idx) != 2
-        ):
-            return None  # plain uint8 is kept as it is (2 bands are stretched: b1 - b2 is not uint8)
-        scale = max(1.0, max(ds.height, ds.width) / size)
-        shape = (len(idx), max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
-        try:
-            sample = ds.read(list(idx), out_shape=shape, resampling=Resampling.nearest)
-        except RasterioIOError as err:
-            raise RasterReadError(f"cannot read raster {path}: {err}") from err
-        return stretch_limits(sample, ds.nodata, self.rule)
-
     def read(self, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """One window.
 
@@ -149,10 +133,7 @@ class SceneWindowReader:
         """
         xs, valid = [], np.ones((h, w), bool)
         for path, ds, idx, lim in zip(self.paths, self.datasets, self.band_index, self.limits, strict=True):
-            try:
-                raw = ds.read(list(idx), window=Window(col0, row0, w, h))
-            except RasterioIOError as err:
-                raise RasterReadError(f"cannot read raster {path}: {err}") from err
+            raw = read_window(path, ds, idx, Window(col0, row0, w, h))
             if self.raw:
                 ok = valid_mask(raw, ds.nodata)
                 xs.append(np.where(ok, raw, 0).astype(np.float32))

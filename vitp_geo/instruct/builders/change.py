@@ -23,10 +23,11 @@ from shapely.geometry import shape
 from vitp_geo.instruct import templates as T
 from vitp_geo.instruct.builders.context import BuildContext
 from vitp_geo.instruct.builders.raster_scene import (
-    LoadedRaster,
+    LabelRaster,
+    SceneRaster,
     check_same_grid,
-    load_raster,
-    read_label_raster,
+    open_label_raster,
+    open_scene,
 )
 from vitp_geo.instruct.builders.tiles import Tile, plan_tiles, position_word
 from vitp_geo.instruct.records import InstructionRecord, format_grounding, normalize_box
@@ -69,45 +70,57 @@ class ChangeSource:
     modality: str | None = None
 
     def build(self, ctx: BuildContext) -> list[InstructionRecord]:
-        before = load_raster(self.before, self.rule, modality=self.modality)
-        after = load_raster(self.after, self.rule, modality=self.modality)
-        check_same_grid(before, (after.height, after.width), after.transform, after.crs, Path(self.after))
-        mask, transform, crs, nodata = read_label_raster(self.change_mask)
-        check_same_grid(before, mask.shape, transform, crs, Path(self.change_mask))
-        valid = before.valid & after.valid
-        if nodata is not None:
-            valid &= mask != nodata
-        changed = (mask != 0) & valid
+        with (
+            open_scene(self.before, self.rule, modality=self.modality) as before,
+            open_scene(self.after, self.rule, modality=self.modality) as after,
+            open_label_raster(self.change_mask) as mask,
+        ):
+            check_same_grid(before, after)
+            check_same_grid(before, mask)
+            return self._build(ctx, before, after, mask)
+
+    def _build(
+        self, ctx: BuildContext, before: SceneRaster, after: SceneRaster, mask: LabelRaster
+    ) -> list[InstructionRecord]:
         stem = f"{Path(self.before).stem}_{Path(self.after).stem}"
         records: list[InstructionRecord] = []
         for tile in plan_tiles(before.height, before.width, self.tile_size, self.overlap):
-            ok = valid[tile.slices]
+            values = mask.read(tile)
+            counted = values != mask.nodata if mask.nodata is not None else np.ones(values.shape, bool)
+            if counted.mean() < self.min_valid:
+                ctx.summary.tiles_skipped["mostly nodata"] += 1
+                continue  # neither image is read for a tile whose mask is mostly nodata
+            rgbs = []
+            ok = counted
+            for r in (before, after):
+                rgb, valid = r.read(tile)
+                rgbs.append(rgb)
+                ok = ok & valid
             if ok.mean() < self.min_valid:
                 ctx.summary.tiles_skipped["mostly nodata"] += 1
                 continue
-            share = float(changed[tile.slices].sum() / ok.sum())
+            changed = (values != 0) & ok
+            share = float(changed.sum() / ok.sum())
             if 0 < share < self.min_change:
                 ctx.summary.tiles_skipped["change below min_change"] += 1
                 continue
             imgs = [
                 ctx.save_image(
                     f"{stem}/{tag}_{tile.name}.png",
-                    r.rgb[(slice(None), *tile.slices)],
+                    rgb,
                     key=(str(Path(r.path).resolve()), self.rule, tile),
                     origin=r.tile_origin(tile.row, tile.col, tile.height, tile.width),
                 )
-                for tag, r in (("before", before), ("after", after))
+                for tag, r, rgb in (("before", before, rgbs[0]), ("after", after, rgbs[1]))
             ]
             ctx.summary.tiles_written += 1
-            records += self._tile_records(
-                ctx, before, tile, changed[tile.slices], share, imgs, f"{stem}_{tile.name}"
-            )
+            records += self._tile_records(ctx, before, tile, changed, share, imgs, f"{stem}_{tile.name}")
         return records
 
     def _tile_records(
         self,
         ctx: BuildContext,
-        ref: LoadedRaster,
+        ref: SceneRaster,
         tile: Tile,
         changed: np.ndarray,
         share: float,

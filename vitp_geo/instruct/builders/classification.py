@@ -16,15 +16,12 @@ question (the answer is the class name with underscores as spaces).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rasterio.errors import NotGeoreferencedWarning
-
 from vitp_geo.instruct import templates as T
 from vitp_geo.instruct.builders.context import BuildContext
-from vitp_geo.instruct.builders.raster_scene import load_raster
+from vitp_geo.instruct.builders.raster_scene import open_scene
 from vitp_geo.instruct.records import InstructionRecord
 from vitp_geo.io.raster import RenderRule
 
@@ -88,10 +85,9 @@ def classification_records(
     rng = ctx.rng
     records: list[InstructionRecord] = []
     for path, cls in samples:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            raster = load_raster(path, rule, require_georef=False, modality=modality)
-        img = ctx.save_image(f"{prefix}/{cls}/{path.stem}.png", raster.rgb, key=(str(path.resolve()), rule))
+        with open_scene(path, rule, require_georef=False, modality=modality) as raster:
+            rgb, _ = raster.read()
+        img = ctx.save_image(f"{prefix}/{cls}/{path.stem}.png", rgb, key=(str(path.resolve()), rule))
         ctx.summary.tiles_written += 1
         stem = f"{prefix}_{cls}_{path.stem}"
         others = [c for c in classes if c != cls]

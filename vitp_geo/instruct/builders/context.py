@@ -79,7 +79,7 @@ class BuildContext:
         """Save (3, H, W) uint8 as PNG at ``images/<rel>``; returns the path relative to the root.
 
         A second call with the same ``key`` returns the first path without writing again (builders
-        that share a raster tile share its image). ``origin`` (``LoadedRaster.tile_origin``) says
+        that share a raster tile share its image). ``origin`` (``SceneRaster.tile_origin``) says
         where the tile lies; every record about the image then carries it as ``origin``.
         """
         if key is not None and key in self._saved:

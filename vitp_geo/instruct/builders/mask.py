@@ -27,7 +27,13 @@ import yaml
 
 from vitp_geo.instruct import templates as T
 from vitp_geo.instruct.builders.context import BuildContext
-from vitp_geo.instruct.builders.raster_scene import check_same_grid, load_raster, read_label_raster
+from vitp_geo.instruct.builders.raster_scene import (
+    LabelRaster,
+    SceneRaster,
+    check_same_grid,
+    open_label_raster,
+    open_scene,
+)
 from vitp_geo.instruct.builders.tiles import REGIONS, plan_tiles, region_slices
 from vitp_geo.instruct.records import InstructionRecord
 from vitp_geo.io.raster import RenderRule
@@ -81,33 +87,53 @@ class MaskSource:
 
     def build(self, ctx: BuildContext) -> list[InstructionRecord]:
         names = self.classes if isinstance(self.classes, dict) else load_class_names(self.classes)
-        raster = load_raster(self.image, self.rule, modality=self.modality)
-        mask, transform, crs, nodata = read_label_raster(self.mask)
-        check_same_grid(raster, mask.shape, transform, crs, Path(self.mask))
-        counted = np.ones(mask.shape, bool)
-        if nodata is not None:
-            counted &= mask != nodata
-        if self.ignore_index is not None:
-            counted &= mask != self.ignore_index
-        unknown = sorted(set(np.unique(mask[counted]).tolist()) - set(names))
-        if unknown:
-            where = self.classes if not isinstance(self.classes, dict) else "the class table"
-            raise ValueError(f"mask {self.mask} has class value(s) {unknown[:10]} not listed in {where}")
+        with (
+            open_scene(self.image, self.rule, modality=self.modality) as raster,
+            open_label_raster(self.mask) as mask,
+        ):
+            check_same_grid(raster, mask)
+            return self._build(ctx, raster, mask, names)
+
+    def _build(
+        self, ctx: BuildContext, raster: SceneRaster, mask: LabelRaster, names: dict[int, str]
+    ) -> list[InstructionRecord]:
         ids = sorted(names)
-        lut = np.full(int(max(max(ids), int(mask.max(initial=0)))) + 1, -1, np.int64)
+        lut = np.full(max(ids) + 1, -1, np.int64)
         for j, cid in enumerate(ids):
             lut[cid] = j
+        known = np.zeros(max(ids) + 1, bool)
+        known[ids] = True
+        where = self.classes if not isinstance(self.classes, dict) else "the class table"
         stem = Path(self.image).stem
         records: list[InstructionRecord] = []
         for tile in plan_tiles(raster.height, raster.width, self.tile_size, self.overlap):
-            ok = counted[tile.slices] & raster.valid[tile.slices]
+            values = mask.read(tile)
+            counted = np.ones(values.shape, bool)
+            if mask.nodata is not None:
+                counted &= values != mask.nodata
+            if self.ignore_index is not None:
+                counted &= values != self.ignore_index
+            seen = values[counted]
+            bad = (seen < 0) | (seen > max(ids))
+            bad[~bad] = ~known[seen[~bad].astype(np.int64)]
+            if bad.any():
+                unknown = sorted(np.unique(seen[bad]).tolist())
+                raise ValueError(
+                    f"mask {self.mask} has class value(s) {unknown[:10]} not listed in {where} "
+                    f"(first seen in the tile at row {tile.row}, column {tile.col})"
+                )
+            if not counted.any() or counted.mean() < self.min_valid:
+                ctx.summary.tiles_skipped["mostly nodata"] += 1
+                continue  # the image is not read for a tile whose labels are mostly uncounted
+            rgb, valid = raster.read(tile)
+            ok = counted & valid
             if ok.mean() < self.min_valid:
                 ctx.summary.tiles_skipped["mostly nodata"] += 1
                 continue
-            m = np.where(ok, lut[np.clip(mask[tile.slices], 0, lut.size - 1)], -1)
+            m = np.where(ok, lut[np.clip(values, 0, lut.size - 1).astype(np.int64)], -1)
             img = ctx.save_image(
                 f"{stem}/{tile.name}.png",
-                raster.rgb[(slice(None), *tile.slices)],
+                rgb,
                 key=(str(Path(self.image).resolve()), self.rule, tile),
                 origin=raster.tile_origin(tile.row, tile.col, tile.height, tile.width),
             )

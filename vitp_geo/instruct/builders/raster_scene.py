@@ -1,9 +1,11 @@
-"""Load a raster once for the builders: rendered 3-channel pixels, valid mask, georeferencing, modality.
+"""Rasters for the builders, read window by window: rendered 3-channel tiles, valid masks,
+georeferencing, modality.
 
-The whole scene is rendered with ``vitp_geo.io.raster.render_rgb`` in one pass so that the
-percentile stretch is the same for every tile of a scene (a per-tile stretch would make the same
-roof look different in neighbouring tiles). This holds the rendered scene in memory: 3 bytes a
-pixel, e.g. 300 MB for a 10 000 × 10 000 scene.
+A scene is never held in memory: ``open_scene`` opens it, computes its stretch limits once
+(``vitp_geo.io.raster.scene_stretch_limits``, the rule ``vitp-geo infer`` uses, so a pretraining
+tile and an inference window of the same scene render the same) and ``SceneRaster.read`` reads
+and renders one tile at a time. Label rasters (class masks, change masks) are read the same way
+(``open_label_raster``). A sparse 50 000 × 50 000 scene costs one tile's memory, not 7.5 GB.
 
 Modality rule (recorded in every record): complex bands or ``RenderRule.sar_db`` → ``sar``; more
 than three bands → ``multispectral``; otherwise ``optical``. ``modality=`` overrides it.
@@ -12,46 +14,98 @@ than three bands → ``multispectral``; otherwise ``optical``. ``modality=`` ove
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
-from vitp_geo.io.raster import RasterReadError, RenderRule, open_raster, render_rgb, select_bands
+from vitp_geo.instruct.builders.tiles import Tile
+from vitp_geo.io.raster import (
+    RenderRule,
+    open_raster,
+    read_window,
+    render_rgb,
+    scene_stretch_limits,
+    select_bands,
+)
 
 MODALITIES = ("optical", "multispectral", "sar")
 
 
-@dataclass
-class LoadedRaster:
-    """A rendered raster.
+def _open_quietly(path: Path) -> rasterio.DatasetReader:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return open_raster(path)
 
-    Attributes:
-        path: the file.
-        rgb: (3, H, W) uint8 rendered pixels.
-        valid: (H, W) bool, False on nodata.
-        transform: pixel → map affine transform.
-        crs: the raster CRS (None only when georeferencing was not required).
-        modality: ``optical`` / ``multispectral`` / ``sar``.
-    """
 
-    path: Path
-    rgb: np.ndarray
-    valid: np.ndarray
-    transform: Affine
-    crs: CRS | None
-    modality: str
+class _GridRaster:
+    """An open raster's grid: size, transform, CRS; closes its dataset (use as a context manager)."""
+
+    def __init__(self, path: Path, ds: rasterio.DatasetReader) -> None:
+        self.path = path
+        self._ds = ds
+        self.transform: Affine = ds.transform
+        self.crs: CRS | None = ds.crs
 
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[1])
+        return int(self._ds.height)
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[2])
+        return int(self._ds.width)
+
+    def close(self) -> None:
+        self._ds.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SceneRaster(_GridRaster):
+    """A scene opened for the builders (see the module doc); ``read`` renders one tile.
+
+    Attributes:
+        path: the file.
+        transform: pixel → map affine transform.
+        crs: the raster CRS (None only when georeferencing was not required).
+        modality: ``optical`` / ``multispectral`` / ``sar``.
+        bands: the 1-based bands the render rule reads.
+        limits: the scene's stretch limits (None when the values are kept as they are).
+    """
+
+    def __init__(
+        self, path: Path, ds: rasterio.DatasetReader, rule: RenderRule, modality: str | None
+    ) -> None:
+        super().__init__(path, ds)
+        self.rule = rule
+        try:
+            self.bands = select_bands(ds.count, rule)
+        except ValueError as err:
+            raise ValueError(f"raster {path}: {err}") from err
+        self.limits = scene_stretch_limits(path, ds, self.bands, rule)
+        is_complex = np.dtype(ds.dtypes[self.bands[0] - 1]).kind == "c"
+        self.modality = modality or detect_modality(is_complex, ds.count, rule)
+
+    def read(self, tile: Tile | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One tile (the whole raster when None), rendered with the scene's stretch.
+
+        Returns:
+            ``(rgb, valid)``: (3, h, w) uint8 and (h, w) bool (False on nodata).
+        """
+        tile = tile or Tile(0, 0, self.height, self.width)
+        array = read_window(
+            self.path, self._ds, self.bands, Window(tile.col, tile.row, tile.width, tile.height)
+        )
+        return render_rgb(array, self._ds.nodata, self.rule, limits=self.limits)
 
     def tile_origin(self, row: int, col: int, height: int, width: int) -> dict[str, object]:
         """Where a tile of this raster lies, for the record that uses it (trace a record to the map).
@@ -94,6 +148,23 @@ class LoadedRaster:
         return {"metre": "m", "meter": "m", "m": "m"}.get(str(unit).lower(), str(unit) if unit else "units")
 
 
+class LabelRaster(_GridRaster):
+    """Band 1 of a label raster (class ids or a change mask), read tile by tile."""
+
+    def __init__(self, path: Path, ds: rasterio.DatasetReader) -> None:
+        super().__init__(path, ds)
+        self.nodata: float | None = ds.nodata
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def read(self, tile: Tile) -> np.ndarray:
+        """(h, w) label values of one tile."""
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        return read_window(self.path, self._ds, (1,), window)[0]
+
+
 def detect_modality(dtype_is_complex: bool, count: int, rule: RenderRule) -> str:
     """See the module doc."""
     if dtype_is_complex or rule.sar_db:
@@ -103,14 +174,14 @@ def detect_modality(dtype_is_complex: bool, count: int, rule: RenderRule) -> str
     return "optical"
 
 
-def load_raster(
+def open_scene(
     path: str | Path,
     rule: RenderRule = RenderRule(),
     *,
     require_georef: bool = True,
     modality: str | None = None,
-) -> LoadedRaster:
-    """Read and render a whole raster.
+) -> SceneRaster:
+    """Open a scene for tile-by-tile rendering (close it, or use it as a context manager).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -121,63 +192,35 @@ def load_raster(
     path = Path(path)
     if modality is not None and modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with open_raster(path) as src:
-            if require_georef and (src.crs is None or src.transform == Affine.identity()):
-                raise ValueError(
-                    f"raster {path} has no georeferencing (crs={src.crs}, transform is "
-                    f"{'identity' if src.transform == Affine.identity() else 'set'}); "
-                    "labels in map coordinates cannot be placed on it"
-                )
-            try:
-                idx = select_bands(src.count, rule)
-            except ValueError as err:
-                raise ValueError(f"raster {path}: {err}") from err
-            try:
-                array = src.read(list(idx))
-            except RasterioIOError as err:
-                raise RasterReadError(f"cannot read raster {path}: {err}") from err
-            is_complex = np.iscomplexobj(array)
-            rgb, valid = render_rgb(array, src.nodata, rule)
-            return LoadedRaster(
-                path=path,
-                rgb=rgb,
-                valid=valid,
-                transform=src.transform,
-                crs=src.crs,
-                modality=modality or detect_modality(is_complex, src.count, rule),
+    ds = _open_quietly(path)
+    try:
+        if require_georef and (ds.crs is None or ds.transform == Affine.identity()):
+            raise ValueError(
+                f"raster {path} has no georeferencing (crs={ds.crs}, transform is "
+                f"{'identity' if ds.transform == Affine.identity() else 'set'}); "
+                "labels in map coordinates cannot be placed on it"
             )
+        return SceneRaster(path, ds, rule, modality)
+    except BaseException:
+        ds.close()
+        raise
 
 
-def read_label_raster(path: str | Path) -> tuple[np.ndarray, Affine, CRS | None, float | None]:
-    """Read band 1 of a label raster (class ids or a change mask).
-
-    Returns:
-        ``(array (H, W), transform, crs, nodata)``.
-    """
+def open_label_raster(path: str | Path) -> LabelRaster:
+    """Open band 1 of a label raster for tile-by-tile reading."""
     path = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with open_raster(path) as src:
-            try:
-                array = src.read(1)
-            except RasterioIOError as err:
-                raise RasterReadError(f"cannot read raster {path}: {err}") from err
-            return array, src.transform, src.crs, src.nodata
+    return LabelRaster(path, _open_quietly(path))
 
 
-def check_same_grid(
-    ref: LoadedRaster, shape: tuple[int, int], transform: Affine, crs: CRS | None, other: Path
-) -> None:
+def check_same_grid(ref: _GridRaster, other: _GridRaster) -> None:
     """Raise ValueError naming ``other`` when it is not on ``ref``'s pixel grid."""
-    if shape != (ref.height, ref.width):
+    if (other.height, other.width) != (ref.height, ref.width):
         raise ValueError(
-            f"{other} is {shape[1]}×{shape[0]} pixels but {ref.path} is {ref.width}×{ref.height}"
+            f"{other.path} is {other.width}×{other.height} pixels but {ref.path} is {ref.width}×{ref.height}"
         )
-    if not transform.almost_equals(ref.transform, precision=1e-6):
+    if not other.transform.almost_equals(ref.transform, precision=1e-6):
         raise ValueError(
-            f"{other} has transform {tuple(transform)[:6]} but {ref.path} has {tuple(ref.transform)[:6]}"
+            f"{other.path} has transform {tuple(other.transform)[:6]} but {ref.path} has {tuple(ref.transform)[:6]}"
         )
-    if crs is not None and ref.crs is not None and crs != ref.crs:
-        raise ValueError(f"{other} has CRS {crs} but {ref.path} has {ref.crs}")
+    if other.crs is not None and ref.crs is not None and other.crs != ref.crs:
+        raise ValueError(f"{other.path} has CRS {other.crs} but {ref.path} has {ref.crs}")

@@ -25,7 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from vitp_geo.instruct import templates as T
 from vitp_geo.instruct.builders.context import BuildContext
 from vitp_geo.instruct.builders.labels import PixelLabels, load_pixel_labels
-from vitp_geo.instruct.builders.raster_scene import LoadedRaster, load_raster
+from vitp_geo.instruct.builders.raster_scene import SceneRaster, open_scene
 from vitp_geo.instruct.builders.tiles import Tile, plan_tiles, position_word
 from vitp_geo.instruct.records import (
     BOX_SCALE,
@@ -99,7 +99,7 @@ _REFERRING = ("largest", "smallest", "northernmost", "southernmost", "easternmos
 
 
 def _referring_target(
-    objs: list[TileObject], which: str, raster: LoadedRaster, tile: Tile
+    objs: list[TileObject], which: str, raster: SceneRaster, tile: Tile
 ) -> TileObject | None:
     """The object ``which`` picks out, or None when the top two are too close to tell apart."""
     if which in ("largest", "smallest"):
@@ -159,7 +159,10 @@ class VectorSource:
             raise ValueError(f"min_valid must be in [0, 1], got {self.min_valid}")
 
     def build(self, ctx: BuildContext) -> list[InstructionRecord]:
-        raster = load_raster(self.image, self.rule, modality=self.modality)
+        with open_scene(self.image, self.rule, modality=self.modality) as raster:
+            return self._build(ctx, raster)
+
+    def _build(self, ctx: BuildContext, raster: SceneRaster) -> list[InstructionRecord]:
         labels = load_pixel_labels(
             self.labels,
             raster,
@@ -171,17 +174,19 @@ class VectorSource:
         stem = Path(self.image).stem
         records: list[InstructionRecord] = []
         for tile in plan_tiles(raster.height, raster.width, self.tile_size, self.overlap):
-            if raster.valid[tile.slices].mean() < self.min_valid:
-                ctx.summary.tiles_skipped["mostly nodata"] += 1
-                continue
+            # The labels are asked first: a tile without objects is never read (sparse scenes).
             objs = tile_objects(labels, tree, tile, self.min_visible)
             kept = [o for o in objs if o.kept]
             if not kept and not self.keep_empty:
                 ctx.summary.tiles_skipped["no labelled objects"] += 1
                 continue
+            rgb, valid = raster.read(tile)
+            if valid.mean() < self.min_valid:
+                ctx.summary.tiles_skipped["mostly nodata"] += 1
+                continue
             img = ctx.save_image(
                 f"{stem}/{tile.name}.png",
-                raster.rgb[(slice(None), *tile.slices)],
+                rgb,
                 key=(str(Path(self.image).resolve()), self.rule, tile),
                 origin=raster.tile_origin(tile.row, tile.col, tile.height, tile.width),
             )
@@ -192,7 +197,7 @@ class VectorSource:
     def tile_records(
         self,
         ctx: BuildContext,
-        raster: LoadedRaster,
+        raster: SceneRaster,
         labels: PixelLabels,
         tile: Tile,
         objs: list[TileObject],
@@ -240,7 +245,7 @@ class VectorSource:
         return out
 
     @staticmethod
-    def _describe(raster: LoadedRaster, tile: Tile, by_class: dict[str, list[TileObject]]) -> str:
+    def _describe(raster: SceneRaster, tile: Tile, by_class: dict[str, list[TileObject]]) -> str:
         side_x = tile.width * np.sqrt(raster.pixel_area)
         side_y = tile.height * np.sqrt(raster.pixel_area)
         size = f"{side_x:.0f} × {side_y:.0f} {raster.units}"
