@@ -75,21 +75,14 @@ class _Scene:
         import rasterio
 
         from vitp_geo.instruct.builders.labels import load_pixel_labels
-        from vitp_geo.instruct.builders.raster_scene import LoadedRaster
+        from vitp_geo.instruct.builders.raster_scene import open_grid
 
         with rasterio.open(image) as src:
             self.pixels = src.read().astype(np.float32)  # (C, H, W) raw band values
-            transform, crs = src.transform, src.crs
         c, h, w = self.pixels.shape
         # The label loader needs the grid only (transform, CRS, size), not rendered pixels.
-        grid = LoadedRaster(
-            Path(image),
-            np.broadcast_to(np.zeros((3, 1, 1), np.uint8), (3, h, w)),
-            np.ones((h, w), bool),
-            transform,
-            crs,
-            "optical",
-        )
+        grid = open_grid(image)
+        grid.close()  # the grid's attributes stay readable
         geoms: list[Any] = []
         names: list[str] = []
         for path in vector:

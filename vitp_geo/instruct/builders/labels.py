@@ -18,7 +18,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from vitp_geo.instruct.builders.context import BuildSummary
-from vitp_geo.instruct.builders.raster_scene import SceneRaster
+from vitp_geo.instruct.builders.raster_scene import RasterGrid
 
 # Fields tried, in order, when no --class-field is given.
 DEFAULT_CLASS_FIELDS = ("class_name", "class", "label", "category")
@@ -48,7 +48,7 @@ def _polygonal(geom: BaseGeometry) -> BaseGeometry | None:
 
 def load_pixel_labels(
     path: str | Path,
-    raster: SceneRaster,
+    raster: RasterGrid,
     *,
     class_field: str | None = None,
     default_class: str = "object",
@@ -58,7 +58,7 @@ def load_pixel_labels(
 
     Args:
         path: the vector file.
-        raster: the open scene (its CRS and transform are used).
+        raster: the raster's grid (its size, CRS and transform are used).
         class_field: attribute holding the class name; None tries ``DEFAULT_CLASS_FIELDS`` and
             falls back to ``default_class`` for every feature.
         default_class: class name used when there is no class field.

@@ -43,7 +43,7 @@ def _open_quietly(path: Path) -> rasterio.DatasetReader:
         return open_raster(path)
 
 
-class _GridRaster:
+class RasterGrid:
     """An open raster's grid: size, transform, CRS; closes its dataset (use as a context manager)."""
 
     def __init__(self, path: Path, ds: rasterio.DatasetReader) -> None:
@@ -51,14 +51,7 @@ class _GridRaster:
         self._ds = ds
         self.transform: Affine = ds.transform
         self.crs: CRS | None = ds.crs
-
-    @property
-    def height(self) -> int:
-        return int(self._ds.height)
-
-    @property
-    def width(self) -> int:
-        return int(self._ds.width)
+        self.height, self.width = int(ds.height), int(ds.width)  # readable after close()
 
     def close(self) -> None:
         self._ds.close()
@@ -70,7 +63,7 @@ class _GridRaster:
         self.close()
 
 
-class SceneRaster(_GridRaster):
+class SceneRaster(RasterGrid):
     """A scene opened for the builders (see the module doc); ``read`` renders one tile.
 
     Attributes:
@@ -148,7 +141,7 @@ class SceneRaster(_GridRaster):
         return {"metre": "m", "meter": "m", "m": "m"}.get(str(unit).lower(), str(unit) if unit else "units")
 
 
-class LabelRaster(_GridRaster):
+class LabelRaster(RasterGrid):
     """Band 1 of a label raster (class ids or a change mask), read tile by tile."""
 
     def __init__(self, path: Path, ds: rasterio.DatasetReader) -> None:
@@ -206,13 +199,19 @@ def open_scene(
         raise
 
 
+def open_grid(path: str | Path) -> RasterGrid:
+    """Open a raster for its grid only (size, transform, CRS), e.g. to place vector labels on it."""
+    path = Path(path)
+    return RasterGrid(path, _open_quietly(path))
+
+
 def open_label_raster(path: str | Path) -> LabelRaster:
     """Open band 1 of a label raster for tile-by-tile reading."""
     path = Path(path)
     return LabelRaster(path, _open_quietly(path))
 
 
-def check_same_grid(ref: _GridRaster, other: _GridRaster) -> None:
+def check_same_grid(ref: RasterGrid, other: RasterGrid) -> None:
     """Raise ValueError naming ``other`` when it is not on ``ref``'s pixel grid."""
     if (other.height, other.width) != (ref.height, ref.width):
         raise ValueError(
