@@ -293,3 +293,33 @@ def test_an_earlier_run_is_never_started_over_silently(tmp_path: Path, capsys):
     # --resume gets past the guard (and then names the file that is not a checkpoint)
     assert main(["pretrain", "--max-steps", "1", "--output", str(run), "--resume", "last"]) == 2
     assert "earlier run" not in capsys.readouterr().err
+
+
+def test_full_disk_while_checkpointing_keeps_the_last_checkpoint_whole(
+    default_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """A full disk while last.ckpt is rewritten leaves the earlier last.ckpt whole and resumable."""
+    import errno
+
+    import vitp_geo.io.checkpoint_io as checkpoint_io
+
+    run = tmp_path / "run"
+    shutil.copytree(default_run, run)
+    ckpts = run / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        real_save(obj, f)
+        f.truncate(1000)  # cut off, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint_io.torch, "save", full_disk)
+        code = main(["pretrain", "--max-steps", "9", "--output", str(run), "--resume", "last", *FAST])
+    assert code != 0 and "No space left on device" in capsys.readouterr().err
+    # nothing under a checkpoint name was cut off or replaced, and no temporary is left
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
+    # the kept last.ckpt (step 6) resumes once there is space again
+    assert main(["pretrain", "--max-steps", "9", "--output", str(run), "--resume", "last", *FAST]) == 0
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == list(range(1, 10))

@@ -142,6 +142,33 @@ def test_config_run_does_not_print_lightningclis_args_warning(tmp_path, monkeypa
     assert not [m for m in messages if "LightningCLI's args parameter" in m], messages
 
 
+def test_finetune_checkpoints_survive_a_full_disk(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The fine-tune trainer saves through AtomicCheckpointIO: a full disk while best.ckpt/last.ckpt
+    is rewritten keeps the earlier file whole (Lightning's own IO stages in /tmp and copies across
+    disks onto the final name)."""
+    import errno
+
+    import vitp_geo.io.checkpoint_io as checkpoint_io
+    from vitp_geo.tasks.run import build_cli, default_config
+
+    cfg = default_config("segmentation", tmp_path / "data")
+    cfg["trainer"].update(enable_progress_bar=False, enable_model_summary=False, logger=False)
+    trainer = build_cli(cfg, [], tmp_path).trainer
+    assert isinstance(trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    trainer.strategy.checkpoint_io.save_checkpoint({"global_step": 1}, path)
+    saved = path.read_bytes()
+
+    def full_disk(obj: object, f: object) -> None:
+        f.write(b"cut")  # type: ignore[attr-defined]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.strategy.checkpoint_io.save_checkpoint({"global_step": 2}, path)
+    assert path.read_bytes() == saved and [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
 @pytest.mark.slow
 def test_save_last_keeps_a_resumable_full_checkpoint_apart(tmp_path) -> None:  # noqa: ANN001
     from lightning import Callback, Trainer

@@ -357,3 +357,59 @@ def test_blend_ramp_is_the_nominal_overlap(
     with rasterio.open(tmp_path / "probs.tif") as probs:
         p = probs.read().astype(np.float64)
     np.testing.assert_allclose(p, reference_blend(*size, tile, overlap), rtol=1e-5, atol=1e-5)
+
+
+def _disk_full_in_the_geopackage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the GeoPackage writer fail as a full disk does: part of the file written, then ENOSPC."""
+    import errno
+
+    import vitp_geo.io.qgis_styles as styles
+
+    def full(frame: object, path: object, **kw: object) -> None:
+        Path(str(path)).write_bytes(b"SQLite format 3\0" + b"\0" * 4096)  # the cut-off start of a file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(styles.pyogrio, "write_dataframe", full)
+
+
+def test_full_disk_while_writing_the_geopackage_leaves_no_output_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_test_scene(tmp_path / "scene.tif", (150, 170))
+    (tmp_path / "a").mkdir()
+    _run(tmp_path / "scene.tif", tmp_path / "a", vector=tmp_path / "a" / "pred.gpkg")
+    b = tmp_path / "b"
+    b.mkdir()
+    with monkeypatch.context() as m:
+        _disk_full_in_the_geopackage(m)
+        with pytest.raises(OSError, match=r"No space left on device.*no output was written.*--resume"):
+            _run(tmp_path / "scene.tif", b, vector=b / "pred.gpkg")
+    # no class map without its vector layer, no orphan style, no partial file
+    assert sorted(p.name for p in b.iterdir()) == [work_dir_for(b / "pred.tif").name]
+
+    # the finished inference is kept: --resume writes the outputs without running the model
+    def refuse(x: object) -> object:
+        raise AssertionError("the model ran again")
+
+    summary = _run(tmp_path / "scene.tif", b, model=refuse, vector=b / "pred.gpkg", resume=True)
+    assert summary.windows_run == 0
+    for name in ("pred.tif", "probs.tif", "pred.qml", "probs.qml"):
+        assert (tmp_path / "a" / name).read_bytes() == (b / name).read_bytes(), name
+    import geopandas as gpd
+
+    pa, pb = gpd.read_file(tmp_path / "a" / "pred.gpkg"), gpd.read_file(b / "pred.gpkg")
+    assert len(pa) == len(pb) > 0 and pa.geometry.geom_equals(pb.geometry).all()
+
+
+def test_failed_overwrite_keeps_the_earlier_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun that replaces earlier outputs and fails half way leaves every earlier file as it was."""
+    write_test_scene(tmp_path / "scene.tif", (96, 96))
+    _run(tmp_path / "scene.tif", tmp_path, vector=tmp_path / "pred.gpkg")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"pred.tif", "pred.tif.aux.xml", "pred.qml", "probs.tif", "pred.gpkg"} <= set(before)
+    with monkeypatch.context() as m:
+        _disk_full_in_the_geopackage(m)
+        with pytest.raises(OSError, match="No space left"):
+            _run(tmp_path / "scene.tif", tmp_path, model=PositionModel(), vector=tmp_path / "pred.gpkg")
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before

@@ -19,7 +19,7 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 
-from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.atomic import atomic_output, output_set
 from vitp_geo.io.vector import GPKG_OPTIONS  # GeoPackage 1.2 for GDAL 3.6 / QGIS 3.22
 
 QGIS_VERSION = "3.22.16-Białowieża"
@@ -202,19 +202,20 @@ def write_styled_gpkg(
             "update_time": [pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")],
         }
     )
-    with atomic_output(Path(qml) if qml is not None else qml_path(path)) as tmp:
-        tmp.write_text(qml_text, encoding="utf-8")
-    with atomic_output(path) as tmp:
-        pyogrio.write_dataframe(
-            frame,
-            tmp,
-            layer=layer,
-            driver="GPKG",
-            geometry_type="Polygon",
-            dataset_options=GPKG_OPTIONS,
-            layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": geom_col},
-        )
-        pyogrio.write_dataframe(
-            styles, tmp, layer="layer_styles", driver="GPKG", append=True, layer_options={"FID": "id"}
-        )
+    with output_set():  # the style and the layer appear together or not at all
+        with atomic_output(Path(qml) if qml is not None else qml_path(path)) as tmp:
+            tmp.write_text(qml_text, encoding="utf-8")
+        with atomic_output(path) as tmp:
+            pyogrio.write_dataframe(
+                frame,
+                tmp,
+                layer=layer,
+                driver="GPKG",
+                geometry_type="Polygon",
+                dataset_options=GPKG_OPTIONS,
+                layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": geom_col},
+            )
+            pyogrio.write_dataframe(
+                styles, tmp, layer="layer_styles", driver="GPKG", append=True, layer_options={"FID": "id"}
+            )
     return path

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from datamodules.instruction import InstructionDataModule
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.checkpoint_io import AtomicCheckpointIO
 from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.dataset import collate
@@ -334,6 +335,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         accelerator=cfg.accelerator,
         strategy=cfg.strategy,
         precision=_precision(cfg),  # type: ignore[arg-type]
+        plugins=[AtomicCheckpointIO()],  # no cut-off last.ckpt on a full disk
         callbacks=[
             *([reliance] if reliance is not None else []),  # before MetricsCSV: it fills the row
             ModelCheckpoint(
@@ -356,7 +358,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # The final state goes to last.ckpt even when max_steps is not a checkpoint multiple
     # (a collective call: every rank takes part, rank 0 writes).
-    trainer.save_checkpoint(output / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(output / "checkpoints" / "last.ckpt", weights_only=False)  # full, resumable
     vision_weights = gather_vision_state(trainer, module)  # collective under FSDP: every rank
     if not trainer.is_global_zero:
         return PretrainSummary(output, trainer.global_step, float("nan"), float("nan"), 0.0, 0, 0, None, 0.0)

@@ -226,6 +226,8 @@ def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str 
 
     from lightning.pytorch.cli import LightningCLI
 
+    from vitp_geo.io.checkpoint_io import AtomicCheckpointIO
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_ARGS_AND_ARGV_WARNING, category=UserWarning)
@@ -235,6 +237,7 @@ def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str 
                 save_config_callback=None,
                 trainer_defaults={
                     "callbacks": callbacks,
+                    "plugins": [AtomicCheckpointIO()],  # no cut-off checkpoint on a full disk
                     "logger": {
                         "class_path": "lightning.pytorch.loggers.CSVLogger",
                         "init_args": {"save_dir": str(out)},

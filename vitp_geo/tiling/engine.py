@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vitp_geo.constants import GDAL_CACHE_MB
-from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.atomic import atomic_output, output_set
 from vitp_geo.io.cog import raw_vrt, write_cog
 from vitp_geo.io.paths import check_output_paths
 from vitp_geo.io.polygonize import polygonize_rows
@@ -147,7 +147,13 @@ class _Writer:
         )
         self.probs = (
             RawRowSink(
-                work / "probs.raw", w, n_classes, outputs.probability_dtype, np.nan, rows_written, crcs["probs"]
+                work / "probs.raw",
+                w,
+                n_classes,
+                outputs.probability_dtype,
+                np.nan,
+                rows_written,
+                crcs["probs"],
             )
             if outputs.probabilities
             else None
@@ -434,8 +440,17 @@ def _segment(
         bar.close()
         if writer is None:
             return None
+        writer.checkpoint()  # every row is done: a failure while writing the outputs resumes here
         writer.close()
-        written = _finish(writer, reader, classes, outputs)
+        try:
+            written = _finish(writer, reader, classes, outputs)
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"writing the outputs failed ({err.strerror or err}); no output was written or replaced. "
+                f"The finished inference is kept in {work}: free space and rerun with --resume to write "
+                "the outputs without running the model again",
+            ) from err
     except (RasterReadError, ValueError):
         # Bad input in a fresh run: nothing worth resuming, leave nothing behind. A refused or
         # failed resume keeps the interrupted run's state: this call did not create it.
@@ -462,7 +477,20 @@ def _segment(
 def _finish(
     writer: _Writer, reader: SceneWindowReader, classes: ClassStyle, outputs: SegmentationOutputs
 ) -> list[Path]:
-    """Raw row files → COGs, QGIS styles and the optional vector layer."""
+    """Raw row files → COGs, QGIS styles and the optional vector layer, as one output set.
+
+    Every output is written under a temporary name and all are renamed when the last is complete
+    (``io.atomic.output_set``): a failure here (a full disk while the GeoPackage is written)
+    leaves no class map without its vector and no orphan style, and the work folder stays for
+    ``--resume``, which then only repeats this step.
+    """
+    with output_set():
+        return _write_outputs(writer, reader, classes, outputs)
+
+
+def _write_outputs(
+    writer: _Writer, reader: SceneWindowReader, classes: ClassStyle, outputs: SegmentationOutputs
+) -> list[Path]:
     prof = reader.profile
     geo = dict(width=reader.width, height=reader.height, transform=prof["transform"], crs=prof.get("crs"))
     work, written = writer.work, []
