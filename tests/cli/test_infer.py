@@ -255,3 +255,18 @@ def test_help_and_argument_errors_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_loading_a_model_for_inference_does_not_import_torchgeo_or_lightning() -> None:
+    """Inference (the medical path included) rebuilds the model without the training stack: torchgeo
+    and Lightning cost about 8 s to import and used to load with ``vitp_geo.tasks``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from vitp_geo.tasks import load_inference_model; import vitp_geo.medical.inference; "
+        "import vitp_geo.tiling.engine; "
+        "print(sorted(m for m in ('torchgeo', 'lightning', 'kornia') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -397,7 +397,10 @@ def test_full_disk_while_writing_the_geopackage_leaves_no_output_and_resumes(
         assert (tmp_path / "a" / name).read_bytes() == (b / name).read_bytes(), name
     import geopandas as gpd
 
-    pa, pb = gpd.read_file(tmp_path / "a" / "pred.gpkg"), gpd.read_file(b / "pred.gpkg")
+    pa, pb = (
+        gpd.read_file(tmp_path / "a" / "pred.gpkg", layer="pred"),
+        gpd.read_file(b / "pred.gpkg", layer="pred"),
+    )
     assert len(pa) == len(pb) > 0 and pa.geometry.geom_equals(pb.geometry).all()
 
 

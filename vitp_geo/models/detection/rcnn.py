@@ -26,7 +26,6 @@ from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
-from torchgeo.trainers.utils import GeneralizedRCNNTransformNoOp
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
@@ -97,6 +96,10 @@ class DetectionModel(nn.Module):
         self.neck = neck
         in_widths = [int(c) for c in neck.out_channels]  # type: ignore[union-attr]
         self.fpn = FeaturePyramidNetwork(in_widths, fpn_channels, extra_blocks=LastLevelMaxPool())
+        # torchgeo's no-op transform (images arrive normalised); imported here: torchgeo.trainers
+        # pulls in Lightning, which inference of the other model kinds does not need.
+        from torchgeo.trainers.utils import GeneralizedRCNNTransformNoOp
+
         self.transform = GeneralizedRCNNTransformNoOp()
         anchors = AnchorGenerator(
             sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=(tuple(aspect_ratios),) * len(anchor_sizes)
