@@ -92,19 +92,25 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad flag values before anything is written (errors name the flag and the value)."""
-    from vitp_geo.tasks.run import check_backbone_file
+    """Refuse bad flag values before anything is written (errors name the flag and the value).
 
+    The plain value checks come before any import of torch or the task stack (~8 s), so a bad
+    flag is answered at once."""
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     for flag, value in (("--max-steps", args.max_steps), ("--max-epochs", args.max_epochs)):
         if value is not None and value < 1 and value != -1:  # Lightning's -1 = no limit
             raise ValueError(f"{flag} must be >= 1 (or -1 for no limit), got {value}")
+    if args.task1_out is not None and args.task != "detection":
+        raise ValueError(f"--task1-out is for detection runs, not {args.task}")
     if args.backbone is not None:
+        from vitp_geo.tasks.run import check_backbone_file
+
         check_backbone_file(args.backbone)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before anything is written, and before the heavy imports below
     from vitp_geo.tasks.run import (  # the library does the work; this module parses and wires
         FINETUNE_OUTPUTS,
         TASK_CLASSES,
@@ -116,9 +122,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     out: Path = args.output
-    check_args(args)  # before anything is written
-    if args.task1_out is not None and args.task != "detection":
-        raise ValueError(f"--task1-out is for detection runs, not {args.task}")
     if args.task1_out is not None:
         refuse_existing_outputs({"--task1-out": args.task1_out}, args.overwrite)
     earlier = [n for n in FINETUNE_OUTPUTS if (out / n).exists()]

@@ -99,7 +99,6 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitp_geo.pretrain.config import describe_settings, resolve_config
-    from vitp_geo.pretrain.run import check_earlier_run, run_pretrain
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -108,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
     }
     sources: dict[str, str] = {}
     cfg = resolve_config(args.domain, args.config, overrides, preset=args.preset, sources=sources)
+    # Bad flags are one error line at once: checked before torch and Lightning are imported (~10 s).
+    cfg.validate()
+    from vitp_geo.pretrain.run import check_earlier_run, run_pretrain
+
     if cfg.output is not None:
-        cfg.validate()  # bad flags and an earlier run are one error line, before anything is printed
-        check_earlier_run(cfg, Path(cfg.output))
+        check_earlier_run(cfg, Path(cfg.output))  # an earlier run: refused before anything is printed
     if cfg.embedded:
         print(
             "vitp-geo pretrain: no --model-path or --data given, running the embedded tiny default "
