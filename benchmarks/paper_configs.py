@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "vitp_geo" / "configs" / "finetune"
 SHIPPED = {
@@ -50,23 +48,18 @@ def _child(name: str, root: Path, out: Path) -> None:
     """One config in this process (called by the parent with --child)."""
     import torch
 
+    sys.path.insert(0, str(REPO / "tests"))  # the config-run helpers the tests use
+    from config_runs import CPU_SMOKE_TRAINER, fill_root, finetune_args
+
     from vitp_geo.cli import finetune
     from vitp_geo.tasks import run as finetune_run
 
     task, shipped = SHIPPED[name]
-    cfg_file = out.parent / f"{name}.yaml"
-    cfg = yaml.safe_load(shipped.read_text())
-    cfg["data"]["init_args"]["root"] = str(root)  # the one thing a user fills in
-    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    parser = argparse.ArgumentParser()
-    finetune.add_parser(parser.add_subparsers())
-    args = parser.parse_args(
-        ["finetune", task, "--config", str(cfg_file), "--output", str(out), "--no-progress"]
-    )
+    cfg_file = fill_root(shipped, root, out.parent / f"{name}.yaml")  # the one thing a user fills in
+    args = finetune_args(task, cfg_file, out)
     finetune.check_args(args)
     run_cfg = finetune.apply_overrides(finetune_run.load_config(args.config), args)
-    run_cfg["trainer"].update(fast_dev_run=True, accelerator="cpu", devices=1, precision="32-true")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run_cfg["trainer"].update(CPU_SMOKE_TRAINER)
     t0 = time.perf_counter()
     summary = finetune_run.fit(run_cfg, task, args.output, progress=False, source=str(cfg_file))
     seconds = time.perf_counter() - t0

@@ -75,14 +75,13 @@ class _Scene:
         import rasterio
 
         from vitp_geo.instruct.builders.labels import load_pixel_labels
-        from vitp_geo.instruct.builders.raster_scene import open_grid
+        from vitp_geo.instruct.builders.raster_scene import RasterGrid
 
         with rasterio.open(image) as src:
             self.pixels = src.read().astype(np.float32)  # (C, H, W) raw band values
+            # The label loader needs the grid only (transform, CRS, size), not rendered pixels.
+            grid = RasterGrid(Path(image), src)  # its attributes stay readable after the close
         c, h, w = self.pixels.shape
-        # The label loader needs the grid only (transform, CRS, size), not rendered pixels.
-        grid = open_grid(image)
-        grid.close()  # the grid's attributes stay readable
         geoms: list[Any] = []
         names: list[str] = []
         for path in vector:

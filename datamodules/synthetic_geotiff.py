@@ -35,25 +35,40 @@ def _origin(i: int, size: int, pixel_size: float) -> tuple[float, float]:
     return (DEFAULT_ORIGIN[0] + i * (size * pixel_size + gap), DEFAULT_ORIGIN[1])
 
 
+def _move_into(files: list[tuple[Path, Path | None]]) -> None:
+    """Move each written file into its folder (created)."""
+    for src, dst in files:
+        assert dst is not None
+        dst.mkdir(parents=True, exist_ok=True)
+        src.replace(dst / src.name)
+
+
+def _write_scenes(
+    directory: str | Path, n_scenes: int, size: int, seed: int, pixel_size: float, scene_class: int | None
+) -> SyntheticFolders:
+    root = Path(directory)
+    folders = SyntheticFolders(root / "images", root / "labels", root / "vectors")
+    for i in range(n_scenes):
+        scene = generate_scene(
+            seed + i,
+            size,
+            pixel_size=pixel_size,
+            origin=_origin(i, size, pixel_size),
+            scene_class=scene_class,
+        )
+        paths = write_scene(scene, root / "tmp", stem=f"scene_{i}")
+        _move_into(
+            [(paths.image, folders.images), (paths.mask, folders.labels), (paths.objects, folders.vectors)]
+        )
+    (root / "tmp").rmdir()
+    return folders
+
+
 def write_synthetic_segmentation(
     directory: str | Path, n_scenes: int = 2, size: int = 336, seed: int = 0, pixel_size: float = 0.5
 ) -> SyntheticFolders:
     """``images/scene_i.tif`` (3-band uint8), ``labels/scene_i_mask.tif`` and ``vectors/scene_i_objects.gpkg``."""
-    root = Path(directory)
-    folders = SyntheticFolders(root / "images", root / "labels", root / "vectors")
-    for i in range(n_scenes):
-        scene = generate_scene(seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size))
-        paths = write_scene(scene, root / "tmp", stem=f"scene_{i}")
-        for src, dst in (
-            (paths.image, folders.images),
-            (paths.mask, folders.labels),
-            (paths.objects, folders.vectors),
-        ):
-            assert dst is not None
-            dst.mkdir(parents=True, exist_ok=True)
-            src.replace(dst / src.name)
-    (root / "tmp").rmdir()
-    return folders
+    return _write_scenes(directory, n_scenes, size, seed, pixel_size, scene_class=None)
 
 
 def write_synthetic_change(
@@ -67,10 +82,7 @@ def write_synthetic_change(
             seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size)
         )
         b, a, c = write_change_pair(pair, root / "tmp", stem=f"pair_{i}")
-        for src, dst in ((b, folders.images), (a, folders.after), (c, folders.labels)):
-            assert dst is not None
-            dst.mkdir(parents=True, exist_ok=True)
-            src.replace(dst / src.name)
+        _move_into([(b, folders.images), (a, folders.after), (c, folders.labels)])
     (root / "tmp").rmdir()
     return folders
 
@@ -83,20 +95,4 @@ def write_synthetic_detection(
     Buildings are rotated rectangles in the object layer (``class_name`` ``building``), so their
     polygons are exact oriented ground truth. Also writes ``labels/scene_i_mask.tif``.
     """
-    root = Path(directory)
-    folders = SyntheticFolders(root / "images", root / "labels", root / "vectors")
-    for i in range(n_scenes):
-        scene = generate_scene(
-            seed + i, size, pixel_size=pixel_size, origin=_origin(i, size, pixel_size), scene_class=0
-        )
-        paths = write_scene(scene, root / "tmp", stem=f"scene_{i}")
-        for src, dst in (
-            (paths.image, folders.images),
-            (paths.mask, folders.labels),
-            (paths.objects, folders.vectors),
-        ):
-            assert dst is not None
-            dst.mkdir(parents=True, exist_ok=True)
-            src.replace(dst / src.name)
-    (root / "tmp").rmdir()
-    return folders
+    return _write_scenes(directory, n_scenes, size, seed, pixel_size, scene_class=0)

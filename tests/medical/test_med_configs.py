@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from config_runs import smoke_cli
 
 from vitp_geo.synthetic import phantoms as P
 
@@ -61,17 +61,7 @@ def test_medical_config_runs_fast_dev_run(name: str, tmp_path: Path) -> None:
     cfg["model"]["init_args"].update(
         backbone="vitp_tiny_patch14_112", img_size=112, head_channels=16, backbone_weights=None
     )
-    cfg["trainer"] = dict(
-        cfg["trainer"],
-        fast_dev_run=True,
-        precision="32-true",
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_progress_bar=False,
-    )
-    cli = LightningCLI(args=cfg, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+    cli = smoke_cli(cfg, tmp_path)
     task, dm = cli.model, cli.datamodule
     assert task.hparams["head"] == written["head"] == "upernet" and task.hparams["neck"] == "adapter"
     assert dm.class_names == written["class_names"] and len(dm.class_names) == written["num_classes"]

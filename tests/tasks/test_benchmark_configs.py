@@ -11,12 +11,12 @@ tiny ``vitp_tiny_patch14_112`` (and ``head_channels`` 16).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from config_runs import CPU_SMOKE_TRAINER, fill_root, finetune_args
 
 from datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
 from vitp_geo.cli import finetune
@@ -30,29 +30,12 @@ TORCHGEO_LAYOUT_CONFIGS = {
 }
 
 
-def _args(task: str, config: Path, out: Path) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    finetune.add_parser(parser.add_subparsers())
-    return parser.parse_args(
-        ["finetune", task, "--config", str(config), "--output", str(out), "--no-progress"]
-    )
-
-
-def fill_root(config: Path, root: Path, dest: Path) -> Path:
-    """Copy of ``config`` with only ``data.init_args.root`` set (as a user does)."""
-    cfg = yaml.safe_load(config.read_text())
-    assert cfg["data"]["init_args"]["root"] == "FILL_ME"
-    cfg["data"]["init_args"]["root"] = str(root)
-    dest.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dest
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TORCHGEO_LAYOUT_CONFIGS))
 def test_shipped_config_trains_on_the_torchgeo_layout(name: str, torchgeo_layouts, tmp_path: Path) -> None:  # noqa: ANN001
     task, shipped = TORCHGEO_LAYOUT_CONFIGS[name]
     config = fill_root(shipped, torchgeo_layouts[name], tmp_path / f"{name}.yaml")
-    args = _args(task, config, tmp_path / "run")
+    args = finetune_args(task, config, tmp_path / "run")
     finetune.check_args(args)
     cfg = finetune.apply_overrides(finetune_run.load_config(args.config), args)
     written = yaml.safe_load(shipped.read_text())
@@ -61,7 +44,7 @@ def test_shipped_config_trains_on_the_torchgeo_layout(name: str, torchgeo_layout
         "init_args": {**written["data"]["init_args"], "root": str(torchgeo_layouts[name])},
     }
     # test-only: one step on the CPU, and a backbone that fits it (module doc)
-    cfg["trainer"].update(fast_dev_run=True, accelerator="cpu", devices=1, precision="32-true")
+    cfg["trainer"].update(CPU_SMOKE_TRAINER)
     cfg["model"]["init_args"].update(backbone="vitp_tiny_patch14_112", head_channels=16)
     summary = finetune_run.fit(cfg, task, args.output, progress=False, source=str(config))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from config_runs import smoke_cli
 
 CONFIGS = sorted(
     p
@@ -66,17 +66,7 @@ def test_config_runs_fast_dev_run(path: Path, seg_folders, change_folders, tmp_p
                 **common,
             ),
         }
-    cfg["trainer"] = dict(
-        cfg["trainer"],
-        fast_dev_run=True,
-        precision="32-true",
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_progress_bar=False,
-    )
-    cli = LightningCLI(args=cfg, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+    cli = smoke_cli(cfg, tmp_path)
     task = cli.model
     assert task.hparams["neck"] == written["neck"] == "adapter"
     assert task.hparams["head"] == written["head"] and task.hparams["lr"] == written["lr"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from config_runs import smoke_cli
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,17 +91,7 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
         representation=64,
         backbone_weights=None,
     )
-    cfg["trainer"] = dict(
-        cfg["trainer"],
-        fast_dev_run=True,
-        precision="32-true",
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_progress_bar=False,
-    )
-    cli = LightningCLI(args=cfg, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+    cli = smoke_cli(cfg, tmp_path)
     task = cli.model
     assert task.hparams["box_type"] == written["box_type"] and task.hparams["lr"] == written["lr"]
     cli.trainer.fit(task, datamodule=cli.datamodule)

@@ -199,12 +199,6 @@ def open_scene(
         raise
 
 
-def open_grid(path: str | Path) -> RasterGrid:
-    """Open a raster for its grid only (size, transform, CRS), e.g. to place vector labels on it."""
-    path = Path(path)
-    return RasterGrid(path, _open_quietly(path))
-
-
 def open_label_raster(path: str | Path) -> LabelRaster:
     """Open band 1 of a label raster for tile-by-tile reading."""
     path = Path(path)
