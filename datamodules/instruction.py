@@ -9,10 +9,12 @@ consumed in the interrupted epoch (read from Lightning's restored loop progress)
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -108,6 +110,59 @@ class EpochShuffleSampler(Sampler[int]):
         return -(-self.length // self.num_replicas)
 
 
+class DataOrderMismatchError(ValueError):
+    """A checkpoint's data order differs from the order this run would draw."""
+
+
+def check_data_order(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume when the interrupted run drew its samples in another order.
+
+    A resumed epoch skips the batches that Lightning's restored progress says were consumed. That
+    lands on the right sample only if corpus, seed, batch size, accumulation, world size and the
+    alignment phase are those of the interrupted run; otherwise samples are repeated or skipped
+    without a sign. The message names every value that changed.
+    """
+    changed = [
+        f"{key} {saved[key]!r} -> {current.get(key)!r}"
+        for key in sorted(saved)
+        if saved[key] != current.get(key)
+    ]
+    if changed:
+        raise DataOrderMismatchError(
+            "cannot resume: the checkpoint's data order differs from this run's ("
+            + "; ".join(changed)
+            + "). Resuming would repeat or skip samples of the interrupted epoch. Resume with the "
+            "interrupted run's settings (its log prints them at the start), or start a new run "
+            "in another --output; the saved run is left as it was"
+        )
+
+
+class ResumableDataLoader(DataLoader):  # type: ignore[type-arg]
+    """A DataLoader that Lightning checkpoints as stateful: its state is the identity of its order.
+
+    The position inside an epoch needs no state of its own: ``EpochShuffleSampler`` is a pure
+    function of ``(seed, epoch, rank, world)`` and skips what Lightning's restored loop progress
+    says was consumed. What can go wrong is a resume that draws another order; ``load_state_dict``
+    refuses that (:func:`check_data_order`) before any batch is drawn or any file is touched.
+
+    Args:
+        order: the values that fix the order (see ``InstructionDataModule.data_order``).
+        *args, **kwargs: as for ``torch.utils.data.DataLoader``.
+    """
+
+    def __init__(self, *args: Any, order: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.order = dict(order)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data_order": dict(self.order)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("data_order")
+        if isinstance(saved, dict):
+            check_data_order(saved, self.order)
+
+
 class InstructionDataModule(L.LightningDataModule):
     """Serves an ``InstructionDataset`` built from a recipe file.
 
@@ -181,6 +236,30 @@ class InstructionDataModule(L.LightningDataModule):
                 skip_bad=self.skip_bad_samples,
             )
 
+    def data_order(self, world_size: int) -> dict[str, Any]:
+        """The values that fix which sample each rank draws at each step (checked on resume).
+
+        ``corpus`` is a digest of every sample's recipe entry and record id, in index order, so a
+        changed recipe, ``repeat_time`` or record list counts as a different corpus.
+        """
+        self.setup("fit")
+        assert self.dataset is not None
+        digest = hashlib.sha256()
+        names = [src.entry.name for src in self.dataset.sources]
+        for src_id, rec_id in self.dataset.index:
+            rec = self.dataset.sources[src_id].records[rec_id]
+            digest.update(f"{names[src_id]}\x00{rec.id}\x01".encode())
+        return {
+            "samples": len(self.dataset),
+            "corpus": digest.hexdigest()[:16],
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "accumulate": self.accumulate,
+            "world_size": world_size,
+            "align_steps": self.align_steps,
+            "align_tasks": ",".join(self.align_tasks) if self.align_steps else "",
+        }
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -227,8 +306,9 @@ class InstructionDataModule(L.LightningDataModule):
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if pad_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
-        return DataLoader(
+        return ResumableDataLoader(
             self.dataset,
+            order=self.data_order(world),
             batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=self.num_workers,

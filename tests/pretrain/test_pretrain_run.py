@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,15 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(default_run: Path, t
     # The interrupted run's log went further than its checkpoint: those rows must be replaced.
     shutil.copy(default_run / "metrics.csv", resumed / "metrics.csv")
     ckpt3 = default_run / "checkpoints" / "step000003.ckpt"
-    code = main(["pretrain", "--max-steps", "6", "--output", str(resumed), "--resume", str(ckpt3), *FAST])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["pretrain", "--max-steps", "6", "--output", str(resumed), "--resume", str(ckpt3), *FAST])
     assert code == 0
+    # the checkpoint carries the loader's state, so Lightning does not call the loader unresumable
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    state = torch.load(ckpt3, map_location="cpu", weights_only=True)
+    (order,) = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert order["data_order"]["batch_size"] == 4 and order["data_order"]["seed"] == 0
     original = read_metrics(default_run / "metrics.csv")
     again = read_metrics(resumed / "metrics.csv")
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
@@ -91,6 +99,29 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(default_run: Path, t
     w1 = load_file(resumed / "backbone.safetensors")
     for key in w0:
         torch.testing.assert_close(w0[key], w1[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "changed"),
+    [
+        (["--batch-size", "2"], "batch_size 4 -> 2"),
+        (["--seed", "1"], "seed 0 -> 1"),
+        (["--align-steps", "2"], "align_steps 150 -> 2"),
+    ],
+)
+def test_resume_with_another_data_order_is_refused_and_keeps_the_run(
+    default_run: Path, tmp_path: Path, capsys, flags: list[str], changed: str
+):
+    """A resume that would draw other samples than the interrupted run (silently, before) stops."""
+    run = tmp_path / "run"
+    shutil.copytree(default_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["pretrain", "--max-steps", "9", "--output", str(run), "--resume", "last", *FAST, *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume: the checkpoint's data order differs" in err and changed in err
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # checkpoints, metrics.csv, image_reliance.jsonl and backbone untouched
 
 
 def _tiny_corpus(root: Path, lines: list[str]) -> Path:
