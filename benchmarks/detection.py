@@ -36,7 +36,7 @@ from shapely.geometry import Polygon
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitp_geo.models.detection.obb import (  # noqa: E402
+from vitp_geo.geometry.obb import (  # noqa: E402
     _candidate_pairs,
     obb_to_hbb,
     obb_to_poly,

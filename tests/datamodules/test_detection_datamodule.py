@@ -13,7 +13,7 @@ import torch
 
 from datamodules.detection import GeoTiffDetectionDataModule, detection_collate
 from datamodules.synthetic_geotiff import write_synthetic_detection
-from vitp_geo.models.detection.obb import poly_to_obb
+from vitp_geo.geometry.obb import poly_to_obb
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vitp_geo.evaluation.detection import evaluate_coco, evaluate_voc, voc_ap
-from vitp_geo.models.detection.obb import hbb_to_obb, obb_to_poly
+from vitp_geo.geometry.obb import hbb_to_obb, obb_to_poly
 
 
 def sq(x: float, y: float, s: float = 10.0) -> list[float]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
+from vitp_geo.geometry.obb import normalize_obb, obb_to_poly
 from vitp_geo.models.detection.coder import OrientedBoxCoder
-from vitp_geo.models.detection.obb import normalize_obb, obb_to_poly
 from vitp_geo.models.detection.roi_align_rotated import (
     MultiScaleRotatedRoIAlign,
     fpn_levels,

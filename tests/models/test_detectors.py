@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitp_geo.models.detection.obb import obb_to_hbb
+from vitp_geo.geometry.obb import obb_to_hbb
 from vitp_geo.models.detection.rcnn import BoxType, DetectionModel
 from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.models import build_neck
@@ -89,7 +89,7 @@ def test_bad_arguments() -> None:
 def test_assignment_by_rotated_iou_or_by_envelopes() -> None:
     """A 2:1 box at 45° overlaps its own horizontal envelope by 4/9 < 0.5: rotated-IoU matching
     leaves it without positive RoIs, envelope matching does not."""
-    from vitp_geo.models.detection.obb import normalize_obb, obb_to_poly
+    from vitp_geo.geometry.obb import normalize_obb, obb_to_poly
     from vitp_geo.models.detection.oriented_heads import OrientedRoIHeads, hbb_rois
 
     gt = torch.tensor([[50.0, 50, 40, 20, torch.pi / 4]])

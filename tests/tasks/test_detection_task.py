@@ -82,7 +82,7 @@ def test_segmentation_checkpoint_is_refused_as_a_backbone_and_the_reverse(tmp_pa
 
 
 def test_detection_scores_obb_and_hbb() -> None:
-    from vitp_geo.models.detection.obb import obb_to_poly
+    from vitp_geo.geometry.obb import obb_to_poly
     from vitp_geo.models.detection.rcnn import BoxType
     from vitp_geo.tasks.detection import detection_scores
 

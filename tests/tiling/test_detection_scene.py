@@ -22,9 +22,9 @@ from tiny_checkpoints import save_tiny_checkpoint
 from torch import nn
 
 from vitp_geo.cli.main import main
+from vitp_geo.geometry.obb import poly_to_obb
 from vitp_geo.io.qgis_styles import ClassStyle
 from vitp_geo.io.raster import write_geotiff
-from vitp_geo.models.detection.obb import poly_to_obb
 from vitp_geo.tiling.detection_outputs import DetectionRunConfig, detect_scene_to_vector
 
 CRS = "EPSG:32633"

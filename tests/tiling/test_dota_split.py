@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from shapely.geometry import Polygon
 
+from vitp_geo.geometry.obb import obb_to_poly
 from vitp_geo.io.annotations import DOTA_V1_CLASSES, read_dota_label, read_task_results, write_task_results
-from vitp_geo.models.detection.obb import obb_to_poly
 from vitp_geo.tiling.dota_split import (
     merge_patch_detections,
     merge_task_results,

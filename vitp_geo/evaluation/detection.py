@@ -41,7 +41,7 @@ from shapely.geometry import Polygon
 from shapely.validation import make_valid
 from torch import Tensor
 
-from vitp_geo.models.detection.obb import is_convex_quad, quad_iou
+from vitp_geo.geometry.obb import is_convex_quad, quad_iou
 
 __all__ = [
     "APMetric",
@@ -414,7 +414,7 @@ def evaluate_detections(
 
 def _as_sample(d: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
     """torchvision-style (``boxes`` (N, 4 | 5 | 8), ``labels``, ``scores``) or sample-style dict → sample keys."""
-    from vitp_geo.models.detection.obb import obb_to_poly
+    from vitp_geo.geometry.obb import obb_to_poly
 
     out: dict[str, Tensor] = {}
     if "bbox_xyxyxyxy" in d or "bbox_xyxy" in d:

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
-from vitp_geo.models.detection.obb import obb_to_hbb, obb_to_poly
+from vitp_geo.geometry.obb import obb_to_hbb, obb_to_poly
 from vitp_geo.models.detection.rcnn import BoxType, targets_from_batch
 from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
 

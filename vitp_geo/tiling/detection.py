@@ -2,7 +2,7 @@
 
 A detector maps a window batch (B, C, T, T) to one dict per window (torchvision style):
 ``boxes`` (N, 4) ``x1, y1, x2, y2`` or (N, 5) oriented ``cx, cy, w, h, angle`` (the convention of
-``vitp_geo.models.detection.obb``: radians, the w side along ``(cos, sin)`` in pixel axes),
+``vitp_geo.geometry.obb``: radians, the w side along ``(cos, sin)`` in pixel axes),
 ``scores`` (N,) and ``labels`` (N,), all in window pixels.
 
 ``DetectionMerger`` converts each window's boxes to polygons in map coordinates through the
@@ -31,8 +31,8 @@ from shapely.geometry import Polygon, box
 from tqdm.auto import tqdm
 
 from vitp_geo.constants import GDAL_CACHE_MB
+from vitp_geo.geometry.obb import batched_rotated_nms, hbb_to_obb, obb_to_poly
 from vitp_geo.io.raster import RenderRule
-from vitp_geo.models.detection.obb import batched_rotated_nms, hbb_to_obb, obb_to_poly
 from vitp_geo.tiling.planner import plan_windows
 from vitp_geo.tiling.reader import SceneWindowReader
 

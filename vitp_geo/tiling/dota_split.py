@@ -42,9 +42,9 @@ from shapely.geometry.polygon import orient
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vitp_geo.geometry.obb import batched_rotated_nms, poly_to_obb
 from vitp_geo.io.annotations import read_dota_label, read_task_results, write_dota_label, write_task_results
 from vitp_geo.io.atomic import atomic_output
-from vitp_geo.models.detection.obb import batched_rotated_nms, poly_to_obb
 from vitp_geo.tiling.planner import axis_offsets
 
 __all__ = [

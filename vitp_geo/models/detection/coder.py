@@ -1,7 +1,7 @@
 """Oriented box coder: regression targets ``(dx, dy, dw, dh, dangle)`` of a box relative to a RoI.
 
 Boxes are ``(cx, cy, w, h, angle)`` in pixels, angle in radians (the convention of
-``vitp_geo.models.detection.obb``). For a RoI ``p`` and a target ``g``:
+``vitp_geo.geometry.obb``). For a RoI ``p`` and a target ``g``:
 
 * the centre offset is measured in the RoI's own frame (rotated by ``p.angle``) and divided by
   the RoI's size: ``dx = ((gx - px) cos pa + (gy - py) sin pa) / pw``,

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
+from vitp_geo.geometry.obb import batched_rotated_nms, normalize_obb, obb_to_hbb, rotated_iou
 from vitp_geo.models.detection.coder import OrientedBoxCoder
-from vitp_geo.models.detection.obb import batched_rotated_nms, normalize_obb, obb_to_hbb, rotated_iou
 from vitp_geo.models.detection.roi_align_rotated import MultiScaleRotatedRoIAlign
 
 

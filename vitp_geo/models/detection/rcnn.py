@@ -195,7 +195,7 @@ def targets_from_batch(batch: dict[str, object], box_type: BoxType | str) -> lis
     ``bbox_xyxy`` / ``label`` lists (and ``bbox_xyxyxyxy`` for obb, converted to ``cx, cy, w, h,
     angle`` by ``obb.poly_to_obb``).
     """
-    from vitp_geo.models.detection.obb import poly_to_obb
+    from vitp_geo.geometry.obb import poly_to_obb
 
     boxes = batch["bbox_xyxy"]
     labels = batch["label"]

@@ -10,7 +10,7 @@ import shapely
 import torch
 from shapely.geometry import Polygon
 
-from vitp_geo.models.detection.obb import (
+from vitp_geo.geometry.obb import (
     _rotated_nms,
     batched_rotated_nms,
     hbb_to_obb,
@@ -388,3 +388,18 @@ def test_scene_merger_nms_equals_polygon_nms_in_map_coordinates() -> None:
         expected += [int(idx[k]) for k in kept]
     assert len(m.polygons) == 80 and len(expected) < 75
     assert m.merged() == sorted(expected)
+
+
+def test_box_geometry_and_its_users_import_no_model_stack():
+    """Geometry, DOTA evaluation and the DOTA splitter need torch and NumPy only (no timm/torchvision)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import vitp_geo.geometry.obb, vitp_geo.evaluation.detection, vitp_geo.tiling.dota_split\n"
+        "print(sorted(m for m in ('timm', 'torchvision', 'lightning', 'torchgeo', 'vitp_geo.models')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
