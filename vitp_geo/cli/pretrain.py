@@ -14,7 +14,8 @@ _HELP: dict[str, str] = {
     "model_path": "local InternVL2.5-1B directory (original release format); default: a tiny model built in code",
     "data": "instruction recipe (InternVL meta-JSON or YAML); default: the embedded synthetic corpus",
     "output": "run folder (default runs/pretrain-<domain>-<timestamp>)",
-    "resume": "continue from a checkpoint: a .ckpt path, or 'last' for <output>/checkpoints/last.ckpt",
+    "resume": "continue from a checkpoint: a .ckpt path, or 'last' for <output>/checkpoints/last.ckpt; "
+    "corpus, seed, batch size, accumulation, devices and alignment phase must be the interrupted run's",
     "overwrite": "replace an earlier run in --output (without it, and without --resume, such a folder is refused)",
     "lr": "peak learning rate",
     "max_steps": "optimizer steps",
