@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -26,6 +27,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("vitp_geo.cli.infer", "tiled inference over a GeoTIFF scene, QGIS-ready outputs"),
     "evaluate": ("vitp_geo.cli.evaluate", "score predictions: detection mAP, segmentation Dice"),
 }
+
+
+# Lightning logs its info lines (device summary, ...) through this logger. One of them advertises a
+# cloud logging service on every run; an offline tool has no use for it, so the CLI drops that one.
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+class _DropCloudTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+def quiet_lightning_tips() -> None:
+    """Drop Lightning's cloud-logger advertisement; every other Lightning info line stays."""
+    log = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    if not any(isinstance(f, _DropCloudTip) for f in log.filters):
+        log.addFilter(_DropCloudTip())
 
 
 class CLIError(Exception):
@@ -66,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    quiet_lightning_tips()
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
