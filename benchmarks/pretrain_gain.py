@@ -724,16 +724,17 @@ def finetune(
 def arm_config(arm: str, seed: int, s: Settings, out: Path, data: Path | None) -> Any:
     """The PretrainConfig of a ViTP arm: defaults except the arm's settings, steps and seed.
 
-    ``align_steps`` (an absolute count) scales with the step count so that the schedule keeps the
-    default's shape. Built directly (not through ``resolve_config``) so that ``data`` does not pull
+    ``align_steps`` and ``align_ramp_steps`` (absolute counts) scale with the step count so that
+    the schedule keeps the default's shape. Built directly (not through ``resolve_config``) so that ``data`` does not pull
     in the full-scale YAML schedule.
     """
     from vitp_geo.pretrain.config import PretrainConfig
 
     base = PretrainConfig()
     extra: dict[str, Any] = dict(VITP_ARMS[arm])
-    if base.align_steps:
-        extra["align_steps"] = int(round(base.align_steps * s.steps / base.max_steps))
+    for name in ("align_steps", "align_ramp_steps"):  # the phase and its ramp keep their share
+        if getattr(base, name):
+            extra[name] = int(round(getattr(base, name) * s.steps / base.max_steps))
     if s.reliance_records is not None:
         extra["reliance_records"] = min(s.reliance_records, base.reliance_records)
     return replace(
@@ -798,6 +799,8 @@ class Results:
     drops: dict[str, dict[str, list[float]]]  # arm → corruption → per (seed, draw)
     gains: dict[str, list[float]]  # arm → final image_gain per seed
     gains_decided: dict[str, list[float]]
+    # arm → per seed: closed-task accuracy {task or "all": (true images, shuffled images, chance)}
+    accuracies: dict[str, list[dict[str, tuple[float, float, float]]]]
     verdict: Verdict
     phases: list[tuple[str, float]]
     notes: list[str]
@@ -844,7 +847,8 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     notes.append(
         f"every pretrained arm: {s.steps} steps (PretrainConfig default {base.max_steps}), batch "
         f"{base.batch_size} x {base.accumulate}, lr {base.lr:g}, warm-up {base.warmup_ratio:g} + cosine, "
-        f"align_steps {example.align_steps} (default {base.align_steps}, scaled with the steps); the shuffled "
+        f"align_steps {example.align_steps} + ramp {example.align_ramp_steps} (default {base.align_steps} + "
+        f"{base.align_ramp_steps}, scaled with the steps), align tasks {base.align_tasks}; the shuffled "
         f"control uses the default VRL: r={base.vrl_ratio:g} p={base.vrl_prob:g}"
         + (" (reference mode)" if base.vrl_reference else "")
     )
@@ -863,6 +867,7 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     backbones: dict[tuple[str, int], Path] = {}
     gains: dict[str, list[float]] = {a: [] for a in VITP_ARMS}
     gains_decided: dict[str, list[float]] = {a: [] for a in VITP_ARMS}
+    accuracies: dict[str, list[dict[str, tuple[float, float, float]]]] = {a: [] for a in VITP_ARMS}
     for seed in s.seeds:
         sdir = work / f"seed{seed}"
         with phase(f"seed {seed}: default corpus + shuffled copy"):
@@ -896,6 +901,7 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             gains[arm].append(float("nan") if rel.get("image_gain") is None else float(rel["image_gain"]))
             g = rel.get("image_gain_decided")
             gains_decided[arm].append(float("nan") if g is None else float(g))
+            accuracies[arm].append(_accuracies(rel))
         with phase(f"seed {seed}: supervised multi-label ({s.steps} steps)"):
             out = sdir / "supervised"
             want = {
@@ -977,11 +983,37 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             ft_lr[arm].append(FT_LRS[best])
 
     verdict = pass_rule(probe)
-    return Results(s, probe, ft, ft_lr, drops, gains, gains_decided, verdict, phase.done, notes)
+    return Results(s, probe, ft, ft_lr, drops, gains, gains_decided, accuracies, verdict, phase.done, notes)
 
 
 # --------------------------------------------------------------------------------------------------
 # Report
+
+
+ACCURACY_TASKS: tuple[str, ...] = ("presence", "classification", "counting")
+
+
+def _accuracies(rel: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """Closed-task accuracy (true, shuffled, chance) of a run's final reliance check, overall and per task."""
+
+    def num(x: Any) -> float:
+        return float("nan") if x is None else float(x)
+
+    out = {
+        "all": (num(rel.get("accuracy")), num(rel.get("accuracy_shuffled")), num(rel.get("accuracy_chance")))
+    }
+    for task, row in (rel.get("per_task") or {}).items():
+        if "accuracy" in row:
+            out[task] = (num(row.get("accuracy")), num(row.get("accuracy_shuffled")), num(row.get("chance")))
+    return out
+
+
+def _accuracy_cell(r: Results, arm: str, task: str) -> str:
+    rows = [acc[task] for acc in r.accuracies.get(arm, []) if task in acc]
+    if not rows:
+        return "—"
+    true, shuffled, chance = (float(np.nanmean([row[k] for row in rows])) for k in range(3))
+    return f"{true:.2f} / {shuffled:.2f} ({chance:.2f})"
 
 
 def _gain_cell(r: Results, arm: str) -> str:
@@ -1012,6 +1044,17 @@ def markdown(r: Results) -> str:
         "| image_gain (decided) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    acc_lines = [
+        "",
+        "Closed-task accuracy of each ViTP arm's final reliance check (held-out records; true images / "
+        "shuffled images (chance), mean over seeds):",
+        "",
+        "| arm | all closed tasks | " + " | ".join(ACCURACY_TASKS) + " |",
+        "|---|---|" + "---|" * len(ACCURACY_TASKS),
+    ]
+    for arm in VITP_ARMS:
+        cells = [_accuracy_cell(r, arm, t) for t in ("all", *ACCURACY_TASKS)]
+        acc_lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
     for arm in (*ARMS, RAW):
         cells = [fmt(r.probe[arm][k]) for k in SHOTS]
         cells.append(fmt(r.finetune.get(arm)))
@@ -1025,6 +1068,7 @@ def markdown(r: Results) -> str:
         "mean over seeds. Chosen fine-tune lr per arm: "
         + "; ".join(f"{LABELS[a]} {', '.join(f'{x:g}' for x in r.finetune_lr[a])}" for a in ARMS)
         + ".",
+        *acc_lines,
         "",
         "### Paired differences (probe mIoU, same seed and label draw)",
         "",

@@ -36,6 +36,9 @@ class EpochShuffleSampler(Sampler[int]):
         align_pool: dataset indices of the alignment tasks' records.
         align_samples: the first ``align_samples`` draws of epoch 0 (all ranks together) come from
             ``align_pool``; epoch 0 keeps its length, so resume and epoch accounting are unchanged.
+        ramp_samples: the next ``ramp_samples`` draws hand over from the alignment pool to the full
+            mix gradually: draw ``k`` of the ramp comes from the pool with probability
+            ``1 - k / ramp_samples``, otherwise from the epoch's permutation (0: a hard switch).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class EpochShuffleSampler(Sampler[int]):
         shuffle: bool = True,
         align_pool: Sequence[int] = (),
         align_samples: int = 0,
+        ramp_samples: int = 0,
     ):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -55,8 +59,11 @@ class EpochShuffleSampler(Sampler[int]):
             raise ValueError(f"align_samples must be >= 0, got {align_samples}")
         if align_samples and not align_pool:
             raise ValueError("an alignment phase needs records of the alignment tasks; none were found")
+        if ramp_samples < 0:
+            raise ValueError(f"ramp_samples must be >= 0, got {ramp_samples}")
         self.align_pool = list(align_pool)
         self.align_samples = align_samples
+        self.ramp_samples = ramp_samples if align_samples else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         self.length, self.seed, self.num_replicas, self.rank, self.shuffle = (
@@ -85,15 +92,28 @@ class EpochShuffleSampler(Sampler[int]):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
-        if self.epoch == 0 and self.align_samples:
-            # Alignment phase: epoch 0 opens with align_samples draws from the alignment pool
-            # (seeded, repeated as needed); the rest of the epoch keeps its length.
+        head_samples = self.align_samples + self.ramp_samples
+        start = self.epoch * self.length  # global position of this epoch's first draw
+        if start < head_samples:
+            # Alignment phase: the first align_samples draws of the run (all ranks together) come
+            # from the alignment pool (seeded, cycled), then a ramp hands over to the full mix.
+            # Positions are counted over the run, so a phase longer than an epoch carries on into
+            # the next one; every epoch keeps its length.
+            coins = torch.rand(self.ramp_samples, generator=torch.Generator().manual_seed(self.seed - 2))
+            from_pool = [g < self.align_samples for g in range(self.align_samples)] + [
+                float(coins[k]) < 1.0 - k / self.ramp_samples for k in range(self.ramp_samples)
+            ]
             g = torch.Generator().manual_seed(self.seed - 1)
             pool = torch.tensor(self.align_pool)
-            reps = -(-self.align_samples // len(self.align_pool))
-            prefix = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(reps)])
-            prefix_list = prefix[: self.align_samples].tolist()
-            order = (prefix_list + order)[: self.length]
+            reps = -(-sum(from_pool) // len(self.align_pool))
+            cycled = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(reps)]).tolist()
+            pool_draws = iter(cycled[sum(from_pool[:start]) :])
+            rest = iter(order)
+            head = [
+                next(pool_draws) if from_pool[pos] else next(rest)
+                for pos in range(start, min(head_samples, start + self.length))
+            ]
+            order = (head + list(rest))[: self.length]
         per_rank = -(-self.length // self.num_replicas)
         total = per_rank * self.num_replicas
         order = (order * (total // self.length + 1))[:total]
@@ -181,6 +201,10 @@ class InstructionDataModule(L.LightningDataModule):
         align_tasks: tasks of the alignment phase (e.g. ``("classes", "classification")``).
         align_steps: optimizer steps at the start of training that draw only ``align_tasks``
             records (0: no alignment phase).
+        align_ramp_steps: optimizer steps after the alignment phase over which the share of
+            ``align_tasks`` records falls linearly from all to their share in the recipe (0: the
+            full mix starts at once).
+        cache_mb: memory for decoded tiles and token ids (``InstructionDataset``; 0 = none).
         accumulate: gradient accumulation (micro-batches per optimizer step).
     """
 
@@ -201,10 +225,14 @@ class InstructionDataModule(L.LightningDataModule):
         align_tasks: Sequence[str] = (),
         align_steps: int = 0,
         accumulate: int = 1,
+        align_ramp_steps: int = 0,
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
+        self.cache_mb = cache_mb
         self.align_tasks = tuple(align_tasks)
         self.align_steps = align_steps
+        self.align_ramp_steps = align_ramp_steps
         self.accumulate = accumulate
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -234,6 +262,7 @@ class InstructionDataModule(L.LightningDataModule):
                 max_length=self.max_length,
                 seed=self.seed,
                 skip_bad=self.skip_bad_samples,
+                cache_mb=self.cache_mb,
             )
 
     def data_order(self, world_size: int) -> dict[str, Any]:
@@ -258,6 +287,7 @@ class InstructionDataModule(L.LightningDataModule):
             "world_size": world_size,
             "align_steps": self.align_steps,
             "align_tasks": ",".join(self.align_tasks) if self.align_steps else "",
+            "align_ramp_steps": self.align_ramp_steps if self.align_steps else 0,
         }
 
     def _world(self) -> tuple[int, int]:
@@ -301,6 +331,7 @@ class InstructionDataModule(L.LightningDataModule):
             rank=rank,
             align_pool=pool,
             align_samples=self.align_steps * self.batch_size * self.accumulate * world if pool else 0,
+            ramp_samples=self.align_ramp_steps * self.batch_size * self.accumulate * world if pool else 0,
         )
         self.sampler.skip(self._consumed_batches() * self.batch_size)
         pad_id = getattr(self.tokenizer, "pad_token_id", None)

@@ -115,7 +115,7 @@ class _FakeVLM(torch.nn.Module):
         self.language_model = torch.nn.Linear(1, 1)
         self.nan = False
 
-    def forward(self, pixel_values, input_ids, attention_mask, labels):
+    def forward(self, pixel_values, input_ids, attention_mask, labels, return_logits=True):
         loss = (self.vision_model.weight**2).sum() + self.language_model.weight.sum() * 0
         if self.nan:
             loss = loss * float("nan")
@@ -201,3 +201,84 @@ def test_config_file_values_get_field_types_and_real_weights_pull_in_the_domain_
     bad.write_text("max_steps: lots\n")
     with pytest.raises(ValueError, match=r"bad.yaml: max_steps must be of type int, got 'lots'"):
         resolve_config("rs", bad, {})
+
+
+def test_cache_decodes_each_image_once_and_gives_the_same_samples(tmp_path: Path, tokenizer, monkeypatch):
+    import vitp_geo.pretrain.dataset as dataset_mod
+
+    Image.new("RGB", (56, 28), (200, 10, 10)).save(tmp_path / "wide.png")
+    Image.new("RGB", (28, 28), (10, 200, 10)).save(tmp_path / "sq.png")
+    recs = [
+        InstructionRecord("a", ["wide.png"], _conv(1)),
+        InstructionRecord("b", ["sq.png", "sq.png"], _conv(2, "yes")),
+        InstructionRecord("c", ["sq.png"], _conv(1, "two")),
+    ]
+    entry = _corpus(tmp_path, recs)
+    kwargs = dict(image_size=28, num_image_token=4)
+    plain = InstructionDataset([entry], tokenizer, tokenize_conversation, **kwargs)
+    cached = InstructionDataset([entry], tokenizer, tokenize_conversation, cache_mb=1.0, **kwargs)
+    decoded: list[str] = []
+    real_load = dataset_mod.load_image
+    monkeypatch.setattr(dataset_mod, "load_image", lambda p: decoded.append(p.name) or real_load(p))
+    for _ in range(3):  # three epochs
+        for i in range(3):
+            want, got = plain[i], cached[i]
+            for key in ("pixel_values", "input_ids", "labels"):
+                assert torch.equal(want[key], got[key]), key
+    # plain: 4 image reads per epoch. Cached: each (image, tile budget) once: wide.png once, sq.png
+    # once for b (two images share its budget of 6 tiles; the second read is a hit) and once for c
+    assert decoded.count("wide.png") == 3 + 1 and decoded.count("sq.png") == 9 + 2
+    # other answers (the reliance check's candidates) and blank images bypass the cache
+    other = cached.load_variant(0, 2, conversations=_conv(1, "yes"))
+    assert not torch.equal(other["labels"], cached[2]["labels"])
+    blank = cached.load_variant(0, 0, blank=True)
+    assert float(blank["pixel_values"].abs().max()) < 0.05 < float(cached[0]["pixel_values"].abs().max())
+    assert float(cached[0]["pixel_values"].abs().max()) > 0.05  # the blank did not overwrite the cache
+    # a budget too small for one entry caches nothing, and a negative one is refused
+    tiny = InstructionDataset([entry], tokenizer, tokenize_conversation, cache_mb=1e-6, **kwargs)
+    decoded.clear()
+    tiny[2], tiny[2]
+    assert decoded == ["sq.png", "sq.png"]
+    with pytest.raises(ValueError, match="cache_mb must be >= 0, got -1"):
+        InstructionDataset([entry], tokenizer, tokenize_conversation, cache_mb=-1, **kwargs)
+
+
+def test_the_medical_default_keeps_its_own_tiny_schedule_and_flags_still_win():
+    from vitp_geo.pretrain.config import PretrainConfig, resolve_config
+
+    sources: dict[str, str] = {}
+    med = resolve_config("med", None, {}, sources=sources)
+    assert (med.max_steps, med.batch_size, med.align_steps, med.align_ramp_steps) == (450, 8, 150, 0)
+    assert med.align_tasks == "classes,classification" and sources["max_steps"] == "med tiny default"
+    rs = resolve_config("rs", None, {})
+    assert (
+        (rs.max_steps, rs.batch_size, rs.align_ramp_steps)
+        == (
+            PretrainConfig().max_steps,
+            PretrainConfig().batch_size,
+            PretrainConfig().align_ramp_steps,
+        )
+        != (450, 8, 0)
+    )
+    assert resolve_config("med", None, {"max_steps": 7}).max_steps == 7
+    paper = resolve_config("med", None, {"model_path": "/models/x"})
+    assert paper.max_steps == 8000 and paper.align_steps == 0  # the paper preset, not the tiny one
+
+
+def test_the_offline_tokenizer_learns_the_system_message(tmp_path: Path):
+    """Fitted on the corpus only, the tiny tokenizer spelled InternVL2.5's system message in bytes."""
+    from vitp_geo.instruct.recipe import save_recipe
+    from vitp_geo.pretrain.run import _corpus_texts
+    from vitp_geo.vlm.template import INTERNVL2_5_SYSTEM_MESSAGE
+
+    Image.new("RGB", (28, 28)).save(tmp_path / "a.png")
+    entry = _corpus(tmp_path, [InstructionRecord(f"r{i}", ["a.png"], _conv(1)) for i in range(4)])
+    recipe = save_recipe(tmp_path / "recipe.json", [entry])
+    texts = _corpus_texts(recipe)
+    assert texts.count(INTERNVL2_5_SYSTEM_MESSAGE) == 4  # once per record, as in every sequence
+    tok = build_offline_tokenizer(texts)
+    without = build_offline_tokenizer([t for t in texts if t != INTERNVL2_5_SYSTEM_MESSAGE])
+    n_with = len(tok(INTERNVL2_5_SYSTEM_MESSAGE)["input_ids"])
+    n_without = len(without(INTERNVL2_5_SYSTEM_MESSAGE)["input_ids"])
+    assert n_with <= 12 < 100 < n_without
+    assert tok.decode(tok(INTERNVL2_5_SYSTEM_MESSAGE)["input_ids"]) == INTERNVL2_5_SYSTEM_MESSAGE

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from vitp_geo.cli.main import main
 from vitp_geo.instruct.recipe import RecipeEntry, save_recipe
 from vitp_geo.instruct.records import InstructionRecord
+from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.metrics import read_metrics
 
 # VRL on every sample (p = 1) so the kept-token counts below are exact; the default fires on 25 %.
@@ -106,7 +107,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(default_run: Path, t
     [
         (["--batch-size", "2"], "batch_size 4 -> 2"),
         (["--seed", "1"], "seed 0 -> 1"),
-        (["--align-steps", "2"], "align_steps 150 -> 2"),
+        (["--align-steps", "2"], f"align_steps {PretrainConfig().align_steps} -> 2"),
     ],
 )
 def test_resume_with_another_data_order_is_refused_and_keeps_the_run(

@@ -120,6 +120,15 @@ def test_a_model_that_ignores_the_image_reads_zero_gain(corpus, tokenizer):
     assert abs(result.loss_blank - result.loss) < 1e-4
     for row in result.per_task.values():
         assert abs(row["image_gain"]) < 1e-4
+    # The multiple choice sees the same image tokens either way: the very same picks, bit for bit
+    # (classification and presence are closed tasks here; description is not scored).
+    assert {t for t, r in result.per_task.items() if "accuracy" in r} == {"classification", "presence"}
+    assert result.choice_records == sum(len(c) >= 2 for c in held.candidates) > 0
+    assert result.accuracy_shuffled == result.accuracy and result.accuracy_gap == 0.0
+    for task in ("classification", "presence"):
+        row = result.per_task[task]
+        assert row["accuracy_shuffled"] == row["accuracy"]
+        assert row["chance"] == pytest.approx(0.25) and row["candidates"] == 4.0
 
 
 def _colour_forward(tokenizer, targets: dict[tuple[int, ...], np.ndarray]):
@@ -144,16 +153,24 @@ def _colour_forward(tokenizer, targets: dict[tuple[int, ...], np.ndarray]):
     return forward
 
 
+def _colour_targets(ds: InstructionDataset, held, tokenizer) -> dict[tuple[int, ...], np.ndarray]:
+    """The colour each token row is about: its record's answer, or the candidate it carries."""
+    img_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    targets = {}
+    for rec, cands in zip(held.records, held.candidates, strict=True):
+        record, _ = ds.record_at(rec.src_id, rec.rec_id)
+        for answer in (record.conversations[-1]["value"], *cands):
+            turns = [*record.conversations[:-1], {"from": "gpt", "value": answer}]
+            sample = ds.load_variant(rec.src_id, rec.rec_id, conversations=turns)
+            key = tuple(int(t) for t in sample["input_ids"] if int(t) != img_id)
+            targets[key] = np.array(COLOURS[answer], dtype=np.float64)
+    return targets
+
+
 def test_a_model_that_reads_the_image_reads_a_clearly_positive_gain(corpus, tokenizer):
     ds = _dataset(corpus, tokenizer)
     held = hold_out(ds, max_records=40, seed=1)
-    targets = {}
-    for rec in held.records:
-        record, _ = ds.record_at(rec.src_id, rec.rec_id)
-        sample = ds.load_variant(rec.src_id, rec.rec_id)
-        img_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-        key = tuple(int(t) for t in sample["input_ids"] if int(t) != img_id)
-        targets[key] = np.array(COLOURS[record.conversations[-1]["value"]], dtype=np.float64)
+    targets = _colour_targets(ds, held, tokenizer)
     collate_fn = partial(collate, pad_token_id=int(tokenizer.pad_token_id))
     result = evaluate_reliance(_colour_forward(tokenizer, targets), ds, held, collate_fn, batch_size=4)
     # true images sit near their colour (noise only); shuffled ones are other colours at least
@@ -168,6 +185,20 @@ def test_a_model_that_reads_the_image_reads_a_clearly_positive_gain(corpus, toke
         )
     )
     assert "description" not in IMAGE_DECIDED_TASKS
+    # Multiple choice: with its own image the model picks the image's colour, always right; with
+    # another tile's image it picks that tile's colour, right only where the two colours agree.
+    closed = [i for i, c in enumerate(held.candidates) if c]
+    colour = {i: list(COLOURS)[i % 4] for i in range(24)}  # images/<i>.png, as the corpus draws them
+    own = [
+        colour[int(ds.record_at(held.records[i].src_id, held.records[i].rec_id)[1][0].stem)] for i in closed
+    ]
+    other = [colour[int(held.shuffled_images[i][0].stem)] for i in closed]
+    expected = np.mean([a == b for a, b in zip(own, other, strict=True)])
+    assert result.choice_records == len(closed) == sum(r.task != "description" for r in held.records)
+    assert result.accuracy == 1.0
+    assert result.accuracy_shuffled == pytest.approx(expected) and expected < 0.5
+    assert result.accuracy_chance == pytest.approx(0.25)  # 4 colours, one right
+    assert result.accuracy_gap > 0.5
 
 
 def test_answer_loss_is_summed_per_answer_and_matches_the_lm_convention():

@@ -60,3 +60,45 @@ def test_alignment_phase_opens_epoch_zero_only_and_keeps_its_length():
     assert set(r0.epoch_indices()[:4]) | set(r1.epoch_indices()[:4]) <= set(pool)
     with pytest.raises(ValueError, match="alignment"):
         EpochShuffleSampler(20, align_samples=4)
+
+
+def test_alignment_ramp_hands_over_to_the_full_mix_gradually():
+    """After the phase, the pool's share falls from all to none over the ramp; the epoch keeps its length."""
+    pool = list(range(100))  # the alignment records are the first 100 of 1000
+    s = EpochShuffleSampler(1000, seed=3, align_pool=pool, align_samples=80, ramp_samples=400)
+    order = s.epoch_indices()
+    assert len(order) == 1000
+    assert all(i < 100 for i in order[:80])  # the phase itself
+    ramp = order[80:480]
+    share = [sum(i < 100 for i in ramp[k : k + 100]) / 100 for k in range(0, 400, 100)]
+    # expected pool shares of the four quarters: 1 - k/400 plus the pool's own 10 % of the rest
+    assert share[0] > 0.8 and share[3] < 0.35 and share == sorted(share, reverse=True)
+    assert sum(i < 100 for i in order[480:]) / 520 < 0.15  # after the ramp: about the recipe share
+    # without a ramp the switch is hard
+    hard = EpochShuffleSampler(1000, seed=3, align_pool=pool, align_samples=80).epoch_indices()
+    assert sum(i < 100 for i in hard[80:180]) < 25
+    # seeded: the same order again, and epoch 1 has no phase and no ramp
+    assert (
+        EpochShuffleSampler(1000, seed=3, align_pool=pool, align_samples=80, ramp_samples=400).epoch_indices()
+        == order
+    )
+    s.set_epoch(1)
+    assert sorted(s.epoch_indices()) == list(range(1000))
+    with pytest.raises(ValueError, match="ramp_samples"):
+        EpochShuffleSampler(20, align_pool=pool, align_samples=4, ramp_samples=-1)
+
+
+def test_a_phase_longer_than_an_epoch_carries_on_into_the_next():
+    pool = list(range(10))  # 10 alignment records out of 100
+    s = EpochShuffleSampler(100, seed=1, align_pool=pool, align_samples=150, ramp_samples=100)
+    e0 = s.epoch_indices()
+    s.set_epoch(1)
+    e1 = s.epoch_indices()
+    s.set_epoch(2)
+    e2 = s.epoch_indices()
+    s.set_epoch(3)
+    assert all(i < 10 for i in e0) and all(i < 10 for i in e1[:50])  # the phase spans 1.5 epochs
+    assert sum(i < 10 for i in e1[50:]) > 35  # the ramp's first half: mostly pool
+    assert 10 < sum(i < 10 for i in e2[:50]) < 40  # its second half: less
+    assert sorted(s.epoch_indices()) == list(range(100))  # after it: a plain permutation
+    assert len(e0) == len(e1) == len(e2) == 100

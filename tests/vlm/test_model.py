@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from vitp_geo.models import build_vision_tower
 from vitp_geo.vlm import build_offline_tokenizer, build_tiny_vlm, load_internvl, tokenize_conversation
 from vitp_geo.vlm.build import build_llm, qwen2_0_5b_config
+from vitp_geo.vlm.model import LossReduction
 
 V_DIM, V_DEPTH, V_HEADS, GRID = 48, 2, 3, 4  # 56 px tiles → 16 patches → 4 image tokens
 L_HIDDEN = 32
@@ -288,3 +289,31 @@ def test_drop_path_reaches_a_real_internvl_vit(tmp_path, tok, rate):
     model, _, _ = build_parts(cfg, tmp_path / "run")
     rates = [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in model.vision_model.blocks]
     assert rates[-1] == pytest.approx(rate) and rates == sorted(rates)  # timm's linear rule up to the rate
+
+
+@pytest.mark.parametrize("reduction", ["token", "sample", "square"])
+def test_loss_only_forward_matches_the_full_logits_loss_and_its_gradients(tok, reduction):
+    """Training computes the LM head on answer positions only: same loss and gradients, VRL included."""
+    model = build_tiny_vlm(
+        tok, llm_hidden=32, llm_layers=1, llm_intermediate=64, vrl_ratio=0.75, drop_path_rate=0.0
+    )
+    model.loss_reduction = LossReduction(reduction)
+    ids, labels, mask = _batch(tok, [3, 1], model.num_image_token)
+    labels[1, -3:] = -100  # answers of different lengths, so the reductions differ
+    px = torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    model.train()
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        model.vrl_generator = torch.Generator().manual_seed(7)  # the same drops in both passes
+        out = model(px, ids, mask, labels, return_logits=return_logits)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (full, full_grads), (fast, fast_grads) = results
+    assert full.kept_image_tokens == fast.kept_image_tokens < full.total_image_tokens  # VRL fired
+    assert fast.logits is None and full.logits is not None
+    assert float(fast.loss.detach()) == pytest.approx(float(full.loss.detach()), rel=1e-5)
+    assert fast_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)

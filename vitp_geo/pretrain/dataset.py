@@ -9,7 +9,7 @@ names the file (or, with ``skip_bad=True``, is skipped and counted in ``skipped`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -106,6 +106,11 @@ class InstructionDataset(Dataset[Sample]):
         max_length: token budget per sample.
         seed: seeds the repeat/subsample permutation.
         skip_bad: skip bad lines/records (listed in ``report.skipped``) instead of raising.
+        cache_mb: keep up to this many MiB of decoded, tiled and normalised images and of token
+            ids in memory, so a record drawn again (a run sees the embedded corpus about 13 times)
+            skips the PNG decode, the tiling and the tokenizer; 0 turns the cache off. Entries are
+            kept first come, first served until the budget is full. Cached tensors are shared:
+            treat a sample as read-only (``collate`` copies).
     """
 
     def __init__(
@@ -121,9 +126,16 @@ class InstructionDataset(Dataset[Sample]):
         use_thumbnail: bool = True,
         seed: int = 0,
         skip_bad: bool = False,
+        cache_mb: float = 0.0,
     ) -> None:
         if not entries:
             raise ValueError("a recipe needs at least one dataset entry")
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
+        self._cache_budget = int(cache_mb * 2**20)
+        self._cache_bytes = 0
+        self._tile_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._token_cache: dict[tuple[int, int, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         self.tokenizer = tokenizer
         self.tokenize = tokenize
         self.image_size = image_size
@@ -182,33 +194,58 @@ class InstructionDataset(Dataset[Sample]):
         return max(1, budget // max(1, n_images))
 
     def load_variant(
-        self, src_id: int, rec_id: int, images: Sequence[Path] | None = None, blank: bool = False
+        self,
+        src_id: int,
+        rec_id: int,
+        images: Sequence[Path] | None = None,
+        blank: bool = False,
+        conversations: Sequence[Mapping[str, str]] | None = None,
     ) -> Sample:
         """A record as a sample, optionally with other images (``images``) or blank ones.
 
         Used by the image-reliance check (``vitp_geo.pretrain.reliance``): the conversation stays
         the same, only the pixels change. ``blank=True`` replaces every image with a uniform one of
         the same size at the normalisation mean, so it becomes all zeros and tiles like the original.
+        ``conversations`` replaces the record's turns (same image placeholders), e.g. to score
+        another answer.
         """
         src = self.sources[src_id]
         try:
-            return self._load(src, rec_id, images=images, blank=blank)
+            return self._load(src, rec_id, images=images, blank=blank, conversations=conversations)
         except (ValueError, OSError) as err:  # name the record behind a failure mid-training
             raise ValueError(f"{src.entry.annotation}: record {src.records[rec_id].id!r}: {err}") from err
 
     def _load(
-        self, src: _Source, rec_id: int, images: Sequence[Path] | None = None, blank: bool = False
+        self,
+        src: _Source,
+        rec_id: int,
+        images: Sequence[Path] | None = None,
+        blank: bool = False,
+        conversations: Sequence[Mapping[str, str]] | None = None,
     ) -> Sample:
         rec = src.records[rec_id]
+        turns = [dict(t) for t in conversations] if conversations is not None else rec.conversations
         paths = list(images) if images is not None else src.image_paths[rec_id]
         per_image = self._tiles_per_image(src, len(paths))
         tiles_per_image: list[torch.Tensor] = []
         for path in paths:
-            img = Image.new("RGB", image_size(path), BLANK_RGB) if blank else load_image(path)
-            tiles = dynamic_tiles(img, self.image_size, max_tiles=per_image, thumbnail=self.use_thumbnail)
-            tiles_per_image.append(to_pixel_values(tiles))
+            key = (str(path), per_image)
+            cached = None if blank else self._tile_cache.get(key)
+            if cached is None:
+                img = Image.new("RGB", image_size(path), BLANK_RGB) if blank else load_image(path)
+                tiles = dynamic_tiles(img, self.image_size, max_tiles=per_image, thumbnail=self.use_thumbnail)
+                cached = to_pixel_values(tiles)  # (t, 3, S, S)
+                if not blank and self._fits(cached.numel() * cached.element_size()):
+                    self._tile_cache[key] = cached
+            tiles_per_image.append(cached)
         num_tokens = [t.shape[0] * self.num_image_token for t in tiles_per_image]
-        input_ids, labels = self.tokenize(rec.conversations, self.tokenizer, num_tokens, self.max_length)
+        token_key = (id(src), rec_id, tuple(num_tokens))
+        tokens = self._token_cache.get(token_key) if conversations is None else None
+        if tokens is None:
+            tokens = self.tokenize(turns, self.tokenizer, num_tokens, self.max_length)
+            if conversations is None and self._fits(2 * tokens[0].numel() * tokens[0].element_size()):
+                self._token_cache[token_key] = tokens
+        input_ids, labels = tokens
         pixel_values = (
             torch.cat(tiles_per_image)
             if tiles_per_image
@@ -220,6 +257,13 @@ class InstructionDataset(Dataset[Sample]):
             "labels": labels,
             "num_tiles": int(pixel_values.shape[0]),
         }
+
+    def _fits(self, nbytes: int) -> bool:
+        """Take ``nbytes`` from the cache budget if they fit (see ``cache_mb``)."""
+        if self._cache_bytes + nbytes > self._cache_budget:
+            return False
+        self._cache_bytes += nbytes
+        return True
 
 
 def collate(batch: Sequence[Sample], pad_token_id: int) -> dict[str, torch.Tensor]:

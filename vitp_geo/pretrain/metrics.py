@@ -16,7 +16,11 @@ COLUMNS = ("step", "loss", "lr", "kept_image_tokens", "image_tokens", "images_pe
 # Image reliance on held-out records (nats per answer; vitp_geo.pretrain.reliance), filled on the
 # steps where the check ran and empty elsewhere.
 VAL_COLUMNS = ("val/loss", "val/loss_shuffled", "val/loss_blank", "val/image_gain", "val/image_gain_decided")
-ALL_COLUMNS = COLUMNS + VAL_COLUMNS
+# Multiple-choice accuracy on the closed-task held-out records, true vs shuffled images, and what
+# chance scores. Per task, ``val/accuracy_<task>`` and ``val/accuracy_shuffled_<task>`` join the
+# header when a check first reports them (MetricsCSV widens the file for new columns).
+ACCURACY_COLUMNS = ("val/accuracy", "val/accuracy_shuffled", "val/accuracy_chance")
+ALL_COLUMNS = COLUMNS + VAL_COLUMNS + ACCURACY_COLUMNS
 
 
 class MetricsCSV(L.Callback):
@@ -24,6 +28,11 @@ class MetricsCSV(L.Callback):
 
     ``images_per_s`` counts image tiles through the vision tower per second on this rank, timed
     from the end of one step to the end of the next. A resumed run appends to the same file.
+
+    The header starts as :data:`ALL_COLUMNS`. A row with a column the header lacks (e.g. a
+    per-task accuracy) widens the file: the header gains it and earlier rows get empty cells. A
+    file from an older version, without some of :data:`ALL_COLUMNS`, is widened the same way
+    when a run resumes or appends to it, so rows never shift under a shorter header.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -32,6 +41,7 @@ class MetricsCSV(L.Callback):
         self._lr = 0.0
         self._step = -1
         self.rows: list[dict[str, float]] = []
+        self.header: list[str] = list(ALL_COLUMNS)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t = time.perf_counter()
@@ -40,15 +50,28 @@ class MetricsCSV(L.Callback):
             return
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.header = list(ALL_COLUMNS)
             with self.path.open("w", newline="") as fh:
-                csv.writer(fh).writerow(ALL_COLUMNS)
-        elif trainer.global_step > 0:
+                csv.writer(fh).writerow(self.header)
+            return
+        with self.path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        header, body = (rows[0], rows[1:]) if rows else ([], [])
+        kept = body
+        if trainer.global_step > 0:
             # Resumed: drop rows logged after the checkpoint (the interrupted run got further).
-            with self.path.open(newline="") as fh:
-                rows = list(csv.reader(fh))
-            kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= trainer.global_step]
-            with atomic_output(self.path) as tmp, tmp.open("w", newline="") as fh:
-                csv.writer(fh).writerows(kept)
+            kept = [r for r in body if r and int(float(r[0])) <= trainer.global_step]
+        self.header = header + [c for c in ALL_COLUMNS if c not in header]
+        if kept != body or self.header != header:
+            self._rewrite(kept)
+
+    def _rewrite(self, body: list[list[str]]) -> None:
+        """Write ``self.header`` and ``body`` (rows padded to the header's width) atomically."""
+        width = len(self.header)
+        with atomic_output(self.path) as tmp, tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(self.header)
+            writer.writerows(r + [""] * (width - len(r)) for r in body if r)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -84,8 +107,14 @@ class MetricsCSV(L.Callback):
             **val,
         }
         self.rows.append(row)
+        new = [c for c in row if c not in self.header]
+        if new:  # a column the file lacks (first check of a task): widen the file first
+            with self.path.open(newline="") as fh:
+                body = list(csv.reader(fh))[1:]
+            self.header += new
+            self._rewrite(body)
         with self.path.open("a", newline="") as fh:
-            csv.writer(fh).writerow([_cell(row.get(c)) for c in ALL_COLUMNS])
+            csv.writer(fh).writerow([_cell(row.get(c)) for c in self.header])
 
 
 def _cell(value: float | int | None) -> str | int:
@@ -104,17 +133,26 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
-    """Plot loss (raw and smoothed) against step."""
+    """Plot loss (raw and smoothed) against step, and the image-reliance checks if any ran.
+
+    Panels: the training loss; the held-out answer loss with true / shuffled / blank images and
+    the image gain (when ``val/loss`` has values); the closed-task multiple-choice accuracy with
+    true / shuffled images against chance (when ``val/accuracy`` has values; files written before
+    it existed have no such column and get no such panel).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    nan = float("nan")
     rows = read_metrics(metrics_csv)
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
-    val = [r for r in rows if math.isfinite(r.get("val/loss", float("nan")))]
-    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(11 if val else 6, 3.5), dpi=100, squeeze=False)
+    val = [r for r in rows if math.isfinite(r.get("val/loss", nan))]
+    acc = [r for r in rows if math.isfinite(r.get("val/accuracy", nan))]
+    n_panels = 1 + bool(val) + bool(acc)
+    fig, axes = plt.subplots(1, n_panels, figsize=(6 + 5 * (n_panels - 1), 3.5), dpi=100, squeeze=False)
     ax = axes[0, 0]
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
     if len(losses) >= 5:
@@ -149,6 +187,24 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
             gain = val[-1]["val/image_gain"]
         ax2.set_title(f"image reliance: gain {gain:+.2f} nats/answer at the end")
         ax2.legend()
+    if acc:
+        ax3 = axes[0, n_panels - 1]
+        ax_steps = [r["step"] for r in acc]
+        for key, label, style in (
+            ("val/accuracy", "true images", "-o"),
+            ("val/accuracy_shuffled", "shuffled images", "-s"),
+            ("val/accuracy_chance", "chance", ":"),
+        ):
+            ax3.plot(ax_steps, [r.get(key, nan) for r in acc], style, ms=3, label=label)
+        ax3.set_ylim(0.0, 1.0)
+        ax3.set_xlabel("step")
+        ax3.set_ylabel("multiple-choice accuracy (closed tasks)")
+        last = acc[-1]
+        ax3.set_title(
+            f"closed-task accuracy {last['val/accuracy']:.2f} true vs "
+            f"{last.get('val/accuracy_shuffled', nan):.2f} shuffled at the end"
+        )
+        ax3.legend()
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_output(out_png) as tmp:

@@ -117,6 +117,7 @@ class ViTPPretrainModule(L.LightningModule):
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
+            return_logits=False,  # the LM head on answer positions only
         )
         loss = out.loss
         finite = torch.isfinite(loss.detach()).to(torch.float32)

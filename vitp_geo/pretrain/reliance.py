@@ -16,6 +16,14 @@ much the true image helps over a plausible but wrong one. A model that ignores t
 a model that reads the image reads > 0. ``image_gain_decided`` averages it over the records of
 image-decided tasks (:data:`IMAGE_DECIDED_TASKS`), whose answers cannot come from the question.
 
+For tasks with a closed answer set (:data:`CLOSED_TASKS`: yes/no, a scene class, a count, a class
+list) the check also reads a **multiple-choice accuracy**: every candidate answer of a record (see
+:func:`choice_candidates`) is scored by its summed answer loss, with the true and with the shuffled
+images, and the lowest-loss candidate is the model's pick. ``accuracy`` is the share of records
+whose pick is right, ``accuracy_shuffled`` the same with another tile's images, ``chance`` what a
+uniform guess among the candidates scores. A model that reads the image picks better with its own
+image than with another one: ``accuracy_gap = accuracy - accuracy_shuffled > 0``.
+
 Held-out records are whole image groups removed from the training index (they are never trained
 on). The check runs with the model in eval mode (no VRL, no drop-path) under the trainer's
 precision context, and works under DDP/FSDP: every rank evaluates its share and the sums are
@@ -27,8 +35,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,21 +46,29 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from torch import Tensor, nn
 
+from vitp_geo.constants import IGNORE_INDEX
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.dataset import InstructionDataset, Sample
 from vitp_geo.vlm.model import token_losses
 
 __all__ = [
+    "CLOSED_TASKS",
     "IMAGE_DECIDED_TASKS",
+    "MAX_CANDIDATES",
     "ImageReliance",
     "RelianceResult",
     "RelianceSet",
+    "VLMForward",
     "answer_loss_per_sample",
+    "canonical_answer",
+    "choice_candidates",
     "evaluate_reliance",
     "hold_out",
+    "lettered_options",
     "vlm_forward",
 ]
 
@@ -60,6 +77,20 @@ log = logging.getLogger(__name__)
 # Tasks whose answer is decided by the image: a question-only prior cannot get them right.
 IMAGE_DECIDED_TASKS: tuple[str, ...] = ("presence", "classes", "classification", "counting", "grounding")
 VARIANTS: tuple[str, ...] = ("true", "shuffled", "blank")
+# Tasks whose answer is one pick from a closed set (yes/no, a scene class or its option letter, a
+# count, a class): the check scores them as multiple choice. Lists of classes (``classes``,
+# ``region``) are left out: ranked by summed loss, a one-class list beats a longer right one (a
+# run reading "which classes" at +1.9 nats per answer scored 0 % on them).
+CLOSED_TASKS: tuple[str, ...] = (
+    "presence",
+    "classification",
+    "counting",
+    "dominant",
+    "change_yesno",
+)
+# At most this many candidate answers per record (the true one always among them).
+MAX_CANDIDATES = 32
+CHOICE_VARIANTS: tuple[str, ...] = ("true", "shuffled")
 # Below this many nats per answer on image-decided records after the warm-up, the run warns.
 NEAR_ZERO_GAIN = 0.05
 
@@ -76,16 +107,119 @@ class HeldOut:
 
 @dataclass
 class RelianceSet:
-    """Held-out records and, for each, the images that replace its own in the shuffled pass."""
+    """Held-out records and, for each, the images that replace its own in the shuffled pass.
+
+    ``candidates`` holds, per record, the answers it is scored against as multiple choice (empty:
+    not scored; e.g. an open-ended task). :func:`hold_out` fills it with :func:`choice_candidates`.
+    """
 
     records: list[HeldOut]
     shuffled_images: list[list[Path]]  # per record: images of another source tile
+    candidates: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def hold_out(dataset: InstructionDataset, max_records: int, seed: int = 0) -> RelianceSet:
+_OPTION = re.compile(r"^[ \t]*([A-Z])[.)][ \t]+\S", re.MULTILINE)
+_YES_NO = re.compile(r"(yes|no)\b")
+
+
+def lettered_options(question: str) -> tuple[str, ...]:
+    """The option letters a question lists ("A. residential\\nB. lakeside" → ``("A", "B")``).
+
+    Only an option block counts: at least two lines that start with ``A.``, ``B.``, … (or ``A)``)
+    in order from A, without gaps. Anything else gives ``()``.
+    """
+    letters = _OPTION.findall(question)
+    expected = [chr(ord("A") + i) for i in range(len(letters))]
+    return tuple(letters) if len(letters) >= 2 and letters == expected else ()
+
+
+def canonical_answer(text: str) -> str:
+    """The form in which two answers count as the same pick.
+
+    Case, surrounding white space and a final full stop do not matter, and a yes/no answer is its
+    first word: "Yes, there is." and "yes" are the same answer (the corpus phrases yes/no three ways
+    at random, which the image cannot decide).
+    """
+    flat = " ".join(text.split()).lower().rstrip(" .!")
+    m = _YES_NO.match(flat)
+    return m.group(1) if m else flat
+
+
+def _final_turn(conversations: Sequence[Mapping[str, str]]) -> tuple[int, str] | None:
+    """``(index, question)`` of the last assistant turn and the user turn before it."""
+    for i in range(len(conversations) - 1, -1, -1):
+        if conversations[i].get("from") == "gpt":
+            question = next(
+                (str(t.get("value", "")) for t in reversed(conversations[:i]) if t.get("from") == "human"),
+                "",
+            )
+            return i, question
+    return None
+
+
+def choice_candidates(
+    dataset: InstructionDataset, records: Sequence[HeldOut], max_candidates: int = MAX_CANDIDATES
+) -> list[tuple[str, ...]]:
+    """The candidate answers of each record of a closed task (:data:`CLOSED_TASKS`).
+
+    The rule: a question that lists lettered options ("A. residential\\nB. lakeside ...") has
+    exactly those letters as candidates. Any other record of task ``t`` has the distinct final
+    answers (the last assistant turn) of every record of task ``t`` in ``dataset`` (all recipe
+    entries, training and held-out alike) whose question lists no options; so a lettered and a
+    free-form classification question never mix their answers. The record's own answer is always
+    among its candidates. Above ``max_candidates`` the most frequent answers are kept (ties by
+    text), plus the record's own. Candidates are sorted by text, so the right one holds no
+    special place when losses tie.
+
+    Args:
+        dataset: all records of the recipe (``dataset.sources``; the training index does not matter).
+        records: the held-out records.
+        max_candidates: cap on candidates per record (>= 2).
+
+    Returns:
+        Per record, its candidates; ``()`` for a record that is not scored (an open task, no
+        assistant turn, or fewer than two candidates).
+    """
+    if max_candidates < 2:
+        raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
+    # One pass over the recipe: the free-form answers of each closed task, with their counts.
+    pools: dict[str, Counter[str]] = defaultdict(Counter)
+    for src in dataset.sources:
+        for rec in src.records:
+            if rec.task not in CLOSED_TASKS:
+                continue
+            final = _final_turn(rec.conversations)
+            if final is None or lettered_options(final[1]):
+                continue
+            answer = str(rec.conversations[final[0]].get("value", ""))
+            if answer.strip():
+                pools[rec.task][answer] += 1
+    ranked = {
+        task: [a for a, _ in sorted(pool.items(), key=lambda kv: (-kv[1], kv[0]))]
+        for task, pool in pools.items()
+    }
+    out: list[tuple[str, ...]] = []
+    for held in records:
+        rec, _ = dataset.record_at(held.src_id, held.rec_id)
+        final = _final_turn(rec.conversations) if rec.task in CLOSED_TASKS else None
+        answer = str(rec.conversations[final[0]].get("value", "")) if final is not None else ""
+        if final is None or not answer.strip():
+            out.append(())
+            continue
+        options = lettered_options(final[1])
+        pool = list(options) if options else ranked.get(rec.task, [])
+        others = [a for a in pool if a != answer][: max_candidates - 1]
+        cands = tuple(sorted({answer, *others}))
+        out.append(cands if len(cands) >= 2 else ())
+    return out
+
+
+def hold_out(
+    dataset: InstructionDataset, max_records: int, seed: int = 0, max_candidates: int = MAX_CANDIDATES
+) -> RelianceSet:
     """Remove a seeded set of whole image groups from ``dataset``'s training index.
 
     Groups (records that share the same image paths) are drawn in a seeded order until at least
@@ -99,12 +233,16 @@ def hold_out(dataset: InstructionDataset, max_records: int, seed: int = 0) -> Re
         dataset: the training dataset; its ``index`` loses every held-out record.
         max_records: target size of the held-out set (0: hold out nothing).
         seed: seeds the choice of groups and the derangement.
+        max_candidates: cap on the multiple-choice candidates per record (see
+            :func:`choice_candidates`, which fills ``candidates``).
 
     Returns:
         The :class:`RelianceSet` (empty when ``max_records`` is 0 or too few groups exist).
     """
     if max_records < 0:
         raise ValueError(f"max_records must be >= 0, got {max_records}")
+    if max_candidates < 2:
+        raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
     groups: dict[tuple[str, ...], list[tuple[int, int]]] = defaultdict(list)
     for src_id, src in enumerate(dataset.sources):
         for rec_id, paths in enumerate(src.image_paths):
@@ -146,7 +284,7 @@ def hold_out(dataset: InstructionDataset, max_records: int, seed: int = 0) -> Re
     dataset.index = [pair for pair in dataset.index if pair not in held]
     if not dataset.index:
         raise ValueError("holding out records for the image-reliance check left nothing to train on")
-    return RelianceSet(records, shuffled)
+    return RelianceSet(records, shuffled, choice_candidates(dataset, records, max_candidates))
 
 
 def answer_loss_per_sample(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,7 +303,13 @@ def answer_loss_per_sample(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tens
 
 @dataclass
 class RelianceResult:
-    """Answer losses (nats per answer) with true, shuffled and blank images, overall and per task."""
+    """Answer losses (nats per answer) with true, shuffled and blank images, overall and per task.
+
+    ``per_task[t]`` holds ``loss``, ``loss_shuffled``, ``loss_blank``, ``image_gain`` and ``records``;
+    for a closed task (:data:`CLOSED_TASKS`) also ``accuracy``, ``accuracy_shuffled``, ``chance``,
+    ``candidates`` (mean candidates per record) and ``choice_records`` (records scored as multiple
+    choice).
+    """
 
     loss: float
     loss_shuffled: float
@@ -193,15 +337,55 @@ class RelianceResult:
             / n
         )
 
+    def _choice_mean(self, key: str) -> float:
+        """``per_task[t][key]`` averaged over the multiple-choice records of all tasks (NaN if none)."""
+        rows = [r for r in self.per_task.values() if r.get("choice_records", 0) > 0]
+        n = sum(r["choice_records"] for r in rows)
+        return sum(r[key] * r["choice_records"] for r in rows) / n if n else float("nan")
+
+    @property
+    def choice_records(self) -> int:
+        """Records scored as multiple choice (closed tasks)."""
+        return int(sum(r.get("choice_records", 0) for r in self.per_task.values()))
+
+    @property
+    def accuracy(self) -> float:
+        """Multiple-choice accuracy with the true images over all closed-task records (NaN if none)."""
+        return self._choice_mean("accuracy")
+
+    @property
+    def accuracy_shuffled(self) -> float:
+        """The same with another tile's images."""
+        return self._choice_mean("accuracy_shuffled")
+
+    @property
+    def accuracy_chance(self) -> float:
+        """What a uniform guess among each record's candidates scores, on the same records."""
+        return self._choice_mean("chance")
+
+    @property
+    def accuracy_gap(self) -> float:
+        """``accuracy - accuracy_shuffled``: how much the true image helps the pick."""
+        return self.accuracy - self.accuracy_shuffled
+
     def columns(self) -> dict[str, float]:
-        """The ``metrics.csv`` columns."""
-        return {
+        """The ``metrics.csv`` columns (the accuracy ones only when closed-task records were scored)."""
+        cols = {
             "val/loss": self.loss,
             "val/loss_shuffled": self.loss_shuffled,
             "val/loss_blank": self.loss_blank,
             "val/image_gain": self.image_gain,
             "val/image_gain_decided": self.image_gain_decided,
         }
+        if self.choice_records:
+            cols["val/accuracy"] = self.accuracy
+            cols["val/accuracy_shuffled"] = self.accuracy_shuffled
+            cols["val/accuracy_chance"] = self.accuracy_chance
+            for task, row in sorted(self.per_task.items()):
+                if row.get("choice_records", 0) > 0:
+                    cols[f"val/accuracy_{task}"] = row["accuracy"]
+                    cols[f"val/accuracy_shuffled_{task}"] = row["accuracy_shuffled"]
+        return cols
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -214,6 +398,16 @@ class RelianceResult:
             "image_gain": self.image_gain,
             "image_gain_decided": self.image_gain_decided,
             "image_decided_tasks": list(IMAGE_DECIDED_TASKS),
+            "accuracy_unit": (
+                "share of closed-task records whose lowest-loss candidate answer is right "
+                "(true / shuffled images); chance: a uniform guess among the candidates"
+            ),
+            "choice_records": self.choice_records,
+            "accuracy": self.accuracy,
+            "accuracy_shuffled": self.accuracy_shuffled,
+            "accuracy_chance": self.accuracy_chance,
+            "accuracy_gap": self.accuracy_gap,
+            "closed_tasks": list(CLOSED_TASKS),
             "per_task": self.per_task,
         }
 
@@ -224,15 +418,32 @@ class RelianceResult:
             f"({self.records} held-out records; loss true {self.loss:.3f}, "
             f"shuffled {self.loss_shuffled:.3f}, blank {self.loss_blank:.3f})"
         ]
+        if self.choice_records:
+            lines.append(
+                f"  accuracy       {self.accuracy:.2f} true images, {self.accuracy_shuffled:.2f} shuffled, "
+                f"{self.accuracy_chance:.2f} chance (multiple choice, {self.choice_records} closed-task records)"
+            )
         for task, row in sorted(self.per_task.items()):
             lines.append(
                 f"    {task:<14} {row['image_gain']:+.3f}  (true {row['loss']:.3f}, shuffled "
                 f"{row['loss_shuffled']:.3f}, blank {row['loss_blank']:.3f}, n={int(row['records'])})"
             )
+            if row.get("choice_records", 0) > 0:
+                lines.append(
+                    f"    {'':<14} acc true {row['accuracy']:.2f} shuffled {row['accuracy_shuffled']:.2f} "
+                    f"chance {row['chance']:.2f} (n={int(row['choice_records'])})"
+                )
         return "\n".join(lines)
 
 
+# batch → ``(loss_sum, n_tokens)`` per sample (see :func:`answer_loss_per_sample`). A forward that
+# sets ``shares_prefix = True`` (:class:`VLMForward`) also takes *choice batches*: the rows of one
+# record (one per candidate answer) are adjacent and share the record's images and the tokens before
+# the answer; ``choice_group`` (B,) numbers each row's record, ``choice_prefix`` (B,) is how many
+# leading tokens the rows of its record share, and only the first row of each record carries its
+# tiles (``num_tiles`` 0 for the others). Any other forward gets plain batches, tiles on every row.
 Forward = Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]]
+CHOICE_KEYS: tuple[str, ...] = ("choice_group", "choice_prefix")
 
 
 @torch.no_grad()
@@ -243,31 +454,41 @@ def evaluate_reliance(
     collate_fn: Callable[[Sequence[Sample]], dict[str, Tensor]],
     *,
     batch_size: int = 8,
+    choice_rows: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
 ) -> RelianceResult:
-    """Answer losses of the held-out records with true, shuffled and blank images.
+    """Held-out answer losses (true, shuffled, blank images) and closed-task accuracy (true, shuffled).
 
     Args:
-        forward: batch → ``(loss_sum, n_tokens)`` per sample (see :func:`answer_loss_per_sample`).
+        forward: batch → ``(loss_sum, n_tokens)`` per sample (see :data:`Forward`).
         dataset: where the records live.
-        held: from :func:`hold_out`.
+        held: from :func:`hold_out` (records with ``candidates`` are scored as multiple choice).
         collate_fn: the training collate function.
-        batch_size: records per forward pass.
+        batch_size: records per forward pass of the loss passes.
+        choice_rows: candidate rows per forward pass of the multiple-choice scoring (default
+            ``4 * batch_size``); a record's candidates are never split, so a record with more
+            candidates than that goes alone.
         rank, world_size: this rank's share is ``records[rank::world_size]``; ranks pad to the same
             number of batches (padding carries weight 0) and sums are all-reduced.
         device: where batches go.
     """
     if not len(held):
         raise ValueError("the image-reliance set is empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    choice_rows = 4 * batch_size if choice_rows is None else choice_rows
+    if choice_rows < 1:
+        raise ValueError(f"choice_rows must be >= 1, got {choice_rows}")
     tasks = sorted({r.task for r in held.records})
     task_ix = {t: i for i, t in enumerate(tasks)}
     mine = list(range(rank, len(held), world_size))
     per_rank = -(-len(held) // world_size)
     n_batches = -(-per_rank // batch_size)
-    # sums[task, k]: k = 0..2 loss per variant, 3 records, 4 answer tokens
-    sums = torch.zeros(len(tasks), 5, dtype=torch.float64)
+    # sums[task, k]: k = 0..2 loss per variant, 3 records, 4 answer tokens; 5..9 multiple choice
+    # (right picks with true, with shuffled images, chance, candidates, records)
+    sums = torch.zeros(len(tasks), 10, dtype=torch.float64)
     for b in range(n_batches):
         idx = mine[b * batch_size : (b + 1) * batch_size]
         weight = [1.0] * len(idx)
@@ -293,6 +514,17 @@ def evaluate_reliance(
                 if k == 0:
                     sums[t, 3] += weight[j]
                     sums[t, 4] += weight[j] * float(n_tok[j])
+    sums[:, 5:] = _choice_sums(
+        forward,
+        dataset,
+        held,
+        collate_fn,
+        task_ix,
+        rows=choice_rows,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+    )
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         reduced = sums.to(device)
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
@@ -307,6 +539,11 @@ def evaluate_reliance(
         row = {name: float(sums[i, k]) / m for k, name in enumerate(("loss", "loss_shuffled", "loss_blank"))}
         row["image_gain"] = row["loss_shuffled"] - row["loss"]
         row["records"] = m
+        c = float(sums[i, 9])
+        if c > 0:
+            for k, name in enumerate(("accuracy", "accuracy_shuffled", "chance", "candidates"), start=5):
+                row[name] = float(sums[i, k]) / c
+            row["choice_records"] = c
         per_task[task] = row
     return RelianceResult(
         loss=float(total[0]) / n,
@@ -318,22 +555,329 @@ def evaluate_reliance(
     )
 
 
-def vlm_forward(model: Any, vision_dtype: torch.dtype | None = None) -> Forward:
-    """A :data:`Forward` for a ``ViTPModel`` (eval mode is the caller's business)."""
+def _choice_sums(
+    forward: Forward,
+    dataset: InstructionDataset,
+    held: RelianceSet,
+    collate_fn: Callable[[Sequence[Sample]], dict[str, Tensor]],
+    task_ix: dict[str, int],
+    *,
+    rows: int,
+    rank: int,
+    world_size: int,
+    device: torch.device | str,
+) -> Tensor:
+    """This rank's multiple-choice sums per task.
 
-    def forward(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    Returns:
+        (n_tasks, 5) float64: right picks with the true images, with the shuffled ones, chance
+        (the share of a record's candidates that count as right), candidates, records.
+    """
+    sums = torch.zeros(len(task_ix), 5, dtype=torch.float64)
+    cands = held.candidates if len(held.candidates) == len(held) else [()] * len(held)
+    closed = [i for i, c in enumerate(cands) if len(c) >= 2]
+    if not closed:  # the same on every rank: no one runs a pass
+        return sums
+    # Every rank packs every rank's share: all agree on the number of passes without a collective.
+    packs = [_pack(closed[r::world_size], [len(c) for c in cands], rows) for r in range(world_size)]
+    mine = packs[rank]
+    shares = bool(getattr(forward, "shares_prefix", False))
+    for b in range(max(len(p) for p in packs)):
+        chunk, live = (mine[b], True) if b < len(mine) else ([closed[0]], False)  # padding: weight 0
+        # Shuffled tiles come out alike, so the token rows serve both variants: tokenise once.
+        tokens = [_candidate_tokens(dataset, held.records[i], cands[i]) for i in chunk]
+        scores: list[Tensor] = []
+        for variant in CHOICE_VARIANTS:
+            tiles = [_variant_tiles(dataset, held, i, variant) for i in chunk]
+            batch = _choice_batch(tokens, tiles, collate_fn, shared=shares)
+            loss_sum, _ = forward({key: v.to(device) for key, v in batch.items()})
+            scores.append(loss_sum.detach().to("cpu", torch.float64))
+        if not live:
+            continue
+        start = 0
+        for i in chunk:
+            rec = held.records[i]
+            record, _ = dataset.record_at(rec.src_id, rec.rec_id)
+            final = _final_turn(record.conversations)
+            answer = canonical_answer(record.conversations[final[0]]["value"]) if final else ""
+            right = [canonical_answer(c) == answer for c in cands[i]]
+            k, t = len(right), task_ix[rec.task]
+            for v, score in enumerate(scores):
+                sums[t, v] += float(right[int(torch.argmin(score[start : start + k]))])
+            sums[t, 2] += sum(right) / k
+            sums[t, 3] += k
+            sums[t, 4] += 1
+            start += k
+    return sums
+
+
+def _pack(indices: Sequence[int], sizes: Sequence[int], rows: int) -> list[list[int]]:
+    """Records in order, ``rows`` candidate rows per pass at most (a larger record goes alone)."""
+    packs: list[list[int]] = []
+    used = rows
+    for i in indices:
+        if used + sizes[i] > rows:
+            packs.append([])
+            used = 0
+        packs[-1].append(i)
+        used += sizes[i]
+    return packs
+
+
+def _candidate_tokens(
+    dataset: InstructionDataset, rec: HeldOut, candidates: Sequence[str]
+) -> list[tuple[Tensor, Tensor]]:
+    """``(input_ids, labels)`` of the record with each candidate as its final answer, each (L_k,)."""
+    record, _ = dataset.record_at(rec.src_id, rec.rec_id)
+    final = _final_turn(record.conversations)
+    if final is None:
+        raise ValueError(f"record {record.id!r} has no assistant turn to score candidates on")
+    out = []
+    for cand in candidates:
+        turns = [dict(t) for t in record.conversations]
+        turns[final[0]]["value"] = cand
+        # Blank images tile like the real ones and decode no file; only the tokens are kept.
+        sample = dataset.load_variant(rec.src_id, rec.rec_id, blank=True, conversations=turns)
+        out.append((sample["input_ids"], sample["labels"]))
+    return out
+
+
+def _variant_tiles(dataset: InstructionDataset, held: RelianceSet, i: int, variant: str) -> Tensor:
+    """(T, 3, S, S) tiles of held-out record ``i`` with its own (``true``) or another tile's images."""
+    rec = held.records[i]
+    images = held.shuffled_images[i] if variant == "shuffled" else None
+    return dataset.load_variant(rec.src_id, rec.rec_id, images=images)["pixel_values"]
+
+
+def _shared_prefix(rows: Sequence[Tensor]) -> int:
+    """Leading tokens common to all rows, leaving at least one token of each row after them."""
+    n = min(int(r.shape[0]) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        diff = (r[:n] != first[:n]).nonzero()
+        if len(diff):
+            n = int(diff[0, 0])
+    return max(n, 0)
+
+
+def _choice_batch(
+    tokens: Sequence[Sequence[tuple[Tensor, Tensor]]],
+    tiles: Sequence[Tensor],
+    collate_fn: Callable[[Sequence[Sample]], dict[str, Tensor]],
+    *,
+    shared: bool,
+) -> dict[str, Tensor]:
+    """One batch with every candidate row of some records (see :data:`Forward`).
+
+    Args:
+        tokens: per record, ``(input_ids, labels)`` of each candidate.
+        tiles: per record, its (T, 3, S, S) tiles (the same for all its candidates).
+        collate_fn: the training collate function.
+        shared: a choice batch (tiles on a record's first row only, ``choice_group`` and
+            ``choice_prefix``) instead of a plain one.
+    """
+    samples: list[Sample] = []
+    group: list[int] = []
+    prefix: list[int] = []
+    for g, (rows, pix) in enumerate(zip(tokens, tiles, strict=True)):
+        p = _shared_prefix([ids for ids, _ in rows])
+        for k, (ids, labels) in enumerate(rows):
+            px = pix if k == 0 or not shared else pix[:0]
+            samples.append(
+                {"pixel_values": px, "input_ids": ids, "labels": labels, "num_tiles": int(px.shape[0])}
+            )
+            group.append(g)
+            prefix.append(p)
+    batch = dict(collate_fn(samples))
+    if shared:
+        batch["choice_group"] = torch.tensor(group, dtype=torch.long)
+        batch["choice_prefix"] = torch.tensor(prefix, dtype=torch.long)
+    return batch
+
+
+def expand_choice_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A choice batch as a plain one: every row gets its record's tiles, the choice keys go."""
+    group, n_tiles = batch["choice_group"], batch["num_tiles"]
+    first = torch.ones_like(group, dtype=torch.bool)
+    first[1:] = group[1:] != group[:-1]
+    head = first.nonzero(as_tuple=True)[0][first.long().cumsum(0) - 1]  # (B,) first row of each row's record
+    starts = n_tiles.cumsum(0) - n_tiles
+    tile_ix = [torch.arange(int(starts[h]), int(starts[h] + n_tiles[h])) for h in head.tolist()]
+    out = {k: v for k, v in batch.items() if k not in CHOICE_KEYS}
+    out["pixel_values"] = batch["pixel_values"][torch.cat(tile_ix).to(group.device)]
+    out["num_tiles"] = n_tiles[head]
+    return out
+
+
+def _head_losses(head: nn.Module, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy summed per row over the labelled positions, the LM head run on those only.
+
+    Args:
+        head: the LM's output embedding (hidden → vocabulary logits).
+        hidden: (N, T, H) the hidden state that predicts each target.
+        targets: (N, T) token ids, -100 where no loss.
+
+    Returns:
+        ``(loss_sum, n_tokens)``, both (N,) float32.
+    """
+    valid = targets != IGNORE_INDEX
+    rows = valid.nonzero(as_tuple=True)[0]
+    ce = nn.functional.cross_entropy(head(hidden[valid]).float(), targets[valid], reduction="none")
+    loss_sum = torch.zeros(targets.shape[0], dtype=ce.dtype, device=ce.device).index_add_(0, rows, ce)
+    return loss_sum, valid.sum(dim=1).to(ce.dtype)
+
+
+class VLMForward:
+    """A :data:`Forward` for a ``ViTPModel`` (eval mode is the caller's business).
+
+    Plain batches go through the model as in training. Choice batches (eval mode) run each
+    record's tiles through the ViT and its shared prefix through the LLM once, keep the LLM's
+    key/value cache, and then run only the candidate answers, the LM head on the labelled positions
+    only. The losses are those of the plain pass over full rows (up to float rounding). A model in
+    training mode, an LLM without a separate decoder and head, or an image token after the shared
+    prefix falls back to the plain pass.
+
+    Args:
+        model: a ``ViTPModel``.
+        vision_dtype: the ViT's parameter dtype (pixels are cast to it), or ``None``.
+        share_prefix: take choice batches (``shares_prefix``). Off for a sharded model (FSDP): its
+            submodules may only run through the wrapped forward, as in the plain pass.
+    """
+
+    def __init__(
+        self, model: Any, vision_dtype: torch.dtype | None = None, *, share_prefix: bool = True
+    ) -> None:
+        self.model = model
+        self.vision_dtype = vision_dtype
+        self.shares_prefix = share_prefix and not _is_sharded(model)
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if "choice_group" in batch:
+            if self.shares_prefix and self._can_share(batch):
+                return self._choices(batch)
+            batch = expand_choice_batch(batch)
+        return self._plain(batch)
+
+    def _pixels(self, batch: dict[str, Tensor]) -> Tensor:
         pv = batch["pixel_values"]
-        if vision_dtype is not None:
-            pv = pv.to(vision_dtype)
-        out = model(
-            pixel_values=pv,
+        return pv.to(self.vision_dtype) if self.vision_dtype is not None else pv
+
+    def _plain(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        out = self.model(
+            pixel_values=self._pixels(batch),
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=None,
         )
         return answer_loss_per_sample(out.logits, batch["labels"])
 
-    return forward
+    def _can_share(self, batch: dict[str, Tensor]) -> bool:
+        lm = self.model.language_model
+        if self.model.training or lm.get_decoder() is None or lm.get_output_embeddings() is None:
+            return False
+        ids, mask, prefix = batch["input_ids"], batch["attention_mask"], batch["choice_prefix"]
+        lengths = mask.sum(dim=1)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        right_padded = bool((mask.bool() == (pos[None] < lengths[:, None])).all())
+        late_image = (ids == self.model.img_context_token_id) & (pos[None] >= prefix[:, None])
+        return (
+            right_padded and bool(((prefix >= 1) & (prefix < lengths)).all()) and not bool(late_image.any())
+        )
+
+    def _choices(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        model = self.model
+        lm = model.language_model
+        decoder, head, embed = lm.get_decoder(), lm.get_output_embeddings(), lm.get_input_embeddings()
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        group, prefix = batch["choice_group"], batch["choice_prefix"]
+        width = ids.shape[1]
+        first = torch.ones_like(group, dtype=torch.bool)
+        first[1:] = group[1:] != group[:-1]
+        heads = first.nonzero(as_tuple=True)[0]  # (G,) first row of each record
+        gi = first.long().cumsum(0) - 1  # (B,) record of each row, 0..G-1
+        plen = prefix[heads]  # (G,)
+        pos = torch.arange(width, device=ids.device)
+        if bool((prefix != plen[gi]).any()) or bool(
+            ((ids != ids[heads][gi]) & (pos[None] < prefix[:, None])).any()
+        ):
+            raise ValueError(
+                "a choice batch's rows of one record must share their first choice_prefix tokens"
+            )
+
+        # 1. Each record's prefix once, left-padded so that all of them end in the last column.
+        pmax = int(plen.max())
+        src = torch.arange(pmax, device=ids.device)[None] - (pmax - plen)[:, None]  # (G, pmax); < 0: pad
+        real = src >= 0
+        src = src.clamp(min=0)
+        head_ids = ids[heads]
+        pre_ids = torch.where(real, head_ids.gather(1, src), head_ids[:, :1])
+        pre_mask = real.long()
+        # A row's first token is never predicted (nothing comes before it).
+        pre_labels = torch.where(real & (src > 0), labels[heads].gather(1, src), IGNORE_INDEX)
+        x = embed(pre_ids)  # (G, pmax, H)
+        image = (pre_ids == model.img_context_token_id) & real
+        n_tiles = int(batch["pixel_values"].shape[0])
+        if int(image.sum()) != n_tiles * model.num_image_token:
+            raise ValueError(
+                f"the prefixes hold {int(image.sum())} <IMG_CONTEXT> tokens but {n_tiles} tiles give "
+                f"{n_tiles * model.num_image_token}"
+            )
+        if n_tiles:
+            feats = model.extract_feature(self._pixels(batch)).to(x.dtype)  # (T, n, H)
+            x = x.masked_scatter(image.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
+        out = decoder(
+            inputs_embeds=x,
+            attention_mask=pre_mask,
+            position_ids=(pre_mask.cumsum(dim=1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state  # (G, pmax, H)
+        cache = getattr(out, "cache", None)  # transformers >= 5.2x; earlier: past_key_values
+        cache = cache if cache is not None else getattr(out, "past_key_values", None)
+        if cache is None:
+            raise RuntimeError("the language model returned no key/value cache with use_cache=True")
+        pre_sum, pre_n = _head_losses(head, hidden[:, :-1], pre_labels[:, 1:])  # earlier answers, if any
+
+        # 2. The answers: each row continues its record's cache.
+        span = mask.sum(dim=1) - prefix  # (B,) >= 1
+        cols = torch.arange(int(span.max()), device=ids.device)
+        at = (prefix[:, None] + cols[None]).clamp(max=width - 1)
+        kept = cols[None] < span[:, None]
+        suf_ids = torch.where(kept, ids.gather(1, at), ids[:, :1])
+        suf_labels = torch.where(kept, labels.gather(1, at), IGNORE_INDEX)
+        cache.batch_select_indices(gi)
+        out = decoder(
+            inputs_embeds=embed(suf_ids),
+            attention_mask=torch.cat([pre_mask[gi], kept.long()], dim=1),
+            position_ids=prefix[:, None] + cols[None],
+            cache=cache,
+            use_cache=True,
+        )
+        # Answer token s is predicted by the hidden state before it: the prefix's last one for s = 0.
+        pred = torch.cat([hidden[gi, -1:], out.last_hidden_state[:, :-1]], dim=1)
+        suf_sum, suf_n = _head_losses(head, pred, suf_labels)
+        return pre_sum[gi] + suf_sum, pre_n[gi] + suf_n
+
+
+def _is_sharded(model: Any) -> bool:
+    """Whether ``model`` holds FSDP units (FSDP1 wrappers or FSDP2 ``fully_shard`` modules)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    kinds: tuple[type, ...] = (FullyShardedDataParallel,)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        kinds += (FSDPModule,)
+    except ImportError:  # older torch: FSDP1 only
+        pass
+    return isinstance(model, nn.Module) and any(isinstance(m, kinds) for m in model.modules())
+
+
+def vlm_forward(
+    model: Any, vision_dtype: torch.dtype | None = None, *, share_prefix: bool = True
+) -> VLMForward:
+    """A :data:`Forward` for a ``ViTPModel`` (eval mode is the caller's business); see :class:`VLMForward`."""
+    return VLMForward(model, vision_dtype, share_prefix=share_prefix)
 
 
 class ImageReliance(L.Callback):
@@ -416,9 +960,11 @@ class ImageReliance(L.Callback):
         model.eval()
         try:
             dtype = next(model.vision_model.parameters()).dtype
+            # Sharded strategies wrap the module from outside: only the model's own forward is safe.
+            sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
             with torch.random.fork_rng(devices=[]), trainer.precision_plugin.forward_context():
                 return evaluate_reliance(
-                    vlm_forward(model, dtype),
+                    vlm_forward(model, dtype, share_prefix=not sharded),
                     self.dataset,
                     self.held,
                     self.collate_fn,

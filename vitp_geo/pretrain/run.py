@@ -162,7 +162,11 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
         _made_by_rank_zero(tok_dir, save_tokenizer)
         tokenizer = load_tokenizer(tok_dir)  # every rank (and a resumed run) reads the same files
         model = build_tiny_vlm(
-            tokenizer, vision_arch=cfg.vision_arch, drop_path_rate=cfg.drop_path, seed=cfg.seed
+            tokenizer,
+            vision_arch=cfg.vision_arch,
+            llm_layers=cfg.llm_layers,
+            drop_path_rate=cfg.drop_path,
+            seed=cfg.seed,
         )
     model.vrl_ratio = cfg.vrl_ratio
     model.vrl_prob = cfg.vrl_prob
@@ -192,14 +196,23 @@ def _made_by_rank_zero(path: Path, make: Callable[[], object], timeout_s: float 
 
 
 def _corpus_texts(recipe: Path) -> list[str]:
-    """All conversation text of a recipe (to fit the offline tokenizer of the tiny default)."""
+    """The text of every sequence of a recipe, to fit the offline tokenizer of the tiny default.
+
+    That is each record's conversation and, once per record, the chat template's system message,
+    which opens every sequence. Fitted on the conversations alone, the byte-level BPE left the
+    (Chinese) InternVL2.5 system message as 165 byte tokens of a 206-token presence question;
+    fitted on it too, it takes 10 tokens (the real Qwen2 tokenizer needs about 40), so the tiny
+    LLM spends its compute and attention on the image and the question instead.
+    """
     from vitp_geo.instruct.recipe import load_recipe
     from vitp_geo.instruct.records import read_jsonl
+    from vitp_geo.vlm.template import INTERNVL2_5_SYSTEM_MESSAGE
 
     texts: list[str] = []
     for entry in load_recipe(recipe):
         for rec in read_jsonl(entry.annotation, skip_bad=True).records:
             texts.extend(t["value"] for t in rec.conversations)
+            texts.append(INTERNVL2_5_SYSTEM_MESSAGE)
     return texts
 
 
@@ -296,7 +309,9 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         skip_bad_samples=cfg.skip_bad_samples,
         align_tasks=[t.strip() for t in cfg.align_tasks.split(",") if t.strip()],
         align_steps=cfg.align_steps,
+        align_ramp_steps=cfg.align_ramp_steps,
         accumulate=cfg.accumulate,
+        cache_mb=cfg.data_cache_mb,
     )
     datamodule.setup("fit")  # fail on bad data before any training starts
     assert datamodule.dataset is not None

@@ -28,6 +28,7 @@ __all__ = [
     "answer_loss",
     "pick_attn_implementation",
     "token_losses",
+    "weighted_answer_loss",
 ]
 
 
@@ -91,6 +92,29 @@ def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return ce, (shift_labels != IGNORE_INDEX).to(ce.dtype)
 
 
+def weighted_answer_loss(
+    ce: Tensor, rows: Tensor, batch_size: int, reduction: LossReduction | str = "token"
+) -> Tensor:
+    """The :func:`answer_loss` of answer tokens given as a flat list.
+
+    Args:
+        ce: (N,) next-token cross-entropy of the N labelled positions of a batch.
+        rows: (N,) the sample (row) each position belongs to.
+        batch_size: B, the number of rows.
+        reduction: ``token``, ``sample`` or ``square``.
+
+    Returns:
+        The scalar loss (NaN when N is 0).
+    """
+    mode = LossReduction(reduction)
+    if mode is LossReduction.TOKEN:
+        return ce.sum() / ce.new_tensor(float(ce.numel()))
+    n = torch.bincount(rows, minlength=batch_size).to(ce.dtype)  # (B,) answer tokens per sample
+    power = 1.0 if mode is LossReduction.SAMPLE else 0.5
+    weights = n[rows].clamp(min=1.0).pow(-power)  # (N,)
+    return (ce * weights).sum() / weights.sum()
+
+
 def answer_loss(logits: Tensor, labels: Tensor, reduction: LossReduction | str = "token") -> Tensor:
     """Next-token cross-entropy on labelled positions, weighted per :class:`LossReduction`.
 
@@ -102,22 +126,19 @@ def answer_loss(logits: Tensor, labels: Tensor, reduction: LossReduction | str =
     Returns:
         The scalar loss (NaN when no token has a label, as the LM's own loss).
     """
-    mode = LossReduction(reduction)
-    ce, valid = token_losses(logits, labels)
-    if mode is LossReduction.TOKEN:
-        weights = valid
-    else:
-        n = valid.sum(dim=1, keepdim=True)  # (B, 1) answer tokens per sample
-        power = 1.0 if mode is LossReduction.SAMPLE else 0.5
-        weights = valid / n.clamp(min=1.0).pow(power)
-    return (ce * weights).sum() / weights.sum()
+    ce, valid = token_losses(logits, labels)  # (B, L-1) each
+    mask = valid.bool()
+    return weighted_answer_loss(ce[mask], mask.nonzero(as_tuple=True)[0], int(labels.shape[0]), reduction)
 
 
 class ViTPOutput(NamedTuple):
-    """Forward result: mean next-token loss on labelled positions, logits (B, L', V), VRL counts."""
+    """Forward result: mean next-token loss on labelled positions, logits (B, L', V), VRL counts.
+
+    ``logits`` is None when the forward was asked for the loss only (``return_logits=False``).
+    """
 
     loss: Tensor | None
-    logits: Tensor
+    logits: Tensor | None
     kept_image_tokens: int
     total_image_tokens: int
 
@@ -213,6 +234,7 @@ class ViTPModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor,
         labels: Tensor | None = None,
+        return_logits: bool = True,
     ) -> ViTPOutput:
         """Embed text, place image features at ``<IMG_CONTEXT>`` positions, apply VRL, run the LM.
 
@@ -222,6 +244,9 @@ class ViTPModel(nn.Module):
             input_ids: (B, L) with ``num_image_token`` ``<IMG_CONTEXT>`` ids per tile.
             attention_mask: (B, L) 1 for tokens, 0 for padding.
             labels: (B, L) targets with -100 where no loss, or ``None``.
+            return_logits: ``False`` (with ``labels``) computes the LM head on the labelled
+                positions only, the few answer tokens (3 % of a default batch), and returns no
+                logits: the same loss for a fraction of the head's cost (what training uses).
 
         Returns:
             :class:`ViTPOutput`; ``loss`` is the mean next-token cross-entropy over labelled tokens.
@@ -272,14 +297,31 @@ class ViTPModel(nn.Module):
             )
             kept, total = int(res.kept_per_sample.sum()), int(res.total_per_sample.sum())
 
+        decoder = self.language_model.get_decoder()
+        head = self.language_model.get_output_embeddings()
+        if not return_logits and labels is not None and decoder is not None and head is not None:
+            hidden = decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).last_hidden_state  # (B, L', H)
+            targets = labels_in[:, 1:]  # (B, L'-1): position t predicts token t + 1
+            valid = targets != IGNORE_INDEX
+            rows = valid.nonzero(as_tuple=True)[0]  # (N,)
+            logits = head(hidden[:, :-1][valid]).float()  # (N, V): the answer positions only
+            ce = nn.functional.cross_entropy(logits, targets[valid], reduction="none")
+            answer = weighted_answer_loss(ce, rows, int(input_ids.shape[0]), self.loss_reduction)
+            return ViTPOutput(answer, None, kept, total)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
         )
-        loss = None if labels is None else answer_loss(out.logits, labels_in, self.loss_reduction)
-        return ViTPOutput(loss, out.logits, kept, total)
+        full_logits: Tensor = out.logits  # (B, L', V)
+        loss = None if labels is None else answer_loss(full_logits, labels_in, self.loss_reduction)
+        return ViTPOutput(loss, full_logits, kept, total)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute ViT blocks and LM layers in the backward pass to save memory."""
