@@ -115,7 +115,7 @@ class Settings:
 
     seeds: tuple[int, ...] = (0, 1)
     draws: int = 3
-    steps: int = 300  # pretraining optimizer steps of every arm (8 runs fit the 20-minute budget)
+    steps: int = 800  # every arm at the PretrainConfig default's steps (8 runs: about 45 min on 2 cores)
     pool_scenes: int = 8  # labelled pool (4 tiles a scene): the draws pick from these 32 tiles
     val_scenes: int = 4  # fine-tune lr selection: 16 tiles
     test_scenes: int = 16  # held-out test: 64 tiles
@@ -1114,7 +1114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--draws", type=int, default=None, help="label draws per seed (default 3; quick: 1)")
     p.add_argument(
-        "--steps", type=int, default=None, help="pretraining steps of every arm (default 300; quick: 10)"
+        "--steps",
+        type=int,
+        default=None,
+        help="pretraining steps of every arm (default 800, the pretraining default; quick: 10)",
     )
     p.add_argument("--ft-steps", type=int, default=None, help="fine-tune steps (default 60; quick: 4)")
     p.add_argument("--ft-draws", type=int, default=None, help="label draws fine-tuned per seed (default 1)")

@@ -61,7 +61,7 @@ def add_parser(subparsers: Any) -> None:
         help="ViTP pretraining of a ViT inside a VLM (VRL on)",
         description=(
             "ViTP pretraining. With no --model-path and no --data it runs the embedded default: a tiny "
-            "ViT + tiny Qwen2-shaped LLM on a generated remote-sensing instruction corpus (a few minutes "
+            "ViT + tiny Qwen2-shaped LLM on a generated remote-sensing instruction corpus (about 5 minutes "
             "on a CPU). Full scale: vitp-geo pretrain --domain rs --model-path /models/InternVL2_5-1B "
             "--data recipe.json --devices 8 --strategy ddp --precision bf16-mixed"
         ),

@@ -1,7 +1,8 @@
 """Settings of a ViTP pretraining run, and how YAML files and flags fill them.
 
 The defaults are the embedded tiny run (a tiny ViT + tiny Qwen2-shaped LLM on the built-in
-synthetic corpus) that finishes on a 2-core CPU in a few minutes. ``configs/pretrain/<domain>.yaml``
+synthetic corpus) that finishes on a 2-core CPU in about 5 minutes (the medical default keeps a
+shorter schedule: ``TINY_DOMAIN_DEFAULTS``). ``configs/pretrain/<domain>.yaml``
 hold the paper's full-scale settings and apply as soon as real parts (``--model-path`` or
 ``--data``) are given.
 """
@@ -71,7 +72,9 @@ class PretrainConfig:
 
     # Visual Robustness Learning.
     vrl_ratio: float = 0.75  # share of projected image tokens dropped before the LLM (paper r)
-    vrl_prob: float = 0.25  # probability that VRL fires for a sample (1 - r, as the reference code)
+    # Probability that VRL fires for a sample (1 - r, as the reference code). The library model
+    # (ViTPConfig.vrl_prob) and the paper preset keep 1.0, the paper text.
+    vrl_prob: float = 0.25
     vrl_reference: bool = False  # reproduce the reference code (fires with probability 1 - r)
 
     # What trains.

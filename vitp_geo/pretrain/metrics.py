@@ -201,8 +201,8 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
         ax3.set_ylabel("multiple-choice accuracy (closed tasks)")
         last = acc[-1]
         ax3.set_title(
-            f"closed-task accuracy {last['val/accuracy']:.2f} true vs "
-            f"{last.get('val/accuracy_shuffled', nan):.2f} shuffled at the end"
+            f"accuracy {last['val/accuracy']:.2f} true vs "
+            f"{last.get('val/accuracy_shuffled', nan):.2f} shuffled images (end)"
         )
         ax3.legend()
     fig.tight_layout()

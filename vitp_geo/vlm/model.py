@@ -42,7 +42,9 @@ class ViTPConfig:
     ps_version: str = "v2"  # InternVL2+ pixel-shuffle order ("v1" leaves the grid transposed)
     select_layer: int = -1  # which ViT hidden state feeds the projector; InternVL2.5 uses the last
     vrl_ratio: float = 0.75  # VRL drop ratio r: the paper's best setting (drop 75 % of image tokens)
-    vrl_prob: float = 1.0  # probability that VRL is applied to a sample (separate from r)
+    # Probability that VRL is applied to a sample (separate from r): 1.0, the paper text. The tiny
+    # CLI default (PretrainConfig.vrl_prob) uses 0.25 instead; see docs/pretraining-evidence.md §6.
+    vrl_prob: float = 1.0
     vrl_reference_mode: bool = False  # reproduce the reference trigger (fires with prob 1 - r)
     template: str = "internvl2_5"  # chat template the data path must use with this model
     # How answer tokens are weighted in the loss (InternVL2.5's three options; see LossReduction).
