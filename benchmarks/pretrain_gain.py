@@ -33,12 +33,13 @@ Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run
 The pass rule is fixed before anything runs (``PASS_RULE``) and computed from the paired
 differences (same seed, same label draw) by :func:`pass_rule`.
 
-    python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, <= 20 min
+    python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, ~46 min
     python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
 
-Time on a 2-core CPU (OMP_NUM_THREADS=2; two short mypy runs overlapped): the full protocol 973 s (16 min; 8 pretraining
-runs of 300 steps at 81-120 s each, fine-tunes 133 s, probes 12 s); --quick 77 s under load.
-Lower ``--steps`` if it must fit a slower machine. Results: docs/pretraining-evidence.md.
+Time on a 2-core CPU, alone: the full protocol 2,760 s (46 min; 8 pretraining runs of the
+default's 800 steps x 32 at 267-328 s each, 2 supervised runs at about 130 s, fine-tunes 79 s,
+probes 8 s). Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
+ramp scale with it). Results: docs/pretraining-evidence.md.
 
 Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes
 them), so a rerun only repeats the read-out. Run with ``OMP_NUM_THREADS`` set on shared machines.
