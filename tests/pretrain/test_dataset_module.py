@@ -282,3 +282,15 @@ def test_the_offline_tokenizer_learns_the_system_message(tmp_path: Path):
     n_without = len(without(INTERNVL2_5_SYSTEM_MESSAGE)["input_ids"])
     assert n_with <= 12 < 100 < n_without
     assert tok.decode(tok(INTERNVL2_5_SYSTEM_MESSAGE)["input_ids"]) == INTERNVL2_5_SYSTEM_MESSAGE
+
+
+def test_the_run_summary_prints_peak_memory(tmp_path: Path):
+    from vitp_geo.pretrain.run import PretrainSummary, peak_rss_mb
+
+    big = np.ones(64 * 2**20 // 8)  # 64 MiB touched: the peak is at least that
+    assert big.sum() > 0
+    peak = peak_rss_mb()
+    assert peak is not None and peak > 64
+    summary = PretrainSummary(tmp_path, 3, 1.0, 0.5, 10.0, 0, 0, None, 2.0, peak_rss_mb=peak)
+    assert f"peak memory    {peak / 1024:.2f} GB resident" in summary.format()
+    assert "peak memory" not in PretrainSummary(tmp_path, 3, 1.0, 0.5, 10.0, 0, 0, None, 2.0).format()

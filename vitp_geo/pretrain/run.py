@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -50,6 +51,7 @@ class PretrainSummary:
     backbone: Path | None
     seconds: float
     reliance: RelianceResult | None = None
+    peak_rss_mb: float | None = None  # this process's peak resident memory (Linux/macOS), None elsewhere
 
     @property
     def reliance_near_zero(self) -> bool:
@@ -66,6 +68,8 @@ class PretrainSummary:
             f"  images/s       {self.images_per_s:.1f} (image tiles through the ViT, per device)",
             f"  time           {self.seconds:.0f} s",
         ]
+        if self.peak_rss_mb is not None:
+            lines.append(f"  peak memory    {self.peak_rss_mb / 1024:.2f} GB resident (this process)")
         if self.reliance is not None:
             lines.append(self.reliance.format())
             if self.reliance_near_zero:
@@ -399,7 +403,18 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         backbone=backbone,
         seconds=time.perf_counter() - start,
         reliance=final,
+        peak_rss_mb=peak_rss_mb(),
     )
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process in MiB (``None`` where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _annotate_backbone_json(path: Path, cfg: PretrainConfig, reliance: RelianceResult | None) -> None:
