@@ -241,3 +241,77 @@ def test_reliance_jsonl_and_backbone_json_are_strict_json(tmp_path):
     r = RelianceResult(1.0, 1.5, float("nan"), 3, 2.0, {"presence": {"image_gain": 0.5, "records": 3.0}})
     text = json.dumps(json_safe(r.to_json()), allow_nan=False)
     assert json.loads(text)["loss_blank"] is None and json.loads(text)["image_gain"] == 0.5
+
+
+def test_a_shuffled_partner_never_shares_an_image_with_the_record(tmp_path, tokenizer):
+    """Change pairs (A, B) and (A, C): a cyclic shift could hand (A, C) to (A, B), keeping A."""
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        arr = rng.integers(0, 255, (112, 112, 3)).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / "images" / f"{i}.png")
+    # every pair shares its first image with another pair: (0,1) (0,2) (3,4) (3,5) (6,7) (6,1)
+    pairs = [(0, 1), (0, 2), (3, 4), (3, 5), (6, 7), (6, 1)]
+    recs = [
+        InstructionRecord(
+            id=f"p{a}_{b}_{k}",
+            images=[f"images/{a}.png", f"images/{b}.png"],
+            conversations=[
+                {
+                    "from": "human",
+                    "value": f"Image-1: <image>\nImage-2: <image>\nWhat colour is this image? case {k}",
+                },
+                {"from": "gpt", "value": "red"},
+            ],
+            task="change_yesno",
+        )
+        for a, b in pairs
+        for k in range(2)
+    ]
+    write_jsonl(tmp_path / "annotations.jsonl", recs)
+    for seed in range(10):
+        ds = InstructionDataset(
+            [RecipeEntry("c", tmp_path, tmp_path / "annotations.jsonl")],
+            tokenizer,
+            tokenize_conversation,
+            image_size=112,
+            num_image_token=16,
+        )
+        held = hold_out(ds, 6, seed=seed)
+        assert len(held) > 0
+        for rec, images in zip(held.records, held.shuffled_images, strict=True):
+            own = set(ds.record_at(rec.src_id, rec.rec_id)[1])
+            assert not own & set(images), (seed, rec, images)
+
+
+def test_a_run_that_ends_by_epochs_checks_once_at_the_end_not_every_step(corpus, tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from vitp_geo.pretrain.reliance import ImageReliance
+
+    ds = _dataset(corpus, tokenizer)
+    held = hold_out(ds, 12, seed=0)
+    cb = ImageReliance(ds, held, partial(collate, pad_token_id=0), tmp_path / "r.jsonl", every=0)
+    calls: list[int] = []
+    cb.evaluate = lambda trainer, module: calls.append(trainer.global_step) or _fake_result()  # type: ignore[method-assign]
+    module = SimpleNamespace()
+    for step in range(1, 6):  # Lightning's default max_steps is -1
+        trainer = SimpleNamespace(global_step=step, max_steps=-1, is_global_zero=True)
+        cb.on_train_batch_end(trainer, module, None, None, step - 1)
+    assert calls == []
+    cb.on_train_end(trainer, module)
+    assert calls == [5] and [s for s, _ in cb.results] == [5]
+    cb.on_train_end(trainer, module)  # already checked at this step: not again
+    assert calls == [5]
+    stepped = SimpleNamespace(global_step=5, max_steps=5, is_global_zero=True)
+    cb2 = ImageReliance(ds, held, partial(collate, pad_token_id=0), tmp_path / "r2.jsonl", every=0)
+    cb2.evaluate = lambda trainer, module: calls.append(-trainer.global_step) or _fake_result()  # type: ignore[method-assign]
+    cb2.on_train_batch_end(stepped, module, None, None, 4)
+    cb2.on_train_end(stepped, module)
+    assert calls == [5, -5]  # max_steps runs check at their last step, once
+
+
+def _fake_result():
+    from vitp_geo.pretrain.reliance import RelianceResult
+
+    return RelianceResult(loss=1.0, loss_shuffled=1.5, loss_blank=1.5, records=4, answer_tokens=2.0)

@@ -91,6 +91,8 @@ CLOSED_TASKS: tuple[str, ...] = (
 # At most this many candidate answers per record (the true one always among them).
 MAX_CANDIDATES = 32
 CHOICE_VARIANTS: tuple[str, ...] = ("true", "shuffled")
+# Seeded draws of the derangement before a group whose every partner shares an image is left out.
+SHUFFLE_TRIES = 20
 # Below this many nats per answer on image-decided records after the warm-up, the run warns.
 NEAR_ZERO_GAIN = 0.05
 
@@ -269,9 +271,19 @@ def hold_out(
     for same in by_count.values():
         if len(same) < 2:
             continue  # no other tile with this many images to swap in
-        perm = [same[int(i)] for i in rng.permutation(len(same))]
-        for i, key in enumerate(perm):
-            partner[key] = perm[(i + 1) % len(perm)]  # a cyclic shift: never a fixed point
+        # A cyclic shift is never a fixed point, but a change pair (A, C) next to (A, B) would
+        # keep image A and read a gain biased low: draw again (seeded) until no partner shares an
+        # image; groups that still do stay in training.
+        best: dict[tuple[str, ...], tuple[str, ...]] = {}
+        for _ in range(SHUFFLE_TRIES):
+            perm = [same[int(i)] for i in rng.permutation(len(same))]
+            shift = {key: perm[(i + 1) % len(perm)] for i, key in enumerate(perm)}
+            ok = {key: other for key, other in shift.items() if not set(key) & set(other)}
+            if len(ok) > len(best):
+                best = ok
+            if len(best) == len(same):
+                break
+        partner.update(best)
     records: list[HeldOut] = []
     shuffled: list[list[Path]] = []
     held: set[tuple[int, int]] = set()
@@ -932,9 +944,19 @@ class ImageReliance(L.Callback):
         if step == self._step:
             return  # still inside an accumulated optimizer step
         self._step = step
-        last = trainer.max_steps is not None and step >= trainer.max_steps
+        # max_steps -1 (Lightning's default; the run ends by epochs): on_train_end checks instead.
+        last = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
         if not (last or (self.every and step % self.every == 0)):
             return
+        self._check(trainer, pl_module, step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A run that ended by epochs (``max_steps`` -1) gets its final check here."""
+        step = trainer.global_step
+        if step > 0 and (not self.results or self.results[-1][0] != step):
+            self._check(trainer, pl_module, step)
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         result = self.evaluate(trainer, pl_module)
         self.results.append((step, result))
         setattr(pl_module, "pending_val", result.columns())  # noqa: B010 - read by MetricsCSV
