@@ -23,6 +23,19 @@ def test_single_band_gets_the_sum_of_rgb_filters_so_grey_images_match() -> None:
     torch.testing.assert_close(one.patch_embed.proj(grey), rgb.patch_embed.proj(grey.repeat(1, 3, 1, 1)))
 
 
+def test_three_bands_in_bgr_order_get_their_filters_permuted() -> None:
+    """``rgb_channels: [2, 1, 0]`` on 3-band tiles (BGR) was ignored: the model kept reading RGB."""
+    rgb, bgr = _vit(), _vit()
+    adapt_patch_embed(bgr, 3, rgb_channels=[2, 1, 0])
+    image = torch.rand(1, 3, 112, 112)
+    torch.testing.assert_close(bgr(image.flip(1)), rgb(image))  # the BGR copy gives the RGB response
+    same = _vit()
+    adapt_patch_embed(same, 3, rgb_channels=[0, 1, 2])  # RGB order: nothing changes
+    torch.testing.assert_close(same.patch_embed.proj.weight, rgb.patch_embed.proj.weight)
+    with pytest.raises(ValueError, match="rgb_channels"):
+        adapt_patch_embed(_vit(), 3, rgb_channels=[0, 1, 3])
+
+
 def test_extra_bands_keep_rgb_filters_at_their_positions_and_scale_by_3_over_c() -> None:
     rgb, ms = _vit(), _vit()
     w = rgb.patch_embed.proj.weight.detach()

@@ -35,11 +35,13 @@ def adapt_patch_embed(vit: VisionTransformer, in_chans: int, rgb_channels: list[
     Args:
         vit: a timm ViT whose patch embedding has 3 input channels.
         in_chans: the task's channel count C.
-        rgb_channels: 0-based positions of R, G, B among the C channels (C >= 3 only).
+        rgb_channels: 0-based positions of R, G, B among the C channels (C >= 3 only); with C == 3
+            in another order (BGR tiles: ``[2, 1, 0]``) the filters are permuted to match.
     """
     conv = vit.patch_embed.proj
     old = int(conv.in_channels)
-    if in_chans == old:
+    reordered = in_chans == old == 3 and rgb_channels is not None and list(rgb_channels) != [0, 1, 2]
+    if in_chans == old and not reordered:  # nothing to adapt (3 bands in R, G, B order)
         return
     if in_chans < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_chans}")
