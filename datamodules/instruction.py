@@ -100,9 +100,8 @@ class EpochShuffleSampler(Sampler[int]):
             # Positions are counted over the run, so a phase longer than an epoch carries on into
             # the next one; every epoch keeps its length.
             coins = torch.rand(self.ramp_samples, generator=torch.Generator().manual_seed(self.seed - 2))
-            from_pool = [g < self.align_samples for g in range(self.align_samples)] + [
-                float(coins[k]) < 1.0 - k / self.ramp_samples for k in range(self.ramp_samples)
-            ]
+            share = 1.0 - torch.arange(self.ramp_samples, dtype=torch.float64) / max(1, self.ramp_samples)
+            from_pool = [True] * self.align_samples + (coins.double() < share).tolist()  # share: 1 → 0
             g = torch.Generator().manual_seed(self.seed - 1)
             pool = torch.tensor(self.align_pool)
             reps = -(-sum(from_pool) // len(self.align_pool))

@@ -53,7 +53,7 @@ from vitp_geo.constants import IGNORE_INDEX
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.dataset import InstructionDataset, Sample
-from vitp_geo.vlm.model import token_losses
+from vitp_geo.vlm.model import labelled_token_ce, token_losses
 
 __all__ = [
     "CLOSED_TASKS",
@@ -732,9 +732,8 @@ def _head_losses(head: nn.Module, hidden: Tensor, targets: Tensor) -> tuple[Tens
     Returns:
         ``(loss_sum, n_tokens)``, both (N,) float32.
     """
+    ce, rows = labelled_token_ce(head, hidden, targets)
     valid = targets != IGNORE_INDEX
-    rows = valid.nonzero(as_tuple=True)[0]
-    ce = nn.functional.cross_entropy(head(hidden[valid]).float(), targets[valid], reduction="none")
     loss_sum = torch.zeros(targets.shape[0], dtype=ce.dtype, device=ce.device).index_add_(0, rows, ce)
     return loss_sum, valid.sum(dim=1).to(ce.dtype)
 

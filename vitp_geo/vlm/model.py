@@ -26,6 +26,7 @@ __all__ = [
     "ViTPModel",
     "ViTPOutput",
     "answer_loss",
+    "labelled_token_ce",
     "pick_attn_implementation",
     "token_losses",
     "weighted_answer_loss",
@@ -92,6 +93,24 @@ def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         reduction="none",
     ).view_as(shift_labels)
     return ce, (shift_labels != IGNORE_INDEX).to(ce.dtype)
+
+
+def labelled_token_ce(head: nn.Module, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the labelled positions only, the LM head run on those positions alone.
+
+    Args:
+        head: the LM's output embedding (hidden state → vocabulary logits).
+        hidden: (B, T, H) the hidden state that predicts each target.
+        targets: (B, T) token ids, -100 where no loss.
+
+    Returns:
+        ``(ce, rows)``, both (N,) for the N labelled positions: float32 cross-entropy and the row
+        each position belongs to.
+    """
+    valid = targets != IGNORE_INDEX
+    rows = valid.nonzero(as_tuple=True)[0]
+    logits = head(hidden[valid]).float()  # (N, V)
+    return nn.functional.cross_entropy(logits, targets[valid], reduction="none"), rows
 
 
 def weighted_answer_loss(
@@ -308,11 +327,8 @@ class ViTPModel(nn.Module):
                 position_ids=position_ids,
                 use_cache=False,
             ).last_hidden_state  # (B, L', H)
-            targets = labels_in[:, 1:]  # (B, L'-1): position t predicts token t + 1
-            valid = targets != IGNORE_INDEX
-            rows = valid.nonzero(as_tuple=True)[0]  # (N,)
-            logits = head(hidden[:, :-1][valid]).float()  # (N, V): the answer positions only
-            ce = nn.functional.cross_entropy(logits, targets[valid], reduction="none")
+            # position t predicts token t + 1; the head runs on the answer positions only
+            ce, rows = labelled_token_ce(head, hidden[:, :-1], labels_in[:, 1:])  # (N,) each
             answer = weighted_answer_loss(ce, rows, int(input_ids.shape[0]), self.loss_reduction)
             return ViTPOutput(answer, None, kept, total)
         out = self.language_model(
