@@ -99,6 +99,7 @@ def test_dota_perfect_predictions_score_one_and_a_ranked_false_positive_costs(
             "voc12",
             "--out",
             str(out),
+            "--overwrite",
         ],
         capsys,
     )
@@ -148,6 +149,7 @@ def test_class_presets_and_image_lists(tmp_path: Path, capsys: pytest.CaptureFix
     write_task_results(tmp_path / "pred", preds, DOTA_V2_CLASSES)
     out = tmp_path / "m.json"
     common = ["--gt", str(DOTA_GT), "--pred", str(tmp_path / "pred"), "--format", "dota", "--out", str(out)]
+    common.append("--overwrite")  # each run replaces the last one's metrics
     assert _run([*common, "--classes", "dota1.0"], capsys)[0] == 0
     m = json.loads(out.read_text())
     assert len(m["per_class"]) == 15 and m["mAP"] < 1.0
@@ -205,3 +207,45 @@ def test_bad_inputs_exit_2_with_the_file_and_line(tmp_path: Path, capsys: pytest
         main(["evaluate", "detection", *base, "--iou", "1.5"])
     assert e.value.code == 2 and "--iou must be in [0, 1), got 1.5" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_out_never_replaces_an_input_or_an_earlier_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: ``--out`` inside the ground truth overwrote a label file with the metrics (exit 0),
+    ``--out`` equal to the COCO predictions replaced them, and an existing ``--out`` was replaced
+    without ``--overwrite``: the rule ``infer`` follows."""
+    import shutil
+
+    gt = tmp_path / "ev" / "gt" / "labelTxt"
+    shutil.copytree(DOTA_GT, gt)
+    write_task_results(tmp_path / "pred", _copies(read_dota_labels(gt, DOTA_V2_CLASSES)), DOTA_V2_CLASSES)
+    label = next(iter(sorted(gt.glob("*.txt"))))
+    before = label.read_bytes()
+    base = ["--gt", str(gt), "--pred", str(tmp_path / "pred"), "--format", "dota"]
+    for out in (label, gt / "metrics.json"):  # a ground-truth file, or a new file among them
+        for extra in ([], ["--overwrite"]):
+            rc, _, err = _run([*base, "--out", str(out), *extra], capsys)
+            assert rc == 2 and f"--out {out}" in err and f"input folder --gt {gt}" in err, err
+    assert label.read_bytes() == before and not (gt / "metrics.json").exists()
+    # an earlier result is replaced only with --overwrite
+    out = tmp_path / "m.json"
+    out.write_text("an earlier result")
+    rc, _, err = _run([*base, "--out", str(out)], capsys)
+    assert (
+        rc == 2 and f"--out {out} exists; pass --overwrite" in err and out.read_text() == "an earlier result"
+    )
+    assert _run([*base, "--out", str(out), "--overwrite"], capsys)[0] == 0
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(1.0)
+    # the COCO predictions file itself
+    gt_file = DATA / "coco" / "annotations" / "instances_train.json"
+    results = tmp_path / "results.json"
+    write_coco_results(results, _copies(read_coco(gt_file)), gt_file)
+    kept = results.read_bytes()
+    coco = ["--gt", str(gt_file), "--pred", str(results), "--format", "coco", "--out", str(results)]
+    rc, _, err = _run([*coco, "--overwrite"], capsys)
+    assert rc == 2 and "same file as the input --pred" in err and results.read_bytes() == kept
+    # a folder as --out: refused before scoring, no .partial left behind
+    rc, _, err = _run([*base, "--out", str(tmp_path / "pred")], capsys)
+    assert rc == 2 and "is a directory" in err
+    assert not list(tmp_path.glob(".*partial*"))

@@ -271,3 +271,25 @@ def test_bad_input(msd: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path
     notjson = root / "broken.json"
     notjson.write_text("{labels: ")
     _bad(msd, capsys, [*base, "--dataset-json", notjson], "broken.json", "not JSON")
+
+
+def test_out_never_replaces_an_input_or_an_earlier_result(
+    msd: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: ``evaluate segmentation`` replaced an existing ``--out`` without ``--overwrite``
+    and wrote into the input folders: the rule ``infer`` follows."""
+    base = ["--pred", msd["pred"], "--gt", msd["gt"], "--dataset-json", msd["dj"]]
+    for folder, flag in ((msd["gt"], "--gt"), (msd["pred"], "--pred")):
+        assert _run([*base, "--out", folder, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"lies inside the input folder {flag} {folder}" in err, err
+        assert not (folder / "summary.json").exists() and not (folder / "per_case.csv").exists()
+    out = msd["root"] / "eval"
+    out.mkdir()
+    (out / "summary.json").write_text("an earlier result")
+    assert _run([*base, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out / 'summary.json'} exists; pass --overwrite" in err, err
+    assert (out / "summary.json").read_text() == "an earlier result" and not (out / "per_case.csv").exists()
+    assert _run([*base, "--out", out, "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["n_cases"] == 2

@@ -17,6 +17,7 @@ from vitp_geo.evaluation.detection_files import (
     evaluate_files,
     write_metrics,
 )
+from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 
 
 def _iou(text: str) -> float:
@@ -61,9 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--split", default=None, help="DIOR split: reads ImageSets/Main/<split>.txt under --gt"
     )
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def run(args: argparse.Namespace) -> int:
+    # the rule `infer` follows: never write over or into an input, replace only with --overwrite
+    check_output_paths(
+        {"--gt": args.gt, "--pred": args.pred, "--image-list": args.image_list}, {"--out": args.out}
+    )
+    refuse_existing_outputs({"--out": args.out}, args.overwrite)
     metrics = evaluate_files(
         args.gt,
         args.pred,

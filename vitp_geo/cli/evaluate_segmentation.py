@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vitp_geo.evaluation.dice import EmptyRule
 from vitp_geo.evaluation.segmentation import RegionSet, evaluate_segmentation, format_dice_table
+from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,10 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "predicted (nnU-Net); brats = 1 if the prediction is empty too, else 0 (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for per_case.csv and summary.json")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace per_case.csv / summary.json already in --out"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    # the rule `infer` follows: never write over or into an input, replace only with --overwrite
+    inputs = {"--pred": args.pred, "--gt": args.gt, "--dataset-json": args.dataset_json}
+    for name in ("per_case.csv", "summary.json"):
+        check_output_paths(inputs, {"--out": args.out / name})
+        refuse_existing_outputs({"--out": args.out / name}, args.overwrite)
     report, paths = evaluate_segmentation(
         args.pred,
         args.gt,

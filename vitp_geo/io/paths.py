@@ -4,7 +4,7 @@ existing output is replaced only when the user asks (``--overwrite``): one rule 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -20,14 +20,21 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
 
 
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies somewhere under it (symlinks resolved)."""
+    p, f = Path(os.path.normcase(Path(path).resolve())), Path(os.path.normcase(Path(folder).resolve()))
+    return p == f or f in p.parents
+
+
 def check_output_paths(
     inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]
 ) -> None:
-    """Refuse outputs that are also inputs, or that are given twice, before anything is written.
+    """Refuse outputs that are also inputs, lie inside an input folder, or are given twice, before
+    anything is written.
 
     Args:
-        inputs: label → path of each file the job reads (``None`` entries are skipped), e.g.
-            ``{"scene": ..., "--checkpoint": ...}``; labels appear in the error.
+        inputs: label → path of each file or folder the job reads (``None`` entries are skipped),
+            e.g. ``{"scene": ..., "--checkpoint": ...}``; labels appear in the error.
         outputs: label → path of each file the job writes.
 
     Raises:
@@ -49,10 +56,47 @@ def check_output_paths(
                     f"{out_label} {out} is the same file as the input {in_label} {src}; "
                     "refusing to overwrite an input (write the output elsewhere)"
                 )
+            if src.is_dir() and inside(out, src):  # e.g. metrics written over a ground-truth file
+                raise ValueError(
+                    f"{out_label} {out} lies inside the input folder {in_label} {src}; "
+                    "refusing to write into an input (write the output elsewhere)"
+                )
         for other_label, other in outs[:i]:
             if same_file(out, other):
                 raise ValueError(
                     f"{other_label} and {out_label} are the same file ({out}); give each output its own path"
+                )
+
+
+def check_output_folder(
+    label: str, folder: str | Path, inputs: Mapping[str, str | Path | Sequence[str | Path] | None]
+) -> None:
+    """Refuse an output folder that is, holds or lies inside one of the inputs.
+
+    A job that replaces its output folder (``--overwrite``) must never take an input with it, and
+    a folder written inside an input folder would be read as input next time.
+
+    Args:
+        label: the flag of the output folder (e.g. ``--out``), named in the error.
+        folder: the output folder (it may not exist yet).
+        inputs: label → path (or paths) of each file or folder the job reads; ``None`` is skipped.
+
+    Raises:
+        ValueError: naming the flag, the folder, the input's flag and its path.
+    """
+    for in_label, value in inputs.items():
+        if value is None:
+            continue
+        for src in [value] if isinstance(value, str | Path) else list(value):
+            if inside(src, folder):
+                raise ValueError(
+                    f"{label} {folder} holds the input {in_label} {src}; write the output to a folder "
+                    "of its own (it is replaced as a whole with --overwrite)"
+                )
+            if Path(src).is_dir() and inside(folder, src):
+                raise ValueError(
+                    f"{label} {folder} lies inside the input folder {in_label} {src}; write the output "
+                    "elsewhere"
                 )
 
 
