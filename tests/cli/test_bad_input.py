@@ -131,6 +131,29 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["finetune", "segmentation", "--output", "{w}/done", "--no-progress"],
         ["--output", "{w}/done", "earlier run (model.ckpt)", "--overwrite"],
     ),
+    # --overwrite replaces the output folder: never an input in it, never what a build did not write
+    (
+        "build-out-holds-its-volume-inputs",
+        ["build-instructions", "--out", "{w}/bw", "--overwrite", "--volume", "{w}/bw/base.nii.gz"]
+        + ["--labels", "{w}/bw/lab.nii.gz", "--classes", "{w}/bw/classes.yaml"],
+        ["--out {w}/bw holds the input --labels {w}/bw/lab.nii.gz"],
+    ),
+    (
+        "build-out-holds-its-scene",
+        [*BUILD, "--out", "{w}/bw", "--overwrite", "--image", "{w}/bw/scene.tif"]
+        + ["--labels", "{w}/bw/scene_objects.gpkg"],
+        ["--out {w}/bw holds the input --image {w}/bw/scene.tif"],
+    ),
+    (
+        "build-out-inside-an-input-folder",
+        ["build-instructions", "--folders", "{w}/s", "--out", "{w}/s/corpus"],
+        ["--out {w}/s/corpus lies inside the input folder --folders {w}/s"],
+    ),
+    (
+        "build-overwrite-would-delete-a-file-it-did-not-write",
+        [*BUILD, "--out", "{w}/d.tif", "--overwrite"],
+        ["--out {w}/d.tif holds {w}/d.tif/keep.txt", "does not write"],
+    ),
     (
         "recipe-merge-out-is-an-input",
         ["recipe", "merge", "{w}/good.json", "{w}/other.json", "--out", "{w}/good.json"],
@@ -175,6 +198,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
     )
     write_scene(generate_scene(2, 64, scene_class=0), w / "s")
+    shutil.copytree(w / "s", w / "bw")  # a folder holding its own inputs and an unrelated file
+    for name in ("base.nii.gz", "lab.nii.gz", "classes.yaml", "keep/notes.txt"):
+        (w / "bw" / name).parent.mkdir(exist_ok=True)
+        (w / "bw" / name).write_text("an input, or a file of the user's")
     (w / "ann.jsonl").write_text("")
     entry = {"root": ".", "annotation": "ann.jsonl"}
     (w / "good.json").write_text(json.dumps({"a": entry}))

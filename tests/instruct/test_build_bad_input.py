@@ -189,3 +189,15 @@ def test_cli_builds_vector_and_mask_sources_into_one_corpus(tmp_path, scene, cap
     # Both sources share each tile's image: one PNG per tile, not two.
     assert len(list((out / "images").rglob("*.png"))) == len({i for r in recs for i in r.images})
     assert sorted(p.name for p in out.iterdir()) == ["annotations.jsonl", "images", "recipe.json"]
+
+
+def test_overwrite_replaces_an_earlier_corpus_but_nothing_it_did_not_write(tmp_path, scene):
+    """Issue 20: --overwrite deleted the whole folder, files the build never wrote included."""
+    out = tmp_path / "out"
+    build_corpus(out, [VectorSource(scene.image, scene.objects, tile_size=64)])
+    result = build_corpus(out, [VectorSource(scene.image, scene.objects, tile_size=64)], seed=1, overwrite=True)
+    assert result.recipe.is_file()  # an earlier corpus is replaced
+    (out / "images" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds .*images/notes\.txt, which build-instructions does not write"):
+        build_corpus(out, [VectorSource(scene.image, scene.objects, tile_size=64)], overwrite=True)
+    assert (out / "images" / "notes.txt").read_text() == "mine" and result.recipe.is_file()

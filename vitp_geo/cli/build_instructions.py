@@ -29,6 +29,7 @@ from vitp_geo.instruct.builders import (
 )
 from vitp_geo.instruct.builders.corpus import Source
 from vitp_geo.instruct.builders.raster_scene import MODALITIES
+from vitp_geo.io.paths import check_output_folder
 from vitp_geo.io.raster import RenderRule
 
 
@@ -217,7 +218,19 @@ def medical_sources_from_args(args: argparse.Namespace) -> list[Source]:
     return sources
 
 
+def input_paths(args: argparse.Namespace) -> dict[str, Path | list[Path] | None]:
+    """Every file or folder the options read, by flag."""
+    flags = ("image", "labels", "mask", "classes", "folders", "root", "before", "after", "change_mask")
+    inputs: dict[str, Path | list[Path] | None] = {
+        f"--{f.replace('_', '-')}": getattr(args, f) for f in flags
+    }
+    inputs.update({"--volume": args.volume, "--msd": args.msd, "--xray": args.xray})
+    return inputs
+
+
 def run(args: argparse.Namespace) -> int:
+    # --overwrite replaces the folder as a whole: it must not hold (or lie in) what the run reads
+    check_output_folder("--out", args.out, input_paths(args))
     result = build_corpus(
         args.out,
         sources_from_args(args),

@@ -8,6 +8,7 @@ the temporary folder is removed, so ``--out`` never holds a half-written corpus.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -79,6 +80,14 @@ def build_corpus(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a folder")
     refuse_existing_outputs({"--out": out_dir}, overwrite)
+    if out_dir.is_dir():  # --overwrite replaces an earlier corpus, never what a build did not write
+        foreign = next(_not_written_by_a_build(out_dir), None)
+        if foreign is not None:
+            raise ValueError(
+                f"--out {out_dir} holds {foreign}, which build-instructions does not write; --overwrite "
+                "replaces only an earlier corpus (images/, annotations.jsonl, recipe.json): move it or "
+                "choose another --out"
+            )
     name = name or out_dir.resolve().name
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -99,3 +108,17 @@ def build_corpus(
             [RecipeEntry(name=name, root=tmp, annotation=tmp / ANNOTATION_NAME, repeat_time=repeat_time)],
         )
     return CorpusResult(out_dir, out_dir / RECIPE_NAME, out_dir / ANNOTATION_NAME, ctx.summary)
+
+
+def _not_written_by_a_build(out_dir: Path) -> Iterator[Path]:
+    """Entries of ``out_dir`` that no corpus build writes (anything but ``images/**.png``, the
+    annotations and the recipe): replacing the folder would delete them."""
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name in (ANNOTATION_NAME, RECIPE_NAME) and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name == "images" and entry.is_dir() and not entry.is_symlink():
+            for sub in sorted(entry.rglob("*")):
+                if sub.is_symlink() or not (sub.is_dir() or sub.suffix.lower() == ".png"):
+                    yield sub
+            continue
+        yield entry
