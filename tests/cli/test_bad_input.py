@@ -75,6 +75,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["{w}/inf/backbone.safetensors", "non-finite", "pos_embed"],
     ),
     (
+        "infer-nan-bias-in-the-checkpoint",  # would give an all-class-0 map, exit 0
+        ["infer", "{w}/scene.tif", "--checkpoint", "{w}/nan.ckpt", "--out", "{w}/out/p.tif"],
+        ["{w}/nan.ckpt", "non-finite", "model.head.classifier.bias"],
+    ),
+    (
         "finetune-config-names-a-nan-backbone",
         [*FINETUNE, "--config", "{w}/nan_backbone.yaml"],
         ["nan/backbone.safetensors", "non-finite"],  # the config names the template's copy
@@ -184,6 +189,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "earlier" / "checkpoints").mkdir(parents=True)
     (w / "earlier" / "checkpoints" / "last.ckpt").write_bytes(b"an interrupted run")
     save_tiny_segmentation_checkpoint(w / "tiny.ckpt", tile_size=112)
+    ckpt = torch.load(w / "tiny.ckpt", weights_only=True)
+    ckpt["state_dict"]["model.head.classifier.bias"][0] = float("nan")
+    torch.save(ckpt, w / "nan.ckpt")
     _backbone(w / "nan", "blocks.1.mlp.fc1.weight", float("nan"))
     _backbone(w / "inf", "pos_embed", float("inf"))
     (w / "nan_backbone.yaml").write_text(

@@ -25,6 +25,7 @@ from torch import nn
 
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.model_card import CARD_KEY, ModelCard
+from vitp_geo.models.convert import check_finite_weights
 from vitp_geo.tasks.models import rebuild_model
 
 __all__ = ["load_inference_model", "write_weights_checkpoint"]
@@ -82,8 +83,8 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a Lightning checkpoint, no model card, or weights that do not fit the
-            card's architecture (the path is named).
+        ValueError: not a Lightning checkpoint, no model card, non-finite (NaN / inf) weights, or
+            weights that do not fit the card's architecture (the path and tensor names are given).
     """
     path = Path(path)
     ckpt = _read_checkpoint(path)
@@ -95,6 +96,8 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: bad model card: {err}") from err
     prefix = "model."
+    # a diverged run's NaN / inf weights would paint every pixel class 0 without an error
+    check_finite_weights({k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}, path)
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
