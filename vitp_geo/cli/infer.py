@@ -72,7 +72,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="processes to shard windows over (one per GPU when CUDA is available, else CPU)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--progress",
+        choices=["bar", "jsonl", "none"],
+        default="bar",
+        help="bar: a progress bar on stderr; jsonl: one JSON object per line on stdout (phase, "
+        "windows done / total, eta_s) for programs such as the QGIS plugin; none (default: bar)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (= --progress none)")
 
 
 def _parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -106,8 +113,11 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
     from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.tasks.loading import load_inference_model
     from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
+    from vitp_geo.tiling.progress import report_phase
 
     ckpt: Path = opts["checkpoint"]
+    if rank.is_writer:
+        report_phase(opts["progress"], "load")
     module, card = load_inference_model(ckpt)
     if card.task == "detection":
         _run_detection(opts, module, card, rank)
@@ -198,9 +208,13 @@ def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCar
 
 
 def _spawned(opts: dict[str, Any], rank: RankInfo) -> None:
+    from vitp_geo.tiling.progress import report_phase
+
     summary = _run_rank(opts, rank)
     if summary is not None:
         print("\n".join(summary.lines()), file=sys.stderr)
+    if rank.is_writer:
+        report_phase(opts["progress"], "done")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -249,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         min_area=args.min_area,
         min_score=args.min_score,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress="none" if args.no_progress else args.progress,
     )
     from vitp_geo.tiling.distributed import RankInfo, env_rank_info, spawn_ranks
 
@@ -287,7 +301,11 @@ def _run_medical(args: argparse.Namespace) -> int:
     check_output_paths({"input": args.scene, "--checkpoint": args.checkpoint}, {"--out": args.out})
     refuse_existing_outputs({"--out": args.out}, args.overwrite)
     out = infer_case(
-        args.checkpoint, args.scene, args.out, batch_size=args.batch_size, progress=not args.no_progress
+        args.checkpoint,
+        args.scene,
+        args.out,
+        batch_size=args.batch_size,
+        progress=args.progress == "bar" and not args.no_progress,
     )
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("vitp_geo.cli.finetune", "fine-tune the backbone for segmentation or change detection"),
     "infer": ("vitp_geo.cli.infer", "tiled inference over a GeoTIFF scene, QGIS-ready outputs"),
     "evaluate": ("vitp_geo.cli.evaluate", "score predictions: detection mAP, segmentation Dice"),
+    "qgis-plugin": ("vitp_geo.cli.qgis_plugin", "build or install the QGIS Processing plugin"),
 }
 
 
@@ -87,10 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_lightning_tips()
     try:
         return int(module.run(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             traceback.print_exc()
-        print("vitp-geo: interrupted", file=sys.stderr)
+        print(f"vitp-geo: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return 130
     except (CLIError, FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         if debug:

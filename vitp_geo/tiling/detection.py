@@ -28,12 +28,12 @@ import torch
 from affine import Affine
 from shapely import STRtree
 from shapely.geometry import Polygon, box
-from tqdm.auto import tqdm
 
 from vitp_geo.constants import GDAL_CACHE_MB
 from vitp_geo.geometry.obb import batched_rotated_nms, hbb_to_obb, obb_to_poly
 from vitp_geo.io.raster import RenderRule
 from vitp_geo.tiling.planner import plan_windows
+from vitp_geo.tiling.progress import ProgressMode, progress_bar
 from vitp_geo.tiling.reader import SceneWindowReader
 
 Detector = Callable[[torch.Tensor], Sequence[dict[str, torch.Tensor]]]
@@ -180,7 +180,7 @@ def detect_scene(
     std: Sequence[float] = (255.0, 255.0, 255.0),
     iou_threshold: float = 0.5,
     score_threshold: float = 0.0,
-    progress: bool = True,
+    progress: ProgressMode = True,
     raw_input: bool = False,
 ) -> gpd.GeoDataFrame:
     """Run ``detector`` over every window of ``scene`` and merge the boxes in map coordinates.
@@ -221,7 +221,7 @@ def _detect(
     std: Sequence[float],
     iou_threshold: float,
     score_threshold: float,
-    progress: bool,
+    progress: ProgressMode,
     raw_input: bool = False,
 ) -> gpd.GeoDataFrame:
     reader = SceneWindowReader([scene], rule, mean, std, raw=raw_input)
@@ -229,7 +229,8 @@ def _detect(
         plan = plan_windows(reader.height, reader.width, tile_size, overlap)
         merger = DetectionMerger(reader.profile["transform"], reader.height, reader.width, iou_threshold)
         windows = [(r, c) for r in plan.row_offsets for c in plan.col_offsets]
-        for g in tqdm(range(0, len(windows), batch_size), disable=not progress, unit="batch", desc="detect"):
+        bar = progress_bar(progress, total=len(windows), desc="detect", unit="window")
+        for g in range(0, len(windows), batch_size):
             batch, where = [], []
             for r, c in windows[g : g + batch_size]:
                 x, valid = reader.read(r, c, plan.tile_h, plan.tile_w)
@@ -238,6 +239,7 @@ def _detect(
                     batch.append(np.pad(x, pad))
                     where.append((r, c))
             if not batch:
+                bar.update(len(windows[g : g + batch_size]))
                 continue
             with torch.inference_mode():
                 outs = detector(torch.from_numpy(np.stack(batch)))
@@ -252,6 +254,8 @@ def _detect(
                     out["scores"].cpu().numpy()[keep],
                     out["labels"].cpu().numpy()[keep],
                 )
+            bar.update(len(windows[g : g + batch_size]))
+        bar.close()
         return merger.to_frame(class_names, reader.profile.get("crs"))
     finally:
         reader.close()

@@ -20,6 +20,7 @@ from torch import nn
 from vitp_geo.io.qgis_styles import ClassStyle, write_styled_gpkg
 from vitp_geo.io.raster import RenderRule
 from vitp_geo.tiling.detection import detect_scene
+from vitp_geo.tiling.progress import ProgressMode, report_phase
 
 
 class ModuleDetector:
@@ -44,7 +45,7 @@ class DetectionRunConfig:
         batch_size: windows per model call.
         iou_threshold: cross-window NMS threshold (None: the detector's own final NMS threshold).
         min_score: detections below this score are not written.
-        progress: show a progress bar.
+        progress: ``True``/``"bar"``, ``"jsonl"`` or ``False``/``"none"`` (``tiling.progress``).
     """
 
     tile_size: int = 512
@@ -52,7 +53,7 @@ class DetectionRunConfig:
     batch_size: int = 8
     iou_threshold: float | None = None
     min_score: float = 0.3
-    progress: bool = True
+    progress: ProgressMode = True
 
 
 def detect_scene_to_vector(
@@ -102,6 +103,7 @@ def detect_scene_to_vector(
         score_threshold=config.min_score,
         progress=config.progress,
     )
+    report_phase(config.progress, "write")
     write_styled_gpkg(vector, frame, classes)
     return frame
 

@@ -27,13 +27,13 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
-from tqdm.auto import tqdm
 
 from vitp_geo.constants import GDAL_CACHE_MB
 from vitp_geo.io.atomic import atomic_output, output_set
@@ -46,6 +46,13 @@ from vitp_geo.tiling.accumulator import FinalBlock, StripAccumulator
 from vitp_geo.tiling.blending import BlendMode, blend_weights
 from vitp_geo.tiling.distributed import RankInfo, broadcast_from_writer, gather_to_writer
 from vitp_geo.tiling.planner import WindowPlan, plan_windows
+from vitp_geo.tiling.progress import (
+    RunInterrupted,
+    defer_sigint,
+    progress_bar,
+    report_phase,
+    stop_requested,
+)
 from vitp_geo.tiling.reader import SceneWindowReader
 from vitp_geo.tiling.rowsink import RawRowSink
 
@@ -65,7 +72,7 @@ class EngineConfig:
     blend: BlendMode = BlendMode.COSINE  # cosine ramps sum to 1 on a regular grid
     activation: str = "softmax"  # applied to model output: softmax (logits in) or none
     checkpoint_every_s: float = 60.0  # resume checkpoint period; 0 = after every window row
-    progress: bool = True
+    progress: bool | str = True  # True / "bar", "jsonl" or False / "none" (tiling.progress)
 
 
 @dataclass
@@ -378,6 +385,7 @@ def _segment(
     work = work_dir_for(outputs.class_map)
     writer: _Writer | None = None
     created_work = False  # True once this call has made ``work`` (a resumed run reuses it)
+    sigint = ExitStack()  # one device: a first Ctrl-C stops at a window-row boundary, state saved
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
         weight = blend_weights(plan.tile_h, plan.tile_w, cfg.blend, overlap_px=plan.overlap_px)
@@ -402,17 +410,29 @@ def _segment(
             start = start_row
         start_row = int(broadcast_from_writer(start, rank))
         n_cols = len(plan.col_offsets)
-        bar = tqdm(
+        bar = progress_bar(
+            cfg.progress if rank.is_writer else False,
             total=plan.n_windows,
             initial=start_row * n_cols,
-            unit="win",
+            unit="window",
             desc="infer",
-            disable=not (cfg.progress and rank.is_writer),
-            dynamic_ncols=True,
         )
         run = skipped = 0
         group = cfg.batch_size * rank.world
+        if rank.world == 1:
+            sigint.enter_context(
+                defer_sigint(
+                    "vitp-geo: stopping after this row of windows to save the state for --resume "
+                    "(Ctrl-C again to stop at once)"
+                )
+            )
         for i in range(start_row, len(plan.row_offsets)):
+            if writer is not None and stop_requested():
+                writer.checkpoint()
+                report_phase(cfg.progress, "interrupted", resumable=True, state=str(work))
+                raise RunInterrupted(
+                    f"state saved in {work}: rerun the same command with --resume to continue"
+                )
             r0 = plan.row_offsets[i]
             for g in range(0, n_cols, group):
                 cols = plan.col_offsets[g : g + group]
@@ -438,10 +458,12 @@ def _segment(
             if writer is not None:
                 writer.end_row(i, cfg.checkpoint_every_s)
         bar.close()
+        sigint.close()
         if writer is None:
             return None
         writer.checkpoint()  # every row is done: a failure while writing the outputs resumes here
         writer.close()
+        report_phase(cfg.progress, "write")
         try:
             written = _finish(writer, reader, classes, outputs)
         except OSError as err:
@@ -458,6 +480,7 @@ def _segment(
             shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
+        sigint.close()
         if writer is not None:
             writer.close()  # the raw row files, also when the run stops early (closing twice is fine)
         reader.close()
