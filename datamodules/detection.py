@@ -30,7 +30,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.geotiff import default_stats, resolve_files, resolve_files_any
+from datamodules.geotiff import _raster_dtype, default_stats, resolve_files, resolve_files_any
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,7 @@ class GeoTiffDetectionDataModule(LightningDataModule):
     """
 
     raw_bands = True  # models see the raster's own band values, as for the segmentation datamodules
+    raw_dtype: str | None = None  # their value type (the first scene's), which infer requires of a scene
 
     def __init__(
         self,
@@ -214,6 +215,7 @@ class GeoTiffDetectionDataModule(LightningDataModule):
             raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
         self.image_files = resolve_files(images, "image")
         self.vector_files = resolve_files_any(vectors, "vector")
+        self.raw_dtype = _raster_dtype(self.image_files[0])
         self.classes = list(classes) if classes is not None else None
         self.class_field = class_field
         self.bands = list(bands) if bands is not None else None
@@ -422,6 +424,7 @@ class DetectionFilesDataModule(LightningDataModule):
     """
 
     raw_bands = True  # the model sees the files' own 0-255 values; the card tells inference so
+    raw_dtype = "uint8"  # 8-bit PNG / JPEG / TIFF images: infer refuses scenes of another value type
 
     def __init__(
         self,

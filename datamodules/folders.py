@@ -28,7 +28,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.geotiff import default_stats
+from datamodules.geotiff import _raster_dtype, default_stats
 
 _EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -142,6 +142,7 @@ def _crop_collate(patch: int):  # noqa: ANN202
 
 class _FolderDataModule(LightningDataModule):
     raw_bands = True  # tiles are fed as stored (normalised by mean / std); see the model card
+    raw_dtype: str | None = None  # the tiles' value type, set in setup; infer refuses scenes of another
 
     def __init__(
         self,
@@ -234,6 +235,7 @@ class TileFolderSegmentationDataModule(_FolderDataModule):
                 self.root / images / train, self.root / labels / train, suffix
             )
         self.val_dataset = SegmentationFolder(self.root / images / val, self.root / labels / val, suffix)
+        self.raw_dtype = _raster_dtype(str(self.val_dataset.images[0]))  # the card records it
 
 
 class PairFolderChangeDataModule(_FolderDataModule):
@@ -279,3 +281,4 @@ class PairFolderChangeDataModule(_FolderDataModule):
         if stage == "fit":
             self.train_dataset = ChangeFolder(self.root / train, self.ignore_index, self.label_threshold)
         self.val_dataset = ChangeFolder(self.root / val, self.ignore_index, self.label_threshold)
+        self.raw_dtype = _raster_dtype(str(self.val_dataset.a[0]))  # the card records it

@@ -27,6 +27,7 @@ def save_tiny_checkpoint(
     head: str = "upernet",
     seed: int = 0,
     box_type: str = "obb",
+    render: dict[str, Any] | None = None,
 ) -> Path:
     """Write a real, small, untrained checkpoint in the exact format ``vitp-geo finetune`` writes.
 
@@ -45,6 +46,8 @@ def save_tiny_checkpoint(
         neck, head: ``sfp`` / ``adapter`` and ``upernet`` / ``unet``.
         seed: weight initialisation seed.
         box_type: ``hbb`` or ``obb`` (detection only).
+        render: the card's ``render`` entry (default: the render rule), e.g. ``{"raw": True,
+            "dtype": "uint8"}`` as a GeoTIFF datamodule records it.
 
     Returns:
         ``path``.
@@ -69,6 +72,7 @@ def save_tiny_checkpoint(
         std=list(std) if std is not None else None,
         class_names=list(class_names) if class_names is not None else None,
         class_colors=[list(c) for c in class_colors] if class_colors is not None else None,
+        render=dict(render) if render is not None else None,
     )
     torch.manual_seed(seed)
     module: SegmentationTask | ChangeDetectionTask | ObjectDetectionTask

@@ -11,13 +11,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
-from tiny_checkpoints import save_tiny_segmentation_checkpoint
+from tiny_checkpoints import save_tiny_checkpoint, save_tiny_segmentation_checkpoint
 
 from vitp_geo.cli.main import main
 from vitp_geo.io.raster import write_geotiff
+from vitp_geo.medical.inputs import SliceInput
 from vitp_geo.models.vit import export_backbone
 from vitp_geo.synthetic.scene import generate_scene, write_scene
 
@@ -78,6 +80,27 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         "infer-nan-bias-in-the-checkpoint",  # would give an all-class-0 map, exit 0
         ["infer", "{w}/scene.tif", "--checkpoint", "{w}/nan.ckpt", "--out", "{w}/out/p.tif"],
         ["{w}/nan.ckpt", "non-finite", "model.head.classifier.bias"],
+    ),
+    # one value-type rule for every model kind (detection cards had no dtype and took anything)
+    (
+        "infer-detection-trained-on-uint8-given-uint16",  # gave 0 detections instead of 13, exit 0
+        ["infer", "{w}/scene16.tif", "--checkpoint", "{w}/det_raw.ckpt", "--vector", "{w}/out/d.gpkg"],
+        ["{w}/scene16.tif holds uint16", "det_raw.ckpt was trained on raw uint8 values (its card records no value type: taken as uint8)", "--stretch"],
+    ),
+    (
+        "infer-segmentation-trained-on-uint8-given-uint16",
+        ["infer", "{w}/scene16.tif", "--checkpoint", "{w}/seg_raw.ckpt", "--out", "{w}/out/p.tif"],
+        ["{w}/scene16.tif holds uint16", "seg_raw.ckpt was trained on raw uint8", "--stretch"],
+    ),
+    (
+        "infer-stretch-cannot-serve-a-4-band-model",
+        ["infer", "{w}/scene4.tif", "--checkpoint", "{w}/seg4.ckpt", "--out", "{w}/out/p.tif", "--stretch"],
+        ["--stretch", "seg4.ckpt takes 4 raw uint8 band(s)", "{w}/scene4.tif (uint16)"],
+    ),
+    (
+        "infer-medical-checkpoint-on-a-geotiff",  # wrote liver/spleen/kidney over a satellite scene
+        ["infer", "{w}/scene.tif", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.tif"],
+        ["med.ckpt is a medical model", "not the raster {w}/scene.tif"],
     ),
     (
         "finetune-config-names-a-nan-backbone",
@@ -192,6 +215,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt = torch.load(w / "tiny.ckpt", weights_only=True)
     ckpt["state_dict"]["model.head.classifier.bias"][0] = float("nan")
     torch.save(ckpt, w / "nan.ckpt")
+    write_geotiff(w / "scene16.tif", scene.image.astype(np.uint16) * 257, scene.transform, scene.crs)
+    four = np.concatenate([scene.image, scene.image[:1]]).astype(np.uint16)
+    write_geotiff(w / "scene4.tif", four, scene.transform, scene.crs)
+    save_tiny_checkpoint(w / "det_raw.ckpt", task="detection", num_classes=2, render={"raw": True})  # no dtype
+    save_tiny_checkpoint(w / "seg_raw.ckpt", render={"raw": True, "dtype": "uint8"})
+    save_tiny_checkpoint(w / "seg4.ckpt", bands=(1, 2, 3, 4), render={"raw": True, "dtype": "uint8"})
+    medical = {"raw": True, "medical": SliceInput().to_dict(), "modality": "CT", "label_values": [0, 1, 2, 3, 4]}
+    save_tiny_checkpoint(w / "med.ckpt", class_names=["background", "liver", "spleen", "kidney", "other"], render=medical)
     _backbone(w / "nan", "blocks.1.mlp.fc1.weight", float("nan"))
     _backbone(w / "inf", "pos_embed", float("inf"))
     (w / "nan_backbone.yaml").write_text(

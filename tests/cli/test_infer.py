@@ -205,7 +205,7 @@ def test_raw_band_checkpoint_gets_raw_values_not_the_render_rule(tmp_path: Path,
     # A model trained on a uint16 scene's own values (card.render raw) must see those values at
     # inference, normalised by the card's statistics, not the percentile-stretched render.
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    ckpt["vitp_geo_card"]["render"] = {"raw": True}
+    ckpt["vitp_geo_card"]["render"] = {"raw": True, "dtype": "uint16"}  # as the GeoTIFF datamodules record it
     ckpt["vitp_geo_card"]["mean"] = [1000.0, 1100.0, 1200.0]
     ckpt["vitp_geo_card"]["std"] = [300.0, 300.0, 300.0]
     raw_ckpt = tmp_path / "raw.ckpt"
@@ -270,3 +270,20 @@ def test_loading_a_model_for_inference_does_not_import_torchgeo_or_lightning() -
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_stretch_renders_a_uint16_scene_for_a_uint8_trained_model(tmp_path: Path) -> None:
+    """Issue 20: a uint8-trained model refused a uint16 scene with no way on. ``--stretch`` reads
+    it through the documented render rule: the same class map as a model whose card asks for
+    that rule, while the scene without the flag is still refused."""
+    scene = generate_scene(1, TILE)
+    write_geotiff(tmp_path / "s16.tif", scene.image.astype(np.uint16) * 200, scene.transform, scene.crs)
+    stats = dict(tile_size=TILE, mean=[120.0, 110.0, 100.0], std=[50.0, 45.0, 40.0])
+    raw = save_tiny_segmentation_checkpoint(tmp_path / "raw.ckpt", render={"raw": True, "dtype": "uint8"}, **stats)
+    rendered = save_tiny_segmentation_checkpoint(tmp_path / "rendered.ckpt", **stats)  # same weights
+    assert _infer(tmp_path / "s16.tif", raw, tmp_path / "refused") == 2
+    assert not (tmp_path / "refused").exists()
+    assert _infer(tmp_path / "s16.tif", raw, tmp_path / "a", "--stretch") == 0
+    assert _infer(tmp_path / "s16.tif", rendered, tmp_path / "b") == 0
+    with rasterio.open(tmp_path / "a" / "pred.tif") as a, rasterio.open(tmp_path / "b" / "pred.tif") as b:
+        assert np.array_equal(a.read(), b.read())

@@ -217,3 +217,26 @@ def test_torchgeo_vhr10_on_disk_maps_classes_by_name(tmp_path: Path) -> None:
         assert s["label"].tolist() == [classes.index("ships" if n == "ship" else n) for *_, n in objs]
         expected = torch.tensor([[x, y, x + w, y + h] for x, y, w, h, _ in objs], dtype=torch.float32)
         torch.testing.assert_close(s["bbox_xyxy"], expected)
+
+
+def test_the_card_records_the_value_type_the_detector_was_trained_on(folders) -> None:  # noqa: ANN001
+    """Issue 20: detection cards had no dtype, so infer fed a detector trained on uint8 a uint16
+    scene (0 detections instead of 13, exit 0). The card now says uint8, as segmentation's does."""
+    from types import SimpleNamespace
+
+    from vitp_geo.tasks.detection import ObjectDetectionTask
+
+    dm = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), classes=["building"])
+    assert dm.raw_dtype == "uint8"
+    task = ObjectDetectionTask(
+        backbone="vitp_tiny_patch14_112",
+        img_size=112,
+        num_classes=1,
+        fpn_channels=32,
+        representation=64,
+        mean=[0.0, 0.0, 0.0],
+        std=[255.0, 255.0, 255.0],
+    )
+    task._trainer = SimpleNamespace(datamodule=dm)  # type: ignore[assignment]
+    card = task.model_card()
+    assert card.render == {"raw": True, "dtype": "uint8"} and card.trained_dtype == "uint8"

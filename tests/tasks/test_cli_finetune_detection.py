@@ -45,7 +45,7 @@ def test_embedded_detection_default_learns_both_box_types(tmp_path, capsys) -> N
         assert trained[key] > before[key] + 0.1, (key, trained[key], before[key])
     model, card = load_inference_model(out / "model.ckpt")
     assert card.task == "detection" and card.class_names == ["building"]
-    assert card.class_colors == [(220, 20, 60)] and card.tile_size == 224 and card.render == {"raw": True}
+    assert card.class_colors == [(220, 20, 60)] and card.tile_size == 224 and card.render == {"raw": True, "dtype": "uint8"}
     ckpt = torch.load(out / "model.ckpt", weights_only=True)
     assert not {"optimizer_states", "lr_schedulers", "loops"} & set(ckpt)  # weights-only, as segmentation
     with torch.no_grad():

@@ -67,6 +67,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument(
+        "--stretch",
+        action="store_true",
+        help="a model trained on raw uint8 values: read a scene of another value type (uint16, float32) "
+        "through the documented 3-band render rule (each band stretched from its 2-98 %% percentiles "
+        "to 0-255, as build-instructions does) instead of refusing it",
+    )
+    p.add_argument(
         "--devices",
         type=int,
         default=1,
@@ -133,8 +140,8 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         raise ValueError(f"--after is only for change models; {ckpt} is a {card.task} model")
     bands = card.scene_bands(opts["bands"], str(ckpt))
     rule = card.render_rule(bands)
-    for path in scenes:  # a clear band-count or value-type error before any work
-        card.check_scene(path, bands, ckpt.name)
+    # a clear band-count or value-type error before any work; raw band values or the render rule
+    raw = all([card.check_scene(path, bands, ckpt.name, stretch=opts["stretch"]) for path in scenes])
     if torch.cuda.is_available():
         device = torch.device("cuda", rank.rank % torch.cuda.device_count())
     else:
@@ -164,7 +171,7 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         mean=card.mean,
         std=card.std,
         config=cfg,
-        raw_input=card.raw_input,
+        raw_input=raw,
         resume=opts["resume"],
         model_id=f"{ckpt.resolve()}:{st.st_size}:{st.st_mtime_ns}",
         rank=rank,
@@ -185,7 +192,7 @@ def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCar
         if opts[flag] is not None:
             raise ValueError(f"--{flag} is not for detection models ({ckpt} writes --vector only)")
     bands = card.scene_bands(opts["bands"], str(ckpt))
-    card.check_scene(opts["scene"], bands, ckpt.name)
+    raw = card.check_scene(opts["scene"], bands, ckpt.name, stretch=opts["stretch"])
     frame = detect_scene_to_vector(
         opts["scene"],
         module,
@@ -194,7 +201,7 @@ def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCar
         rule=card.render_rule(bands),
         mean=card.mean,
         std=card.std,
-        raw_input=card.raw_input,
+        raw_input=raw,
         config=DetectionRunConfig(
             tile_size=card.tile_size if opts["tile_size"] is None else opts["tile_size"],
             overlap=opts["overlap"],
@@ -263,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         min_area=args.min_area,
         min_score=args.min_score,
         resume=args.resume,
+        stretch=args.stretch,
         progress="none" if args.no_progress else args.progress,
     )
     from vitp_geo.tiling.distributed import RankInfo, env_rank_info, spawn_ranks

@@ -90,13 +90,51 @@ class ModelCard:
             render["percentiles"] = tuple(render["percentiles"])
         return RenderRule(bands=tuple(bands), **render)
 
-    def check_scene(self, path: str | Path, bands: Sequence[int], name: str = "the checkpoint") -> None:
-        """Refuse a scene the model cannot read before any work: too few bands, or (raw-band
-        models) band values of another type than the model was trained on.
+    @property
+    def is_medical(self) -> bool:
+        """Trained on slices of CT / MRI volumes (the card holds the slice rule)."""
+        return "medical" in self.render
+
+    @property
+    def trained_dtype(self) -> str | None:
+        """The value type a raw-band model was trained on, which a scene must share; ``None`` for
+        models fed by the render rule. One rule for every model kind: the card's ``dtype``, or
+        ``uint8`` for a card that says ``raw`` without one (checkpoints written before detection
+        and tile-folder datamodules recorded it: they all fed 0–255 files)."""
+        if not self.raw_input:
+            return None
+        dtype = self.render.get("dtype")
+        if dtype is None and self.render.get("raw"):
+            return "uint8"
+        return None if dtype is None else str(dtype)
+
+    def check_scene(
+        self, path: str | Path, bands: Sequence[int], name: str = "the checkpoint", stretch: bool = False
+    ) -> bool:
+        """Refuse a scene the model cannot read before any work: a medical model, too few bands,
+        or (raw-band models) band values of another type than the model was trained on.
+
+        Args:
+            path: the scene.
+            bands: the 1-based bands read (``scene_bands``).
+            name: the checkpoint, as the errors name it.
+            stretch: the user's opt-in (``infer --stretch``) to feed a uint8-trained 3-band model a
+                scene of another value type through the documented render rule
+                (``vitp_geo.io.raster``: per-band percentile stretch to 0–255, the rule the
+                instruction builders apply) instead of refusing it.
+
+        Returns:
+            Whether to feed the scene's raw band values (normalised by mean / std); ``False``: the
+            3-channel render rule.
 
         Raises:
             ValueError: naming the scene, the checkpoint and the values.
         """
+        if self.is_medical:
+            raise ValueError(
+                f"{name} is a medical model (trained on {self.render.get('modality', 'CT/MRI')} slices): "
+                f"give it a NIfTI volume or a DICOM series folder, not the raster {path}"
+            )
         with open_raster(path) as src:
             count = src.count
             dtypes = [src.dtypes[b - 1] for b in bands if b <= count]
@@ -104,10 +142,27 @@ class ModelCard:
             raise ValueError(
                 f"{path} has {count} band(s) but {name} reads bands {list(bands)} (pick others with --bands)"
             )
-        trained = self.render.get("dtype") if self.raw_input else None
-        if trained is not None and any(d != trained for d in dtypes):
+        trained = self.trained_dtype
+        if trained is None or all(d == trained for d in dtypes):
+            return self.raw_input
+        renderable = trained == "uint8" and len(bands) == 3
+        if stretch and renderable:
+            return False  # the documented 3-channel rule: uint8 kept, other types stretched to 0-255
+        found = "/".join(sorted(set(dtypes)))
+        if stretch:
             raise ValueError(
-                f"{path} holds {'/'.join(sorted(set(dtypes)))} band values but {name} was trained on raw "
-                f"{trained} values, so its scores would be meaningless; convert the scene to {trained} "
-                "(gdal_translate -ot ... -scale) or fine-tune on this data type"
+                f"--stretch renders 3 bands to 0-255 for a model trained on uint8 values; {name} takes "
+                f"{len(bands)} raw {trained} band(s), so {path} ({found}) must be converted to {trained}"
             )
+        hint = (
+            "pass --stretch to render it with the documented rule (each band stretched from its 2-98 % "
+            "percentiles to 0-255, as build-instructions does), or "
+            if renderable
+            else ""
+        )
+        assumed = " (its card records no value type: taken as uint8)" if "dtype" not in self.render else ""
+        raise ValueError(
+            f"{path} holds {found} band values but {name} was trained on raw {trained} values{assumed}, so its "
+            f"scores would be meaningless; {hint}convert the scene to {trained} (gdal_translate -ot ... "
+            "-scale) or fine-tune on this data type"
+        )
