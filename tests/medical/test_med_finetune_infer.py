@@ -239,3 +239,44 @@ def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
         gt = lung & ~inf
         assert row["lung"] == pytest.approx(2 * (pred & gt).sum() / (pred.sum() + gt.sum()), abs=1e-9)
         assert row["infection"] == (0.0 if inf.any() else None)  # never predicted; absent -> left out
+
+
+def test_non_finite_voxels_are_nodata_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: a 10x10 NaN patch turned each slice it touched wholly into background, and an
+    all-inf volume came out 100 % liver, silently. Now: nodata, filled with the lowest finite
+    value (the prediction equals that of the volume so filled), labelled background, and said."""
+    from tiny_checkpoints import save_tiny_checkpoint
+
+    spec = SliceInput()
+    ckpt = save_tiny_checkpoint(
+        tmp_path / "med.ckpt",
+        num_classes=3,
+        class_names=["background", "liver", "spleen"],
+        mean=spec.mean_std[0],
+        std=spec.mean_std[1],
+        render={"raw": True, "medical": spec.to_dict(), "modality": "CT", "label_values": [0, 1, 2]},
+    )
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 300, (40, 36, 3)).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    filled = hu.copy()
+    filled[5:15, 5:15, 1] = hu.min()  # what the NaN patch must be read as
+    hu[5:15, 5:15, 1] = np.nan
+    nib.save(nib.Nifti1Image(hu, affine), str(tmp_path / "nan.nii.gz"))
+    nib.save(nib.Nifti1Image(filled, affine), str(tmp_path / "filled.nii.gz"))
+    for name in ("nan", "filled"):
+        argv = ["infer", str(tmp_path / f"{name}.nii.gz"), "--checkpoint", str(ckpt), "--no-progress"]
+        assert main([*argv, "--out", str(tmp_path / f"{name}_pred.nii.gz")]) == 0
+    assert "nan.nii.gz: 100 non-finite voxel(s) (NaN / inf) treated as nodata" in caplog.text
+    assert "labelled background (label 0)" in caplog.text and "filled.nii.gz" not in caplog.text
+    got = np.asarray(nib.load(str(tmp_path / "nan_pred.nii.gz")).dataobj)
+    want = np.asarray(nib.load(str(tmp_path / "filled_pred.nii.gz")).dataobj).copy()
+    want[5:15, 5:15, 1] = 0
+    assert np.array_equal(got, want)
+    nib.save(nib.Nifti1Image(np.full((8, 8, 2), np.inf, np.float32), affine), str(tmp_path / "inf.nii.gz"))
+    argv = ["infer", str(tmp_path / "inf.nii.gz"), "--checkpoint", str(ckpt), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "inf_pred.nii.gz")]) == 2
+    assert "inf.nii.gz: every voxel is NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "inf_pred.nii.gz").exists()

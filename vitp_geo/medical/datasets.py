@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitp_geo.medical.inputs import SliceInput
+from vitp_geo.medical.inputs import SliceInput, fill_non_finite
 from vitp_geo.medical.volume import Volume, as_labels, check_same_grid, load_volume
 
 XRAY_CLASSES: tuple[str, ...] = ("background", "lung", "infection")
@@ -225,7 +225,8 @@ def load_case(case: MSDCase, spec: SliceInput, channel_names: Sequence[str]) -> 
     vols = [load_volume(p) for p in case.images]
     for v in vols[1:]:
         check_same_grid(vols[0], v)
-    return spec.prepare([v.array for v in vols], channel_names), vols[0]
+    arrays, _ = fill_non_finite([v.array for v in vols], case.images[0])  # NaN / inf voxels: nodata
+    return spec.prepare(arrays, channel_names), vols[0]
 
 
 def load_case_label(case: MSDCase, reference: Volume, table: LabelTable) -> np.ndarray:

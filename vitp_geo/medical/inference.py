@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vitp_geo.medical.datasets import LabelTable
-from vitp_geo.medical.inputs import SliceInput
+from vitp_geo.medical.inputs import SliceInput, fill_non_finite
 from vitp_geo.medical.slicing import put_slice
 from vitp_geo.medical.volume import Volume, check_same_grid, is_nifti_path, load_volume, save_nifti_like
 
@@ -203,7 +203,11 @@ def infer_case(
         raise ValueError(f"--out must end in .nii or .nii.gz for a medical volume, got {out}")
     model = load_medical_model(checkpoint)
     channels = read_case_channels(case, len(model.channel_names))
-    prepared = model.spec.prepare([v.array for v in channels], model.channel_names)
+    background = f"{model.table.names[0]} (label {model.table.values[0]})"
+    arrays, nodata = fill_non_finite(
+        [v.array for v in channels], case, f" and labelled {background} in the prediction"
+    )
+    prepared = model.spec.prepare(arrays, model.channel_names)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ids = predict_volume(
@@ -215,6 +219,8 @@ def infer_case(
         batch_size=batch_size,
         progress=progress,
     )
+    if nodata is not None:
+        ids[nodata] = 0  # nodata voxels: class 0, the background
     return save_nifti_like(model.table.to_values(ids), channels[0], out)
 
 

@@ -14,8 +14,10 @@ with ImageNet's mean / std, as for RGB photographs); z-score presets (``mri-zsco
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,51 @@ from vitp_geo.medical.intensity import (
 from vitp_geo.medical.slicing import three_channel_slice
 
 Z_RANGE = 3.0  # z-scores in [-Z_RANGE, Z_RANGE] span the PNG's 0-255
+
+log = logging.getLogger(__name__)
+
+
+def fill_non_finite(
+    arrays: Sequence[np.ndarray], name: str | Path, note: str = ""
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Non-finite voxels (NaN, inf) are nodata: each array's are filled with its lowest finite value
+    (air in CT, background in MRI), and a warning names the file and the count.
+
+    Left in, one NaN voxel turns its whole slice into NaN logits (all background), and inf
+    saturates every CT window (an all-inf volume came out 100 % liver).
+
+    Args:
+        arrays: a case's channel volumes, (X, Y, Z) or (X, Y, Z, C), on one grid.
+        name: the case, as the warning and errors name it.
+        note: appended to the warning (what the caller does with the nodata voxels).
+
+    Returns:
+        ``(arrays, nodata)``: the filled arrays and the (X, Y, Z) nodata mask, or the arrays as
+        given and ``None`` when every voxel is finite.
+
+    Raises:
+        ValueError: no finite voxel at all (in some channel).
+    """
+    finite = [np.isfinite(a) if np.issubdtype(a.dtype, np.floating) else None for a in arrays]
+    if all(f is None or bool(f.all()) for f in finite):
+        return list(arrays), None
+    nodata = np.zeros(arrays[0].shape[:3], bool)
+    out = []
+    for a, f in zip(arrays, finite, strict=True):
+        if f is None or bool(f.all()):
+            out.append(a)
+            continue
+        if not f.any():
+            raise ValueError(f"{name}: every voxel is NaN or infinite; there is nothing to segment")
+        out.append(np.where(f, a, a[f].min()))
+        nodata |= ~f.reshape(*f.shape[:3], -1).all(axis=-1)
+    log.warning(
+        "%s: %d non-finite voxel(s) (NaN / inf) treated as nodata: filled with the lowest finite value%s",
+        name,
+        int(nodata.sum()),
+        note,
+    )
+    return out, nodata
 
 
 @dataclass(frozen=True)
