@@ -249,3 +249,39 @@ def test_out_never_replaces_an_input_or_an_earlier_result(
     rc, _, err = _run([*base, "--out", str(tmp_path / "pred")], capsys)
     assert rc == 2 and "is a directory" in err
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_one_class_in_two_files_or_one_category_id_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: ``Task1_plane.txt`` and ``Task1_Plane.txt`` both counted as plane (mAP 100 → 92.4)
+    and a duplicate COCO category id relabelled objects, both silently; a category without a
+    name was a traceback."""
+    preds = _copies(read_dota_labels(DOTA_GT, DOTA_V2_CLASSES))
+    write_task_results(tmp_path / "pred", preds, DOTA_V2_CLASSES)
+    plane = tmp_path / "pred" / "Task1_plane.txt"
+    (tmp_path / "pred" / "Task1_Plane.txt").write_text(plane.read_text())
+    out = tmp_path / "m.json"
+    base = ["--gt", str(DOTA_GT), "--pred", str(tmp_path / "pred"), "--format", "dota", "--out", str(out)]
+    rc, _, err = _run(base, capsys)
+    assert rc == 2 and "Task1_Plane.txt and " in err and "Task1_plane.txt both hold class 'plane'" in err, err
+    assert not out.exists()
+    gt_file = DATA / "coco" / "annotations" / "instances_train.json"
+    data = json.loads(gt_file.read_text())
+    results = tmp_path / "results.json"
+    write_coco_results(results, _copies(read_coco(gt_file)), gt_file)
+    for k, category, needle in (
+        (2, {"id": 3, "name": "car"}, "(categories[2]): category id 3 is given twice ('ship' and 'car')"),
+        (1, {"id": 1}, "(categories[1]): a category needs an 'id' and a 'name'"),
+        (1, {"id": [1], "name": "aircraft"}, "(categories[1]): category id must be an integer"),
+        (1, {"id": "1", "name": "aircraft"}, "category ids mix integers and strings"),
+        (2, {"id": 9, "name": "Ship"}, "two categories are named 'Ship' (ids 3 and 9)"),
+    ):
+        bad = json.loads(json.dumps(data))
+        bad["categories"][k] = category
+        (tmp_path / "gt.json").write_text(json.dumps(bad))
+        coco = ["--gt", str(tmp_path / "gt.json"), "--pred", str(results), "--format", "coco"]
+        rc, _, err = _run([*coco, "--out", str(out)], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and "gt.json" in lines[0] and needle in lines[0], err
+        assert not out.exists()

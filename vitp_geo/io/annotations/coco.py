@@ -49,10 +49,39 @@ def _gt(path: Path) -> dict[str, Any]:
     return data
 
 
+def _category_list(data: dict[str, Any], path: Path) -> list[tuple[int | str, str]]:
+    """The categories as ``(id, name)``, checked: each has an integer (or string) ``id`` and a
+    ``name``; ids and names (ignoring case) are unique, and the ids are all of one type. A
+    duplicate id would relabel every object of the first category as the second, silently."""
+    out: list[tuple[int | str, str]] = []
+    names: dict[str, int | str] = {}
+    by_id: dict[int | str, str] = {}
+    for k, c in enumerate(data["categories"]):
+        where = f"categories[{k}]"
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise ParseError(path, where, f"a category needs an 'id' and a 'name', got {c!r}")
+        cid, name = c["id"], c["name"]
+        if isinstance(cid, bool) or not isinstance(cid, int | str):
+            raise ParseError(path, where, f"category id must be an integer (or a string), got {cid!r}")
+        if not isinstance(name, str) or not name.strip():
+            raise ParseError(path, where, f"category name must be a non-empty string, got {name!r}")
+        if cid in by_id:
+            raise ParseError(path, where, f"category id {cid!r} is given twice ({by_id[cid]!r} and {name!r})")
+        if name.lower() in names:
+            raise ParseError(
+                path, where, f"two categories are named {name!r} (ids {names[name.lower()]!r} and {cid!r})"
+            )
+        by_id[cid], names[name.lower()] = name, cid
+        out.append((cid, name))
+    if len({type(cid) for cid, _ in out}) > 1:
+        raise ParseError(path, "categories", f"category ids mix integers and strings: {[c for c, _ in out]}")
+    return out
+
+
 def coco_classes(path: str | Path) -> list[str]:
     """The category names of a COCO ground-truth file, by ascending category id."""
-    data = _gt(Path(path))
-    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    path = Path(path)
+    return [name for _, name in sorted(_category_list(_gt(path), path), key=lambda c: c[0])]
 
 
 def _bbox(v: Any, path: Path, where: str) -> list[float]:
@@ -80,8 +109,8 @@ def _images(data: dict[str, Any], path: Path) -> tuple[dict[Any, str], dict[str,
 def _categories(data: dict[str, Any], classes: Sequence[str], path: Path) -> dict[Any, int]:
     index = class_index(classes)
     return {
-        c["id"]: lookup_class(str(c["name"]), index, classes, path, f"category id {c['id']}")
-        for c in data["categories"]
+        cid: lookup_class(name, index, classes, path, f"category id {cid}")
+        for cid, name in _category_list(data, path)
     }
 
 

@@ -248,7 +248,8 @@ def read_task_results(folder: str | Path, classes: Sequence[str]) -> dict[str, d
 
     Raises:
         FileNotFoundError: no result files.
-        ValueError: a file for an unknown class, or a malformed line (file, line and value named).
+        ValueError: a file for an unknown class, two files of one class (``Task1_plane.txt`` and
+            ``Task1_Plane.txt``), or a malformed line (file, line and value named).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -262,6 +263,7 @@ def read_task_results(folder: str | Path, classes: Sequence[str]) -> dict[str, d
     index = class_index(classes)
     width = 8 if task == 1 else 4
     rows: dict[str, tuple[list[list[float]], list[int], list[float]]] = {}
+    seen: dict[int, Path] = {}  # class → its file: two files of one class would count it twice
     for f in files:
         name = f.stem.split("_", 1)[1]
         text = f.read_text(encoding="utf-8-sig")
@@ -269,6 +271,12 @@ def read_task_results(folder: str | Path, classes: Sequence[str]) -> dict[str, d
             log.info("%s: skipped an empty result file of a class outside the class list", f)
             continue
         lab = lookup_class(name, index, classes, f, "file name")
+        if lab in seen:
+            raise ValueError(
+                f"{seen[lab]} and {f} both hold class {classes[lab]!r} (class names ignore case); "
+                "keep one file per class"
+            )
+        seen[lab] = f
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line:
