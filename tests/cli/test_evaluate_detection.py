@@ -285,3 +285,54 @@ def test_one_class_in_two_files_or_one_category_id_twice_is_refused(
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and "gt.json" in lines[0] and needle in lines[0], err
         assert not out.exists()
+
+
+def test_malformed_values_are_one_error_line_naming_the_file_and_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: tracebacks (a string image, list-valued ids, an int annotation, DOTA coordinates
+    of 1e200: a GEOSException) and silent changes (a NaN ground-truth coordinate dropped, mAP
+    81.8 -> 100; NaN scores accepted) become one line naming the file and the line or element."""
+    out = tmp_path / "m.json"
+    preds = _copies(read_dota_labels(DOTA_GT, DOTA_V2_CLASSES))
+    write_task_results(tmp_path / "pred", preds, DOTA_V2_CLASSES)
+
+    def refused(args: list[str], *needles: str) -> None:
+        rc, _, err = _run([*args, "--out", str(out)], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and all(n in lines[0] for n in needles), err
+        assert not out.exists()
+
+    gt, one = tmp_path / "labelTxt", tmp_path / "one"
+    gt.mkdir()
+    one.mkdir()
+    (one / "Task1_plane.txt").write_text("P0000 0.9 0 0 9 0 9 9 0 9\n")
+    for value in ("nan", "1e200", "-inf"):
+        (gt / "P0000.txt").write_text(f"imagesource:GoogleEarth\n0 0 9 0 9 9 0 9 plane 0\n1 2 3 4 5 {value} 7 8 plane 0\n")
+        refused(["--gt", str(gt), "--pred", str(one), "--format", "dota"], "P0000.txt:3", value)
+    bad_pred = tmp_path / "bad_pred"
+    bad_pred.mkdir()
+    (bad_pred / "Task1_plane.txt").write_text("P0000 nan 1 2 3 4 5 6 7 8\n")
+    refused(["--gt", str(DOTA_GT), "--pred", str(bad_pred), "--format", "dota"], "Task1_plane.txt:1", "nan")
+
+    gt_file = DATA / "coco" / "annotations" / "instances_train.json"
+    data = json.loads(gt_file.read_text())
+    results = tmp_path / "results.json"
+    write_coco_results(results, _copies(read_coco(gt_file)), gt_file)
+    good_results = json.loads(results.read_text())
+    for edit, needles in (
+        (lambda d: d["images"].__setitem__(0, "P0000.png"), ("images[0]", "without 'id'")),
+        (lambda d: d["images"][0].__setitem__("id", [100]), ("images[0]", "id must be an integer, got [100]")),
+        (lambda d: d["annotations"].__setitem__(0, 7), ("annotations[0]", "expected an object, got 7")),
+        (lambda d: d["annotations"][0].__setitem__("image_id", [100]), ("annotations[0]", "image_id must")),
+        (lambda d: d["annotations"][0].__setitem__("bbox", [1e200, 0, 4, 4]), ("annotations[0]", "finite")),
+    ):
+        bad = json.loads(json.dumps(data))
+        edit(bad)
+        (tmp_path / "gt.json").write_text(json.dumps(bad))
+        refused(["--gt", str(tmp_path / "gt.json"), "--pred", str(results), "--format", "coco"], "gt.json", *needles)
+    for key, value, needle in (("score", float("nan"), "score must be a finite number"), ("category_id", [1], "")):
+        bad_results = json.loads(json.dumps(good_results))
+        bad_results[0][key] = value
+        (tmp_path / "res.json").write_text(json.dumps(bad_results))
+        refused(["--gt", str(gt_file), "--pred", str(tmp_path / "res.json"), "--format", "coco"], "res.json ([0])", needle)

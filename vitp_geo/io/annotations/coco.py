@@ -11,6 +11,7 @@ to a ground-truth file.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from vitp_geo.io.annotations.classes import class_index
-from vitp_geo.io.annotations.samples import ParseError, box_sample, lookup_class
+from vitp_geo.io.annotations.samples import ParseError, box_sample, finite32, lookup_class
 from vitp_geo.io.atomic import atomic_output
 
 __all__ = ["coco_classes", "read_coco", "read_coco_results", "write_coco_results"]
@@ -87,8 +88,17 @@ def coco_classes(path: str | Path) -> list[str]:
 def _bbox(v: Any, path: Path, where: str) -> list[float]:
     if not (isinstance(v, list) and len(v) == 4 and all(isinstance(x, int | float) for x in v)):
         raise ParseError(path, where, f"bbox must be [x, y, width, height], got {v!r}")
+    if not all(finite32(float(x)) for x in v):
+        raise ParseError(path, where, f"bbox must hold finite numbers, got {v!r}")
     x, y, w, h = (float(t) for t in v)
     return [x, y, x + w, y + h]
+
+
+def _id(value: Any, path: Path, where: str, key: str) -> int | str:
+    """An image / category id as COCO gives it: an integer (or a string), never a list or null."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ParseError(path, where, f"{key} must be an integer, got {value!r}")
+    return value
 
 
 def _images(data: dict[str, Any], path: Path) -> tuple[dict[Any, str], dict[str, Any]]:
@@ -96,8 +106,9 @@ def _images(data: dict[str, Any], path: Path) -> tuple[dict[Any, str], dict[str,
     by_id: dict[Any, str] = {}
     by_key: dict[str, Any] = {}
     for k, im in enumerate(data["images"]):
-        if "id" not in im or "file_name" not in im:
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise ParseError(path, f"images[{k}]", f"image without 'id' or 'file_name': {im!r}")
+        _id(im["id"], path, f"images[{k}]", "id")
         key = Path(str(im["file_name"])).stem
         if key in by_key:
             raise ParseError(path, f"images[{k}]", f"two images share the name {key!r}")
@@ -135,7 +146,11 @@ def read_coco(path: str | Path, classes: Sequence[str] | None = None) -> dict[st
         k: ([], [], []) for k in by_id.values()
     }
     for k, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            raise ParseError(path, f"annotations[{k}]", f"expected an object, got {a!r}")
         where = f"annotations[{k}] (id {a.get('id')})"
+        _id(a.get("image_id"), path, where, "image_id")
+        _id(a.get("category_id"), path, where, "category_id")
         if a.get("image_id") not in by_id:
             raise ParseError(path, where, f"unknown image_id {a.get('image_id')!r}")
         if a.get("category_id") not in cat:
@@ -170,13 +185,15 @@ def read_coco_results(
         where = f"[{k}]"
         if not isinstance(d, dict):
             raise ParseError(path, where, f"expected an object, got {d!r}")
+        _id(d.get("image_id"), path, where, "image_id")
+        _id(d.get("category_id"), path, where, "category_id")
         if d.get("image_id") not in by_id:
             raise ParseError(path, where, f"image_id {d.get('image_id')!r} is not in {gt_path}")
         if d.get("category_id") not in cat:
             raise ParseError(path, where, f"category_id {d.get('category_id')!r} is not in {gt_path}")
         score = d.get("score")
-        if not isinstance(score, int | float):
-            raise ParseError(path, where, f"score must be a number, got {score!r}")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise ParseError(path, where, f"score must be a finite number, got {score!r}")
         boxes, labels, scores = rows.setdefault(by_id[d["image_id"]], ([], [], []))
         boxes.append(_bbox(d.get("bbox"), path, where))
         labels.append(cat[d["category_id"]])

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vitp_geo.io.annotations.classes import class_index
-from vitp_geo.io.annotations.samples import ParseError, box_sample, lookup_class, polygon_sample
+from vitp_geo.io.annotations.samples import ParseError, box_sample, finite32, lookup_class, polygon_sample
 from vitp_geo.io.atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,12 @@ __all__ = [
 
 def _float(tok: str, path: Path, lineno: int) -> float:
     try:
-        return float(tok)
+        value = float(tok)
     except ValueError:
         raise ParseError(path, lineno, f"expected a number, got {tok!r}") from None
+    if not finite32(value):  # a NaN coordinate dropped silently changed the mAP; a NaN score ranks anywhere
+        raise ParseError(path, lineno, f"expected a finite number, got {tok!r}")
+    return value
 
 
 def _is_number(tok: str) -> bool:

@@ -39,6 +39,14 @@ def lookup_class(
     return i
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite32(value: float) -> bool:
+    """Finite once stored as float32, as boxes are (``1e200`` is finite in float64, inf in float32)."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
 def _finite(values: Sequence[float]) -> bool:
     return all(math.isfinite(v) for v in values)
 

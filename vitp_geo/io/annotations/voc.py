@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from vitp_geo.io.annotations.classes import class_index
-from vitp_geo.io.annotations.samples import ParseError, box_sample, lookup_class, polygon_sample
+from vitp_geo.io.annotations.samples import ParseError, box_sample, finite32, lookup_class, polygon_sample
 from vitp_geo.io.atomic import atomic_output
 
 __all__ = [
@@ -89,9 +89,12 @@ def _number(obj: ET.Element, parent: str, tag: str, path: Path, line: int) -> fl
     if el is None or el.text is None:
         raise ParseError(path, line, f"object without <{parent}><{tag}>")
     try:
-        return float(el.text.strip())
+        value = float(el.text.strip())
     except ValueError:
         raise ParseError(path, line, f"<{parent}><{tag}> must be a number, got {el.text.strip()!r}") from None
+    if not finite32(value):
+        raise ParseError(path, line, f"<{parent}><{tag}> must be a finite number, got {el.text.strip()!r}")
+    return value
 
 
 def _name_and_difficult(obj: ET.Element, path: Path, line: int) -> tuple[str, bool]:
