@@ -6,11 +6,13 @@ Covers ``infer``, ``finetune``, ``build-instructions`` and ``recipe`` (``pretrai
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import timm
@@ -56,6 +58,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ),
     # flag values
     ("infer-tile-size-0", [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "0"], ["--tile-size", "0"]),
+    (  # allocated first: a MemoryError traceback and a .partial.work left (issue 20)
+        "infer-tile-size-beyond-memory",
+        [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "400000"],
+        ["--tile-size 400000: one window needs at least", "is available; choose a smaller --tile-size"],
+    ),
     ("infer-tile-size-negative", [*INFER, "--out", "{w}/out/p.tif", "--tile-size", "-112"], ["-112"]),
     ("infer-overlap-1", [*INFER, "--out", "{w}/out/p.tif", "--overlap", "1"], ["--overlap", "1"]),
     ("infer-overlap-nan", [*INFER, "--out", "{w}/out/p.tif", "--overlap", "nan"], ["--overlap", "nan"]),
@@ -101,6 +108,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         "infer-medical-checkpoint-on-a-geotiff",  # wrote liver/spleen/kidney over a satellite scene
         ["infer", "{w}/scene.tif", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.tif"],
         ["med.ckpt is a medical model", "not the raster {w}/scene.tif"],
+    ),
+    (  # a 1 kB .nii.gz declaring 4096³ voxels: allocated first, an allocation traceback
+        "infer-volume-declares-more-voxels-than-memory",
+        ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz"],
+        ["{w}/bomb.nii.gz: reading its 4096x4096x4096 float32 voxels needs at least 256.0 GiB"],
     ),
     (
         "finetune-config-names-a-nan-backbone",
@@ -222,6 +234,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_tiny_checkpoint(w / "seg_raw.ckpt", render={"raw": True, "dtype": "uint8"})
     save_tiny_checkpoint(w / "seg4.ckpt", bands=(1, 2, 3, 4), render={"raw": True, "dtype": "uint8"})
     medical = {"raw": True, "medical": SliceInput().to_dict(), "modality": "CT", "label_values": [0, 1, 2, 3, 4]}
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((4096, 4096, 4096))
+    (w / "bomb.nii.gz").write_bytes(gzip.compress(header.binaryblock + bytes(4 + 2**16)))
     save_tiny_checkpoint(w / "med.ckpt", class_names=["background", "liver", "spleen", "kidney", "other"], render=medical)
     _backbone(w / "nan", "blocks.1.mlp.fc1.weight", float("nan"))
     _backbone(w / "inf", "pos_embed", float("inf"))

@@ -154,6 +154,7 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
         activation="softmax",
         progress=opts["progress"],
     )
+    _check_window_fits(cfg.tile_size, (len(bands) if raw else 3) * len(scenes) + len(card.class_names), card)
     outputs = SegmentationOutputs(
         class_map=opts["out"],
         probabilities=opts["probabilities"],
@@ -178,6 +179,17 @@ def _run_rank(opts: dict[str, Any], rank: RankInfo) -> InferenceSummary | None:
     )
 
 
+def _check_window_fits(tile: int, values_per_pixel: int, card: ModelCard) -> None:
+    """Refuse a window side whose arrays cannot be allocated, before any work file is started."""
+    from vitp_geo.io.memory import check_fits
+
+    check_fits(
+        4 * values_per_pixel * tile * tile,
+        f"--tile-size {tile}: one window",
+        f"choose a smaller --tile-size (the checkpoint was trained on {card.tile_size})",
+    )
+
+
 def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCard, rank: RankInfo) -> None:
     """A detection checkpoint: windows → merged oriented polygons → styled GeoPackage."""
     from vitp_geo.io.qgis_styles import ClassStyle
@@ -193,6 +205,7 @@ def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCar
             raise ValueError(f"--{flag} is not for detection models ({ckpt} writes --vector only)")
     bands = card.scene_bands(opts["bands"], str(ckpt))
     raw = card.check_scene(opts["scene"], bands, ckpt.name, stretch=opts["stretch"])
+    _check_window_fits(card.tile_size if opts["tile_size"] is None else opts["tile_size"], len(bands), card)
     frame = detect_scene_to_vector(
         opts["scene"],
         module,

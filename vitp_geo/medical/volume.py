@@ -24,6 +24,7 @@ import numpy as np
 from nibabel import orientations as ornt
 
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.memory import check_fits
 
 __all__ = [
     "Modality",
@@ -204,6 +205,15 @@ def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) ->
     squeezable = len(shape) > 4 and all(s == 1 for s in shape[3:-1])
     if len(shape) > 4 and not squeezable:
         raise ValueError(f"{path}: {len(shape)}-D NIfTI shape {shape} is not supported (3D or 3D + channels)")
+    # a small .nii.gz may declare 1024³ voxels: refuse before allocating them
+    proxy = img.dataobj
+    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+    itemsize = 8 if scaled else np.dtype(img.get_data_dtype()).itemsize
+    check_fits(
+        int(np.prod(shape, dtype=np.int64)) * itemsize,
+        f"{path}: reading its {'x'.join(map(str, shape))} {img.get_data_dtype()} voxels",
+        "this volume cannot be read on this machine",
+    )
     try:
         data = _native(np.asanyarray(img.dataobj))
     except Exception as err:
