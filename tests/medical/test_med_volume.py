@@ -221,3 +221,17 @@ def test_singleton_trailing_axes_are_squeezed(tmp_path: Path) -> None:
     nib.save(scaled, str(tmp_path / "ct.nii.gz"))
     ct = load_nifti(tmp_path / "ct.nii.gz")
     assert ct.array.dtype == np.float32 and ct.array.min() == -1024.0
+
+
+@pytest.mark.parametrize(("row", "what"), [([0.0, 0.0, 0.0, 0.0], "singular"), ([0.0, 0.0, np.nan, 0.0], "not finite")])
+def test_an_unusable_affine_is_named_with_the_file(tmp_path: Path, row: list[float], what: str) -> None:
+    """Issue 20: a singular or NaN affine gave nibabel's "Unable to find out axis 0.0 in
+    start_ornt" / numpy's "SVD did not converge", naming neither the file nor the affine."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((4, 4, 4))
+    hdr.set_data_dtype(np.float32)
+    hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], row
+    hdr["sform_code"], hdr["qform_code"] = 1, 0
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), None, hdr), str(tmp_path / "bad.nii.gz"))
+    with pytest.raises(ValueError, match=rf"bad\.nii\.gz: the header.s voxel-to-world affine is {what}.*: \[\[1\.0"):
+        load_volume(tmp_path / "bad.nii.gz")

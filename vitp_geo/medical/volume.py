@@ -205,6 +205,13 @@ def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) ->
     squeezable = len(shape) > 4 and all(s == 1 for s in shape[3:-1])
     if len(shape) > 4 and not squeezable:
         raise ValueError(f"{path}: {len(shape)}-D NIfTI shape {shape} is not supported (3D or 3D + channels)")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or np.linalg.matrix_rank(affine[:3, :3]) < 3:
+        what = "not finite" if not np.isfinite(affine).all() else "singular (voxels have no orientation)"
+        raise ValueError(
+            f"{path}: the header's voxel-to-world affine is {what}: {np.round(affine[:3], 4).tolist()}; "
+            "fix its sform / qform before reading"
+        )
     # a small .nii.gz may declare 1024³ voxels: refuse before allocating them
     proxy = img.dataobj
     scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
