@@ -114,6 +114,34 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz"],
         ["{w}/bomb.nii.gz: reading its 4096x4096x4096 float32 voxels needs at least 256.0 GiB"],
     ),
+    (  # blamed the checkpoint ("not a medical segmentation model") instead of the output name
+        "infer-nifti-out-for-a-geotiff",
+        [*INFER, "--out", "{w}/out/pred.nii.gz"],
+        ["--out {w}/out/pred.nii.gz names a NIfTI volume, but {w}/scene.tif is a raster", "--out pred.tif"],
+    ),
+    # flags that do not apply were silently ignored
+    (
+        "infer-medical-given-a-tile-size",
+        ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz"]
+        + ["--tile-size", "224"],
+        ["--tile-size is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"],
+    ),
+    (
+        "infer-medical-given-resume",
+        ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz", "--resume"],
+        ["--resume is for GeoTIFF scenes"],
+    ),
+    (
+        "infer-detection-given-resume",
+        ["infer", "{w}/scene.tif", "--checkpoint", "{w}/det_raw.ckpt", "--vector", "{w}/out/d.gpkg", "--resume"],
+        ["--resume is for segmentation and change models; {w}/det_raw.ckpt is a detection model"],
+    ),
+    (
+        "infer-detection-given-min-area",
+        ["infer", "{w}/scene.tif", "--checkpoint", "{w}/det_raw.ckpt", "--vector", "{w}/out/d.gpkg"]
+        + ["--min-area", "5"],
+        ["--min-area is for segmentation and change models"],
+    ),
     (
         "finetune-config-names-a-nan-backbone",
         [*FINETUNE, "--config", "{w}/nan_backbone.yaml"],

@@ -203,6 +203,13 @@ def _run_detection(opts: dict[str, Any], module: torch.nn.Module, card: ModelCar
     for flag in ("out", "after", "probabilities"):
         if opts[flag] is not None:
             raise ValueError(f"--{flag} is not for detection models ({ckpt} writes --vector only)")
+    for flag, given in (  # class-map settings a detection run would silently ignore
+        ("--resume", opts["resume"]),
+        ("--blend", opts["blend"] != BlendMode.COSINE.value),
+        ("--min-area", opts["min_area"] != 0),
+    ):
+        if given:
+            raise ValueError(f"{flag} is for segmentation and change models; {ckpt} is a detection model")
     bands = card.scene_bands(opts["bands"], str(ckpt))
     raw = card.check_scene(opts["scene"], bands, ckpt.name, stretch=opts["stretch"])
     _check_window_fits(card.tile_size if opts["tile_size"] is None else opts["tile_size"], len(bands), card)
@@ -308,12 +315,25 @@ def _run_medical(args: argparse.Namespace) -> int:
     """``vitp-geo infer CASE.nii.gz|DICOM_DIR --checkpoint model.ckpt --out pred.nii.gz`` (see medical.inference)."""
     from vitp_geo.medical.inference import infer_case
 
-    for flag, value in (
-        ("--after", args.after),
-        ("--vector", args.vector),
-        ("--probabilities", args.probabilities),
+    if args.scene.is_file() and args.scene.suffix.lower() in (".tif", ".tiff") and args.out is not None:
+        raise ValueError(
+            f"--out {args.out} names a NIfTI volume, but {args.scene} is a raster: a GeoTIFF scene gets a "
+            f"class map (--out {args.out.name.split('.')[0]}.tif)"
+        )
+    for flag, given in (  # flags of the GeoTIFF path a volume would silently ignore
+        ("--after", args.after is not None),
+        ("--vector", args.vector is not None),
+        ("--probabilities", args.probabilities is not None),
+        ("--tile-size", args.tile_size is not None),
+        ("--overlap", args.overlap != 0.25),
+        ("--blend", args.blend != BlendMode.COSINE.value),
+        ("--min-area", args.min_area != 0),
+        ("--bands", args.bands is not None),
+        ("--stretch", args.stretch),
+        ("--resume", args.resume),
+        ("--devices", args.devices != 1),
     ):
-        if value is not None:
+        if given:
             raise ValueError(
                 f"{flag} is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"
             )
