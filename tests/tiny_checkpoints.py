@@ -27,6 +27,7 @@ def save_tiny_checkpoint(
     head: str = "upernet",
     seed: int = 0,
     box_type: str = "obb",
+    roi_head: str = "standard",
     render: dict[str, Any] | None = None,
 ) -> Path:
     """Write a real, small, untrained checkpoint in the exact format ``vitp-geo finetune`` writes.
@@ -46,6 +47,7 @@ def save_tiny_checkpoint(
         neck, head: ``sfp`` / ``adapter`` and ``upernet`` / ``unet``.
         seed: weight initialisation seed.
         box_type: ``hbb`` or ``obb`` (detection only).
+        roi_head: ``standard`` or ``cascade`` (horizontal detection only).
         render: the card's ``render`` entry (default: the render rule), e.g. ``{"raw": True,
             "dtype": "uint8"}`` as a GeoTIFF datamodule records it.
 
@@ -82,6 +84,7 @@ def save_tiny_checkpoint(
         module = ObjectDetectionTask(
             num_classes=num_classes,
             box_type=box_type,  # type: ignore[arg-type]
+            roi_head=roi_head,  # type: ignore[arg-type]
             fpn_channels=32,
             representation=64,
             anchor_sizes=[16, 32, 64, 128, 256],

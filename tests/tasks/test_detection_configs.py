@@ -18,6 +18,8 @@ import yaml
 from config_runs import smoke_cli
 from PIL import Image
 
+from vitp_geo.models.detection.cascade import CascadeRoIHeads
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "vitp_geo" / "configs" / "finetune" / "detection").glob("*.yaml"))
 DATA = REPO / "tests" / "data"
@@ -79,7 +81,14 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     cfg = yaml.safe_load(path.read_text())
     assert cfg["data"]["init_args"]["root"] == "FILL_ME"  # the one thing to fill in
     written = copy.deepcopy(cfg["model"]["init_args"])
-    assert written["layer_decay"] == 0.9 and written["neck"] == "adapter"
+    # the reference's layer decay, and Cascade R-CNN where the paper uses it (issue 17)
+    assert (
+        written["layer_decay"] == (0.95 if path.stem == "sardet100k" else 0.9)
+        and written["neck"] == "adapter"
+    )
+    assert written.get("roi_head", "standard") == (
+        "cascade" if path.stem in ("dior", "sardet100k") else "standard"
+    )
     assert cfg["trainer"]["max_epochs"] == (24 if path.stem == "ssdd" else 12)
     assert written["class_names"] == cfg["data"]["init_args"]["classes"]
     root, splits = _fixture(path.stem, tmp_path)
@@ -94,6 +103,7 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     cli = smoke_cli(cfg, tmp_path)
     task = cli.model
     assert task.hparams["box_type"] == written["box_type"] and task.hparams["lr"] == written["lr"]
+    assert isinstance(task.model.roi_heads, CascadeRoIHeads) == (written.get("roi_head") == "cascade")
     cli.trainer.fit(task, datamodule=cli.datamodule)
     assert cli.trainer.state.finished
     assert "train_loss" in cli.trainer.callback_metrics and "val_map50" in cli.trainer.callback_metrics

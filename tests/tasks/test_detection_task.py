@@ -7,6 +7,7 @@ import torch
 from tiny_checkpoints import save_tiny_checkpoint
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
+from vitp_geo.models.detection.cascade import CascadeRoIHeads
 from vitp_geo.models.detection.rcnn import DetectionModel
 from vitp_geo.tasks import load_inference_model
 from vitp_geo.tasks.backbone import build_backbone
@@ -53,16 +54,25 @@ def test_layer_decay_and_freezing_reach_the_backbone() -> None:
     assert all(p.requires_grad for p in frozen.model.rpn.parameters())
 
 
-@pytest.mark.parametrize("box_type", ["hbb", "obb"])
-def test_checkpoint_card_and_rebuild(tmp_path, box_type: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("box_type", "roi_head"), [("hbb", "standard"), ("hbb", "cascade"), ("obb", "standard")]
+)
+def test_checkpoint_card_and_rebuild(tmp_path, box_type: str, roi_head: str) -> None:  # noqa: ANN001
     path = save_tiny_checkpoint(
-        tmp_path / "det.ckpt", task="detection", num_classes=2, class_names=["car", "ship"], box_type=box_type
+        tmp_path / "det.ckpt",
+        task="detection",
+        num_classes=2,
+        class_names=["car", "ship"],
+        box_type=box_type,
+        roi_head=roi_head,
     )
     model, card = load_inference_model(path)
     assert card.task == "detection" and card.class_names == ["car", "ship"]
     assert len(card.class_colors) == 2 and (0, 0, 0) not in card.class_colors  # no background entry
     assert card.tile_size == 112 and card.bands == [1, 2, 3]
     assert card.arch["kind"] == "detection" and card.arch["box_type"] == box_type
+    assert card.arch["detector"].get("roi_head", "standard") == roi_head
+    assert isinstance(model.roi_heads, CascadeRoIHeads) == (roi_head == "cascade")  # type: ignore[union-attr]
     ref = ObjectDetectionTask.load_from_checkpoint(path, map_location="cpu").model.eval()
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
 
 
 class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
-    """Faster R-CNN (``hbb``) or Rotated Faster R-CNN (``obb``) on a ViT pyramid.
+    """Faster or Cascade R-CNN (``hbb``) or Rotated Faster R-CNN (``obb``) on a ViT pyramid.
 
     Args:
         backbone, backbone_weights, img_size, in_channels, rgb_channels: as for
@@ -47,6 +47,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             0.5 for hbb, 0.1 rotated NMS for obb as in the paper).
         assign_iou: obb only: RoI ↔ ground-truth matching by rotated IoU (``obb``, mmrotate's
             rule) or by IoU of the horizontal envelopes (``hbb``).
+        roi_head: hbb only: ``standard`` (Faster R-CNN) or ``cascade`` (Cascade R-CNN: three box
+            heads at IoU 0.5 / 0.6 / 0.7, the paper's DIOR and SARDet-100K detector).
         lr, weight_decay, layer_decay, warmup_steps, schedule, drop_path_rate,
             freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation.
     """
@@ -80,6 +82,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         nms_thresh: float | None = None,
         detections_per_img: int = 100,
         assign_iou: Literal["obb", "hbb"] = "obb",
+        roi_head: Literal["standard", "cascade"] = "standard",
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         layer_decay: float = 0.9,
@@ -97,6 +100,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             raise ValueError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
         check_class_lists(num_classes, class_names, class_colors)
         BoxType(box_type)  # a clear error for anything but hbb / obb
+        if roi_head == "cascade" and box_type != "hbb":
+            raise ValueError("roi_head 'cascade' is for horizontal boxes (box_type hbb)")
         # BaseTask.__init__ directly: torchgeo's ObjectDetectionTask.__init__ would record its own
         # defaults (model="faster-rcnn", backbone="resnet50", ...) among the hyper-parameters.
         # Lightning collects init arguments from frames holding a ``__class__`` cell; naming it creates one.
@@ -116,6 +121,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             detections_per_img=hp["detections_per_img"],
             assign_iou=hp["assign_iou"],
         )
+        if hp.get("roi_head", "standard") != "standard":  # cards of earlier models have no key
+            detector["roi_head"] = hp["roi_head"]
         for key in ("aspect_ratios", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
             if hp[key] is not None:
                 detector[key] = list(hp[key])

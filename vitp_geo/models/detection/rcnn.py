@@ -1,11 +1,12 @@
-"""Two-stage detectors on the ViT feature pyramid: Faster R-CNN (horizontal) and Rotated Faster R-CNN.
+"""Two-stage detectors on the ViT feature pyramid: Faster R-CNN and Cascade R-CNN (horizontal), Rotated Faster R-CNN.
 
 ``DetectionModel`` = ``neck`` (the backbone's pyramid: ``SimpleFeaturePyramid`` or
 ``ViTAdapter``, four maps at strides 4–32) → ``fpn`` (torchvision ``FeaturePyramidNetwork``
 to a common width plus a stride-64 max-pool level) → torchvision ``RegionProposalNetwork``
 (horizontal anchors) → second stage:
 
-* ``hbb``: torchvision ``RoIHeads`` with ``MultiScaleRoIAlign`` (Faster R-CNN);
+* ``hbb``: torchvision ``RoIHeads`` with ``MultiScaleRoIAlign`` (Faster R-CNN), or with
+  ``roi_head="cascade"`` the three-stage ``CascadeRoIHeads`` (Cascade R-CNN);
 * ``obb``: ``OrientedRoIHeads`` (rotated RoI align, oriented box coder, rotated IoU
   assignment, class-wise rotated NMS), trained from the horizontal RPN proposals.
 
@@ -32,10 +33,12 @@ from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetw
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from vitp_geo.models.detection.cascade import CascadeRoIHeads
 from vitp_geo.models.detection.oriented_heads import OrientedRoIHeads
 
 LEVELS = ("0", "1", "2", "3")  # FPN maps at strides 4, 8, 16, 32; "pool" is stride 64
 STRIDES = (4, 8, 16, 32)
+ROI_HEADS = ("standard", "cascade")  # second stage for hbb: Faster R-CNN's head or Cascade R-CNN's three
 
 
 class BoxType(StrEnum):
@@ -66,6 +69,8 @@ class DetectionModel(nn.Module):
         detections_per_img: most detections per image.
         assign_iou: obb only: match RoIs by rotated IoU (``obb``) or envelope IoU (``hbb``);
             see ``OrientedRoIHeads``.
+        roi_head: hbb only: ``standard`` (Faster R-CNN's one box head) or ``cascade`` (Cascade
+            R-CNN's three, ``models.detection.cascade``).
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class DetectionModel(nn.Module):
         nms_thresh: float | None = None,
         detections_per_img: int = 100,
         assign_iou: str = "obb",
+        roi_head: str = "standard",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -92,6 +98,11 @@ class DetectionModel(nn.Module):
         if len(anchor_sizes) != len(LEVELS) + 1:
             raise ValueError(f"anchor_sizes needs one size per level (5), got {list(anchor_sizes)}")
         self.box_type = BoxType(box_type)
+        if roi_head not in ROI_HEADS:
+            raise ValueError(f"roi_head must be one of {', '.join(ROI_HEADS)}, got {roi_head!r}")
+        if roi_head == "cascade" and self.box_type != BoxType.HBB:
+            raise ValueError("roi_head 'cascade' is for horizontal boxes (box_type hbb)")
+        self.roi_head = roi_head
         self.num_classes = num_classes
         self.neck = neck
         in_widths = [int(c) for c in neck.out_channels]  # type: ignore[union-attr]
@@ -115,8 +126,19 @@ class DetectionModel(nn.Module):
             post_nms_top_n=dict(training=rpn_post_nms_top_n[0], testing=rpn_post_nms_top_n[1]),
             nms_thresh=0.7,
         )
-        self.roi_heads: RoIHeads | OrientedRoIHeads
-        if self.box_type == BoxType.HBB:
+        self.roi_heads: RoIHeads | OrientedRoIHeads | CascadeRoIHeads
+        if roi_head == "cascade":
+            self.roi_heads = CascadeRoIHeads(
+                fpn_channels,
+                list(LEVELS),
+                num_classes,
+                representation=representation,
+                batch_size_per_image=box_batch_size_per_image,
+                score_thresh=score_thresh,
+                nms_thresh=0.5 if nms_thresh is None else nms_thresh,
+                detections_per_img=detections_per_img,
+            )
+        elif self.box_type == BoxType.HBB:
             pool = MultiScaleRoIAlign(featmap_names=list(LEVELS), output_size=7, sampling_ratio=2)
             self.roi_heads = RoIHeads(
                 pool,
