@@ -172,6 +172,12 @@ class _AreaSplitDataModule(GeoDataModule):
                 roi=train_roi,
                 generator=torch.Generator().manual_seed(self.seed),
             )
+            if len(self.train_batch_sampler) == 0:  # torchgeo's answer is a traceback at fit time
+                tiles = getattr(self.train_batch_sampler, "length", "fewer")
+                raise ValueError(
+                    f"batch_size {self.batch_size} is more than the {tiles} training tiles an epoch draws; "
+                    "lower --batch-size (data.init_args.batch_size) or raise data.init_args.length"
+                )
         if stage in ("fit", "validate", "test"):
             self.val_dataset = dataset
             self.val_sampler = GridGeoSampler(dataset, self.patch_size, self.patch_size, roi=val_roi)

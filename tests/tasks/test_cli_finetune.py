@@ -199,3 +199,15 @@ def test_save_last_keeps_a_resumable_full_checkpoint_apart(tmp_path) -> None:  #
     assert isinstance(cli.model, SegmentationTask) and isinstance(cli.trainer, Trainer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
     assert cli.trainer.global_step == 2 and counter.steps == 1  # resumed at step 1: one more step
+
+
+def test_a_batch_larger_than_an_epoch_is_one_error_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Issue 20: ``--batch-size 100000`` was torchgeo's "train_batch_sampler has length 0"
+    traceback after the data were generated."""
+    out = tmp_path / "run"
+    rc = main(["finetune", "segmentation", "--output", str(out), "--batch-size", "100000", "--no-progress"])
+    # the error line (Lightning's info lines and its logging to a stream of an earlier test aside)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vitp-geo finetune: error:")]
+    assert rc == 2 and len(err) == 1, err
+    assert "batch_size 100000 is more than the" in err[0] and "lower --batch-size" in err[0]
+    assert not (out / "model.ckpt").exists()

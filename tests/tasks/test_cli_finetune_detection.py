@@ -51,3 +51,24 @@ def test_embedded_detection_default_learns_both_box_types(tmp_path, capsys) -> N
     with torch.no_grad():
         dets = model(torch.zeros(1, 3, 224, 224))
     assert isinstance(dets, list) and dets[0]["boxes"].shape[1] == 5
+
+
+def test_task1_out_without_image_names_is_refused_before_training(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Issue 20: ``--task1-out`` on a datamodule without image names failed only after training
+    ("the test split's samples have no image_id"), leaving a model.ckpt without its summary."""
+    out, task1 = tmp_path / "run", tmp_path / "task1"
+    rc = main(["finetune", "detection", "--output", str(out), "--task1-out", str(task1), "--no-progress"])
+    # the error line (Lightning's info lines and its logging to a stream of an earlier test aside)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vitp-geo finetune: error:")]
+    assert rc == 2 and len(err) == 1, err
+    assert "--task1-out writes DOTA Task1 lines that name each image" in err[0]
+    assert "GeoTiffDetectionDataModule gives no image names" in err[0]
+    assert not (out / "model.ckpt").exists() and not (out / "checkpoints").exists() and not task1.exists()
+
+
+def test_an_accelerator_this_stack_cannot_run_is_one_error_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Issue 20: ``--accelerator tpu`` was a torch_xla traceback."""
+    rc = main(["finetune", "detection", "--output", str(tmp_path / "run"), "--accelerator", "tpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["vitp-geo finetune: error: --accelerator must be one of auto, cpu, gpu, cuda, mps, got 'tpu'"]
+    assert not (tmp_path / "run").exists()

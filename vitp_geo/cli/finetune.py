@@ -18,6 +18,8 @@ from typing import Any
 from vitp_geo.io.model_card import TASK_KINDS
 from vitp_geo.io.paths import refuse_existing_outputs
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # what the installed stack can run (no TPU / XLA)
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
@@ -101,6 +103,15 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--max-steps", args.max_steps), ("--max-epochs", args.max_epochs)):
         if value is not None and value < 1 and value != -1:  # Lightning's -1 = no limit
             raise ValueError(f"{flag} must be >= 1 (or -1 for no limit), got {value}")
+    if args.accelerator is not None and args.accelerator not in ACCELERATORS:
+        raise ValueError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {args.accelerator!r}")
+    if args.accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--accelerator {args.accelerator}: no CUDA GPU is visible here (use cpu or auto)"
+            )
     if args.task1_out is not None and args.task != "detection":
         raise ValueError(f"--task1-out is for detection runs, not {args.task}")
     if args.backbone is not None:

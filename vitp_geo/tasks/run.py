@@ -118,6 +118,27 @@ def check_backbone_file(path: Path) -> None:
     check_finite_weights(read_state_dict(path), path)
 
 
+def check_task1_source(datamodule: Any) -> None:
+    """Refuse ``--task1-out`` for a datamodule whose test split cannot name its images.
+
+    Task1 result lines start with the image name; only a test split of image files (DOTA, DIOR,
+    COCO: ``datamodules.detection.DetectionFilesDataModule``) has them.
+    """
+    name = type(datamodule).__name__
+    try:
+        datamodule.setup("test")
+    except ValueError as err:
+        raise ValueError(
+            f"--task1-out writes the test split's predictions, but {name} has none: {err}"
+        ) from err
+    dataset = getattr(datamodule, "test_dataset", None)
+    if dataset is None or len(dataset) == 0 or "image_id" not in dataset[0]:
+        raise ValueError(
+            f"--task1-out writes DOTA Task1 lines that name each image, but the test split of {name} "
+            "gives no image names; use DetectionFilesDataModule (DOTA / DIOR / COCO files) with a test_split"
+        )
+
+
 def fit(
     cfg: dict[str, Any],
     task: str,
@@ -164,6 +185,8 @@ def fit(
     if case_scores is not None and score_start:
         datamodule.setup("validate")
         dice_start = case_scores(model.model)
+    if task1_out is not None:  # checked before training, not after it
+        check_task1_source(datamodule)
     trainer.fit(model, datamodule=datamodule)
     best = checkpoint.best_model_path
     if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
