@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -142,6 +143,18 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         + ["--min-area", "5"],
         ["--min-area is for segmentation and change models"],
     ),
+    # a pickle that asks to call something: refused in one line, without torch's advice to
+    # rerun with weights_only=False (which would run it)
+    (
+        "infer-checkpoint-pickle-calls-a-function",
+        [*INFER[:2], "--checkpoint", "{w}/evil.ckpt", "--out", "{w}/out/p.tif"],
+        ["{w}/evil.ckpt: refused", "(Unsupported global: GLOBAL print was not an allowed global by default)", "never loaded in a way that could run code"],
+    ),
+    (
+        "finetune-backbone-pickle-calls-a-function",
+        [*FINETUNE, "--backbone", "{w}/evil.pth"],
+        ["{w}/evil.pth: refused", "GLOBAL print"],
+    ),
     (
         "finetune-config-names-a-nan-backbone",
         [*FINETUNE, "--config", "{w}/nan_backbone.yaml"],
@@ -230,6 +243,13 @@ CASES: list[tuple[str, list[str], list[str]]] = [
 ]
 
 
+class _Calls:
+    """Pickles as a call of ``print`` (what a malicious checkpoint does with ``os.system``)."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("a checkpoint ran code",))
+
+
 def _backbone(folder: Path, key: str, value: float) -> None:
     vit = timm.create_model("vitp_tiny_patch14_112", pretrained=False, num_classes=0)
     with torch.no_grad():
@@ -255,6 +275,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt = torch.load(w / "tiny.ckpt", weights_only=True)
     ckpt["state_dict"]["model.head.classifier.bias"][0] = float("nan")
     torch.save(ckpt, w / "nan.ckpt")
+    for name in ("evil.ckpt", "evil.pth"):  # harmless if it ever ran: it would print
+        (w / name).write_bytes(pickle.dumps({"state_dict": _Calls(), "vitp_geo_card": {}}, protocol=2))
     write_geotiff(w / "scene16.tif", scene.image.astype(np.uint16) * 257, scene.transform, scene.crs)
     four = np.concatenate([scene.image, scene.image[:1]]).astype(np.uint16)
     write_geotiff(w / "scene4.tif", four, scene.transform, scene.crs)

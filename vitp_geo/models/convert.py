@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vitp_geo.io.torch_files import load_error
+
 logger = logging.getLogger(__name__)
 
 _BLOCK_SUFFIXES = {
@@ -85,7 +87,9 @@ def _strip_mm_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             ", ".join(heads),
         )
     if adapter:
-        logger.warning("mmseg/mmdet checkpoint: dropped %d ViT-Adapter keys (spm, interactions, ...)", len(adapter))
+        logger.warning(
+            "mmseg/mmdet checkpoint: dropped %d ViT-Adapter keys (spm, interactions, ...)", len(adapter)
+        )
     return kept
 
 
@@ -235,7 +239,7 @@ def read_weights_file(path: Path, load: Callable[[str], Any]) -> Any:
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as err:  # safetensors, pickle and zip errors have no common base class
-        raise ValueError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: {load_error(err, 'a readable weights file')}") from err
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

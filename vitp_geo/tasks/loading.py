@@ -25,6 +25,7 @@ from torch import nn
 
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.model_card import CARD_KEY, ModelCard
+from vitp_geo.io.torch_files import load_error
 from vitp_geo.models.convert import check_finite_weights
 from vitp_geo.tasks.models import rebuild_model
 
@@ -48,10 +49,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, or not a torch checkpoint at all
-        raise ValueError(
-            f"{path}: not a readable PyTorch/Lightning checkpoint ({err.__class__.__name__}: {err})"
-        ) from err
+    except Exception as err:  # a truncated file, not a torch checkpoint at all, or a refused pickle
+        raise ValueError(f"{path}: {load_error(err, 'a readable PyTorch/Lightning checkpoint')}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if CARD_KEY not in ckpt:
