@@ -21,12 +21,15 @@ def load_error(err: BaseException, what: str = "a readable PyTorch checkpoint") 
         err: what ``torch.load`` raised.
         what: what the file should have been, for other errors (``not <what> (...)``).
     """
+    text = " ".join(str(err).split())
     if isinstance(err, pickle.UnpicklingError):
         m = _DETAIL.search(str(err))
         # the first sentence: what was asked for, not torch's advice on how to allow it
-        detail = re.split(r"\.\s| Please ", " ".join(m.group(1).split()))[0] if m else "not plain tensors"
-        return (
-            f"refused: it holds more than tensors and plain containers ({detail}), and checkpoints are "
-            "never loaded in a way that could run code from them"
-        )
-    return f"not {what} ({type(err).__name__}: {' '.join(str(err).split())})"
+        detail = re.split(r"\.\s| Please ", " ".join(m.group(1).split()))[0] if m else text
+        if detail.startswith("Unsupported global"):
+            return (
+                f"refused: it holds more than tensors and plain containers ({detail}), and checkpoints "
+                "are never loaded in a way that could run code from them"
+            )
+        text = detail  # a damaged file or another pickle protocol
+    return f"not {what} ({type(err).__name__}: {text})"
