@@ -165,6 +165,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*FINETUNE, "--config", "{w}/unknown_backbone.yaml"],
         ["unknown_backbone.yaml", "invalid configuration (model section)", "unknown backbone 'vitp_no_such_vit'"],
     ),
+    # messages that named neither the flag nor the value ("expected non-negative integer",
+    # "config not found" for a folder that exists, "[Errno 21] Is a directory")
+    ("finetune-seed-minus-1", [*FINETUNE, "--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
+    ("finetune-config-is-a-folder", [*FINETUNE, "--config", "{w}/s"], ["--config {w}/s is a folder"]),
+    ("build-seed-minus-1", [*BUILD, "--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
+    ("build-classes-is-a-folder", [*BUILD, "--classes", "{w}/s"], ["--classes {w}/s is a folder"]),
     ("build-repeat-time-inf", [*BUILD, "--repeat-time", "inf"], ["--repeat-time", "inf"]),
     ("build-repeat-time-nan", [*BUILD, "--repeat-time", "nan"], ["--repeat-time", "nan"]),
     ("build-repeat-time-0", [*BUILD, "--repeat-time", "0"], ["--repeat-time", "0"]),

@@ -229,6 +229,12 @@ def input_paths(args: argparse.Namespace) -> dict[str, Path | list[Path] | None]
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.seed <= 2**32 - 1:
+        raise ValueError(f"--seed must be an integer in [0, {2**32 - 1}], got {args.seed}")
+    if args.classes is not None and args.classes.is_dir():
+        raise ValueError(
+            f"--classes {args.classes} is a folder; give the class names file (names.yaml or dataset.json)"
+        )
     # --overwrite replaces the folder as a whole: it must not hold (or lie in) what the run reads
     check_output_folder("--out", args.out, input_paths(args))
     result = build_corpus(

@@ -19,6 +19,7 @@ from vitp_geo.io.model_card import TASK_KINDS
 from vitp_geo.io.paths import refuse_existing_outputs
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # what the installed stack can run (no TPU / XLA)
+SEED_MAX = 2**32 - 1  # what numpy's and Lightning's seeding accept
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -103,6 +104,13 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--max-steps", args.max_steps), ("--max-epochs", args.max_epochs)):
         if value is not None and value < 1 and value != -1:  # Lightning's -1 = no limit
             raise ValueError(f"{flag} must be >= 1 (or -1 for no limit), got {value}")
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise ValueError(f"--seed must be an integer in [0, {SEED_MAX}], got {args.seed}")
+    if args.config is not None and not args.config.is_file():
+        what = "a folder" if args.config.is_dir() else "not found"
+        raise ValueError(
+            f"--config {args.config} is {what}; give a YAML file (configs/finetune/<task>/<dataset>.yaml)"
+        )
     if args.accelerator is not None and args.accelerator not in ACCELERATORS:
         raise ValueError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {args.accelerator!r}")
     if args.accelerator in ("gpu", "cuda"):
