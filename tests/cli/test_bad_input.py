@@ -120,6 +120,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*INFER, "--out", "{w}/out/pred.nii.gz"],
         ["--out {w}/out/pred.nii.gz names a NIfTI volume, but {w}/scene.tif is a raster", "--out pred.tif"],
     ),
+    (  # said "the input input"
+        "infer-volume-out-is-the-volume",
+        ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/bomb.nii.gz"],
+        ["--out {w}/bomb.nii.gz is the same file as the input volume {w}/bomb.nii.gz"],
+    ),
     # flags that do not apply were silently ignored
     (
         "infer-medical-given-a-tile-size",

@@ -339,7 +339,7 @@ def _run_medical(args: argparse.Namespace) -> int:
             )
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_output_paths({"input": args.scene, "--checkpoint": args.checkpoint}, {"--out": args.out})
+    check_output_paths({"volume": args.scene, "--checkpoint": args.checkpoint}, {"--out": args.out})
     refuse_existing_outputs({"--out": args.out}, args.overwrite)
     out = infer_case(
         args.checkpoint,

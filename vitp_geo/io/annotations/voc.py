@@ -20,6 +20,7 @@ optional in both.
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,9 +67,8 @@ def _parse(path: Path) -> tuple[ET.Element, str]:
         root = ET.fromstring(text)
     except ET.ParseError as e:
         line, col = e.position
-        raise ParseError(
-            path, line, f"malformed XML ({e.msg if hasattr(e, 'msg') else e}, column {col})"
-        ) from None
+        reason = re.sub(r": line \d+, column \d+$", "", str(e.msg if hasattr(e, "msg") else e))  # said once
+        raise ParseError(path, line, f"malformed XML ({reason}, column {col})") from None
     if root.tag != "annotation":
         raise ParseError(path, 1, f"expected an <annotation> root element, got <{root.tag}>")
     return root, text
