@@ -95,3 +95,17 @@ def test_default_corpus_is_deterministic_and_mixed(tmp_path):
 def test_default_corpus_default_size_gives_a_few_thousand_records(tmp_path):
     n = sum(len(read_jsonl(e.annotation).records) for e in load_recipe(build_default_corpus(tmp_path / "d")))
     assert 1500 <= n <= 4000
+
+
+def test_stats_flags_image_paths_outside_the_root(tmp_path, capsys):
+    """Issue 20: ``recipe stats`` passed image paths that ``pretrain`` refuses (outside the root)."""
+    recipe = _dataset(tmp_path / "a", "a", ["counting"] * 2)
+    recs = read_jsonl(tmp_path / "a" / "annotations.jsonl").records
+    recs[1].images = ["../../elsewhere/secret.png"]
+    write_jsonl(tmp_path / "a" / "annotations.jsonl", recs)
+    per, total = recipe_stats(recipe)
+    assert per[0].outside_root == ["../../elsewhere/secret.png"] and total.outside_root == per[0].outside_root
+    assert main(["recipe", "stats", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 image path(s) resolve outside the recipe root, which pretraining refuses" in out
+    assert "'../../elsewhere/secret.png'" in out

@@ -60,6 +60,7 @@ class DatasetStats:
     image_refs: int = 0  # image references (a change record references two)
     tokens: int = 0  # text tokens over all records (estimated or counted)
     missing_images: int = 0
+    outside_root: list[str] = field(default_factory=list)  # image paths that escape the root
 
     @property
     def mean_tokens(self) -> float:
@@ -81,6 +82,8 @@ def dataset_stats(entry: RecipeEntry, count_tokens: TokenCounter = estimate_toke
         st.tokens += sum(count_tokens(t["value"]) for t in rec.conversations)
     st.images = len(seen)
     st.missing_images = sum(1 for i in seen if not (entry.root / i).exists())
+    root = entry.root.resolve()  # pretraining refuses these (pretrain.dataset.resolve_image)
+    st.outside_root = sorted(i for i in seen if not (entry.root / i).resolve().is_relative_to(root))
     return st
 
 
@@ -97,6 +100,7 @@ def recipe_stats(
         total.image_refs += st.image_refs
         total.tokens += st.tokens
         total.missing_images += st.missing_images
+        total.outside_root += st.outside_root
         for k, v in st.tasks.items():
             total.tasks[k] += v * st.repeat_time  # type: ignore[assignment]
         for k, v in st.modalities.items():
@@ -125,6 +129,11 @@ def format_stats(per: list[DatasetStats], total: DatasetStats) -> str:
             f"  images: {st.images} distinct, {st.image_refs} references"
             + (f" ({st.missing_images} missing on disk)" if st.missing_images else "")
         )
+        if st.outside_root:
+            lines.append(
+                f"  warning: {len(st.outside_root)} image path(s) resolve outside the recipe root, which "
+                f"pretraining refuses, e.g. {st.outside_root[0]!r}"
+            )
         lines.append(f"  mean text tokens/record: {st.mean_tokens:.1f}")
         lines.append(f"  tasks: {_mix(st.tasks)}")
         lines.append(f"  modalities: {_mix(st.modalities)}")
