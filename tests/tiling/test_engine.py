@@ -183,6 +183,21 @@ def test_rerun_without_resume_says_it_discards_the_partial_run(
     )
 
 
+def test_resume_without_saved_state_says_it_starts_from_the_beginning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 20: ``--resume`` with nothing saved started afresh without saying so."""
+    write_test_scene(tmp_path / "scene.tif", (130, 130))
+    with caplog.at_level("WARNING", logger="vitp_geo.tiling.engine"):
+        summary = _run(tmp_path / "scene.tif", tmp_path, resume=True)
+    assert summary.resumed_from_row == 0 and (tmp_path / "pred.tif").exists()
+    assert any(
+        "--resume: no interrupted run to continue" in r.getMessage()
+        and str(work_dir_for(tmp_path / "pred.tif")) in r.getMessage()
+        for r in caplog.records
+    )
+
+
 def test_outputs_never_replace_the_scene_or_each_other(tmp_path: Path) -> None:
     write_test_scene(tmp_path / "scene.tif", (64, 64))
     scene = (tmp_path / "scene.tif").read_bytes()

@@ -243,6 +243,8 @@ def _prepare_work(
                 "rerun without --resume to discard it and start over"
             ) from err
         return next_row, rows_written, state
+    if resume:  # nothing to continue: say so rather than start over silently
+        logger.warning("--resume: no interrupted run to continue in %s; starting from the beginning", work)
     if work.exists():
         if state_file.exists():  # an interrupted run that could have been resumed
             logger.warning(
