@@ -28,6 +28,7 @@ def save_tiny_checkpoint(
     seed: int = 0,
     box_type: str = "obb",
     roi_head: str = "standard",
+    rpn: str = "horizontal",
     render: dict[str, Any] | None = None,
 ) -> Path:
     """Write a real, small, untrained checkpoint in the exact format ``vitp-geo finetune`` writes.
@@ -48,6 +49,7 @@ def save_tiny_checkpoint(
         seed: weight initialisation seed.
         box_type: ``hbb`` or ``obb`` (detection only).
         roi_head: ``standard`` or ``cascade`` (horizontal detection only).
+        rpn: ``horizontal`` or ``oriented`` (Oriented R-CNN; oriented detection only).
         render: the card's ``render`` entry (default: the render rule), e.g. ``{"raw": True,
             "dtype": "uint8"}`` as a GeoTIFF datamodule records it.
 
@@ -85,6 +87,7 @@ def save_tiny_checkpoint(
             num_classes=num_classes,
             box_type=box_type,  # type: ignore[arg-type]
             roi_head=roi_head,  # type: ignore[arg-type]
+            rpn=rpn,  # type: ignore[arg-type]
             fpn_channels=32,
             representation=64,
             anchor_sizes=[16, 32, 64, 128, 256],

@@ -11,7 +11,9 @@ from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.models import build_neck
 
 
-def _model(box_type: str, num_classes: int = 2, roi_head: str = "standard") -> DetectionModel:
+def _model(
+    box_type: str, num_classes: int = 2, roi_head: str = "standard", rpn: str = "horizontal"
+) -> DetectionModel:
     torch.manual_seed(0)
     vit = build_backbone("vitp_tiny_patch14_112", img_size=112)
     return DetectionModel(
@@ -25,6 +27,7 @@ def _model(box_type: str, num_classes: int = 2, roi_head: str = "standard") -> D
         rpn_post_nms_top_n=(150, 100),
         box_batch_size_per_image=64,
         roi_head=roi_head,
+        rpn=rpn,
     )
 
 

@@ -19,6 +19,7 @@ from config_runs import smoke_cli
 from PIL import Image
 
 from vitp_geo.models.detection.cascade import CascadeRoIHeads
+from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "vitp_geo" / "configs" / "finetune" / "detection").glob("*.yaml"))
@@ -82,10 +83,10 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     assert cfg["data"]["init_args"]["root"] == "FILL_ME"  # the one thing to fill in
     written = copy.deepcopy(cfg["model"]["init_args"])
     # the reference's layer decay, and Cascade R-CNN where the paper uses it (issue 17)
-    assert (
-        written["layer_decay"] == (0.95 if path.stem == "sardet100k" else 0.9)
-        and written["neck"] == "adapter"
-    )
+    assert written["layer_decay"] == (0.9 if path.stem in ("dior", "ssdd") else 0.95)
+    assert written["neck"] == "adapter"
+    oriented_rcnn = path.stem in ("diorr", "dotav2", "rsar")
+    assert written.get("rpn", "horizontal") == ("oriented" if oriented_rcnn else "horizontal")
     assert written.get("roi_head", "standard") == (
         "cascade" if path.stem in ("dior", "sardet100k") else "standard"
     )
@@ -104,6 +105,7 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     task = cli.model
     assert task.hparams["box_type"] == written["box_type"] and task.hparams["lr"] == written["lr"]
     assert isinstance(task.model.roi_heads, CascadeRoIHeads) == (written.get("roi_head") == "cascade")
+    assert isinstance(task.model.rpn, OrientedRegionProposalNetwork) == oriented_rcnn
     cli.trainer.fit(task, datamodule=cli.datamodule)
     assert cli.trainer.state.finished
     assert "train_loss" in cli.trainer.callback_metrics and "val_map50" in cli.trainer.callback_metrics

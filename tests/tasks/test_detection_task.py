@@ -8,6 +8,7 @@ from tiny_checkpoints import save_tiny_checkpoint
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
 from vitp_geo.models.detection.cascade import CascadeRoIHeads
+from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
 from vitp_geo.models.detection.rcnn import DetectionModel
 from vitp_geo.tasks import load_inference_model
 from vitp_geo.tasks.backbone import build_backbone
@@ -55,9 +56,15 @@ def test_layer_decay_and_freezing_reach_the_backbone() -> None:
 
 
 @pytest.mark.parametrize(
-    ("box_type", "roi_head"), [("hbb", "standard"), ("hbb", "cascade"), ("obb", "standard")]
+    ("box_type", "roi_head", "rpn"),
+    [
+        ("hbb", "standard", "horizontal"),
+        ("hbb", "cascade", "horizontal"),
+        ("obb", "standard", "horizontal"),
+        ("obb", "standard", "oriented"),
+    ],
 )
-def test_checkpoint_card_and_rebuild(tmp_path, box_type: str, roi_head: str) -> None:  # noqa: ANN001
+def test_checkpoint_card_and_rebuild(tmp_path, box_type: str, roi_head: str, rpn: str) -> None:  # noqa: ANN001
     path = save_tiny_checkpoint(
         tmp_path / "det.ckpt",
         task="detection",
@@ -65,6 +72,7 @@ def test_checkpoint_card_and_rebuild(tmp_path, box_type: str, roi_head: str) -> 
         class_names=["car", "ship"],
         box_type=box_type,
         roi_head=roi_head,
+        rpn=rpn,
     )
     model, card = load_inference_model(path)
     assert card.task == "detection" and card.class_names == ["car", "ship"]
@@ -73,6 +81,7 @@ def test_checkpoint_card_and_rebuild(tmp_path, box_type: str, roi_head: str) -> 
     assert card.arch["kind"] == "detection" and card.arch["box_type"] == box_type
     assert card.arch["detector"].get("roi_head", "standard") == roi_head
     assert isinstance(model.roi_heads, CascadeRoIHeads) == (roi_head == "cascade")  # type: ignore[union-attr]
+    assert isinstance(model.rpn, OrientedRegionProposalNetwork) == (rpn == "oriented")  # type: ignore[union-attr]
     ref = ObjectDetectionTask.load_from_checkpoint(path, map_location="cpu").model.eval()
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
 
 
 class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
-    """Faster or Cascade R-CNN (``hbb``) or Rotated Faster R-CNN (``obb``) on a ViT pyramid.
+    """Faster or Cascade R-CNN (``hbb``), Rotated Faster or Oriented R-CNN (``obb``) on a ViT pyramid.
 
     Args:
         backbone, backbone_weights, img_size, in_channels, rgb_channels: as for
@@ -49,6 +49,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             rule) or by IoU of the horizontal envelopes (``hbb``).
         roi_head: hbb only: ``standard`` (Faster R-CNN) or ``cascade`` (Cascade R-CNN: three box
             heads at IoU 0.5 / 0.6 / 0.7, the paper's DIOR and SARDet-100K detector).
+        rpn: ``horizontal`` (torchvision's RPN) or, obb only, ``oriented`` (Oriented R-CNN's
+            midpoint-offset RPN: the paper's DIOR-R, DOTA-v2.0 and RSAR detector).
+        rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal, 0.8 oriented).
         lr, weight_decay, layer_decay, warmup_steps, schedule, drop_path_rate,
             freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation.
     """
@@ -83,6 +86,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         detections_per_img: int = 100,
         assign_iou: Literal["obb", "hbb"] = "obb",
         roi_head: Literal["standard", "cascade"] = "standard",
+        rpn: Literal["horizontal", "oriented"] = "horizontal",
+        rpn_nms_thresh: float | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         layer_decay: float = 0.9,
@@ -102,6 +107,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         BoxType(box_type)  # a clear error for anything but hbb / obb
         if roi_head == "cascade" and box_type != "hbb":
             raise ValueError("roi_head 'cascade' is for horizontal boxes (box_type hbb)")
+        if rpn == "oriented" and box_type != "obb":
+            raise ValueError("rpn 'oriented' (Oriented R-CNN) is for oriented boxes (box_type obb)")
         # BaseTask.__init__ directly: torchgeo's ObjectDetectionTask.__init__ would record its own
         # defaults (model="faster-rcnn", backbone="resnet50", ...) among the hyper-parameters.
         # Lightning collects init arguments from frames holding a ``__class__`` cell; naming it creates one.
@@ -121,8 +128,13 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             detections_per_img=hp["detections_per_img"],
             assign_iou=hp["assign_iou"],
         )
-        if hp.get("roi_head", "standard") != "standard":  # cards of earlier models have no key
+        # cards of earlier models have none of these keys: written only when not the default
+        if hp.get("roi_head", "standard") != "standard":
             detector["roi_head"] = hp["roi_head"]
+        if hp.get("rpn", "horizontal") != "horizontal":
+            detector["rpn"] = hp["rpn"]
+        if hp.get("rpn_nms_thresh") is not None:
+            detector["rpn_nms_thresh"] = hp["rpn_nms_thresh"]
         for key in ("aspect_ratios", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
             if hp[key] is not None:
                 detector[key] = list(hp[key])

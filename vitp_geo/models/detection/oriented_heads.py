@@ -1,6 +1,8 @@
-"""The oriented second stage of a Rotated Faster R-CNN: horizontal proposals → oriented boxes.
+"""The oriented second stage of Rotated Faster R-CNN and Oriented R-CNN → oriented boxes.
 
-Proposals from the horizontal RPN become oriented RoIs at angle 0; training RoIs are matched to
+Proposals from the horizontal RPN (Rotated Faster R-CNN) become oriented RoIs at angle 0;
+proposals from the oriented RPN (Oriented R-CNN, ``oriented_rpn``) are oriented RoIs already.
+Training RoIs are matched to
 the oriented ground truth by rotated IoU (``obb.rotated_iou``), sampled (torchvision's
 balanced sampler), pooled with rotated RoI align and regressed with the oriented box coder.
 At inference the class-specific deltas are decoded, low scores and tiny boxes dropped, and
@@ -113,9 +115,13 @@ class OrientedRoIHeads(nn.Module):
         rois_out, labels_out, deltas_out = [], [], []
         for props, t in zip(proposals, targets, strict=True):
             gt, gt_labels = t["obb"], t["labels"]
-            # ground-truth envelopes join the proposals as horizontal RoIs (torchvision's rule), so
-            # training RoIs look like the inference ones
-            rois = hbb_rois(torch.cat([props, obb_to_hbb(gt)]) if gt.numel() else props)
+            # the ground truth joins the proposals in their form (torchvision's rule), so training
+            # RoIs look like the inference ones: oriented boxes for oriented proposals, else their
+            # horizontal envelopes
+            if props.shape[-1] == 5:
+                rois = torch.cat([props, gt.to(props.dtype)])
+            else:
+                rois = hbb_rois(torch.cat([props, obb_to_hbb(gt)]) if gt.numel() else props)
             if gt.shape[0] == 0:
                 labels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
                 matched = torch.zeros_like(rois)
@@ -160,7 +166,7 @@ class OrientedRoIHeads(nn.Module):
 
         Args:
             features: pyramid maps at ``strides``.
-            proposals: per image (P, 4) horizontal proposals.
+            proposals: per image (P, 4) horizontal or (P, 5) oriented proposals.
             targets: training targets.
 
         Returns:
@@ -173,7 +179,7 @@ class OrientedRoIHeads(nn.Module):
             rois, labels, reg_targets = self._sample(proposals, targets)
             logits, deltas = self.head(self.pooler(features, self._with_batch_index(rois)))
             return [], self.loss(logits, deltas, labels, reg_targets)
-        rois = [hbb_rois(p) for p in proposals]
+        rois = [p if p.shape[-1] == 5 else hbb_rois(p) for p in proposals]
         logits, deltas = self.head(self.pooler(features, self._with_batch_index(rois)))
         return self.postprocess(logits, deltas, rois), {}
 

@@ -8,7 +8,9 @@ to a common width plus a stride-64 max-pool level) → torchvision ``RegionPropo
 * ``hbb``: torchvision ``RoIHeads`` with ``MultiScaleRoIAlign`` (Faster R-CNN), or with
   ``roi_head="cascade"`` the three-stage ``CascadeRoIHeads`` (Cascade R-CNN);
 * ``obb``: ``OrientedRoIHeads`` (rotated RoI align, oriented box coder, rotated IoU
-  assignment, class-wise rotated NMS), trained from the horizontal RPN proposals.
+  assignment, class-wise rotated NMS), trained from the horizontal RPN proposals (Rotated
+  Faster R-CNN), or with ``rpn="oriented"`` from the oriented proposals of Oriented R-CNN's
+  midpoint-offset RPN (``oriented_rpn``; RPN NMS 0.8 on the proposals' envelopes).
 
 Images are used as given (torchgeo's no-op transform: no resizing; inputs already normalised);
 they are zero-padded to a multiple of 32. Labels in and out are 0-based object classes
@@ -35,9 +37,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from vitp_geo.models.detection.cascade import CascadeRoIHeads
 from vitp_geo.models.detection.oriented_heads import OrientedRoIHeads
+from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
 
 LEVELS = ("0", "1", "2", "3")  # FPN maps at strides 4, 8, 16, 32; "pool" is stride 64
 STRIDES = (4, 8, 16, 32)
+RPNS = ("horizontal", "oriented")  # torchvision's RPN, or Oriented R-CNN's midpoint-offset RPN (obb)
 ROI_HEADS = ("standard", "cascade")  # second stage for hbb: Faster R-CNN's head or Cascade R-CNN's three
 
 
@@ -71,6 +75,9 @@ class DetectionModel(nn.Module):
             see ``OrientedRoIHeads``.
         roi_head: hbb only: ``standard`` (Faster R-CNN's one box head) or ``cascade`` (Cascade
             R-CNN's three, ``models.detection.cascade``).
+        rpn: ``horizontal`` (torchvision's RPN) or, obb only, ``oriented`` (Oriented R-CNN).
+        rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal as torchvision, 0.8 oriented as the
+            paper).
     """
 
     def __init__(
@@ -91,6 +98,8 @@ class DetectionModel(nn.Module):
         detections_per_img: int = 100,
         assign_iou: str = "obb",
         roi_head: str = "standard",
+        rpn: str = "horizontal",
+        rpn_nms_thresh: float | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -103,6 +112,11 @@ class DetectionModel(nn.Module):
         if roi_head == "cascade" and self.box_type != BoxType.HBB:
             raise ValueError("roi_head 'cascade' is for horizontal boxes (box_type hbb)")
         self.roi_head = roi_head
+        if rpn not in RPNS:
+            raise ValueError(f"rpn must be one of {', '.join(RPNS)}, got {rpn!r}")
+        if rpn == "oriented" and self.box_type != BoxType.OBB:
+            raise ValueError("rpn 'oriented' (Oriented R-CNN) is for oriented boxes (box_type obb)")
+        self.rpn_kind = rpn
         self.num_classes = num_classes
         self.neck = neck
         in_widths = [int(c) for c in neck.out_channels]  # type: ignore[union-attr]
@@ -115,17 +129,28 @@ class DetectionModel(nn.Module):
         anchors = AnchorGenerator(
             sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=(tuple(aspect_ratios),) * len(anchor_sizes)
         )
-        self.rpn = RegionProposalNetwork(
-            anchors,
-            RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-            fg_iou_thresh=0.7,
-            bg_iou_thresh=0.3,
-            batch_size_per_image=rpn_batch_size_per_image,
-            positive_fraction=0.5,
-            pre_nms_top_n=dict(training=rpn_pre_nms_top_n[0], testing=rpn_pre_nms_top_n[1]),
-            post_nms_top_n=dict(training=rpn_post_nms_top_n[0], testing=rpn_post_nms_top_n[1]),
-            nms_thresh=0.7,
-        )
+        self.rpn: RegionProposalNetwork | OrientedRegionProposalNetwork
+        if rpn == "oriented":
+            self.rpn = OrientedRegionProposalNetwork(
+                anchors,
+                fpn_channels,
+                batch_size_per_image=rpn_batch_size_per_image,
+                pre_nms_top_n=dict(training=rpn_pre_nms_top_n[0], testing=rpn_pre_nms_top_n[1]),
+                post_nms_top_n=dict(training=rpn_post_nms_top_n[0], testing=rpn_post_nms_top_n[1]),
+                nms_thresh=0.8 if rpn_nms_thresh is None else rpn_nms_thresh,
+            )
+        else:
+            self.rpn = RegionProposalNetwork(
+                anchors,
+                RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+                fg_iou_thresh=0.7,
+                bg_iou_thresh=0.3,
+                batch_size_per_image=rpn_batch_size_per_image,
+                positive_fraction=0.5,
+                pre_nms_top_n=dict(training=rpn_pre_nms_top_n[0], testing=rpn_pre_nms_top_n[1]),
+                post_nms_top_n=dict(training=rpn_post_nms_top_n[0], testing=rpn_post_nms_top_n[1]),
+                nms_thresh=0.7 if rpn_nms_thresh is None else rpn_nms_thresh,
+            )
         self.roi_heads: RoIHeads | OrientedRoIHeads | CascadeRoIHeads
         if roi_head == "cascade":
             self.roi_heads = CascadeRoIHeads(
