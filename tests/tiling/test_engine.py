@@ -431,3 +431,72 @@ def test_failed_overwrite_keeps_the_earlier_outputs(tmp_path: Path, monkeypatch:
             _run(tmp_path / "scene.tif", tmp_path, model=PositionModel(), vector=tmp_path / "pred.gpkg")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before
+
+
+def test_full_disk_while_the_cog_is_written_gives_the_resume_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: GDAL's full-disk error while the COG was written was a CPLE_AppDefinedError
+    traceback, without the designed "--resume" message."""
+    from rasterio._err import CPLE_AppDefinedError
+
+    import vitp_geo.io.cog as cog
+
+    write_test_scene(tmp_path / "scene.tif", (150, 170))
+    (tmp_path / "a").mkdir()
+    _run(tmp_path / "scene.tif", tmp_path / "a")
+    b = tmp_path / "b"
+    b.mkdir()
+
+    def full(*args: object, **kw: object) -> None:
+        raise CPLE_AppDefinedError(1, 1, "TIFFAppendToStrip:Write error at scanline 0: No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(cog.rasterio.shutil, "copy", full)
+        with pytest.raises(OSError, match=r"writing .*pred\.tif failed: .*No space left.*no output was written.*--resume"):
+            _run(tmp_path / "scene.tif", b)
+    assert sorted(p.name for p in b.iterdir()) == [work_dir_for(b / "pred.tif").name]
+    _run(tmp_path / "scene.tif", b, resume=True)
+    for name in ("pred.tif", "probs.tif"):
+        with rasterio.open(tmp_path / "a" / name) as x, rasterio.open(b / name) as y:
+            assert np.array_equal(x.read(), y.read(), equal_nan=True)
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_full_disk_in_the_window_pass_names_the_work_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: bool
+) -> None:
+    """Issue 20: a full disk during the window pass was "[Errno 28]" with no path, and left a work
+    folder without state.npz holding the disk. Now the folder is named; it is kept only with a
+    saved state, and --resume then finishes the run."""
+    import errno
+
+    from vitp_geo.tiling.rowsink import RawRowSink
+
+    write_test_scene(tmp_path / "scene.tif", (150, 170))
+    cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0 if saved else 3600.0})
+    real_commit, calls = RawRowSink.commit, []
+
+    def commit(self: RawRowSink, upto_row: int) -> None:
+        calls.append(upto_row)
+        if len(calls) > 4:  # two rows of windows done (class map and probabilities each)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_commit(self, upto_row)
+
+    with monkeypatch.context() as m:
+        m.setattr(RawRowSink, "commit", commit)
+        with pytest.raises(OSError) as err:
+            _run(tmp_path / "scene.tif", tmp_path, config=cfg)
+    work = work_dir_for(tmp_path / "pred.tif")
+    assert f"writing {work} failed (No space left on device)" in str(err.value)
+    if not saved:
+        assert "before any state was saved; it was removed" in str(err.value)
+        assert not work.exists() and not (tmp_path / "pred.tif").exists()
+        return
+    assert "rerun with --resume" in str(err.value) and (work / "state.npz").exists()
+    summary = _run(tmp_path / "scene.tif", tmp_path, config=cfg, resume=True)
+    assert summary.resumed_from_row > 0
+    (tmp_path / "ref").mkdir()
+    _run(tmp_path / "scene.tif", tmp_path / "ref", config=cfg)
+    with rasterio.open(tmp_path / "ref" / "pred.tif") as x, rasterio.open(tmp_path / "pred.tif") as y:
+        assert np.array_equal(x.read(), y.read())

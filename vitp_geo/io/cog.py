@@ -11,6 +11,7 @@ GeoTIFF has no tag for category names; GDAL keeps them in a ``.aux.xml`` sidecar
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -130,16 +131,21 @@ def write_cog(
     """
     dst = Path(dst)
     with rasterio.Env(**GDAL_ENV), atomic_output(dst) as tmp:
-        rasterio.shutil.copy(
-            str(src),
-            str(tmp),
-            driver="COG",
-            COMPRESS="DEFLATE",
-            BLOCKSIZE=blocksize,
-            OVERVIEW_RESAMPLING=resampling.upper(),
-            OVERVIEWS="AUTO",
-            BIGTIFF="IF_SAFER",
-        )
+        try:
+            rasterio.shutil.copy(
+                str(src),
+                str(tmp),
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=blocksize,
+                OVERVIEW_RESAMPLING=resampling.upper(),
+                OVERVIEWS="AUTO",
+                BIGTIFF="IF_SAFER",
+            )
+        except Exception as err:  # GDAL's CPLE_* errors are no OSError, even for a full disk
+            text = " ".join(str(err).split())
+            code = errno.ENOSPC if "No space left" in text else errno.EIO
+            raise OSError(code, f"writing {dst} failed: {text}") from err
     if category_names is not None:  # sidecar after the raster, so it never describes a missing file
         aux = dst.with_name(dst.name + ".aux.xml")
         with atomic_output(aux) as tmp:

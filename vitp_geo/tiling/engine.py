@@ -387,6 +387,7 @@ def _segment(
     work = work_dir_for(outputs.class_map)
     writer: _Writer | None = None
     created_work = False  # True once this call has made ``work`` (a resumed run reuses it)
+    finishing = False  # the window pass is over: _finish's errors already say how to go on
     sigint = ExitStack()  # one device: a first Ctrl-C stops at a window-row boundary, state saved
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
@@ -466,6 +467,7 @@ def _segment(
         writer.checkpoint()  # every row is done: a failure while writing the outputs resumes here
         writer.close()
         report_phase(cfg.progress, "write")
+        finishing = True
         try:
             written = _finish(writer, reader, classes, outputs)
         except OSError as err:
@@ -475,6 +477,24 @@ def _segment(
                 f"The finished inference is kept in {work}: free space and rerun with --resume to write "
                 "the outputs without running the model again",
             ) from err
+    except OSError as err:
+        if finishing or not rank.is_writer:
+            raise
+        # a full disk in the window pass ("[Errno 28]" without a path): name the work folder, and
+        # keep it only when it holds a saved state to resume from
+        if (work / "state.npz").exists():
+            raise OSError(
+                err.errno,
+                f"writing {work} failed ({err.strerror or err}); the rows done are saved there: free "
+                "space and rerun with --resume to continue",
+            ) from err
+        if created_work:
+            shutil.rmtree(work, ignore_errors=True)
+        raise OSError(
+            err.errno,
+            f"writing {work} failed ({err.strerror or err}) before any state was saved; it was "
+            "removed, nothing was written: free space and rerun",
+        ) from err
     except (RasterReadError, ValueError):
         # Bad input in a fresh run: nothing worth resuming, leave nothing behind. A refused or
         # failed resume keeps the interrupted run's state: this call did not create it.
