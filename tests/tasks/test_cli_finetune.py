@@ -207,7 +207,29 @@ def test_a_batch_larger_than_an_epoch_is_one_error_line(tmp_path, capsys) -> Non
     out = tmp_path / "run"
     rc = main(["finetune", "segmentation", "--output", str(out), "--batch-size", "100000", "--no-progress"])
     # the error line (Lightning's info lines and its logging to a stream of an earlier test aside)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vitp-geo finetune: error:")]
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("vitp-geo finetune: error:")
+    ]
     assert rc == 2 and len(err) == 1, err
     assert "batch_size 100000 is more than the" in err[0] and "lower --batch-size" in err[0]
+    assert not (out / "model.ckpt").exists()
+
+
+def test_ctrl_c_during_training_ends_in_our_line_not_lightnings(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Issue 20: a Ctrl-C in finetune ended in Lightning's "attempting graceful shutdown" and a
+    bare exit 1; now exit 130 and a last line saying where training stopped and what is missing."""
+    import signal
+
+    from lightning.pytorch.trainer.trainer import Trainer
+
+    def interrupted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_fit_impl", interrupted)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # Lightning ignores SIGINT from then on
+    out = tmp_path / "run"
+    rc = main(["finetune", "segmentation", "--output", str(out), "--max-steps", "1", "--no-progress"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 130, lines
+    assert lines[-1] == f"vitp-geo: interrupted; training stopped at step 0; no {out / 'model.ckpt'} was written"
     assert not (out / "model.ckpt").exists()

@@ -187,7 +187,15 @@ def fit(
         dice_start = case_scores(model.model)
     if task1_out is not None:  # checked before training, not after it
         check_task1_source(datamodule)
-    trainer.fit(model, datamodule=datamodule)
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    except SystemExit as exit_:
+        if not trainer.interrupted:
+            raise
+        # Lightning's answer to Ctrl-C is its own log line and sys.exit(1): say what is left instead
+        raise KeyboardInterrupt(
+            f"training stopped at step {trainer.global_step}; no {out / 'model.ckpt'} was written"
+        ) from exit_
     best = checkpoint.best_model_path
     if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
         best = str(ckpt_dir / "final.ckpt")
