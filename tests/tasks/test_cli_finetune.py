@@ -233,3 +233,14 @@ def test_ctrl_c_during_training_ends_in_our_line_not_lightnings(tmp_path, monkey
     assert rc == 130, lines
     assert lines[-1] == f"vitp-geo: interrupted; training stopped at step 0; no {out / 'model.ckpt'} was written"
     assert not (out / "model.ckpt").exists()
+
+
+def test_a_rerun_replaces_the_stale_best_checkpoint_of_a_killed_run(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Issue 20: a finetune killed and rerun in the same folder left the stale best.ckpt beside
+    Lightning's best-v1.ckpt."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "best.ckpt").write_bytes(b"the killed run's best weights")
+    argv = ["finetune", "segmentation", "--output", str(out), "--max-steps", "2", "--no-progress"]
+    assert main(argv) == 0
+    assert (out / "model.ckpt").is_file() and not (out / "checkpoints").exists()

@@ -14,11 +14,14 @@ state), optionally ``<out>/checkpoints/last.ckpt`` (``save_last``) and
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from vitp_geo.io.strict_json import json_safe
+
+log = logging.getLogger(__name__)
 
 TASK_CLASSES = {
     "segmentation": "vitp_geo.tasks.SegmentationTask",
@@ -167,8 +170,19 @@ def fit(
     ckpt_dir = out / "checkpoints"
     monitor = MONITOR[task]
     # The best weights only (no optimizer state: a paper-size run's full state is ~3x the weights).
+    # A run killed and rerun in the same folder: its stale best weights must not stay beside the new
+    # ones (Lightning would write best-v1.ckpt) nor outlive a run that never validates.
+    for stale in ("best.ckpt", "final.ckpt"):
+        if (ckpt_dir / stale).is_file():
+            log.warning("removing %s, left by an interrupted run", ckpt_dir / stale)
+            (ckpt_dir / stale).unlink()
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_weights_only=True
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_weights_only=True,
+        enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoint]
     if save_last:  # the full, resumable state of the last step: optional, and in its own file
