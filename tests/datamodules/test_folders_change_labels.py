@@ -54,3 +54,14 @@ def test_svcd_config_binarises_its_jpeg_labels_at_128(tmp_path: Path) -> None:
     dm.setup("fit")
     for ds in (dm.train_dataset, dm.val_dataset):
         np.testing.assert_array_equal(ds[0]["mask"].numpy(), truth.astype(np.int64))
+
+
+def test_the_tiles_value_type_is_recorded_for_the_model_card(tmp_path: Path) -> None:
+    """Issue 20: tile-folder datamodules fed raw values without saying of what type, so infer
+    could not refuse a scene of another type (one rule for every model kind)."""
+    label, _ = _jpeg_like_label(np.random.default_rng(3))
+    _write_split(tmp_path / "val", label)
+    dm = PairFolderChangeDataModule(root=str(tmp_path))
+    assert dm.raw_dtype is None  # known once the tiles are found
+    dm.setup("validate")
+    assert dm.raw_dtype == "uint8"
