@@ -61,7 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="dataset name in recipe.json (default: the --out folder name)")
     p.add_argument("--repeat-time", type=float, default=1.0, help="repeat_time in recipe.json (default 1)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier corpus in --out (refused if it holds files a build does not write)",
+    )
 
     g = p.add_argument_group("scene + vector labels / segmentation mask")
     g.add_argument("--image", type=Path, help="georeferenced raster (GeoTIFF, …)")

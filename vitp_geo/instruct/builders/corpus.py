@@ -61,7 +61,8 @@ def build_corpus(
         seed: the only source of randomness (template choice, option shuffling, …).
         name: dataset name in ``recipe.json`` (default: the folder name).
         repeat_time: the recipe entry's ``repeat_time``.
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an earlier corpus in ``out_dir`` (a folder holding anything a build does
+            not write is refused, never deleted).
         progress: show a progress bar over sources.
         origin_base: record each tile's ``origin.scene`` relative to this folder (scenes outside it
             keep the path as given); ``None`` keeps the paths as given.
