@@ -387,7 +387,7 @@ def test_scene_merger_nms_equals_polygon_nms_in_map_coordinates() -> None:
         kept = nms_polygons([m.polygons[i] for i in idx], [m.scores[i] for i in idx], 0.3)
         expected += [int(idx[k]) for k in kept]
     assert len(m.polygons) == 80 and len(expected) < 75
-    assert m.merged() == sorted(expected)
+    assert m.merged().source.tolist() == sorted(expected)  # no box here touches an inner window edge
 
 
 def test_box_geometry_and_its_users_import_no_model_stack():

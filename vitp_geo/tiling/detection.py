@@ -5,14 +5,15 @@ A detector maps a window batch (B, C, T, T) to one dict per window (torchvision 
 ``vitp_geo.geometry.obb``: radians, the w side along ``(cos, sin)`` in pixel axes),
 ``scores`` (N,) and ``labels`` (N,), all in window pixels.
 
-``DetectionMerger`` converts each window's boxes to polygons in map coordinates through the
-scene's affine transform, drops boxes cut by an inner window edge (the neighbouring window, which
-overlaps by more than an object, sees them whole), and at the end runs per-class non-maximum
-suppression, so a building seen by four windows is one polygon. The suppression is the tensor
-``batched_rotated_nms`` on the boxes in scene pixels: IoU is a ratio of areas, which any affine
-map (the scene transform) preserves, so this is the same decision as polygon IoU in map
-coordinates, made by the one NMS rule of the detectors. ``detect_scene`` drives a detector over a scene with the same planner and reader as
-segmentation.
+``DetectionMerger`` collects each window's boxes in scene pixels and merges them by the one
+cross-window rule of ``vitp_geo.tiling.box_merge`` (also used for DOTA patches): boxes cut by an
+inner window edge are kept and joined with the neighbouring windows' parts of the same object
+(so an object larger than the overlap comes out whole), then class-wise rotated NMS at the
+checkpoint's final NMS threshold, so a building seen by four windows is one polygon. The
+decisions are taken on boxes in scene pixels: IoU is a ratio of areas, which any affine map (the
+scene transform) preserves, so they are those polygon IoU in map coordinates would give; the
+polygons are mapped through the scene's affine transform at the end. ``detect_scene`` drives a
+detector over a scene with the same planner and reader as segmentation.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 import torch
 from affine import Affine
 from shapely import STRtree
 from shapely.geometry import Polygon, box
 
 from vitp_geo.constants import GDAL_CACHE_MB
-from vitp_geo.geometry.obb import batched_rotated_nms, hbb_to_obb, obb_to_poly
+from vitp_geo.geometry.obb import hbb_to_obb, obb_to_poly
 from vitp_geo.io.raster import RenderRule
+from vitp_geo.tiling.box_merge import JoinedBoxes, merge_window_boxes
 from vitp_geo.tiling.planner import plan_windows
 from vitp_geo.tiling.progress import ProgressMode, progress_bar
 from vitp_geo.tiling.reader import SceneWindowReader
@@ -83,13 +86,16 @@ def nms_polygons(polys: Sequence[Polygon], scores: Sequence[float], iou_threshol
 
 @dataclass
 class DetectionMerger:
-    """Collect window detections in map coordinates and merge them across overlaps.
+    """Collect window detections and merge them across overlaps (``tiling.box_merge``'s rule).
+
+    Boxes cut by an inner window edge are kept and joined with the other windows' parts of the
+    same object; then class-wise rotated NMS. Polygons go to map coordinates at the end.
 
     Args:
         transform: the scene's pixel → map transform.
         height, width: scene size (pixels), to tell inner window edges from scene edges.
-        iou_threshold: NMS threshold on polygon IoU.
-        edge_margin: boxes within this many pixels of an inner window edge are dropped.
+        iou_threshold: the merge (NMS) threshold: the checkpoint's ``box_merge.card_nms_threshold``.
+        edge_margin: boxes within this many pixels of an inner window edge count as cut.
     """
 
     transform: Affine
@@ -97,74 +103,105 @@ class DetectionMerger:
     width: int
     iou_threshold: float = 0.5
     edge_margin: float = 1.0
-    polygons: list[Polygon] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    boxes: list[list[float]] = field(default_factory=list)  # oriented boxes in scene pixels
+    _polys: list[np.ndarray] = field(default_factory=list, repr=False)  # (n, 4, 2) scene pixels
+    _obb: list[np.ndarray] = field(default_factory=list, repr=False)  # (n, 5) scene pixels
+    _scores: list[np.ndarray] = field(default_factory=list, repr=False)
+    _labels: list[np.ndarray] = field(default_factory=list, repr=False)
+    _horizontal: list[np.ndarray] = field(default_factory=list, repr=False)
+    _window: list[np.ndarray] = field(default_factory=list, repr=False)
+    _windows: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)
 
     def add(
         self, row0: int, col0: int, h: int, w: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
     ) -> None:
         """Add one window's detections (pixel coordinates within the window)."""
-        inner = (
-            col0 > 0,
-            row0 > 0,
-            col0 + w < self.width,
-            row0 + h < self.height,
-        )  # left, top, right, bottom
-        m = self.edge_margin
-        for b, s, lab in zip(
-            np.asarray(boxes, np.float64), np.asarray(scores), np.asarray(labels), strict=True
-        ):
-            poly = box_polygon(b.tolist())
-            x1, y1, x2, y2 = poly.bounds
-            if (
-                (inner[0] and x1 <= m)
-                or (inner[1] and y1 <= m)
-                or (inner[2] and x2 >= w - m)
-                or (inner[3] and y2 >= h - m)
-            ):
-                continue  # cut by an inner edge: a neighbouring window sees it whole
-            poly = to_map(Polygon([(x + col0, y + row0) for x, y in poly.exterior.coords]), self.transform)
-            self.polygons.append(poly)
-            self.boxes.append(_scene_obb(b, row0, col0))
-            self.scores.append(float(s))
-            self.labels.append(int(lab))
+        b = np.asarray(boxes, np.float64)
+        if b.size == 0:
+            b = b.reshape(0, b.shape[-1] if b.ndim == 2 else 4)
+        if b.ndim != 2 or b.shape[1] not in (4, 5):
+            raise ValueError(
+                f"window ({row0}, {col0}): boxes must be (N, 4) x1, y1, x2, y2 or (N, 5) cx, cy, w, h, "
+                f"angle, got shape {b.shape}"
+            )
+        n = b.shape[0]
+        s, lab = np.asarray(scores, np.float64).reshape(-1), np.asarray(labels).astype(np.int64).reshape(-1)
+        if s.shape != (n,) or lab.shape != (n,):
+            raise ValueError(
+                f"window ({row0}, {col0}): {n} boxes but {s.shape[0]} scores and {lab.shape[0]} labels"
+            )
+        t = torch.from_numpy(b)
+        if b.shape[1] == 4:
+            x1, y1, x2, y2 = b.T
+            corners = np.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1).reshape(-1, 4, 2)
+            obb = hbb_to_obb(t).numpy()
+        else:
+            corners = obb_to_poly(t).numpy().reshape(-1, 4, 2)
+            obb = b.copy()
+        corners = corners + (col0, row0)
+        obb[:, 0] += col0
+        obb[:, 1] += row0
+        self._polys.append(corners)
+        self._obb.append(obb)
+        self._scores.append(s)
+        self._labels.append(lab)
+        self._horizontal.append(np.full(n, b.shape[1] == 4))
+        self._window.append(np.full(n, len(self._windows), np.int64))
+        self._windows.append((row0, col0, h, w))
 
-    def merged(self) -> list[int]:
-        """Indices of detections kept by per-class NMS."""
-        if not self.boxes:
-            return []
-        keep = batched_rotated_nms(
-            torch.tensor(self.boxes, dtype=torch.float64),
-            torch.tensor(self.scores, dtype=torch.float64),
-            torch.tensor(self.labels, dtype=torch.int64),
+    def _cat(self, parts: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(shape, dtype)
+
+    @property
+    def polygons(self) -> list[Polygon]:
+        """Every added box as a polygon in map coordinates."""
+        return list(self._map(self._cat(self._polys, (0, 4, 2), np.float64)))
+
+    @property
+    def scores(self) -> list[float]:
+        return self._cat(self._scores, (0,), np.float64).tolist()
+
+    @property
+    def labels(self) -> list[int]:
+        return self._cat(self._labels, (0,), np.int64).tolist()
+
+    def _map(self, polys: np.ndarray) -> np.ndarray:
+        """(N, 4, 2) scene pixels → (N,) shapely polygons in map coordinates."""
+        t = self.transform
+        x, y = polys[..., 0], polys[..., 1]
+        xy = np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f], -1)
+        return shapely.polygons(xy) if len(xy) else np.zeros(0, object)
+
+    def merged(self) -> JoinedBoxes:
+        """The merged detections in scene pixels (``JoinedBoxes.source``: the added box kept, in
+        the order added, or -1 for a box covering an object's parts from several windows)."""
+        return merge_window_boxes(
+            self._cat(self._polys, (0, 4, 2), np.float64),
+            self._cat(self._scores, (0,), np.float64),
+            self._cat(self._labels, (0,), np.int64),
+            self._cat(self._window, (0,), np.int64),
+            np.asarray(self._windows, np.float64).reshape(-1, 4),
+            self.height,
+            self.width,
             self.iou_threshold,
+            horizontal=self._cat(self._horizontal, (0,), bool),
+            obb=self._cat(self._obb, (0, 5), np.float64),
+            edge_margin=self.edge_margin,
         )
-        return sorted(keep.tolist())
 
     def to_frame(self, class_names: Sequence[str], crs: object) -> gpd.GeoDataFrame:
         """The merged detections: ``class_id, class_name, score, area`` and polygon geometry."""
-        keep = self.merged()
+        kept = self.merged()
+        polys = self._map(kept.polys)
         return gpd.GeoDataFrame(
             {
-                "class_id": np.asarray([self.labels[i] for i in keep], np.int32),
-                "class_name": [class_names[self.labels[i]] for i in keep],
-                "score": np.asarray([self.scores[i] for i in keep], np.float64),
-                "area": np.asarray([self.polygons[i].area for i in keep], np.float64),
+                "class_id": kept.labels.astype(np.int32),
+                "class_name": [class_names[i] for i in kept.labels.tolist()],
+                "score": kept.scores.astype(np.float64),
+                "area": np.asarray(shapely.area(polys), np.float64),
             },
-            geometry=gpd.GeoSeries([self.polygons[i] for i in keep], crs=crs),
+            geometry=gpd.GeoSeries(polys, crs=crs),
             crs=crs,
         )
-
-
-def _scene_obb(b: np.ndarray, row0: int, col0: int) -> list[float]:
-    """A window box (4 or 5 values) as an oriented box ``cx, cy, w, h, angle`` in scene pixels."""
-    t = torch.as_tensor(b, dtype=torch.float64)[None]
-    obb = hbb_to_obb(t)[0] if t.shape[1] == 4 else t[0].clone()
-    obb[0] += col0
-    obb[1] += row0
-    return obb.tolist()
 
 
 def detect_scene(

@@ -19,6 +19,7 @@ from torch import nn
 
 from vitp_geo.io.qgis_styles import ClassStyle, write_styled_gpkg
 from vitp_geo.io.raster import RenderRule
+from vitp_geo.tiling.box_merge import nms_threshold
 from vitp_geo.tiling.detection import detect_scene
 from vitp_geo.tiling.progress import ProgressMode, report_phase
 
@@ -41,7 +42,8 @@ class DetectionRunConfig:
 
     Attributes:
         tile_size: window side (pixels).
-        overlap: share of a window shared with each neighbour (objects must fit in it).
+        overlap: share of a window shared with each neighbour (objects larger than it are joined
+            from their parts, ``tiling.box_merge``).
         batch_size: windows per model call.
         iou_threshold: cross-window NMS threshold (None: the detector's own final NMS threshold).
         min_score: detections below this score are not written.
@@ -109,7 +111,7 @@ def detect_scene_to_vector(
 
 
 def _final_nms_threshold(module: nn.Module) -> float:
-    """The detector's final NMS IoU (0.1 rotated / 0.5 horizontal by default)."""
+    """The detector's final NMS IoU, the checkpoint's (``box_merge.nms_threshold``: the card's
+    ``nms_thresh``, by default 0.1 rotated / 0.5 horizontal)."""
     heads = getattr(module, "roi_heads", None)
-    value = getattr(heads, "nms_thresh", None)
-    return float(value) if value is not None else 0.5
+    return nms_threshold(str(getattr(module, "box_type", "hbb")), getattr(heads, "nms_thresh", None))

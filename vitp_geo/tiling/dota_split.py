@@ -20,9 +20,11 @@ DOTA in the ViTP / mmrotate configs, so neighbouring patches overlap by 200 px):
   midpoint), one with fewer than four or more than five corners is dropped, the four corners are
   cycled to best fit the original's order, and clipped coordinates are clamped to ``[1, subsize]``.
 
-Merging parses the offsets from the patch names, shifts the boxes back (and divides by the rate)
-and runs class-wise rotated NMS over each full image (IoU threshold 0.1, the papers' final
-rotated NMS), with ``batched_rotated_nms`` on the boxes' minimum-area rectangles.
+Merging parses the offsets from the patch names, shifts the boxes back and merges them by the one
+cross-window rule of ``vitp_geo.tiling.box_merge`` (the rule of scene inference too): boxes cut
+by an inner patch edge are joined with the neighbouring patches' parts of the same object, then,
+divided by the rate, class-wise rotated NMS over each full image at the checkpoint's final NMS
+threshold (None: 0.1 for oriented boxes, the papers' final rotated NMS; 0.5 for horizontal).
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ from shapely.geometry.polygon import orient
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vitp_geo.geometry.obb import batched_rotated_nms, poly_to_obb
 from vitp_geo.io.annotations import read_dota_label, read_task_results, write_dota_label, write_task_results
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.tiling.box_merge import JoinedBoxes, join_cut_boxes, nms_joined, nms_threshold
 from vitp_geo.tiling.planner import axis_offsets
 
 __all__ = [
@@ -292,54 +294,96 @@ def split_dataset(
 
 
 def merge_patch_detections(
-    predictions: Mapping[str, Mapping[str, Tensor]], iou_threshold: float = 0.1
+    predictions: Mapping[str, Mapping[str, Tensor]],
+    iou_threshold: float | None = None,
+    *,
+    subsize: int = 1024,
+    edge_margin: float = 1.0,
 ) -> dict[str, dict[str, Tensor]]:
-    """Patch detections → full-image detections: shift by the name's offsets, undo the rate, class-wise NMS.
+    """Patch detections → full-image detections by the one cross-window rule (``tiling.box_merge``).
+
+    The offsets and rate come from the patch names; per image and rate, boxes cut by an inner patch
+    edge are joined with the neighbouring patches' parts of the same object (an object larger than
+    ``gap`` comes back whole); then coordinates are divided by the rate and class-wise rotated NMS
+    runs over each full image.
 
     Args:
         predictions: patch name → ``bbox_xyxyxyxy`` (N, 8) or ``bbox_xyxy`` (N, 4), ``label``,
             ``score`` in patch pixels.
-        iou_threshold: rotated NMS threshold (0.1 in the ViTP / mmrotate DOTA configs).
+        iou_threshold: the merge (NMS) threshold: the checkpoint's final NMS IoU
+            (``box_merge.card_nms_threshold(card.arch)``); None: the detectors' default, 0.1 for
+            oriented boxes (the ViTP / mmrotate DOTA configs), 0.5 when every patch gives
+            horizontal boxes only.
+        subsize: the patch side the patches were cut with (``split_image``).
+        edge_margin: pixels from an inner patch edge within which a box counts as cut.
 
     Returns:
         image name → ``bbox_xyxyxyxy``, ``bbox_xyxy``, ``label``, ``score`` of the kept detections.
     """
-    gathered: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    if subsize < 1:
+        raise ValueError(f"subsize must be >= 1, got {subsize}")
+    horizontal_only = all("bbox_xyxyxyxy" not in s for s in predictions.values())
+    thr = nms_threshold("hbb" if horizontal_only else "obb", iou_threshold)
+    # (image, rate) → per patch (left, up, corners (N, 4, 2), labels, scores, horizontal)
+    gathered: dict[str, dict[float, list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, bool]]]] = {}
     for name, s in predictions.items():
         pn = parse_patch_name(name)
-        if "bbox_xyxyxyxy" in s:
-            poly = torch.as_tensor(s["bbox_xyxyxyxy"]).double().reshape(-1, 8).numpy().copy()
+        horizontal = "bbox_xyxyxyxy" not in s
+        if not horizontal:
+            poly = torch.as_tensor(s["bbox_xyxyxyxy"]).double().reshape(-1, 8).numpy()
         else:
             x1, y1, x2, y2 = torch.as_tensor(s["bbox_xyxy"]).double().reshape(-1, 4).numpy().T
             poly = np.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1)
-        poly[:, 0::2] += pn.left
-        poly[:, 1::2] += pn.up
-        poly /= pn.rate
-        lab = torch.as_tensor(s["label"]).reshape(-1).numpy()
+        lab = torch.as_tensor(s["label"]).reshape(-1).numpy().astype(np.int64)
         sc = torch.as_tensor(s["score"]).double().reshape(-1).numpy()
-        gathered.setdefault(pn.image, []).append((poly, lab, sc))
+        if not len(poly) == len(lab) == len(sc):
+            raise ValueError(f"patch {name}: {len(poly)} boxes, {len(lab)} labels and {len(sc)} scores")
+        entry = (pn.left, pn.up, poly.reshape(-1, 4, 2), lab, sc, horizontal)
+        gathered.setdefault(pn.image, {}).setdefault(pn.rate, []).append(entry)
     out: dict[str, dict[str, Tensor]] = {}
-    for image, parts in gathered.items():
-        polys = torch.as_tensor(np.concatenate([p for p, _, _ in parts]))
-        labels = torch.as_tensor(np.concatenate([v for _, v, _ in parts]))
-        scores = torch.as_tensor(np.concatenate([v for _, _, v in parts]))
-        keep = batched_rotated_nms(poly_to_obb(polys), scores, labels, iou_threshold)
-        kept = polys[keep]
-        xy = kept.reshape(-1, 4, 2)
+    for image, rates in gathered.items():
+        parts = []
+        for rate, patches in rates.items():
+            width = max(p[0] for p in patches) + subsize  # the last patch ends on the image edge
+            height = max(p[1] for p in patches) + subsize
+            joined = join_cut_boxes(
+                np.concatenate([p[2] + (p[0], p[1]) for p in patches]),
+                np.concatenate([p[4] for p in patches]),
+                np.concatenate([p[3] for p in patches]),
+                np.concatenate([np.full(len(p[3]), k) for k, p in enumerate(patches)]),
+                np.asarray([(p[1], p[0], subsize, subsize) for p in patches], np.float64),
+                height,
+                width,
+                thr,
+                horizontal=np.concatenate([np.full(len(p[3]), p[5]) for p in patches]),
+                edge_margin=edge_margin,
+            )
+            joined.polys = joined.polys / rate
+            joined.obb = np.concatenate([joined.obb[:, :4] / rate, joined.obb[:, 4:]], 1)
+            parts.append(joined)
+        kept = nms_joined(JoinedBoxes.concat(parts), thr)
+        order = np.argsort(-kept.scores, kind="stable")  # by descending score, as NMS returns them
+        polys = torch.as_tensor(kept.polys[order])
         out[image] = {
-            "bbox_xyxyxyxy": kept.float(),
-            "bbox_xyxy": torch.cat([xy.amin(1), xy.amax(1)], 1).float(),
-            "label": labels[keep],
-            "score": scores[keep].float(),
+            "bbox_xyxyxyxy": polys.reshape(-1, 8).float(),
+            "bbox_xyxy": torch.cat([polys.amin(1), polys.amax(1)], 1).float(),
+            "label": torch.as_tensor(kept.labels[order]),
+            "score": torch.as_tensor(kept.scores[order]).float(),
         }
     return out
 
 
 def merge_task_results(
-    src: str | Path, dst: str | Path, classes: Sequence[str], iou_threshold: float = 0.1
+    src: str | Path,
+    dst: str | Path,
+    classes: Sequence[str],
+    iou_threshold: float | None = None,
+    *,
+    subsize: int = 1024,
 ) -> list[Path]:
     """Merge a folder of patch-level ``Task1_<class>.txt`` files into full-image ones (the DOTA
-    server's input). Task2 (horizontal) input gives Task2 output."""
+    server's input) by ``merge_patch_detections``. Task2 (horizontal) input gives Task2 output."""
     preds = read_task_results(src, classes)
     task = 2 if any(Path(src).glob("Task2_*.txt")) else 1
-    return write_task_results(dst, merge_patch_detections(preds, iou_threshold), classes, task=task)
+    merged = merge_patch_detections(preds, iou_threshold, subsize=subsize)
+    return write_task_results(dst, merged, classes, task=task)
