@@ -174,6 +174,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     # "config not found" for a folder that exists, "[Errno 21] Is a directory")
     ("finetune-seed-minus-1", [*FINETUNE, "--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
     ("finetune-config-is-a-folder", [*FINETUNE, "--config", "{w}/s"], ["--config {w}/s is a folder"]),
+    ("pretrain-seed-minus-1", ["pretrain", "--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
+    ("pretrain-config-is-a-folder", ["pretrain", "--config", "{w}/s"], ["--config {w}/s is a folder"]),
     ("build-seed-minus-1", [*BUILD, "--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
     ("build-classes-is-a-folder", [*BUILD, "--classes", "{w}/s"], ["--classes {w}/s is a folder"]),
     ("build-repeat-time-inf", [*BUILD, "--repeat-time", "inf"], ["--repeat-time", "inf"]),

@@ -104,6 +104,11 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitp_geo.pretrain.config import describe_settings, resolve_config
 
+    # named with the flag ("config not found" for a folder; numpy's bounds message for the seed)
+    if args.config is not None and Path(args.config).is_dir():
+        raise ValueError(f"--config {args.config} is a folder; give a YAML file of settings")
+    if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
+        raise ValueError(f"--seed must be an integer in [0, {2**32 - 1}], got {args.seed}")
     overrides = {
         f.name: getattr(args, f.name)
         for f in fields(PretrainConfig)
