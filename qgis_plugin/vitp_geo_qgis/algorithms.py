@@ -124,18 +124,19 @@ class _VitpAlgorithm(QgsProcessingAlgorithm):
         return param
 
     # --- helpers ----------------------------------------------------------------------------
-    def _layer_file(self, parameters, name, context):
+    def _layer_file(self, parameters, name, context, feedback):
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is None:
-            raise QgsProcessingException(f"{name}: no raster layer given")
+            _fail(feedback, f"{name}: no raster layer given")
         provider = layer.providerType()
         path = ""
         if provider == "gdal":
             path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or ""
         if not path or not os.path.isfile(path):
-            raise QgsProcessingException(
+            _fail(
+                feedback,
                 f"{name}: the layer '{layer.name()}' has no local file (provider '{provider}'); "
-                "export it first (right-click > Export > Save As... GeoTIFF) and run on that file"
+                "export it first (right-click > Export > Save As... GeoTIFF) and run on that file",
             )
         return path
 
@@ -156,15 +157,16 @@ class _VitpAlgorithm(QgsProcessingAlgorithm):
         return value if value and not value.startswith("memory:") else None
 
     @staticmethod
-    def _refuse_same(inputs, outputs):
+    def _refuse_same(inputs, outputs, feedback):
         for out_label, out in outputs.items():
             if not out:
                 continue
             for in_label, src in inputs.items():
                 if src and os.path.realpath(out) == os.path.realpath(src):
-                    raise QgsProcessingException(
+                    _fail(
+                        feedback,
                         f"{out_label} {out} is the input {in_label}: refusing to overwrite an input "
-                        "(choose another output file)"
+                        "(choose another output file)",
                     )
 
     def _run(self, argv_tail, feedback, resumable_kind):
@@ -172,8 +174,7 @@ class _VitpAlgorithm(QgsProcessingAlgorithm):
         try:
             exe = find_executable(settings.executable())
         except ExecutableNotFound as err:
-            feedback.reportError(str(err), fatalError=True)
-            raise QgsProcessingException(str(err)) from None
+            _fail(feedback, str(err))
         argv = [exe, "infer", *argv_tail, "--progress", "jsonl", "--overwrite"]
         debug = settings.debug()
         if debug:
@@ -205,11 +206,15 @@ class _VitpAlgorithm(QgsProcessingAlgorithm):
                 msg = "Canceled before vitp-geo could save its state; the next run starts over"
             else:
                 msg = "Canceled; detection runs are not resumable, the next run starts over"
-            feedback.reportError(msg)
-            raise QgsProcessingException(msg)
+            _fail(feedback, msg)
         if result.returncode != 0:
-            feedback.reportError(result.error, fatalError=True)
-            raise QgsProcessingException(result.error)
+            _fail(feedback, result.error)
+
+
+def _fail(feedback, message):
+    """Log ``message`` (one line) as the algorithm's error and fail the algorithm with it."""
+    feedback.reportError(message, fatalError=True)
+    raise QgsProcessingException(message)
 
 
 def _quote(arg):
@@ -280,7 +285,7 @@ class SegmentScene(_VitpAlgorithm):
         )
 
     def processAlgorithm(self, parameters, context, feedback):
-        scene = self._layer_file(parameters, "INPUT", context)
+        scene = self._layer_file(parameters, "INPUT", context, feedback)
         ckpt = self.parameterAsFile(parameters, "CHECKPOINT", context)
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         probs = self._optional_output(self.parameterAsOutputLayer(parameters, "PROBABILITIES", context))
@@ -288,6 +293,7 @@ class SegmentScene(_VitpAlgorithm):
         self._refuse_same(
             {"INPUT": scene, "CHECKPOINT": ckpt},
             {"OUTPUT": out, "PROBABILITIES": probs, "OUTPUT_VECTOR": vector},
+            feedback,
         )
         args = [scene, "--checkpoint", ckpt, "--out", out, *self._common_args(parameters, context)]
         args += ["--min-area", str(self.parameterAsInt(parameters, "MIN_AREA", context))]
@@ -348,14 +354,15 @@ class DetectChanges(_VitpAlgorithm):
         )
 
     def processAlgorithm(self, parameters, context, feedback):
-        before = self._layer_file(parameters, "INPUT", context)
-        after = self._layer_file(parameters, "INPUT_AFTER", context)
+        before = self._layer_file(parameters, "INPUT", context, feedback)
+        after = self._layer_file(parameters, "INPUT_AFTER", context, feedback)
         ckpt = self.parameterAsFile(parameters, "CHECKPOINT", context)
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         vector = self._optional_output(self.parameterAsOutputLayer(parameters, "OUTPUT_VECTOR", context))
         self._refuse_same(
             {"INPUT": before, "INPUT_AFTER": after, "CHECKPOINT": ckpt},
             {"OUTPUT": out, "OUTPUT_VECTOR": vector},
+            feedback,
         )
         args = [before, "--after", after, "--checkpoint", ckpt, "--out", out]
         args += self._common_args(parameters, context)
@@ -415,10 +422,10 @@ class DetectObjects(_VitpAlgorithm):
         )
 
     def processAlgorithm(self, parameters, context, feedback):
-        scene = self._layer_file(parameters, "INPUT", context)
+        scene = self._layer_file(parameters, "INPUT", context, feedback)
         ckpt = self.parameterAsFile(parameters, "CHECKPOINT", context)
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        self._refuse_same({"INPUT": scene, "CHECKPOINT": ckpt}, {"OUTPUT": out})
+        self._refuse_same({"INPUT": scene, "CHECKPOINT": ckpt}, {"OUTPUT": out}, feedback)
         args = [scene, "--checkpoint", ckpt, "--vector", out]
         args += ["--min-score", repr(self.parameterAsDouble(parameters, "MIN_SCORE", context))]
         args += self._common_args(parameters, context)
