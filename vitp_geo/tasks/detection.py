@@ -11,6 +11,8 @@ path (``tasks.models.assemble`` with ``kind: detection``); layer-wise lr decay, 
 schedule and the model card come from ``DenseTask``. Validation logs ``val_map50`` — VOC07
 11-point AP at IoU 0.5 on the task's box type (polygon IoU for ``obb``) — and, for ``obb``,
 ``val_map50_hbb`` on the boxes' horizontal envelopes; the checkpoint monitor is ``val_map50``.
+Under DDP the ranks' predictions and ground truth are gathered first, so AP is that of the whole
+validation split on every rank.
 """
 
 from __future__ import annotations
@@ -217,12 +219,14 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         pass
 
     def _log_map(self, stage: str) -> None:
-        store = self._eval_store[stage]
+        """AP over the whole split: under DDP every rank's images first (``gather_eval_store``),
+        so each rank computes and logs the same value (hence no ``sync_dist``)."""
+        store = gather_eval_store(self._eval_store[stage])  # a collective: every rank calls it
+        self._eval_store[stage].clear()
         if not store:
             return
         scores = detection_scores(store, self.box_type, self.class_names)
         self.log_dict({f"{stage}_{k}": v for k, v in scores.items()}, sync_dist=False)
-        store.clear()
 
     def on_validation_epoch_end(self) -> None:
         self._log_map("val")
@@ -237,6 +241,22 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             palette = DEFAULT_COLORS[1:]
             self.hparams["class_colors"] = [list(palette[i % len(palette)]) for i in range(self.num_classes)]
         return super().model_card()
+
+
+def gather_eval_store(store: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Every rank's per-image entries (predictions and ground truth, CPU tensors), rank by rank,
+    when ``torch.distributed`` is initialised with more than one process; else ``store`` itself.
+
+    AP is not a mean over images, so per-rank values cannot be averaged: the entries are gathered
+    (``all_gather_object``) and AP computed once on the whole split.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(store)
+    parts: list[list[dict[str, Tensor]] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(store))
+    return [entry for part in parts for entry in (part or [])]
 
 
 def detection_scores(
