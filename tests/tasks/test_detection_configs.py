@@ -84,7 +84,7 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     written = copy.deepcopy(cfg["model"]["init_args"])
     # the reference's layer decay, and Cascade R-CNN where the paper uses it (issue 17)
     assert written["layer_decay"] == (0.9 if path.stem in ("dior", "ssdd") else 0.95)
-    assert written["neck"] == "adapter"
+    assert written["neck"] == "deformable_adapter"  # the paper's ViT-Adapter
     oriented_rcnn = path.stem in ("diorr", "dotav2", "rsar")
     assert written.get("rpn", "horizontal") == ("oriented" if oriented_rcnn else "horizontal")
     assert written.get("roi_head", "standard") == (

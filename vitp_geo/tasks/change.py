@@ -49,7 +49,7 @@ class ChangeDetectionTask(DenseTask):
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
         fusion: Literal["diff", "concat"] = "diff",
-        neck: Literal["sfp", "adapter"] = "sfp",
+        neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
         out_indices: list[int] | None = None,
         head: Literal["upernet", "unet"] = "upernet",
         head_channels: int = 128,

@@ -73,7 +73,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
         box_type: Literal["hbb", "obb"] = "hbb",
-        neck: Literal["sfp", "adapter"] = "sfp",
+        neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
         out_indices: list[int] | None = None,
         fpn_channels: int = 256,
         anchor_sizes: list[int] | None = None,

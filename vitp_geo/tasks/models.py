@@ -5,7 +5,7 @@ rebuild a model without the original backbone file::
 
     {"kind": "segmentation" | "change" | "detection",
      "backbone": {"arch": ..., "model_kwargs": {...}},  # models.vit.describe_vit (backbone.json's schema)
-     "neck": "sfp" | "adapter", "out_indices": [i0, i1, i2, i3],
+     "neck": "sfp" | "adapter" | "deformable_adapter", "out_indices": [i0, i1, i2, i3],
      "head": "upernet" | "unet", "head_channels": 128,
      "num_classes": K, "in_channels": C,
      "fusion": "diff" | "concat",                       # change only
@@ -23,21 +23,28 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vitp_geo.models.adapter import ViTAdapter
+from vitp_geo.models.deformable_adapter import DeformableViTAdapter
 from vitp_geo.models.detection.rcnn import DetectionModel
 from vitp_geo.models.heads import build_head
 from vitp_geo.models.pyramid import SimpleFeaturePyramid
 from vitp_geo.tasks.backbone import describe_backbone, rebuild_backbone
 
+NECKS = ("sfp", "adapter", "deformable_adapter")
+
 
 def build_neck(
     vit: VisionTransformer, neck: str, out_indices: list[int] | None
-) -> SimpleFeaturePyramid | ViTAdapter:
-    """``sfp`` (simple feature pyramid, default) or ``adapter`` (ViT-Adapter)."""
+) -> SimpleFeaturePyramid | ViTAdapter | DeformableViTAdapter:
+    """``sfp`` (simple feature pyramid, default), ``adapter`` (ViT-Adapter with global
+    cross-attention) or ``deformable_adapter`` (ViT-Adapter with multi-scale deformable attention,
+    the paper's)."""
     if neck == "sfp":
         return SimpleFeaturePyramid(vit, out_indices)
     if neck == "adapter":
         return ViTAdapter(vit)
-    raise ValueError(f"neck must be 'sfp' or 'adapter', got {neck!r}")
+    if neck == "deformable_adapter":
+        return DeformableViTAdapter(vit)
+    raise ValueError(f"neck must be one of {', '.join(NECKS)}, got {neck!r}")
 
 
 class SegmentationModel(nn.Module):

@@ -28,7 +28,8 @@ class SegmentationTask(DenseTask):
         rgb_channels: 0-based positions of R, G, B among the input channels.
         num_classes: output classes K.
         class_names, class_colors: for the model card (infer's legend and QGIS style).
-        neck: ``sfp`` (simple feature pyramid) or ``adapter`` (ViT-Adapter).
+        neck: ``sfp`` (simple feature pyramid), ``adapter`` (ViT-Adapter, global cross-attention) or
+            ``deformable_adapter`` (ViT-Adapter with multi-scale deformable attention, the paper's).
         out_indices: four blocks the pyramid taps (default 1/3, 1/2, 2/3, last).
         head: ``upernet`` or ``unet``.
         head_channels: decoder width.
@@ -60,7 +61,7 @@ class SegmentationTask(DenseTask):
         num_classes: int = 5,
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
-        neck: Literal["sfp", "adapter"] = "sfp",
+        neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
         out_indices: list[int] | None = None,
         head: Literal["upernet", "unet"] = "upernet",
         head_channels: int = 128,
