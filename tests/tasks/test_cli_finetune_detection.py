@@ -45,7 +45,11 @@ def test_embedded_detection_default_learns_both_box_types(tmp_path, capsys) -> N
         assert trained[key] > before[key] + 0.1, (key, trained[key], before[key])
     model, card = load_inference_model(out / "model.ckpt")
     assert card.task == "detection" and card.class_names == ["building"]
-    assert card.class_colors == [(220, 20, 60)] and card.tile_size == 224 and card.render == {"raw": True, "dtype": "uint8"}
+    assert (
+        card.class_colors == [(220, 20, 60)]
+        and card.tile_size == 224
+        and card.render == {"raw": True, "dtype": "uint8"}
+    )
     ckpt = torch.load(out / "model.ckpt", weights_only=True)
     assert not {"optimizer_states", "lr_schedulers", "loops"} & set(ckpt)  # weights-only, as segmentation
     with torch.no_grad():
@@ -59,7 +63,9 @@ def test_task1_out_without_image_names_is_refused_before_training(tmp_path, caps
     out, task1 = tmp_path / "run", tmp_path / "task1"
     rc = main(["finetune", "detection", "--output", str(out), "--task1-out", str(task1), "--no-progress"])
     # the error line (Lightning's info lines and its logging to a stream of an earlier test aside)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vitp-geo finetune: error:")]
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("vitp-geo finetune: error:")
+    ]
     assert rc == 2 and len(err) == 1, err
     assert "--task1-out writes DOTA Task1 lines that name each image" in err[0]
     assert "GeoTiffDetectionDataModule gives no image names" in err[0]
@@ -70,5 +76,7 @@ def test_an_accelerator_this_stack_cannot_run_is_one_error_line(tmp_path, capsys
     """Issue 20: ``--accelerator tpu`` was a torch_xla traceback."""
     rc = main(["finetune", "detection", "--output", str(tmp_path / "run"), "--accelerator", "tpu"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["vitp-geo finetune: error: --accelerator must be one of auto, cpu, gpu, cuda, mps, got 'tpu'"]
+    assert rc == 2 and err == [
+        "vitp-geo finetune: error: --accelerator must be one of auto, cpu, gpu, cuda, mps, got 'tpu'"
+    ]
     assert not (tmp_path / "run").exists()
