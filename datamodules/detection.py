@@ -28,7 +28,7 @@ import shapely
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from datamodules.geotiff import _raster_dtype, default_stats, resolve_files, resolve_files_any
 
@@ -117,8 +117,25 @@ class _TileDataset(Dataset[dict[str, Any]]):
     ) -> None:
         self.scenes, self.tiles, self.patch, self.classes = scenes, tiles, patch, classes
         self.mean, self.std = mean[:, None, None], std[:, None, None]
-        self.min_visible, self.flips = min_visible, flips
-        self.rng = np.random.default_rng(seed)
+        self.min_visible, self.flips, self.seed = min_visible, flips, seed
+        self._rng: np.random.Generator | None = None
+        self._rng_key: int | None = None
+
+    def _flip_rng(self) -> np.random.Generator:
+        """The flip generator of this process.
+
+        In a DataLoader worker it is seeded from ``(seed, the worker's torch seed)``: the loader
+        draws a new base seed from its (seeded) generator for every epoch and adds the worker id,
+        so each worker and each epoch draw their own flips, reproducibly for a fixed ``seed``. (A
+        generator made in ``__init__`` is copied into every worker in the same state, epoch after
+        epoch.) In the main process (``num_workers=0``) one stream from ``seed`` runs across epochs.
+        """
+        info = get_worker_info()
+        key = None if info is None else int(info.seed)
+        if self._rng is None or key != self._rng_key:
+            self._rng = np.random.default_rng(self.seed if key is None else [self.seed, key])
+            self._rng_key = key
+        return self._rng
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -142,11 +159,12 @@ class _TileDataset(Dataset[dict[str, Any]]):
                     labels.append(self.classes.index(obj.cls))
         quads = torch.from_numpy(np.asarray(corners, np.float32).reshape(-1, 4, 2))  # (N, 4, 2)
         if self.flips:
-            if self.rng.random() < 0.5:  # horizontal flip (corners stay a rectangle, order reverses)
+            rng = self._flip_rng()
+            if rng.random() < 0.5:  # horizontal flip (corners stay a rectangle, order reverses)
                 image = image.flip(-1)
                 quads = quads.flip(1)
                 quads[..., 0] = p - quads[..., 0]
-            if self.rng.random() < 0.5:
+            if rng.random() < 0.5:
                 image = image.flip(-2)
                 quads = quads.flip(1)
                 quads[..., 1] = p - quads[..., 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import geopandas as gpd
@@ -240,3 +241,49 @@ def test_the_card_records_the_value_type_the_detector_was_trained_on(folders) ->
     task._trainer = SimpleNamespace(datamodule=dm)  # type: ignore[assignment]
     card = task.model_card()
     assert card.render == {"raw": True, "dtype": "uint8"} and card.trained_dtype == "uint8"
+
+
+def _flips_by_position(dm: GeoTiffDetectionDataModule, epochs: int) -> list[list[int]]:
+    """Per epoch, the flip (0 none, 1 horizontal, 2 vertical, 3 both) of each batch in loader order,
+    found by matching each image against the four flips of every training tile."""
+    ref = copy.copy(dm.train_dataset)
+    ref.flips = False
+    variants = []
+    for k in range(len(ref)):
+        base = ref[k]["image"]
+        variants.append([base, base.flip(-1), base.flip(-2), base.flip(-1).flip(-2)])
+    loader = dm.train_dataloader()
+    out = []
+    for _ in range(epochs):
+        seen = []
+        for batch in loader:
+            img = batch["image"][0]
+            found = [(k, f) for k, v in enumerate(variants) for f in range(4) if torch.equal(v[f], img)]
+            assert len({f for _, f in found}) == 1, found  # every tile tells its flips apart
+            seen.append(found[0][1])
+        out.append(seen)
+    return out
+
+
+def test_flips_differ_between_workers_and_epochs_and_a_seed_repeats_them(folders) -> None:  # noqa: ANN001
+    def dm(seed: int) -> GeoTiffDetectionDataModule:
+        d = GeoTiffDetectionDataModule(
+            str(folders.images),
+            str(folders.vectors),
+            classes=["building"],
+            patch_size=112,
+            batch_size=1,
+            length=16,
+            num_workers=2,
+            seed=seed,
+        )
+        d.setup("fit")
+        return d
+
+    first, second = _flips_by_position(dm(3), 2)
+    # worker 0 takes batches 0, 2, 4, ..., worker 1 batches 1, 3, 5, ...
+    assert first[0::2] != first[1::2] and second[0::2] != second[1::2]
+    assert first != second  # a new epoch draws new flips
+    assert len(set(first)) > 1
+    assert _flips_by_position(dm(3), 2) == [first, second]  # a fixed seed repeats them
+    assert _flips_by_position(dm(4), 1)[0] != first
