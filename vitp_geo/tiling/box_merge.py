@@ -196,7 +196,7 @@ def join_cut_boxes(
     cut = _cut(polys, win, height, width, edge_margin)
     if not cut.any():
         return boxes
-    geoms = shapely.polygons(polys)
+    geoms = shapely.convex_hull(shapely.polygons(polys))  # valid even for a quadrilateral drawn as a bow tie
     cut_idx = np.flatnonzero(cut)
     q, j = shapely.STRtree(geoms).query(geoms[cut_idx], predicate="intersects")
     i = cut_idx[q]
