@@ -77,3 +77,27 @@ def test_config_runs_fast_dev_run(path: Path, seg_folders, change_folders, tmp_p
     assert "train_loss" in cli.trainer.callback_metrics
     monitor = "val_mIoU" if path.parent.name == "segmentation" else "val_F1"
     assert monitor in cli.trainer.callback_metrics
+
+
+# The reference's values (zcablii/ViTP mmseg / open-cd configs), as issue 17 lists them:
+# lr, weight decay, layer decay, iterations, schedule, warm-up, training crop, change fusion.
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune"
+REFERENCE_VALUES = {
+    "segmentation/isaid": (1.5e-5, 0.05, 0.9, 80000, "cosine", 1500, 896, None),
+    "segmentation/loveda": (1e-5, 0.1, 0.9, 80000, "cosine", 1500, 512, None),
+    "segmentation/uavid": (1e-5, 0.05, 0.9, 80000, "cosine", 1500, 768, None),
+    "change/levircd": (1e-4, 0.05, 0.9, 80000, "cosine", 1500, 266, "concat"),  # 256 there; 266 = 19 × 14
+    "change/s2looking": (2e-5, 0.05, 0.9, 120000, "poly", 1000, 512, "concat"),
+    "change/svcd": (2e-5, 0.05, 0.94, 120000, "poly", 1000, 256, "concat"),
+    "change/whu": (2e-5, 0.05, 0.9, 120000, "poly", 1000, 256, "concat"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_VALUES))
+def test_shipped_values_are_the_reference_values(name: str) -> None:
+    cfg = yaml.safe_load((REPO_CONFIGS / f"{name}.yaml").read_text())
+    m, d = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    lr, wd, decay, steps, schedule, warmup, crop, fusion = REFERENCE_VALUES[name]
+    assert (m["lr"], m["weight_decay"], m["layer_decay"]) == (pytest.approx(lr), wd, decay)
+    assert (cfg["trainer"]["max_steps"], m["schedule"], m["warmup_steps"]) == (steps, schedule, warmup)
+    assert d["patch_size"] == crop and m.get("fusion") == fusion and m["drop_path_rate"] == 0.1
