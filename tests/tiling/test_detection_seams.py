@@ -152,6 +152,15 @@ def test_a_part_seen_whole_by_a_neighbour_gives_the_whole_box() -> None:
     assert len(frame) == 1 and frame.geometry[0].equals(box(420, 100, 480, 140))
 
 
+def test_a_part_touching_two_objects_seen_whole_keeps_both() -> None:
+    m = DetectionMerger(Affine.identity(), 512, 896, iou_threshold=0.1)
+    m.add(0, 0, 512, 512, np.array([[400, 100, 512, 175]]), np.array([0.95]), np.array([0]))  # one blob
+    whole = np.array([[16, 100, 96, 140], [16, 135, 96, 175]])  # two objects, 5 px shared
+    m.add(0, 384, 512, 512, whole, np.array([0.9, 0.6]), np.array([0, 0]))
+    frame = m.to_frame(["a"], None)
+    assert sorted(g.bounds for g in frame.geometry) == [(400, 100, 480, 140), (400, 135, 480, 175)]
+
+
 def test_an_oriented_object_over_four_windows_is_the_rectangle_around_its_parts() -> None:
     truth = torch.tensor([[500.0, 500.0, 300.0, 60.0, 0.6]])  # centred on the corner of four windows
     true_poly = Polygon(obb_to_poly(truth).reshape(4, 2).tolist())

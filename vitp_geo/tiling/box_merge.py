@@ -13,10 +13,11 @@ and ``tiling.dota_split.merge_patch_detections`` (DOTA patches) alike:
    ``box_i ∩ shared`` and ``box_j ∩ shared`` (polygons, so oriented boxes are compared as drawn)
    is above the NMS threshold — the same test NMS applies to whole boxes, restricted to the
    area both windows saw. Joined boxes form groups (an object may span several windows).
-   A group holding a box that is not cut (a window saw the object whole) is that box (the
-   best-scoring one); otherwise the group becomes the box covering all its parts: for horizontal
-   boxes their envelope, for oriented boxes the minimum-area rectangle around all parts' corners;
-   its score is the best part's.
+   In a group holding a box that is not cut (a window saw the object whole) the cut parts are
+   dropped and the whole boxes go on to NMS (two objects that both touch one part both survive);
+   otherwise the group becomes the box covering all its parts: for horizontal boxes their
+   envelope, for oriented boxes the minimum-area rectangle around all parts' corners; its score
+   is the best part's.
 3. **Class-wise rotated NMS** (``geometry.obb.batched_rotated_nms``) at the same threshold over
    the remaining boxes.
 
@@ -215,20 +216,16 @@ def join_cut_boxes(
     groups = _groups(n, i[same], j[same])
     if not groups:
         return boxes
-    grouped = np.zeros(n, bool)
-    kept: list[int] = []
+    dropped = np.zeros(n, bool)
     covers: list[tuple[np.ndarray, float, int, bool]] = []
     for g in groups:
         members = np.asarray(g)
-        grouped[members] = True
-        whole = members[~cut[members]]
-        if len(whole):  # a window saw the object whole
-            kept.append(int(whole[np.argmax(scores[whole])]))
+        dropped[members[cut[members]]] = True  # the parts; boxes seen whole stay for NMS
+        if (~cut[members]).any():  # a window saw the object whole
             continue
         h = bool(hor[members].all())
         covers.append((_covering(polys[members], h), float(scores[members].max()), int(labels[g[0]]), h))
-    singles = np.flatnonzero(~grouped)
-    out = [boxes.take(np.sort(np.concatenate([singles, np.asarray(kept, np.int64)])))]
+    out = [boxes.take(np.flatnonzero(~dropped))]
     if covers:
         cp = np.stack([c[0] for c in covers])
         ch = np.asarray([c[3] for c in covers])
