@@ -123,3 +123,44 @@ def test_oriented_rpn_trains_with_an_empty_image_and_is_refused_for_hbb() -> Non
     assert model.rpn.head.bbox_pred.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="rpn 'oriented' \\(Oriented R-CNN\\) is for oriented boxes"):
         _model("hbb", rpn="oriented")
+
+
+def test_class_agnostic_oriented_head_shares_one_set_of_deltas() -> None:
+    model = _model("obb", num_classes=3, rpn="oriented")
+    agnostic = _model_agnostic()
+    assert model.roi_heads.head.bbox_pred.out_features == 15  # type: ignore[union-attr]
+    assert agnostic.roi_heads.head.bbox_pred.out_features == 5  # type: ignore[union-attr]
+    assert agnostic.roi_heads.reg_beta == 1.0  # type: ignore[union-attr]
+    feats = torch.randn(4, 32, 7, 7)
+    _, deltas = agnostic.roi_heads.head(feats)  # type: ignore[union-attr,operator]
+    assert deltas.shape == (4, 3, 5)
+    torch.testing.assert_close(deltas[:, 0], deltas[:, 2])  # the same deltas for every class
+    obb = torch.tensor([[30.0, 40, 24, 12, 0.3]])
+    losses = agnostic.train()(
+        torch.randn(1, 3, 112, 112), [{"boxes": obb_to_hbb(obb), "obb": obb, "labels": torch.tensor([2])}]
+    )
+    assert isinstance(losses, dict) and torch.isfinite(losses["loss_box_reg"])
+    with pytest.raises(ValueError, match="reg_class_agnostic is an option of the oriented head"):
+        _model_agnostic("hbb")
+
+
+def _model_agnostic(box_type: str = "obb"):  # noqa: ANN202
+    from vitp_geo.models.detection.rcnn import DetectionModel
+    from vitp_geo.tasks.backbone import build_backbone
+    from vitp_geo.tasks.models import build_neck
+
+    torch.manual_seed(0)
+    vit = build_backbone("vitp_tiny_patch14_112", img_size=112)
+    return DetectionModel(
+        build_neck(vit, "sfp", None),
+        3,
+        box_type,
+        fpn_channels=32,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        representation=64,
+        rpn_pre_nms_top_n=(300, 200),
+        rpn_post_nms_top_n=(150, 100),
+        box_batch_size_per_image=64,
+        rpn="oriented" if box_type == "obb" else "horizontal",
+        reg_class_agnostic=True,
+    )

@@ -87,6 +87,7 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     assert written["neck"] == "deformable_adapter"  # the paper's ViT-Adapter
     oriented_rcnn = path.stem in ("diorr", "dotav2", "rsar")
     assert written.get("rpn", "horizontal") == ("oriented" if oriented_rcnn else "horizontal")
+    assert written.get("reg_class_agnostic", False) == oriented_rcnn  # the reference's Oriented R-CNN head
     assert written.get("roi_head", "standard") == (
         "cascade" if path.stem in ("dior", "sardet100k") else "standard"
     )

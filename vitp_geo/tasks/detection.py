@@ -54,6 +54,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         rpn: ``horizontal`` (torchvision's RPN) or, obb only, ``oriented`` (Oriented R-CNN's
             midpoint-offset RPN: the paper's DIOR-R, DOTA-v2.0 and RSAR detector).
         rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal, 0.8 oriented).
+        reg_class_agnostic: obb only: class-agnostic box deltas with smooth-L1 β 1 (the
+            reference's Oriented R-CNN head) instead of per-class deltas with β 1/9.
         lr, weight_decay, layer_decay, warmup_steps, schedule, drop_path_rate,
             freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation.
     """
@@ -90,6 +92,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         roi_head: Literal["standard", "cascade"] = "standard",
         rpn: Literal["horizontal", "oriented"] = "horizontal",
         rpn_nms_thresh: float | None = None,
+        reg_class_agnostic: bool = False,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         layer_decay: float = 0.9,
@@ -137,6 +140,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             detector["rpn"] = hp["rpn"]
         if hp.get("rpn_nms_thresh") is not None:
             detector["rpn_nms_thresh"] = hp["rpn_nms_thresh"]
+        if hp.get("reg_class_agnostic", False):
+            detector["reg_class_agnostic"] = True
         for key in ("aspect_ratios", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
             if hp[key] is not None:
                 detector[key] = list(hp[key])

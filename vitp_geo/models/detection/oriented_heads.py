@@ -35,24 +35,32 @@ def hbb_rois(boxes: Tensor) -> Tensor:
 
 
 class OrientedBoxHead(nn.Module):
-    """Two shared FC layers, then class scores (K + 1) and class-specific deltas (5 K)."""
+    """Two shared FC layers, then class scores (K + 1) and deltas: class-specific (5 K) or, with
+    ``class_agnostic``, one set for every class (5; mmrotate's ``reg_class_agnostic=True``)."""
 
-    def __init__(self, in_channels: int, pool: int, representation: int, num_classes: int) -> None:
+    def __init__(
+        self, in_channels: int, pool: int, representation: int, num_classes: int, class_agnostic: bool = False
+    ) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.class_agnostic = class_agnostic
         self.fc6 = nn.Linear(in_channels * pool * pool, representation)
         self.fc7 = nn.Linear(representation, representation)
         self.cls_score = nn.Linear(representation, num_classes + 1)
-        self.bbox_pred = nn.Linear(representation, 5 * num_classes)
+        self.bbox_pred = nn.Linear(representation, 5 if class_agnostic else 5 * num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(R, C, p, p) pooled features → logits (R, K + 1), deltas (R, K, 5)."""
+        """(R, C, p, p) pooled features → logits (R, K + 1), deltas (R, K, 5) (class-agnostic
+        deltas repeated for every class)."""
         x = F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
-        deltas = self.bbox_pred(x)
-        return self.cls_score(x), deltas.reshape(deltas.shape[0], -1, 5)
+        deltas = self.bbox_pred(x).reshape(x.shape[0], -1, 5)
+        if self.class_agnostic:
+            deltas = deltas.expand(-1, self.num_classes, 5)
+        return self.cls_score(x), deltas
 
 
 class OrientedRoIHeads(nn.Module):
@@ -68,6 +76,9 @@ class OrientedRoIHeads(nn.Module):
         batch_size_per_image, positive_fraction: RoI sampling.
         score_thresh, nms_thresh, detections_per_img: inference filtering.
         min_size: boxes with a side below this (pixels) are dropped at inference.
+        class_agnostic: one set of box deltas for all classes (mmrotate's Oriented R-CNN) instead
+            of one per class.
+        reg_beta: smooth-L1 β of the box loss (1/9 torchvision's; 1.0 mmrotate's Oriented R-CNN).
         assign_iou: ``obb``: RoIs are matched to ground truth by rotated IoU with the oriented
             boxes (mmrotate's Rotated Faster R-CNN); ``hbb``: by IoU with their horizontal
             envelopes (the horizontal RoI of a 45° square overlaps the square itself by only
@@ -91,10 +102,13 @@ class OrientedRoIHeads(nn.Module):
         detections_per_img: int = 100,
         min_size: float = 1e-2,
         assign_iou: str = "obb",
+        class_agnostic: bool = False,
+        reg_beta: float = 1 / 9,
     ) -> None:
         super().__init__()
         self.pooler = MultiScaleRotatedRoIAlign(strides, pool_size, sampling_ratio)
-        self.head = OrientedBoxHead(in_channels, pool_size, representation, num_classes)
+        self.head = OrientedBoxHead(in_channels, pool_size, representation, num_classes, class_agnostic)
+        self.reg_beta = reg_beta
         self.coder = OrientedBoxCoder()
         self.matcher = det_utils.Matcher(fg_iou, bg_iou, allow_low_quality_matches=False)
         self.sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
@@ -152,7 +166,9 @@ class OrientedRoIHeads(nn.Module):
         cls_loss = F.cross_entropy(logits, labels)
         pos = torch.nonzero(labels > 0).squeeze(1)
         pred = deltas[pos, labels[pos] - 1]  # (P, 5)
-        reg = F.smooth_l1_loss(pred, targets[pos], beta=1 / 9, reduction="sum") / max(labels.numel(), 1)
+        reg = F.smooth_l1_loss(pred, targets[pos], beta=self.reg_beta, reduction="sum") / max(
+            labels.numel(), 1
+        )
         return {"loss_classifier": cls_loss, "loss_box_reg": reg}
 
     # ------------------------------------------------------------------ forward

@@ -78,6 +78,9 @@ class DetectionModel(nn.Module):
         rpn: ``horizontal`` (torchvision's RPN) or, obb only, ``oriented`` (Oriented R-CNN).
         rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal as torchvision, 0.8 oriented as the
             paper).
+        reg_class_agnostic: obb only: one set of box deltas for all classes, with smooth-L1 β = 1
+            (mmrotate's Oriented R-CNN head, the reference's setting), instead of per-class deltas
+            with β = 1/9.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class DetectionModel(nn.Module):
         roi_head: str = "standard",
         rpn: str = "horizontal",
         rpn_nms_thresh: float | None = None,
+        reg_class_agnostic: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -117,6 +121,8 @@ class DetectionModel(nn.Module):
         if rpn == "oriented" and self.box_type != BoxType.OBB:
             raise ValueError("rpn 'oriented' (Oriented R-CNN) is for oriented boxes (box_type obb)")
         self.rpn_kind = rpn
+        if reg_class_agnostic and self.box_type != BoxType.OBB:
+            raise ValueError("reg_class_agnostic is an option of the oriented head (box_type obb)")
         self.num_classes = num_classes
         self.neck = neck
         in_widths = [int(c) for c in neck.out_channels]  # type: ignore[union-attr]
@@ -189,6 +195,8 @@ class DetectionModel(nn.Module):
                 nms_thresh=0.1 if nms_thresh is None else nms_thresh,
                 detections_per_img=detections_per_img,
                 assign_iou=assign_iou,
+                class_agnostic=reg_class_agnostic,
+                reg_beta=1.0 if reg_class_agnostic else 1 / 9,
             )
 
     @property
