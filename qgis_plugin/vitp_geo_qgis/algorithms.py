@@ -39,7 +39,7 @@ HELP_CANCEL = (
 
 def _flags_table(rows):
     lines = "\n".join(f"  {name}: {flag}" for name, flag in rows)
-    return f"Parameters and the vitp-geo infer flags they map to:\n{lines}"
+    return f"Parameters and the vitp-geo infer flags they map to (always added: --progress jsonl --overwrite):\n{lines}"
 
 
 class _VitpAlgorithm(QgsProcessingAlgorithm):
@@ -223,17 +223,17 @@ def _quote(arg):
 
 class SegmentScene(_VitpAlgorithm):
     FLAGS = (
-        ("Input raster", "SCENE (positional)"),
-        ("Checkpoint", "--checkpoint"),
-        ("Tile size", "--tile-size"),
-        ("Overlap", "--overlap"),
-        ("Windows per model call", "--batch-size"),
-        ("Bands", "--bands"),
-        ("Smallest polygon", "--min-area"),
-        ("Resume", "--resume"),
-        ("Class map", "--out"),
-        ("Probabilities", "--probabilities"),
-        ("Polygons", "--vector"),
+        ("INPUT", "SCENE (positional)"),
+        ("CHECKPOINT", "--checkpoint"),
+        ("TILE_SIZE", "--tile-size (0: left out, the checkpoint's)"),
+        ("OVERLAP", "--overlap"),
+        ("BATCH_SIZE", "--batch-size"),
+        ("BANDS", "--bands"),
+        ("MIN_AREA", "--min-area"),
+        ("RESUME", "--resume"),
+        ("OUTPUT", "--out"),
+        ("PROBABILITIES", "--probabilities"),
+        ("OUTPUT_VECTOR", "--vector"),
     )
     HELP = (
         "Segments a whole raster scene with a segmentation checkpoint written by "
@@ -309,16 +309,16 @@ class SegmentScene(_VitpAlgorithm):
 
 class DetectChanges(_VitpAlgorithm):
     FLAGS = (
-        ("Before raster", "SCENE (positional)"),
-        ("After raster", "--after"),
-        ("Checkpoint", "--checkpoint"),
-        ("Tile size", "--tile-size"),
-        ("Overlap", "--overlap"),
-        ("Windows per model call", "--batch-size"),
-        ("Bands", "--bands"),
-        ("Resume", "--resume"),
-        ("Change map", "--out"),
-        ("Change polygons", "--vector"),
+        ("INPUT", "SCENE (positional)"),
+        ("INPUT_AFTER", "--after"),
+        ("CHECKPOINT", "--checkpoint"),
+        ("TILE_SIZE", "--tile-size (0: left out, the checkpoint's)"),
+        ("OVERLAP", "--overlap"),
+        ("BATCH_SIZE", "--batch-size"),
+        ("BANDS", "--bands"),
+        ("RESUME", "--resume"),
+        ("OUTPUT", "--out"),
+        ("OUTPUT_VECTOR", "--vector"),
     )
     HELP = (
         "Maps changes between two co-registered rasters of the same grid with a change checkpoint "
@@ -376,14 +376,14 @@ class DetectChanges(_VitpAlgorithm):
 
 class DetectObjects(_VitpAlgorithm):
     FLAGS = (
-        ("Input raster", "SCENE (positional)"),
-        ("Checkpoint", "--checkpoint"),
-        ("Minimum score", "--min-score"),
-        ("Tile size", "--tile-size"),
-        ("Overlap", "--overlap"),
-        ("Windows per model call", "--batch-size"),
-        ("Bands", "--bands"),
-        ("Detections", "--vector"),
+        ("INPUT", "SCENE (positional)"),
+        ("CHECKPOINT", "--checkpoint"),
+        ("MIN_SCORE", "--min-score"),
+        ("TILE_SIZE", "--tile-size (0: left out, the checkpoint's)"),
+        ("OVERLAP", "--overlap"),
+        ("BATCH_SIZE", "--batch-size"),
+        ("BANDS", "--bands"),
+        ("OUTPUT", "--vector"),
     )
     HELP = (
         "Detects objects over a whole raster scene with a detection checkpoint written by "

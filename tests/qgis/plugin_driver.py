@@ -5,7 +5,7 @@ Run with Debian's Python (``/usr/bin/python3``, which has ``python3-qgis``), not
     QT_QPA_PLATFORM=offscreen QGIS_CUSTOM_CONFIG_PATH=CFG /usr/bin/python3 plugin_driver.py JOB.json
 
 ``JOB.json``: ``{"plugins": DIR, "executable": VITP_GEO, "runs": [{"alg": ..., "params": {...}, "cancel_at": 40,
-"executable": PATH, "xyz_input": true}, ...]}``. Each run is reported in order: the exception
+"executable": PATH, "debug": true, "xyz_input": true}, ...]}``. Each run is reported in order: the exception
 message (or null), the results, every progress value and phase text, the log (info / errors),
 the subprocess id and whether that process still exists afterwards.
 
@@ -85,6 +85,7 @@ def main(job_path):
     keep = []
     for run in job["runs"]:
         settings.setValue(key, run.get("executable", job["executable"]))
+        settings.setValue("Processing/Configuration/VITP_GEO_DEBUG", bool(run.get("debug")))
         params = dict(run["params"])
         if run.get("xyz_input"):  # a layer with no local file behind it
             layer = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png", "tiles", "wms")

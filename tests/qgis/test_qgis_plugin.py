@@ -160,8 +160,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def scenes(tmp_path: Path, shared_data: Path) -> dict[str, Path]:
-    """The real RGB scene, an 'after' date on its grid (darker, with a bright block), and a crop of
-    two windows for the detector (slow on a CPU)."""
+    """The real RGB scene, an 'after' date on its grid (darker, with a bright block), and crops of
+    both (two windows for the detector, slow on a CPU; four for the change model)."""
     d = tmp_path / "scenes"
     d.mkdir()
     before = d / "before.tif"
@@ -172,12 +172,18 @@ def scenes(tmp_path: Path, shared_data: Path) -> dict[str, Path]:
     after[:, 200:400, 300:500] = 240
     with rasterio.open(d / "after.tif", "w", **profile) as dst:
         dst.write(after)
-    with rasterio.open(before) as src:
-        window = rasterio.windows.Window(300, 250, 200, TILE)
-        profile.update(width=200, height=TILE, transform=src.window_transform(window))
-        with rasterio.open(d / "small.tif", "w", **profile) as dst:
-            dst.write(src.read(window=window))
-    return {"before": before, "after": d / "after.tif", "small": d / "small.tif"}
+    crops = {  # name: (source, rows); 200 columns from column 300, across the bright block's edge
+        "small": (before, TILE),
+        "small_before": (before, 2 * TILE),
+        "small_after": (d / "after.tif", 2 * TILE),
+    }
+    for name, (src_path, rows) in crops.items():
+        with rasterio.open(src_path) as src:
+            window = rasterio.windows.Window(300, 150, 200, rows)
+            crop = dict(profile, width=200, height=rows, transform=src.window_transform(window))
+            with rasterio.open(d / f"{name}.tif", "w", **crop) as dst:
+                dst.write(src.read(window=window))
+    return {k: d / f"{k}.tif" for k in ("before", "after", *crops)}
 
 
 def _direct(*args: str) -> None:
@@ -239,7 +245,13 @@ def test_build_zip_holds_the_plugin_and_works_from_a_wheel(tmp_path: Path) -> No
     for name, text in code.items():  # QGIS's Python has none of these
         for banned in ("import torch", "import rasterio", "import vitp_geo", "from vitp_geo"):
             assert banned not in text, (name, banned)
-    # a wheel, unpacked where no checkout is: build from the installed package vitp_geo_qgis
+    # a wheel (built from a copy of the sources, so no build/ lands in the checkout), unpacked where
+    # no checkout is: the build reads the installed package vitp_geo_qgis
+    repo, src = Path(__file__).resolve().parents[2], tmp_path / "src"
+    for part in ("vitp_geo", "datamodules", "qgis_plugin"):
+        shutil.copytree(repo / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, src / name)
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
         [
@@ -252,7 +264,7 @@ def test_build_zip_holds_the_plugin_and_works_from_a_wheel(tmp_path: Path) -> No
             "-q",
             "-w",
             str(wheel_dir),
-            str(Path(__file__).resolve().parents[2]),
+            str(src),
         ],
         check=True,
         capture_output=True,
@@ -261,6 +273,7 @@ def test_build_zip_holds_the_plugin_and_works_from_a_wheel(tmp_path: Path) -> No
     )
     site = tmp_path / "site"
     with zipfile.ZipFile(next(wheel_dir.glob("*.whl"))) as z:
+        assert {"vitp_geo_qgis/metadata.txt", "vitp_geo_qgis/icon.svg"} <= set(z.namelist())
         z.extractall(site)
     out2 = tmp_path / "from_wheel.zip"
     res = subprocess.run(
@@ -397,6 +410,7 @@ def test_find_executable_names_what_is_missing(tmp_path: Path, monkeypatch: pyte
 # --- qgis_process --------------------------------------------------------------------------
 
 
+@pytest.mark.qgis
 @needs_qgis_process
 def test_qgis_process_enables_and_lists_the_vitp_algorithms(tmp_path: Path) -> None:
     q = QgisHome(tmp_path, install=False)
@@ -422,6 +436,8 @@ def test_qgis_process_enables_and_lists_the_vitp_algorithms(tmp_path: Path) -> N
     assert "OUTPUT: Class map" in helped.stdout and "--checkpoint" in helped.stdout
 
 
+@pytest.mark.qgis
+@pytest.mark.slow
 @needs_qgis_process
 def test_segment_scene_equals_direct_infer_and_opens_styled(
     tmp_path: Path, checkpoints: dict[str, Path], scenes: dict[str, Path]
@@ -480,6 +496,8 @@ def test_segment_scene_equals_direct_infer_and_opens_styled(
     assert report["vector"]["feature_count"] == len(_features(direct / "c.gpkg"))
 
 
+@pytest.mark.qgis
+@pytest.mark.slow
 @needs_qgis_process
 def test_detect_objects_and_changes_equal_direct_infer(
     tmp_path: Path, checkpoints: dict[str, Path], scenes: dict[str, Path]
@@ -487,7 +505,7 @@ def test_detect_objects_and_changes_equal_direct_infer(
     q = QgisHome(tmp_path)
     direct, via = tmp_path / "direct", tmp_path / "via"
     via.mkdir()
-    before, after = scenes["before"], scenes["after"]
+    before, after = scenes["small_before"], scenes["small_after"]
     _direct(
         str(scenes["small"]),
         "--checkpoint",
@@ -532,6 +550,7 @@ def test_detect_objects_and_changes_equal_direct_infer(
     _assert_same_features(via / "x.gpkg", direct / "x.gpkg")
 
 
+@pytest.mark.qgis
 @needs_qgis_process
 def test_qgis_process_failures_are_one_line_and_leave_nothing(
     tmp_path: Path, checkpoints: dict[str, Path], scenes: dict[str, Path]
@@ -568,6 +587,8 @@ def test_qgis_process_failures_are_one_line_and_leave_nothing(
 # --- PyQGIS Processing: cancel and resume, progress, errors ---------------------------------
 
 
+@pytest.mark.qgis
+@pytest.mark.slow
 @needs_pyqgis
 def test_cancel_half_way_then_resume_equals_an_uninterrupted_run(
     tmp_path: Path, checkpoints: dict[str, Path], scenes: dict[str, Path]
@@ -620,6 +641,7 @@ def test_cancel_half_way_then_resume_equals_an_uninterrupted_run(
     assert not list(via.glob(".*.partial.work"))  # the saved state is gone once the run completed
 
 
+@pytest.mark.qgis
 @needs_pyqgis
 def test_pyqgis_failures_end_with_one_line_and_nothing_written(
     tmp_path: Path, checkpoints: dict[str, Path], scenes: dict[str, Path]
@@ -631,7 +653,8 @@ def test_pyqgis_failures_end_with_one_line_and_nothing_written(
     broken.write_bytes(b"not a checkpoint")
     base = {"INPUT": str(scenes["before"]), "CHECKPOINT": str(checkpoints["segmentation"])}
     target = {"OUTPUT": str(out / "c.tif"), "OUTPUT_VECTOR": str(out / "c.gpkg")}
-    ok, missing_exe, no_file, same, damaged = q.drive(
+    digest = hashlib.sha256(scenes["before"].read_bytes()).hexdigest()
+    ok, missing_exe, no_file, same, damaged, debug = q.drive(
         [
             {"alg": "vitp:segment_scene", "params": {**base, "OUTPUT": str(tmp_path / "ok.tif")}},
             {
@@ -642,6 +665,11 @@ def test_pyqgis_failures_end_with_one_line_and_nothing_written(
             {"alg": "vitp:segment_scene", "params": {**base, **target}, "xyz_input": True},
             {"alg": "vitp:segment_scene", "params": {**base, "OUTPUT": str(scenes["before"])}},
             {"alg": "vitp:segment_scene", "params": {**base, **target, "CHECKPOINT": str(broken)}},
+            {
+                "alg": "vitp:segment_scene",
+                "params": {**base, **target, "CHECKPOINT": str(broken)},
+                "debug": True,
+            },
         ]
     )
     # a run that works: progress monotonic, to 100, with phase texts
@@ -663,5 +691,9 @@ def test_pyqgis_failures_end_with_one_line_and_nothing_written(
     assert damaged["pid"] is not None and not damaged["pid_alive"]
     assert missing_exe["pid"] is None and no_file["pid"] is None  # nothing was started
     assert _files(out) == []
-    with rasterio.open(scenes["before"]) as src:  # the input is untouched
-        assert src.count == 3 and src.dtypes[0] == "uint8"
+    assert hashlib.sha256(scenes["before"].read_bytes()).hexdigest() == digest  # the input is untouched
+    # the debug setting: --debug is passed and its traceback goes to the log; the error stays one line
+    assert "--debug" in debug["commands"][0] and "--debug" not in damaged["commands"][0]
+    assert any(line.startswith("Traceback") for line in debug["info"])
+    assert not any(line.startswith("Traceback") for line in damaged["info"])
+    assert debug["exception"] == damaged["exception"]
