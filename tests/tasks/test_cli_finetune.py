@@ -231,7 +231,9 @@ def test_ctrl_c_during_training_ends_in_our_line_not_lightnings(tmp_path, monkey
     rc = main(["finetune", "segmentation", "--output", str(out), "--max-steps", "1", "--no-progress"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 130, lines
-    assert lines[-1] == f"vitp-geo: interrupted; training stopped at step 0; no {out / 'model.ckpt'} was written"
+    assert (
+        lines[-1] == f"vitp-geo: interrupted; training stopped at step 0; no {out / 'model.ckpt'} was written"
+    )
     assert not (out / "model.ckpt").exists()
 
 
@@ -244,3 +246,55 @@ def test_a_rerun_replaces_the_stale_best_checkpoint_of_a_killed_run(tmp_path, ca
     argv = ["finetune", "segmentation", "--output", str(out), "--max-steps", "2", "--no-progress"]
     assert main(argv) == 0
     assert (out / "model.ckpt").is_file() and not (out / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_continues_exactly(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Stopped at the start of epoch 2 of 3: --resume ends with the weights of an uninterrupted run."""
+    import copy
+
+    from lightning import Callback
+
+    from vitp_geo.tasks import run as run_mod
+    from vitp_geo.tasks.run import default_config, fit
+
+    def config(folder):  # noqa: ANN001, ANN202
+        cfg = default_config("segmentation", folder / "data")
+        cfg["trainer"].update(max_epochs=3, max_steps=-1, limit_val_batches=1, enable_model_summary=False)
+        cfg["data"]["init_args"]["length"] = 8
+        return cfg
+
+    fit(config(tmp_path / "full"), "segmentation", tmp_path / "full", progress=False, save_last=True)
+
+    class StopInEpoch2(Callback):
+        def on_train_batch_start(self, trainer, *args: object) -> None:  # noqa: ANN001
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    real_build_cli = run_mod.build_cli
+    monkeypatch.setattr(
+        run_mod, "build_cli", lambda cfg, cbs, *a, **k: real_build_cli(cfg, [*cbs, StopInEpoch2()], *a, **k)
+    )
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt, match=r"continue with --resume"):
+        fit(config(part), "segmentation", part, progress=False, save_last=True)
+    saved = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0 and len(saved["vitp_random_state"]["generators"]) == 1  # torchgeo's sampler
+    monkeypatch.setattr(run_mod, "build_cli", real_build_cli)
+
+    other = copy.deepcopy(config(part))
+    other["model"]["init_args"]["lr"] = 0.5
+    with pytest.raises(
+        ValueError, match=r"--resume: the run in .* had other settings \(model\.init_args\.lr: "
+    ):
+        fit(other, "segmentation", part, progress=False, resume=True)
+    summary = fit(config(part), "segmentation", part, progress=False, resume=True)
+    assert summary["epochs"] == 3
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    # the CLI: --resume with nothing saved names the missing state; with --overwrite it is refused
+    assert main(["finetune", "segmentation", "--output", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no saved training state" in capsys.readouterr().err

@@ -55,7 +55,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--save-last",
         action="store_true",
-        help="also keep checkpoints/last.ckpt, the full training state (optimizer included) for resuming",
+        help="also keep checkpoints/last.ckpt, the full training state (optimizer and random state "
+        "included), replaced at the end of every epoch (or every --checkpoint-every steps): --resume reads it",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="with --save-last / --resume: save the training state every N steps instead of every epoch "
+        "(for iteration-based configs whose epochs are long)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --output from its checkpoints/last.ckpt, exactly (same "
+        "config and flags; other settings are refused)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in --output (model.ckpt, summary)"
@@ -104,6 +118,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--max-steps", args.max_steps), ("--max-epochs", args.max_epochs)):
         if value is not None and value < 1 and value != -1:  # Lightning's -1 = no limit
             raise ValueError(f"{flag} must be >= 1 (or -1 for no limit), got {value}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1 (training steps), got {args.checkpoint_every}")
     if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
         raise ValueError(f"--seed must be an integer in [0, {SEED_MAX}], got {args.seed}")
     if args.config is not None and not args.config.is_file():
@@ -144,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
     if args.task1_out is not None:
         refuse_existing_outputs({"--task1-out": args.task1_out}, args.overwrite)
     earlier = [n for n in FINETUNE_OUTPUTS if (out / n).exists()]
-    if earlier and not args.overwrite:
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --output and --overwrite replaces it: pass one")
+    if earlier and not args.overwrite and not args.resume:
         raise ValueError(
             f"--output {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to replace it, "
             "or choose another --output"
@@ -187,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             source=source,
             save_last=args.save_last,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
             score_start=args.config is None,  # the embedded run also scores the untrained model
             task1_out=args.task1_out,
         )

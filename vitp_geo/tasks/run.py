@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
+
 from vitp_geo.io.strict_json import json_safe
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,8 @@ def fit(
     save_last: bool = False,
     score_start: bool = False,
     task1_out: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
 
@@ -169,10 +173,13 @@ def fit(
 
     ckpt_dir = out / "checkpoints"
     monitor = MONITOR[task]
+    resume_from = check_resume(cfg, out) if resume else None
+    save_last = save_last or resume
     # The best weights only (no optimizer state: a paper-size run's full state is ~3x the weights).
     # A run killed and rerun in the same folder: its stale best weights must not stay beside the new
     # ones (Lightning would write best-v1.ckpt) nor outlive a run that never validates.
-    for stale in ("best.ckpt", "final.ckpt"):
+    # A resumed run keeps its best weights so far (the restored checkpoint callback points at them).
+    for stale in () if resume_from else ("best.ckpt", "final.ckpt"):
         if (ckpt_dir / stale).is_file():
             log.warning("removing %s, left by an interrupted run", ckpt_dir / stale)
             (ckpt_dir / stale).unlink()
@@ -185,10 +192,29 @@ def fit(
         enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoint]
-    if save_last:  # the full, resumable state of the last step: optional, and in its own file
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True))
+    if save_last:  # the full, resumable state: optional, in its own file, replaced as training goes
+        when: dict[str, Any] = (
+            {"every_n_train_steps": checkpoint_every}
+            if checkpoint_every
+            else {"every_n_epochs": 1}  # after the epoch's validation, which draws from torch's generator
+        )
+        callbacks += [
+            RandomState(),
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+                **when,
+            ),
+        ]
+        if resume_from is None:
+            write_summary(out / RUN_CONFIG, json_safe(_settings(cfg)))
     trainer_cfg = cfg.setdefault("trainer", {})
     trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress
+    if resume_from is not None:  # see RandomState: the restored random state must not be drawn from
+        trainer_cfg["num_sanity_val_steps"] = 0
     start = time.time()
     cli = build_cli(cfg, callbacks, out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
@@ -202,13 +228,18 @@ def fit(
     if task1_out is not None:  # checked before training, not after it
         check_task1_source(datamodule)
     try:
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     except SystemExit as exit_:
         if not trainer.interrupted:
             raise
         # Lightning's answer to Ctrl-C is its own log line and sys.exit(1): say what is left instead
+        hint = (
+            f"; continue with --resume (state saved in {ckpt_dir / 'last.ckpt'})"
+            if (ckpt_dir / "last.ckpt").is_file()
+            else ""
+        )
         raise KeyboardInterrupt(
-            f"training stopped at step {trainer.global_step}; no {out / 'model.ckpt'} was written"
+            f"training stopped at step {trainer.global_step}; no {out / 'model.ckpt'} was written{hint}"
         ) from exit_
     best = checkpoint.best_model_path
     if not best:  # validation never ran (e.g. max_steps ends the first epoch): the final weights
@@ -258,6 +289,145 @@ def fit(
 # whole config dict in the warning. Here ``sys.argv`` is the ``vitp-geo`` command line, which we
 # parsed ourselves: the warning is always a false alarm.
 _ARGS_AND_ARGV_WARNING = r"LightningCLI's args parameter is intended to run from within Python"
+
+
+RUN_CONFIG = "finetune_config.json"
+
+
+def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a run's config that a resumed run must share (not where it writes or shows)."""
+    settings = json.loads(json.dumps(cfg, default=str))
+    trainer = settings.get("trainer") or {}
+    for key in ("default_root_dir", "enable_progress_bar", "logger", "callbacks"):
+        trainer.pop(key, None)
+    return settings
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where or 'config'}: {a!r} then, {b!r} now"
+
+
+def check_resume(cfg: dict[str, Any], out: Path) -> str:
+    """The ``last.ckpt`` to resume from, after checking that the run in ``out`` had these settings.
+
+    Raises:
+        FileNotFoundError: no saved state in ``out``.
+        ValueError: the saved run had other settings (names the first that differs).
+    """
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"--resume: no saved training state in {out} ({last} is missing): a run saves it with "
+            "--save-last or --resume"
+        )
+    saved = out / RUN_CONFIG
+    if not saved.is_file():
+        raise ValueError(
+            f"--resume: {saved} is missing, so the settings of the run in {out} cannot be checked"
+        )
+    before = json.loads(saved.read_text())
+    diff = _first_difference(before, _settings(cfg))
+    if diff is not None:
+        raise ValueError(
+            f"--resume: the run in {out} had other settings ({diff}); resume with the same config and flags, "
+            "or start a new run in another --output"
+        )
+    return str(last)
+
+
+def _train_generators(trainer: Any) -> list[Any]:
+    """The ``torch.Generator`` objects of the training dataloaders and their samplers (e.g.
+    torchgeo's ``RandomBatchGeoSampler(generator=...)``), in a fixed order."""
+    import torch
+
+    loaders = trainer.train_dataloader
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    elif not isinstance(loaders, list | tuple):
+        loaders = [loaders]
+    found: list[Any] = []
+    for loader in loaders:
+        for owner in (
+            loader,
+            getattr(loader, "sampler", None),
+            getattr(loader, "batch_sampler", None),
+            getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        ):
+            gen = getattr(owner, "generator", None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
+    return found
+
+
+class RandomState(Callback):
+    """Keeps the random states in the training checkpoint and puts them back on resume (Python's,
+    NumPy's, torch's, and the training samplers' own generators), so a resumed run draws the
+    batches the uninterrupted run would have drawn.
+
+    The global states are put back as the checkpoint is read, before the training dataloader's
+    iterator draws its seed; a resumed run skips Lightning's sanity validation, which would draw
+    in between (the uninterrupted run did not validate at that point). The samplers' own
+    generators exist only once the dataloaders are built: they are set when training starts.
+    """
+
+    KEY = "vitp_random_state"
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        # plain containers and tensors only: the checkpoint loads with weights_only=True
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "generators": [g.get_state() for g in _train_generators(trainer)],
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[self.KEY] = state
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        self._pending = state
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        generators = _train_generators(trainer)
+        if len(generators) != len(state["generators"]):
+            raise RuntimeError(
+                f"--resume: the saved run had {len(state['generators'])} sampler generators, this one has "
+                f"{len(generators)}: not the same data pipeline"
+            )
+        for gen, saved in zip(generators, state["generators"], strict=True):
+            gen.set_state(saved)
 
 
 def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
