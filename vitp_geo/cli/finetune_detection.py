@@ -1,8 +1,8 @@
 """The embedded ``vitp-geo finetune detection`` run: oriented buildings in generated scenes.
 
 Residential scenes of the one synthetic world (``vitp_geo.synthetic``) whose buildings are
-rotated rectangles: their polygons are exact oriented ground truth. A tiny ViTP backbone with a
-Rotated Faster R-CNN learns them; validation reports ``val_map50`` (VOC07 AP50 on the oriented
+rotated rectangles: their polygons are exact oriented ground truth. A tiny ViTP backbone with an
+Oriented R-CNN (the paper's detector: oriented RPN, ``rpn="oriented"``) learns them; validation reports ``val_map50`` (VOC07 AP50 on the oriented
 boxes) and ``val_map50_hbb`` (the same detections and ground truth as horizontal envelopes).
 """
 
@@ -31,6 +31,9 @@ def detection_default_config(
         class_names=["building"],
         class_colors=[[220, 20, 60]],  # the synthetic world's building colour
         box_type="obb",
+        # Oriented R-CNN, the paper's detector: mAP50 0.574 against 0.537 for the Rotated Faster
+        # R-CNN (horizontal RPN) with the same data, seed and 8 epochs (benchmarks/oriented_rcnn.py).
+        rpn="oriented",
         neck="sfp",
         fpn_channels=64,
         # Buildings are 24-60 px in 672 px scenes (the generator sizes them by the scene): anchors of
