@@ -12,8 +12,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from vitp_geo.instruct.recipe import RecipeEntry, load_recipe, save_recipe
-from vitp_geo.instruct.records import read_jsonl, write_jsonl
+from vitp_geo.instruct.records import InstructionRecord, read_jsonl, write_jsonl
 
 # Tasks answered by reading the whole image in one look (which classes are here, which scene is
 # this). They open the default run (PretrainConfig.align_tasks) and weigh more in its recipe.
@@ -28,6 +30,7 @@ def build_default_corpus(
     scene_size: int = 224,
     tile_size: int = 112,
     align_repeat: float = 4.0,
+    balance_presence: bool = False,
 ) -> Path:
     """Generate scenes, write them as GeoTIFF/GeoPackage and build the corpus into ``out_dir``.
 
@@ -46,6 +49,10 @@ def build_default_corpus(
         scene_size: scene side in pixels.
         tile_size: tile side in pixels for the builders.
         align_repeat: ``repeat_time`` of the one-look tasks' entry.
+        balance_presence: keep, per class, as many presence questions answered "yes" as "no"
+            (seeded; see :func:`balance_presence_records`), so the class asked about does not
+            predict the answer. Off by default: at the default's budget it did not make the VLM
+            read presence (docs/pretraining-evidence.md §2).
 
     Returns:
         The path of ``out_dir/recipe.json``.
@@ -102,7 +109,50 @@ def build_default_corpus(
         result = build_corpus(
             out_dir, sources, seed=seed, name="rs_default", overwrite=True, origin_base=work
         )  # origins name the generated scenes as scenes/scene_000.tif, …, not the temporary folder
+    if balance_presence:
+        entry = load_recipe(result.recipe)[0]
+        records = read_jsonl(entry.annotation).records
+        write_jsonl(entry.annotation, balance_presence_records(records, list(CLASS_NAMES), seed=seed))
     return _split_alignment(result.recipe, align_repeat)
+
+
+def balance_presence_records(
+    records: list[InstructionRecord], classes: list[str], seed: int = 0
+) -> list[InstructionRecord]:
+    """Drop presence records so that each class is asked as often with "yes" as with "no".
+
+    The builders ask one present and one absent class per tile, so a class that is nearly always
+    present (buildings in a residential world) is nearly always answered "yes": the question
+    alone then scores well above chance and a VLM has little reason to look (measured on the
+    embedded world: the class prior alone answers 64 % of presence questions). As VQA v2 did for
+    language priors, keep per class a seeded sample of its majority answer as large as its
+    minority answer. Records of other tasks are kept in order; the class of a question is read by
+    matching it against every presence template rendered for every class.
+    """
+    from vitp_geo.instruct import templates as T
+
+    by_question = {q.format(**T.class_fields(c)): c for c in classes for q in T.QUESTIONS["presence"]}
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, r in enumerate(records):
+        if r.task != "presence":
+            continue
+        question = r.conversations[0]["value"].split("\n", 1)[-1]
+        cls = by_question.get(question)
+        if cls is None:
+            raise ValueError(
+                f"presence record {r.id!r}: no class of {classes} matches its question {question!r}"
+            )
+        answer = r.conversations[1]["value"].lower().startswith("yes")
+        groups.setdefault((cls, answer), []).append(i)
+    rng = np.random.default_rng(seed)
+    drop: set[int] = set()
+    for cls in classes:
+        yes, no = groups.get((cls, True), []), groups.get((cls, False), [])
+        keep = min(len(yes), len(no))
+        for side in (yes, no):
+            if len(side) > keep:
+                drop.update(side[int(j)] for j in rng.permutation(len(side))[keep:])
+    return [r for i, r in enumerate(records) if i not in drop]
 
 
 def _split_alignment(recipe: Path, align_repeat: float, name: str = "rs_default") -> Path:
