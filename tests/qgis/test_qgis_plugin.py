@@ -209,8 +209,17 @@ def _assert_same_features(a: Path, b: Path) -> None:
     for col in fa.columns:
         if col == "geometry":
             assert all(ga.equals_exact(gb, 0) for ga, gb in zip(fa.geometry, fb.geometry, strict=True))
+        elif fa[col].dtype.kind == "f":  # scores: the same to float32 rounding (see _same_probabilities)
+            np.testing.assert_allclose(fa[col].to_numpy(), fb[col].to_numpy(), rtol=1e-5, atol=0, err_msg=col)
         else:
             assert fa[col].tolist() == fb[col].tolist(), col
+
+
+def _same_probabilities(a: Path, b: Path) -> None:
+    """Probabilities equal to float32 rounding: the direct run is in this test process, whose torch
+    thread count earlier tests may have changed, and a reduction over another number of threads
+    sums in another order (differences of about 1e-7 were seen). Class maps are compared exactly."""
+    np.testing.assert_allclose(_pixels(a), _pixels(b), rtol=0, atol=1e-6)
 
 
 def _one_error_line(output: str, must_contain: str) -> str:
@@ -476,7 +485,7 @@ def test_segment_scene_equals_direct_infer_and_opens_styled(
     results = json.loads(res.stdout)["results"]
     assert results["OUTPUT"] == str(via / "c.tif") and results["OUTPUT_VECTOR"] == str(via / "c.gpkg")
     np.testing.assert_array_equal(_pixels(via / "c.tif"), _pixels(direct / "c.tif"))
-    np.testing.assert_array_equal(_pixels(via / "p.tif"), _pixels(direct / "p.tif"))
+    _same_probabilities(via / "p.tif", direct / "p.tif")
     classes = np.unique(_pixels(via / "c.tif"))
     assert len(classes[classes != 255]) >= 2  # a real map, not a constant
     _assert_same_features(via / "c.gpkg", direct / "c.gpkg")

@@ -61,6 +61,7 @@ def test_first_ctrl_c_stops_at_a_row_with_state_saved_and_resume_is_bit_identica
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     _run(tmp_path / "scene.tif", a)
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     # the periodic checkpoint is off (one hour): only the stop itself can have saved the state
     cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 3600.0, "progress": "jsonl"})
     model = SigintAt(PixelModel(), call=5)
@@ -72,7 +73,7 @@ def test_first_ctrl_c_stops_at_a_row_with_state_saved_and_resume_is_bit_identica
     assert stop == {"phase": "interrupted", "resumable": True, "state": str(work_dir_for(b / "pred.tif"))}
     assert (work_dir_for(b / "pred.tif") / "state.npz").exists()
     assert not (b / "pred.tif").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
     summary = _run(tmp_path / "scene.tif", b, resume=True)
     assert summary.resumed_from_row > 0  # continued from the row where it stopped
     for name in ("pred.tif", "probs.tif"):
