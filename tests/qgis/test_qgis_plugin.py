@@ -201,14 +201,16 @@ def _features(path: Path) -> gpd.GeoDataFrame:
     return frame.sort_values(["class_id", "area"], kind="stable").reset_index(drop=True)
 
 
-def _assert_same_features(a: Path, b: Path) -> None:
+def _assert_same_features(a: Path, b: Path, tolerance: float = 0.0) -> None:
+    """Same features; ``tolerance`` (map units) for vertices decoded from float boxes (detection)."""
     fa, fb = _features(a), _features(b)
     assert len(fa) == len(fb) > 0
     assert list(fa.columns) == list(fb.columns)
     assert fa.crs == fb.crs
     for col in fa.columns:
         if col == "geometry":
-            assert all(ga.equals_exact(gb, 0) for ga, gb in zip(fa.geometry, fb.geometry, strict=True))
+            pairs = zip(fa.geometry, fb.geometry, strict=True)
+            assert all(ga.equals_exact(gb, tolerance) for ga, gb in pairs)
         elif fa[col].dtype.kind == "f":  # scores: the same to float32 rounding (see _same_probabilities)
             np.testing.assert_allclose(fa[col].to_numpy(), fb[col].to_numpy(), rtol=1e-5, atol=0, err_msg=col)
         else:
@@ -532,7 +534,11 @@ def test_detect_objects_and_changes_equal_direct_infer(
         OUTPUT=via / "d.gpkg",
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    _assert_same_features(via / "d.gpkg", direct / "d.gpkg")
+    # oriented boxes are decoded in float32 from the same logits: vertices to 1 % of a pixel
+    # (the CI run saw last-bit differences, see _same_probabilities)
+    with rasterio.open(scenes["small"]) as src:
+        pixel = abs(src.transform.a)
+    _assert_same_features(via / "d.gpkg", direct / "d.gpkg", tolerance=0.01 * pixel)
     assert (via / "d.qml").exists()  # beside the GeoPackage, as infer writes it
 
     _direct(
