@@ -12,7 +12,11 @@ from vitp_geo.tasks.models import build_neck
 
 
 def _model(
-    box_type: str, num_classes: int = 2, roi_head: str = "standard", rpn: str = "horizontal"
+    box_type: str,
+    num_classes: int = 2,
+    roi_head: str = "standard",
+    rpn: str = "horizontal",
+    reg_class_agnostic: bool = False,
 ) -> DetectionModel:
     torch.manual_seed(0)
     vit = build_backbone("vitp_tiny_patch14_112", img_size=112)
@@ -28,6 +32,7 @@ def _model(
         box_batch_size_per_image=64,
         roi_head=roi_head,
         rpn=rpn,
+        reg_class_agnostic=reg_class_agnostic,
     )
 
 

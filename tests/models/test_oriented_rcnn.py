@@ -127,7 +127,7 @@ def test_oriented_rpn_trains_with_an_empty_image_and_is_refused_for_hbb() -> Non
 
 def test_class_agnostic_oriented_head_shares_one_set_of_deltas() -> None:
     model = _model("obb", num_classes=3, rpn="oriented")
-    agnostic = _model_agnostic()
+    agnostic = _model("obb", num_classes=3, rpn="oriented", reg_class_agnostic=True)
     assert model.roi_heads.head.bbox_pred.out_features == 15  # type: ignore[union-attr]
     assert agnostic.roi_heads.head.bbox_pred.out_features == 5  # type: ignore[union-attr]
     assert agnostic.roi_heads.reg_beta == 1.0  # type: ignore[union-attr]
@@ -141,26 +141,4 @@ def test_class_agnostic_oriented_head_shares_one_set_of_deltas() -> None:
     )
     assert isinstance(losses, dict) and torch.isfinite(losses["loss_box_reg"])
     with pytest.raises(ValueError, match="reg_class_agnostic is an option of the oriented head"):
-        _model_agnostic("hbb")
-
-
-def _model_agnostic(box_type: str = "obb"):  # noqa: ANN202
-    from vitp_geo.models.detection.rcnn import DetectionModel
-    from vitp_geo.tasks.backbone import build_backbone
-    from vitp_geo.tasks.models import build_neck
-
-    torch.manual_seed(0)
-    vit = build_backbone("vitp_tiny_patch14_112", img_size=112)
-    return DetectionModel(
-        build_neck(vit, "sfp", None),
-        3,
-        box_type,
-        fpn_channels=32,
-        anchor_sizes=(16, 32, 64, 128, 256),
-        representation=64,
-        rpn_pre_nms_top_n=(300, 200),
-        rpn_post_nms_top_n=(150, 100),
-        box_batch_size_per_image=64,
-        rpn="oriented" if box_type == "obb" else "horizontal",
-        reg_class_agnostic=True,
-    )
+        _model("hbb", num_classes=3, reg_class_agnostic=True)

@@ -80,6 +80,18 @@ class CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, nq, d))
 
 
+def conv_per_level(conv: nn.Module, x: Tensor, sizes: list[tuple[int, int]]) -> Tensor:
+    """Apply ``conv`` to each level's map of (B, N, C) tokens, the levels ``sizes`` concatenated
+    row-major in that order → (B, N, C') in the same order."""
+    b, _, c = x.shape
+    parts, start = [], 0
+    for h, w in sizes:
+        part = x[:, start : start + h * w].transpose(1, 2).reshape(b, c, h, w)
+        parts.append(conv(part).flatten(2).transpose(1, 2))
+        start += h * w
+    return torch.cat(parts, dim=1)
+
+
 class ConvFFN(nn.Module):
     """Linear → depthwise 3×3 conv on each level's map → GELU → linear."""
 
@@ -92,14 +104,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: Tensor, sizes: list[tuple[int, int]]) -> Tensor:
         """(B, N, D) tokens of the levels ``sizes`` (concatenated in that order) → (B, N, D)."""
-        x = self.fc1(x)
-        b, _, c = x.shape
-        parts, start = [], 0
-        for h, w in sizes:
-            part = x[:, start : start + h * w].transpose(1, 2).reshape(b, c, h, w)
-            parts.append(self.dwconv(part).flatten(2).transpose(1, 2))
-            start += h * w
-        return self.fc2(self.act(torch.cat(parts, dim=1)))
+        return self.fc2(self.act(conv_per_level(self.dwconv, self.fc1(x), sizes)))
 
 
 class SpatialPriorModule(nn.Module):

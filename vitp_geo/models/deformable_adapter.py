@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from vitp_geo.models.adapter import interaction_groups
+from vitp_geo.models.adapter import conv_per_level, interaction_groups
 from vitp_geo.models.pyramid import STRIDES, enable_dynamic_size, patch_size_of, pyramid_sizes
 
 # The reference's interactions for InternViT-300M (24 blocks); other depths get four equal groups.
@@ -146,13 +146,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: Tensor, sizes: list[tuple[int, int]]) -> Tensor:
-        b, _, c = x.shape
-        parts, start = [], 0
-        for h, w in sizes:
-            part = x[:, start : start + h * w].transpose(1, 2).reshape(b, c, h, w)
-            parts.append(self.dwconv(part).flatten(2).transpose(1, 2))
-            start += h * w
-        return torch.cat(parts, dim=1)
+        return conv_per_level(self.dwconv, x, sizes)
 
 
 class ConvFFN(nn.Module):
