@@ -98,6 +98,7 @@ def _create_vitp(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 # --------------------------------------------------------------------------------------------------
 # checkpoint conversion
 
+
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """timm hook: convert an InternViT / ViTP checkpoint and fit its pos-embed to ``model``."""
     out = convert_internvit_state_dict(state_dict)
@@ -236,14 +237,16 @@ def load_backbone(
     """Load an InternViT-layout backbone from a local file into a timm ``VisionTransformer``.
 
     Reads ``.safetensors`` or ``.pth`` / ``.bin``; when a ``backbone.json`` lies beside the file
-    (written by :func:`export_backbone`) its ``arch`` and ``model_kwargs`` define the model,
-    otherwise ``arch`` (if given) or the shapes in the checkpoint do. Keys are converted with
+    (written by :func:`export_backbone`) and ``arch`` is not given, its ``arch`` and
+    ``model_kwargs`` define the model; otherwise ``arch`` (with its registered defaults) or, with
+    neither, the shapes in the checkpoint do. Keys are converted with
     :func:`convert_internvit_state_dict` and position embeddings are resized bicubically when
     ``img_size`` differs from the checkpoint's.
 
     Args:
         path: the weights file.
-        arch: registered timm name to build (overrides ``backbone.json``).
+        arch: registered timm name to build with its own defaults (``backbone.json`` and its
+            ``model_kwargs`` are then not read).
         img_size: tile size to build for; ``None`` keeps the checkpoint's.
 
     Returns:
@@ -268,7 +271,7 @@ def load_backbone(
 
     kwargs: dict[str, Any] = {}
     meta_path = path.with_name("backbone.json")
-    if meta_path.is_file():
+    if arch is None and meta_path.is_file():
         if path.name != "backbone.safetensors":
             warnings.warn(
                 f"{path}: using the architecture in {meta_path}, which lies in the same folder "
@@ -276,7 +279,7 @@ def load_backbone(
                 stacklevel=2,
             )
         meta = json.loads(meta_path.read_text())
-        arch = arch or meta.get("arch")
+        arch = meta.get("arch")
         kwargs.update(meta.get("model_kwargs", {}))
     elif arch is None:
         arch = INTERN_LAYOUT_ARCH
