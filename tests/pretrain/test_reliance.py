@@ -284,6 +284,32 @@ def test_a_shuffled_partner_never_shares_an_image_with_the_record(tmp_path, toke
             assert not own & set(images), (seed, rec, images)
 
 
+def test_each_record_gets_a_partner_that_tiles_like_its_own_images_under_its_own_budget(corpus, tokenizer):
+    """One image group read by two sources with different tile budgets tiles two ways."""
+    from vitp_geo.pretrain.dataset import image_size
+    from vitp_geo.vlm.dynamic_tiles import choose_grid
+
+    ann = corpus / "annotations.jsonl"
+    for seed in range(4):
+        ds = InstructionDataset(
+            [RecipeEntry("one_tile", corpus, ann, max_dynamic_patch=1), RecipeEntry("six", corpus, ann)],
+            tokenizer,
+            tokenize_conversation,
+            image_size=112,
+            num_image_token=16,
+            max_dynamic_patch=6,
+        )
+        held = hold_out(ds, 100, seed=seed)
+        assert {r.src_id for r in held.records} == {0, 1}
+        layouts = set()
+        for rec, images in zip(held.records, held.shuffled_images, strict=True):
+            budget = ds.tile_budget(rec.src_id, rec.rec_id)
+            swapped = tuple(choose_grid(*image_size(p), 112, max_tiles=budget) for p in images)
+            assert swapped == ds.tile_layout(rec.src_id, rec.rec_id), (seed, rec, images)
+            layouts.add((rec.src_id, swapped))
+        assert (1, ((2, 2),)) in layouts  # the 224 px scenes tile 2x2 under the six-tile budget
+
+
 def test_a_run_that_ends_by_epochs_checks_once_at_the_end_not_every_step(corpus, tokenizer, tmp_path):
     from types import SimpleNamespace
 

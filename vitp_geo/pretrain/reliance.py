@@ -227,7 +227,8 @@ def hold_out(
     Groups (records that share the same image paths) are drawn in a seeded order until at least
     ``max_records`` records are held out, keeping at least half of the groups for training. The
     shuffled images come from a derangement of the held-out groups that tile alike (same number of
-    images, same dynamic-tiling grid each, so the token sequence is unchanged but for the pixels),
+    images, same dynamic-tiling grid each under the record's own tile budget, so the token sequence is
+    unchanged but for the pixels),
     so no record sees its own tile. Groups with no partner that tiles alike, and text-only records,
     are left in training.
 
@@ -263,35 +264,43 @@ def hold_out(
         chosen.append(key)
         n += len(groups[key])
     # Partners must tile the same way (same images, same grids), so the token sequence keeps its
-    # length and positions and only the pixels differ.
-    by_count: dict[tuple[tuple[int, int], ...], list[tuple[str, ...]]] = defaultdict(list)
+    # length and positions and only the pixels differ. The grid depends on each record's source
+    # (its max_dynamic_patch), so records of one image group are split by their tile budget and
+    # each part is matched with parts of the same budget and layout.
+    parts: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)
     for key in chosen:
-        by_count[dataset.tile_layout(*groups[key][0])].append(key)
-    partner: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for same in by_count.values():
+        for src_id, rec_id in groups[key]:
+            parts[(key, dataset.tile_budget(src_id, rec_id))].append((src_id, rec_id))
+    by_layout: dict[tuple[object, ...], list[tuple[tuple[str, ...], int]]] = defaultdict(list)
+    for part, members in parts.items():
+        by_layout[(part[1], dataset.tile_layout(*members[0]))].append(part)
+    partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+    for same in by_layout.values():
         if len(same) < 2:
-            continue  # no other tile with this many images to swap in
+            continue  # no other group that tiles alike to swap in
         # A cyclic shift is never a fixed point, but a change pair (A, C) next to (A, B) would
         # keep image A and read a gain biased low: draw again (seeded) until no partner shares an
         # image; groups that still do stay in training.
-        best: dict[tuple[str, ...], tuple[str, ...]] = {}
+        best: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
         for _ in range(SHUFFLE_TRIES):
             perm = [same[int(i)] for i in rng.permutation(len(same))]
-            shift = {key: perm[(i + 1) % len(perm)] for i, key in enumerate(perm)}
-            ok = {key: other for key, other in shift.items() if not set(key) & set(other)}
+            shift = {part: perm[(i + 1) % len(perm)][0] for i, part in enumerate(perm)}
+            ok = {part: other for part, other in shift.items() if not set(part[0]) & set(other)}
             if len(ok) > len(best):
                 best = ok
             if len(best) == len(same):
                 break
         partner.update(best)
+    # A group is held out whole or not at all: its images must never be trained on.
+    whole = {key for key, _ in partner} - {key for key, budget in parts if (key, budget) not in partner}
     records: list[HeldOut] = []
     shuffled: list[list[Path]] = []
     held: set[tuple[int, int]] = set()
-    for g, key in enumerate(sorted(partner)):
+    for g, key in enumerate(sorted(whole)):
         for src_id, rec_id in groups[key]:
             rec = dataset.sources[src_id].records[rec_id]
             records.append(HeldOut(src_id, rec_id, rec.task, g))
-            shuffled.append([Path(p) for p in partner[key]])
+            shuffled.append([Path(p) for p in partner[(key, dataset.tile_budget(src_id, rec_id))]])
             held.add((src_id, rec_id))
     dataset.index = [pair for pair in dataset.index if pair not in held]
     if not dataset.index:
