@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--proposals", type=int, default=300, help="proposals per image for the recall")
     args = p.parse_args()
 
-    from vitp_geo.cli.finetune_detection import detection_default_config
+    from vitp_geo.tasks.detection_default import detection_default_config
     from vitp_geo.tasks.run import fit
 
     base = detection_default_config(args.out / "data")

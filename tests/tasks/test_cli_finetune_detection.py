@@ -17,8 +17,8 @@ def _untrained_map(data_dir: Path) -> dict[str, float]:
     import lightning
 
     from datamodules.detection import GeoTiffDetectionDataModule
-    from vitp_geo.cli.finetune_detection import detection_default_config
     from vitp_geo.tasks.detection import ObjectDetectionTask
+    from vitp_geo.tasks.detection_default import detection_default_config
 
     cfg = detection_default_config(data_dir)
     lightning.seed_everything(0)

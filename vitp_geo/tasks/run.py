@@ -22,6 +22,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from vitp_geo.io.strict_json import json_safe
+from vitp_geo.tasks.detection_default import detection_default_config
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
     from vitp_geo.synthetic import CLASS_COLORS, CLASS_NAMES
 
     if task == "detection":
-        from vitp_geo.cli.finetune_detection import detection_default_config
-
         return detection_default_config(data_dir, seed)
 
     model: dict[str, Any] = dict(

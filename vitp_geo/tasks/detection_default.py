@@ -1,5 +1,8 @@
 """The embedded ``vitp-geo finetune detection`` run: oriented buildings in generated scenes.
 
+Beside the segmentation and change defaults of :func:`vitp_geo.tasks.run.default_config`, which
+calls it; the library, not the CLI, holds it.
+
 Residential scenes of the one synthetic world (``vitp_geo.synthetic``) whose buildings are
 rotated rectangles: their polygons are exact oriented ground truth. A tiny ViTP backbone with an
 Oriented R-CNN (the paper's detector: oriented RPN, ``rpn="oriented"``) learns them; validation reports ``val_map50`` (VOC07 AP50 on the oriented
