@@ -25,11 +25,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from datamodules.instruction import InstructionDataModule
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.checkpoint_io import AtomicCheckpointIO
 from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.config import PretrainConfig
+from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
