@@ -4,7 +4,7 @@ Samples are torchgeo-style dicts ``{"image": (3, H, W) float32, "mask": (H, W) i
 ``vitp_geo.tasks.SegmentationTask`` trains on unchanged:
 
 * **MSD / nnU-Net** (``MedicalSliceDataModule``): each case's channels are read as RAS volumes
-  (``vitp_geo.medical.volume.load_volume``), checked to share one grid with the label, turned
+  (``vitp_geo.medical.load.load_volume``), checked to share one grid with the label, turned
   into the ViT's 3 channels by a ``SliceInput`` (``channel_rule``, ``windows``, ``preset``,
   ``sequences``; CT windows by default, FLAIR / T1ce / T2 for BraTS) and cut along ``axis``.
   Every slice with foreground is kept plus a seeded ``empty_fraction`` of the empty ones

@@ -11,9 +11,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from vitp_geo.io.volume import Modality, save_nifti_like
 from vitp_geo.medical.dicom import load_dicom_series
 from vitp_geo.medical.intensity import IntensityPreset, apply_window, normalise
-from vitp_geo.medical.volume import Modality, load_volume, save_nifti_like
+from vitp_geo.medical.load import load_volume
 
 CT_SMALL = Path(str(get_testdata_file("CT_small.dcm")))
 CT5N = CT_SMALL.parent / "dicomdirtests" / "98892001" / "CT5N"

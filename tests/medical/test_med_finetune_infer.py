@@ -13,10 +13,10 @@ from monai.inferers import SliceInferer
 from PIL import Image
 
 from vitp_geo.cli.main import main
+from vitp_geo.medical import phantoms as P
 from vitp_geo.medical.datasets import LabelTable, read_msd_dataset
 from vitp_geo.medical.inference import load_medical_model, predict_volume
 from vitp_geo.medical.inputs import SliceInput
-from vitp_geo.synthetic import phantoms as P
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_bad_infer_input_exits_2_and_writes_nothing(
 def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Path) -> None:
     from pydicom.data import get_testdata_file
 
-    from vitp_geo.medical.volume import load_volume
+    from vitp_geo.medical.load import load_volume
 
     series = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
     out, _ = med_run

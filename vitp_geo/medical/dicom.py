@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from nibabel import orientations as ornt
 
-from vitp_geo.medical.volume import Modality, Volume, is_dicom_file, reorient_to_ras
+from vitp_geo.io.volume import Modality, Volume, is_dicom_file, reorient_to_ras
 
 __all__ = [
     "DicomSlice",

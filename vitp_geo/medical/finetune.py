@@ -1,7 +1,7 @@
 """The embedded medical fine-tuning run and its per-case Dice report.
 
 ``vitp-geo finetune segmentation --domain med`` with no ``--config`` writes seeded CT phantoms
-(``vitp_geo.synthetic.phantoms``) in the MSD / nnU-Net layout and fine-tunes the tiny ViTP
+(``vitp_geo.medical.phantoms``) in the MSD / nnU-Net layout and fine-tunes the tiny ViTP
 backbone with a UperNet head on their axial slices through ``datamodules.medical`` (the same
 reading, reorientation, windowing and slicing as users' data). After training, and once before
 it, the model segments every validation case slice by slice and the per-case Dice
@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vitp_geo.synthetic.phantoms import CT_CLASSES, write_ct_dataset
+from vitp_geo.medical.phantoms import CT_CLASSES, write_ct_dataset
 
 # Colours for the card (QGIS / viewers): background black, then distinct organ colours.
 CT_COLORS: tuple[tuple[int, int, int], ...] = (
