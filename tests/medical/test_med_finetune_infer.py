@@ -226,7 +226,9 @@ def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
             zeros = torch.zeros_like(x[:, 0])
             return torch.stack([zeros, -x[:, 0], zeros - 10], dim=1)
 
-    scores = dm.case_scores(DarkIsLung())
+    from vitp_geo.medical.finetune import report_to_json
+
+    scores = report_to_json(dm.dice_report(DarkIsLung()))
     assert set(scores["per_case"]) == {
         f"{p.parent.parent.name}/{p.stem}" for p in (root / "Val").rglob("images/*.png")
     }
@@ -280,3 +282,35 @@ def test_non_finite_voxels_are_nodata_with_a_warning(
     assert main([*argv, "--out", str(tmp_path / "inf_pred.nii.gz")]) == 2
     assert "inf.nii.gz: every voxel is NaN or infinite" in capsys.readouterr().err
     assert not (tmp_path / "inf_pred.nii.gz").exists()
+
+
+def test_case_dice_scores_the_best_weights_on_the_trainers_device(tmp_path: Path, monkeypatch) -> None:
+    """Issue 20: the DataModule scored on a hard-coded ``cuda`` (every DDP rank on ``cuda:0``; a
+    CPU run on a machine with a GPU moved the model there). The CaseDice callback scores on the
+    trainer's device: a CPU run stays on the CPU even where CUDA is reported available."""
+    from vitp_geo.medical.finetune import default_config, report_to_json
+    from vitp_geo.tasks.loading import load_inference_model
+    from vitp_geo.tasks.run import fit
+
+    P.write_ct_dataset(tmp_path / "data" / "phantom_ct", n_cases=3, seed=0, shape=(112, 112, 4))
+    cfg = default_config(tmp_path / "data")
+    cfg["trainer"].update(max_epochs=1, max_steps=2, enable_model_summary=False, logger=False)
+    cfg["data"]["init_args"].update(val_fraction=0.34, batch_size=2)
+    import types
+
+    import datamodules.medical
+
+    # A machine with a GPU, a CPU run: the datamodule's module sees CUDA as available (patched
+    # there only: the optimizer must not be fooled). Nothing may move the model to "cuda".
+    gpu_torch = types.SimpleNamespace(**vars(torch))
+    gpu_torch.cuda = types.SimpleNamespace(**vars(torch.cuda))
+    gpu_torch.cuda.is_available = lambda: True
+    monkeypatch.setattr(datamodules.medical, "torch", gpu_torch)
+    summary = fit(cfg, "segmentation", tmp_path / "run", progress=False, score_start=True)
+    dice, start = summary["dice"], summary["dice_start"]
+    assert dice is not None and start is not None and set(dice["per_case"]) == set(start["per_case"])
+    monkeypatch.undo()
+    network, _ = load_inference_model(tmp_path / "run" / "model.ckpt")  # the best weights
+    dm = datamodules.medical.MedicalSliceDataModule(**cfg["data"]["init_args"])
+    expected = report_to_json(dm.dice_report(network.eval()))
+    assert json.loads(json.dumps(dice)) == json.loads(json.dumps(expected))

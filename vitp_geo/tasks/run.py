@@ -157,9 +157,9 @@ def fit(
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
 
-    Datamodules with a ``case_scores(network)`` method (the medical ones) also score whole
-    validation cases (per-case Dice) with the best weights, and with ``score_start`` once before
-    training too.
+    Datamodules with a ``dice_report(predictor)`` method (the medical ones) also score whole
+    validation cases (per-case Dice, :class:`vitp_geo.medical.finetune.CaseDice` on the trainer's
+    device) with the best weights, and with ``score_start`` once before training too.
 
     ``<out>/model.ckpt`` holds the best weights, hyper-parameters and model card, no optimizer
     state; with ``save_last``, ``<out>/checkpoints/last.ckpt`` keeps the full training state of
@@ -167,6 +167,7 @@ def fit(
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from vitp_geo.medical.finetune import CaseDice
     from vitp_geo.models.convert import check_finite_weights
     from vitp_geo.tasks.loading import write_weights_checkpoint
 
@@ -190,7 +191,8 @@ def fit(
         save_weights_only=True,
         enable_version_counter=False,
     )
-    callbacks: list[Any] = [checkpoint]
+    case_dice = CaseDice(score_start)
+    callbacks: list[Any] = [checkpoint, case_dice]
     if save_last:  # the full, resumable state: optional, in its own file, replaced as training goes
         when: dict[str, Any] = (
             {"every_n_train_steps": checkpoint_every}
@@ -217,13 +219,6 @@ def fit(
     start = time.time()
     cli = build_cli(cfg, callbacks, out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    # Medical datamodules also score whole validation volumes per case (Dice), before and after.
-    case_scores = getattr(datamodule, "case_scores", None)
-    case_scores = case_scores if callable(case_scores) else None
-    dice_start = None
-    if case_scores is not None and score_start:
-        datamodule.setup("validate")
-        dice_start = case_scores(model.model)
     if task1_out is not None:  # checked before training, not after it
         check_task1_source(datamodule)
     try:
@@ -268,9 +263,9 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.time() - start, 1),
     }
-    if case_scores is not None and trainer.is_global_zero:  # the model holds the best weights
-        summary["dice"] = case_scores(model.model)
-        summary["dice_start"] = dice_start
+    if CaseDice.applies(trainer):  # scored by the callback in the last validate: the best weights
+        summary["dice"] = case_dice.final
+        summary["dice_start"] = case_dice.start
     if task1_out is not None and trainer.is_global_zero:  # DOTA server submission files, best weights
         from vitp_geo.io.annotations.dota import write_task_results
         from vitp_geo.tasks.detection import predict_task_results
