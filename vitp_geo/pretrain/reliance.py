@@ -32,12 +32,13 @@ all-reduced (every rank runs the same number of forward passes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -900,6 +901,36 @@ def vlm_forward(
     return VLMForward(model, vision_dtype, share_prefix=share_prefix)
 
 
+@contextlib.contextmanager
+def root_params_gathered(root: Any) -> Iterator[None]:
+    """Gather the root FSDP unit's own parameters while a callback runs ``pl_module.model``.
+
+    Lightning wraps the LightningModule in a root unit; a callback gets the bare module, and a call
+    to ``pl_module.model`` bypasses the root's forward, which is what unshards the parameters no
+    child unit owns (embeddings, projector, norms). Child units still gather their own in their
+    forward. FSDP1 (``FullyShardedDataParallel``) and FSDP2 (``fully_shard``) roots; anything
+    else (no strategy model, DDP, one device) needs nothing.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(root, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False):
+            yield
+        return
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch: FSDP1 only
+        FSDPModule = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if FSDPModule and isinstance(root, FSDPModule):
+        root.unshard()
+        try:
+            yield
+        finally:
+            root.reshard()
+        return
+    yield
+
+
 class ImageReliance(L.Callback):
     """Runs :func:`evaluate_reliance` every ``every`` optimizer steps and at the last step.
 
@@ -992,7 +1023,11 @@ class ImageReliance(L.Callback):
             dtype = next(model.vision_model.parameters()).dtype
             # Sharded strategies wrap the module from outside: only the model's own forward is safe.
             sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
-            with torch.random.fork_rng(devices=[]), trainer.precision_plugin.forward_context():
+            with (
+                torch.random.fork_rng(devices=[]),
+                trainer.precision_plugin.forward_context(),
+                root_params_gathered(getattr(trainer.strategy, "model", None)),
+            ):
                 return evaluate_reliance(
                     vlm_forward(model, dtype, share_prefix=not sharded),
                     self.dataset,
