@@ -38,10 +38,10 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -94,6 +94,7 @@ MAX_CANDIDATES = 32
 CHOICE_VARIANTS: tuple[str, ...] = ("true", "shuffled")
 # Seeded draws of the derangement before a group whose every partner shares an image is left out.
 SHUFFLE_TRIES = 20
+T = TypeVar("T")
 # Below this many nats per answer on image-decided records after the warm-up, the run warns.
 NEAR_ZERO_GAIN = 0.05
 
@@ -220,6 +221,42 @@ def choice_candidates(
     return out
 
 
+def image_derangement(
+    items: Sequence[T],
+    paths: Callable[[T], Iterable[str]],
+    rng: np.random.Generator,
+    tries: int = SHUFFLE_TRIES,
+) -> dict[T, T]:
+    """Partners for items that carry images: each maps to another sharing none of its image paths.
+
+    The one derangement of the image-reliance check and the shuffled-image control of
+    ``benchmarks/pretrain_gain.py``. A cyclic shift of a seeded permutation (never a fixed point)
+    is drawn up to ``tries`` times until no item's partner shares an image with it (change pairs
+    (A, B) and (A, C) share A); the largest such map found is returned, so items without a
+    partner are left out (callers that need every item check the size).
+
+    Args:
+        items: distinct items (e.g. image-path tuples) that may be swapped with one another.
+        paths: the image paths of an item.
+        rng: the seeded generator the permutations are drawn from.
+        tries: permutations drawn at most.
+    """
+    if len(items) < 2:
+        return {}
+    own = [set(paths(item)) for item in items]
+    best: dict[T, T] = {}
+    for _ in range(tries):
+        perm = [int(i) for i in rng.permutation(len(items))]
+        ok = {
+            items[i]: items[j] for i, j in zip(perm, perm[1:] + perm[:1], strict=True) if not own[i] & own[j]
+        }
+        if len(ok) > len(best):
+            best = ok
+        if len(best) == len(items):
+            break
+    return best
+
+
 def hold_out(
     dataset: InstructionDataset, max_records: int, seed: int = 0, max_candidates: int = MAX_CANDIDATES
 ) -> RelianceSet:
@@ -277,21 +314,10 @@ def hold_out(
         by_layout[(part[1], dataset.tile_layout(*members[0]))].append(part)
     partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
     for same in by_layout.values():
-        if len(same) < 2:
-            continue  # no other group that tiles alike to swap in
-        # A cyclic shift is never a fixed point, but a change pair (A, C) next to (A, B) would
-        # keep image A and read a gain biased low: draw again (seeded) until no partner shares an
-        # image; groups that still do stay in training.
-        best: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
-        for _ in range(SHUFFLE_TRIES):
-            perm = [same[int(i)] for i in rng.permutation(len(same))]
-            shift = {part: perm[(i + 1) % len(perm)][0] for i, part in enumerate(perm)}
-            ok = {part: other for part, other in shift.items() if not set(part[0]) & set(other)}
-            if len(ok) > len(best):
-                best = ok
-            if len(best) == len(same):
-                break
-        partner.update(best)
+        # A change pair (A, C) next to (A, B) must not get (A, B)'s images: it would keep image A
+        # and read a gain biased low; parts left without a partner stay in training.
+        found = image_derangement(same, lambda part: part[0], rng)
+        partner.update({part: other[0] for part, other in found.items()})
     # A group is held out whole or not at all: its images must never be trained on.
     whole = {key for key, _ in partner} - {key for key, budget in parts if (key, budget) not in partner}
     records: list[HeldOut] = []
