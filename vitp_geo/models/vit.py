@@ -37,6 +37,7 @@ from vitp_geo.io.atomic import atomic_output
 from vitp_geo.models.convert import (  # one home for weight conversion (models/convert.py)
     check_finite_weights,
     convert_internvit_state_dict,
+    load_state_dict_strict,
     non_finite_keys,
     read_state_dict,
     resize_pos_embed,
@@ -293,18 +294,7 @@ def load_backbone(
         raise ValueError(f"{path}: unknown architecture {arch!r}")
     model = create_vit(arch, **kwargs)
     sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], _grid(model), model.num_prefix_tokens)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not fit {arch} {kwargs}: missing keys {missing[:10]}, "
-            f"unexpected keys {unexpected[:10]}"
-        )
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{path}: shape mismatch for {arch} {kwargs}: {bad[:5]}")
-    model.load_state_dict(sd)
+    load_state_dict_strict(model, sd, f"{path}: checkpoint does not fit {arch} {kwargs}")
     return model.eval()
 
 

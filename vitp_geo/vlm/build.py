@@ -20,6 +20,7 @@ import vitp_geo.models  # noqa: F401  (registers the vitp_* timm models)
 from vitp_geo.models.convert import (
     convert_internvit_state_dict,
     internvl_vision_kwargs,
+    load_state_dict_strict,
     read_weights_file,
     resize_pos_embed,
 )
@@ -164,7 +165,6 @@ def build_tiny_vlm(
 def _read_weights(model_dir: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
-
     index = model_dir / "model.safetensors.index.json"
     single = model_dir / "model.safetensors"
     if index.is_file():
@@ -266,40 +266,16 @@ def load_internvl(
     if ckpt_img != img_size:
         grid = img_size // config.patch_size
         vision_sd["pos_embed"] = resize_pos_embed(vision_sd["pos_embed"], grid)
-    _load_strict(vit, vision_sd, model_dir, "vision_model.")
-    _load_strict(mlp1, _split(sd, "mlp1."), model_dir, "mlp1.")
+    fits = f"{model_dir}: weights do not match config.json"
+    load_state_dict_strict(vit, vision_sd, fits, prefix="vision_model.")
+    load_state_dict_strict(mlp1, _split(sd, "mlp1."), fits, prefix="mlp1.")
     lm_sd = _split(sd, "language_model.")
     tied = bool(getattr(llm.config, "tie_word_embeddings", False))
     if tied:
         lm_sd.pop("lm_head.weight", None)
-    _load_strict(
-        llm, lm_sd, model_dir, "language_model.", allow_missing={"lm_head.weight"} if tied else set()
+    load_state_dict_strict(
+        llm, lm_sd, fits, prefix="language_model.", allow_missing={"lm_head.weight"} if tied else set()
     )
     if tied:
         llm.tie_weights()
     return model.to(dtype), tokenizer
-
-
-def _load_strict(
-    module: torch.nn.Module,
-    sd: dict[str, Tensor],
-    model_dir: Path,
-    prefix: str,
-    allow_missing: set[str] | None = None,
-) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd) - (allow_missing or set()))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"{model_dir}: weights do not match config.json: missing keys {[prefix + k for k in missing[:10]]}"
-            f"{' …' if len(missing) > 10 else ''}, unexpected keys {[prefix + k for k in unexpected[:10]]}"
-        )
-    bad = [
-        f"{prefix}{k}: {tuple(v.shape)} vs expected {tuple(own[k].shape)}"
-        for k, v in sd.items()
-        if v.shape != own[k].shape
-    ]
-    if bad:
-        raise ValueError(f"{model_dir}: shape mismatch {bad[:5]}")
-    module.load_state_dict(sd, strict=False)
