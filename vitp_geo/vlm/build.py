@@ -115,7 +115,9 @@ def build_tiny_vlm(
         llm_hidden, llm_layers, llm_heads, llm_kv_heads, llm_intermediate: Qwen2 sizes.
         downsample_ratio: pixel-shuffle factor.
         drop_path_rate: ViT stochastic depth (0.1 as in the paper).
-        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings (see :mod:`vitp_geo.vlm.vrl`).
+        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings (see :mod:`vitp_geo.vlm.vrl`);
+            ``vrl_prob`` 1.0 is the paper text and ``ViTPConfig``'s default, while ``vitp-geo
+            pretrain`` (``PretrainConfig.vrl_prob``) uses 0.25 (docs/pretraining-evidence.md §6).
         attn_implementation: LLM attention (``None``: SDPA, flash-attn on CUDA when installed).
         seed: seeds the weight initialisation (``None`` leaves the global RNG alone).
     """
@@ -205,7 +207,8 @@ def load_internvl(
             ``downsample_ratio``, ``template``, ``ps_version``, ``force_image_size``,
             ``select_layer``), ``model.safetensors`` or a sharded ``model.safetensors.index.json``,
             and the tokenizer files.
-        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings for pretraining.
+        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings for pretraining (``vrl_prob`` 1.0
+            here as in ``ViTPConfig``; ``vitp-geo pretrain`` uses 0.25, see ``PretrainConfig``).
         drop_path_rate: ViT stochastic depth during pretraining (0.1 as in the paper).
         attn_implementation: LLM attention; ``None`` picks SDPA (flash-attn on CUDA if installed).
         dtype: parameter dtype.
