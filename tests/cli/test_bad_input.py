@@ -133,6 +133,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--tile-size is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"],
     ),
     (
+        "infer-medical-given-a-min-score",
+        ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz"]
+        + ["--min-score", "0.9"],
+        ["--min-score is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"],
+    ),
+    (
         "infer-medical-given-resume",
         ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz", "--resume"],
         ["--resume is for GeoTIFF scenes"],

@@ -328,6 +328,7 @@ def _run_medical(args: argparse.Namespace) -> int:
         ("--overlap", args.overlap != 0.25),
         ("--blend", args.blend != BlendMode.COSINE.value),
         ("--min-area", args.min_area != 0),
+        ("--min-score", args.min_score != 0.3),
         ("--bands", args.bands is not None),
         ("--stretch", args.stretch),
         ("--resume", args.resume),

@@ -32,6 +32,7 @@ __all__ = [
     "as_labels",
     "Volume",
     "check_same_grid",
+    "check_voxel_affine",
     "is_dicom_file",
     "is_nifti_path",
     "load_nifti",
@@ -175,6 +176,27 @@ def _check_not_empty(shape: tuple[int, ...], path: str | Path) -> None:
         )
 
 
+def check_voxel_affine(affine: np.ndarray, where: str, fix: str) -> None:
+    """Refuse a voxel-to-world affine that is not finite or singular, naming where it came from.
+
+    nibabel's orientation code would fail on it with "Unable to find out axis ..." or "SVD did not
+    converge", naming neither the file nor the affine.
+
+    Args:
+        affine: (4, 4).
+        where: the message's start, naming the file (``"<path>: the header's"``).
+        fix: what the user should correct.
+
+    Raises:
+        ValueError: ``"<where> voxel-to-world affine is not finite / singular ...: [...]; <fix>"``.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if np.isfinite(affine).all() and np.linalg.matrix_rank(affine[:3, :3]) == 3:
+        return
+    what = "not finite" if not np.isfinite(affine).all() else "singular (voxels have no orientation)"
+    raise ValueError(f"{where} voxel-to-world affine is {what}: {np.round(affine[:3], 4).tolist()}; {fix}")
+
+
 def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) -> Volume:
     """Read a NIfTI-1/2 file (``.nii``/``.nii.gz``) and reorient it to RAS.
 
@@ -205,12 +227,7 @@ def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) ->
     if len(shape) > 4 and not squeezable:
         raise ValueError(f"{path}: {len(shape)}-D NIfTI shape {shape} is not supported (3D or 3D + channels)")
     affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.isfinite(affine).all() or np.linalg.matrix_rank(affine[:3, :3]) < 3:
-        what = "not finite" if not np.isfinite(affine).all() else "singular (voxels have no orientation)"
-        raise ValueError(
-            f"{path}: the header's voxel-to-world affine is {what}: {np.round(affine[:3], 4).tolist()}; "
-            "fix its sform / qform before reading"
-        )
+    check_voxel_affine(affine, f"{path}: the header's", "fix its sform / qform before reading")
     # a small .nii.gz may declare 1024³ voxels: refuse before allocating them
     proxy = img.dataobj
     scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
