@@ -235,3 +235,12 @@ def test_arch_overrides_backbone_json_and_its_model_kwargs(tmp_path):
     assert vit.pos_embed.shape[1] == 1 + 16 * 16
     assert vit.pretrained_cfg["architecture"] == "vitp_tiny_patch14_224"
     assert load_backbone(weights).patch_embed.img_size == (112, 112)  # without arch= the json rules
+
+
+def test_an_unreadable_backbone_file_is_named_once(tmp_path):
+    """Issue 20: '<path>: <path>: not a readable weights file'."""
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"junk")
+    with pytest.raises(ValueError) as err:
+        load_backbone(path)
+    assert str(err.value).count(str(path)) == 1 and "not a readable weights file" in str(err.value)

@@ -261,8 +261,9 @@ def load_backbone(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    raw = read_state_dict(path)  # its errors name the file already
     try:
-        sd = convert_internvit_state_dict(read_state_dict(path))
+        sd = convert_internvit_state_dict(raw)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
