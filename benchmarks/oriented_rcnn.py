@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 def _recall(ckpt: Path, cfg: dict, proposals: int, iou: float = 0.5) -> tuple[float, int]:
     """Share of validation buildings covered (rotated IoU ≥ ``iou``) by the RPN's best proposals."""
-    from datamodules.detection import GeoTiffDetectionDataModule
+    from vitp_geo.datamodules.detection import GeoTiffDetectionDataModule
+
     from vitp_geo.geometry.obb import poly_to_obb, rotated_iou
     from vitp_geo.models.detection.oriented_heads import hbb_rois
     from vitp_geo.tasks import load_inference_model

@@ -9,7 +9,7 @@ stacks images and keeps the box tensors as per-image lists, so tiles with no obj
 builders' loader (``vitp_geo.instruct.builders.labels.load_pixel_labels``: any CRS, repaired
 geometries, polygons only), and cut per tile by their edge rule (``tile_objects``: an object is
 kept when at least ``min_visible`` of its area lies in the tile, and described by the clipped
-part). Each scene is split by area as in ``datamodules.geotiff``: the eastern ``val_fraction``
+part). Each scene is split by area as in ``vitp_geo.datamodules.geotiff``: the eastern ``val_fraction``
 of its width (whole tiles, at least one) is validation, tiled on a grid; training tiles are
 drawn at random strictly west of it, so no pixel is seen by both splits.
 """
@@ -29,8 +29,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-
-from datamodules.geotiff import _raster_dtype, default_stats, resolve_files, resolve_files_any
+from vitp_geo.datamodules.geotiff import _raster_dtype, default_stats, resolve_files, resolve_files_any
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ class GeoTiffDetectionDataModule(LightningDataModule):
         length: training tiles per epoch (default: about one pass over the training area).
         val_fraction: share of each scene's width used for validation.
         min_visible: share of an object's area that must lie in a tile for it to count there.
-        mean, std: per-channel normalisation (``datamodules.geotiff.default_stats``).
+        mean, std: per-channel normalisation (``vitp_geo.datamodules.geotiff.default_stats``).
         flips: random horizontal / vertical flips in training.
         num_workers: DataLoader workers.
         seed: seed of the training tile positions and flips.

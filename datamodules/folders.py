@@ -29,8 +29,7 @@ import torch
 from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-from datamodules.geotiff import _raster_dtype, default_stats
+from vitp_geo.datamodules.geotiff import _raster_dtype, default_stats
 
 _EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from vitp_geo.datamodules.folders import _crop_collate, _FolderDataModule
 
-from datamodules.folders import _crop_collate, _FolderDataModule
 from vitp_geo.evaluation.dice import DiceReport
 from vitp_geo.medical.datasets import (
     XRAY_CLASSES,

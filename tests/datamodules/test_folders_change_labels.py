@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
-from datamodules.folders import ChangeFolder, PairFolderChangeDataModule
+from vitp_geo.datamodules.folders import ChangeFolder, PairFolderChangeDataModule
 
 SVCD = Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune" / "change" / "svcd.yaml"
 

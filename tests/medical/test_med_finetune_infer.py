@@ -132,7 +132,7 @@ def test_brats_label_4_is_class_3_and_back(tmp_path: Path) -> None:
 
 
 def test_a_label_value_missing_from_dataset_json_names_the_file(tmp_path: Path) -> None:
-    from datamodules.medical import MedicalSliceDataModule
+    from vitp_geo.datamodules.medical import MedicalSliceDataModule
 
     root = P.write_ct_dataset(tmp_path / "ct", n_cases=2, shape=(24, 24, 6))
     meta = json.loads((root / "dataset.json").read_text())
@@ -198,8 +198,8 @@ def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Pat
 
 def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path: Path) -> None:
     import lightning as L
+    from vitp_geo.datamodules.medical import MedicalSliceDataModule
 
-    from datamodules.medical import MedicalSliceDataModule
     from vitp_geo.tasks import SegmentationTask
 
     root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(28, 28, 6))
@@ -211,7 +211,8 @@ def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path:
 
 
 def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
-    from datamodules.medical import XraySegmentationDataModule
+    from vitp_geo.datamodules.medical import XraySegmentationDataModule
+
     from vitp_geo.medical.intensity import minmax
 
     root = P.write_xray_dataset(tmp_path / "cxr", n_images=2, size=64, splits=("Train", "Val"))
@@ -298,19 +299,19 @@ def test_case_dice_scores_the_best_weights_on_the_trainers_device(tmp_path: Path
     cfg["data"]["init_args"].update(val_fraction=0.34, batch_size=2)
     import types
 
-    import datamodules.medical
+    import vitp_geo.datamodules.medical
 
     # A machine with a GPU, a CPU run: the datamodule's module sees CUDA as available (patched
     # there only: the optimizer must not be fooled). Nothing may move the model to "cuda".
     gpu_torch = types.SimpleNamespace(**vars(torch))
     gpu_torch.cuda = types.SimpleNamespace(**vars(torch.cuda))
     gpu_torch.cuda.is_available = lambda: True
-    monkeypatch.setattr(datamodules.medical, "torch", gpu_torch)
+    monkeypatch.setattr(vitp_geo.datamodules.medical, "torch", gpu_torch)
     summary = fit(cfg, "segmentation", tmp_path / "run", progress=False, score_start=True)
     dice, start = summary["dice"], summary["dice_start"]
     assert dice is not None and start is not None and set(dice["per_case"]) == set(start["per_case"])
     monkeypatch.undo()
     network, _ = load_inference_model(tmp_path / "run" / "model.ckpt")  # the best weights
-    dm = datamodules.medical.MedicalSliceDataModule(**cfg["data"]["init_args"])
+    dm = vitp_geo.datamodules.medical.MedicalSliceDataModule(**cfg["data"]["init_args"])
     expected = report_to_json(dm.dice_report(network.eval()))
     assert json.loads(json.dumps(dice)) == json.loads(json.dumps(expected))

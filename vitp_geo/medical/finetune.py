@@ -2,7 +2,7 @@
 
 ``vitp-geo finetune segmentation --domain med`` with no ``--config`` writes seeded CT phantoms
 (``vitp_geo.medical.phantoms``) in the MSD / nnU-Net layout and fine-tunes the tiny ViTP
-backbone with a UperNet head on their axial slices through ``datamodules.medical`` (the same
+backbone with a UperNet head on their axial slices through ``vitp_geo.datamodules.medical`` (the same
 reading, reorientation, windowing and slicing as users' data). After training, and once before
 it, the model segments every validation case slice by slice and the per-case Dice
 (``vitp_geo.evaluation.dice``, nnU-Net's "ignore" rule for classes absent from a case) is printed
@@ -72,7 +72,7 @@ def default_config(data_dir: Path, seed: int = 0) -> dict[str, Any]:
         "seed_everything": seed,
         "trainer": {"max_epochs": 12, "accelerator": "cpu", "log_every_n_steps": 4},
         "model": {"class_path": "vitp_geo.tasks.SegmentationTask", "init_args": model},
-        "data": {"class_path": "datamodules.medical.MedicalSliceDataModule", "init_args": data},
+        "data": {"class_path": "vitp_geo.datamodules.medical.MedicalSliceDataModule", "init_args": data},
     }
 
 

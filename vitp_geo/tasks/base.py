@@ -248,7 +248,7 @@ class DenseTask(BaseTask):
             class_names=self.class_names,
             class_colors=[(int(col[0]), int(col[1]), int(col[2])) for col in colors],
             bands=list(self.hparams.get("bands") or self._datamodule_attr("bands") or range(1, c + 1)),
-            # what the datamodule fed (datamodules.geotiff.default_stats: ImageNet x 255 for 3 bands);
+            # what the datamodule fed (vitp_geo.datamodules.geotiff.default_stats: ImageNet x 255 for 3 bands);
             # unknown: x / 255, with a warning when a datamodule was attached
             mean=self._channel_stats("mean", 0.0, c),
             std=self._channel_stats("std", 255.0, c),

@@ -2,8 +2,8 @@
 
 Batches are torchgeo's detection batches: ``image`` (B, C, H, W) float and per-image lists
 ``bbox_xyxy`` (N_i, 4), ``label`` (N_i,), plus ``bbox_xyxyxyxy`` (N_i, 8) (four corners) for
-oriented boxes — what ``datamodules.detection`` and torchgeo's ``VHR10`` / ``DOTA`` datamodules
-(through ``datamodules.detection``'s wrappers) give. Images with no objects are fine (empty
+oriented boxes — what ``vitp_geo.datamodules.detection`` and torchgeo's ``VHR10`` / ``DOTA`` datamodules
+(through ``vitp_geo.datamodules.detection``'s wrappers) give. Images with no objects are fine (empty
 lists train the RPN and the classifier on background only).
 
 The model is ``vitp_geo.models.detection.rcnn.DetectionModel`` built through the one dense-model

@@ -38,7 +38,7 @@ MONITOR = {"segmentation": "val_mIoU", "change": "val_F1", "detection": "val_map
 
 def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
     """The embedded run: a tiny ViTP backbone on generated scenes (writes them into ``data_dir``)."""
-    from datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
+    from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
     from vitp_geo.synthetic import CLASS_COLORS, CLASS_NAMES
 
     if task == "detection":
@@ -69,14 +69,14 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
             loss="ce+dice",
         )
         data = {
-            "class_path": "datamodules.geotiff.GeoTiffSegmentationDataModule",
+            "class_path": "vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule",
             "init_args": dict(images=str(folders.images), labels=str(folders.labels), **common),
         }
     else:
         folders = write_synthetic_change(data_dir, n_pairs=3, size=336, seed=seed)
         model.update(class_weights=[1.0, 3.0])
         data = {
-            "class_path": "datamodules.geotiff.GeoTiffChangeDataModule",
+            "class_path": "vitp_geo.datamodules.geotiff.GeoTiffChangeDataModule",
             "init_args": dict(
                 before=str(folders.images), after=str(folders.after), labels=str(folders.labels), **common
             ),
@@ -126,7 +126,7 @@ def check_task1_source(datamodule: Any) -> None:
     """Refuse ``--task1-out`` for a datamodule whose test split cannot name its images.
 
     Task1 result lines start with the image name; only a test split of image files (DOTA, DIOR,
-    COCO: ``datamodules.detection.DetectionFilesDataModule``) has them.
+    COCO: ``vitp_geo.datamodules.detection.DetectionFilesDataModule``) has them.
     """
     name = type(datamodule).__name__
     try:
@@ -424,12 +424,41 @@ class RandomState(Callback):
             gen.set_state(saved)
 
 
+# The DataModules were installed as the top-level package ``datamodules`` before they moved under
+# our namespace; a config written then names them by the old path.
+OLD_DATAMODULES = "datamodules."
+DATAMODULES = "vitp_geo.datamodules."
+
+
+def refuse_old_datamodule_paths(cfg: Any, source: str = "config", where: str = "") -> None:
+    """Refuse a ``class_path`` that names the old top-level ``datamodules`` package, naming the new path.
+
+    Raises:
+        ValueError: ``"<source>: data.class_path 'datamodules.X' is the old path: ... use 'vitp_geo.datamodules.X'"``.
+    """
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "class_path" and isinstance(value, str) and value.startswith(OLD_DATAMODULES):
+                new = DATAMODULES + value[len(OLD_DATAMODULES) :]
+                raise ValueError(
+                    f"{source}: {here} {value!r} is the old path: the DataModules are installed as "
+                    f"vitp_geo.datamodules; use {new!r}"
+                )
+            refuse_old_datamodule_paths(value, source, here)
+    elif isinstance(cfg, list):
+        for i, value in enumerate(cfg):
+            refuse_old_datamodule_paths(value, source, f"{where}[{i}]")
+
+
 def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
     """Instantiate trainer, model and datamodule from ``cfg`` through LightningCLI (``run=False``).
 
     Raises:
-        ValueError: unknown or mistyped config keys (names ``source`` and the key).
+        ValueError: unknown or mistyped config keys (names ``source`` and the key); a
+            ``class_path`` under the old top-level ``datamodules`` package (names the new one).
     """
+    refuse_old_datamodule_paths(cfg, source)
     import warnings
     from argparse import ArgumentError
 
