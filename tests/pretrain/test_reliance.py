@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from colour_corpus import COLOURS, write_colour_corpus
 from PIL import Image
 
 from vitp_geo.instruct.recipe import RecipeEntry
@@ -27,8 +28,6 @@ from vitp_geo.vlm.model import answer_loss
 from vitp_geo.vlm.template import tokenize_conversation
 from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, build_offline_tokenizer
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 200), "yellow": (220, 210, 40)}
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -40,30 +39,10 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """24 images (16 tiles of 112 px, 8 scenes of 224 px that tile 2x2 + thumbnail), 3 records each."""
-    root = tmp_path_factory.mktemp("reliance")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    recs = []
-    names = list(COLOURS)
-    for i in range(24):
-        size = 112 if i < 16 else 224
-        colour = names[i % 4]
-        arr = np.clip(np.array(COLOURS[colour])[None, None] + rng.normal(0, 10, (size, size, 3)), 0, 255)
-        Image.fromarray(arr.astype(np.uint8)).save(root / "images" / f"{i}.png")
-        for k, task in enumerate(("classification", "presence", "description")):
-            recs.append(
-                InstructionRecord(
-                    id=f"img{i}_{task}",
-                    images=[f"images/{i}.png"],
-                    conversations=[
-                        {"from": "human", "value": f"<image>\nWhat colour is this image? case {i} {k}"},
-                        {"from": "gpt", "value": colour},
-                    ],
-                    task=task,
-                )
-            )
-    write_jsonl(root / "annotations.jsonl", recs)
-    return root
+    sizes = [112] * 16 + [224] * 8
+    return write_colour_corpus(
+        tmp_path_factory.mktemp("reliance"), sizes, ("classification", "presence", "description")
+    )
 
 
 def _dataset(corpus: Path, tokenizer, image_size: int = 112) -> InstructionDataset:

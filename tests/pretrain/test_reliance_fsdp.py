@@ -23,11 +23,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
+from colour_corpus import write_colour_corpus
 from torch import nn
 
 WORDS = ["what colour is this image", "red green blue yellow", "case 0 1 2 3 4 5 6 7 8 9"]
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 200), "yellow": (220, 210, 40)}
 
 
 def _free_port() -> int:
@@ -37,28 +36,7 @@ def _free_port() -> int:
 
 
 def _write_corpus(root: Path) -> None:
-    from vitp_geo.instruct.records import InstructionRecord, write_jsonl
-
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    recs = []
-    for i in range(12):
-        colour = list(COLOURS)[i % 4]
-        arr = np.clip(np.array(COLOURS[colour])[None, None] + rng.normal(0, 10, (112, 112, 3)), 0, 255)
-        Image.fromarray(arr.astype(np.uint8)).save(root / "images" / f"{i}.png")
-        for k, task in enumerate(("classification", "description")):
-            recs.append(
-                InstructionRecord(
-                    id=f"img{i}_{task}",
-                    images=[f"images/{i}.png"],
-                    conversations=[
-                        {"from": "human", "value": f"<image>\nWhat colour is this image? case {i} {k}"},
-                        {"from": "gpt", "value": colour},
-                    ],
-                    task=task,
-                )
-            )
-    write_jsonl(root / "annotations.jsonl", recs)
+    write_colour_corpus(root, [112] * 12, ("classification", "description"))
 
 
 class _Holder(nn.Module):
