@@ -42,10 +42,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write polygons to this GeoPackage (detection models: the output, oriented boxes)",
     )
     p.add_argument(
-        "--min-score", type=float, default=0.3, help="detection models: lowest score written (default 0.3)"
-    )
-    p.add_argument(
         "--probabilities", type=Path, default=None, help="also write per-class probabilities (COG)"
+    )
+    add_settings_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes to shard windows over (one per GPU when CUDA is available, else CPU)",
+    )
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``InferSettings`` (shared by ``infer`` and ``infer-catalog``)."""
+    p.add_argument(
+        "--min-score", type=float, default=0.3, help="detection models: lowest score written (default 0.3)"
     )
     p.add_argument("--probability-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument(
@@ -61,20 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="1-based bands to read, e.g. 1,2,3 (default: the checkpoint's)",
     )
     p.add_argument("--min-area", type=int, default=0, help="drop polygons smaller than this many pixels")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument(
         "--stretch",
         action="store_true",
         help="a model trained on raw uint8 values: read a scene of another value type (uint16, float32) "
         "through the documented 3-band render rule (each band stretched from its 2-98 %% percentiles "
         "to 0-255, as build-instructions does) instead of refusing it",
-    )
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="processes to shard windows over (one per GPU when CUDA is available, else CPU)",
     )
     p.add_argument(
         "--progress",
