@@ -241,8 +241,8 @@ def _mosaic_vrt(
     ]
     inv = ~grid
     for path, t, h, w, _ in members:
-        col0, row0 = inv * (t.c, t.f)
-        col1, row1 = inv * (t.c + t.a * w, t.f + t.e * h)
+        col0, row0 = inv @ (t.c, t.f)
+        col1, row1 = inv @ (t.c + t.a * w, t.f + t.e * h)
         rel = os.path.relpath(path.resolve(), vrt.parent.resolve())
         parts += [
             "    <ComplexSource>",
@@ -287,15 +287,15 @@ def write_detection_mosaics(
         inv = ~grid
         polys, scores, labels, window, windows = [], [], [], [], []
         for i, (path, t, h, w, _) in enumerate(members):
-            col0, row0 = inv * (t.c, t.f)
-            col1, row1 = inv * (t.c + t.a * w, t.f + t.e * h)
+            col0, row0 = inv @ (t.c, t.f)
+            col1, row1 = inv @ (t.c + t.a * w, t.f + t.e * h)
             windows.append((row0, col0, row1 - row0, col1 - col0))
             frame = gpd.read_file(path)
             for geom, score, label in zip(frame.geometry, frame["score"], frame["class_id"], strict=True):
                 ring = np.asarray(shapely.get_coordinates(geom.exterior))[:4]
                 if len(ring) != 4:
                     ring = np.asarray(shapely.get_coordinates(geom.minimum_rotated_rectangle.exterior))[:4]
-                px = np.stack([(inv * (x, y)) for x, y in ring])
+                px = np.stack([(inv @ (x, y)) for x, y in ring])
                 polys.append(px)
                 scores.append(float(score))
                 labels.append(int(label))
@@ -312,7 +312,7 @@ def write_detection_mosaics(
             horizontal=np.full(len(scores), horizontal),
         )
         xy = merged.polys.copy()
-        geoms = [shapely.Polygon([grid * (x, y) for x, y in p]) for p in xy]
+        geoms = [shapely.Polygon([grid @ (x, y) for x, y in p]) for p in xy]
         crs = members[0][4]
         frame = gpd.GeoDataFrame(
             {
