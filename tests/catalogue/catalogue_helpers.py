@@ -18,6 +18,8 @@ from vitp_geo.io.raster import write_geotiff
 from vitp_geo.synthetic.scene import generate_scene
 
 PIXEL = 0.5
+TILE = 112  # the tiny checkpoint's window
+SMALL = (150, 130)  # 2 x 2 windows of 112 px at overlap 0.25
 ORIGIN = (500000.0, 5000000.0)
 
 

@@ -16,34 +16,12 @@ import pytest
 import rasterio
 import rasterio.warp
 import rasterio.windows
-from catalogue_helpers import done_counts, manifest, read, write_scenes, write_stac_catalog
-from tiny_checkpoints import save_tiny_segmentation_checkpoint
+from catalogue_helpers import SMALL, ExitOnce, done_counts, manifest, read, write_scenes
 
-from vitp_geo.catalogue.runner import read_card
+from vitp_geo.catalogue.runner import EngineChoice, read_card, run_catalogue
+from vitp_geo.catalogue.sources import read_source
 from vitp_geo.cli.main import main
-
-TILE = 112
-SIZE = (150, 130)  # 2 x 2 windows of 112 px at overlap 0.25
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny checkpoint, 6 scenes in a STAC catalogue, and the one-scene `infer` result of each."""
-    root = tmp_path_factory.mktemp("catalogue")
-    ckpt = save_tiny_segmentation_checkpoint(
-        root / "tiny.ckpt", tile_size=TILE, mean=[120.0, 110.0, 100.0], std=[50.0, 45.0, 40.0]
-    )
-    scenes = write_scenes(root / "scenes", 6, SIZE)
-    catalog = write_stac_catalog(root, scenes)
-    alone = root / "alone"
-    alone.mkdir()
-    for s in scenes:
-        rc = main(
-            ["infer", str(s), "--checkpoint", str(ckpt), "--out", str(alone / f"{s.stem}.tif"),
-             "--probabilities", str(alone / f"{s.stem}_p.tif"), "--no-progress"]
-        )  # fmt: skip
-        assert rc == 0
-    return {"root": root, "ckpt": ckpt, "catalog": catalog, "scenes": root / "scenes", "alone": alone}
+from vitp_geo.inference import InferSettings
 
 
 def _catalog(source: Path, ckpt: Path, out: Path, *extra: str) -> int:
@@ -130,7 +108,7 @@ def test_stac_catalogue_outputs_equal_infer_per_scene_with_stac_and_mosaic(
                 win = rasterio.windows.from_bounds(*src.bounds, transform=mosaic.transform).round_offsets()
                 r0, c0 = int(win.row_off), int(win.col_off)
                 np.testing.assert_array_equal(full[r0 : r0 + src.height, c0 : c0 + src.width], src.read(1))
-        assert (full[:, SIZE[1] : SIZE[1] + 10] == 255).all()  # the gap between scenes 0 and 1
+        assert (full[:, SMALL[1] : SMALL[1] + 10] == 255).all()  # the gap between scenes 0 and 1
     assert (out / "mosaics" / "class_map_epsg32633.qml").exists()
 
 
@@ -208,3 +186,34 @@ def test_sigkilled_driver_loses_only_the_scene_in_flight_which_resumes(
     assert done["scene_1"]["resumed_from_row"] > 0  # the interrupted scene resumed, not restarted
     assert done["scene_2"]["resumed_from_row"] == 0
     assert json.loads((out / "run.json").read_text()) == json.loads((clean / "run.json").read_text())
+
+
+def test_a_dead_pool_worker_loses_only_its_scenes_which_resume(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    scenes = write_scenes(tmp_path / "mid", 3, (250, 250))  # 3 x 3 windows: 2 model calls a row at batch 2
+    tasks = read_source(tmp_path / "mid")
+    settings = InferSettings(batch_size=2, checkpoint_every_s=0)
+    flag = tmp_path / "exited"
+    out = tmp_path / "pool"
+    summary = run_catalogue(
+        tasks,
+        world["ckpt"],
+        out,
+        settings=settings,
+        engine=EngineChoice("local", workers=2, threads=1),
+        module_hook=ExitOnce(flag, after=3),  # one worker exits hard in its first scene's second row
+        progress=False,
+    )
+    assert flag.exists() and not summary.failed and summary.done == 3
+    clean = run_catalogue(tasks, world["ckpt"], tmp_path / "clean", settings=settings, progress=False)
+    assert clean.done == 3
+    for s in scenes:
+        np.testing.assert_array_equal(
+            read(out / "scenes" / s.stem / "class_map.tif"),
+            read(tmp_path / "clean" / "scenes" / s.stem / "class_map.tif"),
+        )
+    assert done_counts(out) == {s.stem: 1 for s in scenes}
+    done = [r for r in manifest(out) if r["status"] == "done"]
+    assert any(r["resumed_from_row"] > 0 for r in done)  # the scene of the dead worker resumed
+    assert flag.read_text() not in {r["worker"].split(":")[1] for r in done}  # not by the dead process

@@ -160,32 +160,32 @@ class RayEngine:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
             self._started = True
+        # a dead actor is restarted (its model loaded again) and Ray runs the scene there again,
+        # which resumes from the engine state saved so far
         actor = ray.remote(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=0
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=MAX_WORKER_DEATHS,
         )(RayWorker)
         self._actors = [actor.remote(spec) for _ in range(workers)]
         self._idle = list(self._actors)
         self._inflight: dict[Any, tuple[Any, SceneTask]] = {}
-        self._deaths: dict[str, int] = {}
 
     def submit(self, task: SceneTask) -> None:
         actor = self._idle.pop()
         self._inflight[actor.run.remote(task)] = (actor, task)
 
     def wait_one(self) -> tuple[SceneTask, dict[str, Any]]:
-        while True:
-            ready, _ = self.ray.wait(list(self._inflight), num_returns=1)
-            actor, task = self._inflight.pop(ready[0])
-            try:
-                record = self.ray.get(ready[0])
-            except self.ray.exceptions.RayActorError as err:  # the actor died with the scene
-                deaths = self._deaths[task.scene_id] = self._deaths.get(task.scene_id, 0) + 1
-                if deaths <= MAX_WORKER_DEATHS:  # Ray restarts the actor; the scene resumes there
-                    self._inflight[actor.run.remote(task)] = (actor, task)
-                    continue
-                record = _died(task, deaths, str(err).strip().splitlines()[0] if str(err).strip() else "")
-            self._idle.append(actor)
-            return task, record
+        ready, _ = self.ray.wait(list(self._inflight), num_returns=1)
+        actor, task = self._inflight.pop(ready[0])
+        try:
+            record = self.ray.get(ready[0])
+        except self.ray.exceptions.RayActorError as err:  # the actor died with the scene, every retry
+            lines = str(err).strip().splitlines()
+            record = _died(task, MAX_WORKER_DEATHS + 1, lines[0] if lines else "")
+        self._idle.append(actor)
+        return task, record
 
     def close(self) -> None:
         for a in self._actors:
