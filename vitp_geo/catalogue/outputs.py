@@ -90,7 +90,7 @@ def write_stac_collection(
         else:
             import pyogrio
 
-            info = pyogrio.read_info(first)
+            info = pyogrio.read_info(first, layer=first.stem)
             bounds = info["total_bounds"] if info["features"] else _raster_bounds(scene.scene)
             crs = CRS.from_user_input(info["crs"]) if info["crs"] else None
         lonlat = transform_bounds(crs, "EPSG:4326", *bounds) if crs is not None else tuple(bounds)
@@ -290,7 +290,7 @@ def write_detection_mosaics(
             col0, row0 = inv @ (t.c, t.f)
             col1, row1 = inv @ (t.c + t.a * w, t.f + t.e * h)
             windows.append((row0, col0, row1 - row0, col1 - col0))
-            frame = gpd.read_file(path)
+            frame = gpd.read_file(path, layer=path.stem)
             for geom, score, label in zip(frame.geometry, frame["score"], frame["class_id"], strict=True):
                 ring = np.asarray(shapely.get_coordinates(geom.exterior))[:4]
                 if len(ring) != 4:
