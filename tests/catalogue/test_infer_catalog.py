@@ -217,3 +217,42 @@ def test_a_dead_pool_worker_loses_only_its_scenes_which_resume(
     done = [r for r in manifest(out) if r["status"] == "done"]
     assert any(r["resumed_from_row"] > 0 for r in done)  # the scene of the dead worker resumed
     assert flag.read_text() not in {r["worker"].split(":")[1] for r in done}  # not by the dead process
+
+
+@pytest.mark.qgis
+def test_qgis_opens_the_mosaic_with_the_palette_and_each_scene_in_place(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("/usr/bin/python3 not found")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    check = subprocess.run(["/usr/bin/python3", "-c", "import qgis.core"], capture_output=True, env=env)
+    if check.returncode != 0:
+        pytest.skip("/usr/bin/python3 cannot import qgis (apt install python3-qgis)")
+    out = tmp_path / "run"
+    assert _catalog(world["scenes"], world["ckpt"], out) == 0
+    card = read_card(world["ckpt"])
+    points, expected = [], []
+    for i in (0, 3, 5):  # a pixel centre inside three scenes, and one in the gap after scene 0
+        with rasterio.open(out / "scenes" / f"scene_{i}" / "class_map.tif") as src:
+            row, col = 17 + i, 23 + 7 * i
+            points.append("{},{}".format(*src.xy(row, col)))
+            expected.append(int(src.read(1)[row, col]))
+    with rasterio.open(world["scenes"] / "scene_0.tif") as src:
+        points.append("{},{}".format(*src.xy(5, SMALL[1] + 4)))
+    expected.append(None)
+    res = subprocess.run(
+        ["/usr/bin/python3", str(Path(__file__).with_name("qgis_mosaic_client.py")),
+         str(out / "mosaics" / "class_map_epsg32633.vrt"), *points],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["valid"] and report["crs"] == "EPSG:32633" and report["renderer"] == "paletted"
+    assert report["width"] == 6 * SMALL[1] + 5 * 10 and report["height"] == SMALL[0]
+    colours = ["#{:02x}{:02x}{:02x}".format(*c) for c in card.class_colors]
+    assert [(p["value"], p["color"], p["label"]) for p in report["palette"]] == [
+        (k, colours[k], card.class_names[k]) for k in range(len(card.class_names))
+    ]
+    assert report["nodata"] == 255 and report["values"] == expected
+    assert not [m for m in report["messages"] if m["level"] >= 1]
