@@ -80,7 +80,7 @@ def write_stac_collection(
     from rasterio.warp import transform_bounds
     from shapely.geometry import box, mapping
 
-    items = []
+    items, boxes, times = [], [], []
     for scene, record in done:
         files = {Path(e["path"]).name: out_dir / e["path"] for e in record["outputs"]}
         first = next(iter(files.values()))
@@ -121,14 +121,16 @@ def write_stac_collection(
         if scene.item_href:
             item.add_link(pystac.Link("derived_from", scene.item_href, media_type="application/geo+json"))
         items.append(item)
+        boxes.append(list(lonlat))
+        times.append(when)
     if not items:
         raise ValueError("no finished scene: no STAC collection to write")
     collection = pystac.Collection(
         id=f"vitp-geo-{out_dir.name}",
         description=f"vitp-geo {task} predictions of {len(items)} scenes with {checkpoint.name}",
         extent=pystac.Extent(
-            pystac.SpatialExtent([_union([i.bbox for i in items])]),
-            pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]]),
+            pystac.SpatialExtent([_union(boxes)]),
+            pystac.TemporalExtent([[min(times), max(times)]]),
         ),
         stac_extensions=[PROCESSING_EXT],
     )

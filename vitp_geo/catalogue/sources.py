@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pystac
+
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 GEOTIFF_MEDIA = ("image/tiff", "image/geotiff", "image/tiff; application=geotiff")
 
@@ -141,8 +143,6 @@ def _csv_tasks(path: Path) -> list[SceneTask]:
 
 
 def _stac_tasks(path: Path, asset: str | None, after_asset: str | None) -> list[SceneTask]:
-    import pystac
-
     try:
         obj = pystac.read_file(str(path))
     except Exception as err:  # pystac raises several types for a file that is not STAC
@@ -165,27 +165,27 @@ def _stac_tasks(path: Path, asset: str | None, after_asset: str | None) -> list[
     return tasks
 
 
-def _first_geotiff(item: object) -> str:
-    assets = item.assets  # type: ignore[attr-defined]
+def _first_geotiff(item: pystac.Item) -> str:
+    assets = item.assets
     for key, a in assets.items():
         media = (a.media_type or "").lower()
         if media.startswith(GEOTIFF_MEDIA) or a.href.lower().endswith(GEOTIFF_SUFFIXES):
             return str(key)
     raise ValueError(
-        f"STAC item {item.id!r} has no GeoTIFF asset (assets: {', '.join(assets) or 'none'}); "  # type: ignore[attr-defined]
+        f"STAC item {item.id!r} has no GeoTIFF asset (assets: {', '.join(assets) or 'none'}); "
         "choose one with --asset KEY"
     )
 
 
-def _asset_path(item: object, key: str, flag: str) -> Path:
-    assets = item.assets  # type: ignore[attr-defined]
+def _asset_path(item: pystac.Item, key: str, flag: str) -> Path:
+    assets = item.assets
     if key not in assets:
         raise ValueError(
-            f"STAC item {item.id!r} has no asset {key!r} ({flag}); its assets: {', '.join(assets) or 'none'}"  # type: ignore[attr-defined]
+            f"STAC item {item.id!r} has no asset {key!r} ({flag}); its assets: {', '.join(assets) or 'none'}"
         )
     href = assets[key].get_absolute_href()
     if href is None or "://" in href and not href.startswith("file://"):
         raise ValueError(
             f"STAC item {item.id!r}, asset {key!r}: {href} is not a local file (nothing is downloaded)"
-        )  # type: ignore[attr-defined]
+        )
     return Path(href.removeprefix("file://"))
