@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -146,3 +148,16 @@ def test_detection_catalogue_writes_infer_boxes_per_scene_and_one_merged_layer(t
     # the overlap's duplicates are merged away; boxes away from the overlap pass unchanged
     assert 0 < len(merged) < sum(len(f) for f in per_scene)
     assert merged["score"].max() == max(f["score"].max() for f in per_scene)
+
+
+def test_help_and_bad_arguments_answer_without_torch_or_ray(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from vitp_geo.cli.main import main\n"
+        "try:\n    main(['infer-catalog', '--help'])\nexcept SystemExit:\n    pass\n"
+        f"rc = main(['infer-catalog', {str(tmp_path / 'nowhere')!r}, '--checkpoint', 'x.ckpt', '--out-dir', 'o', '--workers', '0'])\n"
+        "print(rc, 'torch' in sys.modules, 'ray' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "2 False False", res.stderr[-2000:]
+    assert "--workers must be >= 1, got 0" in res.stderr
