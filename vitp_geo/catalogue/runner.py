@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitp_geo.catalogue.engines import Engine, LocalEngine, RayEngine
+from vitp_geo.catalogue.engines import Engine, LocalEngine, RayEngine, import_ray
 from vitp_geo.catalogue.manifest import Manifest, claim_out_dir, outputs_problem
 from vitp_geo.catalogue.sources import SceneTask
 from vitp_geo.catalogue.worker import ModuleHook, WorkerSpec
@@ -138,6 +138,10 @@ def run_catalogue(
     settings.check()
     if engine.engine not in ("local", "ray"):
         raise ValueError(f"--engine must be local or ray, got {engine.engine!r}")
+    if engine.engine == "ray":
+        import_ray()  # a clear error before the output folder is made
+    elif engine.address is not None or engine.gpus_per_worker:
+        raise ValueError("--address and --gpus-per-worker are for --engine ray")
     card = read_card(checkpoint)
     _check_tasks(tasks, card.task, checkpoint)
     if card.task == "detection" and (probabilities or vector):
@@ -183,7 +187,6 @@ def run_catalogue(
     )
     if todo:
         _run(todo, spec, engine, manifest, fingerprint, summary, progress)
-    summary.seconds = time.monotonic() - t0
     summary.outputs = write_run_outputs(out_dir, tasks, Manifest(out_dir).states(), checkpoint, card)
     summary.seconds = time.monotonic() - t0
     return summary
@@ -198,8 +201,6 @@ def _quiet(settings: InferSettings) -> InferSettings:
 def _make_engine(spec: WorkerSpec, choice: EngineChoice) -> Engine:
     if choice.engine == "ray":
         return RayEngine(spec, choice.workers, address=choice.address, gpus_per_worker=choice.gpus_per_worker)
-    if choice.address is not None or choice.gpus_per_worker:
-        raise ValueError("--address and --gpus-per-worker are for --engine ray")
     return LocalEngine(spec, choice.workers)
 
 
