@@ -1,8 +1,13 @@
-"""``infer-catalog --engine ray`` on a local Ray cluster (2 CPUs): equal outputs, a killed worker."""
+"""``infer-catalog --engine ray`` on a local Ray cluster (2 CPUs): equal outputs, a killed worker, a
+killed driver (a second driver process on the same cluster, ``--address``)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +98,41 @@ def test_a_ray_worker_that_exits_hard_half_way_resumes_its_scene(
     resumed = [r for r in done if r["resumed_from_row"] > 0]
     assert len(resumed) == 1  # the dead actor's scene, continued by its restarted actor from the saved row
     assert resumed[0]["worker"].split(":")[1] != flag.read_text()
+
+
+def test_a_sigkilled_ray_driver_loses_only_the_scenes_in_flight(
+    cluster: object, world: dict[str, Path], tmp_path: Path
+) -> None:
+    scenes = write_scenes(tmp_path / "big", 3, (420, 400))  # 5 x 5 windows each
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "vitp_geo.cli.main", "infer-catalog", str(tmp_path / "big"), "--checkpoint",
+           str(world["ckpt"]), "--no-progress", "--checkpoint-every", "0", "--batch-size", "2"]  # fmt: skip
+    ray_args = ["--engine", "ray", "--address", address, "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *ray_args, "--out-dir", str(out)], env=env, stderr=subprocess.DEVNULL)
+    states: list[Path] = []
+    deadline = time.monotonic() + 300
+    while not states and proc.poll() is None and time.monotonic() < deadline:
+        # a scene done and another half way (a window row saved)
+        if (out / "manifest.jsonl").exists() and done_counts(out):
+            states = list((out / "scenes").glob("*/.class_map.partial.work/state.npz"))
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert states, "the run finished before the kill; make the scenes larger"
+    in_flight = {p.parts[-3] for p in states}
+    res = subprocess.run([*cmd, *ray_args, "--out-dir", str(out)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (
+        subprocess.run([*cmd, "--out-dir", str(tmp_path / "clean")], env=env, capture_output=True).returncode
+        == 0
+    )
+    for s in scenes:
+        np.testing.assert_array_equal(
+            read(out / "scenes" / s.stem / "class_map.tif"),
+            read(tmp_path / "clean" / "scenes" / s.stem / "class_map.tif"),
+        )
+    assert done_counts(out) == {s.stem: 1 for s in scenes}  # no scene ran twice to completion
+    done = {r["scene"]: r for r in manifest(out) if r["status"] == "done"}
+    assert all(done[sid]["resumed_from_row"] > 0 for sid in in_flight)  # continued, not restarted

@@ -4,15 +4,19 @@
 files under ``<out_dir>/scenes/<scene_id>/`` (the files ``vitp-geo infer`` writes) and returns a
 manifest record: ``done`` with the outputs' sizes and checksums, or ``failed`` with the one-line
 error (any exception: a bad file, out of memory). A scene whose engine state was saved by an
-interrupted run (a killed worker or driver) resumes from it.
+interrupted run (a killed worker or driver) resumes from it. A scene folder is locked while its
+scene runs (``scene_lock``), so a worker left over from a killed driver and the rerun's worker never
+write the same scene at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +80,22 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+@contextmanager
+def scene_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.worker.lock`` exclusively while a scene runs.
+
+    A worker of a killed driver may still be finishing the scene when the rerun's worker starts
+    it; the second waits for the first (the lock dies with its process) instead of writing the
+    same files at the same time.
+    """
+    fd = os.open(folder / ".worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class SceneWorker:
     """A model loaded once (module doc)."""
 
@@ -104,12 +124,18 @@ class SceneWorker:
         try:
             folder = self.spec.out_dir / "scenes" / task.scene_id
             folder.mkdir(parents=True, exist_ok=True)
-            resume = (
-                outputs.class_map is not None and (work_dir_for(outputs.class_map) / "state.npz").exists()
-            )
-            summary = infer_scene(
-                task.scene, self.model, outputs, after=task.after, settings=self.spec.settings, resume=resume
-            )
+            with scene_lock(folder):
+                resume = (
+                    outputs.class_map is not None and (work_dir_for(outputs.class_map) / "state.npz").exists()
+                )
+                summary = infer_scene(
+                    task.scene,
+                    self.model,
+                    outputs,
+                    after=task.after,
+                    settings=self.spec.settings,
+                    resume=resume,
+                )
             assert summary is not None  # one rank: the writer always returns its summary
             record.update(
                 status="done",
