@@ -8,6 +8,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pystac
 import pytest
 import shapely
 from affine import Affine
@@ -161,3 +162,20 @@ def test_help_and_bad_arguments_answer_without_torch_or_ray(tmp_path: Path) -> N
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip().splitlines()[-1] == "2 False False", res.stderr[-2000:]
     assert "--workers must be >= 1, got 0" in res.stderr
+
+
+def test_change_pairs_from_two_assets_of_each_stac_item(tmp_path: Path) -> None:
+    before = write_scenes(tmp_path / "before", 2, (40, 40))
+    after = write_scenes(tmp_path / "after", 2, (40, 40))
+    catalog = write_stac_catalog(tmp_path, before, asset="before")
+    cat = pystac.read_file(str(catalog))
+    for item, a in zip(sorted(cat.get_items(), key=lambda i: i.id), after, strict=True):
+        item.add_asset("after", pystac.Asset(href=str(a.resolve()), media_type=pystac.MediaType.GEOTIFF))
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    tasks = read_source(catalog, asset="before", after_asset="after")
+    assert [(t.scene.resolve(), t.after.resolve() if t.after else None) for t in tasks] == [
+        (b.resolve(), a.resolve()) for b, a in zip(before, after, strict=True)
+    ]
+    assert all(t.item_href and Path(t.item_href).is_file() for t in tasks)
+    with pytest.raises(ValueError, match=r"no asset 'later' \(--after-asset\)"):
+        read_source(catalog, asset="before", after_asset="later")
