@@ -10,11 +10,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.detection_augment import FLIP_DIRECTIONS, Augment, rect_label_ids
 from datamodules.detection_batches import detection_collate
 from datamodules.geotiff import default_stats
 
@@ -29,18 +31,26 @@ class AnnotationFormat(StrEnum):
 
 
 def read_split(
-    root: Path, fmt: AnnotationFormat, split: str, classes: Sequence[str], layout: dict[str, str]
-) -> list[tuple[Path, dict[str, Tensor]]]:
+    root: Path,
+    fmt: AnnotationFormat,
+    split: str,
+    classes: Sequence[str],
+    layout: dict[str, str],
+    masks: bool = False,
+) -> list[tuple[Path, dict[str, Any]]]:
     """(image file, sample) pairs of one split, read by ``vitp_geo.io.annotations`` (class order by name).
 
     ``layout`` overrides the folder templates (``{split}`` is replaced): ``images``, ``labels``
-    (dota), ``annotations`` (coco json).
+    (dota), ``annotations`` (coco json). ``masks`` (coco only): samples also carry each object's
+    ``segmentation`` as an RLE (``io.annotations.coco``).
     """
     from vitp_geo.io import annotations as A
 
     def tmpl(key: str, default: str) -> Path:
         return root / layout.get(key, default).format(split=split)
 
+    if masks and fmt != AnnotationFormat.COCO:
+        raise ValueError(f"instance masks are read from COCO segmentations; format {fmt.value!r} has none")
     if fmt == AnnotationFormat.DOTA:
         images = tmpl("images", "{split}/images")
         samples = A.read_dota_labels(tmpl("labels", "{split}/labelTxt"), classes)
@@ -50,7 +60,7 @@ def read_split(
     else:
         ann = tmpl("annotations", "annotations/instances_{split}.json")
         images = tmpl("images", "{split}")
-        samples = A.read_coco(ann, classes)
+        samples = A.read_coco(ann, classes, masks=masks)
     if not images.is_dir():
         raise FileNotFoundError(f"image folder not found: {images}")
     files = {
@@ -65,17 +75,18 @@ def read_split(
 
 
 class _ImageFileDataset(Dataset[dict[str, Any]]):
-    """Images and their annotation samples → detection samples (normalised image, both box keys)."""
+    """Images and their annotation samples → detection samples (normalised image, both box keys,
+    instance ``mask`` when the samples carry ``segmentation``), augmented by ``augment`` if given."""
 
     def __init__(
         self,
-        items: list[tuple[Path, dict[str, Tensor]]],
+        items: list[tuple[Path, dict[str, Any]]],
         channels: int,
         mean: Tensor,
         std: Tensor,
-        flips: bool,
+        augment: Augment | None,
     ) -> None:
-        self.items, self.channels, self.flips = items, channels, flips
+        self.items, self.channels, self.augment = items, channels, augment
         self.mean, self.std = mean[:, None, None], std[:, None, None]
 
     def __len__(self) -> int:
@@ -86,29 +97,48 @@ class _ImageFileDataset(Dataset[dict[str, Any]]):
 
         path, s = self.items[index]
         mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
-        image = (decode_image(read_file(str(path)), mode=mode).float() - self.mean) / self.std
-        w = image.shape[-1]
+        image = decode_image(read_file(str(path)), mode=mode).float()
         hbb = s["bbox_xyxy"].float().reshape(-1, 4)
         if "bbox_xyxyxyxy" in s:
             quads = s["bbox_xyxyxyxy"].float().reshape(-1, 4, 2)
         else:  # horizontal datasets: the corners of the box, clockwise from the top-left
             x1, y1, x2, y2 = hbb.unbind(1)
             quads = torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], 1).reshape(-1, 4, 2)
-        if self.flips and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            quads = quads.flip(1)
-            quads[..., 0] = w - quads[..., 0]
-        hbb = torch.cat([quads.amin(1), quads.amax(1)], 1) if len(quads) else hbb
+        labels = s["label"].long()
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        masks = _masks(s, path, image.shape[-2:]) if "segmentation" in s else None
+        if self.augment is not None:
+            # torch's generator: seeded by the DataLoader per worker and epoch (or the global seed)
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            image, quads, keep, masks = self.augment(rng, image, quads, labels, masks)
+            labels = labels[keep]
+        image = (image - self.mean) / self.std
+        hbb = torch.cat([quads.amin(1), quads.amax(1)], 1) if len(quads) else hbb[:0]
         out: dict[str, Any] = {
             "image": image,
             "bbox_xyxy": hbb,
             "bbox_xyxyxyxy": quads.reshape(-1, 8),
-            "label": s["label"].long(),
+            "label": labels,
             "image_id": path.stem,
         }
         if "difficult" in s:
-            out["difficult"] = s["difficult"].bool()
+            out["difficult"] = s["difficult"].bool()[keep]
+        if masks is not None:
+            out["mask"] = masks
         return out
+
+
+def _masks(sample: dict[str, Any], path: Path, size: Sequence[int]) -> Tensor:
+    """The sample's ``segmentation`` RLEs as (N, H, W) uint8 masks on the image's grid."""
+    from pycocotools import mask as mask_utils
+
+    rles = sample["segmentation"]
+    h, w = int(size[0]), int(size[1])
+    if any(list(r["size"]) != [h, w] for r in rles):
+        raise ValueError(f"{path}: the annotation's height / width differ from the image's {w} x {h}")
+    if not rles:
+        return torch.zeros((0, h, w), dtype=torch.uint8)
+    return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(list(rles)).transpose(2, 0, 1)))
 
 
 class DetectionFilesDataModule(LightningDataModule):
@@ -128,7 +158,16 @@ class DetectionFilesDataModule(LightningDataModule):
         channels: 3 (RGB) or 1 (single-band SAR).
         batch_size, num_workers: DataLoader settings.
         mean, std: per-channel normalisation (0–255 units; ImageNet's for 3 channels by default).
-        flips: random horizontal flips in training.
+        flips: random flips in training (``flip_directions``, ``flip_ratio``); False: none.
+        flip_directions: the flips drawn from: ``horizontal`` (default; mmdet's ``RandomFlip``),
+            ``vertical``, ``diagonal`` (mmrotate's ``RRandomFlip`` draws all three).
+        flip_ratio: probability of each direction (at most one flip per image).
+        rotate_ratio: probability of a random rotation (mmrotate's ``PolyRandomRotate``; the
+            reference's oriented configs use 0.5); 0: none.
+        rotate_range: rotation angles are drawn from (−range, range) degrees.
+        rect_classes: classes (by name) whose presence restricts the rotation to ±90° / 180°.
+        masks: read COCO ``segmentation`` into per-image instance ``mask`` (N, H, W) (Mask R-CNN).
+        (The augmentations are ``datamodules.detection_augment``'s.)
     """
 
     raw_bands = True  # the model sees the files' own 0-255 values; the card tells inference so
@@ -149,6 +188,12 @@ class DetectionFilesDataModule(LightningDataModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         flips: bool = True,
+        flip_directions: list[Literal["horizontal", "vertical", "diagonal"]] | None = None,
+        flip_ratio: float = 0.5,
+        rotate_ratio: float = 0.0,
+        rotate_range: float = 180.0,
+        rect_classes: list[str] | None = None,
+        masks: bool = False,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -160,29 +205,33 @@ class DetectionFilesDataModule(LightningDataModule):
         self.classes = list(classes)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.layout = dict(layout or {})
-        self.channels, self.batch_size, self.num_workers, self.flips = (
-            channels,
-            batch_size,
-            num_workers,
-            flips,
+        self.channels, self.batch_size, self.num_workers = channels, batch_size, num_workers
+        self.masks = masks
+        directions = tuple(flip_directions or ("horizontal",)) if flips else FLIP_DIRECTIONS[:0]
+        self.augment = Augment(
+            flip_directions=directions,
+            flip_ratio=flip_ratio,
+            rotate_ratio=rotate_ratio,
+            rotate_range=rotate_range,
+            rect_labels=rect_label_ids(rect_classes, self.classes),
         )
         m, s = default_stats(channels, mean, std)
         self.mean, self.std = torch.tensor(m), torch.tensor(s)
 
-    def _dataset(self, stage: str, flips: bool) -> _ImageFileDataset:
+    def _dataset(self, stage: str, augment: Augment | None) -> _ImageFileDataset:
         split = self.splits[stage]
         if split is None:
             raise ValueError(f"no {stage}_split configured")
-        items = read_split(self.root, self.format, split, self.classes, self.layout)
-        return _ImageFileDataset(items, self.channels, self.mean, self.std, flips)
+        items = read_split(self.root, self.format, split, self.classes, self.layout, masks=self.masks)
+        return _ImageFileDataset(items, self.channels, self.mean, self.std, augment)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.train_dataset = self._dataset("train", self.flips)
+            self.train_dataset = self._dataset("train", self.augment)
         if stage in ("fit", "validate"):
-            self.val_dataset = self._dataset("val", False)
+            self.val_dataset = self._dataset("val", None)
         if stage == "test":
-            self.test_dataset = self._dataset("test", False)
+            self.test_dataset = self._dataset("test", None)
 
     def _loader(self, dataset: Dataset[dict[str, Any]], shuffle: bool) -> DataLoader[dict[str, Any]]:
         return DataLoader(
