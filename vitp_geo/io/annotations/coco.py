@@ -292,7 +292,9 @@ def write_coco_results(
 ) -> Path:
     """Write predictions (``bbox_xyxy`` or corners, ``label``, ``score``) as a COCO results file, atomically.
 
-    Image and category ids are taken from ``gt_path`` by file stem and class name.
+    Image and category ids are taken from ``gt_path`` by file stem and class name. Predictions
+    carrying ``segmentation`` (one compressed RLE dict per detection, as ``read_coco`` and
+    ``evaluation.detection.masks_to_rle`` make them) get it written too (``counts`` as text).
     """
     gt_path = Path(gt_path)
     gt = _gt(gt_path)
@@ -309,11 +311,16 @@ def write_coco_results(
         else:
             p = torch.as_tensor(s["bbox_xyxyxyxy"]).double().reshape(-1, 4, 2).numpy()
             b = np.concatenate([p.min(1), p.max(1)], 1)
-        for (x1, y1, x2, y2), lab, sc in zip(
-            b.tolist(),
-            torch.as_tensor(s["label"]).reshape(-1).tolist(),
-            torch.as_tensor(s["score"]).reshape(-1).tolist(),
-            strict=True,
+        rles = s.get("segmentation")
+        if rles is not None and len(rles) != len(b):
+            raise ValueError(f"predictions for {key}: {len(rles)} segmentations for {len(b)} boxes")
+        for k, ((x1, y1, x2, y2), lab, sc) in enumerate(
+            zip(
+                b.tolist(),
+                torch.as_tensor(s["label"]).reshape(-1).tolist(),
+                torch.as_tensor(s["score"]).reshape(-1).tolist(),
+                strict=True,
+            )
         ):
             if lab not in cat_of_label:
                 raise ValueError(f"predictions for {key}: label {lab} has no category in {gt_path}")
@@ -325,6 +332,12 @@ def write_coco_results(
                     "score": round(float(sc), 6),
                 }
             )
+            if rles is not None:
+                counts = rles[k]["counts"]
+                out[-1]["segmentation"] = {
+                    "size": [int(v) for v in rles[k]["size"]],
+                    "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+                }
     path = Path(path)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(out), encoding="utf-8")
