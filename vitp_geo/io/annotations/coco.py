@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from vitp_geo.io.annotations.classes import class_index
 from vitp_geo.io.annotations.samples import ParseError, box_sample, finite32, lookup_class
@@ -277,7 +276,9 @@ def read_coco_results(
             h, w = sizes[d["image_id"]]
             rle = segmentation_rle(d.get("segmentation"), h, w, path, where)
             rles.setdefault(by_id[d["image_id"]], []).append(rle)
-    out = {key: box_sample(b, lab, None, f"{path} (image {key})", s) for key, (b, lab, s) in rows.items()}
+    out: dict[str, dict[str, Any]] = {
+        key: box_sample(b, lab, None, f"{path} (image {key})", s) for key, (b, lab, s) in rows.items()
+    }
     if masks:
         for key, sample in out.items():
             sample["segmentation"] = rles[key]
@@ -286,7 +287,7 @@ def read_coco_results(
 
 def write_coco_results(
     path: str | Path,
-    predictions: Mapping[str, Mapping[str, Tensor]],
+    predictions: Mapping[str, Mapping[str, Any]],
     gt_path: str | Path,
     classes: Sequence[str] | None = None,
 ) -> Path:
