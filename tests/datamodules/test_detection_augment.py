@@ -159,3 +159,33 @@ def test_coco_masks_come_out_with_the_boxes_and_follow_the_flips(tmp_path: Path)
     assert [tuple(m.shape) for m in batch["mask"]] == [(2, *SIZE), (1, *SIZE)]
     with pytest.raises(ValueError, match="instance masks are read from COCO"):
         DetectionFilesDataModule(str(root), "dota", ["ship"], masks=True).setup("fit")
+
+
+def test_augmentations_differ_between_epochs_in_workers_and_a_seed_repeats_them(tmp_path: Path) -> None:
+    """The draws come from torch's generator, which the DataLoader seeds per worker and epoch from
+    the global seed: two epochs differ, the same seed gives the same epochs."""
+    root = write_ssdd(tmp_path / "ssdd")
+    dm = DetectionFilesDataModule(
+        str(root), "coco", ["ship"], train_split="trainval", val_split="test",
+        layout={"images": "JPEGImages", "annotations": "Annotations/{split}.json"}, masks=True,
+        batch_size=1, num_workers=2, flip_directions=["horizontal", "vertical", "diagonal"], flip_ratio=0.25,
+        rotate_ratio=0.5,
+    )  # fmt: skip
+    dm.setup("fit")
+
+    def epochs(seed: int) -> list[dict[str, torch.Tensor]]:
+        """Per epoch, image id → its boxes and a sample of its pixels (shuffling aside)."""
+        torch.manual_seed(seed)
+        loader = dm.train_dataloader()
+        return [
+            {
+                b["image_id"][0]: torch.cat([b["bbox_xyxy"][0].flatten(), b["image"].flatten()[::97]])
+                for b in loader
+            }
+            for _ in range(4)
+        ]
+
+    first, again = epochs(0), epochs(0)
+    assert all(torch.equal(e[k], f[k]) for e, f in zip(first, again, strict=True) for k in e)
+    # the epochs draw anew: some image is augmented differently in some later epoch
+    assert any(not torch.equal(first[0][k], e[k]) for e in first[1:] for k in first[0])
