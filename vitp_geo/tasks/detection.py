@@ -310,9 +310,10 @@ def gather_eval_store(store: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]
 
 
 def detection_scores(
-    store: list[dict[str, Tensor]], box_type: BoxType, class_names: list[str]
+    store: list[dict[str, Any]], box_type: BoxType, class_names: list[str]
 ) -> dict[str, float]:
-    """``map50`` (VOC07 AP50 on the task's boxes) and, for obb, ``map50_hbb`` on horizontal envelopes.
+    """``map50`` (VOC07 AP50 on the task's boxes); for obb ``map50_hbb`` on horizontal envelopes;
+    for Mask R-CNN entries (``pred_rles`` / ``gt_rles``) ``segm_map``, COCO mask AP (``mask_ap``).
 
     The evaluator is ``vitp_geo.evaluation.detection.evaluate_voc`` (DOTA devkit rules: polygon
     IoU strictly above 0.5, 11-point AP; ``difficult`` objects neither count nor hurt; oriented
