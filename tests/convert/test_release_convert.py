@@ -1,0 +1,435 @@
+"""``vitp-geo convert``: released reference checkpoints (mmrotate Oriented R-CNN, mmseg UperNet) → model.ckpt.
+
+The miniature checkpoints below are spelled as the reference's module definitions name their
+parameters (listed in ``mm_keys_*``, written from the mm* modules, not from our key map):
+
+* ``InternViTAdapter`` (ViTP ``mmrotate/.../backbones/vit_adapter.py``, ``adapter_modules.py``,
+  ``intern_vit.py``): ``embeddings.{patch_embedding, position_embedding}``,
+  ``layers.N.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2, norm1, norm2, ls1, ls2}``, ``level_embed``,
+  ``spm.{stem.0/1/3/4/6/7, conv2-4.0/1, fc1-4}`` (channels-first LayerNorm at 1, 4, 7),
+  ``interactions.N.{injector, extractor, extra_extractors.M}`` (MSDeformAttn:
+  ``sampling_offsets, attention_weights, value_proj, output_proj``; ConvFFN ``fc1, dwconv.dwconv,
+  fc2``), ``up``, ``norm1``–``norm4``;
+* ``SimpleFPN`` (mmrotate ``necks/simple_fpn.py``: mmcv ``ConvModule`` with LN, so
+  ``{lateral,fpn}_convs.N.conv.weight`` (no bias) and ``.ln.{weight,bias}``);
+* ``OrientedRPNHead`` (``rpn_conv``, ``rpn_cls``, ``rpn_reg``) and ``RotatedShared2FCBBoxHead``
+  (``shared_fcs.0/1``, ``fc_cls``, ``fc_reg``);
+* mmseg ``UPerHead`` (``psp_modules.N.1``, ``bottleneck``, ``lateral_convs.N``, ``fpn_convs.N``,
+  ``fpn_bottleneck``: ``conv.weight`` + SyncBN ``bn.*``; ``conv_seg``).
+
+Tiny dims: the ``vitp_tiny`` ViT (width 192, depth 4, 3 heads) with a patch-16 kernel, a 32-wide
+FPN and head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from vitp_geo.cli.main import main
+from vitp_geo.convert import convert_release, convert_state_dict
+from vitp_geo.io.model_card import CARD_KEY
+from vitp_geo.io.raster import write_geotiff
+from vitp_geo.models.detection.coder import OrientedBoxCoder
+from vitp_geo.synthetic.scene import generate_scene
+from vitp_geo.tasks.loading import load_inference_model
+
+DEPTH, DIM, PATCH, GRID = 4, 192, 16, 8  # tiny ViT, 128 px training size
+NUM_CLASSES_DET, NUM_CLASSES_SEG, FPN_W = 3, 4, 32
+_WB = ("weight", "bias")
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _backbone_keys() -> list[str]:
+    keys = ["backbone.embeddings.patch_embedding.weight", "backbone.embeddings.patch_embedding.bias"]
+    keys.append("backbone.embeddings.position_embedding")
+    for i in range(DEPTH):
+        for mod in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2"):
+            keys += [f"backbone.layers.{i}.{mod}.{p}" for p in _WB]
+        keys += [f"backbone.layers.{i}.ls1", f"backbone.layers.{i}.ls2"]
+    keys.append("backbone.level_embed")
+    keys += [f"backbone.spm.stem.{j}.weight" for j in (0, 3, 6)]
+    keys += [f"backbone.spm.stem.{j}.{p}" for j in (1, 4, 7) for p in _WB]
+    for c in ("conv2", "conv3", "conv4"):
+        keys += [f"backbone.spm.{c}.0.weight"] + [f"backbone.spm.{c}.1.{p}" for p in _WB]
+    keys += [f"backbone.spm.fc{j}.{p}" for j in (1, 2, 3, 4) for p in _WB]
+    attn = ("sampling_offsets", "attention_weights", "value_proj", "output_proj")
+
+    def extractor(prefix: str) -> list[str]:
+        mods = ["query_norm", "feat_norm", *(f"attn.{a}" for a in attn)]
+        mods += ["ffn.fc1", "ffn.dwconv.dwconv", "ffn.fc2", "ffn_norm"]
+        return [f"{prefix}.{m}.{p}" for m in mods for p in _WB]
+
+    for i in range(4):
+        pre = f"backbone.interactions.{i}"
+        keys.append(f"{pre}.injector.gamma")
+        keys += [f"{pre}.injector.{m}.{p}" for m in ("query_norm", "feat_norm") for p in _WB]
+        keys += [f"{pre}.injector.attn.{a}.{p}" for a in attn for p in _WB]
+        keys += extractor(f"{pre}.extractor")
+        if i == 3:
+            keys += extractor(f"{pre}.extra_extractors.0") + extractor(f"{pre}.extra_extractors.1")
+    keys += [f"backbone.{m}.{p}" for m in ("up", "norm1", "norm2", "norm3", "norm4") for p in _WB]
+    return keys
+
+
+def mm_keys_oriented_rcnn() -> list[str]:
+    """The state-dict keys of the reference's Oriented R-CNN (InternViTAdapter + SimpleFPN)."""
+    keys = _backbone_keys()
+    for kind in ("lateral_convs", "fpn_convs"):
+        for i in range(4):
+            keys += [f"neck.{kind}.{i}.conv.weight", f"neck.{kind}.{i}.ln.weight", f"neck.{kind}.{i}.ln.bias"]
+    keys += [f"rpn_head.{m}.{p}" for m in ("rpn_conv", "rpn_cls", "rpn_reg") for p in _WB]
+    keys += [
+        f"roi_head.bbox_head.{m}.{p}"
+        for m in ("shared_fcs.0", "shared_fcs.1", "fc_cls", "fc_reg")
+        for p in _WB
+    ]
+    return keys
+
+
+def mm_keys_upernet() -> list[str]:
+    """The state-dict keys of the reference's UperNet segmenter (InternViTAdapter + mmseg UPerHead)."""
+    keys = _backbone_keys()
+    mods = [f"psp_modules.{j}.1" for j in range(4)] + ["bottleneck", "fpn_bottleneck"]
+    mods += [f"lateral_convs.{i}" for i in range(3)] + [f"fpn_convs.{i}" for i in range(3)]
+    for m in mods:
+        keys += [f"decode_head.{m}.conv.weight"] + [f"decode_head.{m}.bn.{p}" for p in _BN]
+    keys += ["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"]
+    return keys
+
+
+def _ours(mm_key: str) -> str:
+    """Our key for a reference key — the inverse map, written here by hand from the names above."""
+    k = mm_key
+    for a, b in (
+        ("backbone.embeddings.patch_embedding.", "neck.backbone.patch_embed.proj."),
+        ("backbone.embeddings.position_embedding", "neck.backbone.pos_embed"),
+        ("backbone.layers.", "neck.backbone.blocks."),
+        ("backbone.", "neck."),
+        ("rpn_head.rpn_conv", "rpn.head.conv"),
+        ("rpn_head.rpn_cls", "rpn.head.cls_logits"),
+        ("rpn_head.rpn_reg", "rpn.head.bbox_pred"),
+        ("roi_head.bbox_head.shared_fcs.0", "roi_heads.head.fc6"),
+        ("roi_head.bbox_head.shared_fcs.1", "roi_heads.head.fc7"),
+        ("roi_head.bbox_head.fc_cls", "roi_heads.head.cls_score"),
+        ("roi_head.bbox_head.fc_reg", "roi_heads.head.bbox_pred"),
+        ("decode_head.psp_modules.", "head.ppm."),
+        ("decode_head.bottleneck", "head.bottleneck"),
+        ("decode_head.fpn_bottleneck", "head.fuse"),
+        ("decode_head.lateral_convs", "head.lateral"),
+        ("decode_head.fpn_convs", "head.fpn"),
+        ("decode_head.conv_seg", "head.classifier"),
+    ):
+        if k.startswith(a):
+            k = b + k[len(a) :]
+            break
+    if k.startswith("neck.lateral_convs") or k.startswith("neck.fpn_convs"):
+        k = "fpn." + k[len("neck.") :]
+    k = k.replace(".ln.", ".norm.")
+    if k.startswith("head."):
+        k = k.replace(".conv.weight", ".0.weight").replace(".bn.", ".1.")
+    if k.endswith((".ls1", ".ls2")):
+        k += ".gamma"
+    return k
+
+
+def _to_mm(ours: dict[str, torch.Tensor], mm_keys: list[str]) -> dict[str, torch.Tensor]:
+    """The reference-layout state dict holding our model's weights (the inverse tensor layouts too)."""
+    out = {}
+    for key in mm_keys:
+        t = ours[_ours(key)].clone()
+        if key.endswith("position_embedding"):  # the reference keeps a class slot it never reads
+            t = torch.cat([torch.randn(1, 1, t.shape[-1]), t], dim=1)
+        elif "fc_cls" in key:  # mmdet: background last
+            t = torch.cat([t[1:], t[:1]])
+        elif "fc_reg" in key:  # mmrotate: angle delta in radians (× 10)
+            t[4::5] = t[4::5] * math.pi
+        out[key] = t
+    assert not set(ours) - {_ours(k) for k in mm_keys}, "the listed reference keys must cover our model"
+    return out
+
+
+def _config(tmp_path: Path, kind: str) -> Path:
+    if kind == "detection":
+        init = dict(
+            backbone="vitp_tiny_patch14_112",
+            num_classes=NUM_CLASSES_DET,
+            class_names=["plane", "ship", "tank"],
+            box_type="obb",
+            rpn="oriented",
+            reg_class_agnostic=True,
+            neck="deformable_adapter",
+            fpn="simple_fpn",
+            fpn_channels=FPN_W,
+            representation=64,
+            anchor_sizes=[16, 32, 64, 128, 256],
+            detections_per_img=50,
+            score_thresh=0.0,
+        )
+        path = "vitp_geo.tasks.detection.ObjectDetectionTask"
+    else:
+        init = dict(
+            backbone="vitp_tiny_patch14_112",
+            num_classes=NUM_CLASSES_SEG,
+            neck="deformable_adapter",
+            head="upernet",
+            head_channels=FPN_W,
+        )
+        path = "vitp_geo.tasks.SegmentationTask"
+    cfg = {"model": {"class_path": path, "init_args": init}, "data": {"init_args": {"root": "FILL_ME"}}}
+    out = tmp_path / f"{kind}.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def _reference_model(config: Path, mm_keys: list[str]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """Our model in the reference layout with seeded random weights, and the same weights in mm layout."""
+    torch.manual_seed(0)
+    model, _, _, _ = convert_state_dict(_probe_state(config, mm_keys), config)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
+            elif name.endswith("num_batches_tracked"):
+                t.fill_(7)
+        for name, t in model.state_dict().items():  # BN variances must stay positive
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+    ours = {k: v.clone() for k, v in model.state_dict().items()}
+    return model.eval(), _to_mm(ours, mm_keys)
+
+
+def _probe_state(config: Path, mm_keys: list[str]) -> dict[str, torch.Tensor]:
+    """Reference-layout tensors of the right shapes, from a model built in our layout directly."""
+    from vitp_geo.tasks.backbone import rebuild_backbone
+    from vitp_geo.tasks.models import assemble
+
+    cfg = yaml.safe_load(config.read_text())["model"]["init_args"]
+    vit = rebuild_backbone(
+        {
+            "arch": "vitp_tiny_patch14_112",
+            "model_kwargs": dict(
+                patch_size=PATCH, img_size=GRID * PATCH, class_token=False, global_pool="avg", num_classes=0
+            ),
+        }
+    )
+    options = {"norm": "layer", "attn_norm_eps": 1e-5}
+    if "box_type" in cfg:
+        fields = dict(
+            kind="detection",
+            box_type="obb",
+            neck="deformable_adapter",
+            neck_options=options,
+            num_classes=NUM_CLASSES_DET,
+            fpn="simple_fpn",
+            fpn_channels=FPN_W,
+            anchor_sizes=cfg["anchor_sizes"],
+            detector=dict(representation=64, rpn="oriented", reg_class_agnostic=True),
+        )
+    else:
+        fields = dict(
+            kind="segmentation",
+            neck="deformable_adapter",
+            neck_options=options,
+            head="upernet",
+            head_channels=FPN_W,
+            num_classes=NUM_CLASSES_SEG,
+        )
+    ours = assemble(vit, fields).state_dict()
+    return _to_mm(ours, mm_keys)
+
+
+Case = tuple[Path, torch.nn.Module, dict[str, torch.Tensor]]
+
+
+def _case(factory: pytest.TempPathFactory, kind: str) -> Case:
+    """(config, our model, the same weights in the reference's layout) for ``kind``."""
+    config = _config(factory.mktemp(kind), kind)
+    keys = mm_keys_oriented_rcnn() if kind == "detection" else mm_keys_upernet()
+    model, mm = _reference_model(config, keys)
+    return config, model, mm
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(tmp_path_factory, "detection")
+
+
+@pytest.fixture(scope="module")
+def seg(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(tmp_path_factory, "segmentation")
+
+
+def _save_mm(path: Path, state: dict[str, torch.Tensor], classes: list[str]) -> Path:
+    torch.save(
+        {"meta": {"CLASSES": tuple(classes), "epoch": 12, "mmcv_version": "1.7.2"}, "state_dict": state}, path
+    )
+    return path
+
+
+def test_listed_keys_are_exactly_the_reference_layout_and_load_with_nothing_left_over(det, seg) -> None:
+    for (config, _, mm), keys in ((det, mm_keys_oriented_rcnn()), (seg, mm_keys_upernet())):
+        assert sorted(mm) == sorted(keys) and len(set(keys)) == len(keys)
+        _, arch, card, ignored = convert_state_dict(mm, config)
+        assert ignored == []
+        assert arch["neck_options"] == {"norm": "layer", "attn_norm_eps": 1e-5, "deform_ratio": 0.25}
+        assert arch["backbone"]["model_kwargs"]["patch_size"] == PATCH
+        assert arch["backbone"]["model_kwargs"]["class_token"] is False
+        assert card.tile_size == GRID * PATCH and card.render == {"raw": True, "dtype": "uint8"}
+    assert convert_state_dict(det[2], det[0])[1]["fpn"] == "simple_fpn"
+
+
+def test_converted_detector_gives_the_outputs_of_the_same_weights_loaded_by_name(det) -> None:
+    config, model, mm = det
+    converted, _, _, _ = convert_state_dict(mm, config)
+    ref, got = model.state_dict(), converted.state_dict()
+    for key, value in ref.items():
+        if key == "roi_heads.head.bbox_pred.weight" or key == "roi_heads.head.bbox_pred.bias":
+            torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-7)  # × π then ÷ π
+        else:
+            assert torch.equal(got[key], value), key
+    x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = model(x), converted(x)
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for e, a in zip(expected, actual, strict=True):
+        assert torch.equal(e["labels"], a["labels"])
+        torch.testing.assert_close(a["scores"], e["scores"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a["boxes"], e["boxes"], rtol=1e-4, atol=1e-3)
+
+
+def test_converted_segmenter_equals_the_same_weights_exactly(seg) -> None:
+    config, model, mm = seg
+    converted, _, _, _ = convert_state_dict(mm, config)
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+
+
+def test_mmdet_background_last_becomes_our_background_first(det) -> None:
+    config, _, mm = det
+    mm = dict(mm)
+    k = NUM_CLASSES_DET
+    w = mm["roi_head.bbox_head.fc_cls.weight"]
+    mm["roi_head.bbox_head.fc_cls.weight"] = torch.zeros_like(w)
+    bias = torch.full((k + 1,), -10.0)
+    bias[1] = 10.0  # mmdet's class 1 ("ship")
+    mm["roi_head.bbox_head.fc_cls.bias"] = bias
+    converted, _, _, _ = convert_state_dict(mm, config)
+    head = converted.roi_heads.head
+    assert head.cls_score.bias[0] == -10.0 and head.cls_score.bias[2] == 10.0  # bg first, ship at 1 + 1
+    with torch.no_grad():
+        dets = converted(torch.randn(1, 3, 128, 128))
+    assert len(dets[0]["labels"]) > 0 and set(dets[0]["labels"].tolist()) == {1}  # 0-based "ship"
+
+
+def test_mmrotate_radian_angle_delta_decodes_to_the_same_angle(det) -> None:
+    config, _, mm = det
+    mm = dict(mm)
+    mm["roi_head.bbox_head.fc_reg.bias"] = torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0])  # 2 × std 0.1 = 0.2 rad
+    converted, _, _, _ = convert_state_dict(mm, config)
+    deltas = converted.roi_heads.head.bbox_pred.bias.detach()[None]
+    roi = torch.tensor([[50.0, 40.0, 30.0, 10.0, 0.3]])
+    box = OrientedBoxCoder().decode(deltas, roi)[0]
+    assert box[4].item() == pytest.approx(0.3 + 0.2, abs=1e-6)
+    torch.testing.assert_close(box[:4], roi[0, :4])
+
+
+def test_leftover_and_missing_keys_are_errors_naming_them(det, tmp_path: Path) -> None:
+    config, _, mm = det
+    extra = dict(mm, **{"roi_head.bbox_head.fc_extra.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"does not map.*roi_head\.bbox_head\.fc_extra\.weight"):
+        convert_state_dict(extra, config)
+    missing = {k: v for k, v in mm.items() if k != "neck.fpn_convs.2.ln.bias"}
+    with pytest.raises(ValueError, match=r"does not fill: fpn\.fpn_convs\.2\.norm\.bias"):
+        convert_state_dict(missing, config)
+    # through the command: exit 2, one line naming the key, nothing written
+    src = _save_mm(tmp_path / "extra.pth", extra, ["plane", "ship", "tank"])
+    assert main(["convert", str(src), "--config", str(config), "--out", str(tmp_path / "m.ckpt")]) == 2
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_ignore_list_is_consumed_and_reported(seg) -> None:
+    config, _, mm = seg
+    with_aux = dict(mm)
+    with_aux["decode_head.conv_seg.weight"] = mm["decode_head.conv_seg.weight"]
+    with_aux["auxiliary_head.conv_seg.weight"] = torch.zeros(4, 8, 1, 1)
+    with_aux["backbone.embeddings.class_embedding"] = torch.zeros(1, 1, DIM)
+    _, _, _, ignored = convert_state_dict(with_aux, config)
+    assert sorted(ignored) == ["auxiliary_head.conv_seg.weight", "backbone.embeddings.class_embedding"]
+
+
+def test_refuses_a_full_pickle_and_a_file_without_state_dict(det, tmp_path: Path) -> None:
+    config, _, mm = det
+    # an arbitrary object in meta (as a full-pickle training checkpoint may hold): weights_only refuses it
+    torch.save({"state_dict": mm, "meta": {"config": argparse.Namespace(lr=1)}}, tmp_path / "pickle.pth")
+    with pytest.raises(ValueError, match="pickle.pth"):
+        convert_release(tmp_path / "pickle.pth", config, tmp_path / "a.ckpt")
+    torch.save(mm, tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match=r"bare.pth: not an mm\* checkpoint"):
+        convert_release(tmp_path / "bare.pth", config, tmp_path / "b.ckpt")
+    _save_mm(tmp_path / "classes.pth", mm, ["a", "b"])
+    with pytest.raises(ValueError, match="meta CLASSES has 2 classes"):
+        convert_release(tmp_path / "classes.pth", config, tmp_path / "c.ckpt")
+    assert not any(tmp_path.glob("*.ckpt"))
+
+
+def test_safetensors_and_pth_give_the_same_model_ckpt(det, tmp_path: Path) -> None:
+    config, _, mm = det
+    save_file({k: v.contiguous() for k, v in mm.items()}, str(tmp_path / "m.safetensors"))
+    _save_mm(tmp_path / "m.pth", mm, ["plane", "ship", "tank"])
+    a, _ = convert_release(tmp_path / "m.safetensors", config, tmp_path / "a.ckpt")
+    b, _ = convert_release(tmp_path / "m.pth", config, tmp_path / "b.ckpt")
+    sa = torch.load(a, weights_only=True)["state_dict"]
+    sb = torch.load(b, weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _write_original(path: Path, model: torch.nn.Module, card_dict: dict) -> Path:
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CARD_KEY: card_dict}, path
+    )
+    return path
+
+
+def test_infer_with_the_converted_checkpoint_equals_infer_with_the_original(seg, tmp_path: Path) -> None:
+    config, model, mm = seg
+    src = _save_mm(tmp_path / "upernet.pth", mm, ["background", "a", "b", "c"])
+    assert main(["convert", str(src), "--config", str(config), "--out", str(tmp_path / "model.ckpt")]) == 0
+    converted = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    original = _write_original(tmp_path / "original.ckpt", model, converted[CARD_KEY])
+    loaded, card = load_inference_model(tmp_path / "model.ckpt")
+    assert card.class_names == [f"class_{i}" for i in range(NUM_CLASSES_SEG)]
+    scene = generate_scene(3, (150, 170))
+    image = np.clip(scene.image, 0, 255).astype(np.uint8)
+    write_geotiff(tmp_path / "scene.tif", image, scene.transform, scene.crs)
+    outs = []
+    for name, ckpt in (("conv", tmp_path / "model.ckpt"), ("orig", original)):
+        out = tmp_path / name
+        rc = main(
+            [
+                "infer",
+                str(tmp_path / "scene.tif"),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out / "pred.tif"),
+                "--probabilities",
+                str(out / "probs.tif"),
+                "--no-progress",
+            ]
+        )
+        assert rc == 0
+        with rasterio.open(out / "probs.tif") as src_probs:
+            outs.append(src_probs.read())
+    assert outs[0].shape == (NUM_CLASSES_SEG, 150, 170)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[0].std() > 0  # not a constant map
