@@ -95,6 +95,16 @@ def mm_keys_oriented_rcnn() -> list[str]:
     return keys
 
 
+def mm_keys_cascade_rcnn() -> list[str]:
+    """The state-dict keys of the reference's Cascade R-CNN (InternViTAdapter + SimpleFPN, mmdet
+    ``RPNHead`` and ``CascadeRoIHead`` with three ``Shared2FCBBoxHead`` stages)."""
+    keys = [k for k in mm_keys_oriented_rcnn() if not k.startswith("roi_head.")]
+    for s in range(3):
+        mods = ("shared_fcs.0", "shared_fcs.1", "fc_cls", "fc_reg")
+        keys += [f"roi_head.bbox_head.{s}.{m}.{p}" for m in mods for p in _WB]
+    return keys
+
+
 def mm_keys_upernet() -> list[str]:
     """The state-dict keys of the reference's UperNet segmenter (InternViTAdapter + mmseg UPerHead)."""
     keys = _backbone_keys()
@@ -106,17 +116,20 @@ def mm_keys_upernet() -> list[str]:
     return keys
 
 
-def _ours(mm_key: str) -> str:
-    """Our key for a reference key — the inverse map, written here by hand from the names above."""
-    k = mm_key
+def _ours(mm_key: str, cascade: bool = False) -> str:
+    """Our key for a reference key — the inverse map, written here by hand from the names above
+    (``cascade``: the mmdet RPN / Cascade R-CNN heads)."""
+    k = f"cascade:{mm_key}" if cascade and mm_key.startswith(("rpn_head.rpn_conv", "roi_head.")) else mm_key
     for a, b in (
         ("backbone.embeddings.patch_embedding.", "neck.backbone.patch_embed.proj."),
         ("backbone.embeddings.position_embedding", "neck.backbone.pos_embed"),
         ("backbone.layers.", "neck.backbone.blocks."),
         ("backbone.", "neck."),
+        ("cascade:rpn_head.rpn_conv", "rpn.head.conv.0.0"),
         ("rpn_head.rpn_conv", "rpn.head.conv"),
         ("rpn_head.rpn_cls", "rpn.head.cls_logits"),
         ("rpn_head.rpn_reg", "rpn.head.bbox_pred"),
+        ("cascade:roi_head.bbox_head.", "roi_heads.stages."),
         ("roi_head.bbox_head.shared_fcs.0", "roi_heads.head.fc6"),
         ("roi_head.bbox_head.shared_fcs.1", "roi_heads.head.fc7"),
         ("roi_head.bbox_head.fc_cls", "roi_heads.head.cls_score"),
@@ -131,6 +144,8 @@ def _ours(mm_key: str) -> str:
         if k.startswith(a):
             k = b + k[len(a) :]
             break
+    k = k.replace(".shared_fcs.0", ".box_head.fc6").replace(".shared_fcs.1", ".box_head.fc7")
+    k = k.replace(".fc_cls", ".cls_score").replace(".fc_reg", ".bbox_pred")
     if k.startswith("neck.lateral_convs") or k.startswith("neck.fpn_convs"):
         k = "fpn." + k[len("neck.") :]
     k = k.replace(".ln.", ".norm.")
@@ -141,31 +156,34 @@ def _ours(mm_key: str) -> str:
     return k
 
 
-def _to_mm(ours: dict[str, torch.Tensor], mm_keys: list[str]) -> dict[str, torch.Tensor]:
+def _to_mm(
+    ours: dict[str, torch.Tensor], mm_keys: list[str], cascade: bool = False
+) -> dict[str, torch.Tensor]:
     """The reference-layout state dict holding our model's weights (the inverse tensor layouts too)."""
     out = {}
     for key in mm_keys:
-        t = ours[_ours(key)].clone()
+        t = ours[_ours(key, cascade)].clone()
         if key.endswith("position_embedding"):  # the reference keeps a class slot it never reads
             t = torch.cat([torch.randn(1, 1, t.shape[-1]), t], dim=1)
         elif "fc_cls" in key:  # mmdet: background last
             t = torch.cat([t[1:], t[:1]])
-        elif "fc_reg" in key:  # mmrotate: angle delta in radians (× 10)
+        elif "fc_reg" in key and not cascade:  # mmrotate: angle delta in radians (× 10)
             t[4::5] = t[4::5] * math.pi
         out[key] = t
-    assert not set(ours) - {_ours(k) for k in mm_keys}, "the listed reference keys must cover our model"
+    assert not set(ours) - {_ours(k, cascade) for k in mm_keys}, (
+        "the listed reference keys must cover our model"
+    )
     return out
 
 
 def _config(tmp_path: Path, kind: str) -> Path:
-    if kind == "detection":
+    if kind in ("detection", "cascade"):
+        heads = dict(box_type="obb", rpn="oriented", reg_class_agnostic=True)
         init = dict(
             backbone="vitp_tiny_patch14_112",
             num_classes=NUM_CLASSES_DET,
             class_names=["plane", "ship", "tank"],
-            box_type="obb",
-            rpn="oriented",
-            reg_class_agnostic=True,
+            **(dict(box_type="hbb", roi_head="cascade") if kind == "cascade" else heads),
             neck="deformable_adapter",
             fpn="simple_fpn",
             fpn_channels=FPN_W,
@@ -190,10 +208,12 @@ def _config(tmp_path: Path, kind: str) -> Path:
     return out
 
 
-def _reference_model(config: Path, mm_keys: list[str]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def _reference_model(
+    config: Path, mm_keys: list[str], cascade: bool
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """Our model in the reference layout with seeded random weights, and the same weights in mm layout."""
     torch.manual_seed(0)
-    model, _, _, _ = convert_state_dict(_probe_state(config, mm_keys), config)
+    model, _, _, _ = convert_state_dict(_probe_state(config, mm_keys, cascade), config)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
@@ -204,10 +224,10 @@ def _reference_model(config: Path, mm_keys: list[str]) -> tuple[torch.nn.Module,
             if name.endswith("running_var"):
                 t.uniform_(0.5, 1.5)
     ours = {k: v.clone() for k, v in model.state_dict().items()}
-    return model.eval(), _to_mm(ours, mm_keys)
+    return model.eval(), _to_mm(ours, mm_keys, cascade)
 
 
-def _probe_state(config: Path, mm_keys: list[str]) -> dict[str, torch.Tensor]:
+def _probe_state(config: Path, mm_keys: list[str], cascade: bool) -> dict[str, torch.Tensor]:
     """Reference-layout tensors of the right shapes, from a model built in our layout directly."""
     from vitp_geo.tasks.backbone import rebuild_backbone
     from vitp_geo.tasks.models import assemble
@@ -225,14 +245,16 @@ def _probe_state(config: Path, mm_keys: list[str]) -> dict[str, torch.Tensor]:
     if "box_type" in cfg:
         fields = dict(
             kind="detection",
-            box_type="obb",
+            box_type=cfg["box_type"],
             neck="deformable_adapter",
             neck_options=options,
             num_classes=NUM_CLASSES_DET,
             fpn="simple_fpn",
             fpn_channels=FPN_W,
             anchor_sizes=cfg["anchor_sizes"],
-            detector=dict(representation=64, rpn="oriented", reg_class_agnostic=True),
+            detector=dict(representation=64, roi_head="cascade")
+            if cascade
+            else dict(representation=64, rpn="oriented", reg_class_agnostic=True),
         )
     else:
         fields = dict(
@@ -244,7 +266,7 @@ def _probe_state(config: Path, mm_keys: list[str]) -> dict[str, torch.Tensor]:
             num_classes=NUM_CLASSES_SEG,
         )
     ours = assemble(vit, fields).state_dict()
-    return _to_mm(ours, mm_keys)
+    return _to_mm(ours, mm_keys, cascade)
 
 
 Case = tuple[Path, torch.nn.Module, dict[str, torch.Tensor]]
@@ -253,14 +275,23 @@ Case = tuple[Path, torch.nn.Module, dict[str, torch.Tensor]]
 def _case(factory: pytest.TempPathFactory, kind: str) -> Case:
     """(config, our model, the same weights in the reference's layout) for ``kind``."""
     config = _config(factory.mktemp(kind), kind)
-    keys = mm_keys_oriented_rcnn() if kind == "detection" else mm_keys_upernet()
-    model, mm = _reference_model(config, keys)
+    keys = {
+        "detection": mm_keys_oriented_rcnn,
+        "cascade": mm_keys_cascade_rcnn,
+        "segmentation": mm_keys_upernet,
+    }
+    model, mm = _reference_model(config, keys[kind](), kind == "cascade")
     return config, model, mm
 
 
 @pytest.fixture(scope="module")
 def det(tmp_path_factory: pytest.TempPathFactory) -> Case:
     return _case(tmp_path_factory, "detection")
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(tmp_path_factory, "cascade")
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +335,19 @@ def test_converted_detector_gives_the_outputs_of_the_same_weights_loaded_by_name
         assert torch.equal(e["labels"], a["labels"])
         torch.testing.assert_close(a["scores"], e["scores"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a["boxes"], e["boxes"], rtol=1e-4, atol=1e-3)
+
+
+def test_converted_cascade_rcnn_equals_the_same_weights_exactly(cascade) -> None:
+    config, model, mm = cascade
+    assert sorted(mm) == sorted(mm_keys_cascade_rcnn())
+    converted, arch, _, _ = convert_state_dict(mm, config)
+    assert arch["detector"]["roi_head"] == "cascade" and arch["fpn"] == "simple_fpn"
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, actual = model(x), converted(x)
+    assert len(expected[0]["scores"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(actual[0][key], expected[0][key]), key
 
 
 def test_converted_segmenter_equals_the_same_weights_exactly(seg) -> None:

@@ -30,6 +30,10 @@ mmdet ``FPN`` ``neck.lateral_convs.{i}.conv``                 ``fpn.inner_blocks
 ``roi_head.bbox_head.fc_cls`` (K+1 rows, background last)     ``roi_heads.head.cls_score`` (background first)
 ``roi_head.bbox_head.fc_reg`` (5 rows per class; angle in     ``roi_heads.head.bbox_pred`` (angle delta in
 radians × 10)                                                 half-turns × 10: angle rows ÷ π)
+mmdet ``RPNHead`` ``rpn_head.rpn_conv`` / ``rpn_cls`` / ``rpn_reg`` ``rpn.head.conv.0.0`` / ``cls_logits`` / ``bbox_pred``
+mmdet ``CascadeRoIHead`` ``roi_head.bbox_head.{s}.shared_fcs.0`` / ``.1`` ``roi_heads.stages.{s}.box_head.fc6`` / ``fc7``
+``roi_head.bbox_head.{s}.fc_cls`` (background last)          ``roi_heads.stages.{s}.cls_score`` (background first)
+``roi_head.bbox_head.{s}.fc_reg`` (4, class-agnostic)         ``roi_heads.stages.{s}.bbox_pred``
 ------------------------------------------------------------ ---------------------------------------------
 mmseg ``UPerHead`` ``decode_head.psp_modules.{j}.1.{conv,bn}`` ``head.ppm.{j}.1.{0,1}``
 ``decode_head.{bottleneck,fpn_bottleneck}.{conv,bn}``         ``head.{bottleneck,fuse}.{0,1}``
@@ -156,6 +160,25 @@ ORIENTED_ROI: tuple[Rule, ...] = (
     Rule(rf"roi_head\.bbox_head\.fc_reg\.{_WB}", r"roi_heads.head.bbox_pred.\1", Reshape.ANGLE_HALF_TURNS),
 )
 
+# mmdet RPNHead → torchvision RPNHead (its 3×3 conv sits in a Conv2dNormActivation: ``conv.0.0``).
+RPN: tuple[Rule, ...] = (
+    Rule(rf"rpn_head\.rpn_conv\.{_WB}", r"rpn.head.conv.0.0.\1"),
+    Rule(rf"rpn_head\.rpn_cls\.{_WB}", r"rpn.head.cls_logits.\1"),
+    Rule(rf"rpn_head\.rpn_reg\.{_WB}", r"rpn.head.bbox_pred.\1"),
+)
+
+# mmdet CascadeRoIHead, three Shared2FCBBoxHead stages (class-agnostic deltas) → models.detection.cascade.
+CASCADE: tuple[Rule, ...] = (
+    Rule(rf"roi_head\.bbox_head\.(\d+)\.shared_fcs\.0\.{_WB}", r"roi_heads.stages.\1.box_head.fc6.\2"),
+    Rule(rf"roi_head\.bbox_head\.(\d+)\.shared_fcs\.1\.{_WB}", r"roi_heads.stages.\1.box_head.fc7.\2"),
+    Rule(
+        rf"roi_head\.bbox_head\.(\d+)\.fc_cls\.{_WB}",
+        r"roi_heads.stages.\1.cls_score.\2",
+        Reshape.BACKGROUND_FIRST,
+    ),
+    Rule(rf"roi_head\.bbox_head\.(\d+)\.fc_reg\.{_WB}", r"roi_heads.stages.\1.bbox_pred.\2"),
+)
+
 # mmseg UPerHead (ConvModule = conv without bias + SyncBN ``bn``) → models.heads.UperNetHead.
 UPERHEAD: tuple[Rule, ...] = (
     Rule(r"decode_head\.psp_modules\.(\d+)\.1\.conv\.weight", r"head.ppm.\1.1.0.weight"),
@@ -186,6 +209,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
 # Which tables a released model of each kind needs, by the detector / head it was trained with.
 LAYOUTS: dict[str, tuple[tuple[Rule, ...], ...]] = {
     "oriented_rcnn": (BACKBONE, ORIENTED_RPN, ORIENTED_ROI),  # + SIMPLE_FPN or FPN, by the keys
+    "cascade_rcnn": (BACKBONE, RPN, CASCADE),  # + SIMPLE_FPN or FPN, by the keys
     "upernet": (BACKBONE, UPERHEAD),
 }
 

@@ -121,9 +121,12 @@ def _layout(kind: str, hp: dict[str, Any], path: Path) -> str:
         return "upernet"
     if kind == "detection" and hp.get("box_type") == "obb" and hp.get("rpn") == "oriented":
         return "oriented_rcnn"
+    if kind == "detection" and hp.get("box_type", "hbb") == "hbb" and hp.get("roi_head") == "cascade":
+        return "cascade_rcnn"
     raise ValueError(
-        f"{path}: no released-checkpoint layout for this config (converted: Oriented R-CNN detection "
-        f"with box_type obb and rpn oriented; segmentation with head upernet), got {kind}"
+        f"{path}: no released-checkpoint layout for this config (converted: Oriented R-CNN, box_type obb "
+        f"with rpn oriented; Cascade R-CNN, box_type hbb with roi_head cascade; segmentation with head "
+        f"upernet), got {kind}"
     )
 
 
