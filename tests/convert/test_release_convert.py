@@ -193,6 +193,11 @@ def _config(tmp_path: Path, kind: str) -> Path:
             score_thresh=0.0,
         )
         path = "vitp_geo.tasks.detection.ObjectDetectionTask"
+    elif kind == "change":  # head width and fusion differ from the checkpoint's: it must use those
+        init = dict(
+            backbone="vitp_tiny_patch14_112", neck="sfp", head="upernet", head_channels=8, fusion="diff"
+        )
+        path = "vitp_geo.tasks.ChangeDetectionTask"
     else:
         init = dict(
             backbone="vitp_tiny_patch14_112",
@@ -242,7 +247,18 @@ def _probe_state(config: Path, mm_keys: list[str], cascade: bool) -> dict[str, t
         }
     )
     options = {"norm": "layer", "attn_norm_eps": 1e-5}
-    if "box_type" in cfg:
+    if "fusion" in cfg:
+        fields = dict(
+            kind="change",
+            neck="deformable_adapter",
+            neck_options=options,
+            head="upernet",
+            head_channels=FPN_W,
+            num_classes=2,
+            in_channels=3,
+            fusion="concat",
+        )
+    elif "box_type" in cfg:
         fields = dict(
             kind="detection",
             box_type=cfg["box_type"],
@@ -279,6 +295,7 @@ def _case(factory: pytest.TempPathFactory, kind: str) -> Case:
         "detection": mm_keys_oriented_rcnn,
         "cascade": mm_keys_cascade_rcnn,
         "segmentation": mm_keys_upernet,
+        "change": mm_keys_upernet,  # open-cd: the same backbone and UPerHead; its concat neck has no weights
     }
     model, mm = _reference_model(config, keys[kind](), kind == "cascade")
     return config, model, mm
@@ -292,6 +309,11 @@ def det(tmp_path_factory: pytest.TempPathFactory) -> Case:
 @pytest.fixture(scope="module")
 def cascade(tmp_path_factory: pytest.TempPathFactory) -> Case:
     return _case(tmp_path_factory, "cascade")
+
+
+@pytest.fixture(scope="module")
+def change(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(tmp_path_factory, "change")
 
 
 @pytest.fixture(scope="module")
@@ -348,6 +370,20 @@ def test_converted_cascade_rcnn_equals_the_same_weights_exactly(cascade) -> None
     assert len(expected[0]["scores"]) > 0
     for key in ("boxes", "scores", "labels"):
         assert torch.equal(actual[0][key], expected[0][key]), key
+
+
+def test_converted_open_cd_change_model_equals_the_same_weights_exactly(change) -> None:
+    config, model, mm = change
+    converted, arch, card, _ = convert_state_dict(mm, config)
+    assert (arch["fusion"], arch["head_channels"]) == ("concat", FPN_W)  # the checkpoint's, not the config's
+    assert card.class_names == ["unchanged", "changed"] and card.task == "change"
+    x = torch.randn(1, 6, 128, 128, generator=torch.Generator().manual_seed(4))  # before, after
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+    diff = dict(mm)  # a head fed |after - before| (1x width) is not open-cd's concat: refused by name
+    diff["decode_head.lateral_convs.0.conv.weight"] = mm["decode_head.lateral_convs.0.conv.weight"][:, :DIM]
+    with pytest.raises(ValueError, match=r"decode_head\.lateral_convs\.0\.conv\.weight takes 192 channels"):
+        convert_state_dict(diff, config)
 
 
 def test_converted_segmenter_equals_the_same_weights_exactly(seg) -> None:

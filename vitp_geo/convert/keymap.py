@@ -7,39 +7,32 @@ family of source keys (a regular expression over the whole key) onto our model's
 that have no place in our model on purpose are listed in :data:`IGNORED` with the reason; a key
 neither mapped nor ignored is an error (``vitp_geo.convert.release``).
 
-Source → ours (``{i}`` block / level / stage numbers carry over unchanged):
+Source → ours (block / level / stage numbers ``{i}`` carry over unchanged):
 
-============================================================ =============================================
-reference (InternViTAdapter ``backbone.``)                    ours (``DeformableViTAdapter``, ``neck.``)
-============================================================ =============================================
-``embeddings.patch_embedding.{weight,bias}``                  ``backbone.patch_embed.proj.*``
-``embeddings.position_embedding`` (1, 1+N, D)                 ``backbone.pos_embed`` (1, N, D): class slot dropped
-``layers.{i}.{norm1,norm2,attn.qkv,attn.proj,mlp.fc1,mlp.fc2}`` ``backbone.blocks.{i}.*`` (same names)
-``layers.{i}.ls1`` / ``ls2``                                  ``backbone.blocks.{i}.ls1.gamma`` / ``ls2.gamma``
-``level_embed``, ``spm.*``, ``interactions.*``, ``up.*``,     the same names (``norm="layer"`` adapter)
-``norm1``–``norm4``
------------------------------------------------------------- ---------------------------------------------
-mmrotate ``SimpleFPN`` ``neck.{lateral,fpn}_convs.{i}.conv``  ``fpn.{lateral,fpn}_convs.{i}.conv``
-``neck.{lateral,fpn}_convs.{i}.ln``                           ``fpn.{lateral,fpn}_convs.{i}.norm``
-mmdet ``FPN`` ``neck.lateral_convs.{i}.conv``                 ``fpn.inner_blocks.{i}.0`` (torchvision FPN)
-``neck.fpn_convs.{i}.conv``                                   ``fpn.layer_blocks.{i}.0``
------------------------------------------------------------- ---------------------------------------------
-``OrientedRPNHead`` ``rpn_head.rpn_conv`` / ``rpn_cls`` /     ``rpn.head.conv`` / ``cls_logits`` / ``bbox_pred``
-``rpn_reg``                                                   (anchor-major channels, as mmdet's)
-``RotatedShared2FCBBoxHead`` ``roi_head.bbox_head.shared_fcs.0`` / ``.1``  ``roi_heads.head.fc6`` / ``fc7``
-``roi_head.bbox_head.fc_cls`` (K+1 rows, background last)     ``roi_heads.head.cls_score`` (background first)
-``roi_head.bbox_head.fc_reg`` (5 rows per class; angle in     ``roi_heads.head.bbox_pred`` (angle delta in
-radians × 10)                                                 half-turns × 10: angle rows ÷ π)
-mmdet ``RPNHead`` ``rpn_head.rpn_conv`` / ``rpn_cls`` / ``rpn_reg`` ``rpn.head.conv.0.0`` / ``cls_logits`` / ``bbox_pred``
-mmdet ``CascadeRoIHead`` ``roi_head.bbox_head.{s}.shared_fcs.0`` / ``.1`` ``roi_heads.stages.{s}.box_head.fc6`` / ``fc7``
-``roi_head.bbox_head.{s}.fc_cls`` (background last)          ``roi_heads.stages.{s}.cls_score`` (background first)
-``roi_head.bbox_head.{s}.fc_reg`` (4, class-agnostic)         ``roi_heads.stages.{s}.bbox_pred``
------------------------------------------------------------- ---------------------------------------------
-mmseg ``UPerHead`` ``decode_head.psp_modules.{j}.1.{conv,bn}`` ``head.ppm.{j}.1.{0,1}``
-``decode_head.{bottleneck,fpn_bottleneck}.{conv,bn}``         ``head.{bottleneck,fuse}.{0,1}``
-``decode_head.{lateral_convs,fpn_convs}.{i}.{conv,bn}``       ``head.{lateral,fpn}.{i}.{0,1}``
-``decode_head.conv_seg``                                      ``head.classifier``
-============================================================ =============================================
+* reference ``InternViTAdapter`` (``backbone.``) → ``DeformableViTAdapter`` (``neck.``):
+  ``embeddings.patch_embedding`` → ``backbone.patch_embed.proj``;
+  ``embeddings.position_embedding`` (1, 1 + N, D) → ``backbone.pos_embed`` (1, N, D), the class
+  slot dropped; ``layers.{i}.{norm1, norm2, attn.qkv, attn.proj, mlp.fc1, mlp.fc2}`` →
+  ``backbone.blocks.{i}.*``; ``layers.{i}.ls1`` / ``ls2`` → ``…ls1.gamma`` / ``ls2.gamma``;
+  ``level_embed``, ``spm.*``, ``interactions.*``, ``up``, ``norm1``–``norm4`` keep their names
+  (the adapter built with ``norm="layer"``);
+* mmrotate ``SimpleFPN`` ``neck.{lateral,fpn}_convs.{i}.conv`` / ``.ln`` →
+  ``fpn.{lateral,fpn}_convs.{i}.conv`` / ``.norm``; mmdet ``FPN`` ``neck.lateral_convs.{i}.conv``
+  / ``neck.fpn_convs.{i}.conv`` → torchvision's ``fpn.inner_blocks.{i}.0`` / ``fpn.layer_blocks.{i}.0``;
+* mmrotate ``OrientedRPNHead`` ``rpn_head.rpn_conv`` / ``rpn_cls`` / ``rpn_reg`` →
+  ``rpn.head.conv`` / ``cls_logits`` / ``bbox_pred`` (anchor-major channels, as mmdet's); mmdet
+  ``RPNHead`` the same onto torchvision's ``rpn.head.conv.0.0`` / ``cls_logits`` / ``bbox_pred``;
+* mmrotate ``RotatedShared2FCBBoxHead`` ``roi_head.bbox_head.shared_fcs.0`` / ``.1`` / ``fc_cls``
+  / ``fc_reg`` → ``roi_heads.head.fc6`` / ``fc7`` / ``cls_score`` (K + 1 rows: background moved
+  from last to first) / ``bbox_pred`` (angle rows ÷ π: radians × 10 → half turns × 10);
+* mmdet ``CascadeRoIHead`` ``roi_head.bbox_head.{s}.shared_fcs.0`` / ``.1`` / ``fc_cls`` /
+  ``fc_reg`` → ``roi_heads.stages.{s}.box_head.fc6`` / ``fc7`` / ``cls_score`` (background first)
+  / ``bbox_pred`` (4 class-agnostic deltas, unchanged);
+* mmseg ``UPerHead`` (also in open-cd's change models, whose ``FeatureFusionNeck`` concatenation
+  has no weights) ``decode_head.psp_modules.{j}.1.{conv, bn}`` → ``head.ppm.{j}.1.{0, 1}``;
+  ``bottleneck`` / ``fpn_bottleneck`` → ``head.bottleneck`` / ``head.fuse``; ``lateral_convs.{i}``
+  / ``fpn_convs.{i}`` → ``head.lateral.{i}`` / ``head.fpn.{i}`` (``conv`` → ``0``, ``bn`` →
+  ``1``); ``conv_seg`` → ``head.classifier``.
 
 mmcv's ``ConvModule`` names its norm layer by the norm's abbreviation (``bn`` for BN / SyncBN,
 ``ln`` for LN) and drops the conv bias when a norm follows; so the SimpleFPN and UPerHead convs
@@ -210,7 +203,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
 LAYOUTS: dict[str, tuple[tuple[Rule, ...], ...]] = {
     "oriented_rcnn": (BACKBONE, ORIENTED_RPN, ORIENTED_ROI),  # + SIMPLE_FPN or FPN, by the keys
     "cascade_rcnn": (BACKBONE, RPN, CASCADE),  # + SIMPLE_FPN or FPN, by the keys
-    "upernet": (BACKBONE, UPERHEAD),
+    "upernet": (BACKBONE, UPERHEAD),  # mmseg segmenters and open-cd siamese change models alike
 }
 
 

@@ -5,7 +5,8 @@
 1. reads the checkpoint: an mm* torch pickle (``{"state_dict": ..., "meta": ...}``, loaded with
    ``weights_only=True``; anything else is refused) or a ``.safetensors`` file;
 2. reads the benchmark config (``configs/finetune/<task>/<dataset>.yaml``) for what the weights
-   do not say: classes, detector settings (NMS, score threshold, detections per image), head;
+   do not say: classes, detector settings (NMS, score threshold, detections per image), head
+   (its width, a change model's fusion and the FPN kind come from the checkpoint's shapes);
 3. builds our model in the reference's layout: the config's backbone with the checkpoint's
    patch size (kernel 16), width, depth and position grid, no class token (the reference's
    ``InternViTAdapter`` has none), the deformable ViT-Adapter with LayerNorm
@@ -117,7 +118,7 @@ def _hparams(task_cls: type, init_args: dict[str, Any], path: Path) -> dict[str,
 
 
 def _layout(kind: str, hp: dict[str, Any], path: Path) -> str:
-    if kind == "segmentation" and hp.get("head", "upernet") == "upernet":
+    if kind in ("segmentation", "change") and hp.get("head", "upernet") == "upernet":
         return "upernet"
     if kind == "detection" and hp.get("box_type") == "obb" and hp.get("rpn") == "oriented":
         return "oriented_rcnn"
@@ -125,8 +126,8 @@ def _layout(kind: str, hp: dict[str, Any], path: Path) -> str:
         return "cascade_rcnn"
     raise ValueError(
         f"{path}: no released-checkpoint layout for this config (converted: Oriented R-CNN, box_type obb "
-        f"with rpn oriented; Cascade R-CNN, box_type hbb with roi_head cascade; segmentation with head "
-        f"upernet), got {kind}"
+        f"with rpn oriented; Cascade R-CNN, box_type hbb with roi_head cascade; segmentation or change with "
+        f"head upernet), got {kind}"
     )
 
 
@@ -236,6 +237,16 @@ def convert_state_dict(
         rules += SIMPLE_FPN if simple else FPN
     hp["neck"] = "deformable_adapter"
     vit = _backbone(str(hp["backbone"]), state)
+    if layout == "upernet":  # the head's width and (change) the fusion, as the checkpoint has them
+        hp["head_channels"] = int(_tensor(state, "decode_head.conv_seg.weight").shape[1])
+        if kind == "change":  # open-cd's FeatureFusionNeck 'concat' doubles the head's input width
+            lateral_in = int(_tensor(state, "decode_head.lateral_convs.0.conv.weight").shape[1])
+            if lateral_in != 2 * int(vit.embed_dim):
+                raise ValueError(
+                    f"decode_head.lateral_convs.0.conv.weight takes {lateral_in} channels: only open-cd's "
+                    f"'concat' fusion ({2 * int(vit.embed_dim)}) is converted"
+                )
+            hp["fusion"] = "concat"
     fields = task_cls.model_fields(SimpleNamespace(hparams=hp))  # what the task itself would build
     value_proj = _tensor(state, "backbone.interactions.0.injector.attn.value_proj.weight")  # (D·r, D)
     fields["neck_options"] = {
@@ -247,12 +258,16 @@ def convert_state_dict(
     arch = arch_for(vit, model, **fields)
     mapped, ignored = _map_keys(state, rules, model.state_dict())
     model.load_state_dict(mapped, strict=True)
-    k = int(hp["num_classes"])
+    # the task's own class-name rule (change: unchanged / changed), on the same stand-in
+    names = list(
+        task_cls.class_names.fget(SimpleNamespace(hparams=hp, num_classes=int(fields["num_classes"])))
+    )
+    k = len(names)
     colors = hp.get("class_colors") or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(k)]
     channels = int(hp.get("in_channels", 3))
     card = ModelCard(
         task=kind,
-        class_names=list(hp.get("class_names") or [f"class_{i}" for i in range(k)]),
+        class_names=names,
         class_colors=[(int(c[0]), int(c[1]), int(c[2])) for c in colors],
         bands=list(hp.get("bands") or range(1, channels + 1)),
         mean=list(hp.get("mean") or REFERENCE_MEAN),
