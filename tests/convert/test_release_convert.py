@@ -513,3 +513,31 @@ def test_infer_with_the_converted_checkpoint_equals_infer_with_the_original(seg,
     assert outs[0].shape == (NUM_CLASSES_SEG, 150, 170)
     np.testing.assert_array_equal(outs[0], outs[1])
     assert outs[0].std() > 0  # not a constant map
+
+
+def test_infer_detections_of_the_converted_oriented_rcnn_equal_the_originals(det, tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    config, model, mm = det
+    src = _save_mm(tmp_path / "orcnn.pth", mm, ["plane", "ship", "tank"])
+    assert main(["convert", str(src), "--config", str(config), "--out", str(tmp_path / "model.ckpt")]) == 0
+    card = torch.load(tmp_path / "model.ckpt", weights_only=True)[CARD_KEY]
+    original = _write_original(tmp_path / "original.ckpt", model, card)
+    scene = generate_scene(4, (150, 170))
+    write_geotiff(
+        tmp_path / "scene.tif", np.clip(scene.image, 0, 255).astype(np.uint8), scene.transform, scene.crs
+    )
+    frames = []
+    for name, ckpt in (("conv", tmp_path / "model.ckpt"), ("orig", original)):
+        gpkg = tmp_path / f"{name}.gpkg"
+        args = ["infer", str(tmp_path / "scene.tif"), "--checkpoint", str(ckpt), "--vector", str(gpkg)]
+        assert main([*args, "--min-score", "0.0", "--no-progress"]) == 0
+        frames.append(gpd.read_file(gpkg, layer=name).sort_values("score", ascending=False, ignore_index=True))
+    conv, orig = frames
+    assert len(conv) == len(orig) > 0
+    assert set(conv["class_name"]) <= {"plane", "ship", "tank"}
+    assert list(conv["class_name"]) == list(orig["class_name"])
+    np.testing.assert_allclose(conv["score"], orig["score"], rtol=1e-5)
+    a = np.concatenate([np.asarray(g.exterior.coords) for g in conv.geometry])
+    b = np.concatenate([np.asarray(g.exterior.coords) for g in orig.geometry])
+    np.testing.assert_allclose(a, b, atol=1e-2)  # map units (metres); the angle rows went × π then ÷ π
