@@ -532,7 +532,9 @@ def test_infer_detections_of_the_converted_oriented_rcnn_equal_the_originals(det
         gpkg = tmp_path / f"{name}.gpkg"
         args = ["infer", str(tmp_path / "scene.tif"), "--checkpoint", str(ckpt), "--vector", str(gpkg)]
         assert main([*args, "--min-score", "0.0", "--no-progress"]) == 0
-        frames.append(gpd.read_file(gpkg, layer=name).sort_values("score", ascending=False, ignore_index=True))
+        frames.append(
+            gpd.read_file(gpkg, layer=name).sort_values("score", ascending=False, ignore_index=True)
+        )
     conv, orig = frames
     assert len(conv) == len(orig) > 0
     assert set(conv["class_name"]) <= {"plane", "ship", "tank"}
@@ -541,3 +543,44 @@ def test_infer_detections_of_the_converted_oriented_rcnn_equal_the_originals(det
     a = np.concatenate([np.asarray(g.exterior.coords) for g in conv.geometry])
     b = np.concatenate([np.asarray(g.exterior.coords) for g in orig.geometry])
     np.testing.assert_allclose(a, b, atol=1e-2)  # map units (metres); the angle rows went × π then ÷ π
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("leftover", "does not map (and does not ignore): roi_head.bbox_head.fc_extra.weight"),
+        ("missing-file", "checkpoint not found"),
+        ("out-is-the-checkpoint", "--out"),
+        ("config-not-a-task", "is not a vitp-geo task"),
+        ("truncated", "m.pth"),
+    ],
+)
+def test_convert_bad_input_is_one_error_line_and_writes_nothing(
+    case: str, expected: str, det, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _, mm = det
+    src = tmp_path / "m.pth"
+    out = tmp_path / "out" / "model.ckpt"
+    _save_mm(
+        src,
+        dict(mm, **{"roi_head.bbox_head.fc_extra.weight": torch.zeros(2)}) if case == "leftover" else mm,
+        [],
+    )
+    if case == "missing-file":
+        src.unlink()
+    if case == "out-is-the-checkpoint":
+        out = src
+    if case == "config-not-a-task":
+        bad = yaml.safe_load(config.read_text())
+        bad["model"]["class_path"] = "torch.nn.Linear"
+        config = tmp_path / "bad.yaml"
+        config.write_text(yaml.safe_dump(bad))
+    if case == "truncated":
+        src.write_bytes(src.read_bytes()[:1000])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["convert", str(src), "--config", str(config), "--out", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vitp-geo convert: error: ") and expected in lines[0], (
+        lines
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
