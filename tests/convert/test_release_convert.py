@@ -429,7 +429,9 @@ def test_leftover_and_missing_keys_are_errors_naming_them(det, tmp_path: Path) -
     with pytest.raises(ValueError, match=r"does not map.*roi_head\.bbox_head\.fc_extra\.weight"):
         convert_state_dict(extra, config)
     missing = {k: v for k, v in mm.items() if k != "neck.fpn_convs.2.ln.bias"}
-    with pytest.raises(ValueError, match=r"does not fill: fpn\.fpn_convs\.2\.norm\.bias"):
+    with pytest.raises(
+        ValueError, match=r"missing from the checkpoint: neck\.fpn_convs\.2\.ln\.bias \(our fpn"
+    ):
         convert_state_dict(missing, config)
     # through the command: exit 2, one line naming the key, nothing written
     src = _save_mm(tmp_path / "extra.pth", extra, ["plane", "ship", "tank"])
@@ -584,3 +586,28 @@ def test_convert_bad_input_is_one_error_line_and_writes_nothing(
         lines
     )
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_every_listed_reference_key_maps_and_maps_back_by_one_rule() -> None:
+    from vitp_geo.convert.keymap import (
+        BACKBONE,
+        CASCADE,
+        ORIENTED_ROI,
+        ORIENTED_RPN,
+        RPN,
+        SIMPLE_FPN,
+        UPERHEAD,
+    )
+
+    layouts = {
+        "oriented": (mm_keys_oriented_rcnn(), BACKBONE + SIMPLE_FPN + ORIENTED_RPN + ORIENTED_ROI),
+        "cascade": (mm_keys_cascade_rcnn(), BACKBONE + SIMPLE_FPN + RPN + CASCADE),
+        "upernet": (mm_keys_upernet(), BACKBONE + UPERHEAD),
+    }
+    for name, (keys, rules) in layouts.items():
+        for key in keys:
+            hits = [(r, t) for r in rules if (t := r.apply(key)) is not None]
+            assert len(hits) == 1, (name, key, hits)  # one rule per key: the table is unambiguous
+            rule, ours = hits[0]
+            assert ours == _ours(key, name == "cascade"), key  # the same as the hand-written inverse
+            assert rule.source_for(ours) == key  # error messages name the checkpoint's spelling

@@ -101,6 +101,37 @@ class Rule:
         m = re.fullmatch(self.source, key)
         return m.expand(self.target) if m else None
 
+    def source_for(self, key: str) -> str | None:
+        """The reference's key that this rule maps onto our ``key`` (None when it maps none): for
+        errors that name a missing key as the checkpoint would spell it."""
+        parts = re.split(r"\\(\d+)", self.target)  # literal, group number, literal, ...
+        pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<g{p}>.+?)" for i, p in enumerate(parts))
+        m = re.fullmatch(pattern, key)
+        if m is None:
+            return None
+        values = {int(k[1:]): v for k, v in m.groupdict().items()}
+        out, depth, group, i = [], 0, 0, 0
+        while i < len(self.source):  # replace each top-level capturing group by its value
+            c = self.source[i]
+            if c == "\\":
+                out.append(self.source[i + 1] if depth == 0 else "")
+                i += 2
+                continue
+            if c == "(":
+                depth += 1
+                if depth == 1:
+                    group += 1
+                    if group not in values:
+                        return None
+                    out.append(values[group])
+            elif c == ")":
+                depth -= 1
+            elif depth == 0:
+                out.append(c)
+            i += 1
+        source = "".join(out)
+        return source if self.apply(source) == key else None
+
 
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _WB = r"(weight|bias)"

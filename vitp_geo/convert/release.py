@@ -207,7 +207,9 @@ def _map_keys(
         raise ValueError(f"keys the converter does not map (and does not ignore): {_names(leftover)}")
     missing = [k for k in expected if k not in out]
     if missing:
-        raise ValueError(f"keys of our model that the checkpoint does not fill: {_names(missing)}")
+        named = [next((src for r in rules if (src := r.source_for(k))), None) for k in missing]
+        shown = [f"{src} (our {k})" if src else k for k, src in zip(missing, named, strict=True)]
+        raise ValueError(f"keys missing from the checkpoint: {_names(shown)}")
     return out, ignored
 
 
