@@ -108,7 +108,7 @@ def _read_config(path: Path) -> tuple[type, dict[str, Any]]:
 
 def _hparams(task_cls: type, init_args: dict[str, Any], path: Path) -> dict[str, Any]:
     """The task's hyper-parameters as Lightning would record them: signature defaults ∪ config."""
-    params = inspect.signature(task_cls.__init__).parameters
+    params = inspect.signature(task_cls).parameters  # __init__'s, without self
     unknown = sorted(set(init_args) - set(params))
     if unknown:
         raise ValueError(f"{path}: model.init_args has keys {task_cls.__name__} does not take: {unknown}")
@@ -228,6 +228,7 @@ def convert_state_dict(
     from vitp_geo.tasks.models import arch_for, assemble
 
     config = Path(config)
+    task_cls: Any  # a DenseTask subclass, used unbound on a stand-in holding its hyper-parameters
     task_cls, init_args = _read_config(config)
     hp = _hparams(task_cls, init_args, config)
     kind = str(task_cls.KIND)
