@@ -611,3 +611,40 @@ def test_every_listed_reference_key_maps_and_maps_back_by_one_rule() -> None:
             rule, ours = hits[0]
             assert ours == _ours(key, name == "cascade"), key  # the same as the hand-written inverse
             assert rule.source_for(ours) == key  # error messages name the checkpoint's spelling
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+
+
+@pytest.mark.parametrize(
+    ("config", "layout"),
+    [
+        ("detection/diorr.yaml", "oriented_rcnn"),
+        ("detection/dotav2.yaml", "oriented_rcnn"),
+        ("detection/rsar.yaml", "oriented_rcnn"),
+        ("detection/dior.yaml", "cascade_rcnn"),
+        ("detection/sardet100k.yaml", "cascade_rcnn"),
+        ("segmentation/isaid.yaml", "upernet"),
+        ("segmentation/loveda.yaml", "upernet"),
+        ("segmentation/uavid.yaml", "upernet"),
+        ("change/levircd.yaml", "upernet"),
+        ("change/whu.yaml", "upernet"),
+        ("change/s2looking.yaml", "upernet"),
+        ("change/svcd.yaml", "upernet"),
+    ],
+)
+def test_every_shipped_benchmark_config_with_a_released_model_has_a_layout(config: str, layout: str) -> None:
+    from vitp_geo.convert.release import _hparams, _layout, _read_config
+
+    path = CONFIGS / config
+    task_cls, init = _read_config(path)
+    assert _layout(str(task_cls.KIND), _hparams(task_cls, init, path), path) == layout
+
+
+def test_ssdd_mask_rcnn_is_refused_with_the_layouts_named() -> None:
+    from vitp_geo.convert.release import _hparams, _layout, _read_config
+
+    path = CONFIGS / "detection" / "ssdd.yaml"
+    task_cls, init = _read_config(path)
+    with pytest.raises(ValueError, match="no released-checkpoint layout.*Oriented R-CNN.*Cascade R-CNN"):
+        _layout(str(task_cls.KIND), _hparams(task_cls, init, path), path)
