@@ -648,3 +648,17 @@ def test_ssdd_mask_rcnn_is_refused_with_the_layouts_named() -> None:
     task_cls, init = _read_config(path)
     with pytest.raises(ValueError, match="no released-checkpoint layout.*Oriented R-CNN.*Cascade R-CNN"):
         _layout(str(task_cls.KIND), _hparams(task_cls, init, path), path)
+
+
+def test_the_checkpoints_rgb_input_wins_over_the_configs_channel_count(det, tmp_path: Path) -> None:
+    config, _, mm = det
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["in_channels"] = 1  # e.g. a single-band SAR setting
+    one_band = tmp_path / "one_band.yaml"
+    one_band.write_text(yaml.safe_dump(cfg))
+    _, arch, card, _ = convert_state_dict(mm, one_band)
+    assert card.bands == [1, 2, 3] and len(card.mean) == 3 and arch["in_channels"] == 3
+    cfg["model"]["init_args"]["bands"] = [1]
+    one_band.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"model\.init_args\.bands has 1 values, the model takes 3"):
+        convert_state_dict(mm, one_band)

@@ -240,6 +240,12 @@ def convert_state_dict(
         rules += SIMPLE_FPN if simple else FPN
     hp["neck"] = "deformable_adapter"
     vit = _backbone(str(hp["backbone"]), state)
+    hp["in_channels"] = channels = int(vit.patch_embed.proj.in_channels)  # the reference's: RGB
+    for key in ("bands", "mean", "std"):
+        if hp.get(key) is not None and len(hp[key]) != channels:
+            raise ValueError(
+                f"{config}: model.init_args.{key} has {len(hp[key])} values, the model takes {channels}"
+            )
     if layout == "upernet":  # the head's width and (change) the fusion, as the checkpoint has them
         hp["head_channels"] = int(_tensor(state, "decode_head.conv_seg.weight").shape[1])
         if kind == "change":  # open-cd's FeatureFusionNeck 'concat' doubles the head's input width
@@ -267,7 +273,6 @@ def convert_state_dict(
     )
     k = len(names)
     colors = hp.get("class_colors") or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(k)]
-    channels = int(hp.get("in_channels", 3))
     card = ModelCard(
         task=kind,
         class_names=names,
