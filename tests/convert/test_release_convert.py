@@ -662,3 +662,13 @@ def test_the_checkpoints_rgb_input_wins_over_the_configs_channel_count(det, tmp_
     one_band.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"model\.init_args\.bands has 1 values, the model takes 3"):
         convert_state_dict(mm, one_band)
+
+
+def test_the_card_carries_the_reference_normalisation_whatever_the_config_says(seg, tmp_path: Path) -> None:
+    config, _, mm = seg
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"].update(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0])
+    other = tmp_path / "other_stats.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    _, _, card, _ = convert_state_dict(mm, other)
+    assert card.mean == [123.675, 116.28, 103.53] and card.std == [58.395, 57.12, 57.375]

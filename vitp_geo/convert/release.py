@@ -15,9 +15,10 @@
 4. maps every key through ``vitp_geo.convert.keymap`` (one table): a key neither mapped nor
    in the ignore list, a key of our model that nothing fills, or a shape that does not fit is an
    error naming the keys;
-5. writes ``out`` atomically: the weights under ``model.*`` and a ``ModelCard`` (classes and
-   colours from the config, ImageNet mean / std × 255 as the reference normalises, raw 8-bit
-   RGB input, the reference's training size as ``tile_size``) plus ``converted_from``.
+5. writes ``out`` atomically: the weights under ``model.*`` and a ``ModelCard`` (classes,
+   colours and bands from the config; ImageNet mean / std × 255, as every reference config
+   normalises, whatever the config says; raw 8-bit RGB input; the reference's training size as
+   ``tile_size``) plus ``converted_from``.
 """
 
 from __future__ import annotations
@@ -241,11 +242,10 @@ def convert_state_dict(
     hp["neck"] = "deformable_adapter"
     vit = _backbone(str(hp["backbone"]), state)
     hp["in_channels"] = channels = int(vit.patch_embed.proj.in_channels)  # the reference's: RGB
-    for key in ("bands", "mean", "std"):
-        if hp.get(key) is not None and len(hp[key]) != channels:
-            raise ValueError(
-                f"{config}: model.init_args.{key} has {len(hp[key])} values, the model takes {channels}"
-            )
+    if hp.get("bands") is not None and len(hp["bands"]) != channels:
+        raise ValueError(
+            f"{config}: model.init_args.bands has {len(hp['bands'])} values, the model takes {channels}"
+        )
     if layout == "upernet":  # the head's width and (change) the fusion, as the checkpoint has them
         hp["head_channels"] = int(_tensor(state, "decode_head.conv_seg.weight").shape[1])
         if kind == "change":  # open-cd's FeatureFusionNeck 'concat' doubles the head's input width
@@ -278,8 +278,9 @@ def convert_state_dict(
         class_names=names,
         class_colors=[(int(c[0]), int(c[1]), int(c[2])) for c in colors],
         bands=list(hp.get("bands") or range(1, channels + 1)),
-        mean=list(hp.get("mean") or REFERENCE_MEAN),
-        std=list(hp.get("std") or REFERENCE_STD),
+        # the statistics the weights were trained with (every reference config's), not the config's
+        mean=list(REFERENCE_MEAN),
+        std=list(REFERENCE_STD),
         tile_size=int(vit.patch_embed.grid_size[0] * vit.patch_embed.patch_size[0]),
         arch=arch,
         render={"raw": True, "dtype": "uint8"},  # the reference reads 8-bit RGB images as they are
