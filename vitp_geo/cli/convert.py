@@ -14,11 +14,12 @@ from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "convert",
-        help="convert a released reference checkpoint (mmrotate / mmseg) into a model.ckpt for infer",
+        help="convert a released reference checkpoint (mmrotate / mmseg / open-cd) into a model.ckpt for infer",
         description=(
-            "Map a fine-tuned checkpoint of the ViTP reference (mmrotate Oriented R-CNN, mmseg UperNet; "
-            "a .pth with state_dict / meta, or .safetensors) onto the model the config describes and write "
-            "a model.ckpt with its model card. Every key must be mapped or on the documented ignore list."
+            "Map a fine-tuned checkpoint of the ViTP reference (mmrotate Oriented R-CNN or Cascade R-CNN, "
+            "mmseg UperNet, open-cd siamese change model; a .pth with state_dict / meta, read weights-only, "
+            "or .safetensors) onto the model the config describes and write a model.ckpt with its model "
+            "card. Every key must be mapped or on the documented ignore list (vitp_geo.convert.keymap)."
         ),
     )
     p.add_argument(
