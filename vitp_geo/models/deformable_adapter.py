@@ -18,7 +18,10 @@ weights at 0 (uniform). Parameters are named as the reference's modules name the
 ``interactions.{i}.injector.{query_norm, feat_norm, attn.{sampling_offsets, attention_weights,
 value_proj, output_proj}, gamma}``, ``interactions.{i}.extractor.{…, ffn.{fc1, dwconv.dwconv,
 fc2}, ffn_norm}``, ``interactions.3.extra_extractors.{0,1}``, ``up``, ``norm1``–``norm4``), with
-the ViT under ``backbone.``.
+the ViT under ``backbone.``. The prior stem and the four outputs are batch-normalised by default;
+``norm="layer"`` gives the reference's channels-first LayerNorm (``use_final_norm=True``) and
+``attn_norm_eps=1e-5`` its interaction LayerNorms, the layout ``vitp-geo convert`` builds for
+released fine-tuned weights (``vitp_geo.convert``).
 
 Reference points are token centres in pixels divided by the extent of the value map they sample
 (so a patch-14 ViT grid and the stride-8/16/32 prior levels, which cover slightly different
