@@ -672,3 +672,21 @@ def test_the_card_carries_the_reference_normalisation_whatever_the_config_says(s
     other.write_text(yaml.safe_dump(cfg))
     _, _, card, _ = convert_state_dict(mm, other)
     assert card.mean == [123.675, 116.28, 103.53] and card.std == [58.395, 57.12, 57.375]
+
+
+def test_reference_layout_adapter_norms_compute_the_references_channels_first_layernorm(det) -> None:
+    _, model, _ = det
+    neck = model.neck
+    x = torch.randn(2, DIM, 5, 7, generator=torch.Generator().manual_seed(5)) * 3 + 1
+    for norm in (neck.norm1, neck.norm4):
+        # the reference's adapter_modules.LayerNorm (channels_first, eps 1e-6), written out
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        expected = norm.weight[:, None, None] * (x - u) / torch.sqrt(s + 1e-6) + norm.bias[:, None, None]
+        with torch.no_grad():
+            torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+    stem_norm = neck.spm.stem[1]
+    assert not isinstance(stem_norm, torch.nn.BatchNorm2d) and stem_norm.eps == 1e-6
+    assert (
+        neck.interactions[0].injector.query_norm.eps == 1e-5
+    )  # torch's default, as InternViTAdapter builds it
