@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "vitp_geo.cli.infer_catalog",
         "inference over a catalogue of scenes, locally or on Ray",
     ),
+    "convert": ("vitp_geo.cli.convert", "turn a released reference checkpoint into a model.ckpt for infer"),
     "evaluate": ("vitp_geo.cli.evaluate", "score predictions: detection mAP, segmentation Dice"),
     "qgis-plugin": ("vitp_geo.cli.qgis_plugin", "build or install the QGIS Processing plugin"),
 }

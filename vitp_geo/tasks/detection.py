@@ -47,6 +47,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         box_type: ``hbb`` (horizontal boxes) or ``obb`` (oriented boxes); the values of ``BoxType``.
         neck, out_indices: the pyramid (``sfp`` or ``adapter``), as for segmentation.
         fpn_channels: FPN width (256 in the paper's configs).
+        fpn: ``fpn`` (torchvision's FPN) or ``simple_fpn`` (the reference's LayerNorm SimpleFPN,
+            ``models.simple_fpn``: DIOR, DIOR-R, DOTA-v2.0, RSAR, SARDet-100K).
         anchor_sizes: one anchor size per pyramid level (strides 4, 8, 16, 32, 64).
         aspect_ratios: anchor aspect ratios.
         rpn_pre_nms_top_n, rpn_post_nms_top_n: RPN proposals kept (train, test).
@@ -92,6 +94,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
         out_indices: list[int] | None = None,
         fpn_channels: int = 256,
+        fpn: Literal["fpn", "simple_fpn"] = "fpn",
         anchor_sizes: list[int] | None = None,
         aspect_ratios: list[float] | None = None,
         rpn_pre_nms_top_n: list[int] | None = None,
@@ -168,7 +171,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         for key in ("aspect_ratios", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
             if hp[key] is not None:
                 detector[key] = list(hp[key])
+        fields: dict[str, Any] = {"fpn": hp["fpn"]} if hp.get("fpn", "fpn") != "fpn" else {}
         return dict(
+            **fields,
             kind="detection",
             box_type=str(BoxType(hp["box_type"])),
             neck=hp["neck"],
