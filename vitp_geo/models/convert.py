@@ -9,6 +9,9 @@
 - :func:`read_state_dict` reads ``.safetensors`` / ``.pth`` / ``.bin`` / ``.ckpt`` files and
   :func:`check_finite_weights` refuses NaN / inf weights, naming the file.
 
+Whole fine-tuned reference models (mmrotate / mmseg / open-cd detectors, segmenters and change
+models, adapter and heads included) are converted by ``vitp_geo.convert`` (``vitp-geo convert``).
+
 Key renames (InternViT → timm): ``embeddings.patch_embedding`` → ``patch_embed.proj``,
 ``embeddings.class_embedding`` → ``cls_token``, ``embeddings.position_embedding`` → ``pos_embed``,
 ``encoder.layers.N.*`` → ``blocks.N.*`` with ``ls1`` / ``ls2`` → ``ls1.gamma`` / ``ls2.gamma``.

@@ -310,7 +310,8 @@ def describe_vit(vit: VisionTransformer, arch: str | None = None) -> dict[str, A
 
     Returns:
         ``model_kwargs`` holds ``img_size`` (an int when square, else ``[h, w]``), ``patch_size``,
-        ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans`` and ``num_classes=0``.
+        ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans`` and ``num_classes=0``
+        (and ``class_token=False``, ``global_pool="avg"`` for a ViT without a class token).
     """
     if arch is None:
         arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
@@ -320,19 +321,19 @@ def describe_vit(vit: VisionTransformer, arch: str | None = None) -> dict[str, A
     patch = int(cast(Any, vit.patch_embed).patch_size[0])
     rows, cols = _grid(vit)
     embed_dim = int(vit.embed_dim)
-    return {
-        "arch": str(arch),
-        "model_kwargs": {
-            "img_size": rows * patch if rows == cols else [rows * patch, cols * patch],
-            "patch_size": patch,
-            "embed_dim": embed_dim,
-            "depth": len(vit.blocks),
-            "num_heads": int(block0.attn.num_heads),
-            "mlp_ratio": block0.mlp.fc1.out_features / embed_dim,
-            "in_chans": int(cast(Any, vit.patch_embed).proj.in_channels),
-            "num_classes": 0,
-        },
+    kwargs: dict[str, Any] = {
+        "img_size": rows * patch if rows == cols else [rows * patch, cols * patch],
+        "patch_size": patch,
+        "embed_dim": embed_dim,
+        "depth": len(vit.blocks),
+        "num_heads": int(block0.attn.num_heads),
+        "mlp_ratio": block0.mlp.fc1.out_features / embed_dim,
+        "in_chans": int(cast(Any, vit.patch_embed).proj.in_channels),
+        "num_classes": 0,
     }
+    if vit.cls_token is None:  # e.g. converted reference detectors: their adapter ViT has no class token
+        kwargs.update(class_token=False, global_pool="avg")
+    return {"arch": str(arch), "model_kwargs": kwargs}
 
 
 def export_backbone(

@@ -8,7 +8,7 @@ schedule and the ``ModelCard`` written into every checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -197,10 +197,14 @@ class DenseTask(BaseTask):
         )
         optimizer = AdamW(groups, lr=self.hparams["lr"], betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = LambdaLR(optimizer, self.lr_lambda(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_lambda(self, total: int) -> Callable[[int], float]:
+        """The lr multiplier by optimiser step (``tasks.optim.lr_factor``) over ``total`` steps."""
         warmup, schedule = int(self.hparams["warmup_steps"]), str(self.hparams["schedule"])
         lr_factor(0, total, warmup, schedule)  # validates the schedule name early
-        scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lambda step: lr_factor(step, total, warmup, schedule)
 
     # ------------------------------------------------------------------ the model card
     def _datamodule_attr(self, name: str) -> Any:
