@@ -30,6 +30,7 @@ def cluster() -> object:
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules["catalogue_helpers"])
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # as import_ray does (see the test below)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -136,3 +137,21 @@ def test_a_sigkilled_ray_driver_loses_only_the_scenes_in_flight(
     assert done_counts(out) == {s.stem: 1 for s in scenes}  # no scene ran twice to completion
     done = {r["scene"]: r for r in manifest(out) if r["status"] == "done"}
     assert all(done[sid]["resumed_from_row"] > 0 for sid in in_flight)  # continued, not restarted
+
+
+def test_the_ray_engine_leaves_the_callers_print_alone() -> None:
+    """Ray's driver swaps builtins.print for its tqdm_ray.safe_print once a bar manager starts;
+    after import_ray that patch is off (it had leaked into later tests of this process)."""
+    code = (
+        "import builtins\n"
+        "before = builtins.print\n"
+        "from vitp_geo.catalogue.engines import import_ray\n"
+        "import_ray()\n"
+        "from ray.experimental import tqdm_ray\n"
+        "tqdm_ray.instance()\n"
+        "print(builtins.print is before)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_TQDM_PATCH_PRINT"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "True"

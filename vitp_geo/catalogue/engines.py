@@ -19,6 +19,7 @@ from the engine state saved so far, up to ``MAX_WORKER_DEATHS`` times; then it i
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -129,6 +130,10 @@ class RayWorker:
 
 
 def import_ray() -> Any:
+    # Ray's driver replaces builtins.print by its tqdm_ray.safe_print as soon as a progress bar
+    # manager starts; a library call must not change the caller's print (it leaked into every
+    # later test of the process), so that patch is off unless the user asks for it.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     try:
         import ray
     except ImportError:
