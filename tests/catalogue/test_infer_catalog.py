@@ -16,12 +16,14 @@ import pytest
 import rasterio
 import rasterio.warp
 import rasterio.windows
-from catalogue_helpers import SMALL, ExitOnce, done_counts, manifest, read, write_scenes
+from catalogue_helpers import SMALL, ExitOnce, FailAt, done_counts, manifest, read, write_scenes
 
 from vitp_geo.catalogue.runner import EngineChoice, read_card, run_catalogue
 from vitp_geo.catalogue.sources import read_source
 from vitp_geo.cli.main import main
 from vitp_geo.inference import InferSettings
+from vitp_geo.io.raster import write_geotiff
+from vitp_geo.synthetic.scene import generate_scene
 
 
 def _catalog(source: Path, ckpt: Path, out: Path, *extra: str) -> int:
@@ -256,3 +258,40 @@ def test_qgis_opens_the_mosaic_with_the_palette_and_each_scene_in_place(
     ]
     assert report["nodata"] == 255 and report["values"] == expected
     assert not [m for m in report["messages"] if m["level"] >= 1]
+
+
+def test_a_scene_changed_since_its_interrupted_run_restarts_with_its_stale_state_kept(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mid"
+    write_scenes(folder, 2, (250, 250))  # 3 x 3 windows: a row is 2 model calls at batch 2
+    tasks = read_source(folder)
+    settings = InferSettings(batch_size=2, checkpoint_every_s=0)
+    out = tmp_path / "run"
+    # both scenes fail in their second window row (calls 3 and 6 of the worker), their first row saved
+    first = run_catalogue(
+        tasks, world["ckpt"], out, settings=settings, module_hook=FailAt({3, 6}), progress=False
+    )
+    assert sorted(first.failed) == ["scene_0", "scene_1"]
+    for sid in ("scene_0", "scene_1"):
+        assert (out / "scenes" / sid / ".class_map.partial.work" / "state.npz").exists()
+    # scene_1's file is replaced by another scene of the same size
+    other = generate_scene(7, (250, 250), pixel_size=0.5, origin=(500000.0 + 260 * 0.5, 5000000.0))
+    write_geotiff(folder / "scene_1.tif", other.image, other.transform, other.crs)
+    old_state = (out / "scenes" / "scene_1" / ".class_map.partial.work" / "state.npz").read_bytes()
+    again = run_catalogue(tasks, world["ckpt"], out, settings=settings, retry_failed=True, progress=False)
+    assert not again.failed and again.done == 2
+    done = {r["scene"]: r for r in manifest(out) if r["status"] == "done"}
+    assert done["scene_0"]["resumed_from_row"] > 0 and "stale_state" not in done["scene_0"]
+    assert done["scene_1"]["resumed_from_row"] == 0  # started afresh on the new file
+    assert "scene_1.tif changed since the scene's interrupted run" in done["scene_1"]["stale_reason"]
+    aside = out / done["scene_1"]["stale_state"]
+    assert aside == out / "scenes" / "scene_1" / ".class_map.partial.work.stale-1"
+    assert (aside / "state.npz").read_bytes() == old_state  # the stale state is kept, not deleted
+    assert any("scene_1" in line and str(aside) in line for line in again.lines())
+    clean = tmp_path / "clean"
+    run_catalogue(tasks, world["ckpt"], clean, settings=settings, progress=False)
+    for sid in ("scene_0", "scene_1"):  # both equal an uninterrupted run over the current files
+        np.testing.assert_array_equal(
+            read(out / "scenes" / sid / "class_map.tif"), read(clean / "scenes" / sid / "class_map.tif")
+        )

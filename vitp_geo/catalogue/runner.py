@@ -6,7 +6,8 @@
 2. The manifest decides what is left: a ``done`` scene whose outputs still have their recorded
    sizes and checksums is skipped; a ``failed`` one is retried only with ``retry_failed``; the
    rest (new, or ``running`` when a driver or worker was killed) run, an interrupted one resuming
-   from its saved engine state.
+   from its saved engine state (or, when its file changed since, starting afresh with that state
+   set aside: ``worker``).
 3. Scenes run on the chosen engine (``engines``), at most one per worker in flight; every
    scene's start and end is appended to the manifest at once. Progress on stderr: a tqdm bar over
    scenes with done / failed / running and scenes per minute.
@@ -55,12 +56,14 @@ class EngineChoice:
 
 @dataclass
 class CatalogueSummary:
-    """What a catalogue run did. ``failed``: scene id → one-line error (also earlier failures)."""
+    """What a catalogue run did. ``failed``: scene id → one-line error (also earlier failures);
+    ``restarted``: scene id → why its saved state was stale and where it was set aside."""
 
     total: int
     done: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    restarted: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     outputs: list[Path] = field(default_factory=list)
 
@@ -73,6 +76,7 @@ class CatalogueSummary:
             f"time:     {self.seconds:.1f} s ({rate:.1f} scenes/min over the {ran} run)",
             *[f"output:   {p}" for p in self.outputs],
         ]
+        out += [f"restarted: {sid}: {why}" for sid, why in sorted(self.restarted.items())]
         out += [f"failed:   {sid}: {err}" for sid, err in sorted(self.failed.items())]
         return out
 
@@ -227,6 +231,12 @@ def _run(
             task, record = engine.wait_one()
             running -= 1
             manifest.append({**record, "fingerprint": fingerprint})
+            if record.get("stale_state"):
+                summary.restarted[task.scene_id] = (
+                    f"{record['stale_reason']}; started afresh, the old saved state is kept in "
+                    f"{manifest.path.parent / record['stale_state']}"
+                )
+                logger.warning("scene %s: %s", task.scene_id, summary.restarted[task.scene_id])
             if record["status"] == "done":
                 summary.done += 1
                 ran += 1
