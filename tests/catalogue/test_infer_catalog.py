@@ -295,3 +295,24 @@ def test_a_scene_changed_since_its_interrupted_run_restarts_with_its_stale_state
         np.testing.assert_array_equal(
             read(out / "scenes" / sid / "class_map.tif"), read(clean / "scenes" / sid / "class_map.tif")
         )
+
+
+def test_jsonl_progress_counts_every_scene_of_a_rerun(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"scene_{i}.tif").write_bytes((world["scenes"] / f"scene_{i}.tif").read_bytes())
+    out = tmp_path / "run"
+    assert _catalog(folder, world["ckpt"], out) == 0
+    (folder / "scene_3.tif").write_bytes((world["scenes"] / "scene_3.tif").read_bytes()[:700])  # corrupt
+    capsys.readouterr()
+    assert main(["infer-catalog", str(folder), "--checkpoint", str(world["ckpt"]), "--out-dir", str(out),
+                 "--progress", "jsonl"]) == 1  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scenes = [r for r in lines if r.get("phase") == "scenes"]
+    # the three finished earlier start the count; the new (failed) scene ends it at 4 of 4
+    assert (scenes[0]["done"], scenes[0]["total"]) == (3, 4)
+    assert scenes[-1]["done"] == scenes[-1]["total"] == 4
+    assert (scenes[-1]["failed"], scenes[-1]["running"]) == (1, 0)

@@ -9,8 +9,9 @@
    from its saved engine state (or, when its file changed since, starting afresh with that state
    set aside: ``worker``).
 3. Scenes run on the chosen engine (``engines``), at most one per worker in flight; every
-   scene's start and end is appended to the manifest at once. Progress on stderr: a tqdm bar over
-   scenes with done / failed / running and scenes per minute.
+   scene's start and end is appended to the manifest at once. Progress: a tqdm bar on stderr over
+   all the run's scenes (finished, done or failed, of the total) with failed / running and scenes
+   per minute, or the same as JSON lines on stdout (``--progress jsonl``).
 4. The run's outputs are written from the manifest (``outputs``): the STAC collection, the VRT
    mosaics of the class maps per CRS, and for detection the merged GeoPackage per CRS.
 """
@@ -218,7 +219,10 @@ def _run(
     progress: ProgressMode,
 ) -> None:
     engine = _make_engine(spec, choice)
-    bar = progress_bar(progress, total=len(todo), desc="scenes", unit="scene")
+    # the bar counts every scene of the run: those settled before it (finished earlier, or failed
+    # earlier and not retried) start it off, each scene that ends here (done or failed) adds one
+    settled = summary.done + len(summary.failed)
+    bar = progress_bar(progress, total=summary.total, initial=settled, desc="scenes", unit="scene")
     pending, running, t0 = list(todo), 0, time.monotonic()
     ran = 0
     try:
@@ -243,11 +247,9 @@ def _run(
             else:
                 summary.failed[task.scene_id] = record.get("error", "")
                 logger.warning("scene %s failed: %s", task.scene_id, record.get("error"))
-            bar.update(1)
             minutes = (time.monotonic() - t0) / 60
-            bar.set_postfix(
-                done=summary.done, failed=len(summary.failed), running=running, per_min=f"{ran / minutes:.1f}"
-            )
+            bar.set_postfix(failed=len(summary.failed), running=running, per_min=round(ran / minutes, 1))
+            bar.update(1)
     finally:
         bar.close()
         engine.close()
