@@ -41,6 +41,14 @@ def _catalog(source: Path, ckpt: Path, out: Path, *extra: str) -> int:
     )
 
 
+def _copy_scenes(world: dict[str, Path], folder: Path, n: int) -> Path:
+    """A folder with copies of the first ``n`` scenes of the shared world."""
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"scene_{i}.tif").write_bytes((world["scenes"] / f"scene_{i}.tif").read_bytes())
+    return folder
+
+
 def test_stac_catalogue_outputs_equal_infer_per_scene_with_stac_and_mosaic(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -137,10 +145,7 @@ def test_rerun_skips_checked_scenes_and_refuses_other_settings(
 def test_corrupt_scene_fails_alone_and_is_retried_only_when_asked(
     world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "scenes"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"scene_{i}.tif").write_bytes((world["scenes"] / f"scene_{i}.tif").read_bytes())
+    folder = _copy_scenes(world, tmp_path / "scenes", 3)
     (folder / "broken.tif").write_bytes((world["scenes"] / "scene_3.tif").read_bytes()[:700])
     out = tmp_path / "run"
     assert _catalog(folder, world["ckpt"], out) == 1
@@ -300,10 +305,7 @@ def test_a_scene_changed_since_its_interrupted_run_restarts_with_its_stale_state
 def test_jsonl_progress_counts_every_scene_of_a_rerun(
     world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "scenes"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"scene_{i}.tif").write_bytes((world["scenes"] / f"scene_{i}.tif").read_bytes())
+    folder = _copy_scenes(world, tmp_path / "scenes", 3)
     out = tmp_path / "run"
     assert _catalog(folder, world["ckpt"], out) == 0
     (folder / "scene_3.tif").write_bytes((world["scenes"] / "scene_3.tif").read_bytes()[:700])  # corrupt
