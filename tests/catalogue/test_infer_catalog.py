@@ -18,8 +18,10 @@ import rasterio.warp
 import rasterio.windows
 from catalogue_helpers import SMALL, ExitOnce, FailAt, done_counts, manifest, read, write_scenes
 
+from vitp_geo.catalogue.engines import LocalEngine
 from vitp_geo.catalogue.runner import EngineChoice, read_card, run_catalogue
 from vitp_geo.catalogue.sources import read_source
+from vitp_geo.catalogue.worker import WorkerSpec
 from vitp_geo.cli.main import main
 from vitp_geo.inference import InferSettings
 from vitp_geo.io.raster import write_geotiff
@@ -318,3 +320,39 @@ def test_jsonl_progress_counts_every_scene_of_a_rerun(
     assert (scenes[0]["done"], scenes[0]["total"]) == (3, 4)
     assert scenes[-1]["done"] == scenes[-1]["total"] == 4
     assert (scenes[-1]["failed"], scenes[-1]["running"]) == (1, 0)
+
+
+def test_a_scene_handed_over_after_a_worker_died_goes_to_a_fresh_pool_and_earlier_results_stay(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    small = write_scenes(tmp_path / "small", 1, (100, 100))[0]  # one window: one model call
+    small.rename(small.with_name("quick.tif"))
+    write_scenes(tmp_path / "mid", 2, (250, 250))  # 3 x 3 windows: 6 model calls at batch 2
+    quick, slow, later = read_source(tmp_path / "small")[0], *read_source(tmp_path / "mid")
+    flag = tmp_path / "exited"
+    spec = WorkerSpec(
+        checkpoint=world["ckpt"],
+        out_dir=tmp_path / "run",
+        task="segmentation",
+        settings=InferSettings(batch_size=2, checkpoint_every_s=0, progress="none"),
+        threads=1,
+        module_hook=ExitOnce(flag, after=3),  # the worker of the slow scene exits hard
+    )
+    engine = LocalEngine(spec, workers=2)
+    try:
+        engine.submit(quick)
+        engine.submit(slow)
+        deadline = time.monotonic() + 120
+        # the pool has seen its worker die (the executor's own flag) before the next scene is handed over
+        while not (engine._pool is not None and engine._pool._broken) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists() and engine._pool is not None and engine._pool._broken
+        engine.submit(later)  # before: BrokenProcessPool escaped to the driver
+        results = dict(engine.wait_one() for _ in range(3))
+    finally:
+        engine.close()
+    records = {t.scene_id: r for t, r in results.items()}
+    assert sorted(records) == ["quick", "scene_0", "scene_1"]
+    assert all(r["status"] == "done" for r in records.values()), records
+    # the quick scene finished before the death and its result was kept, not run again
+    assert records["quick"]["started"] < flag.stat().st_mtime
