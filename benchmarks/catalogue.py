@@ -17,6 +17,7 @@ Each measurement runs in its own subprocess. Run::
 
     .venv/bin/python benchmarks/catalogue.py --quick    # about 2-3 min on 2 CPU cores: 224² scenes, 1024²/2048² memory
     .venv/bin/python benchmarks/catalogue.py            # the full run: 12 scenes of 448², 4096² and 16384² (long)
+    .venv/bin/python benchmarks/catalogue.py --memory-only   # 3 alone: 4096² and 16384² (about 20 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,6 +144,7 @@ def main() -> None:
         help="memory: large scene side (default 16384; quick 2048; 0 skips)",
     )
     p.add_argument("--no-ray", action="store_true", help="skip the Ray runs")
+    p.add_argument("--memory-only", action="store_true", help="only measurement 3 (peak memory per worker)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     p.add_argument("--scenes", default=None, help=argparse.SUPPRESS)
@@ -162,32 +165,51 @@ def main() -> None:
         have_ray = False
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        ckpt, scenes = _setup(work, n, size)
-        loop = _measure("loop", ckpt, scenes, work)
-        local1 = _measure("local:1", ckpt, scenes, work)
-        print(f"{n} scenes of {size}², tiny ViT, CPU, 1 torch thread per worker")
-        print(f"1. driver overhead: catalogue {local1['seconds']:.1f} s / plain loop {loop['seconds']:.1f} s = "
-              f"{local1['seconds'] / loop['seconds']:.2f}x (aim <= 1.10)")  # fmt: skip
-        rows = [("local", local1, _measure("local:2", ckpt, scenes, work))]
-        if have_ray:
-            rows.append(("ray", _measure("ray:1", ckpt, scenes, work), _measure("ray:2", ckpt, scenes, work)))
-        for engine, one, two in rows:
-            spm1, spm2 = n / one["seconds"] * 60, n / two["seconds"] * 60
-            st1, st2 = n / one["steady_s"] * 60, n / two["steady_s"] * 60
-            print(f"2. {engine:5s}: {spm1:.1f} scenes/min with 1 worker, {spm2:.1f} with 2 = {spm2 / spm1:.2f}x "
-                  f"(worker start-up included); once the workers are up: {st1:.1f} vs {st2:.1f} = {st2 / st1:.2f}x")  # fmt: skip
+        ckpt, scenes = _setup(work, 0 if args.memory_only else n, size)
+        if not args.memory_only:
+            _throughput(n, size, ckpt, scenes, work, have_ray)
         if large:
-            sys.path.insert(0, str(REPO / "benchmarks"))
-            from scene_infer import write_big_scene
+            _memory(small, large, ckpt, work)
 
-            peaks = {}
-            for side in (small, large):
-                folder = work / f"mem_{side}"
-                folder.mkdir()
-                write_big_scene(folder / f"big_{side}.tif", side)
-                peaks[side] = _measure("local:1", ckpt, folder, work / f"m{side}")["peak_rss_mb"]
-            print(f"3. worker peak memory: {peaks[small]:.0f} MB at {small}², {peaks[large]:.0f} MB at {large}² "
-                  f"= {peaks[large] / peaks[small]:.2f}x (flat: ~1)")  # fmt: skip
+
+def _throughput(n: int, size: int, ckpt: Path, scenes: Path, work: Path, have_ray: bool) -> None:
+    """Measurements 1 and 2 (module doc)."""
+    loop = _measure("loop", ckpt, scenes, work)
+    local1 = _measure("local:1", ckpt, scenes, work)
+    print(f"{n} scenes of {size}², tiny ViT, CPU, 1 torch thread per worker")
+    print(f"1. driver overhead: catalogue {local1['seconds']:.1f} s / plain loop {loop['seconds']:.1f} s = "
+          f"{local1['seconds'] / loop['seconds']:.2f}x (aim <= 1.10)")  # fmt: skip
+    rows = [("local", local1, _measure("local:2", ckpt, scenes, work))]
+    if have_ray:
+        rows.append(("ray", _measure("ray:1", ckpt, scenes, work), _measure("ray:2", ckpt, scenes, work)))
+    for engine, one, two in rows:
+        spm1, spm2 = n / one["seconds"] * 60, n / two["seconds"] * 60
+        st1, st2 = n / one["steady_s"] * 60, n / two["steady_s"] * 60
+        print(f"2. {engine:5s}: {spm1:.1f} scenes/min with 1 worker, {spm2:.1f} with 2 = {spm2 / spm1:.2f}x "
+              f"(worker start-up included); once the workers are up: {st1:.1f} vs {st2:.1f} = {st2 / st1:.2f}x")  # fmt: skip
+
+
+def _memory(small: int, large: int, ckpt: Path, work: Path) -> None:
+    """Measurement 3: one scene of each side in a fresh worker process; each scene is deleted after
+    its run (a 16384² scene is 768 MiB of pixels), and each figure printed as soon as it is known."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from scene_infer import write_big_scene
+
+    peaks = {}
+    for side in (small, large):
+        folder = work / f"mem_{side}"
+        folder.mkdir()
+        t0 = time.perf_counter()
+        write_big_scene(folder / f"big_{side}.tif", side)
+        written = time.perf_counter() - t0
+        res = _measure("local:1", ckpt, folder, work / f"m{side}")
+        shutil.rmtree(folder)
+        shutil.rmtree(work / f"m{side}")
+        peaks[side] = res["peak_rss_mb"]
+        print(f"3. {side}²: worker peak memory {peaks[side]:.0f} MB (scene written in {written:.0f} s, "
+              f"run {res['seconds']:.0f} s)", flush=True)  # fmt: skip
+    print(f"3. worker peak memory: {peaks[small]:.0f} MB at {small}², {peaks[large]:.0f} MB at {large}² "
+          f"= {peaks[large] / peaks[small]:.2f}x (flat: ~1)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -96,3 +96,26 @@ class _ExitingModule(torch.nn.Module):
             Path(self.flag).write_text(str(os.getpid()))
             os._exit(137)
         return self.inner(x)
+
+
+class FailAt:
+    """A module hook: the model raises (as an out-of-memory error would) at the listed calls,
+    counted over the worker's life; the engine keeps the state saved before the failure."""
+
+    def __init__(self, calls: set[int]) -> None:
+        self.calls = calls
+
+    def __call__(self, module: torch.nn.Module) -> torch.nn.Module:
+        return _FailingModule(module, self.calls)
+
+
+class _FailingModule(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, calls: set[int]) -> None:
+        super().__init__()
+        self.inner, self.fail_at, self.calls = module, calls, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls in self.fail_at:
+            raise RuntimeError(f"simulated out of memory at model call {self.calls}")
+        return self.inner(x)

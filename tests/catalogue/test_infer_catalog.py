@@ -16,12 +16,16 @@ import pytest
 import rasterio
 import rasterio.warp
 import rasterio.windows
-from catalogue_helpers import SMALL, ExitOnce, done_counts, manifest, read, write_scenes
+from catalogue_helpers import SMALL, ExitOnce, FailAt, done_counts, manifest, read, write_scenes
 
+from vitp_geo.catalogue.engines import LocalEngine
 from vitp_geo.catalogue.runner import EngineChoice, read_card, run_catalogue
 from vitp_geo.catalogue.sources import read_source
+from vitp_geo.catalogue.worker import WorkerSpec
 from vitp_geo.cli.main import main
 from vitp_geo.inference import InferSettings
+from vitp_geo.io.raster import write_geotiff
+from vitp_geo.synthetic.scene import generate_scene
 
 
 def _catalog(source: Path, ckpt: Path, out: Path, *extra: str) -> int:
@@ -37,6 +41,14 @@ def _catalog(source: Path, ckpt: Path, out: Path, *extra: str) -> int:
             *extra,
         ]
     )
+
+
+def _copy_scenes(world: dict[str, Path], folder: Path, n: int) -> Path:
+    """A folder with copies of the first ``n`` scenes of the shared world."""
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"scene_{i}.tif").write_bytes((world["scenes"] / f"scene_{i}.tif").read_bytes())
+    return folder
 
 
 def test_stac_catalogue_outputs_equal_infer_per_scene_with_stac_and_mosaic(
@@ -135,10 +147,7 @@ def test_rerun_skips_checked_scenes_and_refuses_other_settings(
 def test_corrupt_scene_fails_alone_and_is_retried_only_when_asked(
     world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "scenes"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"scene_{i}.tif").write_bytes((world["scenes"] / f"scene_{i}.tif").read_bytes())
+    folder = _copy_scenes(world, tmp_path / "scenes", 3)
     (folder / "broken.tif").write_bytes((world["scenes"] / "scene_3.tif").read_bytes()[:700])
     out = tmp_path / "run"
     assert _catalog(folder, world["ckpt"], out) == 1
@@ -256,3 +265,94 @@ def test_qgis_opens_the_mosaic_with_the_palette_and_each_scene_in_place(
     ]
     assert report["nodata"] == 255 and report["values"] == expected
     assert not [m for m in report["messages"] if m["level"] >= 1]
+
+
+def test_a_scene_changed_since_its_interrupted_run_restarts_with_its_stale_state_kept(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mid"
+    write_scenes(folder, 2, (250, 250))  # 3 x 3 windows: a row is 2 model calls at batch 2
+    tasks = read_source(folder)
+    settings = InferSettings(batch_size=2, checkpoint_every_s=0)
+    out = tmp_path / "run"
+    # both scenes fail in their second window row (calls 3 and 6 of the worker), their first row saved
+    first = run_catalogue(
+        tasks, world["ckpt"], out, settings=settings, module_hook=FailAt({3, 6}), progress=False
+    )
+    assert sorted(first.failed) == ["scene_0", "scene_1"]
+    for sid in ("scene_0", "scene_1"):
+        assert (out / "scenes" / sid / ".class_map.partial.work" / "state.npz").exists()
+    # scene_1's file is replaced by another scene of the same size
+    other = generate_scene(7, (250, 250), pixel_size=0.5, origin=(500000.0 + 260 * 0.5, 5000000.0))
+    write_geotiff(folder / "scene_1.tif", other.image, other.transform, other.crs)
+    old_state = (out / "scenes" / "scene_1" / ".class_map.partial.work" / "state.npz").read_bytes()
+    again = run_catalogue(tasks, world["ckpt"], out, settings=settings, retry_failed=True, progress=False)
+    assert not again.failed and again.done == 2
+    done = {r["scene"]: r for r in manifest(out) if r["status"] == "done"}
+    assert done["scene_0"]["resumed_from_row"] > 0 and "stale_state" not in done["scene_0"]
+    assert done["scene_1"]["resumed_from_row"] == 0  # started afresh on the new file
+    assert "scene_1.tif changed since the scene's interrupted run" in done["scene_1"]["stale_reason"]
+    aside = out / done["scene_1"]["stale_state"]
+    assert aside == out / "scenes" / "scene_1" / ".class_map.partial.work.stale-1"
+    assert (aside / "state.npz").read_bytes() == old_state  # the stale state is kept, not deleted
+    assert any("scene_1" in line and str(aside) in line for line in again.lines())
+    clean = tmp_path / "clean"
+    run_catalogue(tasks, world["ckpt"], clean, settings=settings, progress=False)
+    for sid in ("scene_0", "scene_1"):  # both equal an uninterrupted run over the current files
+        np.testing.assert_array_equal(
+            read(out / "scenes" / sid / "class_map.tif"), read(clean / "scenes" / sid / "class_map.tif")
+        )
+
+
+def test_jsonl_progress_counts_every_scene_of_a_rerun(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _copy_scenes(world, tmp_path / "scenes", 3)
+    out = tmp_path / "run"
+    assert _catalog(folder, world["ckpt"], out) == 0
+    (folder / "scene_3.tif").write_bytes((world["scenes"] / "scene_3.tif").read_bytes()[:700])  # corrupt
+    capsys.readouterr()
+    assert main(["infer-catalog", str(folder), "--checkpoint", str(world["ckpt"]), "--out-dir", str(out),
+                 "--progress", "jsonl"]) == 1  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scenes = [r for r in lines if r.get("phase") == "scenes"]
+    # the three finished earlier start the count; the new (failed) scene ends it at 4 of 4
+    assert (scenes[0]["done"], scenes[0]["total"]) == (3, 4)
+    assert scenes[-1]["done"] == scenes[-1]["total"] == 4
+    assert (scenes[-1]["failed"], scenes[-1]["running"]) == (1, 0)
+
+
+def test_a_scene_handed_over_after_a_worker_died_goes_to_a_fresh_pool_and_earlier_results_stay(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    small = write_scenes(tmp_path / "small", 1, (100, 100))[0]  # one window: one model call
+    small.rename(small.with_name("quick.tif"))
+    write_scenes(tmp_path / "mid", 2, (250, 250))  # 3 x 3 windows: 6 model calls at batch 2
+    quick, slow, later = read_source(tmp_path / "small")[0], *read_source(tmp_path / "mid")
+    flag = tmp_path / "exited"
+    spec = WorkerSpec(
+        checkpoint=world["ckpt"],
+        out_dir=tmp_path / "run",
+        task="segmentation",
+        settings=InferSettings(batch_size=2, checkpoint_every_s=0, progress="none"),
+        threads=1,
+        module_hook=ExitOnce(flag, after=3),  # the worker of the slow scene exits hard
+    )
+    engine = LocalEngine(spec, workers=2)
+    try:
+        engine.submit(quick)
+        engine.submit(slow)
+        deadline = time.monotonic() + 120
+        # the pool has seen its worker die (the executor's own flag) before the next scene is handed over
+        while not (engine._pool is not None and engine._pool._broken) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists() and engine._pool is not None and engine._pool._broken
+        engine.submit(later)  # before: BrokenProcessPool escaped to the driver
+        results = dict(engine.wait_one() for _ in range(3))
+    finally:
+        engine.close()
+    records = {t.scene_id: r for t, r in results.items()}
+    assert sorted(records) == ["quick", "scene_0", "scene_1"]
+    assert all(r["status"] == "done" for r in records.values()), records
+    # the quick scene finished before the death and its result was kept, not run again
+    assert records["quick"]["started"] < flag.stat().st_mtime

@@ -7,6 +7,9 @@ blocks until some scene finishes and returns ``(task, manifest record)``.
 A worker that dies (killed, out of memory, a hard crash in native code) loses only the scene it
 held: the scene goes to a fresh worker (a restarted Ray actor, a new process pool) and resumes
 from the engine state saved so far, up to ``MAX_WORKER_DEATHS`` times; then it is recorded failed.
+(A dead process breaks the whole local pool: the scenes of its other workers go to the fresh pool
+too, results that came back before the death are kept, and a scene handed over after the death
+goes to the fresh pool.)
 
 * ``LocalEngine(spec, workers=1)`` runs scenes in this process; ``workers > 1`` runs a pool of
   spawned processes. No Ray needed.
@@ -72,7 +75,11 @@ class LocalEngine:
                 initializer=_init_process,
                 initargs=(self.spec,),
             )
-        self._futures[self._pool.submit(_run_in_process, task)] = task
+        try:
+            self._futures[self._pool.submit(_run_in_process, task)] = task
+        except BrokenProcessPool as err:  # a worker died since the last wait_one
+            self._recover(str(err))
+            self.submit(task)  # to the fresh pool
 
     def wait_one(self) -> tuple[SceneTask, dict[str, Any]]:
         if self.capacity == 1:
@@ -83,22 +90,34 @@ class LocalEngine:
         while not self._ready:
             done, _ = wait(list(self._futures), return_when=FIRST_COMPLETED)
             fut = next(iter(done))
-            task = self._futures.pop(fut)
             try:
-                self._ready.append((task, fut.result()))
-            except BrokenProcessPool as err:  # a worker died: every scene in flight is lost
-                lost = [task, *self._futures.values()]
-                self._futures.clear()
-                if self._pool is not None:
-                    self._pool.shutdown(wait=True, cancel_futures=True)
-                    self._pool = None
-                for t in lost:
-                    deaths = self._deaths[t.scene_id] = self._deaths.get(t.scene_id, 0) + 1
-                    if deaths <= MAX_WORKER_DEATHS:
-                        self.submit(t)  # a fresh pool; the scene resumes from its saved engine state
-                    else:
-                        self._ready.append((t, _died(t, deaths, str(err))))
+                result = fut.result()
+            except BrokenProcessPool as err:  # a worker died
+                self._recover(str(err))
+                continue
+            self._ready.append((self._futures.pop(fut), result))
         return self._ready.pop(0)
+
+    def _recover(self, why: str) -> None:
+        """After a worker died: keep the results that came in before, give the scenes lost with the
+        pool to a fresh one (they resume from their saved engine state), or record them failed
+        once their workers died more than ``MAX_WORKER_DEATHS`` times."""
+        futures, self._futures = self._futures, {}
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # every future is settled after this
+            self._pool = None
+        for fut, t in futures.items():
+            if not fut.cancelled() and fut.exception() is None:  # finished before the pool broke
+                self._ready.append((t, fut.result()))
+                continue
+            if fut.cancelled():  # never started: no worker died with it
+                self.submit(t)
+                continue
+            deaths = self._deaths[t.scene_id] = self._deaths.get(t.scene_id, 0) + 1
+            if deaths <= MAX_WORKER_DEATHS:
+                self.submit(t)
+            else:
+                self._ready.append((t, _died(t, deaths, why)))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -6,10 +6,12 @@
 2. The manifest decides what is left: a ``done`` scene whose outputs still have their recorded
    sizes and checksums is skipped; a ``failed`` one is retried only with ``retry_failed``; the
    rest (new, or ``running`` when a driver or worker was killed) run, an interrupted one resuming
-   from its saved engine state.
+   from its saved engine state (or, when its file changed since, starting afresh with that state
+   set aside: ``worker``).
 3. Scenes run on the chosen engine (``engines``), at most one per worker in flight; every
-   scene's start and end is appended to the manifest at once. Progress on stderr: a tqdm bar over
-   scenes with done / failed / running and scenes per minute.
+   scene's start and end is appended to the manifest at once. Progress: a tqdm bar on stderr over
+   all the run's scenes (finished, done or failed, of the total) with failed / running and scenes
+   per minute, or the same as JSON lines on stdout (``--progress jsonl``).
 4. The run's outputs are written from the manifest (``outputs``): the STAC collection, the VRT
    mosaics of the class maps per CRS, and for detection the merged GeoPackage per CRS.
 """
@@ -55,12 +57,14 @@ class EngineChoice:
 
 @dataclass
 class CatalogueSummary:
-    """What a catalogue run did. ``failed``: scene id → one-line error (also earlier failures)."""
+    """What a catalogue run did. ``failed``: scene id → one-line error (also earlier failures);
+    ``restarted``: scene id → why its saved state was stale and where it was set aside."""
 
     total: int
     done: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    restarted: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     outputs: list[Path] = field(default_factory=list)
 
@@ -73,6 +77,7 @@ class CatalogueSummary:
             f"time:     {self.seconds:.1f} s ({rate:.1f} scenes/min over the {ran} run)",
             *[f"output:   {p}" for p in self.outputs],
         ]
+        out += [f"restarted: {sid}: {why}" for sid, why in sorted(self.restarted.items())]
         out += [f"failed:   {sid}: {err}" for sid, err in sorted(self.failed.items())]
         return out
 
@@ -214,7 +219,10 @@ def _run(
     progress: ProgressMode,
 ) -> None:
     engine = _make_engine(spec, choice)
-    bar = progress_bar(progress, total=len(todo), desc="scenes", unit="scene")
+    # the bar counts every scene of the run: those settled before it (finished earlier, or failed
+    # earlier and not retried) start it off, each scene that ends here (done or failed) adds one
+    settled = summary.done + len(summary.failed)
+    bar = progress_bar(progress, total=summary.total, initial=settled, desc="scenes", unit="scene")
     pending, running, t0 = list(todo), 0, time.monotonic()
     ran = 0
     try:
@@ -227,17 +235,21 @@ def _run(
             task, record = engine.wait_one()
             running -= 1
             manifest.append({**record, "fingerprint": fingerprint})
+            if record.get("stale_state"):
+                summary.restarted[task.scene_id] = (
+                    f"{record['stale_reason']}; started afresh, the old saved state is kept in "
+                    f"{manifest.path.parent / record['stale_state']}"
+                )
+                logger.warning("scene %s: %s", task.scene_id, summary.restarted[task.scene_id])
             if record["status"] == "done":
                 summary.done += 1
                 ran += 1
             else:
                 summary.failed[task.scene_id] = record.get("error", "")
                 logger.warning("scene %s failed: %s", task.scene_id, record.get("error"))
-            bar.update(1)
             minutes = (time.monotonic() - t0) / 60
-            bar.set_postfix(
-                done=summary.done, failed=len(summary.failed), running=running, per_min=f"{ran / minutes:.1f}"
-            )
+            bar.set_postfix(failed=len(summary.failed), running=running, per_min=round(ran / minutes, 1))
+            bar.update(1)
     finally:
         bar.close()
         engine.close()

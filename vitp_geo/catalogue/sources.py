@@ -6,6 +6,9 @@ before/after pair for change models), each with a stable id that names its outpu
 * a STAC catalogue, collection or item JSON (read with ``pystac``): every item reachable from it;
   the asset read is ``asset`` (default: the first GeoTIFF / COG asset), the "after" asset of a
   change pair ``after_asset``; the id is the item's id;
+* a STAC-GeoParquet file (``.parquet``, read with ``stac-geoparquet``, the ``geoparquet`` extra):
+  one item per row, its assets chosen as for STAC JSON; relative asset hrefs are resolved against
+  the item's ``self`` link, else against the file's folder;
 * a folder (every ``.tif`` / ``.tiff`` below it) or a glob (``'scenes/*.tif'``): the id is the
   path below the folder without its suffix;
 * a text file with one path per line (relative paths are relative to the file; blank lines and
@@ -25,6 +28,8 @@ from pathlib import Path
 import pystac
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+STAC_SUFFIXES = (".json", ".parquet", ".geoparquet")
+GEOPARQUET_COLUMNS = ("id", "assets", "geometry")  # what every STAC-GeoParquet row has
 GEOTIFF_MEDIA = ("image/tiff", "image/geotiff", "image/tiff; application=geotiff")
 
 
@@ -78,8 +83,10 @@ def read_source(
     """
     text = str(source)
     path = Path(text)
-    if (asset is not None or after_asset is not None) and path.suffix.lower() != ".json":
-        raise ValueError(f"--asset / --after-asset choose assets of STAC items; {text} is not a STAC JSON")
+    if (asset is not None or after_asset is not None) and path.suffix.lower() not in STAC_SUFFIXES:
+        raise ValueError(
+            f"--asset / --after-asset choose assets of STAC items; {text} is not a STAC JSON or STAC-GeoParquet"
+        )
     if any(c in text for c in "*?[") and not path.exists():
         files = sorted(
             Path(p) for p in glob.glob(text, recursive=True) if p.lower().endswith(GEOTIFF_SUFFIXES)
@@ -95,10 +102,8 @@ def read_source(
     suffix = path.suffix.lower()
     if suffix == ".json":
         return _unique(_stac_tasks(path, asset, after_asset), text)
-    if suffix == ".parquet":
-        raise ValueError(
-            f"{text}: STAC-GeoParquet is not read yet; export the items to a STAC JSON catalogue"
-        )
+    if suffix in (".parquet", ".geoparquet"):
+        return _unique(_geoparquet_tasks(path, asset, after_asset), text)
     if suffix == ".csv":
         return _unique(_csv_tasks(path), text)
     if suffix in GEOTIFF_SUFFIXES:
@@ -155,11 +160,54 @@ def _stac_tasks(path: Path, asset: str | None, after_asset: str | None) -> list[
         raise ValueError(
             f"{path}: a STAC {type(obj).__name__} lists no items; give a catalogue or collection"
         )
+    return _item_tasks(path, items, asset, after_asset)
+
+
+def _geoparquet_tasks(path: Path, asset: str | None, after_asset: str | None) -> list[SceneTask]:
+    """The items of a STAC-GeoParquet file, one per row (``stac_geoparquet`` turns rows back into
+    STAC item dicts: properties, assets, links, the WKB geometry as GeoJSON)."""
+    try:
+        import pyarrow.parquet as pq
+        from stac_geoparquet.arrow import stac_table_to_items
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading STAC-GeoParquet needs pip install 'vitp-geo[geoparquet]'"
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError... for a file that is not Parquet
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+    missing = [c for c in GEOPARQUET_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{path}: not STAC-GeoParquet: no column {', '.join(map(repr, missing))} "
+            f"(its columns: {', '.join(table.column_names)})"
+        )
+    items = []
+    for row, d in enumerate(stac_table_to_items(table)):
+        try:
+            item = pystac.Item.from_dict(d, preserve_dict=False)
+        except Exception as err:  # pystac raises several types for a malformed item
+            raise ValueError(f"{path}, row {row}: not a STAC item ({err})") from err
+        if item.get_self_href() is None:  # relative asset hrefs are relative to the file
+            for a in item.assets.values():
+                if "://" not in a.href and not Path(a.href).is_absolute():
+                    a.href = str((path.parent / a.href).resolve())
+        items.append(item)
+    return _item_tasks(path, sorted(items, key=lambda i: i.id), asset, after_asset)
+
+
+def _item_tasks(
+    source: Path, items: list[pystac.Item], asset: str | None, after_asset: str | None
+) -> list[SceneTask]:
     tasks = []
     for item in items:
-        key = asset if asset is not None else _first_geotiff(item)
-        before = _asset_path(item, key, "--asset")
-        after = _asset_path(item, after_asset, "--after-asset") if after_asset is not None else None
+        try:
+            key = asset if asset is not None else _first_geotiff(item)
+            before = _asset_path(item, key, "--asset")
+            after = _asset_path(item, after_asset, "--after-asset") if after_asset is not None else None
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
         when = item.datetime.isoformat() if item.datetime is not None else None
         tasks.append(SceneTask(_safe_id(item.id), before, after, item.get_self_href(), when))
     return tasks

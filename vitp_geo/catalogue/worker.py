@@ -7,11 +7,18 @@ error (any exception: a bad file, out of memory). A scene whose engine state was
 interrupted run (a killed worker or driver) resumes from it. A scene folder is locked while its
 scene runs (``scene_lock``), so a worker left over from a killed driver and the rerun's worker never
 write the same scene at once.
+
+A scene whose file (or "after" file) changed since its interrupted run cannot resume: its saved
+state describes the old file. The worker records the files it started from (``.source.json``:
+path, size, mtime, what the engine's resume check compares) and, when they no longer match, sets
+the stale state aside beside it (``.class_map.partial.work.stale-N``, nothing is deleted), starts
+the scene afresh and says so in its record (``stale_state``, ``stale_reason``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import time
@@ -24,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from vitp_geo.catalogue.manifest import output_entry
 from vitp_geo.catalogue.sources import SceneTask
 from vitp_geo.inference import InferSettings, SceneOutputs
+from vitp_geo.io.atomic import atomic_output
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +40,7 @@ CLASS_MAP_NAME = "class_map.tif"
 PROBABILITIES_NAME = "probabilities.tif"
 VECTOR_NAME = "vectors.gpkg"
 DETECTIONS_NAME = "detections.gpkg"
+SOURCE_NAME = ".source.json"  # the files a scene's engine state was started from
 
 ModuleHook = Callable[["torch.nn.Module"], "torch.nn.Module"]
 
@@ -96,6 +105,48 @@ def scene_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def source_identity(task: SceneTask) -> dict[str, Any]:
+    """The scene's files as the engine's resume check sees them: resolved path, size, mtime (ns)."""
+    out: dict[str, Any] = {}
+    for key, p in (("scene", task.scene), ("after", task.after)):
+        if p is not None:
+            st = p.stat()
+            out[key] = [str(p.resolve()), st.st_size, st.st_mtime_ns]
+    return out
+
+
+def stale_reason(folder: Path, task: SceneTask) -> str | None:
+    """Why the engine state in ``folder`` was saved for other files than ``task``'s, or None.
+
+    None too when ``folder`` has no record of its files (a state from an older vitp-geo): the
+    engine's own check then decides.
+    """
+    try:
+        recorded = json.loads((folder / SOURCE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    now = source_identity(task)
+    for key in ("scene", "after"):
+        old, new = recorded.get(key), now.get(key)
+        if old != new:
+            what = new[0] if new else (old[0] if old else key)
+            return (
+                f"{what} changed since the scene's interrupted run "
+                f"(size {old[1] if old else None} -> {new[1] if new else None} bytes, "
+                f"mtime {'equal' if old and new and old[2] == new[2] else 'differs'})"
+            )
+    return None
+
+
+def set_aside(work: Path) -> Path:
+    """Rename ``work`` to the first free ``<work>.stale-N`` beside it; returns the new path."""
+    n = 1
+    while (aside := work.with_name(f"{work.name}.stale-{n}")).exists():
+        n += 1
+    work.rename(aside)
+    return aside
+
+
 class SceneWorker:
     """A model loaded once (module doc)."""
 
@@ -125,9 +176,21 @@ class SceneWorker:
             folder = self.spec.out_dir / "scenes" / task.scene_id
             folder.mkdir(parents=True, exist_ok=True)
             with scene_lock(folder):
-                resume = (
-                    outputs.class_map is not None and (work_dir_for(outputs.class_map) / "state.npz").exists()
-                )
+                resume = False
+                if outputs.class_map is not None:
+                    work = work_dir_for(outputs.class_map)
+                    resume = (work / "state.npz").exists()
+                    reason = stale_reason(folder, task) if resume else None
+                    if reason is not None:  # the state describes the old file: keep it, start afresh
+                        aside = set_aside(work)
+                        (folder / SOURCE_NAME).rename(aside / "source.json")
+                        record.update(
+                            stale_state=str(aside.relative_to(self.spec.out_dir)), stale_reason=reason
+                        )
+                        resume = False
+                    if not resume:
+                        with atomic_output(folder / SOURCE_NAME) as tmp:
+                            tmp.write_text(json.dumps(source_identity(task)))
                 summary = infer_scene(
                     task.scene,
                     self.model,

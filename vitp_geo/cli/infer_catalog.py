@@ -1,4 +1,4 @@
-"""``vitp-geo infer-catalog``: one checkpoint over a catalogue of scenes (STAC, folder, list).
+"""``vitp-geo infer-catalog``: one checkpoint over a catalogue of scenes (STAC, GeoParquet, folder, list).
 
 Argument wiring only; the run is ``vitp_geo.catalogue.runner.run_catalogue``.
 Exit codes: 0 all scenes done, 1 some scenes failed (the summary lists them), 2 bad input.
@@ -25,14 +25,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "source",
-        help="a STAC catalogue / collection / item JSON, a folder or glob of GeoTIFFs, a text file with one "
-        "path per line, or (change models) a CSV with 'before' and 'after' columns",
+        help="a STAC catalogue / collection / item JSON, a STAC-GeoParquet file (.parquet; the geoparquet "
+        "extra), a folder or glob of GeoTIFFs, a text file with one path per line, or (change models) a CSV "
+        "with 'before' and 'after' columns",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by `vitp-geo finetune`")
     p.add_argument(
         "--out-dir", type=Path, required=True, help="the run's folder (created; reruns continue it)"
     )
-    p.add_argument("--asset", default=None, help="STAC: the asset to read (default: the first GeoTIFF/COG)")
+    p.add_argument(
+        "--asset",
+        default=None,
+        help="STAC / STAC-GeoParquet: the asset to read (default: the first GeoTIFF/COG)",
+    )
     p.add_argument("--after-asset", default=None, help="STAC, change models: the asset of the 'after' image")
     p.add_argument(
         "--probabilities", action="store_true", help="also write per-class probabilities per scene"
