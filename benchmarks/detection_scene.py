@@ -6,13 +6,13 @@ same scene (window reading, cross-window merge in map coordinates, rotated NMS, 
 writing). The detector is a real checkpoint in the finetune format (the tiny ViT with a Rotated
 Faster R-CNN; ``--checkpoint`` takes a trained one); untrained, it returns many low-confidence
 boxes, so ``--min-score 0`` gives the merge a heavy load. The cross-window merge alone
-(``tiling.detection.DetectionMerger``, the ``tiling.box_merge`` rule: cut boxes joined across
+(``tiling.window_detections.DetectionMerger``, the ``tiling.box_merge`` rule: cut boxes joined across
 seams, then class-wise rotated NMS at the checkpoint's threshold) is also timed on the bare run's
 window outputs, which on a loaded machine is steadier than the difference of two long runs.
 Prints seconds and the ratio::
 
     .venv/bin/python benchmarks/detection_scene.py [--size 1344] [--tile 224] [--checkpoint det.ckpt] [--repeat 3]
-    .venv/bin/python benchmarks/detection.py --part scene      # the same, through the ops benchmark
+    .venv/bin/python benchmarks/rotated_iou_nms.py --part scene      # the same, through the ops benchmark
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from vitp_geo.tasks import load_inference_model
     from vitp_geo.tiling.box_merge import card_nms_threshold
-    from vitp_geo.tiling.detection import DetectionMerger
     from vitp_geo.tiling.detection_outputs import DetectionRunConfig, ModuleDetector, detect_scene_to_vector
     from vitp_geo.tiling.planner import plan_windows
     from vitp_geo.tiling.reader import SceneWindowReader
+    from vitp_geo.tiling.window_detections import DetectionMerger
 
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:

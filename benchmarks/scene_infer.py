@@ -102,7 +102,8 @@ def child(
     torch.set_num_threads(2)
     from vitp_geo.io.qgis_styles import ClassStyle
     from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
-    from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
+    from vitp_geo.tiling.engine import EngineConfig, segment_scene
+    from vitp_geo.tiling.segmentation_outputs import SegmentationOutputs
 
     model = build_model(model_kind)
     base_mb = _peak_mb()

@@ -118,7 +118,7 @@ class _TileDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from vitp_geo.instruct.builders.labels import PixelLabels
-        from vitp_geo.instruct.builders.tiles import Tile
+        from vitp_geo.instruct.builders.tile_places import Tile
         from vitp_geo.instruct.builders.vector import tile_objects
 
         si, row, col = self.tiles[index]

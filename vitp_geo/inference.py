@@ -227,7 +227,8 @@ def _segment(
     device: torch.device,
 ) -> SceneSummary | None:
     from vitp_geo.io.qgis_styles import ClassStyle
-    from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
+    from vitp_geo.tiling.engine import EngineConfig, segment_scene
+    from vitp_geo.tiling.segmentation_outputs import SegmentationOutputs
 
     card, ckpt = model.card, model.checkpoint
     if outputs.class_map is None:

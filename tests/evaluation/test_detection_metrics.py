@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitp_geo.evaluation.detection import evaluate_coco, evaluate_voc, voc_ap
+from vitp_geo.evaluation.detection_map import evaluate_coco, evaluate_voc, voc_ap
 from vitp_geo.geometry.obb import hbb_to_obb, obb_to_poly
 
 
@@ -197,7 +197,7 @@ def test_coco_map_by_hand() -> None:
 def test_non_convex_annotations_use_exact_polygon_iou() -> None:
     from shapely.geometry import Polygon
 
-    from vitp_geo.evaluation.detection import polygon_iou
+    from vitp_geo.evaluation.detection_map import polygon_iou
 
     dart = np.array([[0, 0, 10, 0, 3, 3, 0, 10]], dtype=np.float64)  # one reflex corner
     square = np.array([[0, 0, 6, 0, 6, 6, 0, 6], [20, 20, 30, 20, 30, 30, 20, 30]], dtype=np.float64)
@@ -216,7 +216,7 @@ def quad_iou_of_hull(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_accumulator_matches_evaluate_voc_and_takes_torchvision_style_dicts() -> None:
-    from vitp_geo.evaluation.detection import VOCMeanAP
+    from vitp_geo.evaluation.detection_map import VOCMeanAP
 
     gt, pred = _random_scene(3, n_img=5)
     names = ["a", "b", "c"]

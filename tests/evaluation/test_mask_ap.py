@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vitp_geo.evaluation.detection import evaluate_coco, masks_to_rle
+from vitp_geo.evaluation.detection_map import evaluate_coco, masks_to_rle
 from vitp_geo.io.annotations.coco import read_coco, read_coco_results
 from vitp_geo.io.annotations.samples import ParseError
 

@@ -25,7 +25,7 @@ from vitp_geo.geometry.obb import (
     rotated_iou_aligned,
     rotated_nms,
 )
-from vitp_geo.tiling.detection import nms_polygons
+from vitp_geo.tiling.window_detections import nms_polygons
 
 
 def random_obbs(n: int, seed: int, span: float = 60.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -357,7 +357,7 @@ def test_scene_merger_nms_equals_polygon_nms_in_map_coordinates() -> None:
     that must still be the decision polygon IoU makes in map coordinates."""
     from affine import Affine
 
-    from vitp_geo.tiling.detection import DetectionMerger
+    from vitp_geo.tiling.window_detections import DetectionMerger
 
     t = Affine(0.5, 0.2, 1000.0, 0.1, -0.6, 5000.0)
     m = DetectionMerger(t, 400, 400, iou_threshold=0.3)
@@ -397,7 +397,7 @@ def test_box_geometry_and_its_users_import_no_model_stack():
 
     code = (
         "import sys\n"
-        "import vitp_geo.geometry.obb, vitp_geo.evaluation.detection, vitp_geo.tiling.dota_split\n"
+        "import vitp_geo.geometry.obb, vitp_geo.evaluation.detection_map, vitp_geo.tiling.dota_split\n"
         "print(sorted(m for m in ('timm', 'torchvision', 'lightning', 'torchgeo', 'vitp_geo.models')"
         " if m in sys.modules))\n"
     )

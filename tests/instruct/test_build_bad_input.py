@@ -214,7 +214,7 @@ def test_a_builder_tile_and_an_inference_window_render_alike_through_one_reader(
     from affine import Affine
 
     from vitp_geo.instruct.builders.raster_scene import open_scene
-    from vitp_geo.instruct.builders.tiles import Tile
+    from vitp_geo.instruct.builders.tile_places import Tile
     from vitp_geo.io.raster import RenderRule, SceneWindows
     from vitp_geo.tiling.reader import SceneWindowReader
 

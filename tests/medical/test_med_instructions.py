@@ -13,7 +13,7 @@ from PIL import Image
 
 from vitp_geo.cli.main import main
 from vitp_geo.instruct.builders.context import BuildContext
-from vitp_geo.instruct.builders.tiles import position_word
+from vitp_geo.instruct.builders.tile_places import position_word
 from vitp_geo.instruct.records import normalize_box, parse_boxes, read_jsonl
 from vitp_geo.medical import phantoms as P
 from vitp_geo.medical.instructions import connected_regions, slice_records

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from vitp_geo.io.qgis_styles import ClassStyle
-from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene
+from vitp_geo.tiling.engine import EngineConfig, segment_scene
+from vitp_geo.tiling.segmentation_outputs import SegmentationOutputs
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = Path(__file__).with_name("qgis_client.py")

@@ -12,7 +12,7 @@ from shapely.geometry import box
 
 from vitp_geo.io.raster import write_geotiff
 from vitp_geo.synthetic.scene import generate_scene
-from vitp_geo.tiling.detection import DetectionMerger, box_polygon, detect_scene, nms_polygons
+from vitp_geo.tiling.window_detections import DetectionMerger, box_polygon, detect_scene, nms_polygons
 
 
 def test_nms_keeps_best_of_overlapping_and_separate_boxes() -> None:

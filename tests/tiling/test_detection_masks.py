@@ -16,8 +16,8 @@ from torch import nn
 
 from vitp_geo.io.qgis_styles import ClassStyle
 from vitp_geo.io.raster import write_geotiff
-from vitp_geo.tiling.detection import DetectionMerger
 from vitp_geo.tiling.detection_outputs import DetectionRunConfig, detect_scene_to_vector
+from vitp_geo.tiling.window_detections import DetectionMerger
 
 CRS = "EPSG:32633"
 TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)

@@ -20,9 +20,9 @@ from shapely.geometry import Polygon, box, shape
 from vitp_geo.geometry.obb import obb_to_poly, poly_to_obb
 from vitp_geo.io.raster import write_geotiff
 from vitp_geo.tiling.box_merge import card_nms_threshold, merge_window_boxes, nms_threshold
-from vitp_geo.tiling.detection import DetectionMerger, detect_scene
 from vitp_geo.tiling.dota_split import merge_patch_detections, patch_name
 from vitp_geo.tiling.planner import plan_windows
+from vitp_geo.tiling.window_detections import DetectionMerger, detect_scene
 
 TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)
 

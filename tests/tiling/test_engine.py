@@ -21,7 +21,9 @@ from toy_models import (
 from vitp_geo.io.qgis_styles import ClassStyle
 from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
 from vitp_geo.tiling.distributed import RankInfo, spawn_ranks
-from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene, work_dir_for
+from vitp_geo.tiling.engine import EngineConfig, segment_scene
+from vitp_geo.tiling.resume import work_dir_for
+from vitp_geo.tiling.segmentation_outputs import SegmentationOutputs
 
 CLASSES = ClassStyle(CLASS_NAMES, CLASS_COLORS)
 CFG = EngineConfig(tile_size=64, overlap=0.25, batch_size=3, activation="none", progress=False)
@@ -173,7 +175,7 @@ def test_rerun_without_resume_says_it_discards_the_partial_run(
     cfg = EngineConfig(**{**CFG.__dict__, "checkpoint_every_s": 0.0})
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "scene.tif", tmp_path, model=InterruptAfter(PixelModel(), 2), config=cfg)
-    with caplog.at_level("WARNING", logger="vitp_geo.tiling.engine"):
+    with caplog.at_level("WARNING", logger="vitp_geo.tiling.resume"):
         summary = _run(tmp_path / "scene.tif", tmp_path, config=cfg)
     assert summary.resumed_from_row == 0
     assert any(
@@ -188,7 +190,7 @@ def test_resume_without_saved_state_says_it_starts_from_the_beginning(
 ) -> None:
     """Issue 20: ``--resume`` with nothing saved started afresh without saying so."""
     write_test_scene(tmp_path / "scene.tif", (130, 130))
-    with caplog.at_level("WARNING", logger="vitp_geo.tiling.engine"):
+    with caplog.at_level("WARNING", logger="vitp_geo.tiling.resume"):
         summary = _run(tmp_path / "scene.tif", tmp_path, resume=True)
     assert summary.resumed_from_row == 0 and (tmp_path / "pred.tif").exists()
     assert any(

@@ -13,8 +13,10 @@ from toy_models import PixelModel, write_test_scene
 
 from vitp_geo.io.qgis_styles import ClassStyle
 from vitp_geo.synthetic.scene import CLASS_COLORS, CLASS_NAMES
-from vitp_geo.tiling.engine import EngineConfig, SegmentationOutputs, segment_scene, work_dir_for
+from vitp_geo.tiling.engine import EngineConfig, segment_scene
 from vitp_geo.tiling.progress import RunInterrupted
+from vitp_geo.tiling.resume import work_dir_for
+from vitp_geo.tiling.segmentation_outputs import SegmentationOutputs
 
 CLASSES = ClassStyle(CLASS_NAMES, CLASS_COLORS)
 CFG = EngineConfig(tile_size=64, overlap=0.25, batch_size=2, activation="none", progress=False)

@@ -197,7 +197,7 @@ def _north_up(t: Affine) -> bool:
 def write_class_mosaics(out_dir: Path, class_maps: Sequence[Path], classes: ClassStyle) -> list[Path]:
     """One VRT mosaic of ``class_maps`` per CRS, with colour table and QGIS style (module doc)."""
     from vitp_geo.io.qgis_styles import write_raster_qml
-    from vitp_geo.tiling.engine import CLASS_NODATA
+    from vitp_geo.tiling.segmentation_outputs import CLASS_NODATA
 
     written = []
     folder = out_dir / "mosaics"

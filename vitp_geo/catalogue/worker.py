@@ -167,7 +167,7 @@ class SceneWorker:
     def run(self, task: SceneTask) -> dict[str, Any]:
         """Run one scene; a manifest record (``done`` or ``failed``), never an exception."""
         from vitp_geo.inference import infer_scene
-        from vitp_geo.tiling.engine import work_dir_for
+        from vitp_geo.tiling.resume import work_dir_for
 
         t0, started = time.monotonic(), time.time()
         outputs = scene_outputs(self.spec, task.scene_id)

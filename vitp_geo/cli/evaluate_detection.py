@@ -10,13 +10,13 @@ import argparse
 import math
 from pathlib import Path
 
-from vitp_geo.evaluation.detection import APMetric
 from vitp_geo.evaluation.detection_files import (
     CLASS_PRESETS,
     GroundTruthFormat,
     evaluate_files,
     write_metrics,
 )
+from vitp_geo.evaluation.detection_map import APMetric
 from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 
 

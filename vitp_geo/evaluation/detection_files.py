@@ -35,7 +35,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from vitp_geo.evaluation.detection import APMetric, DetectionMetrics, evaluate_coco, evaluate_detections
+from vitp_geo.evaluation.detection_map import APMetric, DetectionMetrics, evaluate_coco, evaluate_detections
 from vitp_geo.io.annotations import (
     DIOR_CLASSES,
     DOTA_CLASSES,

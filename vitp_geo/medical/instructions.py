@@ -42,7 +42,7 @@ import numpy as np
 
 from vitp_geo.instruct import templates as T
 from vitp_geo.instruct.builders.context import BuildContext
-from vitp_geo.instruct.builders.tiles import REGIONS, position_word, region_slices
+from vitp_geo.instruct.builders.tile_places import REGIONS, position_word, region_slices
 from vitp_geo.instruct.records import InstructionRecord, format_grounding, normalize_box
 from vitp_geo.medical.datasets import (
     XRAY_CLASSES,

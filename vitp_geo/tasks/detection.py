@@ -29,7 +29,7 @@ from torch import Tensor
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
-from vitp_geo.evaluation.detection import masks_to_rle
+from vitp_geo.evaluation.detection_map import masks_to_rle
 from vitp_geo.geometry.obb import obb_to_hbb, obb_to_poly
 from vitp_geo.models.detection.rcnn import BoxType, targets_from_batch
 from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
@@ -320,7 +320,7 @@ def detection_scores(
     """``map50`` (VOC07 AP50 on the task's boxes); for obb ``map50_hbb`` on horizontal envelopes;
     for Mask R-CNN entries (``pred_rles`` / ``gt_rles``) ``segm_map``, COCO mask AP (``mask_ap``).
 
-    The evaluator is ``vitp_geo.evaluation.detection.evaluate_voc`` (DOTA devkit rules: polygon
+    The evaluator is ``vitp_geo.evaluation.detection_map.evaluate_voc`` (DOTA devkit rules: polygon
     IoU strictly above 0.5, 11-point AP; ``difficult`` objects neither count nor hurt; oriented
     ground truth is the annotated quadrilaterals, ``gt_polys``). A split without any object has
     no AP: 0 is logged.
@@ -330,7 +330,7 @@ def detection_scores(
         box_type: what ``pred_boxes`` / ``gt_boxes`` hold ((N, 4) or (N, 5)).
         class_names: the K class names.
     """
-    from vitp_geo.evaluation.detection import evaluate_voc
+    from vitp_geo.evaluation.detection_map import evaluate_voc
 
     def run(oriented: bool) -> float:
         gt: dict[str, dict[str, Tensor]] = {}
@@ -370,7 +370,7 @@ def detection_scores(
 def mask_ap(store: list[dict[str, Any]], class_names: list[str]) -> float:
     """COCO mask AP@[.5:.95] (``evaluate_coco`` with ``iou_type="segm"``) of entries holding
     ``pred_rles`` / ``gt_rles`` besides the boxes; 0 for a split without any object."""
-    from vitp_geo.evaluation.detection import evaluate_coco
+    from vitp_geo.evaluation.detection_map import evaluate_coco
 
     gt = {
         str(i): {"bbox_xyxy": s["gt_boxes"], "label": s["gt_labels"], "segmentation": s["gt_rles"]}

@@ -1,13 +1,13 @@
 """A detection checkpoint over a whole scene → a styled GeoPackage of oriented polygons.
 
-``detect_scene_to_vector`` wraps ``tiling.detection.detect_scene`` (windows, cross-window merge
+``detect_scene_to_vector`` wraps ``tiling.window_detections.detect_scene`` (windows, cross-window merge
 in map coordinates) around a detection model on one device and writes the merged detections with
 ``io.qgis_styles.write_styled_gpkg`` — one polygon layer (``class_id``, ``class_name``, ``score``,
 ``area`` in CRS units²) in the scene CRS, its categorised QGIS style in ``layer_styles`` and a
 ``.qml`` beside it, exactly as segmentation polygons are styled. Written atomically. For a
 Mask R-CNN checkpoint (``roi_head: mask``) each detection's geometry is its instance mask as
 polygons on pixel edges (mapped to the scene CRS; ``area`` is the mask's), following its box
-through the cross-window merge (``tiling.detection``).
+through the cross-window merge (``tiling.window_detections``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch import nn
 from vitp_geo.io.qgis_styles import ClassStyle, write_styled_gpkg
 from vitp_geo.io.raster import RenderRule
 from vitp_geo.tiling.box_merge import nms_threshold
-from vitp_geo.tiling.detection import detect_scene
 from vitp_geo.tiling.progress import ProgressMode, report_phase
+from vitp_geo.tiling.window_detections import detect_scene
 
 
 class ModuleDetector:

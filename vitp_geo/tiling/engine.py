@@ -8,25 +8,28 @@ window batch (B, C, T, T) to class scores (B, K, T, T); it never holds a scene-s
    skipped, the rest run through the model in batches (sharded across ranks when there are
    several, see ``distributed``);
 3. scores are weighted (``blending``; nodata pixels weigh 0) into a ``StripAccumulator``; rows
-   that no later window touches are finalised and appended to raw row files (``rowsink``);
+   that no later window touches are finalised and appended to raw row files (``rowsink``), by
+   the writing rank's ``segmentation_outputs.RowWriter``;
 4. at the end GDAL turns the raw files into COGs with overviews (``vitp_geo.io.cog``), QGIS
-   styles are written beside them, and the optional vector layer is polygonised strip by strip.
+   styles are written beside them, and the optional vector layer is polygonised strip by strip
+   (``segmentation_outputs.write_outputs``).
 
 Everything is written under a work folder ``.<stem>.partial.work`` beside the class map; the
 final names appear only when each file is complete. With ``resume=True`` an interrupted run
-continues from its last checkpoint (accumulator + rows written) and produces the same bytes.
+continues from its last checkpoint (accumulator + rows written) and produces the same bytes; the
+work folder and its saved state are ``tiling.resume``'s.
+
+``SegmentationOutputs`` (the ``outputs`` argument), ``work_dir_for`` (where a run keeps its state)
+and ``CLASS_NODATA`` (the class map's nodata value) stay importable from here: they describe what
+``segment_scene`` takes and writes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import resource
 import shutil
 import time
-import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,13 +39,9 @@ import rasterio
 import torch
 
 from vitp_geo.constants import GDAL_CACHE_MB
-from vitp_geo.io.atomic import atomic_output, output_set
-from vitp_geo.io.cog import raw_vrt, write_cog
 from vitp_geo.io.paths import check_output_paths
-from vitp_geo.io.polygonize import polygonize_rows
-from vitp_geo.io.qgis_styles import ClassStyle, qml_path, write_raster_qml, write_styled_gpkg
+from vitp_geo.io.qgis_styles import ClassStyle, qml_path
 from vitp_geo.io.raster import RasterReadError, RenderRule
-from vitp_geo.tiling.accumulator import FinalBlock, StripAccumulator
 from vitp_geo.tiling.blending import BlendMode, blend_weights
 from vitp_geo.tiling.distributed import RankInfo, broadcast_from_writer, gather_to_writer
 from vitp_geo.tiling.planner import WindowPlan, plan_windows
@@ -54,12 +53,20 @@ from vitp_geo.tiling.progress import (
     stop_requested,
 )
 from vitp_geo.tiling.reader import SceneWindowReader
-from vitp_geo.tiling.rowsink import RawRowSink
+from vitp_geo.tiling.resume import has_saved_state, prepare_work, run_fingerprint, work_dir_for
+from vitp_geo.tiling.segmentation_outputs import CLASS_NODATA, RowWriter, SegmentationOutputs, write_outputs
+
+__all__ = [
+    "CLASS_NODATA",
+    "EngineConfig",
+    "InferenceSummary",
+    "Predictor",
+    "SegmentationOutputs",
+    "segment_scene",
+    "work_dir_for",
+]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, C, T, T) float → (B, K, T, T) scores
-CLASS_NODATA = 255  # class-map nodata (class ids are 0..K-1, K ≤ 255)
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,17 +80,6 @@ class EngineConfig:
     activation: str = "softmax"  # applied to model output: softmax (logits in) or none
     checkpoint_every_s: float = 60.0  # resume checkpoint period; 0 = after every window row
     progress: bool | str = True  # True / "bar", "jsonl" or False / "none" (tiling.progress)
-
-
-@dataclass
-class SegmentationOutputs:
-    """Where results go. ``class_map`` is required, the rest optional."""
-
-    class_map: Path
-    probabilities: Path | None = None
-    vector: Path | None = None
-    probability_dtype: str = "float32"  # or float16
-    min_area_px: int = 0  # drop polygons smaller than this many pixels
 
 
 @dataclass
@@ -109,151 +105,46 @@ class InferenceSummary:
         ]
 
 
-def work_dir_for(class_map: str | Path) -> Path:
-    p = Path(class_map)
-    return p.with_name(f".{p.stem}.partial.work")
+@dataclass(frozen=True)
+class _SceneRun:
+    """One ``segment_scene`` call, its arguments checked (see ``segment_scene`` for each)."""
+
+    paths: list[Path]
+    predictor: Predictor
+    classes: ClassStyle
+    outputs: SegmentationOutputs
+    rule: RenderRule
+    mean: Sequence[float]
+    std: Sequence[float]
+    config: EngineConfig
+    raw_input: bool
+    resume: bool
+    model_id: str
+    rank: RankInfo
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes.names)
+
+    def settings(self) -> dict[str, object]:
+        """Everything besides the scene files that must match for ``--resume`` to continue."""
+        return {
+            **asdict(self.config),
+            "progress": None,
+            "checkpoint_every_s": None,
+            "classes": self.n_classes,
+            "rule": asdict(self.rule),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "outputs": {k: str(v) for k, v in asdict(self.outputs).items()},
+            "model": self.model_id,
+            "raw": self.raw_input,
+            "world": self.rank.world,
+        }
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _fingerprint(paths: Sequence[Path], settings: dict[str, object]) -> str:
-    items: dict[str, object] = dict(settings)
-    for i, p in enumerate(paths):
-        st = p.stat()
-        items[f"scene{i}"] = [str(p.resolve()), st.st_size, st.st_mtime_ns]
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class _Writer:
-    """Rank 0's side: accumulator, raw row sinks and resume checkpoints."""
-
-    def __init__(
-        self,
-        work: Path,
-        plan: WindowPlan,
-        n_classes: int,
-        outputs: SegmentationOutputs,
-        start_row: int,
-        rows_written: int,
-        acc_state: dict[str, np.ndarray] | None,
-    ) -> None:
-        self.work, self.plan = work, plan
-        self.acc = StripAccumulator(plan.width, n_classes)
-        crcs: dict[str, int | None] = {"class": None, "probs": None, "conf": None}
-        if acc_state is not None:
-            acc_state = dict(acc_state)
-            for name in crcs:
-                if f"crc_{name}" in acc_state:
-                    crcs[name] = int(acc_state.pop(f"crc_{name}"))
-            self.acc.load_state(acc_state)
-        w = plan.width
-        self.classes = RawRowSink(
-            work / "class.raw", w, 1, "uint8", CLASS_NODATA, rows_written, crcs["class"]
-        )
-        self.probs = (
-            RawRowSink(
-                work / "probs.raw",
-                w,
-                n_classes,
-                outputs.probability_dtype,
-                np.nan,
-                rows_written,
-                crcs["probs"],
-            )
-            if outputs.probabilities
-            else None
-        )
-        self.conf = (
-            RawRowSink(work / "conf.raw", w, 1, "float32", np.nan, rows_written, crcs["conf"])
-            if outputs.vector
-            else None
-        )
-        self.sinks = [s for s in (self.classes, self.probs, self.conf) if s is not None]
-        self.next_row = start_row
-        self.last_checkpoint = time.monotonic()
-
-    def emit(self, blocks: Iterable[FinalBlock]) -> None:
-        for blk in blocks:
-            cls = np.argmax(blk.scores, axis=0).astype(np.uint8)
-            cls[~blk.valid] = CLASS_NODATA
-            self.classes.put(blk.row0, blk.col0, cls[None])
-            if self.probs is not None:
-                p = blk.scores.astype(self.probs.dtype)
-                p[:, ~blk.valid] = np.nan
-                self.probs.put(blk.row0, blk.col0, p)
-            if self.conf is not None:
-                c = blk.scores.max(axis=0)
-                c[~blk.valid] = np.nan
-                self.conf.put(blk.row0, blk.col0, c[None])
-
-    def end_row(self, row: int, every_s: float) -> None:
-        upto = self.plan.row_end(row)
-        self.emit(list(self.acc.finalize(upto)))
-        for s in self.sinks:
-            s.commit(upto)
-        self.next_row = row + 1
-        if every_s <= 0 or time.monotonic() - self.last_checkpoint >= every_s:
-            self.checkpoint()
-
-    def checkpoint(self) -> None:
-        for s in self.sinks:
-            s.sync()
-        state = self.acc.state()
-        state["next_row"] = np.asarray(self.next_row)
-        state["rows_written"] = np.asarray(self.classes.rows_written)
-        for name, sink in (("class", self.classes), ("probs", self.probs), ("conf", self.conf)):
-            if sink is not None:
-                state[f"crc_{name}"] = np.asarray(sink.crc, dtype=np.uint32)
-        with atomic_output(self.work / "state.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state)  # type: ignore[arg-type]
-        self.last_checkpoint = time.monotonic()
-
-    def close(self) -> None:
-        for s in self.sinks:
-            s.close()
-
-
-def _prepare_work(
-    work: Path, fingerprint: str, resume: bool
-) -> tuple[int, int, dict[str, np.ndarray] | None]:
-    """(start window row, rows already written, accumulator state) for a fresh or resumed run.
-
-    A resumed run (state returned) reuses ``work`` as it is; a fresh run (state None) has created
-    ``work`` anew. A refused resume raises before anything in ``work`` is touched.
-    """
-    meta, state_file = work / "meta.json", work / "state.npz"
-    if resume and meta.exists() and state_file.exists():
-        recorded = json.loads(meta.read_text()).get("fingerprint")
-        if recorded != fingerprint:
-            raise ValueError(
-                f"cannot resume from {work}: the scene, model or settings differ from the interrupted run "
-                "(its saved state is kept); rerun with the same settings, or without --resume to "
-                "discard it and start over"
-            )
-        try:
-            with np.load(state_file) as z:
-                state = {k: z[k] for k in z.files}
-            next_row, rows_written = int(state.pop("next_row")), int(state.pop("rows_written"))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(
-                f"cannot resume from {work}: its saved state {state_file} is damaged ({err}); it is kept — "
-                "rerun without --resume to discard it and start over"
-            ) from err
-        return next_row, rows_written, state
-    if resume:  # nothing to continue: say so rather than start over silently
-        logger.warning("--resume: no interrupted run to continue in %s; starting from the beginning", work)
-    if work.exists():
-        if state_file.exists():  # an interrupted run that could have been resumed
-            logger.warning(
-                "discarding the partial run in %s and starting over (pass --resume to continue it)", work
-            )
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    meta.write_text(json.dumps({"fingerprint": fingerprint}))
-    return 0, 0, None
 
 
 def _run_windows(
@@ -351,66 +242,41 @@ def segment_scene(
     # GDAL's default block cache (5 % of RAM) would end up holding most of a big input scene.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         return _segment(
-            paths,
-            predictor,
-            classes,
-            outputs,
-            rule,
-            mean,
-            std,
-            cfg,
-            raw_input,
-            resume,
-            model_id,
-            rank,
-            n_classes,
+            _SceneRun(
+                paths=paths,
+                predictor=predictor,
+                classes=classes,
+                outputs=outputs,
+                rule=rule,
+                mean=mean,
+                std=std,
+                config=cfg,
+                raw_input=raw_input,
+                resume=resume,
+                model_id=model_id,
+                rank=rank,
+            )
         )
 
 
-def _segment(
-    paths: list[Path],
-    predictor: Predictor,
-    classes: ClassStyle,
-    outputs: SegmentationOutputs,
-    rule: RenderRule,
-    mean: Sequence[float],
-    std: Sequence[float],
-    cfg: EngineConfig,
-    raw_input: bool,
-    resume: bool,
-    model_id: str,
-    rank: RankInfo,
-    n_classes: int,
-) -> InferenceSummary | None:
+def _segment(job: _SceneRun) -> InferenceSummary | None:
     t0 = time.monotonic()
-    reader = SceneWindowReader(paths, rule, mean, std, raw=raw_input)
+    cfg, rank, outputs, n_classes = job.config, job.rank, job.outputs, job.n_classes
+    reader = SceneWindowReader(job.paths, job.rule, job.mean, job.std, raw=job.raw_input)
     work = work_dir_for(outputs.class_map)
-    writer: _Writer | None = None
+    writer: RowWriter | None = None
     created_work = False  # True once this call has made ``work`` (a resumed run reuses it)
-    finishing = False  # the window pass is over: _finish's errors already say how to go on
+    finishing = False  # the window pass is over: the error of write_outputs says how to go on
     sigint = ExitStack()  # one device: a first Ctrl-C stops at a window-row boundary, state saved
     try:
         plan = plan_windows(reader.height, reader.width, cfg.tile_size, cfg.overlap)
         weight = blend_weights(plan.tile_h, plan.tile_w, cfg.blend, overlap_px=plan.overlap_px)
         start = None
         if rank.is_writer:
-            settings = {
-                **asdict(cfg),
-                "progress": None,
-                "checkpoint_every_s": None,
-                "classes": n_classes,
-                "rule": asdict(rule),
-                "mean": list(mean),
-                "std": list(std),
-                "outputs": {k: str(v) for k, v in asdict(outputs).items()},
-                "model": model_id,
-                "raw": raw_input,
-                "world": rank.world,
-            }
-            start_row, rows_written, acc_state = _prepare_work(work, _fingerprint(paths, settings), resume)
-            created_work = acc_state is None
-            writer = _Writer(work, plan, n_classes, outputs, start_row, rows_written, acc_state)
-            start = start_row
+            saved = prepare_work(work, run_fingerprint(job.paths, job.settings()), job.resume)
+            created_work = saved is None
+            writer = RowWriter(work, plan, n_classes, outputs, saved)
+            start = writer.next_row
         start_row = int(broadcast_from_writer(start, rank))
         n_cols = len(plan.col_offsets)
         bar = progress_bar(
@@ -440,7 +306,7 @@ def _segment(
             for g in range(0, n_cols, group):
                 cols = plan.col_offsets[g : g + group]
                 mine = cols[rank.rank * cfg.batch_size : (rank.rank + 1) * cfg.batch_size]
-                res = _run_windows(reader, predictor, [(r0, c) for c in mine], plan, cfg, n_classes)
+                res = _run_windows(reader, job.predictor, [(r0, c) for c in mine], plan, cfg, n_classes)
                 gathered = gather_to_writer(res, rank)
                 if writer is None or gathered is None:
                     continue
@@ -469,7 +335,7 @@ def _segment(
         report_phase(cfg.progress, "write")
         finishing = True
         try:
-            written = _finish(writer, reader, classes, outputs)
+            written = write_outputs(writer, reader, job.classes, outputs)
         except OSError as err:
             raise OSError(
                 err.errno,
@@ -482,7 +348,7 @@ def _segment(
             raise
         # a full disk in the window pass ("[Errno 28]" without a path): name the work folder, and
         # keep it only when it holds a saved state to resume from
-        if (work / "state.npz").exists():
+        if has_saved_state(work):
             raise OSError(
                 err.errno,
                 f"writing {work} failed ({err.strerror or err}); the rows done are saved there: free "
@@ -517,75 +383,3 @@ def _segment(
         outputs=[str(p) for p in written],
         resumed_from_row=start_row,
     )
-
-
-def _finish(
-    writer: _Writer, reader: SceneWindowReader, classes: ClassStyle, outputs: SegmentationOutputs
-) -> list[Path]:
-    """Raw row files → COGs, QGIS styles and the optional vector layer, as one output set.
-
-    Every output is written under a temporary name and all are renamed when the last is complete
-    (``io.atomic.output_set``): a failure here (a full disk while the GeoPackage is written)
-    leaves no class map without its vector and no orphan style, and the work folder stays for
-    ``--resume``, which then only repeats this step.
-    """
-    with output_set():
-        return _write_outputs(writer, reader, classes, outputs)
-
-
-def _write_outputs(
-    writer: _Writer, reader: SceneWindowReader, classes: ClassStyle, outputs: SegmentationOutputs
-) -> list[Path]:
-    prof = reader.profile
-    geo = dict(width=reader.width, height=reader.height, transform=prof["transform"], crs=prof.get("crs"))
-    work, written = writer.work, []
-    vrt = work / "class.vrt"
-    vrt.write_text(
-        raw_vrt(
-            work / "class.raw",
-            bands=1,
-            dtype="uint8",
-            nodata=CLASS_NODATA,
-            colors=classes.colors,
-            category_names=classes.names,
-            **geo,
-        )
-    )
-    written.append(write_cog(vrt, outputs.class_map, resampling="nearest", category_names=classes.names))
-    write_raster_qml(outputs.class_map, classes)  # the style once the raster exists (nodata: in the COG)
-    if outputs.probabilities is not None and writer.probs is not None:
-        vrt = work / "probs.vrt"
-        vrt.write_text(
-            raw_vrt(
-                work / "probs.raw",
-                bands=len(classes.names),
-                dtype=outputs.probability_dtype,
-                nodata=float("nan"),
-                band_descriptions=classes.names,
-                **geo,
-            )
-        )
-        written.append(write_cog(vrt, outputs.probabilities, resampling="average"))
-        write_raster_qml(outputs.probabilities, None)
-    if outputs.vector is not None and writer.conf is not None:
-        cls_sink, conf_sink = writer.classes, writer.conf
-
-        def rows(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
-            return cls_sink.read_rows(r0, r1)[0], conf_sink.read_rows(r0, r1)[0]
-
-        frame = polygonize_rows(
-            rows,
-            height=reader.height,
-            width=reader.width,
-            transform=prof["transform"],
-            crs=prof.get("crs"),
-            class_names=classes.names,
-            nodata=CLASS_NODATA,
-            min_area_px=outputs.min_area_px,
-        )
-        vec = outputs.vector
-        rasters = {outputs.class_map.stem, outputs.probabilities.stem if outputs.probabilities else None}
-        # QGIS auto-loads <stem>.qml for a raster of that stem: the vector's style goes elsewhere
-        qml = vec.with_name(f"{vec.stem}_vector.qml") if vec.stem in rasters else None
-        written.append(write_styled_gpkg(vec, frame, classes, qml=qml))
-    return written

@@ -29,7 +29,7 @@ from vitp_geo.instruct.builders.raster_scene import (
     open_label_raster,
     open_scene,
 )
-from vitp_geo.instruct.builders.tiles import Tile, plan_tiles, position_word
+from vitp_geo.instruct.builders.tile_places import Tile, plan_tiles, position_word
 from vitp_geo.instruct.records import InstructionRecord, format_grounding, normalize_box
 from vitp_geo.io.raster import RenderRule
 

@@ -34,7 +34,7 @@ from vitp_geo.instruct.builders.raster_scene import (
     open_label_raster,
     open_scene,
 )
-from vitp_geo.instruct.builders.tiles import REGIONS, plan_tiles, region_slices
+from vitp_geo.instruct.builders.tile_places import REGIONS, plan_tiles, region_slices
 from vitp_geo.instruct.records import InstructionRecord
 from vitp_geo.io.raster import RenderRule
 

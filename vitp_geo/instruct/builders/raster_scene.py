@@ -24,7 +24,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from vitp_geo.instruct.builders.tiles import Tile
+from vitp_geo.instruct.builders.tile_places import Tile
 from vitp_geo.io.raster import RenderRule, SceneWindows, open_raster, read_window
 
 MODALITIES = ("optical", "multispectral", "sar")

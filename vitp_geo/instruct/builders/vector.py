@@ -26,7 +26,7 @@ from vitp_geo.instruct import templates as T
 from vitp_geo.instruct.builders.context import BuildContext
 from vitp_geo.instruct.builders.labels import PixelLabels, load_pixel_labels
 from vitp_geo.instruct.builders.raster_scene import SceneRaster, open_scene
-from vitp_geo.instruct.builders.tiles import Tile, plan_tiles, position_word
+from vitp_geo.instruct.builders.tile_places import Tile, plan_tiles, position_word
 from vitp_geo.instruct.records import (
     BOX_SCALE,
     InstructionRecord,

@@ -295,7 +295,7 @@ def write_coco_results(
 
     Image and category ids are taken from ``gt_path`` by file stem and class name. Predictions
     carrying ``segmentation`` (one compressed RLE dict per detection, as ``read_coco`` and
-    ``evaluation.detection.masks_to_rle`` make them) get it written too (``counts`` as text).
+    ``evaluation.detection_map.masks_to_rle`` make them) get it written too (``counts`` as text).
     """
     gt_path = Path(gt_path)
     gt = _gt(gt_path)

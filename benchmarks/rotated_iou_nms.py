@@ -11,9 +11,9 @@ each seen by several jittered, rotated detections with random scores. Two measur
 Prints the times and the ratio ours / shapely (goal <= 0.1x). Times are the best of ``--repeat``
 runs, after one warm-up. ``--device cuda`` times the tensor side on a GPU (synchronised).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detection.py
-    .venv/bin/python benchmarks/detection.py --sizes 2000 20000 --device cuda
-    .venv/bin/python benchmarks/detection.py --part scene    # whole-scene detection (see below)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rotated_iou_nms.py
+    .venv/bin/python benchmarks/rotated_iou_nms.py --sizes 2000 20000 --device cuda
+    .venv/bin/python benchmarks/rotated_iou_nms.py --part scene    # whole-scene detection (see below)
 
 ``--part scene`` runs ``benchmarks/detection_scene.py`` (whole-scene detection vs the bare
 detector over the same windows, goal <= 1.15x) when that file exists: its ``main(argv)`` gets the
@@ -43,7 +43,7 @@ from vitp_geo.geometry.obb import (  # noqa: E402
     rotated_iou_aligned,
     rotated_nms,
 )
-from vitp_geo.tiling.detection import nms_polygons  # noqa: E402
+from vitp_geo.tiling.window_detections import nms_polygons  # noqa: E402
 
 
 def detections(n: int, seed: int = 0, per_object: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

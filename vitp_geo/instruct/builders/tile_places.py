@@ -1,4 +1,4 @@
-"""Tile planning and the words builders use for places inside a tile."""
+"""Tile windows of a scene and the words instruction builders use for places inside a tile."""
 
 from __future__ import annotations
 
