@@ -690,3 +690,37 @@ def test_reference_layout_adapter_norms_compute_the_references_channels_first_la
     assert (
         neck.interactions[0].injector.query_norm.eps == 1e-5
     )  # torch's default, as InternViTAdapter builds it
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+def test_a_released_model_given_as_backbone_is_refused_naming_it_and_vitp_geo_convert(
+    kind: str, det, seg, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitp_geo.models.vit import load_backbone
+
+    _, _, mm = det if kind == "detection" else seg
+    src = _save_mm(tmp_path / "released.pth", mm, ["plane", "ship", "tank"])
+    what = "detector" if kind == "detection" else "segmenter or change model"
+    heads = "neck, roi_head, rpn_head" if kind == "detection" else "decode_head"
+    # the library: the file named once, what it is, the heads found, the command that runs it
+    with pytest.raises(ValueError) as err:
+        load_backbone(src)
+    msg = str(err.value)
+    assert msg.count("released.pth") == 1 and f"a fine-tuned ViTP reference {what}" in msg
+    assert f"with {heads})" in msg and "`vitp-geo convert CHECKPOINT --config" in msg
+    # the command: exit 2, one line, before anything is written
+    out = tmp_path / "run"
+    assert main(["finetune", kind, "--backbone", str(src), "--output", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"released.pth is a fine-tuned ViTP reference {what}" in lines[0], lines
+    assert "vitp-geo convert" in lines[0] and not out.exists()
+
+
+def test_an_unreadable_backbone_file_is_named_once(tmp_path: Path) -> None:
+    from vitp_geo.models.vit import load_backbone
+
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"\x00\x01 not weights")
+    with pytest.raises(ValueError) as err:
+        load_backbone(path, arch="vitp_tiny_patch14_112")
+    assert str(err.value).count("broken.pth") == 1 and "not a readable weights file" in str(err.value)

@@ -98,6 +98,7 @@ def _create_vitp(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 # --------------------------------------------------------------------------------------------------
 # checkpoint conversion
 
+
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """timm hook: convert an InternViT / ViTP checkpoint and fit its pos-embed to ``model``."""
     out = convert_internvit_state_dict(state_dict)
@@ -257,8 +258,9 @@ def load_backbone(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    sd = read_state_dict(path)  # its errors name the file already
     try:
-        sd = convert_internvit_state_dict(read_state_dict(path))
+        sd = convert_internvit_state_dict(sd)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
