@@ -1,6 +1,6 @@
 """The one key map from the reference's released fine-tuned checkpoints to our models.
 
-The ViTP reference (zcablii/ViTP) fine-tunes in mmrotate, mmsegmentation and open-cd; their
+The ViTP reference (zcablii/ViTP) fine-tunes in mmrotate (on mmdetection), mmsegmentation and open-cd; their
 checkpoints name parameters after those libraries' modules. Each :class:`Rule` below maps one
 family of source keys (a regular expression over the whole key) onto our model's
 ``state_dict`` key, with a :class:`Reshape` where the tensors are laid out differently. Keys
