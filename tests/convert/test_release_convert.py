@@ -1,4 +1,4 @@
-"""``vitp-geo convert``: released reference checkpoints (mmrotate Oriented R-CNN, mmseg UperNet) → model.ckpt.
+"""``vitp-geo convert``: released reference checkpoints (Oriented / Cascade / Mask R-CNN, UperNet) → model.ckpt.
 
 The miniature checkpoints below are spelled as the reference's module definitions name their
 parameters (listed in ``mm_keys_*``, written from the mm* modules, not from our key map):
@@ -15,7 +15,12 @@ parameters (listed in ``mm_keys_*``, written from the mm* modules, not from our 
 * ``OrientedRPNHead`` (``rpn_conv``, ``rpn_cls``, ``rpn_reg``) and ``RotatedShared2FCBBoxHead``
   (``shared_fcs.0/1``, ``fc_cls``, ``fc_reg``);
 * mmseg ``UPerHead`` (``psp_modules.N.1``, ``bottleneck``, ``lateral_convs.N``, ``fpn_convs.N``,
-  ``fpn_bottleneck``: ``conv.weight`` + SyncBN ``bn.*``; ``conv_seg``).
+  ``fpn_bottleneck``: ``conv.weight`` + SyncBN ``bn.*``; ``conv_seg``);
+* mmdet Mask R-CNN (SSDD's): ``FPN`` (``{lateral,fpn}_convs.N.conv.{weight,bias}``: mmcv
+  ``ConvModule`` without norm keeps the conv bias), ``RPNHead`` (``rpn_conv``, ``rpn_cls``,
+  ``rpn_reg``), ``StandardRoIHead`` with ``Shared2FCBBoxHead`` (``bbox_head.shared_fcs.0/1``,
+  ``fc_cls``, ``fc_reg``: 4 deltas a class, ``reg_class_agnostic=False``) and ``FCNMaskHead``
+  (``mask_head.convs.0-3.conv``, ``upsample`` (the deconv), ``conv_logits``: one map a class).
 
 Tiny dims: the ``vitp_tiny`` ViT (width 192, depth 4, 3 heads) with a patch-16 kernel, a 32-wide
 FPN and head.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,6 +50,7 @@ from vitp_geo.tasks.loading import load_inference_model
 
 DEPTH, DIM, PATCH, GRID = 4, 192, 16, 8  # tiny ViT, 128 px training size
 NUM_CLASSES_DET, NUM_CLASSES_SEG, FPN_W = 3, 4, 32
+MASK_CLASSES = ["ship", "boat"]  # two, so a class-specific row or map in the wrong place shows
 _WB = ("weight", "bias")
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -105,6 +112,21 @@ def mm_keys_cascade_rcnn() -> list[str]:
     return keys
 
 
+def mm_keys_mask_rcnn() -> list[str]:
+    """The state-dict keys of the reference's SSDD Mask R-CNN (InternViTAdapter + mmdet ``FPN``,
+    ``RPNHead``, ``StandardRoIHead`` with ``Shared2FCBBoxHead`` and ``FCNMaskHead``)."""
+    keys = _backbone_keys()
+    keys += [
+        f"neck.{kind}.{i}.conv.{p}" for kind in ("lateral_convs", "fpn_convs") for i in range(4) for p in _WB
+    ]
+    keys += [f"rpn_head.{m}.{p}" for m in ("rpn_conv", "rpn_cls", "rpn_reg") for p in _WB]
+    mods = ("shared_fcs.0", "shared_fcs.1", "fc_cls", "fc_reg")
+    keys += [f"roi_head.bbox_head.{m}.{p}" for m in mods for p in _WB]
+    mods = (*(f"convs.{i}.conv" for i in range(4)), "upsample", "conv_logits")
+    keys += [f"roi_head.mask_head.{m}.{p}" for m in mods for p in _WB]
+    return keys
+
+
 def mm_keys_upernet() -> list[str]:
     """The state-dict keys of the reference's UperNet segmenter (InternViTAdapter + mmseg UPerHead)."""
     keys = _backbone_keys()
@@ -116,9 +138,29 @@ def mm_keys_upernet() -> list[str]:
     return keys
 
 
-def _ours(mm_key: str, cascade: bool = False) -> str:
+_MASK_RCNN_OURS = (  # mmdet FPN / RPNHead / Mask R-CNN heads → torchvision's modules
+    ("neck.lateral_convs.", "fpn.inner_blocks.", ".conv.", ".0."),
+    ("neck.fpn_convs.", "fpn.layer_blocks.", ".conv.", ".0."),
+    ("rpn_head.rpn_conv.", "rpn.head.conv.0.0.", "", ""),
+    ("roi_head.bbox_head.shared_fcs.0.", "roi_heads.box_head.fc6.", "", ""),
+    ("roi_head.bbox_head.shared_fcs.1.", "roi_heads.box_head.fc7.", "", ""),
+    ("roi_head.bbox_head.fc_cls.", "roi_heads.box_predictor.cls_score.", "", ""),
+    ("roi_head.bbox_head.fc_reg.", "roi_heads.box_predictor.bbox_pred.", "", ""),
+    ("roi_head.mask_head.convs.", "roi_heads.mask_head.", ".conv.", ".0."),
+    ("roi_head.mask_head.upsample.", "roi_heads.mask_predictor.conv5_mask.", "", ""),
+    ("roi_head.mask_head.conv_logits.", "roi_heads.mask_predictor.mask_fcn_logits.", "", ""),
+)
+
+
+def _ours(mm_key: str, layout: str = "oriented") -> str:
     """Our key for a reference key — the inverse map, written here by hand from the names above
-    (``cascade``: the mmdet RPN / Cascade R-CNN heads)."""
+    (``layout``: ``oriented``, ``cascade`` (the mmdet RPN / Cascade R-CNN heads), ``mask`` (the
+    mmdet FPN / RPN / Mask R-CNN heads) or ``upernet``)."""
+    if layout == "mask":
+        for a, b, c, d in _MASK_RCNN_OURS:
+            if mm_key.startswith(a):
+                return b + mm_key[len(a) :].replace(c, d) if c else b + mm_key[len(a) :]
+    cascade = layout == "cascade"
     k = f"cascade:{mm_key}" if cascade and mm_key.startswith(("rpn_head.rpn_conv", "roi_head.")) else mm_key
     for a, b in (
         ("backbone.embeddings.patch_embedding.", "neck.backbone.patch_embed.proj."),
@@ -157,35 +199,44 @@ def _ours(mm_key: str, cascade: bool = False) -> str:
 
 
 def _to_mm(
-    ours: dict[str, torch.Tensor], mm_keys: list[str], cascade: bool = False
+    ours: dict[str, torch.Tensor], mm_keys: list[str], layout: str = "oriented"
 ) -> dict[str, torch.Tensor]:
     """The reference-layout state dict holding our model's weights (the inverse tensor layouts too)."""
     out = {}
     for key in mm_keys:
-        t = ours[_ours(key, cascade)].clone()
+        t = ours[_ours(key, layout)].clone()
         if key.endswith("position_embedding"):  # the reference keeps a class slot it never reads
             t = torch.cat([torch.randn(1, 1, t.shape[-1]), t], dim=1)
         elif "fc_cls" in key:  # mmdet: background last
             t = torch.cat([t[1:], t[:1]])
-        elif "fc_reg" in key and not cascade:  # mmrotate: angle delta in radians (× 10)
+        elif "fc_reg" in key and layout == "oriented":  # mmrotate: angle delta in radians (× 10)
             t[4::5] = t[4::5] * math.pi
+        elif "fc_reg" in key and layout == "mask":  # mmdet: 4 deltas a class, no background rows
+            t = t[4:]
+        elif "conv_logits" in key:  # mmdet's FCNMaskHead: one map a class, no background map
+            t = t[1:]
         out[key] = t
-    assert not set(ours) - {_ours(k, cascade) for k in mm_keys}, (
+    assert not set(ours) - {_ours(k, layout) for k in mm_keys}, (
         "the listed reference keys must cover our model"
     )
     return out
 
 
 def _config(tmp_path: Path, kind: str) -> Path:
-    if kind in ("detection", "cascade"):
-        heads = dict(box_type="obb", rpn="oriented", reg_class_agnostic=True)
+    if kind in ("detection", "cascade", "mask"):
+        heads = {
+            "detection": dict(box_type="obb", rpn="oriented", reg_class_agnostic=True, fpn="simple_fpn"),
+            "cascade": dict(box_type="hbb", roi_head="cascade", fpn="simple_fpn"),
+            # SSDD's Mask R-CNN: plain FPN (no fpn key: the checkpoint's keys say which)
+            "mask": dict(box_type="hbb", roi_head="mask"),
+        }
+        names = MASK_CLASSES if kind == "mask" else ["plane", "ship", "tank"]
         init = dict(
             backbone="vitp_tiny_patch14_112",
-            num_classes=NUM_CLASSES_DET,
-            class_names=["plane", "ship", "tank"],
-            **(dict(box_type="hbb", roi_head="cascade") if kind == "cascade" else heads),
+            num_classes=len(names),
+            class_names=names,
+            **heads[kind],
             neck="deformable_adapter",
-            fpn="simple_fpn",
             fpn_channels=FPN_W,
             representation=64,
             anchor_sizes=[16, 32, 64, 128, 256],
@@ -214,11 +265,11 @@ def _config(tmp_path: Path, kind: str) -> Path:
 
 
 def _reference_model(
-    config: Path, mm_keys: list[str], cascade: bool
+    config: Path, mm_keys: list[str], layout: str
 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """Our model in the reference layout with seeded random weights, and the same weights in mm layout."""
     torch.manual_seed(0)
-    model, _, _, _ = convert_state_dict(_probe_state(config, mm_keys, cascade), config)
+    model, _, _, _ = convert_state_dict(_probe_state(config, mm_keys, layout), config)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
@@ -229,10 +280,10 @@ def _reference_model(
             if name.endswith("running_var"):
                 t.uniform_(0.5, 1.5)
     ours = {k: v.clone() for k, v in model.state_dict().items()}
-    return model.eval(), _to_mm(ours, mm_keys, cascade)
+    return model.eval(), _to_mm(ours, mm_keys, layout)
 
 
-def _probe_state(config: Path, mm_keys: list[str], cascade: bool) -> dict[str, torch.Tensor]:
+def _probe_state(config: Path, mm_keys: list[str], layout: str) -> dict[str, torch.Tensor]:
     """Reference-layout tensors of the right shapes, from a model built in our layout directly."""
     from vitp_geo.tasks.backbone import rebuild_backbone
     from vitp_geo.tasks.models import assemble
@@ -259,18 +310,21 @@ def _probe_state(config: Path, mm_keys: list[str], cascade: bool) -> dict[str, t
             fusion="concat",
         )
     elif "box_type" in cfg:
+        detector = {
+            "cascade": dict(representation=64, roi_head="cascade"),
+            "mask": dict(representation=64, roi_head="mask"),
+            "oriented": dict(representation=64, rpn="oriented", reg_class_agnostic=True),
+        }
         fields = dict(
             kind="detection",
             box_type=cfg["box_type"],
             neck="deformable_adapter",
             neck_options=options,
-            num_classes=NUM_CLASSES_DET,
-            fpn="simple_fpn",
+            num_classes=cfg["num_classes"],
+            fpn="fpn" if layout == "mask" else "simple_fpn",
             fpn_channels=FPN_W,
             anchor_sizes=cfg["anchor_sizes"],
-            detector=dict(representation=64, roi_head="cascade")
-            if cascade
-            else dict(representation=64, rpn="oriented", reg_class_agnostic=True),
+            detector=detector[layout],
         )
     else:
         fields = dict(
@@ -282,7 +336,7 @@ def _probe_state(config: Path, mm_keys: list[str], cascade: bool) -> dict[str, t
             num_classes=NUM_CLASSES_SEG,
         )
     ours = assemble(vit, fields).state_dict()
-    return _to_mm(ours, mm_keys, cascade)
+    return _to_mm(ours, mm_keys, layout)
 
 
 Case = tuple[Path, torch.nn.Module, dict[str, torch.Tensor]]
@@ -296,8 +350,10 @@ def _case(factory: pytest.TempPathFactory, kind: str) -> Case:
         "cascade": mm_keys_cascade_rcnn,
         "segmentation": mm_keys_upernet,
         "change": mm_keys_upernet,  # open-cd: the same backbone and UPerHead; its concat neck has no weights
+        "mask": mm_keys_mask_rcnn,
     }
-    model, mm = _reference_model(config, keys[kind](), kind == "cascade")
+    layout = {"detection": "oriented", "cascade": "cascade", "mask": "mask"}.get(kind, "upernet")
+    model, mm = _reference_model(config, keys[kind](), layout)
     return config, model, mm
 
 
@@ -309,6 +365,11 @@ def det(tmp_path_factory: pytest.TempPathFactory) -> Case:
 @pytest.fixture(scope="module")
 def cascade(tmp_path_factory: pytest.TempPathFactory) -> Case:
     return _case(tmp_path_factory, "cascade")
+
+
+@pytest.fixture(scope="module")
+def mask(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(tmp_path_factory, "mask")
 
 
 @pytest.fixture(scope="module")
@@ -517,15 +578,17 @@ def test_infer_with_the_converted_checkpoint_equals_infer_with_the_original(seg,
     assert outs[0].std() > 0  # not a constant map
 
 
-def test_infer_detections_of_the_converted_oriented_rcnn_equal_the_originals(det, tmp_path: Path) -> None:
+def _infer_converted_and_original(case: Case, classes: list[str], seed: int, tmp_path: Path) -> list[Any]:
+    """``vitp-geo convert`` the case's checkpoint, then ``infer --vector`` a generated scene with the
+    converted model and with the original weights under the same card: the two GeoPackage layers."""
     import geopandas as gpd
 
-    config, model, mm = det
-    src = _save_mm(tmp_path / "orcnn.pth", mm, ["plane", "ship", "tank"])
+    config, model, mm = case
+    src = _save_mm(tmp_path / "released.pth", mm, classes)
     assert main(["convert", str(src), "--config", str(config), "--out", str(tmp_path / "model.ckpt")]) == 0
     card = torch.load(tmp_path / "model.ckpt", weights_only=True)[CARD_KEY]
     original = _write_original(tmp_path / "original.ckpt", model, card)
-    scene = generate_scene(4, (150, 170))
+    scene = generate_scene(seed, (150, 170))
     write_geotiff(
         tmp_path / "scene.tif", np.clip(scene.image, 0, 255).astype(np.uint8), scene.transform, scene.crs
     )
@@ -534,10 +597,13 @@ def test_infer_detections_of_the_converted_oriented_rcnn_equal_the_originals(det
         gpkg = tmp_path / f"{name}.gpkg"
         args = ["infer", str(tmp_path / "scene.tif"), "--checkpoint", str(ckpt), "--vector", str(gpkg)]
         assert main([*args, "--min-score", "0.0", "--no-progress"]) == 0
-        frames.append(
-            gpd.read_file(gpkg, layer=name).sort_values("score", ascending=False, ignore_index=True)
-        )
-    conv, orig = frames
+        frames.append(gpd.read_file(gpkg, layer=name))
+    return frames
+
+
+def test_infer_detections_of_the_converted_oriented_rcnn_equal_the_originals(det, tmp_path: Path) -> None:
+    frames = _infer_converted_and_original(det, ["plane", "ship", "tank"], 4, tmp_path)
+    conv, orig = (f.sort_values("score", ascending=False, ignore_index=True) for f in frames)
     assert len(conv) == len(orig) > 0
     assert set(conv["class_name"]) <= {"plane", "ship", "tank"}
     assert list(conv["class_name"]) == list(orig["class_name"])
@@ -592,6 +658,8 @@ def test_every_listed_reference_key_maps_and_maps_back_by_one_rule() -> None:
     from vitp_geo.convert.keymap import (
         BACKBONE,
         CASCADE,
+        FPN,
+        MASK_RCNN,
         ORIENTED_ROI,
         ORIENTED_RPN,
         RPN,
@@ -603,13 +671,14 @@ def test_every_listed_reference_key_maps_and_maps_back_by_one_rule() -> None:
         "oriented": (mm_keys_oriented_rcnn(), BACKBONE + SIMPLE_FPN + ORIENTED_RPN + ORIENTED_ROI),
         "cascade": (mm_keys_cascade_rcnn(), BACKBONE + SIMPLE_FPN + RPN + CASCADE),
         "upernet": (mm_keys_upernet(), BACKBONE + UPERHEAD),
+        "mask": (mm_keys_mask_rcnn(), BACKBONE + FPN + RPN + MASK_RCNN),
     }
     for name, (keys, rules) in layouts.items():
         for key in keys:
             hits = [(r, t) for r in rules if (t := r.apply(key)) is not None]
             assert len(hits) == 1, (name, key, hits)  # one rule per key: the table is unambiguous
             rule, ours = hits[0]
-            assert ours == _ours(key, name == "cascade"), key  # the same as the hand-written inverse
+            assert ours == _ours(key, name), key  # the same as the hand-written inverse
             assert rule.source_for(ours) == key  # error messages name the checkpoint's spelling
 
 
@@ -624,6 +693,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
         ("detection/rsar.yaml", "oriented_rcnn"),
         ("detection/dior.yaml", "cascade_rcnn"),
         ("detection/sardet100k.yaml", "cascade_rcnn"),
+        ("detection/ssdd.yaml", "mask_rcnn"),
         ("segmentation/isaid.yaml", "upernet"),
         ("segmentation/loveda.yaml", "upernet"),
         ("segmentation/uavid.yaml", "upernet"),
@@ -641,12 +711,17 @@ def test_every_shipped_benchmark_config_with_a_released_model_has_a_layout(confi
     assert _layout(str(task_cls.KIND), _hparams(task_cls, init, path), path) == layout
 
 
-def test_ssdd_mask_rcnn_is_refused_with_the_layouts_named() -> None:
+def test_a_config_without_a_released_layout_is_refused_with_the_layouts_named(tmp_path: Path) -> None:
     from vitp_geo.convert.release import _hparams, _layout, _read_config
 
-    path = CONFIGS / "detection" / "ssdd.yaml"
+    cfg = yaml.safe_load((CONFIGS / "detection" / "ssdd.yaml").read_text())
+    cfg["model"]["init_args"]["roi_head"] = "standard"  # Faster R-CNN: the reference released none
+    path = tmp_path / "faster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
     task_cls, init = _read_config(path)
-    with pytest.raises(ValueError, match="no released-checkpoint layout.*Oriented R-CNN.*Cascade R-CNN"):
+    with pytest.raises(
+        ValueError, match="no released-checkpoint layout.*Oriented R-CNN.*Cascade R-CNN.*Mask R-CNN"
+    ):
         _layout(str(task_cls.KIND), _hparams(task_cls, init, path), path)
 
 
@@ -690,3 +765,162 @@ def test_reference_layout_adapter_norms_compute_the_references_channels_first_la
     assert (
         neck.interactions[0].injector.query_norm.eps == 1e-5
     )  # torch's default, as InternViTAdapter builds it
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+def test_a_released_model_given_as_backbone_is_refused_naming_it_and_vitp_geo_convert(
+    kind: str, det, seg, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitp_geo.models.vit import load_backbone
+
+    _, _, mm = det if kind == "detection" else seg
+    src = _save_mm(tmp_path / "released.pth", mm, ["plane", "ship", "tank"])
+    what = "detector" if kind == "detection" else "segmenter or change model"
+    heads = "neck, roi_head, rpn_head" if kind == "detection" else "decode_head"
+    # the library: the file named once, what it is, the heads found, the command that runs it
+    with pytest.raises(ValueError) as err:
+        load_backbone(src)
+    msg = str(err.value)
+    assert msg.count("released.pth") == 1 and f"a fine-tuned ViTP reference {what}" in msg
+    assert f"with {heads})" in msg and "`vitp-geo convert CHECKPOINT --config" in msg
+    # the command: exit 2, one line, before anything is written
+    out = tmp_path / "run"
+    assert main(["finetune", kind, "--backbone", str(src), "--output", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"released.pth is a fine-tuned ViTP reference {what}" in lines[0], lines
+    assert "vitp-geo convert" in lines[0] and not out.exists()
+
+
+def test_an_unreadable_backbone_file_is_named_once(tmp_path: Path) -> None:
+    from vitp_geo.models.vit import load_backbone
+
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"\x00\x01 not weights")
+    with pytest.raises(ValueError) as err:
+        load_backbone(path, arch="vitp_tiny_patch14_112")
+    assert str(err.value).count("broken.pth") == 1 and "not a readable weights file" in str(err.value)
+
+
+def _mask_outputs_equal(expected: list[dict], actual: list[dict]) -> None:
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for e, a in zip(expected, actual, strict=True):
+        assert set(a) == {"boxes", "scores", "labels", "masks"}
+        for key in ("boxes", "scores", "labels", "masks"):
+            assert torch.equal(a[key], e[key]), key
+        assert e["masks"].any()  # not all-empty masks
+
+
+def test_converted_mask_rcnn_equals_the_same_weights_exactly_masks_included(mask) -> None:
+    config, model, mm = mask
+    assert sorted(mm) == sorted(mm_keys_mask_rcnn())
+    converted, arch, card, ignored = convert_state_dict(mm, config)
+    assert ignored == [] and arch["detector"]["roi_head"] == "mask" and arch.get("fpn", "fpn") == "fpn"
+    assert card.class_names == MASK_CLASSES
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected, actual = model(x), converted(x)
+    _mask_outputs_equal(expected, actual)
+
+
+def test_mmdet_class_maps_and_deltas_land_on_our_classes_after_the_background_slot(mask) -> None:
+    """mmdet's FCNMaskHead has one logit map a class and no background map; its class-specific box
+    deltas have no background rows: class c is our c + 1, our slot 0 a zero background."""
+    config, _, mm = mask
+    mm = dict(mm)
+    k = len(MASK_CLASSES)
+    cls_w = mm["roi_head.bbox_head.fc_cls.weight"]
+    mm["roi_head.bbox_head.fc_cls.weight"] = torch.zeros_like(cls_w)
+    mm["roi_head.bbox_head.fc_cls.bias"] = torch.tensor([-10.0, 10.0, -10.0])  # mmdet: ship, boat, background
+    reg_b = torch.zeros(4 * k)
+    reg_b[4:6] = 1.0  # boat's dx, dy: shifted by 0.1 box widths / heights (std 0.1)
+    mm["roi_head.bbox_head.fc_reg.weight"] = torch.zeros(4 * k, cls_w.shape[1])
+    mm["roi_head.bbox_head.fc_reg.bias"] = reg_b
+    w = mm["roi_head.mask_head.conv_logits.weight"]
+    mm["roi_head.mask_head.conv_logits.weight"] = torch.zeros_like(w)
+    mm["roi_head.mask_head.conv_logits.bias"] = torch.tensor([-20.0, 20.0])  # ship: no mask, boat: full box
+    converted, _, _, _ = convert_state_dict(mm, config)
+    logits = converted.roi_heads.mask_predictor.mask_fcn_logits
+    assert logits.out_channels == k + 1 and torch.equal(logits.bias, torch.tensor([0.0, -20.0, 20.0]))
+    bbox_pred = converted.roi_heads.box_predictor.bbox_pred
+    assert torch.equal(bbox_pred.bias, torch.tensor([0.0] * 4 + [0.0] * 4 + [1.0, 1.0, 0.0, 0.0]))
+    with torch.no_grad():
+        out = converted(torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(7)))[0]
+    assert len(out["labels"]) > 0 and set(out["labels"].tolist()) == {1}  # 0-based "boat"
+    for box, m in zip(out["boxes"], out["masks"], strict=True):  # the whole box, nothing outside
+        x1, y1, x2, y2 = box.tolist()
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        assert len(xs) > 0 and xs.min() >= int(x1) - 1 and xs.max() <= x2 + 1 and ys.max() <= y2 + 1
+        inner = m[int(y1) + 2 : int(y2) - 1, int(x1) + 2 : int(x2) - 1]
+        assert inner.numel() == 0 or bool(inner.all())
+
+
+def _with_head_classes(mm: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """``mm`` with its per-class head rows grown to ``n`` classes (mmdet's default num_classes=80 left
+    in the reference's SSDD config): random rows after the trained ones, background still last."""
+    g = torch.Generator().manual_seed(8)
+    out = dict(mm)
+    for key in ("weight", "bias"):
+        cls = mm[f"roi_head.bbox_head.fc_cls.{key}"]
+        k = cls.shape[0] - 1
+        extra = torch.randn((n - k, *cls.shape[1:]), generator=g) - 5.0
+        out[f"roi_head.bbox_head.fc_cls.{key}"] = torch.cat([cls[:k], extra, cls[k:]])
+        reg = mm[f"roi_head.bbox_head.fc_reg.{key}"]
+        out[f"roi_head.bbox_head.fc_reg.{key}"] = torch.cat(
+            [reg, torch.randn((4 * (n - k), *reg.shape[1:]), generator=g)]
+        )
+        maps = mm[f"roi_head.mask_head.conv_logits.{key}"]
+        out[f"roi_head.mask_head.conv_logits.{key}"] = torch.cat(
+            [maps, torch.randn((n - k, *maps.shape[1:]), generator=g)]
+        )
+    return out
+
+
+def test_the_released_ssdd_heads_80_classes_keep_the_meta_classes_and_give_their_outputs(
+    mask, tmp_path: Path
+) -> None:
+    config, model, mm = mask
+    mm80 = _with_head_classes(mm, 80)
+    assert mm80["roi_head.bbox_head.fc_cls.weight"].shape[0] == 81 and mm80[
+        "roi_head.mask_head.conv_logits.bias"
+    ].shape == (80,)
+    converted, _, card, cut = convert_state_dict(mm80, config, meta_classes=len(MASK_CLASSES))
+    assert card.class_names == MASK_CLASSES
+    assert sorted(c.split(" ")[0] for c in cut) == sorted(
+        f"roi_head.{m}.{p}"
+        for m in ("bbox_head.fc_cls", "bbox_head.fc_reg", "mask_head.conv_logits")
+        for p in _WB
+    )
+    assert all("head classes 3-80 of 80" in c for c in cut)
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        _mask_outputs_equal(model(x), converted(x))  # the first K classes, exactly the trained ones
+    # without meta CLASSES (a .safetensors file) nothing says which classes the config's are: refused
+    with pytest.raises(
+        ValueError, match=r"fc_cls\.weight has 81 rows \(80 classes and background\), the config has 2"
+    ):
+        convert_state_dict(mm80, config)
+    # through the command: the meta of the .pth decides; the cut is reported
+    src = _save_mm(tmp_path / "ssdd.pth", mm80, MASK_CLASSES)
+    assert main(["convert", str(src), "--config", str(config), "--out", str(tmp_path / "m.ckpt")]) == 0
+    save_file({k: v.contiguous() for k, v in mm80.items()}, str(tmp_path / "ssdd.safetensors"))
+    rc = main(
+        [
+            "convert",
+            str(tmp_path / "ssdd.safetensors"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "n.ckpt"),
+        ]
+    )
+    assert rc == 2 and not (tmp_path / "n.ckpt").exists()
+
+
+def test_infer_mask_polygons_of_the_converted_mask_rcnn_equal_the_originals(mask, tmp_path: Path) -> None:
+    conv, orig = _infer_converted_and_original(mask, MASK_CLASSES, 5, tmp_path)
+    assert len(conv) == len(orig) > 0 and set(conv["class_name"]) <= set(MASK_CLASSES)
+    assert list(conv["class_name"]) == list(orig["class_name"])
+    np.testing.assert_array_equal(conv["score"], orig["score"])
+    # mask outlines, not boxes: some polygon has more than a rectangle's 5 ring points
+    assert max(len(g.exterior.coords) if g.geom_type == "Polygon" else 6 for g in conv.geometry) > 5
+    assert all(a.equals_exact(b, 0.0) for a, b in zip(conv.geometry, orig.geometry, strict=True))

@@ -14,10 +14,10 @@ from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "convert",
-        help="convert a released reference checkpoint (mmrotate / mmseg / open-cd) into a model.ckpt for infer",
+        help="convert a released reference checkpoint (mmrotate / mmdet / mmseg / open-cd) into a model.ckpt for infer",
         description=(
-            "Map a fine-tuned checkpoint of the ViTP reference (mmrotate Oriented R-CNN or Cascade R-CNN, "
-            "mmseg UperNet, open-cd siamese change model; a .pth with state_dict / meta, read weights-only, "
+            "Map a fine-tuned checkpoint of the ViTP reference (mmrotate Oriented R-CNN, mmdet Cascade R-CNN or "
+            "Mask R-CNN, mmseg UperNet, open-cd siamese change model; a .pth with state_dict / meta, read weights-only, "
             "or .safetensors) onto the model the config describes and write a model.ckpt with its model "
             "card. Every key must be mapped or on the documented ignore list (vitp_geo.convert.keymap)."
         ),
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     refuse_existing_outputs({"--out": args.out}, args.overwrite)
     out, ignored = convert_release(args.checkpoint, args.config, args.out)
     if ignored:
-        print(f"left out on purpose (vitp_geo.convert.keymap.IGNORED): {', '.join(sorted(ignored))}")
+        print(f"left out on purpose (docs/detection.md, vitp_geo.convert): {'; '.join(sorted(ignored))}")
     print(f"wrote {out}")
     return 0

@@ -1,4 +1,4 @@
-"""Released fine-tuned reference checkpoints (mmrotate / mmseg / open-cd layouts) → our ``model.ckpt``.
+"""Released fine-tuned reference checkpoints (mmrotate / mmdet / mmseg / open-cd layouts) → our ``model.ckpt``.
 
 ``keymap`` holds the one table of key renames and tensor reshapes; ``release`` builds the model a
 benchmark config describes in the reference's layout, fills it and writes the checkpoint with its

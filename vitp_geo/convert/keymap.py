@@ -1,6 +1,6 @@
 """The one key map from the reference's released fine-tuned checkpoints to our models.
 
-The ViTP reference (zcablii/ViTP) fine-tunes in mmrotate, mmsegmentation and open-cd; their
+The ViTP reference (zcablii/ViTP) fine-tunes in mmrotate (on mmdetection), mmsegmentation and open-cd; their
 checkpoints name parameters after those libraries' modules. Each :class:`Rule` below maps one
 family of source keys (a regular expression over the whole key) onto our model's
 ``state_dict`` key, with a :class:`Reshape` where the tensors are laid out differently. Keys
@@ -28,6 +28,13 @@ Source → ours (block / level / stage numbers ``{i}`` carry over unchanged):
 * mmdet ``CascadeRoIHead`` ``roi_head.bbox_head.{s}.shared_fcs.0`` / ``.1`` / ``fc_cls`` /
   ``fc_reg`` → ``roi_heads.stages.{s}.box_head.fc6`` / ``fc7`` / ``cls_score`` (background first)
   / ``bbox_pred`` (4 class-agnostic deltas, unchanged);
+* mmdet Mask R-CNN's ``StandardRoIHead``: ``roi_head.bbox_head.shared_fcs.0`` / ``.1`` / ``fc_cls``
+  / ``fc_reg`` → ``roi_heads.box_head.fc6`` / ``fc7`` / ``roi_heads.box_predictor.cls_score``
+  (background first) / ``bbox_pred`` (4 K class-specific deltas; torchvision's 4 (K + 1) start
+  with 4 background rows, zero: never read); ``roi_head.mask_head.convs.{i}.conv`` →
+  ``roi_heads.mask_head.{i}.0``, ``upsample`` → ``roi_heads.mask_predictor.conv5_mask``,
+  ``conv_logits`` (K maps, no background) → ``mask_fcn_logits`` (K + 1, a zero background map
+  first: inference takes the predicted class's map);
 * mmseg ``UPerHead`` (also in open-cd's change models, whose ``FeatureFusionNeck`` concatenation
   has no weights) ``decode_head.psp_modules.{j}.1.{conv, bn}`` → ``head.ppm.{j}.1.{0, 1}``;
   ``bottleneck`` / ``fpn_bottleneck`` → ``head.bottleneck`` / ``head.fuse``; ``lateral_convs.{i}``
@@ -47,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import torch
 from torch import Tensor
 
 
@@ -57,6 +65,8 @@ class Reshape(StrEnum):
     DROP_CLASS_SLOT = "drop_class_slot"  # (1, 1 + N, D) → (1, N, D): the adapter never uses slot 0
     BACKGROUND_FIRST = "background_first"  # rows [c_0 … c_{K-1}, bg] → [bg, c_0 … c_{K-1}]
     ANGLE_HALF_TURNS = "angle_half_turns"  # every 5th row (the angle delta) ÷ π
+    BACKGROUND_DELTAS = "background_deltas"  # 4 K class-specific box delta rows → 4 (K + 1), bg rows first
+    BACKGROUND_MAP = "background_map"  # K class mask maps → K + 1, a background map first
 
 
 def _drop_class_slot(t: Tensor) -> Tensor:
@@ -80,11 +90,25 @@ def _angle_half_turns(t: Tensor) -> Tensor:
     return out
 
 
+def _prepend_zero_rows(t: Tensor, rows: int) -> Tensor:
+    # torchvision's class-specific box and mask predictors keep a slot for the background class
+    # (index 0) that inference never reads (it takes the predicted object class's); mmdet has none
+    return torch.cat([t.new_zeros((rows, *t.shape[1:])), t]).clone()
+
+
+def _background_deltas(t: Tensor) -> Tensor:
+    if t.shape[0] % 4:
+        raise ValueError(f"expected 4 box deltas per class, got {t.shape[0]} rows")
+    return _prepend_zero_rows(t, 4)
+
+
 RESHAPES: dict[Reshape, Callable[[Tensor], Tensor]] = {
     Reshape.NONE: lambda t: t,
     Reshape.DROP_CLASS_SLOT: _drop_class_slot,
     Reshape.BACKGROUND_FIRST: _background_first,
     Reshape.ANGLE_HALF_TURNS: _angle_half_turns,
+    Reshape.BACKGROUND_DELTAS: _background_deltas,
+    Reshape.BACKGROUND_MAP: lambda t: _prepend_zero_rows(t, 1),
 }
 
 
@@ -203,6 +227,31 @@ CASCADE: tuple[Rule, ...] = (
     Rule(rf"roi_head\.bbox_head\.(\d+)\.fc_reg\.{_WB}", r"roi_heads.stages.\1.bbox_pred.\2"),
 )
 
+# mmdet StandardRoIHead of Mask R-CNN: Shared2FCBBoxHead (class-specific deltas) and FCNMaskHead
+# (four ``ConvModule`` 3 × 3 convs with biases, no norm; ``upsample`` the 2 × 2 deconv; one logit
+# map per class, no background) → torchvision's RoIHeads with models.detection.mask_head's branch.
+MASK_RCNN: tuple[Rule, ...] = (
+    Rule(rf"roi_head\.bbox_head\.shared_fcs\.0\.{_WB}", r"roi_heads.box_head.fc6.\1"),
+    Rule(rf"roi_head\.bbox_head\.shared_fcs\.1\.{_WB}", r"roi_heads.box_head.fc7.\1"),
+    Rule(
+        rf"roi_head\.bbox_head\.fc_cls\.{_WB}",
+        r"roi_heads.box_predictor.cls_score.\1",
+        Reshape.BACKGROUND_FIRST,
+    ),
+    Rule(
+        rf"roi_head\.bbox_head\.fc_reg\.{_WB}",
+        r"roi_heads.box_predictor.bbox_pred.\1",
+        Reshape.BACKGROUND_DELTAS,
+    ),
+    Rule(rf"roi_head\.mask_head\.convs\.(\d+)\.conv\.{_WB}", r"roi_heads.mask_head.\1.0.\2"),
+    Rule(rf"roi_head\.mask_head\.upsample\.{_WB}", r"roi_heads.mask_predictor.conv5_mask.\1"),
+    Rule(
+        rf"roi_head\.mask_head\.conv_logits\.{_WB}",
+        r"roi_heads.mask_predictor.mask_fcn_logits.\1",
+        Reshape.BACKGROUND_MAP,
+    ),
+)
+
 # mmseg UPerHead (ConvModule = conv without bias + SyncBN ``bn``) → models.heads.UperNetHead.
 UPERHEAD: tuple[Rule, ...] = (
     Rule(r"decode_head\.psp_modules\.(\d+)\.1\.conv\.weight", r"head.ppm.\1.1.0.weight"),
@@ -234,6 +283,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
 LAYOUTS: dict[str, tuple[tuple[Rule, ...], ...]] = {
     "oriented_rcnn": (BACKBONE, ORIENTED_RPN, ORIENTED_ROI),  # + SIMPLE_FPN or FPN, by the keys
     "cascade_rcnn": (BACKBONE, RPN, CASCADE),  # + SIMPLE_FPN or FPN, by the keys
+    "mask_rcnn": (BACKBONE, RPN, MASK_RCNN),  # + SIMPLE_FPN or FPN (SSDD's: FPN), by the keys
     "upernet": (BACKBONE, UPERHEAD),  # mmseg segmenters and open-cd siamese change models alike
 }
 

@@ -11,7 +11,9 @@
    patch size (kernel 16), width, depth and position grid, no class token (the reference's
    ``InternViTAdapter`` has none), the deformable ViT-Adapter with LayerNorm
    (``norm="layer"``, interaction LayerNorm eps 1e-5) and the deform ratio the ``value_proj``
-   shapes give, the reference's ``SimpleFPN`` or FPN as the ``neck.*`` keys say;
+   shapes give, the reference's ``SimpleFPN`` or FPN as the ``neck.*`` keys say; a detector's
+   heads trained with more classes than the config's (mmdet's default 80 in the SSDD model) keep
+   the config's first ones when the checkpoint's ``meta`` names those (``_keep_config_classes``);
 4. maps every key through ``vitp_geo.convert.keymap`` (one table): a key neither mapped nor
    in the ignore list, a key of our model that nothing fills, or a shape that does not fit is an
    error naming the keys;
@@ -125,11 +127,62 @@ def _layout(kind: str, hp: dict[str, Any], path: Path) -> str:
         return "oriented_rcnn"
     if kind == "detection" and hp.get("box_type", "hbb") == "hbb" and hp.get("roi_head") == "cascade":
         return "cascade_rcnn"
+    if kind == "detection" and hp.get("box_type", "hbb") == "hbb" and hp.get("roi_head") == "mask":
+        return "mask_rcnn"
     raise ValueError(
         f"{path}: no released-checkpoint layout for this config (converted: Oriented R-CNN, box_type obb "
-        f"with rpn oriented; Cascade R-CNN, box_type hbb with roi_head cascade; segmentation or change with "
-        f"head upernet), got {kind}"
+        f"with rpn oriented; Cascade R-CNN, box_type hbb with roi_head cascade; Mask R-CNN, box_type hbb "
+        f"with roi_head mask; segmentation or change with head upernet), got {kind}"
     )
+
+
+# mmdet's per-class head rows: the classifier (K + 1 rows, background last), class-specific box
+# deltas (4 or, mmrotate, 5 rows a class) and mask logit maps (one a class).
+_FC_CLS = re.compile(r"roi_head\.bbox_head\.(\d+\.)?fc_cls\.(weight|bias)")
+_FC_REG = re.compile(r"roi_head\.bbox_head\.(\d+\.)?fc_reg\.(weight|bias)")
+_MASK_LOGITS = re.compile(r"roi_head\.mask_head\.conv_logits\.(weight|bias)")
+
+
+def _keep_config_classes(
+    state: dict[str, Tensor], k: int, meta_classes: int | None
+) -> tuple[dict[str, Tensor], list[str]]:
+    """``state`` with the detection heads cut to the config's ``k`` classes, and what was cut.
+
+    mmdet does not take a head's ``num_classes`` from the dataset: the reference's SSDD Mask
+    R-CNN keeps mmdet's default 80 for its one class (``ship``, the checkpoint's ``meta``
+    ``CLASSES``), so its heads have 80 classes of which 79 never had a positive sample. When the
+    checkpoint's ``meta`` names exactly the config's ``k`` classes, the first ``k`` (and the
+    background) are kept; their softmax then runs over k + 1 logits instead of 81, so scores may
+    differ slightly from the reference's (``docs/detection.md``). Any other mismatch is an error
+    naming both counts.
+    """
+    cls_key = next((key for key in sorted(state) if _FC_CLS.fullmatch(key) and key.endswith("weight")), None)
+    if cls_key is None:
+        return state, []
+    k_ckpt = int(state[cls_key].shape[0]) - 1
+    if k_ckpt == k:
+        return state, []
+    if k_ckpt < k or meta_classes != k:
+        said = "no meta CLASSES" if meta_classes is None else f"meta CLASSES naming {meta_classes}"
+        raise ValueError(
+            f"{cls_key} has {k_ckpt + 1} rows ({k_ckpt} classes and background), the config has {k} classes "
+            f"(and the checkpoint {said}): only a checkpoint whose meta CLASSES are the config's may have more "
+            "head classes (mmdet's default num_classes left in its config), of which the first are kept"
+        )
+    out = dict(state)
+    cut: list[str] = []
+    for key, t in state.items():
+        rows = int(t.shape[0]) if t.ndim else 0
+        if _FC_CLS.fullmatch(key):
+            out[key] = torch.cat([t[:k], t[-1:]])  # background stays last for the key map's roll
+        elif _FC_REG.fullmatch(key) and rows in (4 * k_ckpt, 5 * k_ckpt):
+            out[key] = t[: rows // k_ckpt * k]
+        elif _MASK_LOGITS.fullmatch(key) and rows == k_ckpt:
+            out[key] = t[:k]
+        else:
+            continue
+        cut.append(f"{key} (head classes {k + 1}-{k_ckpt} of {k_ckpt}: not in meta CLASSES)")
+    return out, cut
 
 
 def _tensor(state: dict[str, Tensor], key: str) -> Tensor:
@@ -215,12 +268,20 @@ def _map_keys(
 
 
 def convert_state_dict(
-    state: dict[str, Tensor], config: str | Path
+    state: dict[str, Tensor], config: str | Path, meta_classes: int | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any], ModelCard, list[str]]:
     """Build the config's model in the reference's layout and fill it from ``state``.
 
+    Args:
+        state: the checkpoint's tensors.
+        config: the benchmark config.
+        meta_classes: how many classes the checkpoint's ``meta`` ``CLASSES`` name (None: no meta);
+            a detector whose heads have more classes keeps the config's first ones only when
+            this equals the config's count (:func:`_keep_config_classes`).
+
     Returns:
-        (model in eval mode, ``arch``, model card, ignored source keys).
+        (model in eval mode, ``arch``, model card, source keys left out on purpose: ignored keys
+        and the head rows of classes cut away).
 
     Raises:
         ValueError: a config this converter has no layout for; leftover, missing or misshapen keys.
@@ -239,6 +300,9 @@ def convert_state_dict(
         simple = any(re.fullmatch(r"neck\.lateral_convs\.\d+\.ln\.weight", k) for k in state)
         hp["fpn"] = "simple_fpn" if simple else "fpn"
         rules += SIMPLE_FPN if simple else FPN
+        state, cut = _keep_config_classes(state, int(hp["num_classes"]), meta_classes)
+    else:
+        cut = []
     hp["neck"] = "deformable_adapter"
     vit = _backbone(str(hp["backbone"]), state)
     hp["in_channels"] = channels = int(vit.patch_embed.proj.in_channels)  # the reference's: RGB
@@ -285,14 +349,14 @@ def convert_state_dict(
         arch=arch,
         render={"raw": True, "dtype": "uint8"},  # the reference reads 8-bit RGB images as they are
     )
-    return model.eval(), arch, card, ignored
+    return model.eval(), arch, card, ignored + cut
 
 
 def convert_release(checkpoint: str | Path, config: str | Path, out: str | Path) -> tuple[Path, list[str]]:
     """Convert a released reference checkpoint into ``out`` (module doc).
 
     Returns:
-        (``out``, the source keys left out on purpose by ``keymap.IGNORED``).
+        (``out``, the source keys left out on purpose: ``keymap.IGNORED`` and cut head classes).
 
     Raises:
         FileNotFoundError: the checkpoint or config is missing.
@@ -302,11 +366,12 @@ def convert_release(checkpoint: str | Path, config: str | Path, out: str | Path)
     checkpoint, out = Path(checkpoint), Path(out)
     state, meta = read_release_checkpoint(checkpoint)
     check_finite_weights(state, checkpoint)
+    classes = meta.get("CLASSES")
+    named = len(classes) if isinstance(classes, list | tuple) else None
     try:
-        model, _, card, ignored = convert_state_dict(state, config)
+        model, _, card, ignored = convert_state_dict(state, config, named)
     except ValueError as err:
         raise ValueError(f"{checkpoint}: {err}") from err
-    classes = meta.get("CLASSES")
     if isinstance(classes, list | tuple) and len(classes) != len(card.class_names):
         raise ValueError(
             f"{checkpoint}: meta CLASSES has {len(classes)} classes, the config {config} has "

@@ -3,7 +3,9 @@
 - :func:`convert_internvit_state_dict` dispatches on the keys it sees: InternVL
   ``vision_model.*`` (``mlp1.*`` / ``language_model.*`` skipped), released ViTP backbones
   (the same keys without the prefix), mmseg / mmdet ``backbone.*`` (heads, neck and ViT-Adapter
-  modules dropped with a logged count), or keys that are already timm's;
+  modules dropped with a logged count), or keys that are already timm's; a whole fine-tuned
+  reference model (``backbone.layers.N``) is refused by :func:`refuse_reference_model` with a
+  pointer to ``vitp-geo convert``;
 - :func:`resize_pos_embed` fits position embeddings to another tile size (InternViT's bicubic rule);
 - :func:`internvl_vision_kwargs` turns an InternVL ``vision_config`` into timm model arguments;
 - :func:`read_state_dict` reads ``.safetensors`` / ``.pth`` / ``.bin`` / ``.ckpt`` files and
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,41 @@ def _strip_mm_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return kept
 
 
+# The reference's InternViTAdapter names its ViT blocks ``backbone.layers.N`` (InternViT's own
+# layout has ``encoder.layers.N``): the mark of a whole fine-tuned mmdet / mmrotate / mmseg / open-cd model.
+_REFERENCE_MODEL_RE = re.compile(r"^backbone\.layers\.\d+\.")
+# What the heads beside it say the model is.
+_REFERENCE_HEADS = {
+    "roi_head": "detector",
+    "rpn_head": "detector",
+    "decode_head": "segmenter or change model",
+}
+
+
+def refuse_reference_model(keys: Iterable[str], source: str | Path | None = None) -> None:
+    """Raise ``ValueError`` when ``keys`` are a whole fine-tuned reference model, not a ViT backbone.
+
+    A released fine-tuned ViTP model (``backbone.layers.N``, ``backbone.interactions.N``, heads)
+    holds a ViT trained inside the ViT-Adapter with a patch-16 kernel and no use of its class
+    token, not the patch-14 InternViT a finetune config starts from; ``vitp-geo convert`` turns
+    the whole model into a ``model.ckpt``. The message names ``source`` (the file, when given),
+    what it is and the command.
+    """
+    keys = list(keys)
+    if not any(_REFERENCE_MODEL_RE.match(k) for k in keys):
+        return
+    tops = sorted({k.split(".")[0] for k in keys} - {"backbone"})
+    kinds = sorted({_REFERENCE_HEADS[t] for t in tops if t in _REFERENCE_HEADS})
+    what = f"{source} is " if source is not None else ""
+    what += f"a fine-tuned ViTP reference {' / '.join(kinds) or 'model'}"
+    raise ValueError(
+        f"{what} in the mm* layout (backbone.layers.N: the ViT-Adapter's patch-16 ViT"
+        f"{', with ' + ', '.join(tops) if tops else ''}), not a ViT backbone: run it with `vitp-geo convert "
+        "CHECKPOINT --config configs/finetune/<task>/<dataset>.yaml --out model.ckpt`, or fine-tune from "
+        "the released backbone (ViTP_ViT_L_300M_rs.safetensors)"
+    )
+
+
 def _is_timm_layout(keys: set[str]) -> bool:
     return "patch_embed.proj.weight" in keys or any(k.startswith("blocks.") for k in keys)
 
@@ -112,6 +149,9 @@ def convert_internvit_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
       modules and every head/neck key are dropped with a logged count);
     * timm layout (``patch_embed.proj.weight``, ``blocks.N.*``): returned unchanged.
 
+    A whole fine-tuned reference model (``backbone.layers.N``: the reference's ViT-Adapter
+    layout) is refused by :func:`refuse_reference_model`, pointing to ``vitp-geo convert``.
+
     Args:
         sd: the checkpoint's tensors.
 
@@ -126,6 +166,7 @@ def convert_internvit_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     keys = set(sd)
     if not keys:
         raise ValueError("empty state dict: no tensors to convert")
+    refuse_reference_model(keys)
     shown = ""  # the prefix error messages put back, so they name the keys as the file has them
     if not _is_timm_layout(keys) and not any(k.startswith("vision_model.") for k in keys):
         if any(k.startswith("backbone.") for k in keys):

@@ -112,14 +112,16 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def check_backbone_file(path: Path) -> None:
     """The backbone weights exist, are readable and finite (a NaN backbone trains a NaN model)."""
-    from vitp_geo.models.convert import check_finite_weights, read_state_dict
+    from vitp_geo.models.convert import check_finite_weights, read_state_dict, refuse_reference_model
 
     if not path.is_file():
         raise FileNotFoundError(f"backbone not found: {path}")
     from vitp_geo.tasks.backbone import refuse_finetuned_checkpoint
 
     refuse_finetuned_checkpoint(path)  # a fine-tuned model.ckpt (any task) is not a backbone
-    check_finite_weights(read_state_dict(path), path)
+    state = read_state_dict(path)
+    refuse_reference_model(state, path)  # nor is a released fine-tuned reference model (vitp-geo convert)
+    check_finite_weights(state, path)
 
 
 def check_task1_source(datamodule: Any) -> None:

@@ -3,7 +3,7 @@
 A window detector sees only its window. An object larger than the overlap of two windows is cut
 in both: each returns the part it sees, a box ending at the shared window edge. Dropping such
 boxes (hoping a neighbour sees the object whole) loses every object wider than the overlap, and
-plain NMS keeps one half. The rule, used by ``tiling.detection.DetectionMerger`` (scene windows)
+plain NMS keeps one half. The rule, used by ``tiling.window_detections.DetectionMerger`` (scene windows)
 and ``tiling.dota_split.merge_patch_detections`` (DOTA patches) alike:
 
 1. **Cut boxes.** A box is *cut* when its bounds come within ``edge_margin`` pixels of an inner
