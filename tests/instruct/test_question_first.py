@@ -24,7 +24,10 @@ def test_images_move_behind_the_question_and_the_template_puts_their_tokens_ther
     pair = _rec(1, "Image-1: <image>\nImage-2: <image>\nWhat changed?\nAnswer briefly.", n_images=2)
     out = images_after_question([single, pair], 1.0)
     assert out[0].conversations[0]["value"] == "Is there a road?\n<image>"
-    assert out[1].conversations[0]["value"] == "What changed?\nAnswer briefly.\nImage-1: <image>\nImage-2: <image>"
+    assert (
+        out[1].conversations[0]["value"]
+        == "What changed?\nAnswer briefly.\nImage-1: <image>\nImage-2: <image>"
+    )
     assert out[0].conversations[1] == single.conversations[1] and out[0].images == single.images
     assert single.conversations[0]["value"] == "<image>\nIs there a road?"  # inputs untouched
     # The template now places the image block after the question text.
