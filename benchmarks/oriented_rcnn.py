@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 def _recall(ckpt: Path, cfg: dict, proposals: int, iou: float = 0.5) -> tuple[float, int]:
     """Share of validation buildings covered (rotated IoU ≥ ``iou``) by the RPN's best proposals."""
-    from datamodules.detection import GeoTiffDetectionDataModule
+    from vitp_geo.datamodules.detection import GeoTiffDetectionDataModule
+
     from vitp_geo.geometry.obb import poly_to_obb, rotated_iou
     from vitp_geo.models.detection.oriented_heads import hbb_rois
     from vitp_geo.tasks import load_inference_model
@@ -66,7 +67,7 @@ def main() -> None:
     p.add_argument("--proposals", type=int, default=300, help="proposals per image for the recall")
     args = p.parse_args()
 
-    from vitp_geo.cli.finetune_detection import detection_default_config
+    from vitp_geo.tasks.detection_default import detection_default_config
     from vitp_geo.tasks.run import fit
 
     base = detection_default_config(args.out / "data")

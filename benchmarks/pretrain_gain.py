@@ -242,22 +242,22 @@ def derangement_map(
     """Map every image tuple to another one of its group, sharing no path with it.
 
     ``groups`` holds distinct image-path tuples by signature (image count and sizes). Within each
-    group of >= 2 tuples a uniformly drawn permutation is redrawn until no tuple keeps a path of
-    its own. Groups of one tuple cannot be deranged and are left out of the map.
+    group of >= 2 tuples the library's derangement (``vitp_geo.pretrain.reliance.image_derangement``,
+    the one the image-reliance check uses) must find a partner for every tuple. Groups of one tuple
+    cannot be deranged and are left out of the map.
     """
+    from vitp_geo.pretrain.reliance import image_derangement
+
     rng = np.random.default_rng(seed)
     mapping: dict[tuple[str, ...], tuple[str, ...]] = {}
     for sig in sorted(groups, key=repr):
         tuples = sorted(set(groups[sig]))
         if len(tuples) < 2:
             continue
-        for _ in range(tries):
-            perm = rng.permutation(len(tuples))
-            if all(not set(tuples[i]) & set(tuples[j]) for i, j in enumerate(perm)):
-                break
-        else:
+        found = image_derangement(tuples, lambda t: t, rng, tries)
+        if len(found) < len(tuples):
             raise RuntimeError(f"no derangement of {len(tuples)} image tuples {sig} in {tries} tries")
-        mapping.update({tuples[i]: tuples[j] for i, j in enumerate(perm)})
+        mapping.update(found)
     return mapping
 
 

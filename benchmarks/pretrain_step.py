@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from datamodules.instruction import InstructionDataModule
 from vitp_geo.instruct.default_corpus import build_default_corpus
+from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.run import _corpus_texts
 from vitp_geo.vlm import build_offline_tokenizer, build_tiny_vlm, tokenize_conversation

@@ -6,7 +6,9 @@ Layouts (the mmsegmentation / open-cd conventions the ViTP reference code uses):
   — labels are single-band class-index images (run mmseg's dataset converter first for iSAID
   and UAVid, whose released labels are RGB colours);
 * change: ``<root>/<split>/A/<name>``, ``<root>/<split>/B/<name>``, ``<root>/<split>/label/<name>``
-  — labels 0 / 255 (or 0 / 1); any non-zero value except ``ignore_index`` is "changed", or,
+  (other folder names through ``before`` / ``after`` / ``label``: S2Looking's ``Image1`` /
+  ``Image2``, SVCD's ``OUT``; WHU-CD-256's ``A/``, ``B/``, ``label/`` in the root with
+  ``list/{train,val,test}.txt`` through ``split_list``) — labels 0 / 255 (or 0 / 1); any non-zero value except ``ignore_index`` is "changed", or,
   with ``label_threshold`` set, any value >= the threshold. JPEG labels (SVCD / CDD) carry
   compression noise (values 1..127 around every edge): open-cd binarises them at 128, and so
   does ``configs/finetune/change/svcd.yaml``.
@@ -27,8 +29,7 @@ import torch
 from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-from datamodules.geotiff import _raster_dtype, default_stats
+from vitp_geo.datamodules.geotiff import _raster_dtype, default_stats
 
 _EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -75,19 +76,43 @@ class SegmentationFolder(Dataset[dict[str, Tensor]]):
 
 
 class ChangeFolder(Dataset[dict[str, Tensor]]):
-    """``A`` / ``B`` / ``label`` triples matched by file name; image = (2C, H, W)."""
+    """Before / after / label triples matched by file name; image = (2C, H, W).
+
+    Args:
+        root: the folder holding the three sub-folders.
+        ignore_index, label_threshold: see :class:`PairFolderChangeDataModule`.
+        folders: names of the before, after and label sub-folders (``A``, ``B``, ``label``).
+        names: only these files of the before folder (a split list, e.g. WHU-CD's
+            ``list/train.txt``; a name with or without its extension); None: every image.
+        names_from: the list file ``names`` came from, for error messages.
+    """
 
     def __init__(
-        self, root: Path, ignore_index: int | None = None, label_threshold: int | None = None
+        self,
+        root: Path,
+        ignore_index: int | None = None,
+        label_threshold: int | None = None,
+        folders: tuple[str, str, str] = ("A", "B", "label"),
+        names: Sequence[str] | None = None,
+        names_from: Path | None = None,
     ) -> None:
         if label_threshold is not None and not 1 <= label_threshold <= 255:
             raise ValueError(f"label_threshold must be in [1, 255] (or None), got {label_threshold}")
-        self.a = _list(root / "A")
         self.root = root
+        self.folders = folders
+        self.a = _list(root / folders[0])
+        if names is not None:
+            by_name = {p.name: p for p in self.a} | {p.stem: p for p in self.a}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise FileNotFoundError(
+                    f"{names_from}: {missing[0]!r} is not in {root / folders[0]} ({len(missing)} listed files missing)"
+                )
+            self.a = [by_name[n] for n in names]
         self.ignore_index = ignore_index
         self.label_threshold = label_threshold
         for p in self.a:
-            for sub in ("B", "label"):
+            for sub in folders[1:]:
                 if not self._match(sub, p).is_file():
                     raise FileNotFoundError(f"{p.name}: no counterpart in {root / sub}")
 
@@ -105,8 +130,8 @@ class ChangeFolder(Dataset[dict[str, Tensor]]):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         a = _read(self.a[i])
-        b = _read(self._match("B", self.a[i]))
-        label = _read(self._match("label", self.a[i]))[0].astype(np.int64)
+        b = _read(self._match(self.folders[1], self.a[i]))
+        label = _read(self._match(self.folders[2], self.a[i]))[0].astype(np.int64)
         # (H, W) bool; JPEG labels: below the threshold is compression noise, not change
         changed = label != 0 if self.label_threshold is None else label >= self.label_threshold
         if self.ignore_index is not None:
@@ -243,7 +268,12 @@ class PairFolderChangeDataModule(_FolderDataModule):
 
     Args:
         root: dataset root.
-        train_split, val_split: split folder names.
+        train_split, val_split: split folder names (with ``split_list``: the split names put in it).
+        before, after, label: sub-folder names of the two dates and the change mask (open-cd's
+            ``A`` / ``B`` / ``label``; S2Looking ships ``Image1`` / ``Image2``, SVCD ``OUT``).
+        split_list: a file under ``root`` listing each split's files, with ``{split}`` in its
+            name (WHU-CD-256: ``list/{split}.txt``); the three sub-folders then lie directly in
+            ``root``. None: ``<root>/<split>/{before,after,label}``.
         ignore_index: label value to keep as "ignore" instead of "changed".
         label_threshold: label values >= this are "changed" (128 for JPEG labels, as open-cd's
             ``to_binary``); ``None``: any non-zero value (clean 0 / 1 or 0 / 255 PNG labels).
@@ -256,6 +286,10 @@ class PairFolderChangeDataModule(_FolderDataModule):
         root: str,
         train_split: str = "train",
         val_split: str = "val",
+        before: str = "A",
+        after: str = "B",
+        label: str = "label",
+        split_list: str | None = None,
         ignore_index: int | None = None,
         label_threshold: int | None = None,
         patch_size: int = 256,
@@ -270,15 +304,32 @@ class PairFolderChangeDataModule(_FolderDataModule):
         super().__init__(patch_size, batch_size, num_workers, m, s, seed)
         self.root = Path(root)
         self.splits = (train_split, val_split)
+        self.folders = (before, after, label)
+        if split_list is not None and "{split}" not in split_list:
+            raise ValueError(
+                f"split_list must contain '{{split}}' (e.g. list/{{split}}.txt), got {split_list!r}"
+            )
+        self.split_list = split_list
         self.ignore_index = ignore_index
         self.label_threshold = label_threshold
 
     def _norm(self) -> tuple[Tensor, Tensor]:
         return self.mean.repeat(2), self.std.repeat(2)
 
+    def _split(self, split: str) -> ChangeFolder:
+        if self.split_list is None:
+            return ChangeFolder(self.root / split, self.ignore_index, self.label_threshold, self.folders)
+        listing = self.root / self.split_list.format(split=split)
+        if not listing.is_file():
+            raise FileNotFoundError(f"split list not found: {listing} (split_list {self.split_list!r})")
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        if not names:
+            raise ValueError(f"{listing}: the split list is empty")
+        return ChangeFolder(self.root, self.ignore_index, self.label_threshold, self.folders, names, listing)
+
     def setup(self, stage: str) -> None:
         train, val = self.splits
         if stage == "fit":
-            self.train_dataset = ChangeFolder(self.root / train, self.ignore_index, self.label_threshold)
-        self.val_dataset = ChangeFolder(self.root / val, self.ignore_index, self.label_threshold)
+            self.train_dataset = self._split(train)
+        self.val_dataset = self._split(val)
         self.raw_dtype = _raster_dtype(str(self.val_dataset.a[0]))  # the card records it

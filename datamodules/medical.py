@@ -4,7 +4,7 @@ Samples are torchgeo-style dicts ``{"image": (3, H, W) float32, "mask": (H, W) i
 ``vitp_geo.tasks.SegmentationTask`` trains on unchanged:
 
 * **MSD / nnU-Net** (``MedicalSliceDataModule``): each case's channels are read as RAS volumes
-  (``vitp_geo.medical.volume.load_volume``), checked to share one grid with the label, turned
+  (``vitp_geo.medical.load.load_volume``), checked to share one grid with the label, turned
   into the ViT's 3 channels by a ``SliceInput`` (``channel_rule``, ``windows``, ``preset``,
   ``sequences``; CT windows by default, FLAIR / T1ce / T2 for BraTS) and cut along ``axis``.
   Every slice with foreground is kept plus a seeded ``empty_fraction`` of the empty ones
@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from vitp_geo.datamodules.folders import _crop_collate, _FolderDataModule
 
-from datamodules.folders import _crop_collate, _FolderDataModule
+from vitp_geo.evaluation.dice import DiceReport
 from vitp_geo.medical.datasets import (
     XRAY_CLASSES,
     LabelTable,
@@ -165,20 +166,10 @@ class _MedicalDataModule(_FolderDataModule):
 
     channel_names: tuple[str, ...] = ("X-ray",)
 
-    def _scores(self, network: torch.nn.Module, score: Any) -> dict[str, Any]:
-        """Run ``score(predictor, mean, std)`` with ``network`` in eval mode; the report as JSON."""
-        from vitp_geo.medical.finetune import report_to_json
-
-        was_training = network.training
-        home = next(network.parameters()).device  # Lightning hands the model back on the CPU
-        device = torch.device("cuda") if torch.cuda.is_available() else home
-        network.to(device).eval()
+    def norm(self) -> tuple[list[float], list[float]]:
+        """The per-channel mean and std the batches are normalised with (for whole-case scoring)."""
         mean, std = self._norm()
-        try:
-            report = score(lambda x: network(x.to(device)), mean.tolist(), std.tolist())
-        finally:
-            network.to(home).train(was_training)
-        return report_to_json(report)
+        return mean.tolist(), std.tolist()
 
     @property
     def render_spec(self) -> dict[str, Any]:
@@ -287,20 +278,16 @@ class MedicalSliceDataModule(_MedicalDataModule):
             cache_cases=self.cache_cases,
         )
 
-    def case_scores(self, network: torch.nn.Module) -> dict[str, Any]:
-        """Per-case Dice of ``network`` on the validation cases, whole volumes slice by slice.
+    def dice_report(self, predictor: Callable[[Tensor], Tensor]) -> DiceReport:
+        """Per-case Dice of ``predictor`` on the validation cases, whole volumes slice by slice.
 
-        ``network`` maps normalised (B, 3, H, W) → (B, K, H, W) logits (the task's ``model``).
-        Returns ``vitp_geo.medical.finetune.report_to_json`` of the report.
+        ``predictor`` maps normalised (B, 3, H, W) → (B, K, H, W) logits; it runs where the caller
+        put it (``vitp_geo.medical.finetune.CaseDice`` scores on the trainer's device).
         """
         from vitp_geo.medical.inference import score_cases
 
-        return self._scores(
-            network,
-            lambda predictor, mean, std: score_cases(
-                predictor, self.val_cases, self.channel_names, self.table, self.spec, mean, std
-            ),
-        )
+        mean, std = self.norm()
+        return score_cases(predictor, self.val_cases, self.channel_names, self.table, self.spec, mean, std)
 
     def setup(self, stage: str) -> None:
         self._check_model()
@@ -360,16 +347,12 @@ class XraySegmentationDataModule(_MedicalDataModule):
         self.train_items = read_xray_folder(self.root, train_split)  # fails early on a bad folder
         self.val_items = read_xray_folder(self.root, val_split)
 
-    def case_scores(self, network: torch.nn.Module) -> dict[str, Any]:
-        """Per-image Dice of ``network`` on the validation radiographs (each image is a case)."""
+    def dice_report(self, predictor: Callable[[Tensor], Tensor]) -> DiceReport:
+        """Per-image Dice of ``predictor`` on the validation radiographs (each image is a case)."""
         from vitp_geo.medical.inference import score_radiographs
 
-        return self._scores(
-            network,
-            lambda predictor, mean, std: score_radiographs(
-                predictor, self.val_items, self.table, self.spec, mean, std
-            ),
-        )
+        mean, std = self.norm()
+        return score_radiographs(predictor, self.val_items, self.table, self.spec, mean, std)
 
     def setup(self, stage: str) -> None:
         self._check_model()

@@ -7,10 +7,10 @@ feed ``x / 255`` instead of the ImageNet statistics the ViTP backbone was pretra
 mask; kornia 0.8.x accepts it but crops each mask with the next sample's offsets). These
 datamodules read the same folders through torchgeo's dataset classes (``download=False``,
 ``checksum=False``: nothing is fetched or hashed) and share the tile-folder machinery of
-:mod:`datamodules.folders`: random ``patch_size`` training crops plus flips, the same crop and
+:mod:`vitp_geo.datamodules.folders`: random ``patch_size`` training crops plus flips, the same crop and
 flip for image, mask and both dates, normalisation on the device with ``mean`` / ``std``
 (0–255 units; default ImageNet × 255 for three bands, the one rule of
-:func:`datamodules.geotiff.default_stats`).
+:func:`vitp_geo.datamodules.geotiff.default_stats`).
 
 Layouts (``root`` is the folder the archives were extracted into):
 
@@ -42,9 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-
-from datamodules.folders import _FolderDataModule
-from datamodules.geotiff import default_stats
+from vitp_geo.datamodules.folders import _FolderDataModule
+from vitp_geo.datamodules.geotiff import default_stats
 
 LOVEDA_SCENES = ("urban", "rural")
 

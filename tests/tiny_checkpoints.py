@@ -48,7 +48,7 @@ def save_tiny_checkpoint(
         neck, head: ``sfp`` / ``adapter`` and ``upernet`` / ``unet``.
         seed: weight initialisation seed.
         box_type: ``hbb`` or ``obb`` (detection only).
-        roi_head: ``standard`` or ``cascade`` (horizontal detection only).
+        roi_head: ``standard``, ``cascade`` or ``mask`` (horizontal detection only).
         rpn: ``horizontal`` or ``oriented`` (Oriented R-CNN; oriented detection only).
         render: the card's ``render`` entry (default: the render rule), e.g. ``{"raw": True,
             "dtype": "uint8"}`` as a GeoTIFF datamodule records it.

@@ -33,9 +33,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "[test.sh] creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-echo "[test.sh] installing vitp-geo[test] into .venv"
+echo "[test.sh] installing vitp-geo[test,cluster] into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,cluster]"  # cluster: Ray, for the infer-catalog --engine ray tests
 
 echo "[test.sh] running the test suite"
 exec .venv/bin/python -m pytest -q "$@"

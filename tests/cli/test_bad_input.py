@@ -133,6 +133,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--tile-size is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"],
     ),
     (
+        "infer-medical-given-a-min-score",
+        ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz"]
+        + ["--min-score", "0.9"],
+        ["--min-score is for GeoTIFF scenes; a medical volume gets a label NIfTI (--out) only"],
+    ),
+    (
         "infer-medical-given-resume",
         ["infer", "{w}/bomb.nii.gz", "--checkpoint", "{w}/med.ckpt", "--out", "{w}/out/p.nii.gz", "--resume"],
         ["--resume is for GeoTIFF scenes"],
@@ -307,12 +313,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "nan_backbone.yaml").write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
         f"    backbone_weights: {w}/nan/backbone.safetensors\n"
-        "data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        "data:\n  class_path: vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
     )
     (w / "unknown_backbone.yaml").write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n    backbone: vitp_no_such_vit\n"
-        "data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        "data:\n  class_path: vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
     )
     write_scene(generate_scene(2, 64, scene_class=0), w / "s")

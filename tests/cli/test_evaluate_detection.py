@@ -308,7 +308,9 @@ def test_malformed_values_are_one_error_line_naming_the_file_and_place(
     one.mkdir()
     (one / "Task1_plane.txt").write_text("P0000 0.9 0 0 9 0 9 9 0 9\n")
     for value in ("nan", "1e200", "-inf"):
-        (gt / "P0000.txt").write_text(f"imagesource:GoogleEarth\n0 0 9 0 9 9 0 9 plane 0\n1 2 3 4 5 {value} 7 8 plane 0\n")
+        (gt / "P0000.txt").write_text(
+            f"imagesource:GoogleEarth\n0 0 9 0 9 9 0 9 plane 0\n1 2 3 4 5 {value} 7 8 plane 0\n"
+        )
         refused(["--gt", str(gt), "--pred", str(one), "--format", "dota"], "P0000.txt:3", value)
     bad_pred = tmp_path / "bad_pred"
     bad_pred.mkdir()
@@ -322,7 +324,10 @@ def test_malformed_values_are_one_error_line_naming_the_file_and_place(
     good_results = json.loads(results.read_text())
     for edit, needles in (
         (lambda d: d["images"].__setitem__(0, "P0000.png"), ("images[0]", "without 'id'")),
-        (lambda d: d["images"][0].__setitem__("id", [100]), ("images[0]", "id must be an integer, got [100]")),
+        (
+            lambda d: d["images"][0].__setitem__("id", [100]),
+            ("images[0]", "id must be an integer, got [100]"),
+        ),
         (lambda d: d["annotations"].__setitem__(0, 7), ("annotations[0]", "expected an object, got 7")),
         (lambda d: d["annotations"][0].__setitem__("image_id", [100]), ("annotations[0]", "image_id must")),
         (lambda d: d["annotations"][0].__setitem__("bbox", [1e200, 0, 4, 4]), ("annotations[0]", "finite")),
@@ -330,9 +335,88 @@ def test_malformed_values_are_one_error_line_naming_the_file_and_place(
         bad = json.loads(json.dumps(data))
         edit(bad)
         (tmp_path / "gt.json").write_text(json.dumps(bad))
-        refused(["--gt", str(tmp_path / "gt.json"), "--pred", str(results), "--format", "coco"], "gt.json", *needles)
-    for key, value, needle in (("score", float("nan"), "score must be a finite number"), ("category_id", [1], "")):
+        refused(
+            ["--gt", str(tmp_path / "gt.json"), "--pred", str(results), "--format", "coco"],
+            "gt.json",
+            *needles,
+        )
+    for key, value, needle in (
+        ("score", float("nan"), "score must be a finite number"),
+        ("category_id", [1], ""),
+    ):
         bad_results = json.loads(json.dumps(good_results))
         bad_results[0][key] = value
         (tmp_path / "res.json").write_text(json.dumps(bad_results))
-        refused(["--gt", str(gt_file), "--pred", str(tmp_path / "res.json"), "--format", "coco"], "res.json ([0])", needle)
+        refused(
+            ["--gt", str(gt_file), "--pred", str(tmp_path / "res.json"), "--format", "coco"],
+            "res.json ([0])",
+            needle,
+        )
+
+
+def test_coco_mask_ap_from_rle_and_polygon_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--iou-type segm``: SSDD-style ground truth polygons; results as RLE (written by
+    ``write_coco_results``) or as polygons score mask AP; a coarser mask costs; bad input exits 2."""
+    from pycocotools import mask as mask_utils
+    from ssdd_fixture import write_ssdd
+
+    root = write_ssdd(tmp_path / "ssdd")
+    gt_file = root / "Annotations" / "trainval.json"
+    gt = read_coco(gt_file, masks=True)
+    write_coco_results(tmp_path / "rle.json", _copies(gt), gt_file)
+    assert all("segmentation" in d for d in json.loads((tmp_path / "rle.json").read_text()))
+    base = ["--gt", str(gt_file), "--format", "coco", "--metric", "coco", "--iou-type", "segm"]
+    rc, stdout, _ = _run(
+        [*base, "--pred", str(tmp_path / "rle.json"), "--out", str(tmp_path / "a.json")], capsys
+    )
+    m = json.loads((tmp_path / "a.json").read_text())
+    assert rc == 0 and m["mAP"] == pytest.approx(1.0) and m["iou_type"] == "segm" and "(coco segm)" in stdout
+    # polygons as results: the boxes' own rectangles, which cover the ships only partly
+    data = json.loads(gt_file.read_text())
+    dets = []
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        poly = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": 1,
+                "bbox": a["bbox"],
+                "score": 0.9,
+                "segmentation": poly,
+            }
+        )
+    (tmp_path / "poly.json").write_text(json.dumps(dets))
+    rc, _, _ = _run([*base, "--pred", str(tmp_path / "poly.json"), "--out", str(tmp_path / "b.json")], capsys)
+    segm = json.loads((tmp_path / "b.json").read_text())["mAP"]
+    rc_box, _, _ = _run(
+        [*base[:-2], "--pred", str(tmp_path / "poly.json"), "--out", str(tmp_path / "c.json")], capsys
+    )
+    assert rc == rc_box == 0 and json.loads((tmp_path / "c.json").read_text())["mAP"] == pytest.approx(1.0)
+    ious = [
+        mask_utils.iou([mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], 64, 80))],
+                       [mask_utils.merge(mask_utils.frPyObjects(d["segmentation"], 64, 80))], [0])[0][0]
+        for a, d in zip(data["annotations"], dets, strict=True)
+    ]  # fmt: skip
+    assert min(ious) < 0.75 and segm < 1.0  # the rectangle of a slanted ship is a poor mask
+    # bad input: a result without a segmentation, a non-COCO format
+    del dets[1]["segmentation"]
+    (tmp_path / "bad.json").write_text(json.dumps(dets))
+    rc, _, err = _run(
+        [*base, "--pred", str(tmp_path / "bad.json"), "--out", str(tmp_path / "d.json")], capsys
+    )
+    assert (
+        rc == 2
+        and "bad.json" in err
+        and "[1]" in err
+        and "segmentation" in err
+        and len(err.strip().splitlines()) == 1
+    )
+    rc, _, err = _run(
+        ["--gt", str(DOTA_GT), "--pred", str(tmp_path / "rle.json"), "--format", "dota", "--metric", "coco", "--iou-type", "segm",
+         "--out", str(tmp_path / "e.json")], capsys,
+    )  # fmt: skip
+    assert rc == 2 and "--format coco" in err
+    assert not (tmp_path / "d.json").exists() and not (tmp_path / "e.json").exists()

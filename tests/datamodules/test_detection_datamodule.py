@@ -11,9 +11,9 @@ import pytest
 import rasterio
 import shapely
 import torch
+from vitp_geo.datamodules.detection import GeoTiffDetectionDataModule, detection_collate
+from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_detection
 
-from datamodules.detection import GeoTiffDetectionDataModule, detection_collate
-from datamodules.synthetic_geotiff import write_synthetic_detection
 from vitp_geo.geometry.obb import poly_to_obb
 
 
@@ -95,8 +95,7 @@ def test_unknown_classes_are_left_out_and_bad_input_is_named(folders, tmp_path) 
 
 def test_torchgeo_datasets_map_classes_by_name() -> None:
     from torchgeo.datasets import DOTA, VHR10
-
-    from datamodules.detection import TorchGeoDetection
+    from vitp_geo.datamodules.detection import TorchGeoDetection
 
     class FakeDota(torch.utils.data.Dataset):  # what torchgeo 0.8.1's DOTA.__getitem__ returns
         classes = DOTA.classes
@@ -157,8 +156,7 @@ def _torchgeo_dota_layout(root: Path) -> list[list[tuple[list[float], str]]]:
 def test_torchgeo_dota_on_disk_maps_classes_by_name(tmp_path: Path) -> None:
     """torchgeo's own DOTA loader over files in its on-disk layout, through TorchGeoDetection."""
     from torchgeo.datasets import DOTA
-
-    from datamodules.detection import TorchGeoDetection
+    from vitp_geo.datamodules.detection import TorchGeoDetection
 
     objects = _torchgeo_dota_layout(tmp_path)
     dota = DOTA(root=tmp_path, split="train", version="2.0", bbox_orientation="oriented")
@@ -183,8 +181,7 @@ def test_torchgeo_vhr10_on_disk_maps_classes_by_name(tmp_path: Path) -> None:
 
     from PIL import Image
     from torchgeo.datasets import VHR10
-
-    from datamodules.detection import TorchGeoDetection
+    from vitp_geo.datamodules.detection import TorchGeoDetection
 
     base = tmp_path / "NWPU VHR-10 dataset"
     (base / "positive image set").mkdir(parents=True)

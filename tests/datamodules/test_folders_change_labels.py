@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
-from datamodules.folders import ChangeFolder, PairFolderChangeDataModule
+from vitp_geo.datamodules.folders import ChangeFolder, PairFolderChangeDataModule
 
 SVCD = Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune" / "change" / "svcd.yaml"
 
@@ -25,13 +24,13 @@ def _jpeg_like_label(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarr
     return label, truth
 
 
-def _write_split(root: Path, label: np.ndarray) -> None:
+def _write_split(root: Path, label: np.ndarray, folders: tuple[str, str, str] = ("A", "B", "label")) -> None:
     rng = np.random.default_rng(1)
-    for sub in ("A", "B", "label"):
+    for sub in folders:
         (root / sub).mkdir(parents=True)
-    for sub in ("A", "B"):
+    for sub in folders[:2]:
         Image.fromarray(rng.integers(0, 256, (*label.shape, 3), dtype=np.uint8)).save(root / sub / "t0.png")
-    Image.fromarray(label).save(root / "label" / "t0.png")  # PNG: the exact decoded JPEG values
+    Image.fromarray(label).save(root / folders[2] / "t0.png")  # PNG: the exact decoded JPEG values
 
 
 def test_threshold_128_ignores_jpeg_noise(tmp_path: Path) -> None:
@@ -48,7 +47,7 @@ def test_threshold_128_ignores_jpeg_noise(tmp_path: Path) -> None:
 def test_svcd_config_binarises_its_jpeg_labels_at_128(tmp_path: Path) -> None:
     label, truth = _jpeg_like_label(np.random.default_rng(2))
     for split in ("train", "val"):
-        _write_split(tmp_path / split, label)
+        _write_split(tmp_path / split, label, ("A", "B", "OUT"))  # SVCD's own folder names
     init = dict(yaml.safe_load(SVCD.read_text())["data"]["init_args"], root=str(tmp_path), num_workers=0)
     dm = PairFolderChangeDataModule(**init)
     dm.setup("fit")
@@ -65,3 +64,28 @@ def test_the_tiles_value_type_is_recorded_for_the_model_card(tmp_path: Path) -> 
     assert dm.raw_dtype is None  # known once the tiles are found
     dm.setup("validate")
     assert dm.raw_dtype == "uint8"
+
+
+def test_whu_cd_256_split_lists_pick_the_files_of_each_split(tmp_path: Path) -> None:
+    """WHU-CD-256 keeps A/, B/, label/ in the root and names each split's files in list/*.txt."""
+    label, truth = _jpeg_like_label(np.random.default_rng(4))
+    _write_split(tmp_path, label)
+    (tmp_path / "A" / "t1.png").write_bytes((tmp_path / "A" / "t0.png").read_bytes())
+    for sub in ("B", "label"):
+        Image.fromarray(np.zeros_like(label) if sub == "label" else np.zeros((64, 64, 3), np.uint8)).save(
+            tmp_path / sub / "t1.png"
+        )
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "train.txt").write_text("t0.png\n")
+    (tmp_path / "list" / "val.txt").write_text("t1\n")  # with or without the extension
+    dm = PairFolderChangeDataModule(root=str(tmp_path), split_list="list/{split}.txt", label_threshold=128)
+    dm.setup("fit")
+    assert [p.name for p in dm.train_dataset.a] == ["t0.png"] and [p.name for p in dm.val_dataset.a] == [
+        "t1.png"
+    ]
+    np.testing.assert_array_equal(dm.train_dataset[0]["mask"].numpy(), truth.astype(np.int64))
+    (tmp_path / "list" / "val.txt").write_text("t0.png\nt9.png\n")
+    with pytest.raises(FileNotFoundError, match=r"val\.txt: 't9\.png' is not in .*A"):
+        dm.setup("validate")
+    with pytest.raises(ValueError, match=r"split_list must contain '\{split\}'"):
+        PairFolderChangeDataModule(root=str(tmp_path), split_list="list/train.txt")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-
-from datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule, area_split
-from datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
+from vitp_geo.datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule, area_split
+from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import torch
 import yaml
 from PIL import Image
 from torchgeo.datasets import LEVIRCD, LoveDA, Potsdam2D
-
-from datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
-from datamodules.torchgeo_benchmarks import (
+from vitp_geo.datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
+from vitp_geo.datamodules.torchgeo_benchmarks import (
     LEVIRCDDataModule,
     LoveDADataModule,
     Potsdam2DDataModule,

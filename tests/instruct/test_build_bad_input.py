@@ -195,9 +195,41 @@ def test_overwrite_replaces_an_earlier_corpus_but_nothing_it_did_not_write(tmp_p
     """Issue 20: --overwrite deleted the whole folder, files the build never wrote included."""
     out = tmp_path / "out"
     build_corpus(out, [VectorSource(scene.image, scene.objects, tile_size=64)])
-    result = build_corpus(out, [VectorSource(scene.image, scene.objects, tile_size=64)], seed=1, overwrite=True)
+    result = build_corpus(
+        out, [VectorSource(scene.image, scene.objects, tile_size=64)], seed=1, overwrite=True
+    )
     assert result.recipe.is_file()  # an earlier corpus is replaced
     (out / "images" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=r"holds .*images/notes\.txt, which build-instructions does not write"):
+    with pytest.raises(
+        ValueError, match=r"holds .*images/notes\.txt, which build-instructions does not write"
+    ):
         build_corpus(out, [VectorSource(scene.image, scene.objects, tile_size=64)], overwrite=True)
     assert (out / "images" / "notes.txt").read_text() == "mine" and result.recipe.is_file()
+
+
+def test_a_builder_tile_and_an_inference_window_render_alike_through_one_reader(tmp_path):
+    """One windowed scene reader (io.raster.SceneWindows): build-instructions and infer render a
+    uint16 scene's window with the same scene-wide stretch, pixel for pixel."""
+    import rasterio
+    from affine import Affine
+
+    from vitp_geo.instruct.builders.raster_scene import open_scene
+    from vitp_geo.instruct.builders.tiles import Tile
+    from vitp_geo.io.raster import RenderRule, SceneWindows
+    from vitp_geo.tiling.reader import SceneWindowReader
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "scene.tif"
+    data = (rng.gamma(2.0, 600.0, (3, 300, 300))).clip(0, 65535).astype(np.uint16)
+    profile = dict(driver="GTiff", height=300, width=300, count=3, dtype="uint16", crs="EPSG:32633")
+    with rasterio.open(path, "w", transform=Affine(1, 0, 500000, 0, -1, 4000000), **profile) as dst:
+        dst.write(data)
+    rule = RenderRule()
+    with open_scene(path, rule) as scene:
+        assert isinstance(scene.windows, SceneWindows) and scene.limits is not None
+        rgb, valid = scene.read(Tile(64, 32, 96, 96))
+    with SceneWindowReader([path], rule, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) as reader:
+        assert reader.limits == [scene.limits]  # one stretch, computed once per scene
+        x, ok = reader.read(64, 32, 96, 96)
+    np.testing.assert_array_equal(x, rgb.astype(np.float32))
+    np.testing.assert_array_equal(ok, valid)

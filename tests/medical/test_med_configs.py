@@ -12,7 +12,7 @@ import pytest
 import yaml
 from config_runs import smoke_cli
 
-from vitp_geo.synthetic import phantoms as P
+from vitp_geo.medical import phantoms as P
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune" / "medical"
 

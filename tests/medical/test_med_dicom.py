@@ -11,9 +11,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from vitp_geo.io.volume import Modality, save_nifti_like
 from vitp_geo.medical.dicom import load_dicom_series
 from vitp_geo.medical.intensity import IntensityPreset, apply_window, normalise
-from vitp_geo.medical.volume import Modality, load_volume, save_nifti_like
+from vitp_geo.medical.load import load_volume
 
 CT_SMALL = Path(str(get_testdata_file("CT_small.dcm")))
 CT5N = CT_SMALL.parent / "dicomdirtests" / "98892001" / "CT5N"
@@ -135,3 +136,34 @@ def test_dicom_prediction_written_in_source_order(tmp_path: Path) -> None:
     np.testing.assert_allclose(img.affine, vol.source_affine)
     assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
     np.testing.assert_array_equal(nib.as_closest_canonical(img).get_fdata(), labels)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "what"),
+    [
+        ("ImageOrientationPatient", [1, 0, 0, 1, 0, 0], "singular"),  # rows and columns parallel
+        ("PixelSpacing", ["nan", "0.5"], "not finite"),
+        ("PixelSpacing", [0, 0.5], "singular"),
+    ],
+)
+def test_a_singular_or_non_finite_dicom_geometry_names_the_file_and_the_affine(
+    tmp_path: Path, tag: str, value: list, what: str
+) -> None:
+    """Issue 20: nibabel's 'Unable to find out axis 1.0 in start_ornt' / 'SVD did not converge'."""
+    ds = pydicom.dcmread(CT_SMALL)
+    setattr(ds, tag, value)
+    path = tmp_path / "bad.dcm"
+    ds.save_as(path)
+    with pytest.raises(
+        ValueError, match=rf"bad\.dcm: the DICOM geometry's voxel-to-world affine is {what}"
+    ) as err:
+        load_volume(path)
+    assert "ImageOrientationPatient, PixelSpacing" in str(err.value)
+    series = tmp_path / "series"
+    series.mkdir()
+    for i, z in enumerate((0.0, 5.0)):  # a two-slice series with the same bad tag
+        ds.ImagePositionPatient = [0.0, 0.0, z]
+        ds.SOPInstanceUID = f"1.2.3.{i}"
+        ds.save_as(series / f"{i}.dcm")
+    with pytest.raises(ValueError, match=rf"0\.dcm: the DICOM geometry's voxel-to-world affine is {what}"):
+        load_volume(series)  # the slice that holds it is named

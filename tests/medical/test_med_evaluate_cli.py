@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from vitp_geo.cli.main import main
-from vitp_geo.medical.volume import load_nifti, save_nifti_like
-from vitp_geo.medical.xray import write_png_mask
+from vitp_geo.io.png_mask import write_png_mask
+from vitp_geo.io.volume import load_nifti, save_nifti_like
 
 LAS = np.array([[-2.0, 0, 0, 32], [0, 2, 0, -40], [0, 0, 2, -16], [0, 0, 0, 1]])  # anatomical.nii's affine
 

@@ -13,10 +13,10 @@ from monai.inferers import SliceInferer
 from PIL import Image
 
 from vitp_geo.cli.main import main
+from vitp_geo.medical import phantoms as P
 from vitp_geo.medical.datasets import LabelTable, read_msd_dataset
 from vitp_geo.medical.inference import load_medical_model, predict_volume
 from vitp_geo.medical.inputs import SliceInput
-from vitp_geo.synthetic import phantoms as P
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_brats_label_4_is_class_3_and_back(tmp_path: Path) -> None:
 
 
 def test_a_label_value_missing_from_dataset_json_names_the_file(tmp_path: Path) -> None:
-    from datamodules.medical import MedicalSliceDataModule
+    from vitp_geo.datamodules.medical import MedicalSliceDataModule
 
     root = P.write_ct_dataset(tmp_path / "ct", n_cases=2, shape=(24, 24, 6))
     meta = json.loads((root / "dataset.json").read_text())
@@ -172,7 +172,7 @@ def test_bad_infer_input_exits_2_and_writes_nothing(
 def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Path) -> None:
     from pydicom.data import get_testdata_file
 
-    from vitp_geo.medical.volume import load_volume
+    from vitp_geo.medical.load import load_volume
 
     series = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
     out, _ = med_run
@@ -198,8 +198,8 @@ def test_infer_on_a_dicom_series_folder(med_run: tuple[Path, str], tmp_path: Pat
 
 def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path: Path) -> None:
     import lightning as L
+    from vitp_geo.datamodules.medical import MedicalSliceDataModule
 
-    from datamodules.medical import MedicalSliceDataModule
     from vitp_geo.tasks import SegmentationTask
 
     root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(28, 28, 6))
@@ -211,7 +211,8 @@ def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path:
 
 
 def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
-    from datamodules.medical import XraySegmentationDataModule
+    from vitp_geo.datamodules.medical import XraySegmentationDataModule
+
     from vitp_geo.medical.intensity import minmax
 
     root = P.write_xray_dataset(tmp_path / "cxr", n_images=2, size=64, splits=("Train", "Val"))
@@ -226,7 +227,9 @@ def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
             zeros = torch.zeros_like(x[:, 0])
             return torch.stack([zeros, -x[:, 0], zeros - 10], dim=1)
 
-    scores = dm.case_scores(DarkIsLung())
+    from vitp_geo.medical.finetune import report_to_json
+
+    scores = report_to_json(dm.dice_report(DarkIsLung()))
     assert set(scores["per_case"]) == {
         f"{p.parent.parent.name}/{p.stem}" for p in (root / "Val").rglob("images/*.png")
     }
@@ -280,3 +283,35 @@ def test_non_finite_voxels_are_nodata_with_a_warning(
     assert main([*argv, "--out", str(tmp_path / "inf_pred.nii.gz")]) == 2
     assert "inf.nii.gz: every voxel is NaN or infinite" in capsys.readouterr().err
     assert not (tmp_path / "inf_pred.nii.gz").exists()
+
+
+def test_case_dice_scores_the_best_weights_on_the_trainers_device(tmp_path: Path, monkeypatch) -> None:
+    """Issue 20: the DataModule scored on a hard-coded ``cuda`` (every DDP rank on ``cuda:0``; a
+    CPU run on a machine with a GPU moved the model there). The CaseDice callback scores on the
+    trainer's device: a CPU run stays on the CPU even where CUDA is reported available."""
+    from vitp_geo.medical.finetune import default_config, report_to_json
+    from vitp_geo.tasks.loading import load_inference_model
+    from vitp_geo.tasks.run import fit
+
+    P.write_ct_dataset(tmp_path / "data" / "phantom_ct", n_cases=3, seed=0, shape=(112, 112, 4))
+    cfg = default_config(tmp_path / "data")
+    cfg["trainer"].update(max_epochs=1, max_steps=2, enable_model_summary=False, logger=False)
+    cfg["data"]["init_args"].update(val_fraction=0.34, batch_size=2)
+    import types
+
+    import vitp_geo.datamodules.medical
+
+    # A machine with a GPU, a CPU run: the datamodule's module sees CUDA as available (patched
+    # there only: the optimizer must not be fooled). Nothing may move the model to "cuda".
+    gpu_torch = types.SimpleNamespace(**vars(torch))
+    gpu_torch.cuda = types.SimpleNamespace(**vars(torch.cuda))
+    gpu_torch.cuda.is_available = lambda: True
+    monkeypatch.setattr(vitp_geo.datamodules.medical, "torch", gpu_torch)
+    summary = fit(cfg, "segmentation", tmp_path / "run", progress=False, score_start=True)
+    dice, start = summary["dice"], summary["dice_start"]
+    assert dice is not None and start is not None and set(dice["per_case"]) == set(start["per_case"])
+    monkeypatch.undo()
+    network, _ = load_inference_model(tmp_path / "run" / "model.ckpt")  # the best weights
+    dm = vitp_geo.datamodules.medical.MedicalSliceDataModule(**cfg["data"]["init_args"])
+    expected = report_to_json(dm.dice_report(network.eval()))
+    assert json.loads(json.dumps(dice)) == json.loads(json.dumps(expected))

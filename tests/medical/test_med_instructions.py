@@ -15,8 +15,8 @@ from vitp_geo.cli.main import main
 from vitp_geo.instruct.builders.context import BuildContext
 from vitp_geo.instruct.builders.tiles import position_word
 from vitp_geo.instruct.records import normalize_box, parse_boxes, read_jsonl
+from vitp_geo.medical import phantoms as P
 from vitp_geo.medical.instructions import connected_regions, slice_records
-from vitp_geo.synthetic import phantoms as P
 
 
 def test_connected_regions_are_4_connected_with_exclusive_edges() -> None:

@@ -10,8 +10,8 @@ import pytest
 from nibabel.testing import data_path
 from pydicom.data import get_testdata_file
 
+from vitp_geo.io.volume import load_nifti
 from vitp_geo.medical.dicom import load_dicom_series
-from vitp_geo.medical.volume import load_nifti
 
 pytestmark = pytest.mark.slow  # importing MONAI takes ~10-25 s on a shared 2-core CPU
 transforms = pytest.importorskip("monai.transforms", reason="MONAI (test extra) is the oracle")

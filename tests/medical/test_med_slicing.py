@@ -11,6 +11,8 @@ from nibabel.testing import data_path
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from vitp_geo.io.png_mask import read_png_mask, write_png_mask
+from vitp_geo.io.volume import load_nifti
 from vitp_geo.medical.intensity import (
     ChannelRule,
     CTNormStats,
@@ -28,8 +30,7 @@ from vitp_geo.medical.slicing import (
     take_slice,
     three_channel_slice,
 )
-from vitp_geo.medical.volume import load_nifti
-from vitp_geo.medical.xray import load_xray, read_png_mask, write_png_mask
+from vitp_geo.medical.xray import load_xray
 
 ANAT = Path(data_path) / "anatomical.nii"
 

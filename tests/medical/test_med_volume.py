@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 from nibabel.testing import data_path
 
-from vitp_geo.medical.volume import (
-    Volume,
-    check_same_grid,
-    load_nifti,
-    load_volume,
-    save_nifti_like,
-)
+from vitp_geo.io.volume import Volume, check_same_grid, load_nifti, save_nifti_like
+from vitp_geo.medical.load import load_volume
 
 ANAT = Path(data_path) / "anatomical.nii"  # LAS, big-endian int16
 ANAT_RAS = Path(data_path) / "reoriented_anat_moved.nii"  # RAS, float32
@@ -146,7 +141,7 @@ def test_four_d_volume_keeps_channels_last(tmp_path: Path) -> None:
 
 
 def test_image_and_labels_pair(tmp_path: Path) -> None:
-    from vitp_geo.medical.volume import load_image_and_labels
+    from vitp_geo.medical.load import load_image_and_labels
 
     raw = nib.load(str(ANAT))
     lab = (np.asanyarray(raw.dataobj) > 100).astype(np.float32)
@@ -173,8 +168,8 @@ def test_medical_package_has_no_geospatial_imports() -> None:
 
     code = (
         "import sys\n"
-        "import vitp_geo.medical.volume, vitp_geo.medical.dicom, vitp_geo.medical.xray\n"
-        "import vitp_geo.medical.intensity, vitp_geo.medical.slicing, vitp_geo.evaluation.segmentation\n"
+        "import vitp_geo.io.volume, vitp_geo.medical.dicom, vitp_geo.medical.xray\n"
+        "import vitp_geo.medical.intensity, vitp_geo.medical.slicing, vitp_geo.evaluation.medical_dice\n"
         "bad = sorted(m for m in ('rasterio', 'geopandas', 'torchgeo', 'pyogrio', 'shapely', 'pyproj')"
         " if m in sys.modules)\n"
         "assert not bad, bad\n"
@@ -223,7 +218,9 @@ def test_singleton_trailing_axes_are_squeezed(tmp_path: Path) -> None:
     assert ct.array.dtype == np.float32 and ct.array.min() == -1024.0
 
 
-@pytest.mark.parametrize(("row", "what"), [([0.0, 0.0, 0.0, 0.0], "singular"), ([0.0, 0.0, np.nan, 0.0], "not finite")])
+@pytest.mark.parametrize(
+    ("row", "what"), [([0.0, 0.0, 0.0, 0.0], "singular"), ([0.0, 0.0, np.nan, 0.0], "not finite")]
+)
 def test_an_unusable_affine_is_named_with_the_file(tmp_path: Path, row: list[float], what: str) -> None:
     """Issue 20: a singular or NaN affine gave nibabel's "Unable to find out axis 0.0 in
     start_ornt" / numpy's "SVD did not converge", naming neither the file nor the affine."""
@@ -233,5 +230,7 @@ def test_an_unusable_affine_is_named_with_the_file(tmp_path: Path, row: list[flo
     hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], row
     hdr["sform_code"], hdr["qform_code"] = 1, 0
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), None, hdr), str(tmp_path / "bad.nii.gz"))
-    with pytest.raises(ValueError, match=rf"bad\.nii\.gz: the header.s voxel-to-world affine is {what}.*: \[\[1\.0"):
+    with pytest.raises(
+        ValueError, match=rf"bad\.nii\.gz: the header.s voxel-to-world affine is {what}.*: \[\[1\.0"
+    ):
         load_volume(tmp_path / "bad.nii.gz")

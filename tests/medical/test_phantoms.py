@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitp_geo.synthetic import phantoms as P
+from vitp_geo.medical import phantoms as P
 
 
 def test_same_seed_same_phantom_and_another_seed_differs() -> None:
@@ -146,7 +146,7 @@ def test_writers_refuse_a_non_empty_folder_and_leave_nothing_on_failure(tmp_path
 
 def test_importing_the_phantoms_pulls_in_no_geospatial_package() -> None:
     code = (
-        "import sys, vitp_geo.synthetic.phantoms\n"
+        "import sys, vitp_geo.medical.phantoms\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'rasterio', 'geopandas', 'torchgeo', 'shapely', 'pyproj'})\n"
         "print(','.join(bad))"
     )

@@ -111,7 +111,7 @@ def test_cascade_is_refused_for_oriented_boxes_and_bad_stages() -> None:
     vit = build_backbone("vitp_tiny_patch14_112", img_size=112)
     with pytest.raises(ValueError, match="cascade' is for horizontal boxes"):
         DetectionModel(build_neck(vit, "sfp", None), 2, "obb", roi_head="cascade")
-    with pytest.raises(ValueError, match="roi_head must be one of standard, cascade, got 'cascad'"):
+    with pytest.raises(ValueError, match="roi_head must be one of standard, cascade, mask, got 'cascad'"):
         DetectionModel(build_neck(vit, "sfp", None), 2, "hbb", roi_head="cascad")
     with pytest.raises(ValueError, match=r"stage IoU thresholds must be in \(0, 1\)"):
         CascadeRoIHeads(4, ["0"], 2, stage_ious=(0.5, 1.2, 0.7))

@@ -216,5 +216,31 @@ def test_backbone_json_beside_another_weights_file_is_announced(tmp_path):
     weights, _ = export_backbone(model, tmp_path)
     other = tmp_path / "finetuned.safetensors"
     other.write_bytes(weights.read_bytes())
-    with pytest.warns(UserWarning, match=r"finetuned\.safetensors: using the architecture in .*backbone\.json"):
+    with pytest.warns(
+        UserWarning, match=r"finetuned\.safetensors: using the architecture in .*backbone\.json"
+    ):
         load_backbone(other)
+
+
+def test_arch_overrides_backbone_json_and_its_model_kwargs(tmp_path):
+    """``arch=`` builds that model with its own defaults, not the ``model_kwargs`` beside the file."""
+    import warnings
+
+    weights, meta_path = export_backbone(build_vision_tower("vitp_tiny_patch14_112"), tmp_path)
+    assert json.loads(meta_path.read_text())["model_kwargs"]["img_size"] == 112
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the backbone.json is not read, so not announced either
+        vit = load_backbone(weights, arch="vitp_tiny_patch14_224")
+    assert vit.patch_embed.img_size == (224, 224)  # the arch's default, the json says 112
+    assert vit.pos_embed.shape[1] == 1 + 16 * 16
+    assert vit.pretrained_cfg["architecture"] == "vitp_tiny_patch14_224"
+    assert load_backbone(weights).patch_embed.img_size == (112, 112)  # without arch= the json rules
+
+
+def test_an_unreadable_backbone_file_is_named_once(tmp_path):
+    """Issue 20: '<path>: <path>: not a readable weights file'."""
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"junk")
+    with pytest.raises(ValueError) as err:
+        load_backbone(path)
+    assert str(err.value).count(str(path)) == 1 and "not a readable weights file" in str(err.value)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from colour_corpus import COLOURS, write_colour_corpus
 from PIL import Image
 
 from vitp_geo.instruct.recipe import RecipeEntry
@@ -27,8 +28,6 @@ from vitp_geo.vlm.model import answer_loss
 from vitp_geo.vlm.template import tokenize_conversation
 from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, build_offline_tokenizer
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 200), "yellow": (220, 210, 40)}
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -40,30 +39,10 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """24 images (16 tiles of 112 px, 8 scenes of 224 px that tile 2x2 + thumbnail), 3 records each."""
-    root = tmp_path_factory.mktemp("reliance")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    recs = []
-    names = list(COLOURS)
-    for i in range(24):
-        size = 112 if i < 16 else 224
-        colour = names[i % 4]
-        arr = np.clip(np.array(COLOURS[colour])[None, None] + rng.normal(0, 10, (size, size, 3)), 0, 255)
-        Image.fromarray(arr.astype(np.uint8)).save(root / "images" / f"{i}.png")
-        for k, task in enumerate(("classification", "presence", "description")):
-            recs.append(
-                InstructionRecord(
-                    id=f"img{i}_{task}",
-                    images=[f"images/{i}.png"],
-                    conversations=[
-                        {"from": "human", "value": f"<image>\nWhat colour is this image? case {i} {k}"},
-                        {"from": "gpt", "value": colour},
-                    ],
-                    task=task,
-                )
-            )
-    write_jsonl(root / "annotations.jsonl", recs)
-    return root
+    sizes = [112] * 16 + [224] * 8
+    return write_colour_corpus(
+        tmp_path_factory.mktemp("reliance"), sizes, ("classification", "presence", "description")
+    )
 
 
 def _dataset(corpus: Path, tokenizer, image_size: int = 112) -> InstructionDataset:
@@ -282,6 +261,32 @@ def test_a_shuffled_partner_never_shares_an_image_with_the_record(tmp_path, toke
         for rec, images in zip(held.records, held.shuffled_images, strict=True):
             own = set(ds.record_at(rec.src_id, rec.rec_id)[1])
             assert not own & set(images), (seed, rec, images)
+
+
+def test_each_record_gets_a_partner_that_tiles_like_its_own_images_under_its_own_budget(corpus, tokenizer):
+    """One image group read by two sources with different tile budgets tiles two ways."""
+    from vitp_geo.pretrain.dataset import image_size
+    from vitp_geo.vlm.dynamic_tiles import choose_grid
+
+    ann = corpus / "annotations.jsonl"
+    for seed in range(4):
+        ds = InstructionDataset(
+            [RecipeEntry("one_tile", corpus, ann, max_dynamic_patch=1), RecipeEntry("six", corpus, ann)],
+            tokenizer,
+            tokenize_conversation,
+            image_size=112,
+            num_image_token=16,
+            max_dynamic_patch=6,
+        )
+        held = hold_out(ds, 100, seed=seed)
+        assert {r.src_id for r in held.records} == {0, 1}
+        layouts = set()
+        for rec, images in zip(held.records, held.shuffled_images, strict=True):
+            budget = ds.tile_budget(rec.src_id, rec.rec_id)
+            swapped = tuple(choose_grid(*image_size(p), 112, max_tiles=budget) for p in images)
+            assert swapped == ds.tile_layout(rec.src_id, rec.rec_id), (seed, rec, images)
+            layouts.add((rec.src_id, swapped))
+        assert (1, ((2, 2),)) in layouts  # the 224 px scenes tile 2x2 under the six-tile budget
 
 
 def test_a_run_that_ends_by_epochs_checks_once_at_the_end_not_every_step(corpus, tokenizer, tmp_path):

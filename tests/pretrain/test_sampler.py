@@ -1,6 +1,6 @@
 import pytest
 
-from datamodules.instruction import EpochShuffleSampler
+from vitp_geo.pretrain.datamodule import EpochShuffleSampler
 
 
 def test_ranks_get_distinct_samples_covering_the_epoch():

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from datamodules.synthetic_geotiff import (
+from vitp_geo.datamodules.synthetic_geotiff import (
     SyntheticFolders,
     write_synthetic_change,
     write_synthetic_segmentation,

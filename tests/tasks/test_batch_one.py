@@ -25,11 +25,31 @@ def test_segmentation_task_trains_at_batch_1(head: str) -> None:
 
 
 def test_change_task_trains_at_batch_1() -> None:
+    """One pair per step learns: the pooling branch gets a gradient and the loss on it falls."""
     torch.manual_seed(0)
     task = ChangeDetectionTask(head_channels=16, drop_path_rate=0.0).train()
-    logits = task(torch.randn(1, 6, 112, 112))
-    task.criterion(logits, torch.randint(0, 2, (1, 112, 112))).backward()
-    assert torch.isfinite(logits).all() and logits.shape == (1, 2, 112, 112)
+    x = torch.randn(1, 6, 112, 112)
+    y = torch.zeros(1, 112, 112, dtype=torch.int64)
+    y[:, 30:80, 20:60] = 1  # one changed block
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
+    losses = []
+    for step in range(15):
+        opt.zero_grad()
+        logits = task(x)
+        assert logits.shape == (1, 2, 112, 112)
+        loss = task.criterion(logits, y)
+        loss.backward()
+        if step == 0:  # the 1x1 pooling branch (one value per channel) is trained too
+            conv = task.model.head.ppm[0][1][0]
+            assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+            assert task.model.neck.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0], losses
+    task.eval()
+    with torch.no_grad():
+        pred = task(x).argmax(1)
+    assert (pred[0, 30:80, 20:60] == 1).float().mean() > 0.8 and (pred[0, :30] == 0).float().mean() > 0.8
 
 
 def test_head_norm_is_batchnorm_except_for_one_value_per_channel() -> None:

@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 from config_runs import CPU_SMOKE_TRAINER, fill_root, finetune_args
+from vitp_geo.datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
 
-from datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
 from vitp_geo.cli import finetune
 from vitp_geo.tasks import run as finetune_run
 
@@ -75,7 +75,7 @@ def test_the_three_configs_no_longer_name_torchgeo_datamodules() -> None:
     """torchgeo's datamodules hide ``root`` behind **kwargs, which LightningCLI refuses."""
     for _, path in TORCHGEO_LAYOUT_CONFIGS.values():
         data = yaml.safe_load(path.read_text())["data"]
-        assert data["class_path"].startswith("datamodules.torchgeo_benchmarks.")
+        assert data["class_path"].startswith("vitp_geo.datamodules.torchgeo_benchmarks.")
         assert set(data["init_args"]) >= {"root", "patch_size", "batch_size"}
 
 

@@ -76,13 +76,33 @@ def test_config_typo_is_a_clear_error_naming_the_file_and_key(tmp_path, capsys) 
     typo.write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
         "    backbone: vitp_tiny_patch14_112\n    num_clases: 5\n"
-        f"data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        f"data:\n  class_path: vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args:\n    images: {tmp_path}\n"
     )
     assert main(["finetune", "segmentation", "--config", str(typo), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"{typo}: invalid configuration (model section)" in err
     assert "Option 'num_clases' is not accepted" in err and "Given value" not in err  # no section dump
+
+
+def test_a_config_naming_the_old_datamodules_package_is_refused_naming_the_new_path(tmp_path, capsys) -> None:  # noqa: ANN001
+    """The DataModules install as vitp_geo.datamodules; a config written for the old top-level
+    ``datamodules`` package gets one line naming the path to use, before anything is written."""
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
+        "    backbone: vitp_tiny_patch14_112\n    num_classes: 5\n"
+        f"data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
+        f"  init_args:\n    images: {tmp_path}\n"
+    )
+    assert main(["finetune", "segmentation", "--config", str(old), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"vitp-geo finetune: error: {old}: data.class_path 'datamodules.geotiff.GeoTiffSegmentationDataModule' is the old path: "
+        "the DataModules are installed as vitp_geo.datamodules; use "
+        "'vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule'"
+    ]
+    assert not (tmp_path / "o").exists()
 
 
 def test_diverged_training_writes_no_model_ckpt(tmp_path, capsys) -> None:  # noqa: ANN001

@@ -15,10 +15,10 @@ from vitp_geo.tasks import load_inference_model
 def _untrained_map(data_dir: Path) -> dict[str, float]:
     """val_map50 / val_map50_hbb of the default model before any training, on the same tiles."""
     import lightning
+    from vitp_geo.datamodules.detection import GeoTiffDetectionDataModule
 
-    from datamodules.detection import GeoTiffDetectionDataModule
-    from vitp_geo.cli.finetune_detection import detection_default_config
     from vitp_geo.tasks.detection import ObjectDetectionTask
+    from vitp_geo.tasks.detection_default import detection_default_config
 
     cfg = detection_default_config(data_dir)
     lightning.seed_everything(0)

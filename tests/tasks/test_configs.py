@@ -1,17 +1,20 @@
 """The tile-folder finetune YAMLs (iSAID, UAVid, WHU-CD, S2Looking, SVCD) run with fast_dev_run:
-their model settings as written (neck, head, loss, classes, schedule), with a tiny backbone and a
-tiny generated datamodule swapped in. The torchgeo-layout configs (LoveDA, Potsdam, LEVIR-CD)
+their data section as shipped with only ``root`` filled, over fixtures in each dataset's own
+layout (``tests/tasks/folder_layouts.py``), and their model settings as written (neck, head,
+loss, classes, schedule) with a tiny backbone. The torchgeo-layout configs (LoveDA, Potsdam, LEVIR-CD)
 keep their data section and run over fake datasets in torchgeo's layouts instead:
 ``tests/tasks/test_benchmark_configs.py``."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from config_runs import smoke_cli
+from config_runs import fill_root, smoke_cli
+
+from tasks.folder_layouts import VAL_SAMPLES, WRITERS
 
 CONFIGS = sorted(
     p
@@ -42,41 +45,36 @@ def test_all_eight_paper_configs_exist() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", FOLDER_CONFIGS, ids=lambda p: f"{p.parent.name}-{p.stem}")
-def test_config_runs_fast_dev_run(path: Path, seg_folders, change_folders, tmp_path) -> None:  # noqa: ANN001
-    cfg = yaml.safe_load(path.read_text())
-    assert "FILL_ME" in yaml.safe_dump(cfg["data"])  # the dataset root is the one thing to fill
+def test_shipped_data_section_trains_on_the_datasets_own_layout(path: Path, tmp_path: Path) -> None:
+    """The data section as shipped, only ``root`` filled, over a fixture in the dataset's layout."""
+    name = f"{path.parent.name}/{path.stem}"
+    root = WRITERS[name](tmp_path / "data")
+    cfg = yaml.safe_load(fill_root(path, root, tmp_path / "config.yaml").read_text())
+    written = yaml.safe_load(path.read_text())
+    assert cfg["data"] == {
+        **written["data"],
+        "init_args": {**written["data"]["init_args"], "root": str(root)},
+    }
     model = cfg["model"]["init_args"]
-    written = copy.deepcopy(model)
+    # test-only: a backbone that fits this CPU (tests/tasks/test_benchmark_configs.py's module doc)
     model.update(backbone="vitp_tiny_patch14_112", img_size=112, head_channels=16, backbone_weights=None)
-    common = dict(patch_size=112, batch_size=2, length=2)
-    if path.parent.name == "segmentation":
-        num_classes = model["num_classes"]
-        cfg["data"] = {
-            "class_path": "datamodules.geotiff.GeoTiffSegmentationDataModule",
-            "init_args": dict(images=str(seg_folders.images), labels=str(seg_folders.labels), **common),
-        }
-        assert num_classes >= 6  # the real datasets' class counts are kept; generated ids (0-4) fit
-    else:
-        cfg["data"] = {
-            "class_path": "datamodules.geotiff.GeoTiffChangeDataModule",
-            "init_args": dict(
-                before=str(change_folders.images),
-                after=str(change_folders.after),
-                labels=str(change_folders.labels),
-                **common,
-            ),
-        }
     cli = smoke_cli(cfg, tmp_path)
-    task = cli.model
+    task, dm = cli.model, cli.datamodule
     # the paper's deformable ViT-Adapter in the segmentation configs (issue 17); change keeps the global one
     neck = "deformable_adapter" if path.parent.name == "segmentation" else "adapter"
-    assert task.hparams["neck"] == written["neck"] == neck
-    assert task.hparams["head"] == written["head"] and task.hparams["lr"] == written["lr"]
-    cli.trainer.fit(task, datamodule=cli.datamodule)
-    assert cli.trainer.state.finished
-    assert "train_loss" in cli.trainer.callback_metrics
+    assert task.hparams["neck"] == written["model"]["init_args"]["neck"] == neck
+    cli.trainer.fit(task, datamodule=dm)
+    assert cli.trainer.state.finished and "train_loss" in cli.trainer.callback_metrics
     monitor = "val_mIoU" if path.parent.name == "segmentation" else "val_F1"
     assert monitor in cli.trainer.callback_metrics
+    # the datamodule read the fixture's files, and its labels as the dataset encodes them
+    assert len(dm.val_dataset) == VAL_SAMPLES[name]
+    masks = [dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))]
+    values = set(torch.cat([m.flatten() for m in masks]).tolist())
+    if path.parent.name == "segmentation":
+        assert values == set(range(16 if "isaid" in name else 8)) and max(values) < model["num_classes"]
+    else:  # 0 / 255 (WHU, S2Looking) and JPEG-noisy (SVCD) labels become exactly one 24 x 20 block
+        assert values == {0, 1} and all(int(m.sum()) == 24 * 20 for m in masks)
 
 
 # The reference's values (zcablii/ViTP mmseg / open-cd configs), as issue 17 lists them:

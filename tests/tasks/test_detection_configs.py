@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from config_runs import smoke_cli
 from PIL import Image
+from ssdd_fixture import write_ssdd
 
 from vitp_geo.models.detection.cascade import CascadeRoIHeads
 from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
@@ -45,18 +45,6 @@ def _rsar_fixture(root: Path) -> Path:
     return root
 
 
-def _ssdd_fixture(root: Path) -> Path:
-    """The COCO fixture reduced to its ships (SSDD has one class)."""
-    shutil.copytree(DATA / "coco", root)
-    ann = root / "annotations" / "instances_train.json"
-    data = json.loads(ann.read_text())
-    ship = [c["id"] for c in data["categories"] if c["name"] == "ship"]
-    data["categories"] = [c for c in data["categories"] if c["id"] in ship]
-    data["annotations"] = [a for a in data["annotations"] if a["category_id"] in ship]
-    ann.write_text(json.dumps(data))
-    return root
-
-
 def _fixture(name: str, tmp: Path) -> tuple[Path, dict[str, str]]:
     """(root in the dataset's layout, split overrides for fixtures with a single split)."""
     if name in ("dior", "diorr"):
@@ -66,7 +54,7 @@ def _fixture(name: str, tmp: Path) -> tuple[Path, dict[str, str]]:
     if name == "sardet100k":
         return DATA / "coco", {"val_split": "train"}
     if name == "ssdd":
-        return _ssdd_fixture(tmp / "ssdd"), {"val_split": "train"}
+        return write_ssdd(tmp / "ssdd"), {}  # the reference's layout: JPEGImages/, Annotations/*.json
     if name == "rsar":
         return _rsar_fixture(tmp / "rsar"), {}
     raise AssertionError(name)
@@ -89,9 +77,23 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     assert written.get("rpn", "horizontal") == ("oriented" if oriented_rcnn else "horizontal")
     assert written.get("reg_class_agnostic", False) == oriented_rcnn  # the reference's Oriented R-CNN head
     assert written.get("roi_head", "standard") == (
-        "cascade" if path.stem in ("dior", "sardet100k") else "standard"
+        "cascade" if path.stem in ("dior", "sardet100k") else "mask" if path.stem == "ssdd" else "standard"
     )
     assert cfg["trainer"]["max_epochs"] == (24 if path.stem == "ssdd" else 12)
+    # the reference's schedule: step x0.1 at epochs 8, 11 (16, 22 for SSDD), warm-up 500 from 1/3
+    assert (written["schedule"], written["lr_steps"]) == (
+        "step",
+        [16, 22] if path.stem == "ssdd" else [8, 11],
+    )
+    assert (written["warmup_steps"], written["warmup_ratio"]) == (500, pytest.approx(1 / 3))
+    data = cfg["data"]["init_args"]
+    if oriented_rcnn:  # RRandomFlip 0.25 x h / v / diagonal, PolyRandomRotate 0.5 with rect classes
+        assert (
+            data["flip_directions"] == ["horizontal", "vertical", "diagonal"] and data["flip_ratio"] == 0.25
+        )
+        assert data["rotate_ratio"] == 0.5 and set(data["rect_classes"]) <= set(data["classes"])
+    else:  # mmdet's RandomFlip 0.5
+        assert "flip_directions" not in data and "rotate_ratio" not in data
     assert written["class_names"] == cfg["data"]["init_args"]["classes"]
     root, splits = _fixture(path.stem, tmp_path)
     cfg["data"]["init_args"].update(root=str(root), num_workers=0, **splits)
@@ -107,9 +109,13 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     assert task.hparams["box_type"] == written["box_type"] and task.hparams["lr"] == written["lr"]
     assert isinstance(task.model.roi_heads, CascadeRoIHeads) == (written.get("roi_head") == "cascade")
     assert isinstance(task.model.rpn, OrientedRegionProposalNetwork) == oriented_rcnn
+    assert task.model.roi_heads.has_mask() if path.stem == "ssdd" else True
     cli.trainer.fit(task, datamodule=cli.datamodule)
     assert cli.trainer.state.finished
     assert "train_loss" in cli.trainer.callback_metrics and "val_map50" in cli.trainer.callback_metrics
+    if path.stem == "ssdd":  # Mask R-CNN: a mask loss, and the mask AP the paper reports
+        assert "train_loss_mask" in cli.trainer.callback_metrics
+        assert 0.0 <= float(cli.trainer.callback_metrics["val_segm_map"]) <= 1.0
     if written["box_type"] == "obb":
         assert "val_map50_hbb" in cli.trainer.callback_metrics
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning import Trainer
 from tiny_checkpoints import save_tiny_checkpoint
+from vitp_geo.datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule
 
-from datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule
 from vitp_geo.io.model_card import CARD_KEY
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference_model
 from vitp_geo.tasks.loading import write_weights_checkpoint

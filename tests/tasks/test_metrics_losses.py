@@ -78,3 +78,16 @@ def test_losses_ignore_index_and_reference_values() -> None:
     torch.testing.assert_close(total, ref + DiceLoss(255)(logits, ignored))
     with pytest.raises(ValueError, match="loss must be one of"):
         build_loss("hinge")
+
+
+def test_the_probe_reads_miou_from_the_same_confusion_scores_as_the_tasks() -> None:
+    """One mIoU: the ridge probe's equals the tasks' (torchmetrics matrix → scores_from_confusion)."""
+    from vitp_geo.evaluation.probe import miou
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randint(0, 4, (500,), generator=g), torch.randint(0, 4, (500,), generator=g)
+    pred[pred == 3] = 0  # class 3 never predicted; class 4 absent from both (left out of the mean)
+    cm = confusion_metric(5, None)(pred, target)
+    assert miou(pred, target, 5) == pytest.approx(float(scores_from_confusion(cm)["miou"]), abs=1e-12)
+    by_hand = [((pred == c) & (target == c)).sum() / ((pred == c) | (target == c)).sum() for c in range(4)]
+    assert miou(pred, target, 5) == pytest.approx(float(torch.stack(by_hand).double().mean()), abs=1e-6)

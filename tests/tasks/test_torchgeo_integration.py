@@ -8,8 +8,8 @@ from lightning import Trainer
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ChangeDetectionTask as TorchGeoChangeTask
+from vitp_geo.datamodules.geotiff import GeoTiffSegmentationDataModule
 
-from datamodules.geotiff import GeoTiffSegmentationDataModule
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
 
 

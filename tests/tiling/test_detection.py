@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from affine import Affine
 from shapely.geometry import box
@@ -34,21 +35,25 @@ def test_merger_maps_boxes_through_the_transform() -> None:
 
 
 class TruthDetector:
-    """Returns the scene's building boxes visible in each window (clipped to it), from the pixels.
+    """Returns the scene's building boxes visible in each window (clipped to it).
 
-    The windows' positions are recovered by matching the rendered input against the scene.
+    The scene's pixels hold their own coordinates (band 1: row, band 2: column), so the detector
+    reads where each window lies from its input, whatever order or batching the engine uses.
     """
 
-    def __init__(
-        self, boxes_px: list[tuple[float, float, float, float]], positions: list[tuple[int, int]]
-    ) -> None:
-        self.boxes, self.positions = boxes_px, positions
+    def __init__(self, boxes_px: list[tuple[float, float, float, float]]) -> None:
+        self.boxes = boxes_px
+        self.seen: list[tuple[int, int]] = []
 
     def __call__(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         out = []
-        for _ in range(x.shape[0]):
-            r0, c0 = self.positions.pop(0)
-            t = x.shape[-1]
+        t = x.shape[-1]
+        for window in x:
+            r0, c0 = int(window[0, 0, 0]), int(window[1, 0, 0])
+            assert (
+                int(window[0, 5, 0]) == r0 + 5 and int(window[1, 0, 7]) == c0 + 7
+            )  # really the scene's pixels
+            self.seen.append((r0, c0))
             found = []
             for x1, y1, x2, y2 in self.boxes:
                 a, b, c, d = max(x1 - c0, 0), max(y1 - r0, 0), min(x2 - c0, t), min(y2 - r0, t)
@@ -57,17 +62,19 @@ class TruthDetector:
             out.append(
                 {
                     "boxes": torch.tensor(found, dtype=torch.float64).reshape(-1, 4),
-                    "scores": torch.rand(len(found), generator=torch.Generator().manual_seed(len(found))),
+                    "scores": torch.rand(len(found), generator=torch.Generator().manual_seed(r0 * 1000 + c0)),
                     "labels": torch.ones(len(found), dtype=torch.int64),
                 }
             )
         return out
 
 
-def test_each_object_is_found_once_across_tile_overlaps(tmp_path: Path) -> None:
+def _coordinate_scene(tmp_path: Path):  # noqa: ANN202
+    """The synthetic scene's buildings (pixel boxes, map boxes) over pixels that hold (row, col)."""
     scene = generate_scene(3, 300, scene_class=0)
+    rows, cols = np.mgrid[0:300, 0:300].astype(np.uint16)
     path = tmp_path / "scene.tif"
-    write_geotiff(path, scene.image, scene.transform, scene.crs)
+    write_geotiff(path, np.stack([rows, cols, np.zeros_like(rows)]), scene.transform, scene.crs)
     inv = ~scene.transform
     boxes, truth = [], []
     for obj in scene.objects:
@@ -78,20 +85,40 @@ def test_each_object_is_found_once_across_tile_overlaps(tmp_path: Path) -> None:
         boxes.append((min(xs), min(ys), max(xs), max(ys)))
         truth.append(box(*g.bounds))
     assert 3 <= len(boxes)
-    tile, overlap = 96, 0.5  # overlap (48 px) larger than any building, so each is whole in some window
+    return scene, path, boxes, truth
+
+
+@pytest.mark.parametrize("overlap", [0.5, 0.1], ids=["overlap-wider-than-objects", "objects-cut-everywhere"])
+def test_each_object_is_found_once_across_tile_overlaps(tmp_path: Path, overlap: float) -> None:
     from vitp_geo.tiling.planner import plan_windows
 
+    scene, path, boxes, truth = _coordinate_scene(tmp_path)
+    tile = 96
     plan = plan_windows(300, 300, tile, overlap)
-    positions = [(r, c) for r in plan.row_offsets for c in plan.col_offsets]
+    windows = [(r, c) for r in plan.row_offsets for c in plan.col_offsets]
+
+    def whole_in_some_window(b: tuple[float, float, float, float]) -> bool:
+        return any(c <= b[0] and r <= b[1] and b[2] <= c + tile and b[3] <= r + tile for r, c in windows)
+
+    cut = [b for b in boxes if not whole_in_some_window(b)]
+    if overlap == 0.1:  # objects larger than the overlap: only joining their parts gives them whole
+        assert len(cut) >= 2, "the test must cut some objects in every window that sees them"
+    else:
+        assert not cut
+    detector = TruthDetector(boxes)
     frame = detect_scene(
         path,
-        TruthDetector(boxes, positions),
+        detector,
         ["background", "building"],
         tile_size=tile,
         overlap=overlap,
-        batch_size=4,
+        batch_size=3,
+        raw_input=True,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
         progress=False,
     )
+    assert sorted(detector.seen) == sorted(windows)  # every window read once, wherever it came in a batch
     assert len(frame) == len(truth)  # one polygon per building, no duplicates from overlapping windows
     for g in truth:  # each building's box recovered in map coordinates
         best = max(frame.geometry, key=lambda p: p.intersection(g).area / p.union(g).area)

@@ -259,6 +259,32 @@ def test_grad_checkpointing_gives_same_gradients(tok):
     torch.testing.assert_close(model.vision_model.blocks[0].attn.qkv.weight.grad, g0, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("select_layer", [-1, -2, 2])
+def test_every_select_layer_checkpoints_the_vit_and_only_the_last_block_is_normed(tok, select_layer):
+    """InternVL checkpoints every ViT layer while training, whichever hidden state it selects."""
+    model = build_tiny_vlm(tok, llm_hidden=32, llm_layers=1, llm_intermediate=64, drop_path_rate=0.0)
+    model.select_layer = select_layer
+    vit = model.vision_model
+    vit.norm = torch.nn.LayerNorm(vit.embed_dim)  # a final norm that changes values, so misplacing it shows
+    calls: list[int] = []
+    vit.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    px = torch.randn(2, 3, 112, 112)
+    model.train()
+    model.set_grad_checkpointing(True)
+    model.extract_feature(px).sum().backward()
+    assert len(calls) == 2, "block 0 must be recomputed in backward (gradient checkpointing)"
+    model.eval()
+    n = select_layer if select_layer >= 0 else len(vit.blocks) + 1 + select_layer
+    with torch.no_grad():
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(px))))
+        for blk in vit.blocks[:n]:
+            x = blk(x)
+        expected = vit.norm(x) if n == len(vit.blocks) else x
+        torch.testing.assert_close(model._vit_hidden(px), expected)
+        if select_layer == -1:
+            torch.testing.assert_close(model._vit_hidden(px), vit.forward_features(px))
+
+
 def test_full_size_internvl2_5_1b_architecture_on_meta_device():
     with torch.device("meta"):
         vit = build_vision_tower("vit_intern300m_patch14_448", drop_path_rate=0.0)

@@ -1,4 +1,4 @@
-"""``vitp-geo evaluate detection``: mAP of box predictions against a dataset's ground truth.
+"""``vitp-geo evaluate detection``: mAP of box (or, COCO ``--iou-type segm``, mask) predictions against a dataset's ground truth.
 
 Argument wiring only; the work is ``vitp_geo.evaluation.detection_files.evaluate_files`` (see it
 for the accepted layouts of ``--gt`` and ``--pred``).
@@ -46,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="fmt", choices=[f.value for f in GroundTruthFormat], required=True)
     p.add_argument("--metric", choices=[m.value for m in APMetric], default="voc07", help="default voc07")
     p.add_argument(
+        "--iou-type",
+        choices=["bbox", "segm"],
+        default="bbox",
+        help="coco: box AP (default) or mask AP (segm: COCO segmentations in both files)",
+    )
+    p.add_argument(
         "--iou", type=_iou, default=0.5, help="VOC match threshold, matched when IoU > it (default 0.5)"
     )
     p.add_argument(
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         image_list=args.image_list,
         split=args.split,
+        iou_type=args.iou_type,
     )
     write_metrics(args.out, metrics, {"format": args.fmt, "gt": str(args.gt), "pred": str(args.pred)})
     print(metrics.table())

@@ -1,6 +1,6 @@
 """``vitp-geo evaluate segmentation``: per-case and pooled Dice of label files (argument wiring only).
 
-The logic lives in :mod:`vitp_geo.evaluation.segmentation`.
+The logic lives in :mod:`vitp_geo.evaluation.medical_dice`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from vitp_geo.evaluation.dice import EmptyRule
-from vitp_geo.evaluation.segmentation import RegionSet, evaluate_segmentation, format_dice_table
+from vitp_geo.evaluation.medical_dice import RegionSet, evaluate_segmentation, format_dice_table
 from vitp_geo.io.paths import check_output_paths, refuse_existing_outputs
 
 

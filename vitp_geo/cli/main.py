@@ -25,6 +25,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("vitp_geo.cli.recipe", "inspect and merge instruction recipes"),
     "finetune": ("vitp_geo.cli.finetune", "fine-tune the backbone for segmentation or change detection"),
     "infer": ("vitp_geo.cli.infer", "tiled inference over a GeoTIFF scene, QGIS-ready outputs"),
+    "infer-catalog": (
+        "vitp_geo.cli.infer_catalog",
+        "inference over a catalogue of scenes, locally or on Ray",
+    ),
+    "convert": ("vitp_geo.cli.convert", "turn a released reference checkpoint into a model.ckpt for infer"),
     "evaluate": ("vitp_geo.cli.evaluate", "score predictions: detection mAP, segmentation Dice"),
     "qgis-plugin": ("vitp_geo.cli.qgis_plugin", "build or install the QGIS Processing plugin"),
 }

@@ -24,7 +24,9 @@ class:
 
 COCO mAP@[.5:.95] (``coco``) is torchmetrics' ``MeanAveragePrecision`` with the pycocotools
 backend on axis-aligned boxes (polygons are reduced to their bounds); difficult flags are ignored,
-as COCO has none.
+as COCO has none. With ``iou_type="segm"`` it is the mask AP instead (COCO ``segm``, Mask
+R-CNN's): samples then carry ``segmentation``, one pycocotools RLE dict per object (``masks_to_rle``
+makes them from (N, H, W) masks; ``io.annotations.coco`` reads them from files).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "evaluate_coco",
     "evaluate_detections",
     "evaluate_voc",
+    "masks_to_rle",
     "polygon_iou",
     "sample_polygons",
     "voc_ap",
@@ -87,6 +90,7 @@ class DetectionMetrics:
     iou_threshold: float | None  # None for COCO (averaged over thresholds)
     mean_ap: float | None
     per_class: dict[str, ClassAP]
+    iou_type: str = "bbox"  # COCO only: ``segm`` for mask AP
 
     def to_dict(self) -> dict[str, Any]:
         """``{"mAP", "metric", "iou_threshold", "per_class": {name: {"ap", "recall", "num_gt", "num_pred"}}}``."""
@@ -94,6 +98,7 @@ class DetectionMetrics:
             "mAP": self.mean_ap,
             "metric": str(self.metric),
             "iou_threshold": self.iou_threshold,
+            **({"iou_type": self.iou_type} if self.iou_type != "bbox" else {}),
             "per_class": {
                 k: {"ap": v.ap, "recall": v.recall, "num_gt": v.num_gt, "num_pred": v.num_pred}
                 for k, v in self.per_class.items()
@@ -111,7 +116,8 @@ class DetectionMetrics:
         for k, v in self.per_class.items():
             lines.append(f"{k:<{width}}  {fmt(v.ap)}  {fmt(v.recall)}  {v.num_gt:>6}  {v.num_pred:>6}")
         thr = "" if self.iou_threshold is None else f"@{self.iou_threshold:g}"
-        lines.append(f"{'mAP':<{width}}  {fmt(self.mean_ap)}  ({self.metric}{thr})")
+        kind = f" {self.iou_type}" if self.iou_type != "bbox" else ""
+        lines.append(f"{'mAP':<{width}}  {fmt(self.mean_ap)}  ({self.metric}{kind}{thr})")
         return "\n".join(lines)
 
 
@@ -325,53 +331,83 @@ def _mean(per_class: Mapping[str, ClassAP]) -> float | None:
     return float(np.mean(aps)) if aps else None
 
 
+def masks_to_rle(masks: Tensor) -> list[dict[str, Any]]:
+    """(N, H, W) binary masks → N compressed RLE dicts (pycocotools), the form ``segmentation`` takes."""
+    from pycocotools import mask as mask_utils
+
+    m = torch.as_tensor(masks).detach().cpu().to(torch.uint8).numpy()
+    if m.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got {m.shape}")
+    return [dict(r) for r in mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0)))] if len(m) else []
+
+
+def _sample_masks(sample: Mapping[str, Any], n: int, where: str) -> Tensor:
+    """The ``segmentation`` RLEs of a sample as (N, H, W) bool masks (one per box)."""
+    from pycocotools import mask as mask_utils
+
+    rles = sample.get("segmentation")
+    if rles is None:
+        raise ValueError(f"{where} has no 'segmentation' (mask AP needs one RLE per object)")
+    if len(rles) != n:
+        raise ValueError(f"{where}: {len(rles)} segmentations for {n} boxes")
+    if n == 0:
+        return torch.zeros((0, 1, 1), dtype=torch.bool)
+    return torch.from_numpy(mask_utils.decode(list(rles)).transpose(2, 0, 1).astype(bool))
+
+
 def evaluate_coco(
     gt: Mapping[str, Sample],
     pred: Mapping[str, Sample],
     class_names: Sequence[str],
     *,
     max_detections: int = 100,
+    iou_type: str = "bbox",
 ) -> DetectionMetrics:
-    """COCO bbox mAP@[.5:.95] via torchmetrics (pycocotools backend), with per-class AP and recall.
+    """COCO mAP@[.5:.95] via torchmetrics (pycocotools backend), with per-class AP and recall.
 
     Args:
         gt: image id → ground-truth sample.
         pred: image id → prediction sample (``score`` needed).
         class_names: names of the class ids ``0 .. C-1``.
         max_detections: detections per image considered (COCO's ``maxDets``).
+        iou_type: ``bbox`` (box AP) or ``segm`` (mask AP on the samples' ``segmentation``).
 
     Returns:
         mAP@[.5:.95] and per class AP@[.5:.95] and recall (AR at ``max_detections``).
     """
     from torchmetrics.detection import MeanAveragePrecision
 
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     _check_images(gt, pred)
     n_cls = len(class_names)
+    segm = iou_type == "segm"
     metric = MeanAveragePrecision(
         box_format="xyxy",
-        iou_type="bbox",
+        iou_type=iou_type,  # type: ignore[arg-type]
         class_metrics=True,
         backend="pycocotools",
         max_detection_thresholds=[1, 10, max_detections],
     )
     num_gt = np.zeros(n_cls, np.int64)
     num_pred = np.zeros(n_cls, np.int64)
-    preds, targets = [], []
+
+    def region(s: Sample, boxes: np.ndarray, where: str) -> dict[str, Tensor]:
+        if segm:  # one image at a time: torchmetrics keeps masks as RLE, decoded masks stay small
+            return {"masks": _sample_masks(s, len(boxes), where)}
+        return {"boxes": torch.as_tensor(boxes).float()}
+
     for img, s in gt.items():
         boxes = _sample_hbb(s, f"ground truth of {img}")
         lab = _labels(s, len(boxes), f"ground truth of {img}")
         _check_range(lab, n_cls, f"ground truth of {img}")
         num_gt += np.bincount(lab, minlength=n_cls)
-        targets.append({"boxes": torch.as_tensor(boxes).float(), "labels": torch.as_tensor(lab)})
+        target = {**region(s, boxes, f"ground truth of {img}"), "labels": torch.as_tensor(lab)}
         p = pred.get(img)
         if p is None:
-            preds.append(
-                {
-                    "boxes": torch.zeros(0, 4),
-                    "scores": torch.zeros(0),
-                    "labels": torch.zeros(0, dtype=torch.long),
-                }
-            )
+            empty = torch.zeros((0, 1, 1), dtype=torch.bool) if segm else torch.zeros(0, 4)
+            none = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+            metric.update([{"masks" if segm else "boxes": empty, **none}], [target])
             continue
         pb = _sample_hbb(p, f"predictions for {img}")
         pl = _labels(p, len(pb), f"predictions for {img}")
@@ -380,8 +416,8 @@ def evaluate_coco(
             raise ValueError(f"predictions for {img} have no 'score'")
         num_pred += np.bincount(pl, minlength=n_cls)
         ps = torch.as_tensor(p["score"]).float().reshape(-1)
-        preds.append({"boxes": torch.as_tensor(pb).float(), "scores": ps, "labels": torch.as_tensor(pl)})
-    metric.update(preds, targets)
+        found = {**region(p, pb, f"predictions for {img}"), "scores": ps, "labels": torch.as_tensor(pl)}
+        metric.update([found], [target])
     res = metric.compute()
     classes = res["classes"].reshape(-1).tolist()
     ap_c = res["map_per_class"].reshape(-1).tolist()
@@ -394,7 +430,7 @@ def evaluate_coco(
         k = classes.index(c)
         per_class[name] = ClassAP(float(ap_c[k]), float(ar_c[k]), int(num_gt[c]), int(num_pred[c]))
     mean = float(res["map"]) if any(v.ap is not None for v in per_class.values()) else None
-    return DetectionMetrics(APMetric.COCO, None, mean, per_class)
+    return DetectionMetrics(APMetric.COCO, None, mean, per_class, iou_type)
 
 
 def evaluate_detections(

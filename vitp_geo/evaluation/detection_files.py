@@ -16,6 +16,10 @@ ymax``); for ``coco`` also a COCO results JSON (a list of ``image_id, category_i
 with the ground truth's ids), or a folder holding exactly one ``*.json``. Image names are file
 stems (``P0003``, ``00001``, ``000001``).
 
+Mask AP (``iou_type="segm"``, ``--iou-type segm``): ``coco`` only, ground truth with
+``segmentation`` polygons or RLEs and a results JSON whose every detection has a
+``segmentation`` (RLE, as pycocotools encodes it, or polygons) on its image's grid.
+
 Classes default to the format's full list (``dota``: DOTA-v2.0's 18, a superset of v1.0 / v1.5:
 classes without ground truth have no AP and are left out of the mean, so v1.0 data gets its
 15-class mAP; ``dior``: DIOR's 20; ``coco``: the file's categories).
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from vitp_geo.evaluation.detection import APMetric, DetectionMetrics, evaluate_detections
+from vitp_geo.evaluation.detection import APMetric, DetectionMetrics, evaluate_coco, evaluate_detections
 from vitp_geo.io.annotations import (
     DIOR_CLASSES,
     DOTA_CLASSES,
@@ -112,16 +116,21 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def load_ground_truth(
-    gt: Path, fmt: GroundTruthFormat, classes: Sequence[str], image_ids: Sequence[str] | None
+    gt: Path,
+    fmt: GroundTruthFormat,
+    classes: Sequence[str],
+    image_ids: Sequence[str] | None,
+    masks: bool = False,
 ) -> Samples:
-    """Read the ground truth of ``format`` (see the module docstring), restricted to ``image_ids``."""
+    """Read the ground truth of ``format`` (see the module docstring), restricted to ``image_ids``
+    (``masks``: COCO segmentations too)."""
     if fmt is GroundTruthFormat.DOTA:
         return read_dota_labels(gt, classes, image_ids)
     if fmt in (GroundTruthFormat.DIOR, GroundTruthFormat.DIOR_R):
         oriented = fmt is GroundTruthFormat.DIOR_R
         sub = gt / (DIOR_OBB_DIR if oriented else DIOR_HBB_DIR)
         return read_xml_folder(sub if sub.is_dir() else gt, classes, oriented, image_ids)
-    samples = read_coco(_coco_gt_file(gt), classes)
+    samples = read_coco(_coco_gt_file(gt), classes, masks=masks)
     if image_ids is None:
         return samples
     missing = [i for i in image_ids if i not in samples]
@@ -132,9 +141,11 @@ def load_ground_truth(
     return {i: samples[i] for i in image_ids}
 
 
-def load_predictions(pred: Path, gt: Path, fmt: GroundTruthFormat, classes: Sequence[str]) -> Samples:
-    """Read Task1/Task2 result files, or (``coco``) a COCO results JSON."""
-    if pred.is_dir() and (any(pred.glob("Task1_*.txt")) or any(pred.glob("Task2_*.txt"))):
+def load_predictions(
+    pred: Path, gt: Path, fmt: GroundTruthFormat, classes: Sequence[str], masks: bool = False
+) -> Samples:
+    """Read Task1/Task2 result files, or (``coco``) a COCO results JSON (``masks``: with segmentations)."""
+    if not masks and pred.is_dir() and (any(pred.glob("Task1_*.txt")) or any(pred.glob("Task2_*.txt"))):
         return read_task_results(pred, classes)
     if fmt is GroundTruthFormat.COCO:
         res = (
@@ -142,7 +153,7 @@ def load_predictions(pred: Path, gt: Path, fmt: GroundTruthFormat, classes: Sequ
         )
         if not res.exists():
             raise FileNotFoundError(f"predictions not found: {pred}")
-        return read_coco_results(res, _coco_gt_file(gt), classes)
+        return read_coco_results(res, _coco_gt_file(gt), classes, masks=masks)
     if not pred.exists():
         raise FileNotFoundError(f"predictions not found: {pred}")
     raise FileNotFoundError(f"no Task1_<class>.txt or Task2_<class>.txt files in {pred}")
@@ -158,6 +169,7 @@ def evaluate_files(
     classes: Sequence[str] | None = None,
     image_list: str | Path | None = None,
     split: str | None = None,
+    iou_type: str = "bbox",
 ) -> DetectionMetrics:
     """Read ground truth and predictions from disk and compute the metric.
 
@@ -170,6 +182,7 @@ def evaluate_files(
         classes: class names or one preset name; default the format's list.
         image_list: a file of image ids (one per line, like ``ImageSets/Main/test.txt``) to score.
         split: a DIOR split name (``ImageSets/Main/<split>.txt`` under ``gt``).
+        iou_type: ``bbox`` or ``segm`` (COCO mask AP; ``coco`` format and metric only).
 
     Returns:
         The metrics. With an image list or split, predictions for other images are dropped (and
@@ -180,6 +193,11 @@ def evaluate_files(
     metric = APMetric(metric)
     if not gt.exists():
         raise FileNotFoundError(f"ground truth not found: {gt}")
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    masks = iou_type == "segm"
+    if masks and (fmt is not GroundTruthFormat.COCO or metric is not APMetric.COCO):
+        raise ValueError("mask AP (--iou-type segm) needs --format coco and --metric coco")
     if image_list is not None and split is not None:
         raise ValueError("give an image list or a split, not both")
     ids: list[str] | None = None
@@ -190,8 +208,8 @@ def evaluate_files(
             raise ValueError(f"--split reads DIOR's ImageSets/Main/<split>.txt; for {fmt} use an image list")
         ids = dior_split_ids(gt, split)
     names = resolve_classes(classes, fmt, gt)
-    truth = load_ground_truth(gt, fmt, names, ids)
-    preds = load_predictions(pred, gt, fmt, names)
+    truth = load_ground_truth(gt, fmt, names, ids, masks=masks)
+    preds = load_predictions(pred, gt, fmt, names, masks=masks)
     if ids is not None:
         outside = [k for k in preds if k not in truth]
         if outside:
@@ -201,6 +219,8 @@ def evaluate_files(
                 outside[:3],
             )
             preds = {k: v for k, v in preds.items() if k in truth}
+    if masks:
+        return evaluate_coco(truth, preds, names, iou_type="segm")
     return evaluate_detections(truth, preds, names, metric, iou_threshold=iou_threshold)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vitp_geo.evaluation.confusion import confusion_counts, scores_from_confusion
+
 __all__ = ["fit_ridge_probe", "patch_labels", "predict_probe", "probe_miou", "raw_patch_features", "miou"]
 
 
@@ -81,14 +83,8 @@ def predict_probe(weights: Tensor, features: Tensor) -> Tensor:
 
 
 def miou(pred: Tensor, target: Tensor, n_classes: int) -> float:
-    """Mean IoU over the classes present in ``target`` or ``pred``."""
-    ious = []
-    for c in range(n_classes):
-        inter = int(((pred == c) & (target == c)).sum())
-        union = int(((pred == c) | (target == c)).sum())
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(ious)) if ious else float("nan")
+    """Mean IoU over the classes present in ``target`` or ``pred`` (``evaluation.confusion``'s rule)."""
+    return float(scores_from_confusion(confusion_counts(pred, target, n_classes))["miou"])
 
 
 def probe_miou(

@@ -38,6 +38,7 @@ whose IoU with a kept, higher-scoring box is **strictly greater** than the thres
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -355,6 +356,23 @@ def _quad_bounds(polys: Tensor) -> Tensor:
     return torch.cat([p.amin(1), p.amax(1)], 1)
 
 
+def _all_pairs(
+    a: Tensor,
+    b: Tensor,
+    bounds: Callable[[Tensor], Tensor],
+    aligned: Callable[..., Tensor],
+    max_pairs: int,
+) -> Tensor:
+    """The one body of ``quad_iou`` / ``rotated_iou``: ``aligned`` IoU of the pairs whose
+    ``bounds`` (axis-aligned ``x1, y1, x2, y2``) overlap, 0 elsewhere; (N, M)."""
+    with torch.no_grad():
+        i, j = _overlapping_pairs(bounds(a), bounds(b), max_pairs)
+    out = a.new_zeros(a.shape[0], b.shape[0])
+    if i.numel():
+        out = out.index_put((i, j), aligned(a[i], b[j], max_pairs=max_pairs))
+    return out
+
+
 def quad_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
     """IoU of every convex quadrilateral in ``a`` with every one in ``b``.
 
@@ -371,13 +389,7 @@ def quad_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
     """
     _check(a, 8, "a")
     _check(b, 8, "b")
-    a, b = _float(a, b)
-    with torch.no_grad():
-        i, j = _overlapping_pairs(_quad_bounds(a), _quad_bounds(b), max_pairs)
-    out = a.new_zeros(a.shape[0], b.shape[0])
-    if i.numel():
-        out = out.index_put((i, j), quad_iou_aligned(a[i], b[j], max_pairs=max_pairs))
-    return out
+    return _all_pairs(*_float(a, b), _quad_bounds, quad_iou_aligned, max_pairs)
 
 
 def rotated_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
@@ -396,13 +408,7 @@ def rotated_iou(a: Tensor, b: Tensor, *, max_pairs: int = _MAX_PAIRS) -> Tensor:
     """
     _check(a, 5, "a")
     _check(b, 5, "b")
-    a, b = _float(a, b)
-    with torch.no_grad():
-        i, j = _overlapping_pairs(obb_to_hbb(a), obb_to_hbb(b), max_pairs)
-    out = a.new_zeros(a.shape[0], b.shape[0])
-    if i.numel():
-        out = out.index_put((i, j), rotated_iou_aligned(a[i], b[j], max_pairs=max_pairs))
-    return out
+    return _all_pairs(*_float(a, b), obb_to_hbb, rotated_iou_aligned, max_pairs)
 
 
 def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

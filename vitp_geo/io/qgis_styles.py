@@ -211,7 +211,10 @@ def write_styled_gpkg(
                 tmp,
                 layer=layer,
                 driver="GPKG",
-                geometry_type="Polygon",
+                # one layer type: MultiPolygon when any feature is one (Mask R-CNN masks), else Polygon
+                geometry_type="MultiPolygon"
+                if bool((frame.geom_type == "MultiPolygon").any())
+                else "Polygon",
                 dataset_options=GPKG_OPTIONS,
                 layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": geom_col},
             )

@@ -228,6 +228,51 @@ def render_rgb(
     return rgb, valid
 
 
+class SceneWindows:
+    """One open scene read window by window: the rule's bands, the stretch limits computed once.
+
+    The one windowed scene reader: ``vitp-geo infer`` (``tiling.reader.SceneWindowReader``, one per
+    scene of a pair) and ``build-instructions`` (``instruct.builders.raster_scene.SceneRaster``)
+    both read and render through it, so a pretraining tile and an inference window of the same
+    scene render alike (module doc: one scene-wide stretch, no seams).
+
+    Args:
+        path: the file (named in errors).
+        ds: the open dataset; the caller closes it.
+        rule: band selection, percentiles, SAR.
+        overview_size: side of the decimated read the stretch limits come from.
+        stretch: compute the scene's stretch limits (False: the raw bands are fed, never rendered).
+
+    Raises:
+        ValueError: a band the rule names is not in the raster (the file named).
+        RasterReadError: the decimated read fails.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        ds: rasterio.DatasetReader,
+        rule: RenderRule,
+        *,
+        overview_size: int = OVERVIEW_SIZE,
+        stretch: bool = True,
+    ) -> None:
+        self.path, self.ds, self.rule = Path(path), ds, rule
+        try:
+            self.bands = select_bands(ds.count, rule)
+        except ValueError as err:
+            raise ValueError(f"raster {path}: {err}") from err
+        self.limits = scene_stretch_limits(path, ds, self.bands, rule, overview_size) if stretch else None
+
+    def read(self, window: Window) -> np.ndarray:
+        """The selected bands of one window as stored, (C, h, w)."""
+        return read_window(self.path, self.ds, self.bands, window)
+
+    def render(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """One window rendered with the scene's stretch: (3, h, w) uint8 and (h, w) valid mask."""
+        return render_rgb(self.read(window), self.ds.nodata, self.rule, limits=self.limits)
+
+
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
     """Open a raster, turning rasterio's errors into one that names the file."""
     path = Path(path)

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vitp_geo.evaluation.medical_dice import load_dataset_labels
+from vitp_geo.io.volume import Volume, as_labels, check_same_grid
 from vitp_geo.medical.inputs import SliceInput, fill_non_finite
-from vitp_geo.medical.volume import Volume, as_labels, check_same_grid, load_volume
+from vitp_geo.medical.load import load_volume
 
 XRAY_CLASSES: tuple[str, ...] = ("background", "lung", "infection")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -125,12 +127,10 @@ def _load_json(path: Path) -> dict[str, object]:
 def label_table_from_json(path: str | Path) -> LabelTable:
     """``dataset.json``'s ``labels`` (v2 name → value, or v1 value → name) as a ``LabelTable``.
 
-    Parsing is ``vitp_geo.evaluation.segmentation.load_dataset_labels`` (one reader for training
+    Parsing is ``vitp_geo.evaluation.medical_dice.load_dataset_labels`` (one reader for training
     and evaluation); training needs one value per class, so region entries and nnU-Net's
     ``ignore`` label are refused here.
     """
-    from vitp_geo.evaluation.segmentation import load_dataset_labels
-
     spec = load_dataset_labels(path)
     regions = [c.name for c in spec.classes if len(c.labels) != 1]
     if regions:
@@ -291,7 +291,7 @@ def read_xray_folder(root: str | Path, split: str | None = None) -> list[XrayIte
 
 def xray_label(item: XrayItem, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 class ids of ``XRAY_CLASSES`` for ``item`` (module doc)."""
-    from vitp_geo.medical.xray import read_png_mask
+    from vitp_geo.io.png_mask import read_png_mask
 
     out = np.zeros(shape, np.uint8)
     for mask_path, cls in ((item.lung, 1), (item.infection, 2)):

@@ -1,6 +1,6 @@
 """The embedded medical corpus behind ``vitp-geo pretrain --domain med`` with no ``--data``.
 
-Made from the seeded phantoms (``vitp_geo.synthetic.phantoms``) by the same builders users run
+Made from the seeded phantoms (``vitp_geo.medical.phantoms``) by the same builders users run
 on their own data: CT phantoms and BraTS-like MRI phantoms are written in the MSD / nnU-Net
 layout (non-RAS NIfTI) and read back by ``MSDSource``, chest radiograph phantoms in the
 CovidQU-Ex layout by ``XraySource``. As for ``--domain rs``, the one-look tasks
@@ -17,7 +17,7 @@ from pathlib import Path
 from vitp_geo.instruct.builders.corpus import Source, build_corpus
 from vitp_geo.instruct.default_corpus import _split_alignment
 from vitp_geo.medical.instructions import MSDSource, XraySource
-from vitp_geo.synthetic.phantoms import write_brats_dataset, write_ct_dataset, write_xray_dataset
+from vitp_geo.medical.phantoms import write_brats_dataset, write_ct_dataset, write_xray_dataset
 
 
 def build_medical_default_corpus(

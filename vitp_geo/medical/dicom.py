@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from nibabel import orientations as ornt
 
-from vitp_geo.medical.volume import Modality, Volume, is_dicom_file, reorient_to_ras
+from vitp_geo.io.volume import Modality, Volume, check_voxel_affine, is_dicom_file, reorient_to_ras
 
 __all__ = [
     "DicomSlice",
@@ -42,6 +42,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # relative tolerance on slice spacing before a series is called non-uniform (1 %, with a floor of
 # 0.01 mm): scanners write positions rounded to ~1e-3 mm; real gaps are whole missing slices.
 SPACING_RTOL = 0.01
+GEOMETRY_FIX = "check ImageOrientationPatient, PixelSpacing and the slice positions (ImagePositionPatient)"
 SPACING_ATOL_MM = 0.01
 
 
@@ -134,6 +135,12 @@ def _geometry(ds: Any, path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float,
             f"ImageOrientationPatient={orientation.tolist()}"
         )
     spacing = _pixel_spacing(ds, path)
+    axes = np.eye(4)  # columns: along a row, down a column, the slice normal; then the position
+    axes[:3, 0] = orientation[:3] * spacing[1]
+    axes[:3, 1] = orientation[3:] * spacing[0]
+    axes[:3, 2] = np.cross(orientation[:3], orientation[3:])
+    axes[:3, 3] = position
+    check_voxel_affine(axes, f"{path}: the DICOM geometry's", GEOMETRY_FIX)  # per slice, before sorting
     return position, orientation, spacing
 
 
@@ -263,6 +270,7 @@ def load_dicom_series(folder: str | Path) -> Volume:
 def _volume(source: np.ndarray, source_affine: np.ndarray, modality: Modality, path: Path) -> Volume:
     if any(int(s) == 0 for s in source.shape):
         raise ValueError(f"{path}: empty volume, shape {source.shape}")
+    check_voxel_affine(source_affine, f"{path}: the DICOM geometry's", GEOMETRY_FIX)
     array, affine = reorient_to_ras(source, source_affine)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     return Volume(

@@ -1,8 +1,8 @@
 """The embedded medical fine-tuning run and its per-case Dice report.
 
 ``vitp-geo finetune segmentation --domain med`` with no ``--config`` writes seeded CT phantoms
-(``vitp_geo.synthetic.phantoms``) in the MSD / nnU-Net layout and fine-tunes the tiny ViTP
-backbone with a UperNet head on their axial slices through ``datamodules.medical`` (the same
+(``vitp_geo.medical.phantoms``) in the MSD / nnU-Net layout and fine-tunes the tiny ViTP
+backbone with a UperNet head on their axial slices through ``vitp_geo.datamodules.medical`` (the same
 reading, reorientation, windowing and slicing as users' data). After training, and once before
 it, the model segments every validation case slice by slice and the per-case Dice
 (``vitp_geo.evaluation.dice``, nnU-Net's "ignore" rule for classes absent from a case) is printed
@@ -15,7 +15,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vitp_geo.synthetic.phantoms import CT_CLASSES, write_ct_dataset
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+
+from vitp_geo.medical.phantoms import CT_CLASSES, write_ct_dataset
 
 # Colours for the card (QGIS / viewers): background black, then distinct organ colours.
 CT_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -68,7 +72,7 @@ def default_config(data_dir: Path, seed: int = 0) -> dict[str, Any]:
         "seed_everything": seed,
         "trainer": {"max_epochs": 12, "accelerator": "cpu", "log_every_n_steps": 4},
         "model": {"class_path": "vitp_geo.tasks.SegmentationTask", "init_args": model},
-        "data": {"class_path": "datamodules.medical.MedicalSliceDataModule", "init_args": data},
+        "data": {"class_path": "vitp_geo.datamodules.medical.MedicalSliceDataModule", "init_args": data},
     }
 
 
@@ -112,3 +116,47 @@ def format_report(scores: dict[str, Any], title: str = "per-case Dice (validatio
         f"pooled mDice (mmseg) {'-' if pooled is None else f'{pooled:.4f}'}"
     )
     return "\n".join(lines)
+
+
+class CaseDice(Callback):
+    """Per-case Dice of whole validation cases, scored by the task's network on the trainer's device.
+
+    Active when the datamodule has a ``dice_report(predictor)`` method (the medical ones); a no-op
+    otherwise. With ``score_start`` it scores the untrained model when fitting starts; it always
+    scores after a ``trainer.validate`` run (``vitp_geo.tasks.run.fit`` validates the best
+    checkpoint last), so ``final`` holds the best weights' report. Each rank scores on its own
+    device (``pl_module.device``), never a hard-coded one.
+
+    Attributes:
+        start: the report before training (``report_to_json``), or None.
+        final: the report after the last ``validate``, or None.
+    """
+
+    def __init__(self, score_start: bool = False) -> None:
+        self.score_start = score_start
+        self.start: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None
+
+    @staticmethod
+    def applies(trainer: Trainer) -> bool:
+        """Whether the trainer's datamodule scores whole cases."""
+        return callable(getattr(trainer.datamodule, "dice_report", None))
+
+    def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        network: torch.nn.Module = pl_module.model  # type: ignore[assignment]
+        device = pl_module.device
+        was_training = network.training
+        network.eval()
+        try:
+            report = trainer.datamodule.dice_report(lambda x: network(x.to(device)))  # type: ignore[union-attr]
+        finally:
+            network.train(was_training)
+        return report_to_json(report)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.score_start and self.applies(trainer):
+            self.start = self._score(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and self.applies(trainer):
+            self.final = self._score(trainer, pl_module)

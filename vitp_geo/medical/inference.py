@@ -26,10 +26,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vitp_geo.medical.datasets import LabelTable
+from vitp_geo.evaluation.dice import SegClass, confusion_matrix, dice_report
+from vitp_geo.io.volume import Volume, check_same_grid, is_nifti_path, save_nifti_like
+from vitp_geo.medical.datasets import LabelTable, load_case, load_case_label, xray_label
 from vitp_geo.medical.inputs import SliceInput, fill_non_finite
+from vitp_geo.medical.load import load_volume
 from vitp_geo.medical.slicing import put_slice
-from vitp_geo.medical.volume import Volume, check_same_grid, is_nifti_path, load_volume, save_nifti_like
+from vitp_geo.medical.xray import load_xray
 
 Predictor = Callable[[Tensor], Tensor]  # (B, 3, H, W) normalised → (B, K, H, W) logits
 
@@ -248,8 +251,6 @@ def score_cases(
     Returns:
         A ``vitp_geo.evaluation.dice.DiceReport`` over the foreground classes (label values).
     """
-    from vitp_geo.evaluation.dice import SegClass, confusion_matrix, dice_report
-    from vitp_geo.medical.datasets import load_case, load_case_label
 
     confusions = []
     for case in cases:
@@ -276,9 +277,6 @@ def score_radiographs(
     Returns:
         A ``vitp_geo.evaluation.dice.DiceReport`` over the foreground classes.
     """
-    from vitp_geo.evaluation.dice import SegClass, confusion_matrix, dice_report
-    from vitp_geo.medical.datasets import xray_label
-    from vitp_geo.medical.xray import load_xray
 
     m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)

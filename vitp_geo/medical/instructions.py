@@ -300,7 +300,7 @@ class VolumeSource:
 
 
 def _case_name(path: Path) -> str:
-    from vitp_geo.medical.volume import case_name
+    from vitp_geo.io.volume import case_name
 
     return case_name(path)
 

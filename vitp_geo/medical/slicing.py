@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.volume import Volume
 from vitp_geo.medical.intensity import (
     CT_WINDOWS,
     DEFAULT_CT_WINDOW_TRIPLET,
@@ -32,7 +33,6 @@ from vitp_geo.medical.intensity import (
     apply_window,
     repeat_to_three,
 )
-from vitp_geo.medical.volume import Volume
 
 __all__ = [
     "SliceManifest",

@@ -1,8 +1,8 @@
-"""Radiographs (chest X-ray PNG or DICOM DX/CR) as 2D images, and their PNG label masks.
+"""Radiographs (chest X-ray PNG or DICOM DX/CR) as 2D images (their PNG label masks: :mod:`vitp_geo.io.png_mask`).
 
 A radiograph is a projection: it has a pixel spacing (DICOM ``PixelSpacing`` /
 ``ImagerPixelSpacing``) but no voxel-to-patient affine, so it is an :class:`XrayImage`, not a
-:class:`~.volume.Volume`. Arrays are ``(H, W)`` in display order (row 0 at the top), float32.
+:class:`~vitp_geo.io.volume.Volume`. Arrays are ``(H, W)`` in display order (row 0 at the top), float32.
 DICOM ``MONOCHROME1`` images (bright = low attenuation) are inverted so that bone is bright, as
 in ``MONOCHROME2`` and PNG radiographs.
 """
@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vitp_geo.io.atomic import atomic_output
-from vitp_geo.medical.volume import Modality, is_dicom_file
+from vitp_geo.io.png_mask import is_png
+from vitp_geo.io.volume import Modality, is_dicom_file
 
-__all__ = ["XrayImage", "load_xray", "read_png_mask", "write_png_mask"]
+__all__ = ["XrayImage", "load_xray"]
 
 log = logging.getLogger(__name__)
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -48,11 +46,6 @@ class XrayImage:
         return (int(self.array.shape[0]), int(self.array.shape[1]))
 
 
-def _is_png(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(8) == PNG_MAGIC
-
-
 def load_xray(path: str | Path) -> XrayImage:
     """Read a PNG radiograph (8/16-bit grey; RGB converted to grey) or a single-frame DICOM image.
 
@@ -63,7 +56,7 @@ def load_xray(path: str | Path) -> XrayImage:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such X-ray image: {path}")
-    if _is_png(path):
+    if is_png(path):
         from PIL import Image
 
         with Image.open(path) as im:
@@ -92,41 +85,3 @@ def load_xray(path: str | Path) -> XrayImage:
     if 0 in xr.array.shape:
         raise ValueError(f"{path}: empty image, shape {xr.array.shape}")
     return xr
-
-
-def read_png_mask(path: str | Path) -> np.ndarray:
-    """A PNG label mask as an integer ``(H, W)`` array (palette indices or grey levels).
-
-    Raises:
-        FileNotFoundError / ValueError: missing file, not PNG, or a colour (RGB) mask.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such mask: {path}")
-    if not _is_png(path):
-        raise ValueError(f"{path}: not a PNG file")
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P", "I", "I;16", "1"):
-            raise ValueError(f"{path}: label masks must be single-channel PNG (L/P/I), got mode {im.mode}")
-        arr = np.asarray(im)
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise ValueError(f"{path}: bad mask shape {arr.shape}")
-    return arr.astype(np.int64)
-
-
-def write_png_mask(mask: np.ndarray, path: str | Path) -> Path:
-    """Write an ``(H, W)`` integer mask as 8-bit (or 16-bit when a value exceeds 255) PNG, atomically."""
-    from PIL import Image
-
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"{path}: mask must be (H, W), got {mask.shape}")
-    if mask.size and (mask.min() < 0 or mask.max() > 65535):
-        raise ValueError(f"{path}: mask values must be in [0, 65535], got [{mask.min()}, {mask.max()}]")
-    arr = mask.astype(np.uint8) if (not mask.size or mask.max() <= 255) else mask.astype(np.uint16)
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
-    return path

@@ -9,6 +9,9 @@
 - :func:`read_state_dict` reads ``.safetensors`` / ``.pth`` / ``.bin`` / ``.ckpt`` files and
   :func:`check_finite_weights` refuses NaN / inf weights, naming the file.
 
+Whole fine-tuned reference models (mmrotate / mmseg / open-cd detectors, segmenters and change
+models, adapter and heads included) are converted by ``vitp_geo.convert`` (``vitp-geo convert``).
+
 Key renames (InternViT → timm): ``embeddings.patch_embedding`` → ``patch_embed.proj``,
 ``embeddings.class_embedding`` → ``cls_token``, ``embeddings.position_embedding`` → ``pos_embed``,
 ``encoder.layers.N.*`` → ``blocks.N.*`` with ``ls1`` / ``ls2`` → ``ls1.gamma`` / ``ls2.gamma``.
@@ -285,3 +288,46 @@ def check_finite_weights(state_dict: Mapping[str, Tensor], source: str | Path) -
             f"{source}: non-finite weights (NaN or inf) in {len(bad)} of {len(state_dict)} tensors: "
             f"{', '.join(bad[:5])}{more}"
         )
+
+
+def load_state_dict_strict(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str,
+    *,
+    prefix: str = "",
+    allow_missing: set[str] | None = None,
+) -> None:
+    """Load ``state_dict`` into ``module`` only if every key and shape fits; else name what does not.
+
+    The one strict loader of a checkpoint's weights (``models.vit.load_backbone``,
+    ``vlm.build.load_internvl``): torch's ``strict=True`` stops at the first class of problem and
+    does not say which file; this names the source and up to ten missing / unexpected keys (with
+    ``prefix``, as the file spells them) or five shape mismatches.
+
+    Args:
+        module: the model the weights are for.
+        state_dict: its keys without ``prefix``.
+        source: what the message names first (the file or folder, and what the weights must fit).
+        prefix: the keys' prefix in the file (e.g. ``"vision_model."``), for messages only.
+        allow_missing: module keys the file may lack (a tied ``lm_head.weight``).
+
+    Raises:
+        ValueError: ``"<source>: missing keys [...], unexpected keys [...]"`` or ``"<source>: shape mismatch [...]"``.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict) - (allow_missing or set()))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: missing keys {[prefix + k for k in missing[:10]]}{' …' if len(missing) > 10 else ''}, "
+            f"unexpected keys {[prefix + k for k in unexpected[:10]]}{' …' if len(unexpected) > 10 else ''}"
+        )
+    bad = [
+        f"{prefix}{k}: {tuple(v.shape)} vs expected {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if v.shape != own[k].shape
+    ]
+    if bad:
+        raise ValueError(f"{source}: shape mismatch {bad[:5]}")
+    module.load_state_dict(dict(state_dict), strict=not allow_missing)

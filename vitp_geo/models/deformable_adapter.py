@@ -18,7 +18,10 @@ weights at 0 (uniform). Parameters are named as the reference's modules name the
 ``interactions.{i}.injector.{query_norm, feat_norm, attn.{sampling_offsets, attention_weights,
 value_proj, output_proj}, gamma}``, ``interactions.{i}.extractor.{…, ffn.{fc1, dwconv.dwconv,
 fc2}, ffn_norm}``, ``interactions.3.extra_extractors.{0,1}``, ``up``, ``norm1``–``norm4``), with
-the ViT under ``backbone.``.
+the ViT under ``backbone.``. The prior stem and the four outputs are batch-normalised by default;
+``norm="layer"`` gives the reference's channels-first LayerNorm (``use_final_norm=True``) and
+``attn_norm_eps=1e-5`` its interaction LayerNorms, the layout ``vitp-geo convert`` builds for
+released fine-tuned weights (``vitp_geo.convert``).
 
 Reference points are token centres in pixels divided by the extent of the value map they sample
 (so a patch-14 ViT grid and the stride-8/16/32 prior levels, which cover slightly different
@@ -33,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -41,6 +45,17 @@ from vitp_geo.models.pyramid import STRIDES, enable_dynamic_size, patch_size_of,
 
 # The reference's interactions for InternViT-300M (24 blocks); other depths get four equal groups.
 REFERENCE_INTERACTIONS: dict[int, list[list[int]]] = {24: [[0, 7], [8, 11], [12, 15], [16, 23]]}
+# Normalisation of the prior stem and the four outputs: BatchNorm, or the reference's
+# channels-first LayerNorm (eps 1e-6; ``use_final_norm=True``), which released weights need.
+NORMS = ("batch", "layer")
+
+
+def _norm2d(kind: str, dim: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(dim)
+    if kind == "layer":
+        return LayerNorm2d(dim, eps=1e-6)
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
 
 
 def ms_deform_attn_sample(
@@ -167,11 +182,17 @@ class Injector(nn.Module):
     """ViT tokens attend (deformably) to the prior's three levels; added scaled by ``gamma``."""
 
     def __init__(
-        self, dim: int, n_heads: int, n_points: int, deform_ratio: float, init_values: float
+        self,
+        dim: int,
+        n_heads: int,
+        n_points: int,
+        deform_ratio: float,
+        init_values: float,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.query_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MSDeformAttn(dim, 3, n_heads, n_points, deform_ratio)
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
@@ -184,13 +205,21 @@ class Injector(nn.Module):
 class Extractor(nn.Module):
     """Prior tokens attend (deformably) to the ViT tokens, then a ConvFFN; both residual."""
 
-    def __init__(self, dim: int, n_heads: int, n_points: int, deform_ratio: float, cffn_ratio: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_points: int,
+        deform_ratio: float,
+        cffn_ratio: float,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.query_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MSDeformAttn(dim, 1, n_heads, n_points, deform_ratio)
         self.ffn = ConvFFN(dim, max(1, int(dim * cffn_ratio)))
-        self.ffn_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(
         self,
@@ -216,13 +245,15 @@ class InteractionBlock(nn.Module):
         cffn_ratio: float,
         init_values: float,
         extra_extractors: int = 0,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.injector = Injector(dim, n_heads, n_points, deform_ratio, init_values)
-        self.extractor = Extractor(dim, n_heads, n_points, deform_ratio, cffn_ratio)
+        self.injector = Injector(dim, n_heads, n_points, deform_ratio, init_values, norm_eps)
+        self.extractor = Extractor(dim, n_heads, n_points, deform_ratio, cffn_ratio, norm_eps)
         self.extra_extractors = (
             nn.ModuleList(
-                Extractor(dim, n_heads, n_points, deform_ratio, cffn_ratio) for _ in range(extra_extractors)
+                Extractor(dim, n_heads, n_points, deform_ratio, cffn_ratio, norm_eps)
+                for _ in range(extra_extractors)
             )
             if extra_extractors
             else None
@@ -232,13 +263,13 @@ class InteractionBlock(nn.Module):
 class SpatialPriorModule(nn.Module):
     """Convolutional stem: c1 (stride 4) and maps at strides 8, 16, 32, projected to the ViT width."""
 
-    def __init__(self, in_chans: int, dim: int, width: int = 64) -> None:
+    def __init__(self, in_chans: int, dim: int, width: int = 64, norm: str = "batch") -> None:
         super().__init__()
 
         def conv(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [
                 nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(cout),
+                _norm2d(norm, cout),
                 nn.ReLU(inplace=True),
             ]
 
@@ -284,6 +315,11 @@ class DeformableViTAdapter(nn.Module):
         init_values: initial injector ``gamma``.
         extra_extractors: extractors added after the last interaction.
         prior_width: channels of the spatial prior stem.
+        norm: ``batch`` (BatchNorm in the prior stem and on the four outputs) or ``layer``
+            (channels-first LayerNorm, eps 1e-6: the reference's ``InternViTAdapter`` with
+            ``use_final_norm=True``, which its released fine-tuned weights need).
+        attn_norm_eps: eps of the injector / extractor LayerNorms (1e-6; the reference's
+            ``InternViTAdapter`` builds them with torch's default, 1e-5).
 
     Attributes:
         out_channels: four times the ViT width.
@@ -301,8 +337,12 @@ class DeformableViTAdapter(nn.Module):
         init_values: float = 0.0,
         extra_extractors: int = 2,
         prior_width: int = 64,
+        norm: str = "batch",
+        attn_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         enable_dynamic_size(backbone)
         self.backbone = backbone
         dim = int(backbone.embed_dim)
@@ -332,7 +372,7 @@ class DeformableViTAdapter(nn.Module):
         self.groups = groups
         in_chans = int(backbone.patch_embed.proj.in_channels)
         self.patch = patch_size_of(backbone)
-        self.spm = SpatialPriorModule(in_chans, dim, prior_width)
+        self.spm = SpatialPriorModule(in_chans, dim, prior_width, norm)
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         nn.init.normal_(self.level_embed, std=0.02)
         self.interactions = nn.ModuleList(
@@ -344,11 +384,12 @@ class DeformableViTAdapter(nn.Module):
                 cffn_ratio,
                 init_values,
                 extra_extractors if i == len(groups) - 1 else 0,
+                attn_norm_eps,
             )
             for i in range(len(groups))
         )
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
-        self.norm1, self.norm2, self.norm3, self.norm4 = (nn.BatchNorm2d(dim) for _ in STRIDES)
+        self.norm1, self.norm2, self.norm3, self.norm4 = (_norm2d(norm, dim) for _ in STRIDES)
         self.out_channels: list[int] = [dim] * 4
         self.strides = STRIDES
 

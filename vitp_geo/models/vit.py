@@ -37,6 +37,7 @@ from vitp_geo.io.atomic import atomic_output
 from vitp_geo.models.convert import (  # one home for weight conversion (models/convert.py)
     check_finite_weights,
     convert_internvit_state_dict,
+    load_state_dict_strict,
     non_finite_keys,
     read_state_dict,
     resize_pos_embed,
@@ -97,6 +98,7 @@ def _create_vitp(variant: str, pretrained: bool = False, **kwargs: Any) -> Visio
 
 # --------------------------------------------------------------------------------------------------
 # checkpoint conversion
+
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """timm hook: convert an InternViT / ViTP checkpoint and fit its pos-embed to ``model``."""
@@ -236,14 +238,16 @@ def load_backbone(
     """Load an InternViT-layout backbone from a local file into a timm ``VisionTransformer``.
 
     Reads ``.safetensors`` or ``.pth`` / ``.bin``; when a ``backbone.json`` lies beside the file
-    (written by :func:`export_backbone`) its ``arch`` and ``model_kwargs`` define the model,
-    otherwise ``arch`` (if given) or the shapes in the checkpoint do. Keys are converted with
+    (written by :func:`export_backbone`) and ``arch`` is not given, its ``arch`` and
+    ``model_kwargs`` define the model; otherwise ``arch`` (with its registered defaults) or, with
+    neither, the shapes in the checkpoint do. Keys are converted with
     :func:`convert_internvit_state_dict` and position embeddings are resized bicubically when
     ``img_size`` differs from the checkpoint's.
 
     Args:
         path: the weights file.
-        arch: registered timm name to build (overrides ``backbone.json``).
+        arch: registered timm name to build with its own defaults (``backbone.json`` and its
+            ``model_kwargs`` are then not read).
         img_size: tile size to build for; ``None`` keeps the checkpoint's.
 
     Returns:
@@ -257,8 +261,9 @@ def load_backbone(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    raw = read_state_dict(path)  # its errors name the file already
     try:
-        sd = convert_internvit_state_dict(read_state_dict(path))
+        sd = convert_internvit_state_dict(raw)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
@@ -268,7 +273,7 @@ def load_backbone(
 
     kwargs: dict[str, Any] = {}
     meta_path = path.with_name("backbone.json")
-    if meta_path.is_file():
+    if arch is None and meta_path.is_file():
         if path.name != "backbone.safetensors":
             warnings.warn(
                 f"{path}: using the architecture in {meta_path}, which lies in the same folder "
@@ -276,7 +281,7 @@ def load_backbone(
                 stacklevel=2,
             )
         meta = json.loads(meta_path.read_text())
-        arch = arch or meta.get("arch")
+        arch = meta.get("arch")
         kwargs.update(meta.get("model_kwargs", {}))
     elif arch is None:
         arch = INTERN_LAYOUT_ARCH
@@ -290,18 +295,7 @@ def load_backbone(
         raise ValueError(f"{path}: unknown architecture {arch!r}")
     model = create_vit(arch, **kwargs)
     sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], _grid(model), model.num_prefix_tokens)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not fit {arch} {kwargs}: missing keys {missing[:10]}, "
-            f"unexpected keys {unexpected[:10]}"
-        )
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{path}: shape mismatch for {arch} {kwargs}: {bad[:5]}")
-    model.load_state_dict(sd)
+    load_state_dict_strict(model, sd, f"{path}: checkpoint does not fit {arch} {kwargs}")
     return model.eval()
 
 
@@ -316,7 +310,8 @@ def describe_vit(vit: VisionTransformer, arch: str | None = None) -> dict[str, A
 
     Returns:
         ``model_kwargs`` holds ``img_size`` (an int when square, else ``[h, w]``), ``patch_size``,
-        ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans`` and ``num_classes=0``.
+        ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans`` and ``num_classes=0``
+        (and ``class_token=False``, ``global_pool="avg"`` for a ViT without a class token).
     """
     if arch is None:
         arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
@@ -326,19 +321,19 @@ def describe_vit(vit: VisionTransformer, arch: str | None = None) -> dict[str, A
     patch = int(cast(Any, vit.patch_embed).patch_size[0])
     rows, cols = _grid(vit)
     embed_dim = int(vit.embed_dim)
-    return {
-        "arch": str(arch),
-        "model_kwargs": {
-            "img_size": rows * patch if rows == cols else [rows * patch, cols * patch],
-            "patch_size": patch,
-            "embed_dim": embed_dim,
-            "depth": len(vit.blocks),
-            "num_heads": int(block0.attn.num_heads),
-            "mlp_ratio": block0.mlp.fc1.out_features / embed_dim,
-            "in_chans": int(cast(Any, vit.patch_embed).proj.in_channels),
-            "num_classes": 0,
-        },
+    kwargs: dict[str, Any] = {
+        "img_size": rows * patch if rows == cols else [rows * patch, cols * patch],
+        "patch_size": patch,
+        "embed_dim": embed_dim,
+        "depth": len(vit.blocks),
+        "num_heads": int(block0.attn.num_heads),
+        "mlp_ratio": block0.mlp.fc1.out_features / embed_dim,
+        "in_chans": int(cast(Any, vit.patch_embed).proj.in_channels),
+        "num_classes": 0,
     }
+    if vit.cls_token is None:  # e.g. converted reference detectors: their adapter ViT has no class token
+        kwargs.update(class_token=False, global_pool="avg")
+    return {"arch": str(arch), "model_kwargs": kwargs}
 
 
 def export_backbone(

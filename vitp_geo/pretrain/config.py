@@ -76,8 +76,10 @@ class PretrainConfig:
 
     # Visual Robustness Learning.
     vrl_ratio: float = 0.75  # share of projected image tokens dropped before the LLM (paper r)
-    # Probability that VRL fires for a sample (1 - r, as the reference code). The library model
-    # (ViTPConfig.vrl_prob) and the paper preset keep 1.0, the paper text.
+    # Probability that VRL fires for a sample (1 - r, as the reference code). Differs on purpose
+    # from the library model (ViTPConfig.vrl_prob, build_tiny_vlm, load_internvl) and the paper
+    # preset, which keep 1.0, the paper text: a notebook run gets 1.0 unless it passes this value
+    # (docs/pretraining-evidence.md §6 measured 0.25 on the embedded corpus).
     vrl_prob: float = 0.25
     vrl_reference: bool = False  # reproduce the reference code (fires with probability 1 - r)
 

@@ -188,6 +188,11 @@ class InstructionDataset(Dataset[Sample]):
         per_image = self._tiles_per_image(src, len(paths))
         return tuple(choose_grid(*image_size(p), self.image_size, max_tiles=per_image) for p in paths)
 
+    def tile_budget(self, src_id: int, rec_id: int) -> int:
+        """Tiles each image of a record may use (its source's ``max_dynamic_patch`` split over them)."""
+        src = self.sources[src_id]
+        return self._tiles_per_image(src, len(src.image_paths[rec_id]))
+
     def _tiles_per_image(self, src: _Source, n_images: int) -> int:
         """Tile budget of each image: InternVL splits a sample's budget over its images."""
         budget = src.entry.max_dynamic_patch or self.max_dynamic_patch

@@ -32,15 +32,16 @@ all-reduced (every rank runs the same number of forward passes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -93,6 +94,7 @@ MAX_CANDIDATES = 32
 CHOICE_VARIANTS: tuple[str, ...] = ("true", "shuffled")
 # Seeded draws of the derangement before a group whose every partner shares an image is left out.
 SHUFFLE_TRIES = 20
+T = TypeVar("T")
 # Below this many nats per answer on image-decided records after the warm-up, the run warns.
 NEAR_ZERO_GAIN = 0.05
 
@@ -219,6 +221,42 @@ def choice_candidates(
     return out
 
 
+def image_derangement(
+    items: Sequence[T],
+    paths: Callable[[T], Iterable[str]],
+    rng: np.random.Generator,
+    tries: int = SHUFFLE_TRIES,
+) -> dict[T, T]:
+    """Partners for items that carry images: each maps to another sharing none of its image paths.
+
+    The one derangement of the image-reliance check and the shuffled-image control of
+    ``benchmarks/pretrain_gain.py``. A cyclic shift of a seeded permutation (never a fixed point)
+    is drawn up to ``tries`` times until no item's partner shares an image with it (change pairs
+    (A, B) and (A, C) share A); the largest such map found is returned, so items without a
+    partner are left out (callers that need every item check the size).
+
+    Args:
+        items: distinct items (e.g. image-path tuples) that may be swapped with one another.
+        paths: the image paths of an item.
+        rng: the seeded generator the permutations are drawn from.
+        tries: permutations drawn at most.
+    """
+    if len(items) < 2:
+        return {}
+    own = [set(paths(item)) for item in items]
+    best: dict[T, T] = {}
+    for _ in range(tries):
+        perm = [int(i) for i in rng.permutation(len(items))]
+        ok = {
+            items[i]: items[j] for i, j in zip(perm, perm[1:] + perm[:1], strict=True) if not own[i] & own[j]
+        }
+        if len(ok) > len(best):
+            best = ok
+        if len(best) == len(items):
+            break
+    return best
+
+
 def hold_out(
     dataset: InstructionDataset, max_records: int, seed: int = 0, max_candidates: int = MAX_CANDIDATES
 ) -> RelianceSet:
@@ -227,7 +265,8 @@ def hold_out(
     Groups (records that share the same image paths) are drawn in a seeded order until at least
     ``max_records`` records are held out, keeping at least half of the groups for training. The
     shuffled images come from a derangement of the held-out groups that tile alike (same number of
-    images, same dynamic-tiling grid each, so the token sequence is unchanged but for the pixels),
+    images, same dynamic-tiling grid each under the record's own tile budget, so the token sequence is
+    unchanged but for the pixels),
     so no record sees its own tile. Groups with no partner that tiles alike, and text-only records,
     are left in training.
 
@@ -263,35 +302,32 @@ def hold_out(
         chosen.append(key)
         n += len(groups[key])
     # Partners must tile the same way (same images, same grids), so the token sequence keeps its
-    # length and positions and only the pixels differ.
-    by_count: dict[tuple[tuple[int, int], ...], list[tuple[str, ...]]] = defaultdict(list)
+    # length and positions and only the pixels differ. The grid depends on each record's source
+    # (its max_dynamic_patch), so records of one image group are split by their tile budget and
+    # each part is matched with parts of the same budget and layout.
+    parts: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)
     for key in chosen:
-        by_count[dataset.tile_layout(*groups[key][0])].append(key)
-    partner: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for same in by_count.values():
-        if len(same) < 2:
-            continue  # no other tile with this many images to swap in
-        # A cyclic shift is never a fixed point, but a change pair (A, C) next to (A, B) would
-        # keep image A and read a gain biased low: draw again (seeded) until no partner shares an
-        # image; groups that still do stay in training.
-        best: dict[tuple[str, ...], tuple[str, ...]] = {}
-        for _ in range(SHUFFLE_TRIES):
-            perm = [same[int(i)] for i in rng.permutation(len(same))]
-            shift = {key: perm[(i + 1) % len(perm)] for i, key in enumerate(perm)}
-            ok = {key: other for key, other in shift.items() if not set(key) & set(other)}
-            if len(ok) > len(best):
-                best = ok
-            if len(best) == len(same):
-                break
-        partner.update(best)
+        for src_id, rec_id in groups[key]:
+            parts[(key, dataset.tile_budget(src_id, rec_id))].append((src_id, rec_id))
+    by_layout: dict[tuple[object, ...], list[tuple[tuple[str, ...], int]]] = defaultdict(list)
+    for part, members in parts.items():
+        by_layout[(part[1], dataset.tile_layout(*members[0]))].append(part)
+    partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+    for same in by_layout.values():
+        # A change pair (A, C) next to (A, B) must not get (A, B)'s images: it would keep image A
+        # and read a gain biased low; parts left without a partner stay in training.
+        found = image_derangement(same, lambda part: part[0], rng)
+        partner.update({part: other[0] for part, other in found.items()})
+    # A group is held out whole or not at all: its images must never be trained on.
+    whole = {key for key, _ in partner} - {key for key, budget in parts if (key, budget) not in partner}
     records: list[HeldOut] = []
     shuffled: list[list[Path]] = []
     held: set[tuple[int, int]] = set()
-    for g, key in enumerate(sorted(partner)):
+    for g, key in enumerate(sorted(whole)):
         for src_id, rec_id in groups[key]:
             rec = dataset.sources[src_id].records[rec_id]
             records.append(HeldOut(src_id, rec_id, rec.task, g))
-            shuffled.append([Path(p) for p in partner[key]])
+            shuffled.append([Path(p) for p in partner[(key, dataset.tile_budget(src_id, rec_id))]])
             held.add((src_id, rec_id))
     dataset.index = [pair for pair in dataset.index if pair not in held]
     if not dataset.index:
@@ -891,6 +927,36 @@ def vlm_forward(
     return VLMForward(model, vision_dtype, share_prefix=share_prefix)
 
 
+@contextlib.contextmanager
+def root_params_gathered(root: Any) -> Iterator[None]:
+    """Gather the root FSDP unit's own parameters while a callback runs ``pl_module.model``.
+
+    Lightning wraps the LightningModule in a root unit; a callback gets the bare module, and a call
+    to ``pl_module.model`` bypasses the root's forward, which is what unshards the parameters no
+    child unit owns (embeddings, projector, norms). Child units still gather their own in their
+    forward. FSDP1 (``FullyShardedDataParallel``) and FSDP2 (``fully_shard``) roots; anything
+    else (no strategy model, DDP, one device) needs nothing.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(root, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False):
+            yield
+        return
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch: FSDP1 only
+        FSDPModule = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if FSDPModule and isinstance(root, FSDPModule):
+        root.unshard()
+        try:
+            yield
+        finally:
+            root.reshard()
+        return
+    yield
+
+
 class ImageReliance(L.Callback):
     """Runs :func:`evaluate_reliance` every ``every`` optimizer steps and at the last step.
 
@@ -983,7 +1049,11 @@ class ImageReliance(L.Callback):
             dtype = next(model.vision_model.parameters()).dtype
             # Sharded strategies wrap the module from outside: only the model's own forward is safe.
             sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
-            with torch.random.fork_rng(devices=[]), trainer.precision_plugin.forward_context():
+            with (
+                torch.random.fork_rng(devices=[]),
+                trainer.precision_plugin.forward_context(),
+                root_params_gathered(getattr(trainer.strategy, "model", None)),
+            ):
                 return evaluate_reliance(
                     vlm_forward(model, dtype, share_prefix=not sharded),
                     self.dataset,

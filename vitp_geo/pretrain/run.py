@@ -25,11 +25,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from datamodules.instruction import InstructionDataModule
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.checkpoint_io import AtomicCheckpointIO
 from vitp_geo.io.strict_json import json_safe
+from vitp_geo.launch import launch_rank, launch_world_size
 from vitp_geo.pretrain.config import PretrainConfig
+from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
@@ -106,7 +107,7 @@ def default_output(domain: str) -> Path:
     """
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    if (launch_world_size() or 1) > 1:
         raise ValueError(
             "under torchrun or SLURM every rank starts on its own: pass --output DIR so that all "
             "ranks write to the same run folder"
@@ -189,7 +190,7 @@ def _made_by_rank_zero(path: Path, make: Callable[[], object], timeout_s: float 
     """
     if path.exists():
         return
-    rank = _launch_rank()
+    rank = launch_rank() or 0
     if rank == 0:
         make()
         return
@@ -219,14 +220,6 @@ def _corpus_texts(recipe: Path) -> list[str]:
             texts.extend(t["value"] for t in rec.conversations)
             texts.append(INTERNVL2_5_SYSTEM_MESSAGE)
     return texts
-
-
-def _launch_rank() -> int:
-    """This process's global rank as set by the launcher (torchrun, Lightning, SLURM); 0 if none."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 def _resume_path(cfg: PretrainConfig, output: Path) -> str | None:
@@ -271,7 +264,7 @@ def check_earlier_run(cfg: PretrainConfig, output: Path) -> None:
     """
     if cfg.resume is not None or cfg.overwrite:
         return
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+    if (launch_rank() or 0) != 0:
         return
     found = [name for name in EARLIER_RUN_FILES if (output / name).exists()]
     if found:
@@ -345,7 +338,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         seed=cfg.seed,
     )
     metrics = MetricsCSV(output / "metrics.csv")
-    if ckpt_path is None and metrics.path.exists() and _launch_rank() == 0:
+    if ckpt_path is None and metrics.path.exists() and (launch_rank() or 0) == 0:
         metrics.path.unlink()  # a fresh run in an existing folder starts a fresh log
     trainer = L.Trainer(
         max_steps=cfg.max_steps,

@@ -1,7 +1,7 @@
-"""Seeded synthetic data: aerial-like scenes (``scene``) and medical phantoms (``phantoms``).
+"""Seeded synthetic aerial-like scenes (``scene``); the medical phantoms are :mod:`vitp_geo.medical.phantoms`.
 
-The scene names below are imported lazily, on first use, so that ``import
-vitp_geo.synthetic.phantoms`` does not pull in the geospatial stack (shapely, rasterio).
+The scene names below are imported lazily, on first use, so that ``import vitp_geo.synthetic``
+does not pull in the geospatial stack (shapely, rasterio) before a scene is asked for.
 """
 
 from __future__ import annotations

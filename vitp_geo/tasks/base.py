@@ -8,7 +8,7 @@ schedule and the ``ModelCard`` written into every checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -197,10 +197,14 @@ class DenseTask(BaseTask):
         )
         optimizer = AdamW(groups, lr=self.hparams["lr"], betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = LambdaLR(optimizer, self.lr_lambda(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_lambda(self, total: int) -> Callable[[int], float]:
+        """The lr multiplier by optimiser step (``tasks.optim.lr_factor``) over ``total`` steps."""
         warmup, schedule = int(self.hparams["warmup_steps"]), str(self.hparams["schedule"])
         lr_factor(0, total, warmup, schedule)  # validates the schedule name early
-        scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lambda step: lr_factor(step, total, warmup, schedule)
 
     # ------------------------------------------------------------------ the model card
     def _datamodule_attr(self, name: str) -> Any:
@@ -248,7 +252,7 @@ class DenseTask(BaseTask):
             class_names=self.class_names,
             class_colors=[(int(col[0]), int(col[1]), int(col[2])) for col in colors],
             bands=list(self.hparams.get("bands") or self._datamodule_attr("bands") or range(1, c + 1)),
-            # what the datamodule fed (datamodules.geotiff.default_stats: ImageNet x 255 for 3 bands);
+            # what the datamodule fed (vitp_geo.datamodules.geotiff.default_stats: ImageNet x 255 for 3 bands);
             # unknown: x / 255, with a warning when a datamodule was attached
             mean=self._channel_stats("mean", 0.0, c),
             std=self._channel_stats("std", 255.0, c),

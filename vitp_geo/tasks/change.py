@@ -1,7 +1,7 @@
 """Binary change detection on a ViTP backbone: a torchgeo task (``BaseTask`` subclass).
 
 Batches are torchgeo's change batches: ``{"image": (B, 2, C, H, W), "mask": (B, 1, H, W) or
-(B, H, W)}`` with mask 1 = changed — ``datamodules.torchgeo_benchmarks.LEVIRCDDataModule`` (LEVIR-CD
+(B, H, W)}`` with mask 1 = changed — ``vitp_geo.datamodules.torchgeo_benchmarks.LEVIRCDDataModule`` (LEVIR-CD
 read by torchgeo's dataset) and ours drive it unchanged.
 ``(B, 2C, H, W)`` (before and after stacked on channels) is accepted too. The model is siamese:
 one shared backbone + pyramid for both dates, per-level fusion (``diff`` = |after − before| or

@@ -2,21 +2,26 @@
 
 Batches are torchgeo's detection batches: ``image`` (B, C, H, W) float and per-image lists
 ``bbox_xyxy`` (N_i, 4), ``label`` (N_i,), plus ``bbox_xyxyxyxy`` (N_i, 8) (four corners) for
-oriented boxes — what ``datamodules.detection`` and torchgeo's ``VHR10`` / ``DOTA`` datamodules
-(through ``datamodules.detection``'s wrappers) give. Images with no objects are fine (empty
+oriented boxes — what ``vitp_geo.datamodules.detection`` and torchgeo's ``VHR10`` / ``DOTA`` datamodules
+(through ``vitp_geo.datamodules.detection``'s wrappers) give. Images with no objects are fine (empty
 lists train the RPN and the classifier on background only).
 
 The model is ``vitp_geo.models.detection.rcnn.DetectionModel`` built through the one dense-model
 path (``tasks.models.assemble`` with ``kind: detection``); layer-wise lr decay, freezing, the lr
 schedule and the model card come from ``DenseTask``. Validation logs ``val_map50`` — VOC07
 11-point AP at IoU 0.5 on the task's box type (polygon IoU for ``obb``) — and, for ``obb``,
-``val_map50_hbb`` on the boxes' horizontal envelopes; the checkpoint monitor is ``val_map50``.
+``val_map50_hbb`` on the boxes' horizontal envelopes, and for Mask R-CNN (``roi_head: mask``)
+``val_segm_map`` — COCO mask AP@[.5:.95] (``segm``), the number the paper reports for SSDD;
+predicted and ground-truth masks are kept as RLE until the epoch end. The checkpoint monitor is
+``val_map50``.
 Under DDP the ranks' predictions and ground truth are gathered first, so AP is that of the whole
 validation split on every rank.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -24,13 +29,15 @@ from torch import Tensor
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
+from vitp_geo.evaluation.detection import masks_to_rle
 from vitp_geo.geometry.obb import obb_to_hbb, obb_to_poly
 from vitp_geo.models.detection.rcnn import BoxType, targets_from_batch
 from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
+from vitp_geo.tasks.optim import lr_factor, step_milestones
 
 
 class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
-    """Faster or Cascade R-CNN (``hbb``), Rotated Faster or Oriented R-CNN (``obb``) on a ViT pyramid.
+    """Faster, Cascade or Mask R-CNN (``hbb``), Rotated Faster or Oriented R-CNN (``obb``) on a ViT pyramid.
 
     Args:
         backbone, backbone_weights, img_size, in_channels, rgb_channels: as for
@@ -40,6 +47,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         box_type: ``hbb`` (horizontal boxes) or ``obb`` (oriented boxes); the values of ``BoxType``.
         neck, out_indices: the pyramid (``sfp`` or ``adapter``), as for segmentation.
         fpn_channels: FPN width (256 in the paper's configs).
+        fpn: ``fpn`` (torchvision's FPN) or ``simple_fpn`` (the reference's LayerNorm SimpleFPN,
+            ``models.simple_fpn``: DIOR, DIOR-R, DOTA-v2.0, RSAR, SARDet-100K).
         anchor_sizes: one anchor size per pyramid level (strides 4, 8, 16, 32, 64).
         aspect_ratios: anchor aspect ratios.
         rpn_pre_nms_top_n, rpn_post_nms_top_n: RPN proposals kept (train, test).
@@ -49,15 +58,22 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             0.5 for hbb, 0.1 rotated NMS for obb as in the paper).
         assign_iou: obb only: RoI ↔ ground-truth matching by rotated IoU (``obb``, mmrotate's
             rule) or by IoU of the horizontal envelopes (``hbb``).
-        roi_head: hbb only: ``standard`` (Faster R-CNN) or ``cascade`` (Cascade R-CNN: three box
-            heads at IoU 0.5 / 0.6 / 0.7, the paper's DIOR and SARDet-100K detector).
+        roi_head: hbb only: ``standard`` (Faster R-CNN), ``cascade`` (Cascade R-CNN: three box
+            heads at IoU 0.5 / 0.6 / 0.7, the paper's DIOR and SARDet-100K detector) or ``mask``
+            (Mask R-CNN, the paper's SSDD model; batches need per-image ``mask`` (N, H, W)).
         rpn: ``horizontal`` (torchvision's RPN) or, obb only, ``oriented`` (Oriented R-CNN's
             midpoint-offset RPN: the paper's DIOR-R, DOTA-v2.0 and RSAR detector).
         rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal, 0.8 oriented).
         reg_class_agnostic: obb only: class-agnostic box deltas with smooth-L1 β 1 (the
             reference's Oriented R-CNN head) instead of per-class deltas with β 1/9.
         lr, weight_decay, layer_decay, warmup_steps, schedule, drop_path_rate,
-            freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation.
+            freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation;
+            ``schedule`` may also be ``step`` (the reference's detection schedule, below).
+        lr_steps: ``step`` schedule: the epochs at whose start the lr is multiplied by
+            ``lr_gamma`` (mmcv's ``step=[8, 11]``).
+        lr_gamma: the ``step`` schedule's factor.
+        warmup_ratio: None: the warm-up rises as ``(step + 1) / warmup_steps``; a number: mmcv's
+            linear warm-up from this fraction of the lr (the reference: 1/3).
     """
 
     KIND = "detection"
@@ -78,6 +94,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
         out_indices: list[int] | None = None,
         fpn_channels: int = 256,
+        fpn: Literal["fpn", "simple_fpn"] = "fpn",
         anchor_sizes: list[int] | None = None,
         aspect_ratios: list[float] | None = None,
         rpn_pre_nms_top_n: list[int] | None = None,
@@ -89,7 +106,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         nms_thresh: float | None = None,
         detections_per_img: int = 100,
         assign_iou: Literal["obb", "hbb"] = "obb",
-        roi_head: Literal["standard", "cascade"] = "standard",
+        roi_head: Literal["standard", "cascade", "mask"] = "standard",
         rpn: Literal["horizontal", "oriented"] = "horizontal",
         rpn_nms_thresh: float | None = None,
         reg_class_agnostic: bool = False,
@@ -97,7 +114,10 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         weight_decay: float = 0.05,
         layer_decay: float = 0.9,
         warmup_steps: int = 0,
-        schedule: Literal["poly", "cosine", "constant"] = "poly",
+        schedule: Literal["poly", "cosine", "constant", "step"] = "poly",
+        lr_steps: list[int] | None = None,
+        lr_gamma: float = 0.1,
+        warmup_ratio: float | None = None,
         drop_path_rate: float = 0.1,
         freeze_backbone: bool = False,
         freeze_blocks: int = 0,
@@ -110,8 +130,14 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             raise ValueError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
         check_class_lists(num_classes, class_names, class_colors)
         BoxType(box_type)  # a clear error for anything but hbb / obb
-        if roi_head == "cascade" and box_type != "hbb":
-            raise ValueError("roi_head 'cascade' is for horizontal boxes (box_type hbb)")
+        if roi_head != "standard" and box_type != "hbb":
+            raise ValueError(f"roi_head {roi_head!r} is for horizontal boxes (box_type hbb)")
+        if (schedule == "step") != (lr_steps is not None):
+            raise ValueError("lr_steps goes with schedule 'step' (and 'step' needs lr_steps)")
+        if lr_steps is not None:
+            step_milestones(lr_steps, 1)  # checks the epochs
+        if warmup_ratio is not None and not 0 <= warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
         if rpn == "oriented" and box_type != "obb":
             raise ValueError("rpn 'oriented' (Oriented R-CNN) is for oriented boxes (box_type obb)")
         # BaseTask.__init__ directly: torchgeo's ObjectDetectionTask.__init__ would record its own
@@ -145,7 +171,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         for key in ("aspect_ratios", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
             if hp[key] is not None:
                 detector[key] = list(hp[key])
+        fields: dict[str, Any] = {"fpn": hp["fpn"]} if hp.get("fpn", "fpn") != "fpn" else {}
         return dict(
+            **fields,
             kind="detection",
             box_type=str(BoxType(hp["box_type"])),
             neck=hp["neck"],
@@ -155,6 +183,25 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
             fpn_channels=hp["fpn_channels"],
             anchor_sizes=list(hp["anchor_sizes"] or (32, 64, 128, 256, 512)),
             detector=detector,
+        )
+
+    def lr_lambda(self, total: int) -> Callable[[int], float]:
+        """``DenseTask``'s schedules, plus ``step`` with ``lr_steps`` in epochs (one epoch is the
+        trainer's optimiser steps per epoch) and the ``warmup_ratio`` warm-up."""
+        hp = self.hparams
+        warmup, schedule, ratio = int(hp["warmup_steps"]), str(hp["schedule"]), hp.get("warmup_ratio")
+        milestones: list[int] = []
+        if schedule == "step":
+            trainer = self._trainer
+            batches = getattr(trainer, "num_training_batches", None) if trainer is not None else None
+            accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+            if not isinstance(batches, int | float) or not math.isfinite(batches) or batches < 1:
+                raise ValueError("schedule 'step' counts epochs: the trainer's batches per epoch are unknown")
+            milestones = step_milestones(hp["lr_steps"], max(1, math.ceil(int(batches) / accumulate)))
+        gamma = float(hp.get("lr_gamma", 0.1))
+        lr_factor(0, total, warmup, schedule)  # validates the schedule name early
+        return lambda step: lr_factor(
+            step, total, warmup, schedule, milestones=milestones, gamma=gamma, warmup_ratio=ratio
         )
 
     def configure_losses(self) -> None:
@@ -204,6 +251,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
                 entry["gt_polys"] = torch.as_tensor(batch["bbox_xyxyxyxy"][i]).float().reshape(-1, 8).cpu()
             if difficult is not None:
                 entry["difficult"] = torch.as_tensor(difficult[i]).bool().reshape(-1).cpu()
+            if "masks" in p:  # Mask R-CNN: RLE, so a whole split's masks fit in memory
+                entry["pred_rles"] = masks_to_rle(p["masks"])
+                entry["gt_rles"] = masks_to_rle(t["masks"])
             self._eval_store[stage].append(entry)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -265,9 +315,10 @@ def gather_eval_store(store: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]
 
 
 def detection_scores(
-    store: list[dict[str, Tensor]], box_type: BoxType, class_names: list[str]
+    store: list[dict[str, Any]], box_type: BoxType, class_names: list[str]
 ) -> dict[str, float]:
-    """``map50`` (VOC07 AP50 on the task's boxes) and, for obb, ``map50_hbb`` on horizontal envelopes.
+    """``map50`` (VOC07 AP50 on the task's boxes); for obb ``map50_hbb`` on horizontal envelopes;
+    for Mask R-CNN entries (``pred_rles`` / ``gt_rles``) ``segm_map``, COCO mask AP (``mask_ap``).
 
     The evaluator is ``vitp_geo.evaluation.detection.evaluate_voc`` (DOTA devkit rules: polygon
     IoU strictly above 0.5, 11-point AP; ``difficult`` objects neither count nor hurt; oriented
@@ -310,7 +361,32 @@ def detection_scores(
 
     if box_type == BoxType.OBB:
         return {"map50": run(True), "map50_hbb": run(False)}
-    return {"map50": run(False)}
+    scores = {"map50": run(False)}
+    if store and all("pred_rles" in s for s in store):
+        scores["segm_map"] = mask_ap(store, class_names)
+    return scores
+
+
+def mask_ap(store: list[dict[str, Any]], class_names: list[str]) -> float:
+    """COCO mask AP@[.5:.95] (``evaluate_coco`` with ``iou_type="segm"``) of entries holding
+    ``pred_rles`` / ``gt_rles`` besides the boxes; 0 for a split without any object."""
+    from vitp_geo.evaluation.detection import evaluate_coco
+
+    gt = {
+        str(i): {"bbox_xyxy": s["gt_boxes"], "label": s["gt_labels"], "segmentation": s["gt_rles"]}
+        for i, s in enumerate(store)
+    }
+    pred = {
+        str(i): {
+            "bbox_xyxy": s["pred_boxes"],
+            "label": s["pred_labels"],
+            "score": s["scores"],
+            "segmentation": s["pred_rles"],
+        }
+        for i, s in enumerate(store)
+    }
+    result = evaluate_coco(gt, pred, class_names, iou_type="segm")
+    return 0.0 if result.mean_ap is None else float(result.mean_ap)
 
 
 def predict_task_results(

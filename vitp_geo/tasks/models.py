@@ -6,11 +6,13 @@ rebuild a model without the original backbone file::
     {"kind": "segmentation" | "change" | "detection",
      "backbone": {"arch": ..., "model_kwargs": {...}},  # models.vit.describe_vit (backbone.json's schema)
      "neck": "sfp" | "adapter" | "deformable_adapter", "out_indices": [i0, i1, i2, i3],
+     "neck_options": {...},                             # optional: DeformableViTAdapter arguments
      "head": "upernet" | "unet", "head_channels": 128,
      "num_classes": K, "in_channels": C,
      "fusion": "diff" | "concat",                       # change only
      "box_type": "hbb" | "obb", "fpn_channels": 256,    # detection only (no head / head_channels;
-     "anchor_sizes": [...], "detector": {...}}          #   see models.detection.rcnn.DetectionModel)
+     "anchor_sizes": [...], "detector": {...},          #   see models.detection.rcnn.DetectionModel)
+     "fpn": "fpn" | "simple_fpn"}                       # detection only, optional (default fpn)
 """
 
 from __future__ import annotations
@@ -27,23 +29,33 @@ from vitp_geo.models.deformable_adapter import DeformableViTAdapter
 from vitp_geo.models.detection.rcnn import DetectionModel
 from vitp_geo.models.heads import build_head
 from vitp_geo.models.pyramid import SimpleFeaturePyramid
+from vitp_geo.models.simple_fpn import SimpleFPN
 from vitp_geo.tasks.backbone import describe_backbone, rebuild_backbone
 
 NECKS = ("sfp", "adapter", "deformable_adapter")
+# The pyramid between the neck and a detector's RPN: torchvision's FPN (lateral + top-down) or the
+# reference detectors' LayerNorm SimpleFPN (models.simple_fpn).
+FPNS = ("fpn", "simple_fpn")
 
 
 def build_neck(
-    vit: VisionTransformer, neck: str, out_indices: list[int] | None
+    vit: VisionTransformer,
+    neck: str,
+    out_indices: list[int] | None,
+    options: dict[str, Any] | None = None,
 ) -> SimpleFeaturePyramid | ViTAdapter | DeformableViTAdapter:
     """``sfp`` (simple feature pyramid, default), ``adapter`` (ViT-Adapter with global
     cross-attention) or ``deformable_adapter`` (ViT-Adapter with multi-scale deformable attention,
-    the paper's)."""
+    the paper's; ``options`` are its keyword arguments, e.g. the reference layout's
+    ``{"norm": "layer", "attn_norm_eps": 1e-5}``)."""
+    if options and neck != "deformable_adapter":
+        raise ValueError(f"neck_options are for the deformable_adapter neck, got neck {neck!r}")
     if neck == "sfp":
         return SimpleFeaturePyramid(vit, out_indices)
     if neck == "adapter":
         return ViTAdapter(vit)
     if neck == "deformable_adapter":
-        return DeformableViTAdapter(vit)
+        return DeformableViTAdapter(vit, **dict(options or {}))
     raise ValueError(f"neck must be one of {', '.join(NECKS)}, got {neck!r}")
 
 
@@ -99,9 +111,12 @@ DenseModel = SegmentationModel | SiameseChangeModel | DetectionModel
 def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> DenseModel:
     """Wrap a backbone into the model ``arch`` describes (the backbone entry of ``arch`` is not used)."""
     kind = arch.get("kind")
-    neck = build_neck(vit, str(arch.get("neck", "sfp")), arch.get("out_indices"))
+    neck = build_neck(vit, str(arch.get("neck", "sfp")), arch.get("out_indices"), arch.get("neck_options"))
     if kind == "detection":
-        return DetectionModel(
+        fpn = str(arch.get("fpn", "fpn"))
+        if fpn not in FPNS:
+            raise ValueError(f"fpn must be one of {', '.join(FPNS)}, got {fpn!r}")
+        detector = DetectionModel(
             neck,
             int(arch["num_classes"]),
             str(arch.get("box_type", "hbb")),
@@ -109,6 +124,10 @@ def assemble(vit: VisionTransformer, arch: dict[str, Any]) -> DenseModel:
             anchor_sizes=tuple(int(a) for a in arch.get("anchor_sizes", (32, 64, 128, 256, 512))),
             **dict(arch.get("detector") or {}),
         )
+        if fpn == "simple_fpn":  # the same interface as torchvision's FPN (OrderedDict in and out)
+            widths = [int(c) for c in neck.out_channels]
+            detector.fpn = SimpleFPN(widths, int(arch.get("fpn_channels", 256)))  # type: ignore[assignment]
+        return detector
     widths = list(neck.out_channels)
     if kind == "change" and arch.get("fusion", "diff") == "concat":
         widths = [2 * w for w in widths]

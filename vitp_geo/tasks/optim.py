@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -62,10 +63,36 @@ def param_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str, power: float = 1.0) -> float:
-    """Multiplier of the base lr at ``step``: linear warm-up, then ``poly`` / ``cosine`` / ``constant``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+def lr_factor(
+    step: int,
+    total: int,
+    warmup: int,
+    schedule: str,
+    power: float = 1.0,
+    *,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    warmup_ratio: float | None = None,
+) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based).
+
+    Schedules after the warm-up: ``poly`` (``(1 − t)^power``), ``cosine``, ``constant``, and
+    ``step`` (mmcv's ``policy='step'``: ``gamma`` to the number of ``milestones`` — optimiser
+    steps — already reached; the reference's detection configs, with milestones at epochs 8 and
+    11, or 16 and 22 for SSDD).
+
+    Warm-up over the first ``warmup`` steps: ``warmup_ratio`` None gives ``(step + 1) / warmup``;
+    a number gives mmcv's linear warm-up, ``1 − (1 − step / warmup) · (1 − warmup_ratio)`` times
+    the schedule's factor (the reference uses 1/3).
+    """
+    in_warmup = warmup > 0 and step < warmup
+    ramp = 1.0
+    if in_warmup:
+        ramp = (step + 1) / warmup if warmup_ratio is None else 1 - (1 - step / warmup) * (1 - warmup_ratio)
+    if schedule == "step":
+        return ramp * gamma ** sum(1 for m in milestones if step >= m)
+    if in_warmup:
+        return ramp
     if schedule == "constant" or total <= warmup:
         return 1.0
     t = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -73,4 +100,19 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, power: float = 
         return max(0.0, (1 - t) ** power)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
-    raise ValueError(f"schedule must be 'poly', 'cosine' or 'constant', got {schedule!r}")
+    raise ValueError(f"schedule must be 'poly', 'cosine', 'constant' or 'step', got {schedule!r}")
+
+
+def step_milestones(epochs: Sequence[int], steps_per_epoch: int) -> list[int]:
+    """Optimiser steps at which the epochs ``epochs`` begin (epochs counted from 0, as mmcv's
+    ``step=[8, 11]``: the lr drops when epoch 8 starts), for ``lr_factor(..., milestones=...)``.
+
+    Raises:
+        ValueError: ``epochs`` not strictly increasing positive integers, or ``steps_per_epoch`` < 1.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    e = list(epochs)
+    if any(not isinstance(k, int) or k < 1 for k in e) or any(b <= a for a, b in zip(e, e[1:], strict=False)):
+        raise ValueError(f"lr_steps must be strictly increasing epochs >= 1, got {e}")
+    return [k * steps_per_epoch for k in e]

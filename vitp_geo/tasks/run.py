@@ -22,6 +22,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from vitp_geo.io.strict_json import json_safe
+from vitp_geo.tasks.detection_default import detection_default_config
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,10 @@ MONITOR = {"segmentation": "val_mIoU", "change": "val_F1", "detection": "val_map
 
 def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
     """The embedded run: a tiny ViTP backbone on generated scenes (writes them into ``data_dir``)."""
-    from datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
+    from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
     from vitp_geo.synthetic import CLASS_COLORS, CLASS_NAMES
 
     if task == "detection":
-        from vitp_geo.cli.finetune_detection import detection_default_config
-
         return detection_default_config(data_dir, seed)
 
     model: dict[str, Any] = dict(
@@ -70,14 +69,14 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
             loss="ce+dice",
         )
         data = {
-            "class_path": "datamodules.geotiff.GeoTiffSegmentationDataModule",
+            "class_path": "vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule",
             "init_args": dict(images=str(folders.images), labels=str(folders.labels), **common),
         }
     else:
         folders = write_synthetic_change(data_dir, n_pairs=3, size=336, seed=seed)
         model.update(class_weights=[1.0, 3.0])
         data = {
-            "class_path": "datamodules.geotiff.GeoTiffChangeDataModule",
+            "class_path": "vitp_geo.datamodules.geotiff.GeoTiffChangeDataModule",
             "init_args": dict(
                 before=str(folders.images), after=str(folders.after), labels=str(folders.labels), **common
             ),
@@ -127,7 +126,7 @@ def check_task1_source(datamodule: Any) -> None:
     """Refuse ``--task1-out`` for a datamodule whose test split cannot name its images.
 
     Task1 result lines start with the image name; only a test split of image files (DOTA, DIOR,
-    COCO: ``datamodules.detection.DetectionFilesDataModule``) has them.
+    COCO: ``vitp_geo.datamodules.detection.DetectionFilesDataModule``) has them.
     """
     name = type(datamodule).__name__
     try:
@@ -158,9 +157,9 @@ def fit(
 ) -> dict[str, Any]:
     """Instantiate through LightningCLI, train, validate the best checkpoint, write the outputs.
 
-    Datamodules with a ``case_scores(network)`` method (the medical ones) also score whole
-    validation cases (per-case Dice) with the best weights, and with ``score_start`` once before
-    training too.
+    Datamodules with a ``dice_report(predictor)`` method (the medical ones) also score whole
+    validation cases (per-case Dice, :class:`vitp_geo.medical.finetune.CaseDice` on the trainer's
+    device) with the best weights, and with ``score_start`` once before training too.
 
     ``<out>/model.ckpt`` holds the best weights, hyper-parameters and model card, no optimizer
     state; with ``save_last``, ``<out>/checkpoints/last.ckpt`` keeps the full training state of
@@ -168,6 +167,7 @@ def fit(
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from vitp_geo.medical.finetune import CaseDice
     from vitp_geo.models.convert import check_finite_weights
     from vitp_geo.tasks.loading import write_weights_checkpoint
 
@@ -191,7 +191,8 @@ def fit(
         save_weights_only=True,
         enable_version_counter=False,
     )
-    callbacks: list[Any] = [checkpoint]
+    case_dice = CaseDice(score_start)
+    callbacks: list[Any] = [checkpoint, case_dice]
     if save_last:  # the full, resumable state: optional, in its own file, replaced as training goes
         when: dict[str, Any] = (
             {"every_n_train_steps": checkpoint_every}
@@ -218,13 +219,6 @@ def fit(
     start = time.time()
     cli = build_cli(cfg, callbacks, out, source)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    # Medical datamodules also score whole validation volumes per case (Dice), before and after.
-    case_scores = getattr(datamodule, "case_scores", None)
-    case_scores = case_scores if callable(case_scores) else None
-    dice_start = None
-    if case_scores is not None and score_start:
-        datamodule.setup("validate")
-        dice_start = case_scores(model.model)
     if task1_out is not None:  # checked before training, not after it
         check_task1_source(datamodule)
     try:
@@ -269,9 +263,9 @@ def fit(
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.time() - start, 1),
     }
-    if case_scores is not None and trainer.is_global_zero:  # the model holds the best weights
-        summary["dice"] = case_scores(model.model)
-        summary["dice_start"] = dice_start
+    if CaseDice.applies(trainer):  # scored by the callback in the last validate: the best weights
+        summary["dice"] = case_dice.final
+        summary["dice_start"] = case_dice.start
     if task1_out is not None and trainer.is_global_zero:  # DOTA server submission files, best weights
         from vitp_geo.io.annotations.dota import write_task_results
         from vitp_geo.tasks.detection import predict_task_results
@@ -430,12 +424,41 @@ class RandomState(Callback):
             gen.set_state(saved)
 
 
+# The DataModules were installed as the top-level package ``datamodules`` before they moved under
+# our namespace; a config written then names them by the old path.
+OLD_DATAMODULES = "datamodules."
+DATAMODULES = "vitp_geo.datamodules."
+
+
+def refuse_old_datamodule_paths(cfg: Any, source: str = "config", where: str = "") -> None:
+    """Refuse a ``class_path`` that names the old top-level ``datamodules`` package, naming the new path.
+
+    Raises:
+        ValueError: ``"<source>: data.class_path 'datamodules.X' is the old path: ... use 'vitp_geo.datamodules.X'"``.
+    """
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "class_path" and isinstance(value, str) and value.startswith(OLD_DATAMODULES):
+                new = DATAMODULES + value[len(OLD_DATAMODULES) :]
+                raise ValueError(
+                    f"{source}: {here} {value!r} is the old path: the DataModules are installed as "
+                    f"vitp_geo.datamodules; use {new!r}"
+                )
+            refuse_old_datamodule_paths(value, source, here)
+    elif isinstance(cfg, list):
+        for i, value in enumerate(cfg):
+            refuse_old_datamodule_paths(value, source, f"{where}[{i}]")
+
+
 def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
     """Instantiate trainer, model and datamodule from ``cfg`` through LightningCLI (``run=False``).
 
     Raises:
-        ValueError: unknown or mistyped config keys (names ``source`` and the key).
+        ValueError: unknown or mistyped config keys (names ``source`` and the key); a
+            ``class_path`` under the old top-level ``datamodules`` package (names the new one).
     """
+    refuse_old_datamodule_paths(cfg, source)
     import warnings
     from argparse import ArgumentError
 

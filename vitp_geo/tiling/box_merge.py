@@ -76,6 +76,8 @@ class JoinedBoxes:
         scores, labels: (K,).
         horizontal: (K,) whether the box is a horizontal box.
         source: (K,) index of the input box kept as given, or -1 for a box covering joined parts.
+        parts: (K,) object array: the input boxes each box stands for (a tuple of indices: the
+            box itself, or the joined parts), so what travels with a box (a mask) can follow it.
     """
 
     polys: np.ndarray
@@ -84,16 +86,25 @@ class JoinedBoxes:
     labels: np.ndarray
     horizontal: np.ndarray
     source: np.ndarray
+    parts: np.ndarray
 
     def take(self, idx: np.ndarray) -> JoinedBoxes:
         return JoinedBoxes(*(a[idx] for a in self._arrays()))
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.polys, self.obb, self.scores, self.labels, self.horizontal, self.source)
+        return (self.polys, self.obb, self.scores, self.labels, self.horizontal, self.source, self.parts)
 
     @staticmethod
     def concat(parts: list[JoinedBoxes]) -> JoinedBoxes:
         return JoinedBoxes(*(np.concatenate(a) for a in zip(*(p._arrays() for p in parts), strict=True)))
+
+
+def _tuples(items: list[tuple[int, ...]]) -> np.ndarray:
+    """A (K,) object array of index tuples (``JoinedBoxes.parts``)."""
+    out = np.empty(len(items), object)
+    for k, t in enumerate(items):
+        out[k] = t
+    return out
 
 
 def _check_windows(windows: np.ndarray, n_boxes: int, window: np.ndarray) -> None:
@@ -190,7 +201,15 @@ def join_cut_boxes(
     hor = np.zeros(n, bool) if horizontal is None else np.asarray(horizontal, bool).reshape(n)
     if obb is None:
         obb = poly_to_obb(torch.from_numpy(polys.reshape(-1, 8))).numpy() if n else np.zeros((0, 5))
-    boxes = JoinedBoxes(polys, np.asarray(obb, np.float64).reshape(n, 5), scores, labels, hor, np.arange(n))
+    boxes = JoinedBoxes(
+        polys,
+        np.asarray(obb, np.float64).reshape(n, 5),
+        scores,
+        labels,
+        hor,
+        np.arange(n),
+        _tuples([(k,) for k in range(n)]),
+    )
     if n == 0:
         return boxes
     win = windows[window]
@@ -217,14 +236,16 @@ def join_cut_boxes(
     if not groups:
         return boxes
     dropped = np.zeros(n, bool)
-    covers: list[tuple[np.ndarray, float, int, bool]] = []
+    covers: list[tuple[np.ndarray, float, int, bool, tuple[int, ...]]] = []
     for g in groups:
         members = np.asarray(g)
         dropped[members[cut[members]]] = True  # the parts; boxes seen whole stay for NMS
         if (~cut[members]).any():  # a window saw the object whole
             continue
         h = bool(hor[members].all())
-        covers.append((_covering(polys[members], h), float(scores[members].max()), int(labels[g[0]]), h))
+        covers.append(
+            (_covering(polys[members], h), float(scores[members].max()), int(labels[g[0]]), h, tuple(g))
+        )
     out = [boxes.take(np.flatnonzero(~dropped))]
     if covers:
         cp = np.stack([c[0] for c in covers])
@@ -241,6 +262,7 @@ def join_cut_boxes(
                 np.asarray([c[2] for c in covers], np.int64),
                 ch,
                 np.full(len(covers), -1, np.int64),
+                _tuples([c[4] for c in covers]),
             )
         )
     return JoinedBoxes.concat(out)

@@ -3,7 +3,8 @@
 A detector maps a window batch (B, C, T, T) to one dict per window (torchvision style):
 ``boxes`` (N, 4) ``x1, y1, x2, y2`` or (N, 5) oriented ``cx, cy, w, h, angle`` (the convention of
 ``vitp_geo.geometry.obb``: radians, the w side along ``(cos, sin)`` in pixel axes),
-``scores`` (N,) and ``labels`` (N,), all in window pixels.
+``scores`` (N,) and ``labels`` (N,), all in window pixels; a Mask R-CNN adds ``masks`` (N, T, T)
+bool, each turned into polygons on pixel edges (``rasterio.features.shapes``).
 
 ``DetectionMerger`` collects each window's boxes in scene pixels and merges them by the one
 cross-window rule of ``vitp_geo.tiling.box_merge`` (also used for DOTA patches): boxes cut by an
@@ -12,7 +13,10 @@ inner window edge are kept and joined with the neighbouring windows' parts of th
 checkpoint's final NMS threshold, so a building seen by four windows is one polygon. The
 decisions are taken on boxes in scene pixels: IoU is a ratio of areas, which any affine map (the
 scene transform) preserves, so they are those polygon IoU in map coordinates would give; the
-polygons are mapped through the scene's affine transform at the end. ``detect_scene`` drives a
+polygons are mapped through the scene's affine transform at the end. A mask follows its box: a
+box kept as a window gave it is written as its mask's polygons, a box joined from several
+windows' parts as the union of their masks (``JoinedBoxes.parts``); a box whose mask is empty at
+the 0.5 threshold keeps its box polygon. ``detect_scene`` drives a
 detector over a scene with the same planner and reader as segmentation.
 """
 
@@ -110,11 +114,21 @@ class DetectionMerger:
     _horizontal: list[np.ndarray] = field(default_factory=list, repr=False)
     _window: list[np.ndarray] = field(default_factory=list, repr=False)
     _windows: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)
+    _masks: list[object] = field(default_factory=list, repr=False)  # per box: scene-pixel geometry or None
 
     def add(
-        self, row0: int, col0: int, h: int, w: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
+        self,
+        row0: int,
+        col0: int,
+        h: int,
+        w: int,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        masks: np.ndarray | None = None,
     ) -> None:
-        """Add one window's detections (pixel coordinates within the window)."""
+        """Add one window's detections (pixel coordinates within the window); ``masks`` (N, ≥h, ≥w)
+        bool instance masks of a Mask R-CNN, on the window's grid."""
         b = np.asarray(boxes, np.float64)
         if b.size == 0:
             b = b.reshape(0, b.shape[-1] if b.ndim == 2 else 4)
@@ -145,6 +159,15 @@ class DetectionMerger:
         self._scores.append(s)
         self._labels.append(lab)
         self._horizontal.append(np.full(n, b.shape[1] == 4))
+        if masks is not None:
+            m = np.asarray(masks, bool)
+            if m.ndim != 3 or m.shape[0] != n or m.shape[1] < h or m.shape[2] < w:
+                raise ValueError(
+                    f"window ({row0}, {col0}): masks must be ({n}, >= {h}, >= {w}), got {m.shape}"
+                )
+            self._masks.extend(mask_geometry(k[:h, :w], row0, col0) for k in m)
+        else:
+            self._masks.extend([None] * n)
         self._window.append(np.full(n, len(self._windows), np.int64))
         self._windows.append((row0, col0, h, w))
 
@@ -188,10 +211,27 @@ class DetectionMerger:
             edge_margin=self.edge_margin,
         )
 
+    def _mask_polygons(self, kept: JoinedBoxes, boxes: np.ndarray) -> np.ndarray:
+        """Each kept box's geometry in map coordinates: its parts' masks joined (module doc), as
+        MultiPolygons (one geometry type per layer, as the GeoPackage specification asks)."""
+        t = self.transform
+        out = np.empty(len(boxes), object)
+        for k, parts in enumerate(kept.parts.tolist()):
+            geoms = [self._masks[i] for i in parts if self._masks[i] is not None]
+            g = boxes[k]
+            if geoms:
+                g = shapely.affinity.affine_transform(
+                    shapely.union_all(geoms), [t.a, t.b, t.d, t.e, t.c, t.f]
+                )
+            out[k] = g if g.geom_type == "MultiPolygon" else shapely.MultiPolygon([g])
+        return out
+
     def to_frame(self, class_names: Sequence[str], crs: object) -> gpd.GeoDataFrame:
         """The merged detections: ``class_id, class_name, score, area`` and polygon geometry."""
         kept = self.merged()
         polys = self._map(kept.polys)
+        if any(g is not None for g in self._masks):
+            polys = self._mask_polygons(kept, polys)
         return gpd.GeoDataFrame(
             {
                 "class_id": kept.labels.astype(np.int32),
@@ -202,6 +242,20 @@ class DetectionMerger:
             geometry=gpd.GeoSeries(polys, crs=crs),
             crs=crs,
         )
+
+
+def mask_geometry(mask: np.ndarray, row0: int, col0: int) -> object:
+    """A window's (h, w) bool mask as a (Multi)Polygon on pixel edges in scene pixels, or None if empty."""
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = mask[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1].astype(np.uint8)
+    where = Affine.translation(col0 + c0, row0 + r0)
+    return shapely.union_all([shape(g) for g, _ in shapes(crop, mask=crop.astype(bool), transform=where)])
 
 
 def detect_scene(
@@ -290,6 +344,7 @@ def _detect(
                     out["boxes"].cpu().numpy()[keep],
                     out["scores"].cpu().numpy()[keep],
                     out["labels"].cpu().numpy()[keep],
+                    out["masks"].cpu().numpy()[keep] if "masks" in out else None,
                 )
             bar.update(len(windows[g : g + batch_size]))
         bar.close()

@@ -4,7 +4,10 @@
 in map coordinates) around a detection model on one device and writes the merged detections with
 ``io.qgis_styles.write_styled_gpkg`` — one polygon layer (``class_id``, ``class_name``, ``score``,
 ``area`` in CRS units²) in the scene CRS, its categorised QGIS style in ``layer_styles`` and a
-``.qml`` beside it, exactly as segmentation polygons are styled. Written atomically.
+``.qml`` beside it, exactly as segmentation polygons are styled. Written atomically. For a
+Mask R-CNN checkpoint (``roi_head: mask``) each detection's geometry is its instance mask as
+polygons on pixel edges (mapped to the scene CRS; ``area`` is the mask's), following its box
+through the cross-window merge (``tiling.detection``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ class ModuleDetector:
     def __call__(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode():
             outs = self.module(x.to(self.device, non_blocking=True).float())
-        return [{k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()} for o in outs]
+        # labels stay integer and masks boolean (N × tile² floats would be 32 × the memory)
+        return [
+            {k: v.cpu() if k in ("labels", "masks") else v.float().cpu() for k, v in o.items()} for o in outs
+        ]
 
 
 @dataclass

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
+from vitp_geo.launch import launch_rank, launch_world_size
+
 
 @dataclass(frozen=True)
 class RankInfo:
@@ -80,10 +82,12 @@ def spawn_ranks(fn: Callable[[RankInfo], Any], world: int) -> None:
 
 
 def env_rank_info() -> RankInfo | None:
-    """The ranks set by ``torchrun`` (RANK / WORLD_SIZE), initialising gloo; None when absent."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+    """The ranks a launcher set (``vitp_geo.launch``: torchrun's RANK / WORLD_SIZE, SLURM's),
+    initialising gloo; None when absent."""
+    rank, world = launch_rank(), launch_world_size()
+    if rank is None or world is None:
         return None
-    info = RankInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    info = RankInfo(rank, world)
     if info.world > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("gloo", rank=info.rank, world_size=info.world)
     return info

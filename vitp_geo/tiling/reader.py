@@ -6,8 +6,8 @@ normalised with the checkpoint's mean/std.
 
 Percentile stretch (non-uint8 and SAR data) must be the same for every window, otherwise
 neighbouring tiles would be scaled differently and seams would appear. The stretch limits are
-therefore computed once per scene (``vitp_geo.io.raster.scene_stretch_limits``, the rule the
-instruction builders use too) and applied to every window.
+therefore computed once per scene and applied to every window, by the one windowed scene reader
+``vitp_geo.io.raster.SceneWindows`` that the instruction builders read through too.
 """
 
 from __future__ import annotations
@@ -19,16 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from vitp_geo.io.raster import (
-    OVERVIEW_SIZE,
-    RenderRule,
-    open_raster,
-    read_window,
-    render_rgb,
-    scene_stretch_limits,
-    select_bands,
-    valid_mask,
-)
+from vitp_geo.io.raster import OVERVIEW_SIZE, RenderRule, SceneWindows, open_raster, valid_mask
 
 
 class SceneWindowReader:
@@ -85,12 +76,12 @@ class SceneWindowReader:
                 first.crs,
             ):
                 raise ValueError(f"{path} is not on the same grid as {self.paths[0]}")
-        self.band_index: list[tuple[int, ...]] = []
-        for path, ds in zip(self.paths, self.datasets, strict=True):
-            try:
-                self.band_index.append(select_bands(ds.count, rule))
-            except ValueError as err:
-                raise ValueError(f"{path}: {err}") from err
+        # the one windowed reader (io.raster.SceneWindows); raw input computes no stretch limits
+        self.scenes = [
+            SceneWindows(p, ds, rule, overview_size=overview_size, stretch=not raw)
+            for p, ds in zip(self.paths, self.datasets, strict=True)
+        ]
+        self.band_index = [scene.bands for scene in self.scenes]
         per_scene = len(self.band_index[0]) if raw else 3
         channels = per_scene * len(self.paths)
         if raw and any(np.dtype(ds.dtypes[0]).kind == "c" for ds in self.datasets):
@@ -108,10 +99,7 @@ class SceneWindowReader:
         if (std_a <= 0).any():
             raise ValueError(f"std must be > 0, got {std_a.tolist()}")
         self.mean, self.std = mean_a[:, None, None], std_a[:, None, None]
-        self.limits = [
-            None if raw else scene_stretch_limits(p, ds, idx, rule, overview_size)
-            for p, ds, idx in zip(self.paths, self.datasets, self.band_index, strict=True)
-        ]
+        self.limits = [scene.limits for scene in self.scenes]
 
     @property
     def height(self) -> int:
@@ -132,13 +120,14 @@ class SceneWindowReader:
             ``(x, valid)``: (C, h, w) float32 normalised input (C = 3 or 6) and (h, w) bool.
         """
         xs, valid = [], np.ones((h, w), bool)
-        for path, ds, idx, lim in zip(self.paths, self.datasets, self.band_index, self.limits, strict=True):
-            raw = read_window(path, ds, idx, Window(col0, row0, w, h))
+        window = Window(col0, row0, w, h)
+        for scene in self.scenes:
             if self.raw:
-                ok = valid_mask(raw, ds.nodata)
+                raw = scene.read(window)
+                ok = valid_mask(raw, scene.ds.nodata)
                 xs.append(np.where(ok, raw, 0).astype(np.float32))
             else:
-                rgb, ok = render_rgb(raw, ds.nodata, self.rule, limits=lim)
+                rgb, ok = scene.render(window)
                 xs.append(rgb)
             valid &= ok
         x = (np.concatenate(xs).astype(np.float32) - self.mean) / self.std

@@ -20,6 +20,7 @@ import vitp_geo.models  # noqa: F401  (registers the vitp_* timm models)
 from vitp_geo.models.convert import (
     convert_internvit_state_dict,
     internvl_vision_kwargs,
+    load_state_dict_strict,
     read_weights_file,
     resize_pos_embed,
 )
@@ -114,7 +115,9 @@ def build_tiny_vlm(
         llm_hidden, llm_layers, llm_heads, llm_kv_heads, llm_intermediate: Qwen2 sizes.
         downsample_ratio: pixel-shuffle factor.
         drop_path_rate: ViT stochastic depth (0.1 as in the paper).
-        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings (see :mod:`vitp_geo.vlm.vrl`).
+        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings (see :mod:`vitp_geo.vlm.vrl`);
+            ``vrl_prob`` 1.0 is the paper text and ``ViTPConfig``'s default, while ``vitp-geo
+            pretrain`` (``PretrainConfig.vrl_prob``) uses 0.25 (docs/pretraining-evidence.md §6).
         attn_implementation: LLM attention (``None``: SDPA, flash-attn on CUDA when installed).
         seed: seeds the weight initialisation (``None`` leaves the global RNG alone).
     """
@@ -164,7 +167,6 @@ def build_tiny_vlm(
 def _read_weights(model_dir: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
-
     index = model_dir / "model.safetensors.index.json"
     single = model_dir / "model.safetensors"
     if index.is_file():
@@ -205,7 +207,8 @@ def load_internvl(
             ``downsample_ratio``, ``template``, ``ps_version``, ``force_image_size``,
             ``select_layer``), ``model.safetensors`` or a sharded ``model.safetensors.index.json``,
             and the tokenizer files.
-        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings for pretraining.
+        vrl_ratio, vrl_prob, vrl_reference_mode: VRL settings for pretraining (``vrl_prob`` 1.0
+            here as in ``ViTPConfig``; ``vitp-geo pretrain`` uses 0.25, see ``PretrainConfig``).
         drop_path_rate: ViT stochastic depth during pretraining (0.1 as in the paper).
         attn_implementation: LLM attention; ``None`` picks SDPA (flash-attn on CUDA if installed).
         dtype: parameter dtype.
@@ -266,40 +269,16 @@ def load_internvl(
     if ckpt_img != img_size:
         grid = img_size // config.patch_size
         vision_sd["pos_embed"] = resize_pos_embed(vision_sd["pos_embed"], grid)
-    _load_strict(vit, vision_sd, model_dir, "vision_model.")
-    _load_strict(mlp1, _split(sd, "mlp1."), model_dir, "mlp1.")
+    fits = f"{model_dir}: weights do not match config.json"
+    load_state_dict_strict(vit, vision_sd, fits, prefix="vision_model.")
+    load_state_dict_strict(mlp1, _split(sd, "mlp1."), fits, prefix="mlp1.")
     lm_sd = _split(sd, "language_model.")
     tied = bool(getattr(llm.config, "tie_word_embeddings", False))
     if tied:
         lm_sd.pop("lm_head.weight", None)
-    _load_strict(
-        llm, lm_sd, model_dir, "language_model.", allow_missing={"lm_head.weight"} if tied else set()
+    load_state_dict_strict(
+        llm, lm_sd, fits, prefix="language_model.", allow_missing={"lm_head.weight"} if tied else set()
     )
     if tied:
         llm.tie_weights()
     return model.to(dtype), tokenizer
-
-
-def _load_strict(
-    module: torch.nn.Module,
-    sd: dict[str, Tensor],
-    model_dir: Path,
-    prefix: str,
-    allow_missing: set[str] | None = None,
-) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd) - (allow_missing or set()))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"{model_dir}: weights do not match config.json: missing keys {[prefix + k for k in missing[:10]]}"
-            f"{' …' if len(missing) > 10 else ''}, unexpected keys {[prefix + k for k in unexpected[:10]]}"
-        )
-    bad = [
-        f"{prefix}{k}: {tuple(v.shape)} vs expected {tuple(own[k].shape)}"
-        for k, v in sd.items()
-        if v.shape != own[k].shape
-    ]
-    if bad:
-        raise ValueError(f"{model_dir}: shape mismatch {bad[:5]}")
-    module.load_state_dict(sd, strict=False)

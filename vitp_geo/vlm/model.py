@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 import torch
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
@@ -214,21 +215,29 @@ class ViTPModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def _vit_hidden(self, pixel_values: Tensor) -> Tensor:
-        """The selected ViT hidden state (T, 1 + h*w, C); InternVL's ``hidden_states[select_layer]``."""
+        """The selected ViT hidden state (T, 1 + h*w, C); InternVL's ``hidden_states[select_layer]``.
+
+        One path for every ``select_layer``: the blocks up to the selected one run under gradient
+        checkpointing when it is on (InternVL checkpoints every encoder layer while training), and
+        the ViT's final norm follows only the last block, so ``-1`` is ``forward_features``.
+        InternVL's intermediate hidden states are taken before any norm (InternViT has none; the
+        InternViT layout here has an identity ``norm``).
+        """
         vit = self.vision_model
         depth = len(vit.blocks)
         n_blocks = self.select_layer if self.select_layer >= 0 else depth + 1 + self.select_layer
         if not 0 <= n_blocks <= depth:
             raise ValueError(f"select_layer {self.select_layer} out of range for a {depth}-block ViT")
-        if n_blocks == depth:
-            return vit.forward_features(pixel_values)
         x = vit.patch_embed(pixel_values)
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)
         x = vit.norm_pre(x)
-        for blk in vit.blocks[:n_blocks]:
-            x = blk(x)
-        return x
+        blocks = vit.blocks[:n_blocks]
+        if n_blocks and vit.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(blocks, x)
+        else:
+            x = blocks(x)
+        return vit.norm(x) if n_blocks == depth else x
 
     def extract_feature(self, pixel_values: Tensor) -> Tensor:
         """Project tiles to LLM image tokens.

@@ -25,14 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from vitp_geo.instruct.builders.tiles import Tile
-from vitp_geo.io.raster import (
-    RenderRule,
-    open_raster,
-    read_window,
-    render_rgb,
-    scene_stretch_limits,
-    select_bands,
-)
+from vitp_geo.io.raster import RenderRule, SceneWindows, open_raster, read_window
 
 MODALITIES = ("optical", "multispectral", "sar")
 
@@ -80,11 +73,8 @@ class SceneRaster(RasterGrid):
     ) -> None:
         super().__init__(path, ds)
         self.rule = rule
-        try:
-            self.bands = select_bands(ds.count, rule)
-        except ValueError as err:
-            raise ValueError(f"raster {path}: {err}") from err
-        self.limits = scene_stretch_limits(path, ds, self.bands, rule)
+        self.windows = SceneWindows(path, ds, rule)  # the one windowed reader (io.raster)
+        self.bands, self.limits = self.windows.bands, self.windows.limits
         is_complex = np.dtype(ds.dtypes[self.bands[0] - 1]).kind == "c"
         self.modality = modality or detect_modality(is_complex, ds.count, rule)
 
@@ -95,10 +85,7 @@ class SceneRaster(RasterGrid):
             ``(rgb, valid)``: (3, h, w) uint8 and (h, w) bool (False on nodata).
         """
         tile = tile or Tile(0, 0, self.height, self.width)
-        array = read_window(
-            self.path, self._ds, self.bands, Window(tile.col, tile.row, tile.width, tile.height)
-        )
-        return render_rgb(array, self._ds.nodata, self.rule, limits=self.limits)
+        return self.windows.render(Window(tile.col, tile.row, tile.width, tile.height))
 
     def tile_origin(self, row: int, col: int, height: int, width: int) -> dict[str, object]:
         """Where a tile of this raster lies, for the record that uses it (trace a record to the map).

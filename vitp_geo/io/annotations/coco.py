@@ -6,6 +6,12 @@ Ground truth: ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annot
 keyed by the image file's stem; ``iscrowd`` objects become ``difficult`` (ignored by the VOC
 metrics). Results: a JSON list of ``{"image_id", "category_id", "bbox", "score"}``, whose ids refer
 to a ground-truth file.
+
+Instance masks (``masks=True``, for Mask R-CNN and COCO ``segm`` AP): each annotation's
+``segmentation`` — polygons (a list of ``[x1, y1, x2, y2, ...]`` rings), an uncompressed RLE
+(``counts`` a list) or a compressed one (``counts`` a string) — becomes a compressed RLE on its
+image's grid (``width`` / ``height``) by pycocotools, COCO's own rasterisation; the samples gain
+``segmentation``, one RLE dict per object in the order of the boxes.
 """
 
 from __future__ import annotations
@@ -18,13 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from vitp_geo.io.annotations.classes import class_index
 from vitp_geo.io.annotations.samples import ParseError, box_sample, finite32, lookup_class
 from vitp_geo.io.atomic import atomic_output
 
-__all__ = ["coco_classes", "read_coco", "read_coco_results", "write_coco_results"]
+__all__ = ["coco_classes", "read_coco", "read_coco_results", "segmentation_rle", "write_coco_results"]
 
 
 def _load(path: Path) -> Any:
@@ -117,6 +122,57 @@ def _images(data: dict[str, Any], path: Path) -> tuple[dict[Any, str], dict[str,
     return by_id, by_key
 
 
+def segmentation_rle(seg: Any, height: int, width: int, path: Path | str, where: str) -> dict[str, Any]:
+    """One object's COCO ``segmentation`` (polygons or RLE) as a compressed RLE on a ``height`` × ``width`` grid.
+
+    Raises:
+        ParseError: an empty or malformed segmentation, or an RLE of another size, naming ``where``.
+    """
+    from pycocotools import mask as mask_utils
+
+    path = Path(path)
+    if isinstance(seg, list):
+        rings = [r for r in seg if isinstance(r, list)]
+        if not seg or len(rings) != len(seg):
+            raise ParseError(
+                path, where, f"segmentation must be a non-empty list of polygons, got {seg!r:.80}"
+            )
+        for r in rings:
+            if (
+                len(r) < 6
+                or len(r) % 2
+                or not all(isinstance(v, int | float) and math.isfinite(v) for v in r)
+            ):
+                raise ParseError(path, where, f"a polygon needs >= 3 finite x, y pairs, got {r!r:.80}")
+        return dict(
+            mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in r] for r in rings], height, width))
+        )
+    if (
+        isinstance(seg, dict)
+        and isinstance(seg.get("counts"), list | str)
+        and isinstance(seg.get("size"), list)
+    ):
+        if [int(v) for v in seg["size"]] != [height, width]:
+            raise ParseError(path, where, f"RLE size {seg['size']} is not the image's [{height}, {width}]")
+        if isinstance(seg["counts"], list):
+            return dict(mask_utils.frPyObjects(seg, height, width))
+        return {"size": [height, width], "counts": seg["counts"].encode("ascii")}
+    raise ParseError(path, where, f"segmentation must be polygons or an RLE dict, got {seg!r:.80}")
+
+
+def _image_sizes(data: dict[str, Any], path: Path) -> dict[Any, tuple[int, int]]:
+    """image id → (height, width), which masks need."""
+    out: dict[Any, tuple[int, int]] = {}
+    for k, im in enumerate(data["images"]):
+        h, w = im.get("height"), im.get("width")
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+            raise ParseError(
+                path, f"images[{k}]", f"masks need a positive integer 'height' and 'width', got {h!r}, {w!r}"
+            )
+        out[im["id"]] = (h, w)
+    return out
+
+
 def _categories(data: dict[str, Any], classes: Sequence[str], path: Path) -> dict[Any, int]:
     index = class_index(classes)
     return {
@@ -125,12 +181,15 @@ def _categories(data: dict[str, Any], classes: Sequence[str], path: Path) -> dic
     }
 
 
-def read_coco(path: str | Path, classes: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
+def read_coco(
+    path: str | Path, classes: Sequence[str] | None = None, masks: bool = False
+) -> dict[str, dict[str, Any]]:
     """A COCO ground-truth file as samples keyed by image file stem (images without objects too).
 
     Args:
         path: the ``instances_*.json`` file.
         classes: class names (matched to the categories by name); default the file's categories.
+        masks: also read each object's ``segmentation`` into ``segmentation`` (module doc).
 
     Raises:
         FileNotFoundError: no such file.
@@ -145,6 +204,8 @@ def read_coco(path: str | Path, classes: Sequence[str] | None = None) -> dict[st
     rows: dict[str, tuple[list[list[float]], list[int], list[bool]]] = {
         k: ([], [], []) for k in by_id.values()
     }
+    sizes = _image_sizes(data, path) if masks else {}
+    rles: dict[str, list[dict[str, Any]]] = {k: [] for k in by_id.values()}
     for k, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             raise ParseError(path, f"annotations[{k}]", f"expected an object, got {a!r}")
@@ -159,18 +220,29 @@ def read_coco(path: str | Path, classes: Sequence[str] | None = None) -> dict[st
         boxes.append(_bbox(a.get("bbox"), path, where))
         labels.append(cat[a["category_id"]])
         crowd.append(bool(a.get("iscrowd", 0)))
-    return {key: box_sample(b, lab, c, f"{path} (image {key})") for key, (b, lab, c) in rows.items()}
+        if masks:
+            h, w = sizes[a["image_id"]]
+            rles[by_id[a["image_id"]]].append(segmentation_rle(a.get("segmentation"), h, w, path, where))
+    out: dict[str, dict[str, Any]] = {
+        key: box_sample(b, lab, c, f"{path} (image {key})") for key, (b, lab, c) in rows.items()
+    }
+    if masks:
+        for key, sample in out.items():
+            sample["segmentation"] = rles[key]
+    return out
 
 
 def read_coco_results(
-    path: str | Path, gt_path: str | Path, classes: Sequence[str] | None = None
-) -> dict[str, dict[str, Tensor]]:
+    path: str | Path, gt_path: str | Path, classes: Sequence[str] | None = None, masks: bool = False
+) -> dict[str, dict[str, Any]]:
     """A COCO results JSON list as prediction samples (``bbox_xyxy``, ``label``, ``score``).
 
     Args:
         path: the results file.
         gt_path: the ground-truth file its ``image_id`` / ``category_id`` refer to.
         classes: class names; default the ground truth's categories.
+        masks: also read each detection's ``segmentation`` (RLE or polygons, on the ground-truth
+            image's grid) into ``segmentation``; a detection without one is an error.
     """
     path, gt_path = Path(path), Path(gt_path)
     gt = _gt(gt_path)
@@ -181,6 +253,8 @@ def read_coco_results(
     if not isinstance(res, list):
         raise ParseError(path, None, f"expected a JSON list of detections, got {type(res).__name__}")
     rows: dict[str, tuple[list[list[float]], list[int], list[float]]] = {}
+    sizes = _image_sizes(gt, gt_path) if masks else {}
+    rles: dict[str, list[dict[str, Any]]] = {}
     for k, d in enumerate(res):
         where = f"[{k}]"
         if not isinstance(d, dict):
@@ -198,18 +272,30 @@ def read_coco_results(
         boxes.append(_bbox(d.get("bbox"), path, where))
         labels.append(cat[d["category_id"]])
         scores.append(float(score))
-    return {key: box_sample(b, lab, None, f"{path} (image {key})", s) for key, (b, lab, s) in rows.items()}
+        if masks:
+            h, w = sizes[d["image_id"]]
+            rle = segmentation_rle(d.get("segmentation"), h, w, path, where)
+            rles.setdefault(by_id[d["image_id"]], []).append(rle)
+    out: dict[str, dict[str, Any]] = {
+        key: box_sample(b, lab, None, f"{path} (image {key})", s) for key, (b, lab, s) in rows.items()
+    }
+    if masks:
+        for key, sample in out.items():
+            sample["segmentation"] = rles[key]
+    return out
 
 
 def write_coco_results(
     path: str | Path,
-    predictions: Mapping[str, Mapping[str, Tensor]],
+    predictions: Mapping[str, Mapping[str, Any]],
     gt_path: str | Path,
     classes: Sequence[str] | None = None,
 ) -> Path:
     """Write predictions (``bbox_xyxy`` or corners, ``label``, ``score``) as a COCO results file, atomically.
 
-    Image and category ids are taken from ``gt_path`` by file stem and class name.
+    Image and category ids are taken from ``gt_path`` by file stem and class name. Predictions
+    carrying ``segmentation`` (one compressed RLE dict per detection, as ``read_coco`` and
+    ``evaluation.detection.masks_to_rle`` make them) get it written too (``counts`` as text).
     """
     gt_path = Path(gt_path)
     gt = _gt(gt_path)
@@ -226,11 +312,16 @@ def write_coco_results(
         else:
             p = torch.as_tensor(s["bbox_xyxyxyxy"]).double().reshape(-1, 4, 2).numpy()
             b = np.concatenate([p.min(1), p.max(1)], 1)
-        for (x1, y1, x2, y2), lab, sc in zip(
-            b.tolist(),
-            torch.as_tensor(s["label"]).reshape(-1).tolist(),
-            torch.as_tensor(s["score"]).reshape(-1).tolist(),
-            strict=True,
+        rles = s.get("segmentation")
+        if rles is not None and len(rles) != len(b):
+            raise ValueError(f"predictions for {key}: {len(rles)} segmentations for {len(b)} boxes")
+        for k, ((x1, y1, x2, y2), lab, sc) in enumerate(
+            zip(
+                b.tolist(),
+                torch.as_tensor(s["label"]).reshape(-1).tolist(),
+                torch.as_tensor(s["score"]).reshape(-1).tolist(),
+                strict=True,
+            )
         ):
             if lab not in cat_of_label:
                 raise ValueError(f"predictions for {key}: label {lab} has no category in {gt_path}")
@@ -242,6 +333,12 @@ def write_coco_results(
                     "score": round(float(sc), 6),
                 }
             )
+            if rles is not None:
+                counts = rles[k]["counts"]
+                out[-1]["segmentation"] = {
+                    "size": [int(v) for v in rles[k]["size"]],
+                    "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+                }
     path = Path(path)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(out), encoding="utf-8")

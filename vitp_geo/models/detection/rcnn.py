@@ -1,4 +1,4 @@
-"""Two-stage detectors on the ViT feature pyramid: Faster R-CNN and Cascade R-CNN (horizontal), Rotated Faster R-CNN.
+"""Two-stage detectors on the ViT feature pyramid: Faster, Mask and Cascade R-CNN (horizontal), Rotated Faster and Oriented R-CNN.
 
 ``DetectionModel`` = ``neck`` (the backbone's pyramid: ``SimpleFeaturePyramid`` or
 ``ViTAdapter``, four maps at strides 4–32) → ``fpn`` (torchvision ``FeaturePyramidNetwork``
@@ -6,7 +6,9 @@ to a common width plus a stride-64 max-pool level) → torchvision ``RegionPropo
 (horizontal anchors) → second stage:
 
 * ``hbb``: torchvision ``RoIHeads`` with ``MultiScaleRoIAlign`` (Faster R-CNN), or with
-  ``roi_head="cascade"`` the three-stage ``CascadeRoIHeads`` (Cascade R-CNN);
+  ``roi_head="cascade"`` the three-stage ``CascadeRoIHeads`` (Cascade R-CNN), or with
+  ``roi_head="mask"`` torchvision's ``RoIHeads`` with the mask branch of ``mask_head``
+  (Mask R-CNN: instance masks besides the boxes);
 * ``obb``: ``OrientedRoIHeads`` (rotated RoI align, oriented box coder, rotated IoU
   assignment, class-wise rotated NMS), trained from the horizontal RPN proposals (Rotated
   Faster R-CNN), or with ``rpn="oriented"`` from the oriented proposals of Oriented R-CNN's
@@ -17,9 +19,10 @@ they are zero-padded to a multiple of 32. Labels in and out are 0-based object c
 (the background class torchvision wants is added inside).
 
 Training: ``model(images, targets)`` with targets per image ``boxes`` (N, 4) ``x1, y1, x2, y2``
-and ``labels`` (N,), plus ``obb`` (N, 5) ``cx, cy, w, h, angle`` (radians) for ``obb`` —
-returns the loss dict. Inference: ``model(images)`` → per image ``boxes`` ((N, 4) or (N, 5)),
-``scores``, ``labels``.
+and ``labels`` (N,), plus ``obb`` (N, 5) ``cx, cy, w, h, angle`` (radians) for ``obb`` and
+``masks`` (N, H, W) uint8 for Mask R-CNN — returns the loss dict. Inference: ``model(images)`` →
+per image ``boxes`` ((N, 4) or (N, 5)), ``scores``, ``labels``, and for Mask R-CNN ``masks``
+(N, H, W) bool on the image's own (unpadded) grid.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from vitp_geo.models.detection.cascade import CascadeRoIHeads
+from vitp_geo.models.detection.mask_head import mask_branch, paste_masks
 from vitp_geo.models.detection.oriented_heads import OrientedRoIHeads
 from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
 
 LEVELS = ("0", "1", "2", "3")  # FPN maps at strides 4, 8, 16, 32; "pool" is stride 64
 STRIDES = (4, 8, 16, 32)
 RPNS = ("horizontal", "oriented")  # torchvision's RPN, or Oriented R-CNN's midpoint-offset RPN (obb)
-ROI_HEADS = ("standard", "cascade")  # second stage for hbb: Faster R-CNN's head or Cascade R-CNN's three
+ROI_HEADS = ("standard", "cascade", "mask")  # hbb second stage: Faster, Cascade or Mask R-CNN's
 
 
 class BoxType(StrEnum):
@@ -73,8 +77,9 @@ class DetectionModel(nn.Module):
         detections_per_img: most detections per image.
         assign_iou: obb only: match RoIs by rotated IoU (``obb``) or envelope IoU (``hbb``);
             see ``OrientedRoIHeads``.
-        roi_head: hbb only: ``standard`` (Faster R-CNN's one box head) or ``cascade`` (Cascade
-            R-CNN's three, ``models.detection.cascade``).
+        roi_head: hbb only: ``standard`` (Faster R-CNN's one box head), ``cascade`` (Cascade
+            R-CNN's three, ``models.detection.cascade``) or ``mask`` (Faster R-CNN's head plus
+            Mask R-CNN's mask branch, ``models.detection.mask_head``).
         rpn: ``horizontal`` (torchvision's RPN) or, obb only, ``oriented`` (Oriented R-CNN).
         rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal as torchvision, 0.8 oriented as the
             paper).
@@ -113,8 +118,8 @@ class DetectionModel(nn.Module):
         self.box_type = BoxType(box_type)
         if roi_head not in ROI_HEADS:
             raise ValueError(f"roi_head must be one of {', '.join(ROI_HEADS)}, got {roi_head!r}")
-        if roi_head == "cascade" and self.box_type != BoxType.HBB:
-            raise ValueError("roi_head 'cascade' is for horizontal boxes (box_type hbb)")
+        if roi_head != "standard" and self.box_type != BoxType.HBB:
+            raise ValueError(f"roi_head {roi_head!r} is for horizontal boxes (box_type hbb)")
         self.roi_head = roi_head
         if rpn not in RPNS:
             raise ValueError(f"rpn must be one of {', '.join(RPNS)}, got {rpn!r}")
@@ -183,6 +188,7 @@ class DetectionModel(nn.Module):
                 score_thresh=score_thresh,
                 nms_thresh=0.5 if nms_thresh is None else nms_thresh,
                 detections_per_img=detections_per_img,
+                **(mask_branch(fpn_channels, LEVELS, num_classes) if roi_head == "mask" else {}),
             )
         else:
             self.roi_heads = OrientedRoIHeads(
@@ -228,6 +234,10 @@ class DetectionModel(nn.Module):
                     if "obb" not in t:
                         raise ValueError("oriented detection needs 'obb' (N, 5) targets")
                     s["obb"] = t["obb"].float()
+                if self.roi_head == "mask":
+                    if "masks" not in t:
+                        raise ValueError("Mask R-CNN needs 'masks' (N, H, W) targets")
+                    s["masks"] = t["masks"]
                 shifted.append(s)
         image_list, shifted = self.transform(list(images), shifted)
         feats = self.features(image_list.tensors)
@@ -241,14 +251,19 @@ class DetectionModel(nn.Module):
             dets, roi_losses = self.roi_heads(level_feats, proposals, shifted if self.training else None)
         if self.training:
             return {**rpn_losses, **roi_losses}
-        return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in dets]
+        out = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in dets]
+        if self.roi_head == "mask":
+            for o, d, size in zip(out, dets, image_list.image_sizes, strict=True):
+                o["masks"] = paste_masks(d["masks"], d["boxes"], (int(size[0]), int(size[1])))
+        return out
 
 
 def targets_from_batch(batch: dict[str, object], box_type: BoxType | str) -> list[dict[str, Tensor]]:
     """Per-image model targets from a collated detection batch (lists of per-image tensors).
 
     ``bbox_xyxy`` / ``label`` lists (and ``bbox_xyxyxyxy`` for obb, converted to ``cx, cy, w, h,
-    angle`` by ``obb.poly_to_obb``).
+    angle`` by ``obb.poly_to_obb``); a batch's per-image ``mask`` (N, H, W) instance masks become
+    ``masks``.
     """
     from vitp_geo.geometry.obb import poly_to_obb
 
@@ -267,5 +282,8 @@ def targets_from_batch(batch: dict[str, object], box_type: BoxType | str) -> lis
             if not isinstance(polys, list | tuple):
                 raise ValueError("oriented detection batches need per-image 'bbox_xyxyxyxy' (N, 8)")
             t["obb"] = poly_to_obb(torch.as_tensor(polys[i]).float().reshape(-1, 8))
+        masks = batch.get("mask") if isinstance(batch, dict) else None
+        if isinstance(masks, list | tuple):
+            t["masks"] = torch.as_tensor(masks[i]).to(torch.uint8)
         out.append(t)
     return out

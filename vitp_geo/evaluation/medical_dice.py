@@ -1,4 +1,4 @@
-"""Score a folder of label predictions against a folder of ground truth (``vitp-geo evaluate segmentation``).
+"""Medical Dice: score a folder of label predictions against ground truth (``vitp-geo evaluate segmentation``).
 
 Cases are matched by file name: ``case_001.nii.gz`` in ``--pred`` against ``case_001.nii.gz`` (or
 ``.nii``) in ``--gt``, as nnU-Net and MONAI write them; PNG masks (X-ray) likewise. NIfTI pairs
@@ -34,7 +34,9 @@ from vitp_geo.evaluation.dice import (
     dice_report,
 )
 from vitp_geo.io.atomic import atomic_output
+from vitp_geo.io.png_mask import read_png_mask
 from vitp_geo.io.strict_json import json_safe
+from vitp_geo.io.volume import as_labels, check_same_grid, load_nifti
 
 __all__ = [
     "LabelSpec",
@@ -170,14 +172,10 @@ def _read_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
     if pred_png != gt_png:
         raise ValueError(f"{pred_path} and {gt_path}: one is PNG, the other NIfTI; compare like with like")
     if gt_png:
-        from vitp_geo.medical.xray import read_png_mask
-
         pred, gt = read_png_mask(pred_path), read_png_mask(gt_path)
         if pred.shape != gt.shape:
             raise ValueError(f"shape mismatch: {pred_path} is {pred.shape}, {gt_path} is {gt.shape}")
         return pred, gt
-    from vitp_geo.medical.volume import as_labels, check_same_grid, load_nifti
-
     gv, pv = load_nifti(gt_path), load_nifti(pred_path)
     if pv.array.ndim != 3 or gv.array.ndim != 3:
         raise ValueError(

@@ -1,5 +1,8 @@
 """The embedded ``vitp-geo finetune detection`` run: oriented buildings in generated scenes.
 
+Beside the segmentation and change defaults of :func:`vitp_geo.tasks.run.default_config`, which
+calls it; the library, not the CLI, holds it.
+
 Residential scenes of the one synthetic world (``vitp_geo.synthetic``) whose buildings are
 rotated rectangles: their polygons are exact oriented ground truth. A tiny ViTP backbone with an
 Oriented R-CNN (the paper's detector: oriented RPN, ``rpn="oriented"``) learns them; validation reports ``val_map50`` (VOC07 AP50 on the oriented
@@ -21,7 +24,7 @@ def detection_default_config(
     data_dir: Path, seed: int = 0, n_scenes: int = 4, scene_size: int = 672, tile: int = 224
 ) -> dict[str, Any]:
     """The embedded detection run (writes ``n_scenes`` scenes of ``scene_size`` px into ``data_dir``)."""
-    from datamodules.synthetic_geotiff import write_synthetic_detection
+    from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_detection
 
     folders = write_synthetic_detection(data_dir, n_scenes=n_scenes, size=scene_size, seed=seed)
     model: dict[str, Any] = dict(
@@ -53,7 +56,7 @@ def detection_default_config(
         drop_path_rate=0.0,
     )
     data = {
-        "class_path": "datamodules.detection.GeoTiffDetectionDataModule",
+        "class_path": "vitp_geo.datamodules.detection.GeoTiffDetectionDataModule",
         "init_args": dict(
             images=str(folders.images),
             vectors=str(folders.vectors),

@@ -400,7 +400,7 @@ def write_msd_dataset(
             training.append({"image": f"./imagesTr/{stem}.nii.gz", "label": f"./labelsTr/{stem}.nii.gz"})
         meta = {
             "name": name,
-            "description": "seeded synthetic phantoms (vitp_geo.synthetic.phantoms)",
+            "description": "seeded synthetic phantoms (vitp_geo.medical.phantoms)",
             "channel_names": {str(c): n for c, n in enumerate(first.channel_names)},
             "modality": {str(c): n for c, n in enumerate(first.channel_names)},
             "labels": table,

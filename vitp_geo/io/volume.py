@@ -6,8 +6,9 @@ to world millimetres, and everything needed to write a prediction back in the fi
 order: the source affine, the source orientation codes and (for NIfTI) the header with its
 qform/sform codes.
 
-NIfTI goes through nibabel; DICOM series and single DICOM files through :mod:`.dicom`. The
-reorientation is a pure axis permutation/flip (nibabel's orientation utilities, the same operation
+NIfTI goes through nibabel here; DICOM series and single DICOM files through
+:mod:`vitp_geo.medical.dicom`, and :func:`vitp_geo.medical.load.load_volume` dispatches between
+them. The reorientation is a pure axis permutation/flip (nibabel's orientation utilities, the same operation
 as ``nibabel.as_closest_canonical``), so no voxel is resampled and the inverse is exact.
 """
 
@@ -31,11 +32,10 @@ __all__ = [
     "as_labels",
     "Volume",
     "check_same_grid",
+    "check_voxel_affine",
     "is_dicom_file",
     "is_nifti_path",
-    "load_image_and_labels",
     "load_nifti",
-    "load_volume",
     "reorient_to_ras",
     "save_nifti_like",
 ]
@@ -176,6 +176,27 @@ def _check_not_empty(shape: tuple[int, ...], path: str | Path) -> None:
         )
 
 
+def check_voxel_affine(affine: np.ndarray, where: str, fix: str) -> None:
+    """Refuse a voxel-to-world affine that is not finite or singular, naming where it came from.
+
+    nibabel's orientation code would fail on it with "Unable to find out axis ..." or "SVD did not
+    converge", naming neither the file nor the affine.
+
+    Args:
+        affine: (4, 4).
+        where: the message's start, naming the file (``"<path>: the header's"``).
+        fix: what the user should correct.
+
+    Raises:
+        ValueError: ``"<where> voxel-to-world affine is not finite / singular ...: [...]; <fix>"``.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if np.isfinite(affine).all() and np.linalg.matrix_rank(affine[:3, :3]) == 3:
+        return
+    what = "not finite" if not np.isfinite(affine).all() else "singular (voxels have no orientation)"
+    raise ValueError(f"{where} voxel-to-world affine is {what}: {np.round(affine[:3], 4).tolist()}; {fix}")
+
+
 def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) -> Volume:
     """Read a NIfTI-1/2 file (``.nii``/``.nii.gz``) and reorient it to RAS.
 
@@ -206,12 +227,7 @@ def load_nifti(path: str | Path, modality: Modality | str = Modality.UNKNOWN) ->
     if len(shape) > 4 and not squeezable:
         raise ValueError(f"{path}: {len(shape)}-D NIfTI shape {shape} is not supported (3D or 3D + channels)")
     affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.isfinite(affine).all() or np.linalg.matrix_rank(affine[:3, :3]) < 3:
-        what = "not finite" if not np.isfinite(affine).all() else "singular (voxels have no orientation)"
-        raise ValueError(
-            f"{path}: the header's voxel-to-world affine is {what}: {np.round(affine[:3], 4).tolist()}; "
-            "fix its sform / qform before reading"
-        )
+    check_voxel_affine(affine, f"{path}: the header's", "fix its sform / qform before reading")
     # a small .nii.gz may declare 1024³ voxels: refuse before allocating them
     proxy = img.dataobj
     scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
@@ -250,40 +266,6 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return (float(s[0]), float(s[1]), float(s[2]))
 
 
-def load_volume(path: str | Path, modality: Modality | str | None = None) -> Volume:
-    """Read a NIfTI file, a DICOM series folder or a single DICOM file as a RAS :class:`Volume`.
-
-    Args:
-        path: ``.nii`` / ``.nii.gz`` file, folder of DICOM slices of one series, or one DICOM file.
-        modality: overrides the modality (DICOM records its own; NIfTI defaults to unknown).
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: neither NIfTI nor DICOM, or the data is bad (see :func:`load_nifti`,
-            :func:`vitp_geo.medical.dicom.load_dicom_series`).
-    """
-    from vitp_geo.medical import dicom
-
-    path = Path(path)
-    if path.is_dir():
-        vol = dicom.load_dicom_series(path)
-    elif not path.exists():
-        raise FileNotFoundError(f"no such volume file or DICOM folder: {path}")
-    elif is_nifti_path(path):
-        vol = load_nifti(path)
-    elif is_dicom_file(path):
-        vol = dicom.load_dicom_file_as_volume(path)
-    else:
-        hint = " (radiographs: vitp_geo.medical.xray.load_xray)" if path.suffix.lower() == ".png" else ""
-        raise ValueError(
-            f"{path}: neither NIfTI (.nii / .nii.gz) nor DICOM (no 'DICM' marker at byte 128); "
-            f"pass a NIfTI file, a DICOM file or a folder of DICOM slices{hint}"
-        )
-    if modality is not None:
-        vol.modality = Modality(modality)
-    return vol
-
-
 def check_same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> None:
     """Raise unless ``a`` and ``b`` have the same RAS shape and affine (image vs label, pred vs gt).
 
@@ -316,32 +298,6 @@ def as_labels(array: np.ndarray, path: str | Path | None) -> np.ndarray:
     if out.size and out.min() < 0:
         raise ValueError(f"{path}: negative label value {int(out.min())}")
     return out
-
-
-def load_image_and_labels(
-    image: str | Path, labels: str | Path, modality: Modality | str | None = None
-) -> tuple[Volume, Volume]:
-    """Read an image and its label map and check that they share one voxel grid.
-
-    Args:
-        image: NIfTI file, DICOM folder or DICOM file.
-        labels: NIfTI label file (integer values).
-        modality: overrides the image's modality.
-
-    Returns:
-        ``(image, labels)`` as RAS volumes; ``labels.array`` is int64, shape ``image.shape``.
-
-    Raises:
-        ValueError: different shapes or affines (both files named), a 4D label file, or
-            non-integer / negative label values (file and value named).
-    """
-    img = load_volume(image, modality)
-    lab = load_volume(labels)
-    if lab.array.ndim != 3:
-        raise ValueError(f"{lab.path}: label map must be 3D, got shape {lab.array.shape}")
-    check_same_grid(img, lab)
-    lab.array = as_labels(lab.array, lab.path)
-    return img, lab
 
 
 def to_source_frame(array_ras: np.ndarray, reference: Volume) -> np.ndarray:
