@@ -36,6 +36,7 @@ _HELP: dict[str, str] = {
     "align_steps": "alignment phase: the first N steps draw only --align-tasks records (0 = off)",
     "align_tasks": "comma-separated tasks of the alignment phase",
     "align_ramp_steps": "steps after the alignment phase over which the --align-tasks share falls linearly to its recipe share (0 = hard switch)",
+    "question_first": "embedded rs corpus only: share of records whose images follow the question (image tokens can then attend to the class asked about); 0 = images first",
     "vrl_ratio": "VRL: share of projected image tokens dropped before the LLM",
     "vrl_prob": "VRL: probability that the drop fires for a sample",
     "vrl_reference": "VRL: reproduce the reference implementation (fires with probability 1 - ratio)",

@@ -10,6 +10,7 @@ change-pair builder run over those files. Deterministic for a given ``seed``.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ def build_default_corpus(
     tile_size: int = 112,
     align_repeat: float = 4.0,
     balance_presence: bool = False,
+    question_first: float = 0.0,
 ) -> Path:
     """Generate scenes, write them as GeoTIFF/GeoPackage and build the corpus into ``out_dir``.
 
@@ -53,6 +55,8 @@ def build_default_corpus(
             (seeded; see :func:`balance_presence_records`), so the class asked about does not
             predict the answer. Off by default: at the default's budget it did not make the VLM
             read presence (docs/pretraining-evidence.md §2).
+        question_first: share of records whose images follow the question instead of opening
+            it (seeded per record; see :func:`images_after_question`).
 
     Returns:
         The path of ``out_dir/recipe.json``.
@@ -109,10 +113,14 @@ def build_default_corpus(
         result = build_corpus(
             out_dir, sources, seed=seed, name="rs_default", overwrite=True, origin_base=work
         )  # origins name the generated scenes as scenes/scene_000.tif, …, not the temporary folder
-    if balance_presence:
+    if balance_presence or question_first > 0:
         entry = load_recipe(result.recipe)[0]
         records = read_jsonl(entry.annotation).records
-        write_jsonl(entry.annotation, balance_presence_records(records, list(CLASS_NAMES), seed=seed))
+        if balance_presence:
+            records = balance_presence_records(records, list(CLASS_NAMES), seed=seed)
+        if question_first > 0:
+            records = images_after_question(records, question_first, seed=seed)
+        write_jsonl(entry.annotation, records)
     return _split_alignment(result.recipe, align_repeat)
 
 
@@ -153,6 +161,50 @@ def balance_presence_records(
             if len(side) > keep:
                 drop.update(side[int(j)] for j in rng.permutation(len(side))[keep:])
     return [r for i, r in enumerate(records) if i not in drop]
+
+
+def images_after_question(
+    records: list[InstructionRecord], share: float, seed: int = 0
+) -> list[InstructionRecord]:
+    """Put the images of a seeded ``share`` of records after their question instead of before it.
+
+    The builders open each question with its images (``<image>\\nIs there a road?``), InternVL's
+    usual layout. In a causal LLM the image tokens then cannot see what is asked, so a question
+    about one class (presence, counting, grounding) needs two hops at the answer: fetch the class
+    word, then look for it among image tokens that were computed without it. With the question
+    first (``Is there a road?\\n<image>``, a layout the InternVL template accepts: a placeholder
+    may stand anywhere in a human turn) the image tokens attend to the question and one hop
+    suffices. The ViT sees the same pixels either way.
+
+    Args:
+        records: instruction records; only the first human turn is changed, and only when it
+            opens with its placeholders (single-image ``<image>\\n`` or ``Image-k: <image>\\n`` lines).
+        share: in [0, 1]; each record is moved with this probability (seeded by ``seed``).
+        seed: seeds the choice.
+
+    Raises:
+        ValueError: ``share`` outside [0, 1].
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"question_first must be in [0, 1], got {share}")
+    from vitp_geo.instruct.records import IMAGE_PLACEHOLDER
+
+    rng = np.random.default_rng(seed)
+    draws = rng.random(len(records))
+    out: list[InstructionRecord] = []
+    for r, u in zip(records, draws, strict=True):
+        first = r.conversations[0]
+        value = str(first["value"])
+        lines = value.split("\n")
+        n_img = 0
+        while n_img < len(lines) and lines[n_img].endswith(IMAGE_PLACEHOLDER):
+            n_img += 1
+        if u >= share or n_img == 0 or n_img == len(lines) or value.count(IMAGE_PLACEHOLDER) != n_img:
+            out.append(r)
+            continue
+        moved = "\n".join(lines[n_img:] + lines[:n_img])
+        out.append(replace(r, conversations=[{**first, "value": moved}, *r.conversations[1:]]))
+    return out
 
 
 def _split_alignment(recipe: Path, align_repeat: float, name: str = "rs_default") -> Path:

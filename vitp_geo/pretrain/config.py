@@ -69,6 +69,10 @@ class PretrainConfig:
     # Steps after the phase over which the alignment tasks' share falls linearly to their recipe
     # share: a hard switch let the long answers' large losses wash out what the phase built.
     align_ramp_steps: int = 320
+    # Embedded rs corpus only: share of records whose images follow the question instead of
+    # opening it (instruct.default_corpus.images_after_question), so image tokens can attend to
+    # the class a presence or counting question names. 0 = InternVL's usual images-first layout.
+    question_first: float = 0.0
 
     # Visual Robustness Learning.
     vrl_ratio: float = 0.75  # share of projected image tokens dropped before the LLM (paper r)
@@ -102,6 +106,13 @@ class PretrainConfig:
     def validate(self) -> PretrainConfig:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
+        if not 0.0 <= self.question_first <= 1.0:
+            raise ValueError(f"question-first must be in [0, 1], got {self.question_first}")
+        if self.question_first and (self.data is not None or self.domain != "rs"):
+            raise ValueError(
+                "question-first applies to the embedded rs corpus only (no --data, --domain rs); "
+                f"got --domain {self.domain}" + (f" --data {self.data}" if self.data else "")
+            )
         for name in ("vrl_ratio", "vrl_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0 or (name == "vrl_ratio" and value >= 1.0):

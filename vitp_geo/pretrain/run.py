@@ -149,7 +149,8 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
         corpus = output / "corpus"
         recipe = corpus / "recipe.json"
         # Resumed runs reuse the corpus they trained on; under torchrun only rank 0 builds it.
-        _made_by_rank_zero(recipe, lambda: build_default_corpus(corpus, seed=cfg.seed))
+        extra = {"question_first": cfg.question_first} if cfg.question_first else {}
+        _made_by_rank_zero(recipe, lambda: build_default_corpus(corpus, seed=cfg.seed, **extra))
     else:
         recipe = Path(cfg.data)
         if not recipe.is_file():
