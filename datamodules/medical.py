@@ -143,6 +143,10 @@ class _MedicalDataModule(_FolderDataModule):
     spec: SliceInput
     table: LabelTable
     modality: str = "CT"
+    # set in _FolderDataModule.__init__; declared here too so that type checkers reading this
+    # folder as ``datamodules`` (it installs as ``vitp_geo.datamodules``) know their type
+    train_dataset: Dataset[dict[str, Tensor]] | None
+    val_dataset: Dataset[dict[str, Tensor]] | None
 
     def train_dataloader(self) -> DataLoader[dict[str, Tensor]]:
         assert self.train_dataset is not None

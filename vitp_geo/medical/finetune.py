@@ -140,7 +140,7 @@ class CaseDice(Callback):
     @staticmethod
     def applies(trainer: Trainer) -> bool:
         """Whether the trainer's datamodule scores whole cases."""
-        return callable(getattr(trainer.datamodule, "dice_report", None))
+        return callable(getattr(getattr(trainer, "datamodule", None), "dice_report", None))
 
     def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         network: torch.nn.Module = pl_module.model  # type: ignore[assignment]
@@ -148,7 +148,8 @@ class CaseDice(Callback):
         was_training = network.training
         network.eval()
         try:
-            report = trainer.datamodule.dice_report(lambda x: network(x.to(device)))  # type: ignore[union-attr]
+            datamodule: Any = getattr(trainer, "datamodule", None)
+            report = datamodule.dice_report(lambda x: network(x.to(device)))
         finally:
             network.train(was_training)
         return report_to_json(report)

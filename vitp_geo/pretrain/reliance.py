@@ -943,16 +943,20 @@ def root_params_gathered(root: Any) -> Iterator[None]:
         with FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False):
             yield
         return
+    fsdp2: tuple[type, ...] = ()
     try:
         from torch.distributed.fsdp import FSDPModule
+
+        fsdp2 = (FSDPModule,)
     except ImportError:  # older torch: FSDP1 only
-        FSDPModule = ()  # type: ignore[assignment,misc]  # noqa: N806
-    if FSDPModule and isinstance(root, FSDPModule):
-        root.unshard()
+        pass
+    if fsdp2 and isinstance(root, fsdp2):
+        unit: Any = root
+        unit.unshard()
         try:
             yield
         finally:
-            root.reshard()
+            unit.reshard()
         return
     yield
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -149,7 +150,7 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
         corpus = output / "corpus"
         recipe = corpus / "recipe.json"
         # Resumed runs reuse the corpus they trained on; under torchrun only rank 0 builds it.
-        extra = {"question_first": cfg.question_first} if cfg.question_first else {}
+        extra: dict[str, Any] = {"question_first": cfg.question_first} if cfg.question_first else {}
         _made_by_rank_zero(recipe, lambda: build_default_corpus(corpus, seed=cfg.seed, **extra))
     else:
         recipe = Path(cfg.data)
