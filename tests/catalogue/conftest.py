@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from catalogue_helpers import SMALL, TILE, write_scenes, write_stac_catalog
 from tiny_checkpoints import save_tiny_segmentation_checkpoint
 
 from vitp_geo.cli.main import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Everything these tests compare runs on one torch thread: Ray actors and pool workers do by
+    default (``--threads``), and a float sum split over another number of threads may differ in
+    its last bit, so the in-process runs (``infer`` alone, the local engine) use one thread too,
+    whatever the machine's default (the probabilities are compared bit for bit)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
