@@ -24,7 +24,8 @@ Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run
   the ViT's patch tokens (``forward_features`` without the class token, 8 x 8 per 112 px tile)
   at 1, 4 and 16 labelled tiles drawn from a labelled pool, tested on 64 held-out tiles, for every
   label draw x pretraining seed; a raw-pixel probe as the reference row;
-- a short fine-tune at 4 labelled tiles (ViT + linear head on patch tokens, patch-level CE), the
+- a short fine-tune at 4 labelled tiles (ViT + linear head on patch tokens, patch-level CE,
+  ``vitp_geo.evaluation.patch_head``), the
   learning rate picked per arm and run from {1e-4, 3e-4, 1e-3} by mIoU on a separate validation
   split, reporting the test mIoU of the chosen one;
 - robustness: the drop in probe mIoU (16 tiles, probe fitted on clean tiles) when the test tiles
@@ -59,12 +60,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 # --------------------------------------------------------------------------------------------------
 # The protocol, fixed in advance
@@ -527,30 +532,7 @@ def corrupt(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
 # Backbones and features
 
 
-def normalise(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, 3, H, W) → float, ImageNet mean/std as the VLM's tile pipeline does."""
-    from vitp_geo.vlm.dynamic_tiles import IMAGENET_MEAN, IMAGENET_STD
-
-    x = torch.as_tensor(images).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def patch_tokens(vit: nn.Module, x: Tensor) -> Tensor:
-    """(N, 3, H, W) normalised → (N, P, C) patch tokens (class token dropped)."""
-    return vit.forward_features(x)[:, int(vit.num_prefix_tokens) :]
-
-
-@torch.no_grad()
-def features(vit: nn.Module, images: np.ndarray, batch: int = 32) -> Tensor:
-    vit.eval()
-    return torch.cat(
-        [patch_tokens(vit, normalise(images[i : i + batch])) for i in range(0, len(images), batch)]
-    )
-
-
-def fresh_vit(cfg: Any, seed: int) -> nn.Module:
+def fresh_vit(cfg: Any, seed: int) -> VisionTransformer:
     """The ViT every ViTP run of ``seed`` starts from (``build_tiny_vlm`` seeds, then builds it)."""
     from vitp_geo.models.vit import build_vision_tower
 
@@ -558,30 +540,10 @@ def fresh_vit(cfg: Any, seed: int) -> nn.Module:
     return build_vision_tower(cfg.vision_arch, drop_path_rate=cfg.drop_path)
 
 
-def load(path: Path) -> nn.Module:
+def load(path: Path) -> VisionTransformer:
     from vitp_geo.models.vit import load_backbone
 
     return load_backbone(path)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups as the pretraining module makes them: no decay on vectors, embeddings, gammas."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or name.endswith(("pos_embed", "cls_token")) or ".gamma" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _schedule(opt: torch.optim.Optimizer, steps: int, warmup_ratio: float) -> Any:
-    from vitp_geo.pretrain.module import cosine_with_warmup
-
-    warmup = int(warmup_ratio * steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_with_warmup(step, steps, warmup))
 
 
 def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
@@ -590,12 +552,15 @@ def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
     return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, mininterval=1.0)
 
 
-def train_supervised(cfg: Any, seed: int, images: np.ndarray, masks: np.ndarray, steps: int) -> nn.Module:
+def train_supervised(
+    cfg: Any, seed: int, images: np.ndarray, masks: np.ndarray, steps: int
+) -> VisionTransformer:
     """Multi-label classification of the classes present: ViT mean-pooled patch tokens + linear.
 
     Same init, optimiser (AdamW, decay groups), lr, warm-up + cosine schedule, clipping, batch
-    and optimizer steps as a pretraining run of ``cfg``.
+    and optimizer steps as a pretraining run of ``cfg`` (``evaluation.patch_head.train_vit_head``).
     """
+    from vitp_geo.evaluation.patch_head import normalise, patch_tokens, train_vit_head
     from vitp_geo.synthetic.scene import CLASS_NAMES
 
     n_classes = len(CLASS_NAMES)
@@ -603,25 +568,30 @@ def train_supervised(cfg: Any, seed: int, images: np.ndarray, masks: np.ndarray,
     targets = torch.from_numpy((shares >= PRESENT_SHARE).astype(np.float32))
     vit = fresh_vit(cfg, seed)
     head = nn.Linear(int(vit.embed_dim), n_classes)
-    model = nn.ModuleDict({"vit": vit, "head": head})
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    sched = _schedule(opt, steps, cfg.warmup_ratio)
     batch = cfg.batch_size * cfg.accumulate
     rng = np.random.default_rng(seed)
     order: list[int] = []
-    model.train()
-    for _ in _progress(range(steps), f"supervised seed {seed}"):
+
+    def loss() -> Tensor:
+        nonlocal order
         while len(order) < batch:  # epochs of shuffled tiles
             order.extend(rng.permutation(len(images)).tolist())
         idx, order = order[:batch], order[batch:]
         logits = head(patch_tokens(vit, normalise(images[idx])).mean(1))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-    return vit.eval()
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets[idx])
+
+    train_vit_head(
+        vit,
+        head,
+        loss,
+        steps=steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        grad_clip=cfg.grad_clip,
+        progress=lambda it: _progress(it, f"supervised seed {seed}"),
+    )
+    return vit
 
 
 # --------------------------------------------------------------------------------------------------
@@ -658,15 +628,6 @@ def probe_scores(
     return out
 
 
-def _d4(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The same random flip / 90° rotation of (N, 3, H, W) tiles and (N, H, W) masks."""
-    k = int(torch.randint(4, (1,), generator=g))
-    x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
-    if int(torch.randint(2, (1,), generator=g)):
-        x, y = x.flip(3), y.flip(2)
-    return x, y
-
-
 def finetune(
     backbone: Path,
     train: tuple[np.ndarray, np.ndarray],
@@ -676,46 +637,15 @@ def finetune(
     steps: int,
     seed: int,
     n_classes: int,
-    patch: int,
 ) -> tuple[float, float]:
-    """Fine-tune ViT + linear head on patch tokens (patch-level CE); (val mIoU, test mIoU)."""
-    from vitp_geo.evaluation.probe import miou, patch_labels
+    """Fine-tune ViT + linear head on patch tokens (``evaluation.patch_head``); (val mIoU, test mIoU)."""
+    from vitp_geo.evaluation.patch_head import finetune_patch_head, patch_head_miou
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # before loading: the head's init follows the backbone build's draws
     vit = load(backbone)
-    head = nn.Linear(int(vit.embed_dim), n_classes)
-    model = nn.ModuleDict({"vit": vit, "head": head})
-    opt = torch.optim.AdamW(_param_groups(model, 0.01), lr=lr)
-    sched = _schedule(opt, steps, 0.1)
-    g = torch.Generator().manual_seed(seed)
-    x_all = torch.from_numpy(train[0])
-    y_all = torch.from_numpy(train[1])
-    model.train()
-    for _ in range(steps):
-        x, y = _d4(x_all, y_all, g)
-        labels = torch.from_numpy(patch_labels(y.numpy(), patch, n_classes))
-        logits = head(patch_tokens(vit, normalise(x)))
-        loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), labels.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    model.eval()
-    scores = []
-    with torch.no_grad():
-        for xs, ys in (val, test):
-            pred = torch.cat(
-                [head(patch_tokens(vit, normalise(xs[i : i + 32]))).argmax(-1) for i in range(0, len(xs), 32)]
-            )
-            scores.append(
-                miou(
-                    pred.reshape(-1),
-                    torch.from_numpy(patch_labels(ys, patch, n_classes)).reshape(-1),
-                    n_classes,
-                )
-            )
-    return scores[0], scores[1]
+    head = finetune_patch_head(vit, *train, n_classes=n_classes, lr=lr, steps=steps, seed=seed)
+    val_miou, test_miou = (patch_head_miou(vit, head, x, y, n_classes) for x, y in (val, test))
+    return val_miou, test_miou
 
 
 # --------------------------------------------------------------------------------------------------
@@ -930,6 +860,7 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in SHOTS} for a in (*ARMS, RAW)}
     drops: dict[str, dict[str, list[float]]] = {a: {c: [] for c in CORRUPTIONS} for a in (*ARMS, RAW)}
     with phase("frozen probes (clean and corrupted)"):
+        from vitp_geo.evaluation.patch_head import patch_features
         from vitp_geo.evaluation.probe import patch_labels, raw_patch_features
 
         pool_y = patch_labels(ev.pool_y, patch, n_classes)
@@ -937,11 +868,11 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
         for seed in s.seeds:
             orders = draw_orders(seed, s.draws, len(ev.pool_x))
             for arm in (*ARMS, RAW):
+                fx: Callable[[np.ndarray], Tensor]
                 if arm == RAW:
                     fx = lambda x: torch.from_numpy(raw_patch_features(x, patch))  # noqa: E731
                 else:
-                    vit = load(backbones[arm, seed])
-                    fx = lambda x, vit=vit: features(vit, x)  # noqa: E731
+                    fx = partial(patch_features, load(backbones[arm, seed]))
                 tests = {
                     "clean": (fx(ev.test_x), test_y),
                     **{c: (fx(corrupted[c]), test_y) for c in CORRUPTIONS},
@@ -975,7 +906,6 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
                     s.ft_steps,
                     seed * 100 + d,
                     n_classes,
-                    patch,
                 )
                 for lr in FT_LRS
             ]
