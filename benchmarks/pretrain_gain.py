@@ -25,7 +25,7 @@ Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run
   at 1, 4 and 16 labelled tiles drawn from a labelled pool, tested on 64 held-out tiles, for every
   label draw x pretraining seed; a raw-pixel probe as the reference row;
 - a short fine-tune at 4 labelled tiles (ViT + linear head on patch tokens, patch-level CE,
-  ``vitp_geo.evaluation.patch_head``), the
+  ``vitp_geo.tasks.patch_head``), the
   learning rate picked per arm and run from {1e-4, 3e-4, 1e-3} by mIoU on a separate validation
   split, reporting the test mIoU of the chosen one;
 - robustness: the drop in probe mIoU (16 tiles, probe fitted on clean tiles) when the test tiles
@@ -558,10 +558,10 @@ def train_supervised(
     """Multi-label classification of the classes present: ViT mean-pooled patch tokens + linear.
 
     Same init, optimiser (AdamW, decay groups), lr, warm-up + cosine schedule, clipping, batch
-    and optimizer steps as a pretraining run of ``cfg`` (``evaluation.patch_head.train_vit_head``).
+    and optimizer steps as a pretraining run of ``cfg`` (``tasks.patch_head.train_vit_head``).
     """
-    from vitp_geo.evaluation.patch_head import normalise, patch_tokens, train_vit_head
     from vitp_geo.synthetic.scene import CLASS_NAMES
+    from vitp_geo.tasks.patch_head import normalise, patch_tokens, train_vit_head
 
     n_classes = len(CLASS_NAMES)
     shares = np.stack([(masks == c).mean(axis=(1, 2)) for c in range(n_classes)], axis=1)
@@ -638,8 +638,8 @@ def finetune(
     seed: int,
     n_classes: int,
 ) -> tuple[float, float]:
-    """Fine-tune ViT + linear head on patch tokens (``evaluation.patch_head``); (val mIoU, test mIoU)."""
-    from vitp_geo.evaluation.patch_head import finetune_patch_head, patch_head_miou
+    """Fine-tune ViT + linear head on patch tokens (``tasks.patch_head``); (val mIoU, test mIoU)."""
+    from vitp_geo.tasks.patch_head import finetune_patch_head, patch_head_miou
 
     torch.manual_seed(seed)  # before loading: the head's init follows the backbone build's draws
     vit = load(backbone)
@@ -860,8 +860,8 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in SHOTS} for a in (*ARMS, RAW)}
     drops: dict[str, dict[str, list[float]]] = {a: {c: [] for c in CORRUPTIONS} for a in (*ARMS, RAW)}
     with phase("frozen probes (clean and corrupted)"):
-        from vitp_geo.evaluation.patch_head import patch_features
         from vitp_geo.evaluation.probe import patch_labels, raw_patch_features
+        from vitp_geo.tasks.patch_head import patch_features
 
         pool_y = patch_labels(ev.pool_y, patch, n_classes)
         test_y = patch_labels(ev.test_y, patch, n_classes)

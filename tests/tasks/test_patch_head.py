@@ -1,4 +1,4 @@
-"""vitp_geo.evaluation.patch_head: the ViT + linear-head training loop, the patch fine-tune, features."""
+"""vitp_geo.tasks.patch_head: the ViT + linear-head training loop, the patch fine-tune, features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitp_geo.evaluation.patch_head import (
+from vitp_geo.evaluation.probe import patch_labels
+from vitp_geo.tasks.patch_head import (
     _d4,
     finetune_patch_head,
     normalise,
@@ -20,7 +21,6 @@ from vitp_geo.evaluation.patch_head import (
     predict_patches,
     train_vit_head,
 )
-from vitp_geo.evaluation.probe import patch_labels
 
 PATCH = 14
 
