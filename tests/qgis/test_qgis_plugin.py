@@ -261,7 +261,7 @@ def test_build_zip_holds_the_plugin_and_works_from_a_wheel(tmp_path: Path) -> No
     repo, src = Path(__file__).resolve().parents[2], tmp_path / "src"
     for part in ("vitp_geo", "datamodules", "qgis_plugin"):
         shutil.copytree(repo / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(repo / name, src / name)
     wheel_dir = tmp_path / "wheel"
     subprocess.run(

@@ -57,7 +57,7 @@ def test_shipped_config_trains_on_the_torchgeo_layout(name: str, torchgeo_layout
     )
     assert card["bands"] == [1, 2, 3]  # Potsdam: R, G, B of the RGBIR tiles
     assert card["render"].get("raw") is True
-    neck = "deformable_adapter" if task == "segmentation" else "adapter"  # the paper's in segmentation
+    neck = "deformable_adapter"  # the paper's (InternViTAdapter) in the reference mmseg and open-cd configs
     assert card["arch"]["neck"] == model["neck"] == neck and card["arch"]["head"] == "upernet"
     val = summary["validation"]
     if task == "segmentation":
