@@ -109,8 +109,9 @@ def _read_config(path: Path) -> tuple[type, dict[str, Any]]:
     return task_cls, dict(model.get("init_args") or {})
 
 
-def _hparams(task_cls: type, init_args: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The task's hyper-parameters as Lightning would record them: signature defaults ∪ config."""
+def _hparams(task_cls: Any, init_args: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The task's hyper-parameters, signature and group defaults ∪ config, under the flat names its
+    ``model_fields`` reads (``tasks.args.flat_hparams``); a pre-group flat key is refused naming the new one."""
     from vitp_geo.tasks.args import GROUPS, flat_hparams, old_spelling
 
     params = inspect.signature(task_cls).parameters  # __init__'s, without self
