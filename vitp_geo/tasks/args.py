@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
 __all__ = [
+    "GROUPS",
     "OLD_KEYS",
     "BackboneArgs",
     "InputArgs",
