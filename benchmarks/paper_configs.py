@@ -14,7 +14,7 @@ Two measurements, each config in its own process (the parent prints a Markdown t
     .venv/bin/python benchmarks/paper_configs.py [--only detection/ssdd] [--no-forward]
     .venv/bin/python benchmarks/paper_configs.py --fit [--only segmentation/loveda] [--size 1024]
 
-No pretrained weights are loaded (``backbone_weights: null`` as shipped): this checks that the
+No pretrained weights are loaded (``backbone.weights: null`` as shipped): this checks that the
 full-size models build, fit in memory and run, not what they score. Peak memory is the child
 process's maximum resident set (``ru_maxrss``); times depend on the machine's load.
 """
@@ -65,7 +65,7 @@ def _build_child(name: str, forward: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"config": name, "build_s": round(build_s, 1), "params_m": round(params / 1e6, 1)}
     row["neck"] = type(model.neck).__name__
     if forward:
-        size, channels = int(init["img_size"]), int(task.hparams["in_channels"])
+        size, channels = int(task.hp["img_size"]), int(task.hp["in_channels"])
         if task.KIND == "change":
             channels *= 2  # before and after, stacked
         x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))

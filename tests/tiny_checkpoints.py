@@ -58,25 +58,30 @@ def save_tiny_checkpoint(
     """
     import lightning
 
+    from vitp_geo.tasks.args import BackboneArgs, InputArgs
     from vitp_geo.tasks.change import ChangeDetectionTask
     from vitp_geo.tasks.detection import ObjectDetectionTask
     from vitp_geo.tasks.segmentation import SegmentationTask
 
     path = Path(path)
     common: dict[str, Any] = dict(
-        backbone="vitp_tiny_patch14_112",
-        img_size=tile_size,
-        in_channels=len(bands),
-        neck=neck,
+        backbone=BackboneArgs(
+            name="vitp_tiny_patch14_112",
+            img_size=tile_size,
+            in_channels=len(bands),
+            neck=neck,  # type: ignore[arg-type]
+            drop_path_rate=0.0,
+        ),
         head=head,
         head_channels=32,
-        drop_path_rate=0.0,
-        bands=list(bands),
-        mean=list(mean) if mean is not None else None,
-        std=list(std) if std is not None else None,
+        inputs=InputArgs(
+            bands=list(bands),
+            mean=list(mean) if mean is not None else None,
+            std=list(std) if std is not None else None,
+            render=dict(render) if render is not None else None,
+        ),
         class_names=list(class_names) if class_names is not None else None,
         class_colors=[list(c) for c in class_colors] if class_colors is not None else None,
-        render=dict(render) if render is not None else None,
     )
     torch.manual_seed(seed)
     module: SegmentationTask | ChangeDetectionTask | ObjectDetectionTask

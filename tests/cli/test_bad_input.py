@@ -312,12 +312,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _backbone(w / "inf", "pos_embed", float("inf"))
     (w / "nan_backbone.yaml").write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
-        f"    backbone_weights: {w}/nan/backbone.safetensors\n"
+        f"    backbone: {{weights: {w}/nan/backbone.safetensors}}\n"
         "data:\n  class_path: vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
     )
     (w / "unknown_backbone.yaml").write_text(
-        "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n    backbone: vitp_no_such_vit\n"
+        "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n    backbone: {name: vitp_no_such_vit}\n"
         "data:\n  class_path: vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args: {{images: {w}/s, labels: {w}/s}}\n"
     )

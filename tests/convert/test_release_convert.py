@@ -232,11 +232,10 @@ def _config(tmp_path: Path, kind: str) -> Path:
         }
         names = MASK_CLASSES if kind == "mask" else ["plane", "ship", "tank"]
         init = dict(
-            backbone="vitp_tiny_patch14_112",
+            backbone=dict(name="vitp_tiny_patch14_112", neck="deformable_adapter"),
             num_classes=len(names),
             class_names=names,
             **heads[kind],
-            neck="deformable_adapter",
             fpn_channels=FPN_W,
             representation=64,
             anchor_sizes=[16, 32, 64, 128, 256],
@@ -246,14 +245,16 @@ def _config(tmp_path: Path, kind: str) -> Path:
         path = "vitp_geo.tasks.detection.ObjectDetectionTask"
     elif kind == "change":  # head width and fusion differ from the checkpoint's: it must use those
         init = dict(
-            backbone="vitp_tiny_patch14_112", neck="sfp", head="upernet", head_channels=8, fusion="diff"
+            backbone=dict(name="vitp_tiny_patch14_112", neck="sfp"),
+            head="upernet",
+            head_channels=8,
+            fusion="diff",
         )
         path = "vitp_geo.tasks.ChangeDetectionTask"
     else:
         init = dict(
-            backbone="vitp_tiny_patch14_112",
+            backbone=dict(name="vitp_tiny_patch14_112", neck="deformable_adapter"),
             num_classes=NUM_CLASSES_SEG,
-            neck="deformable_adapter",
             head="upernet",
             head_channels=FPN_W,
         )
@@ -728,21 +729,21 @@ def test_a_config_without_a_released_layout_is_refused_with_the_layouts_named(tm
 def test_the_checkpoints_rgb_input_wins_over_the_configs_channel_count(det, tmp_path: Path) -> None:
     config, _, mm = det
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["init_args"]["in_channels"] = 1  # e.g. a single-band SAR setting
+    cfg["model"]["init_args"]["backbone"]["in_channels"] = 1  # e.g. a single-band SAR setting
     one_band = tmp_path / "one_band.yaml"
     one_band.write_text(yaml.safe_dump(cfg))
     _, arch, card, _ = convert_state_dict(mm, one_band)
     assert card.bands == [1, 2, 3] and len(card.mean) == 3 and arch["in_channels"] == 3
-    cfg["model"]["init_args"]["bands"] = [1]
+    cfg["model"]["init_args"]["inputs"] = {"bands": [1]}
     one_band.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match=r"model\.init_args\.bands has 1 values, the model takes 3"):
+    with pytest.raises(ValueError, match=r"model\.init_args\.inputs\.bands has 1 values, the model takes 3"):
         convert_state_dict(mm, one_band)
 
 
 def test_the_card_carries_the_reference_normalisation_whatever_the_config_says(seg, tmp_path: Path) -> None:
     config, _, mm = seg
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["init_args"].update(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0])
+    cfg["model"]["init_args"]["inputs"] = {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]}
     other = tmp_path / "other_stats.yaml"
     other.write_text(yaml.safe_dump(cfg))
     _, _, card, _ = convert_state_dict(mm, other)

@@ -222,18 +222,17 @@ def test_the_card_records_the_value_type_the_detector_was_trained_on(folders) ->
     scene (0 detections instead of 13, exit 0). The card now says uint8, as segmentation's does."""
     from types import SimpleNamespace
 
+    from vitp_geo.tasks.args import BackboneArgs, InputArgs
     from vitp_geo.tasks.detection import ObjectDetectionTask
 
     dm = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), classes=["building"])
     assert dm.raw_dtype == "uint8"
     task = ObjectDetectionTask(
-        backbone="vitp_tiny_patch14_112",
-        img_size=112,
+        backbone=BackboneArgs(name="vitp_tiny_patch14_112", img_size=112),
         num_classes=1,
         fpn_channels=32,
         representation=64,
-        mean=[0.0, 0.0, 0.0],
-        std=[255.0, 255.0, 255.0],
+        inputs=InputArgs(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0]),
     )
     task._trainer = SimpleNamespace(datamodule=dm)  # type: ignore[assignment]
     card = task.model_card()

@@ -169,7 +169,7 @@ def test_potsdam_config_classes_follow_torchgeo_order_and_feed_rgb() -> None:
     assert ours == theirs
     assert [tuple(c) for c in model["class_colors"]] == list(Potsdam2D.colormap)
     assert model["num_classes"] == len(Potsdam2D.classes)
-    assert data["bands"] == [1, 2, 3] and model["in_channels"] == 3
+    assert data["bands"] == [1, 2, 3] and model["backbone"]["in_channels"] == 3
 
 
 def test_potsdam_datamodule_trains_on_train_tiles_and_validates_on_the_test_grid(torchgeo_layouts) -> None:  # noqa: ANN001

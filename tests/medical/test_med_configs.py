@@ -58,12 +58,11 @@ def test_medical_config_runs_fast_dev_run(name: str, tmp_path: Path) -> None:
     written = copy.deepcopy(cfg["model"]["init_args"])
     cfg["data"]["init_args"]["root"] = str(FIXTURES[name](tmp_path / "data"))
     cfg["data"]["init_args"]["num_workers"] = 0  # what is loaded is unchanged; no worker processes in tests
-    cfg["model"]["init_args"].update(
-        backbone="vitp_tiny_patch14_112", img_size=112, head_channels=16, backbone_weights=None
-    )
+    cfg["model"]["init_args"]["backbone"].update(name="vitp_tiny_patch14_112", img_size=112, weights=None)
+    cfg["model"]["init_args"]["head_channels"] = 16
     cli = smoke_cli(cfg, tmp_path)
     task, dm = cli.model, cli.datamodule
-    assert task.hparams["head"] == written["head"] == "upernet" and task.hparams["neck"] == "adapter"
+    assert task.hparams["head"] == written["head"] == "upernet" and task.hp["neck"] == "adapter"
     assert dm.class_names == written["class_names"] and len(dm.class_names) == written["num_classes"]
     cli.trainer.fit(task, datamodule=dm)
     assert cli.trainer.state.finished

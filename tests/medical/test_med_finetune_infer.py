@@ -201,10 +201,13 @@ def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path:
     from vitp_geo.datamodules.medical import MedicalSliceDataModule
 
     from vitp_geo.tasks import SegmentationTask
+    from vitp_geo.tasks.args import BackboneArgs
 
     root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(28, 28, 6))
     dm = MedicalSliceDataModule(str(root), channel_rule="mri-sequences", preset="mri-zscore", patch_size=28)
-    task = SegmentationTask(backbone="vitp_tiny_patch14_112", img_size=112, num_classes=5, head_channels=16)
+    task = SegmentationTask(
+        backbone=BackboneArgs(name="vitp_tiny_patch14_112", img_size=112), num_classes=5, head_channels=16
+    )
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"num_classes is 5 but the data has 4 classes"):
         trainer.fit(task, datamodule=dm)

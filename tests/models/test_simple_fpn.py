@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import yaml
 
 from vitp_geo.models.simple_fpn import SimpleFPN
+from vitp_geo.tasks.args import BackboneArgs
 from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.detection import ObjectDetectionTask
 from vitp_geo.tasks.models import assemble, rebuild_model
@@ -62,7 +63,7 @@ def test_configs_use_the_simple_fpn_where_the_reference_does(name: str) -> None:
     assert init["fpn"] == "simple_fpn"
     # the task records it in the arch, and a model rebuilt from that arch has the SimpleFPN
     task = ObjectDetectionTask(
-        backbone="vitp_tiny_patch14_112",
+        backbone=BackboneArgs(name="vitp_tiny_patch14_112"),
         num_classes=2,
         box_type="obb",
         rpn="oriented",

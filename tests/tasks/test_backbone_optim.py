@@ -7,6 +7,7 @@ import timm
 import torch
 
 from vitp_geo.tasks import SegmentationTask
+from vitp_geo.tasks.args import BackboneArgs
 from vitp_geo.tasks.backbone import adapt_patch_embed, describe_backbone, rebuild_backbone
 from vitp_geo.tasks.optim import layer_id, lr_factor, param_groups
 
@@ -84,7 +85,7 @@ def test_layer_ids_and_decayed_learning_rates() -> None:
     assert layer_id(p + "blocks.0.attn.qkv.weight", 4, p) == 1
     assert layer_id(p + "blocks.3.mlp.fc2.bias", 4, p) == 4
     assert layer_id("model.head.classifier.weight", 4, p) == 5
-    task = SegmentationTask(head_channels=16, drop_path_rate=0.0)
+    task = SegmentationTask(head_channels=16, backbone=BackboneArgs(drop_path_rate=0.0))
     groups = param_groups(task, lr=1.0, weight_decay=0.05, layer_decay=0.5, depth=4, backbone_prefix=p)
     by_name = {g["name"]: g for g in groups}
     assert by_name["layer_0_no_decay"]["lr"] == pytest.approx(0.5**5)  # pos_embed, cls_token
@@ -99,12 +100,12 @@ def test_layer_ids_and_decayed_learning_rates() -> None:
 
 
 def test_freezing_options_and_schedule() -> None:
-    frozen = SegmentationTask(head_channels=16, freeze_blocks=2)
+    frozen = SegmentationTask(head_channels=16, backbone=BackboneArgs(freeze_blocks=2))
     vit = frozen.backbone
     assert not vit.pos_embed.requires_grad and not vit.patch_embed.proj.weight.requires_grad
     assert not any(p.requires_grad for p in vit.blocks[1].parameters())
     assert all(p.requires_grad for p in vit.blocks[2].parameters())
-    whole = SegmentationTask(head_channels=16, freeze_backbone=True)
+    whole = SegmentationTask(head_channels=16, backbone=BackboneArgs(freeze=True))
     assert not any(p.requires_grad for p in whole.backbone.parameters())
     assert all(p.requires_grad for p in whole.model.head.parameters())
     assert lr_factor(0, 100, 10, "poly") == pytest.approx(0.1)

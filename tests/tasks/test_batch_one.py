@@ -8,12 +8,15 @@ from torch import nn
 
 from vitp_geo.models.heads import HeadBatchNorm2d, UperNetHead
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
+from vitp_geo.tasks.args import BackboneArgs
 
 
 @pytest.mark.parametrize("head", ["upernet", "unet"])
 def test_segmentation_task_trains_at_batch_1(head: str) -> None:
     torch.manual_seed(0)
-    task = SegmentationTask(num_classes=3, head=head, head_channels=16, drop_path_rate=0.0).train()
+    task = SegmentationTask(
+        num_classes=3, head=head, head_channels=16, backbone=BackboneArgs(drop_path_rate=0.0)
+    ).train()
     x, y = torch.randn(1, 3, 112, 112), torch.randint(0, 3, (1, 112, 112))
     loss = task.criterion(task(x), y)  # (1, 3, 112, 112) logits
     loss.backward()
@@ -27,7 +30,7 @@ def test_segmentation_task_trains_at_batch_1(head: str) -> None:
 def test_change_task_trains_at_batch_1() -> None:
     """One pair per step learns: the pooling branch gets a gradient and the loss on it falls."""
     torch.manual_seed(0)
-    task = ChangeDetectionTask(head_channels=16, drop_path_rate=0.0).train()
+    task = ChangeDetectionTask(head_channels=16, backbone=BackboneArgs(drop_path_rate=0.0)).train()
     x = torch.randn(1, 6, 112, 112)
     y = torch.zeros(1, 112, 112, dtype=torch.int64)
     y[:, 30:80, 20:60] = 1  # one changed block

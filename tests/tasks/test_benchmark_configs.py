@@ -21,6 +21,7 @@ from vitp_geo.datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
 
 from vitp_geo.cli import finetune
 from vitp_geo.tasks import run as finetune_run
+from vitp_geo.tasks.args import flat_hparams
 
 CONFIGS = Path(__file__).resolve().parents[2] / "vitp_geo" / "configs" / "finetune"
 TORCHGEO_LAYOUT_CONFIGS = {
@@ -45,11 +46,12 @@ def test_shipped_config_trains_on_the_torchgeo_layout(name: str, torchgeo_layout
     }
     # test-only: one step on the CPU, and a backbone that fits it (module doc)
     cfg["trainer"].update(CPU_SMOKE_TRAINER)
-    cfg["model"]["init_args"].update(backbone="vitp_tiny_patch14_112", head_channels=16)
+    cfg["model"]["init_args"]["backbone"]["name"] = "vitp_tiny_patch14_112"
+    cfg["model"]["init_args"]["head_channels"] = 16
     summary = finetune_run.fit(cfg, task, args.output, progress=False, source=str(config))
 
     card = torch.load(args.output / "model.ckpt", map_location="cpu", weights_only=True)["vitp_geo_card"]
-    model = written["model"]["init_args"]
+    model = flat_hparams(written["model"]["init_args"])
     names = model["class_names"]
     assert card["class_names"] == names
     assert card["mean"] == pytest.approx(list(IMAGENET_MEAN_255)) and card["std"] == pytest.approx(

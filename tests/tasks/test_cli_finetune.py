@@ -75,7 +75,7 @@ def test_config_typo_is_a_clear_error_naming_the_file_and_key(tmp_path, capsys) 
     typo = tmp_path / "typo.yaml"
     typo.write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
-        "    backbone: vitp_tiny_patch14_112\n    num_clases: 5\n"
+        "    backbone: {name: vitp_tiny_patch14_112}\n    num_clases: 5\n"
         f"data:\n  class_path: vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args:\n    images: {tmp_path}\n"
     )
@@ -91,7 +91,7 @@ def test_a_config_naming_the_old_datamodules_package_is_refused_naming_the_new_p
     old = tmp_path / "old.yaml"
     old.write_text(
         "model:\n  class_path: vitp_geo.tasks.SegmentationTask\n  init_args:\n"
-        "    backbone: vitp_tiny_patch14_112\n    num_classes: 5\n"
+        "    backbone: {name: vitp_tiny_patch14_112}\n    num_classes: 5\n"
         f"data:\n  class_path: datamodules.geotiff.GeoTiffSegmentationDataModule\n"
         f"  init_args:\n    images: {tmp_path}\n"
     )
@@ -109,7 +109,9 @@ def test_diverged_training_writes_no_model_ckpt(tmp_path, capsys) -> None:  # no
     from vitp_geo.tasks.run import default_config, fit
 
     cfg = default_config("segmentation", tmp_path / "data")
-    cfg["model"]["init_args"].update(lr=float("inf"), warmup_steps=0)  # one step makes every weight NaN
+    cfg["model"]["init_args"]["optim"].update(
+        lr=float("inf"), warmup_steps=0
+    )  # one step makes every weight NaN
     cfg["trainer"].update(max_steps=1, max_epochs=1, limit_val_batches=1, enable_model_summary=False)
     with pytest.raises(
         RuntimeError, match=r"training diverged: .*non-finite weights.*model\.ckpt not written"
@@ -303,9 +305,9 @@ def test_resume_after_an_interruption_continues_exactly(tmp_path, monkeypatch, c
     monkeypatch.setattr(run_mod, "build_cli", real_build_cli)
 
     other = copy.deepcopy(config(part))
-    other["model"]["init_args"]["lr"] = 0.5
+    other["model"]["init_args"]["optim"]["lr"] = 0.5
     with pytest.raises(
-        ValueError, match=r"--resume: the run in .* had other settings \(model\.init_args\.lr: "
+        ValueError, match=r"--resume: the run in .* had other settings \(model\.init_args\.optim\.lr: "
     ):
         fit(other, "segmentation", part, progress=False, resume=True)
     summary = fit(config(part), "segmentation", part, progress=False, resume=True)

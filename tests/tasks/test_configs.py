@@ -15,6 +15,7 @@ import yaml
 from config_runs import fill_root, smoke_cli
 
 from tasks.folder_layouts import VAL_SAMPLES, WRITERS
+from vitp_geo.tasks.args import flat_hparams
 
 CONFIGS = sorted(
     p
@@ -57,12 +58,13 @@ def test_shipped_data_section_trains_on_the_datasets_own_layout(path: Path, tmp_
     }
     model = cfg["model"]["init_args"]
     # test-only: a backbone that fits this CPU (tests/tasks/test_benchmark_configs.py's module doc)
-    model.update(backbone="vitp_tiny_patch14_112", img_size=112, head_channels=16, backbone_weights=None)
+    model["backbone"].update(name="vitp_tiny_patch14_112", img_size=112, weights=None)
+    model["head_channels"] = 16
     cli = smoke_cli(cfg, tmp_path)
     task, dm = cli.model, cli.datamodule
     # the paper's deformable ViT-Adapter in the segmentation and change configs (issue 17)
     neck = "deformable_adapter"  # the reference mmseg and open-cd configs both use InternViTAdapter (deformable)
-    assert task.hparams["neck"] == written["model"]["init_args"]["neck"] == neck
+    assert task.hp["neck"] == flat_hparams(written["model"]["init_args"])["neck"] == neck
     cli.trainer.fit(task, datamodule=dm)
     assert cli.trainer.state.finished and "train_loss" in cli.trainer.callback_metrics
     monitor = "val_mIoU" if path.parent.name == "segmentation" else "val_F1"
@@ -94,7 +96,7 @@ REFERENCE_VALUES = {
 @pytest.mark.parametrize("name", sorted(REFERENCE_VALUES))
 def test_shipped_values_are_the_reference_values(name: str) -> None:
     cfg = yaml.safe_load((REPO_CONFIGS / f"{name}.yaml").read_text())
-    m, d = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    m, d = flat_hparams(cfg["model"]["init_args"]), cfg["data"]["init_args"]
     lr, wd, decay, steps, schedule, warmup, crop, fusion = REFERENCE_VALUES[name]
     assert (m["lr"], m["weight_decay"], m["layer_decay"]) == (pytest.approx(lr), wd, decay)
     assert (cfg["trainer"]["max_steps"], m["schedule"], m["warmup_steps"]) == (steps, schedule, warmup)

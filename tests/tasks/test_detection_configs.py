@@ -20,6 +20,7 @@ from ssdd_fixture import write_ssdd
 
 from vitp_geo.models.detection.cascade import CascadeRoIHeads
 from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
+from vitp_geo.tasks.args import flat_hparams
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "vitp_geo" / "configs" / "finetune" / "detection").glob("*.yaml"))
@@ -69,7 +70,7 @@ def test_all_six_paper_configs_exist() -> None:
 def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     cfg = yaml.safe_load(path.read_text())
     assert cfg["data"]["init_args"]["root"] == "FILL_ME"  # the one thing to fill in
-    written = copy.deepcopy(cfg["model"]["init_args"])
+    written = flat_hparams(copy.deepcopy(cfg["model"]["init_args"]))
     # the reference's layer decay, and Cascade R-CNN where the paper uses it (issue 17)
     assert written["layer_decay"] == (0.9 if path.stem in ("dior", "ssdd") else 0.95)
     assert written["neck"] == "deformable_adapter"  # the paper's ViT-Adapter
@@ -97,16 +98,11 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
     assert written["class_names"] == cfg["data"]["init_args"]["classes"]
     root, splits = _fixture(path.stem, tmp_path)
     cfg["data"]["init_args"].update(root=str(root), num_workers=0, **splits)
-    cfg["model"]["init_args"].update(
-        backbone="vitp_tiny_patch14_112",
-        img_size=112,
-        fpn_channels=32,
-        representation=64,
-        backbone_weights=None,
-    )
+    cfg["model"]["init_args"]["backbone"].update(name="vitp_tiny_patch14_112", img_size=112, weights=None)
+    cfg["model"]["init_args"].update(fpn_channels=32, representation=64)
     cli = smoke_cli(cfg, tmp_path)
     task = cli.model
-    assert task.hparams["box_type"] == written["box_type"] and task.hparams["lr"] == written["lr"]
+    assert task.hp["box_type"] == written["box_type"] and task.hp["lr"] == written["lr"]
     assert isinstance(task.model.roi_heads, CascadeRoIHeads) == (written.get("roi_head") == "cascade")
     assert isinstance(task.model.rpn, OrientedRegionProposalNetwork) == oriented_rcnn
     assert task.model.roi_heads.has_mask() if path.stem == "ssdd" else True
@@ -133,9 +129,8 @@ def test_finetune_detection_writes_task1_files_that_evaluate_reads(tmp_path: Pat
     cfg["data"]["init_args"].update(
         root=str(root), num_workers=0, train_split="val", val_split="val", test_split="val"
     )
-    cfg["model"]["init_args"].update(
-        backbone="vitp_tiny_patch14_112", img_size=112, fpn_channels=32, representation=64
-    )
+    cfg["model"]["init_args"]["backbone"].update(name="vitp_tiny_patch14_112", img_size=112)
+    cfg["model"]["init_args"].update(fpn_channels=32, representation=64)
     cfg["trainer"] = dict(cfg["trainer"], precision="32-true", accelerator="cpu", devices=1)
     config = tmp_path / "dota.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -11,6 +11,7 @@ from vitp_geo.models.detection.cascade import CascadeRoIHeads
 from vitp_geo.models.detection.oriented_rpn import OrientedRegionProposalNetwork
 from vitp_geo.models.detection.rcnn import DetectionModel
 from vitp_geo.tasks import load_inference_model
+from vitp_geo.tasks.args import BackboneArgs, OptimArgs
 from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.detection import ObjectDetectionTask
 
@@ -23,7 +24,7 @@ def _task(**kw: object) -> ObjectDetectionTask:
         fpn_channels=32,
         representation=64,
         anchor_sizes=[16, 32, 64, 128, 256],
-        drop_path_rate=0.0,
+        backbone=BackboneArgs(drop_path_rate=0.0),
     )
     args.update(kw)
     return ObjectDetectionTask(**args)  # type: ignore[arg-type]
@@ -42,14 +43,14 @@ def test_is_a_torchgeo_detection_task_with_its_own_hparams() -> None:
 
 
 def test_layer_decay_and_freezing_reach_the_backbone() -> None:
-    task = _task(layer_decay=0.5, lr=1.0)
+    task = _task(optim=OptimArgs(layer_decay=0.5, lr=1.0))
     groups = task.configure_optimizers()["optimizer"].param_groups  # type: ignore[index]
     by_param = {id(p): g["lr"] for g in groups for p in g["params"]}
     depth = len(task.backbone.blocks)
     assert by_param[id(task.backbone.patch_embed.proj.weight)] == pytest.approx(0.5 ** (depth + 1))
     assert by_param[id(task.backbone.blocks[depth - 1].mlp.fc1.weight)] == pytest.approx(0.5)
     assert by_param[id(task.model.roi_heads.head.fc6.weight)] == pytest.approx(1.0)  # detector: full lr
-    frozen = _task(freeze_blocks=2)
+    frozen = _task(backbone=BackboneArgs(drop_path_rate=0.0, freeze_blocks=2))
     assert not any(p.requires_grad for p in frozen.backbone.blocks[1].parameters())
     assert all(p.requires_grad for p in frozen.backbone.blocks[2].parameters())
     assert all(p.requires_grad for p in frozen.model.rpn.parameters())
@@ -94,7 +95,7 @@ def test_checkpoint_card_and_rebuild(tmp_path, box_type: str, roi_head: str, rpn
 def test_segmentation_checkpoint_is_refused_as_a_backbone_and_the_reverse(tmp_path) -> None:  # noqa: ANN001
     seg = save_tiny_checkpoint(tmp_path / "seg.ckpt", task="segmentation")
     with pytest.raises(ValueError, match=r"seg\.ckpt is a fine-tuned segmentation checkpoint"):
-        _task(backbone_weights=str(seg))
+        _task(backbone=BackboneArgs(weights=str(seg)))
     det = save_tiny_checkpoint(tmp_path / "det.ckpt", task="detection", num_classes=1)
     with pytest.raises(ValueError, match=r"det\.ckpt is a fine-tuned detection checkpoint"):
         build_backbone("vitp_tiny_patch14_112", weights=det)

@@ -12,6 +12,7 @@ from vitp_geo.datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegment
 
 from vitp_geo.io.model_card import CARD_KEY
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference_model
+from vitp_geo.tasks.args import BackboneArgs, InputArgs
 from vitp_geo.tasks.loading import write_weights_checkpoint
 
 
@@ -39,7 +40,11 @@ def test_segmentation_checkpoint_round_trip_gives_identical_logits(seg_folders, 
         str(seg_folders.images), labels=str(seg_folders.labels), batch_size=2, length=2
     )
     task = SegmentationTask(
-        head_channels=16, num_classes=5, class_names=list("abcde"), drop_path_rate=0.0, bands=[3, 2, 1]
+        head_channels=16,
+        num_classes=5,
+        class_names=list("abcde"),
+        backbone=BackboneArgs(drop_path_rate=0.0),
+        inputs=InputArgs(bands=[3, 2, 1]),
     )
     ckpt = _train_one_step(task, dm, tmp_path)
     model, card = load_inference_model(ckpt)
@@ -78,7 +83,10 @@ def test_change_checkpoint_round_trip_gives_identical_logits(change_folders, tmp
         length=2,
     )
     task = ChangeDetectionTask(
-        head_channels=16, neck="adapter", head="unet", fusion="concat", drop_path_rate=0.0
+        head_channels=16,
+        backbone=BackboneArgs(neck="adapter", drop_path_rate=0.0),
+        head="unet",
+        fusion="concat",
     )
     ckpt = _train_one_step(task, dm, tmp_path)
     model, card = load_inference_model(ckpt)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from vitp_geo.io.raster import RenderRule
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
+from vitp_geo.tasks.args import BackboneArgs
 from vitp_geo.tiling.reader import SceneWindowReader
 from vitp_geo.vlm.dynamic_tiles import to_pixel_values
 
@@ -76,7 +77,9 @@ def test_config_feeds_pretraining_statistics_in_training_and_inference(path: Pat
         torch.testing.assert_close(fed[3:6], expected, atol=1e-5, rtol=1e-5)  # the second date alike
 
     # the model card the task writes, and inference reading a scene with it
-    task = (ChangeDetectionTask if change else SegmentationTask)(head_channels=8, in_channels=len(bands))
+    task = (ChangeDetectionTask if change else SegmentationTask)(
+        head_channels=8, backbone=BackboneArgs(in_channels=len(bands))
+    )
     task._trainer = SimpleNamespace(datamodule=dm)  # type: ignore[assignment]  # what Trainer.fit attaches
     card = task.model_card()
     scene = _scene(tmp_path / "scene.tif", max(bands))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from vitp_geo.tasks.args import BackboneArgs, OptimArgs
 from vitp_geo.tasks.detection import ObjectDetectionTask
 from vitp_geo.tasks.optim import lr_factor, step_milestones
 
@@ -32,8 +33,9 @@ def test_lr_factor_step_with_mmcv_warmup() -> None:
 
 def _task(**kw: object) -> ObjectDetectionTask:
     return ObjectDetectionTask(
-        backbone="vitp_tiny_patch14_112", img_size=112, fpn_channels=32, representation=64, lr=1e-3,
-        layer_decay=1.0, warmup_steps=4, schedule="step", lr_steps=[2, 3], warmup_ratio=1 / 3, **kw,
+        backbone=BackboneArgs(name="vitp_tiny_patch14_112", img_size=112), fpn_channels=32, representation=64,
+        optim=OptimArgs(lr=1e-3, layer_decay=1.0, warmup_steps=4, schedule="step", lr_steps=[2, 3],
+                        warmup_ratio=1 / 3), **kw,
     )  # fmt: skip
 
 
@@ -61,8 +63,8 @@ def test_task_lr_by_iteration(accumulate: int, per_epoch: int) -> None:
 
 def test_step_schedule_needs_its_epochs() -> None:
     with pytest.raises(ValueError, match="lr_steps goes with schedule 'step'"):
-        ObjectDetectionTask(schedule="step")
+        ObjectDetectionTask(optim=OptimArgs(schedule="step"))
     with pytest.raises(ValueError, match="lr_steps goes with schedule 'step'"):
-        ObjectDetectionTask(schedule="cosine", lr_steps=[8, 11])
+        ObjectDetectionTask(optim=OptimArgs(schedule="cosine", lr_steps=[8, 11]))
     with pytest.raises(ValueError, match="strictly increasing epochs"):
-        ObjectDetectionTask(schedule="step", lr_steps=[11, 8])
+        ObjectDetectionTask(optim=OptimArgs(schedule="step", lr_steps=[11, 8]))

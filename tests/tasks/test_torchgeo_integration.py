@@ -11,6 +11,7 @@ from torchgeo.trainers import ChangeDetectionTask as TorchGeoChangeTask
 from vitp_geo.datamodules.geotiff import GeoTiffSegmentationDataModule
 
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
+from vitp_geo.tasks.args import BackboneArgs, OptimArgs
 
 
 @pytest.mark.slow
@@ -21,7 +22,9 @@ def test_torchgeo_datamodule_trains_our_task_and_loss_drops(seg_folders, tmp_pat
     )
     assert isinstance(dm, GeoDataModule)
     task = SegmentationTask(
-        head_channels=16, lr=2e-3, warmup_steps=0, schedule="constant", drop_path_rate=0.0
+        head_channels=16,
+        optim=OptimArgs(lr=2e-3, warmup_steps=0, schedule="constant"),
+        backbone=BackboneArgs(drop_path_rate=0.0),
     )
     assert isinstance(task, BaseTask)
     trainer = Trainer(

@@ -89,7 +89,8 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     cfg["trainer"] = trainer
     init = cfg["model"].setdefault("init_args", {})
     if args.backbone is not None:  # run() has checked that it exists
-        init["backbone_weights"] = str(args.backbone)
+        group = init.get("backbone") or {}
+        init["backbone"] = {**group, "weights": str(args.backbone)}
     if args.max_epochs is not None:
         trainer["max_epochs"] = args.max_epochs
         if args.max_steps is None:
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             f"config model.class_path is {class_path!r}; `finetune {args.task}` needs {TASK_CLASSES[args.task]}"
         )
     cfg = apply_overrides(cfg, args)
-    weights = cfg["model"]["init_args"].get("backbone_weights")
+    weights = (cfg["model"]["init_args"].get("backbone") or {}).get("weights")
     if weights is None:
         print("note: no backbone weights given (--backbone): the ViT starts from random initialisation")
     elif args.backbone is None:  # named by the config: the same checks as --backbone, before training

@@ -109,15 +109,27 @@ def _read_config(path: Path) -> tuple[type, dict[str, Any]]:
     return task_cls, dict(model.get("init_args") or {})
 
 
-def _hparams(task_cls: type, init_args: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The task's hyper-parameters as Lightning would record them: signature defaults ∪ config."""
+def _hparams(task_cls: Any, init_args: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The task's hyper-parameters, signature and group defaults ∪ config, under the flat names its
+    ``model_fields`` reads (``tasks.args.flat_hparams``); a pre-group flat key is refused naming the new one."""
+    from vitp_geo.tasks.args import GROUPS, flat_hparams, old_spelling
+
     params = inspect.signature(task_cls).parameters  # __init__'s, without self
+    for key in init_args:
+        message = old_spelling(key) if key not in GROUPS or not isinstance(init_args[key], dict) else None
+        if message is not None:
+            raise ValueError(f"{path}: {message}")
     unknown = sorted(set(init_args) - set(params))
     if unknown:
         raise ValueError(f"{path}: model.init_args has keys {task_cls.__name__} does not take: {unknown}")
     hp = {k: p.default for k, p in params.items() if k != "self" and p.default is not inspect.Parameter.empty}
     hp.update(init_args)
-    return hp
+    try:
+        groups = task_cls.grouped(*(init_args.get(g) for g in GROUPS))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: model.init_args: {err}") from err
+    hp.update(zip(GROUPS, groups, strict=True))
+    return flat_hparams(hp)  # the flat names the task's model_fields / class_names read
 
 
 def _layout(kind: str, hp: dict[str, Any], path: Path) -> str:
@@ -308,7 +320,7 @@ def convert_state_dict(
     hp["in_channels"] = channels = int(vit.patch_embed.proj.in_channels)  # the reference's: RGB
     if hp.get("bands") is not None and len(hp["bands"]) != channels:
         raise ValueError(
-            f"{config}: model.init_args.bands has {len(hp['bands'])} values, the model takes {channels}"
+            f"{config}: model.init_args.inputs.bands has {len(hp['bands'])} values, the model takes {channels}"
         )
     if layout == "upernet":  # the head's width and (change) the fusion, as the checkpoint has them
         hp["head_channels"] = int(_tensor(state, "decode_head.conv_seg.weight").shape[1])
@@ -320,7 +332,7 @@ def convert_state_dict(
                     f"'concat' fusion ({2 * int(vit.embed_dim)}) is converted"
                 )
             hp["fusion"] = "concat"
-    fields = task_cls.model_fields(SimpleNamespace(hparams=hp))  # what the task itself would build
+    fields = task_cls.model_fields(SimpleNamespace(hp=hp))  # what the task itself would build
     value_proj = _tensor(state, "backbone.interactions.0.injector.attn.value_proj.weight")  # (D·r, D)
     fields["neck_options"] = {
         "norm": "layer",
@@ -332,9 +344,7 @@ def convert_state_dict(
     mapped, ignored = _map_keys(state, rules, model.state_dict())
     model.load_state_dict(mapped, strict=True)
     # the task's own class-name rule (change: unchanged / changed), on the same stand-in
-    names = list(
-        task_cls.class_names.fget(SimpleNamespace(hparams=hp, num_classes=int(fields["num_classes"])))
-    )
+    names = list(task_cls.class_names.fget(SimpleNamespace(hp=hp, num_classes=int(fields["num_classes"]))))
     k = len(names)
     colors = hp.get("class_colors") or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(k)]
     card = ModelCard(

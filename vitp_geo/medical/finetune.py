@@ -42,9 +42,7 @@ def default_config(data_dir: Path, seed: int = 0) -> dict[str, Any]:
     if not (root / "dataset.json").is_file():
         write_ct_dataset(root, n_cases=6, seed=seed, shape=(112, 112, 24), overwrite=True)
     model = dict(
-        backbone="vitp_tiny_patch14_112",
-        img_size=112,
-        neck="sfp",
+        backbone=dict(name="vitp_tiny_patch14_112", img_size=112, neck="sfp", drop_path_rate=0.0),
         head="upernet",
         head_channels=64,
         num_classes=len(CT_CLASSES),
@@ -52,12 +50,7 @@ def default_config(data_dir: Path, seed: int = 0) -> dict[str, Any]:
         class_colors=[list(c) for c in CT_COLORS],
         # Small organs (kidneys, lesions) cover < 1 % of the voxels: Dice loss keeps them learning.
         loss="ce+dice",
-        lr=1e-3,
-        weight_decay=0.05,
-        layer_decay=0.9,
-        warmup_steps=10,
-        schedule="poly",
-        drop_path_rate=0.0,
+        optim=dict(lr=1e-3, weight_decay=0.05, layer_decay=0.9, warmup_steps=10, schedule="poly"),
     )
     data = dict(
         root=str(root),

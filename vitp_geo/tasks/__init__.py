@@ -19,19 +19,31 @@ from typing import TYPE_CHECKING, Any
 import vitp_geo.models.vit  # noqa: F401  (registers the vitp_* backbones with timm)
 
 if TYPE_CHECKING:
+    from vitp_geo.tasks.args import BackboneArgs, InputArgs, OptimArgs
     from vitp_geo.tasks.change import ChangeDetectionTask
     from vitp_geo.tasks.detection import ObjectDetectionTask
     from vitp_geo.tasks.loading import load_inference_model
     from vitp_geo.tasks.segmentation import SegmentationTask
 
 _LAZY = {
+    "BackboneArgs": "vitp_geo.tasks.args",
+    "InputArgs": "vitp_geo.tasks.args",
+    "OptimArgs": "vitp_geo.tasks.args",
     "ChangeDetectionTask": "vitp_geo.tasks.change",
     "ObjectDetectionTask": "vitp_geo.tasks.detection",
     "SegmentationTask": "vitp_geo.tasks.segmentation",
     "load_inference_model": "vitp_geo.tasks.loading",
 }
 
-__all__ = ["ChangeDetectionTask", "ObjectDetectionTask", "SegmentationTask", "load_inference_model"]
+__all__ = [
+    "BackboneArgs",
+    "ChangeDetectionTask",
+    "InputArgs",
+    "ObjectDetectionTask",
+    "OptimArgs",
+    "SegmentationTask",
+    "load_inference_model",
+]
 
 
 def __getattr__(name: str) -> Any:

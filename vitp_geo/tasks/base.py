@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.trainers import BaseTask
 
 from vitp_geo.io.model_card import CARD_KEY, ModelCard
+from vitp_geo.tasks.args import BackboneArgs, InputArgs, OptimArgs, as_group, flat_hparams, nest_flat_hparams
 from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.losses import build_loss
 from vitp_geo.tasks.metrics import confusion_metric
@@ -59,6 +60,49 @@ class DenseTask(BaseTask):
     KIND = "segmentation"
     monitor = "val_mIoU"
     mode = "max"
+    STEP_SCHEDULE = False  # the ``step`` lr schedule counts epochs: detection's
+
+    @classmethod
+    def grouped(
+        cls,
+        backbone: BackboneArgs | dict[str, Any] | None,
+        optim: OptimArgs | dict[str, Any] | None,
+        inputs: InputArgs | dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The three shared groups (``tasks.args``) as the plain dicts the hyper-parameters record.
+
+        Raises:
+            TypeError: a group given as anything but its dataclass, its dict or None (a flat
+                ``backbone="vitp_..."`` is the old spelling; the message names the new one).
+            ValueError: the ``step`` schedule on a task without it.
+        """
+        groups = (
+            as_group(BackboneArgs, backbone, "backbone"),
+            as_group(OptimArgs, optim, "optim"),
+            as_group(InputArgs, inputs, "inputs"),
+        )
+        if groups[1]["schedule"] == "step" and not cls.STEP_SCHEDULE:
+            raise ValueError(
+                f"optim.schedule 'step' is for detection, not {cls.KIND}: use poly, cosine or constant"
+            )
+        return groups
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        """The hyper-parameters under their flat names (``backbone_weights``, ``lr``, ...; see
+        ``tasks.args.flat_hparams``)."""
+        return flat_hparams(self.hparams)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's, also for a checkpoint saved before the argument groups (flat hyper-parameters:
+        regrouped by ``tasks.args.nest_flat_hparams``)."""
+        ckpt = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
+        saved = ckpt.get("hyper_parameters") or {}
+        nested = nest_flat_hparams(saved)
+        if nested != saved:
+            kwargs = {**{k: v for k, v in nested.items() if k in ("backbone", "optim", "inputs")}, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # ------------------------------------------------------------------ configure_*
     def model_fields(self) -> dict[str, Any]:
@@ -68,7 +112,7 @@ class DenseTask(BaseTask):
     def configure_models(self) -> None:
         """Backbone (loaded or random) → neck → head, one path for every dense task; records
         ``self.arch`` for the card."""
-        hp = self.hparams
+        hp = self.hp
         vit = build_backbone(
             hp["backbone"],
             weights=hp["backbone_weights"],
@@ -84,23 +128,21 @@ class DenseTask(BaseTask):
 
     def configure_losses(self) -> None:
         """The loss named by ``loss`` with ``ignore_index`` and ``class_weights``."""
-        self.criterion = build_loss(
-            self.hparams["loss"], self.hparams["ignore_index"], self.hparams["class_weights"]
-        )
+        self.criterion = build_loss(self.hp["loss"], self.hp["ignore_index"], self.hp["class_weights"])
 
     def configure_metrics(self) -> None:
         """A confusion matrix per stage; all scores are derived from it (see ``tasks.metrics``)."""
-        k, ignore = self.num_classes, self.hparams["ignore_index"]
+        k, ignore = self.num_classes, self.hp["ignore_index"]
         self.train_confusion = confusion_metric(k, ignore)
         self.val_confusion = confusion_metric(k, ignore)
         self.test_confusion = confusion_metric(k, ignore)
 
     def _apply_freezing(self) -> None:
         vit = self.backbone
-        if self.hparams["freeze_backbone"]:
+        if self.hp["freeze_backbone"]:
             vit.requires_grad_(False)
             return
-        n = int(self.hparams["freeze_blocks"])
+        n = int(self.hp["freeze_blocks"])
         if not 0 <= n <= len(vit.blocks):
             raise ValueError(f"freeze_blocks must be in [0, {len(vit.blocks)}], got {n}")
         if n > 0:
@@ -114,7 +156,7 @@ class DenseTask(BaseTask):
     # ------------------------------------------------------------------ properties
     @property
     def num_classes(self) -> int:
-        return int(self.hparams["num_classes"])
+        return int(self.hp["num_classes"])
 
     @property
     def backbone(self) -> Any:
@@ -123,7 +165,7 @@ class DenseTask(BaseTask):
 
     @property
     def class_names(self) -> list[str]:
-        names = self.hparams.get("class_names")
+        names = self.hp.get("class_names")
         if names is None:
             return [f"class_{i}" for i in range(self.num_classes)]
         return list(names)
@@ -189,20 +231,20 @@ class DenseTask(BaseTask):
         """AdamW with layer-wise lr decay, linear warm-up then poly / cosine / constant per step."""
         groups = param_groups(
             self,
-            lr=self.hparams["lr"],
-            weight_decay=self.hparams["weight_decay"],
-            layer_decay=self.hparams["layer_decay"],
+            lr=self.hp["lr"],
+            weight_decay=self.hp["weight_decay"],
+            layer_decay=self.hp["layer_decay"],
             depth=len(self.backbone.blocks),
             backbone_prefix=BACKBONE_PREFIX,
         )
-        optimizer = AdamW(groups, lr=self.hparams["lr"], betas=(0.9, 0.999))
+        optimizer = AdamW(groups, lr=self.hp["lr"], betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         scheduler = LambdaLR(optimizer, self.lr_lambda(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_lambda(self, total: int) -> Callable[[int], float]:
         """The lr multiplier by optimiser step (``tasks.optim.lr_factor``) over ``total`` steps."""
-        warmup, schedule = int(self.hparams["warmup_steps"]), str(self.hparams["schedule"])
+        warmup, schedule = int(self.hp["warmup_steps"]), str(self.hp["schedule"])
         lr_factor(0, total, warmup, schedule)  # validates the schedule name early
         return lambda step: lr_factor(step, total, warmup, schedule)
 
@@ -213,7 +255,7 @@ class DenseTask(BaseTask):
         return getattr(dm, name, None)
 
     def _channel_stats(self, key: str, default: float, channels: int) -> list[float]:
-        value = self.hparams.get(key)
+        value = self.hp.get(key)
         if value is None:
             value = self._datamodule_attr(key)
         if value is None:
@@ -222,7 +264,7 @@ class DenseTask(BaseTask):
 
                 warnings.warn(
                     f"model card: neither the task nor the datamodule sets {key}; recording {default} "
-                    f"(x / 255) — set model.init_args.{key} to what the datamodule feeds, or infer will "
+                    f"(x / 255) — set model.init_args.inputs.{key} to what the datamodule feeds, or infer will "
                     "normalise differently",
                     stacklevel=2,
                 )
@@ -236,12 +278,12 @@ class DenseTask(BaseTask):
 
     def model_card(self) -> ModelCard:
         """What ``vitp-geo infer`` needs: classes, colours, bands, statistics, tile size, arch."""
-        c = int(self.hparams["in_channels"])
-        colors = self.hparams.get("class_colors")
+        c = int(self.hp["in_channels"])
+        colors = self.hp.get("class_colors")
         if colors is None:
             colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(self.num_classes)]
         tile = (
-            self.hparams.get("img_size")
+            self.hp.get("img_size")
             or self._datamodule_attr("patch_size")
             or self.backbone.patch_embed.img_size[0]
         )
@@ -251,7 +293,7 @@ class DenseTask(BaseTask):
             task=self.KIND,
             class_names=self.class_names,
             class_colors=[(int(col[0]), int(col[1]), int(col[2])) for col in colors],
-            bands=list(self.hparams.get("bands") or self._datamodule_attr("bands") or range(1, c + 1)),
+            bands=list(self.hp.get("bands") or self._datamodule_attr("bands") or range(1, c + 1)),
             # what the datamodule fed (vitp_geo.datamodules.geotiff.default_stats: ImageNet x 255 for 3 bands);
             # unknown: x / 255, with a warning when a datamodule was attached
             mean=self._channel_stats("mean", 0.0, c),
@@ -263,7 +305,7 @@ class DenseTask(BaseTask):
 
     def _render_spec(self) -> dict[str, Any]:
         """How inference must turn scene bands into model input (``raw``: as trained, no render rule)."""
-        render = dict(self.hparams.get("render") or {})
+        render = dict(self.hp.get("render") or {})
         if "raw" not in render and self._datamodule_attr("raw_bands"):
             render["raw"] = True
         if render.get("raw") and "dtype" not in render and self._datamodule_attr("raw_dtype"):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from vitp_geo.tasks.args import BackboneArgs, InputArgs, OptimArgs
 from vitp_geo.tasks.base import DenseTask
 from vitp_geo.tasks.metrics import scores_from_confusion
 
@@ -23,16 +24,16 @@ class ChangeDetectionTask(DenseTask):
     """Siamese ViT change detection.
 
     Args:
-        backbone, backbone_weights, img_size, in_channels, rgb_channels: as for
-            :class:`~vitp_geo.tasks.SegmentationTask`; ``in_channels`` counts one date's bands.
+        backbone: as for :class:`~vitp_geo.tasks.SegmentationTask`; ``in_channels`` counts one
+            date's bands.
         class_names, class_colors: two entries (default ``unchanged``, ``changed``).
         fusion: ``diff`` or ``concat``.
-        neck, out_indices, head, head_channels: as for segmentation (head ``upernet`` or ``unet``).
+        head, head_channels: as for segmentation (head ``upernet`` or ``unet``).
         loss: ``ce``, ``dice``, ``focal`` or ``ce+dice`` over the two classes.
         class_weights: weights of (no change, change) for ce / focal.
         ignore_index: mask value excluded from loss and metrics (e.g. 255).
-        lr, weight_decay, layer_decay, warmup_steps, schedule, drop_path_rate,
-            freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation.
+        optim, inputs: as for segmentation.
+        num_classes: 2 (the argument exists for configs that state it).
     """
 
     KIND = "change"
@@ -41,33 +42,17 @@ class ChangeDetectionTask(DenseTask):
 
     def __init__(
         self,
-        backbone: str = "vitp_tiny_patch14_112",
-        backbone_weights: str | None = None,
-        img_size: int | None = None,
-        in_channels: int = 3,
-        rgb_channels: list[int] | None = None,
+        backbone: BackboneArgs | None = None,
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
         fusion: Literal["diff", "concat"] = "diff",
-        neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
-        out_indices: list[int] | None = None,
         head: Literal["upernet", "unet"] = "upernet",
         head_channels: int = 128,
         loss: Literal["ce", "dice", "focal", "ce+dice"] = "ce",
         class_weights: list[float] | None = None,
         ignore_index: int | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        layer_decay: float = 0.9,
-        warmup_steps: int = 0,
-        schedule: Literal["poly", "cosine", "constant"] = "poly",
-        drop_path_rate: float = 0.1,
-        freeze_backbone: bool = False,
-        freeze_blocks: int = 0,
-        bands: list[int] | None = None,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-        render: dict[str, Any] | None = None,
+        optim: OptimArgs | None = None,
+        inputs: InputArgs | None = None,
         num_classes: int = 2,
     ) -> None:
         if num_classes != 2:
@@ -75,15 +60,16 @@ class ChangeDetectionTask(DenseTask):
         for label, value in (("class_names", class_names), ("class_colors", class_colors)):
             if value is not None and len(value) != 2:
                 raise ValueError(f"{label} must have 2 entries (no change, change), got {len(value)}")
+        backbone, optim, inputs = self.grouped(backbone, optim, inputs)  # type: ignore[assignment]  # recorded as dicts
         super().__init__()
 
     @property
     def class_names(self) -> list[str]:
-        names = self.hparams.get("class_names")
+        names = self.hp.get("class_names")
         return list(names) if names is not None else ["unchanged", "changed"]
 
     def model_fields(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp = self.hp
         return dict(
             kind="change",
             neck=hp["neck"],

@@ -32,6 +32,7 @@ from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 from vitp_geo.evaluation.detection_map import masks_to_rle
 from vitp_geo.geometry.obb import obb_to_hbb, obb_to_poly
 from vitp_geo.models.detection.rcnn import BoxType, targets_from_batch
+from vitp_geo.tasks.args import BackboneArgs, InputArgs, OptimArgs
 from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
 from vitp_geo.tasks.optim import lr_factor, step_milestones
 
@@ -40,12 +41,10 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
     """Faster, Cascade or Mask R-CNN (``hbb``), Rotated Faster or Oriented R-CNN (``obb``) on a ViT pyramid.
 
     Args:
-        backbone, backbone_weights, img_size, in_channels, rgb_channels: as for
-            :class:`~vitp_geo.tasks.SegmentationTask`.
+        backbone: as for :class:`~vitp_geo.tasks.SegmentationTask` (``neck`` ``sfp`` or ``adapter``).
         num_classes: object classes K (no background class; labels are 0..K-1).
         class_names, class_colors: for the model card (K entries).
         box_type: ``hbb`` (horizontal boxes) or ``obb`` (oriented boxes); the values of ``BoxType``.
-        neck, out_indices: the pyramid (``sfp`` or ``adapter``), as for segmentation.
         fpn_channels: FPN width (256 in the paper's configs).
         fpn: ``fpn`` (torchvision's FPN) or ``simple_fpn`` (the reference's LayerNorm SimpleFPN,
             ``models.simple_fpn``: DIOR, DIOR-R, DOTA-v2.0, RSAR, SARDet-100K).
@@ -66,33 +65,22 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         rpn_nms_thresh: RPN NMS IoU (None: 0.7 horizontal, 0.8 oriented).
         reg_class_agnostic: obb only: class-agnostic box deltas with smooth-L1 β 1 (the
             reference's Oriented R-CNN head) instead of per-class deltas with β 1/9.
-        lr, weight_decay, layer_decay, warmup_steps, schedule, drop_path_rate,
-            freeze_backbone, freeze_blocks, bands, mean, std, render: as for segmentation;
-            ``schedule`` may also be ``step`` (the reference's detection schedule, below).
-        lr_steps: ``step`` schedule: the epochs at whose start the lr is multiplied by
-            ``lr_gamma`` (mmcv's ``step=[8, 11]``).
-        lr_gamma: the ``step`` schedule's factor.
-        warmup_ratio: None: the warm-up rises as ``(step + 1) / warmup_steps``; a number: mmcv's
-            linear warm-up from this fraction of the lr (the reference: 1/3).
+        optim, inputs: as for segmentation; ``optim.schedule`` may also be ``step`` (the
+            reference's detection schedule, with ``lr_steps``, ``lr_gamma``, ``warmup_ratio``).
     """
 
     KIND = "detection"
     monitor = "val_map50"
     mode = "max"
+    STEP_SCHEDULE = True
 
     def __init__(
         self,
-        backbone: str = "vitp_tiny_patch14_112",
-        backbone_weights: str | None = None,
-        img_size: int | None = None,
-        in_channels: int = 3,
-        rgb_channels: list[int] | None = None,
+        backbone: BackboneArgs | None = None,
         num_classes: int = 1,
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
         box_type: Literal["hbb", "obb"] = "hbb",
-        neck: Literal["sfp", "adapter", "deformable_adapter"] = "sfp",
-        out_indices: list[int] | None = None,
         fpn_channels: int = 256,
         fpn: Literal["fpn", "simple_fpn"] = "fpn",
         anchor_sizes: list[int] | None = None,
@@ -110,21 +98,8 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         rpn: Literal["horizontal", "oriented"] = "horizontal",
         rpn_nms_thresh: float | None = None,
         reg_class_agnostic: bool = False,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        layer_decay: float = 0.9,
-        warmup_steps: int = 0,
-        schedule: Literal["poly", "cosine", "constant", "step"] = "poly",
-        lr_steps: list[int] | None = None,
-        lr_gamma: float = 0.1,
-        warmup_ratio: float | None = None,
-        drop_path_rate: float = 0.1,
-        freeze_backbone: bool = False,
-        freeze_blocks: int = 0,
-        bands: list[int] | None = None,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-        render: dict[str, Any] | None = None,
+        optim: OptimArgs | None = None,
+        inputs: InputArgs | None = None,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
@@ -132,12 +107,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
         BoxType(box_type)  # a clear error for anything but hbb / obb
         if roi_head != "standard" and box_type != "hbb":
             raise ValueError(f"roi_head {roi_head!r} is for horizontal boxes (box_type hbb)")
-        if (schedule == "step") != (lr_steps is not None):
-            raise ValueError("lr_steps goes with schedule 'step' (and 'step' needs lr_steps)")
-        if lr_steps is not None:
-            step_milestones(lr_steps, 1)  # checks the epochs
-        if warmup_ratio is not None and not 0 <= warmup_ratio <= 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
+        backbone, optim, inputs = self.grouped(backbone, optim, inputs)  # type: ignore[assignment]  # recorded as dicts
+        if optim["lr_steps"] is not None:  # type: ignore[index]
+            step_milestones(optim["lr_steps"], 1)  # type: ignore[index]  # checks the epochs
         if rpn == "oriented" and box_type != "obb":
             raise ValueError("rpn 'oriented' (Oriented R-CNN) is for oriented boxes (box_type obb)")
         # BaseTask.__init__ directly: torchgeo's ObjectDetectionTask.__init__ would record its own
@@ -149,7 +121,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
     # ------------------------------------------------------------------ configure_*
     def model_fields(self) -> dict[str, Any]:
         """Backbone → neck → FPN → RPN → RoI heads (built by ``DenseTask.configure_models``)."""
-        hp = self.hparams
+        hp = self.hp
         detector: dict[str, Any] = dict(
             rpn_batch_size_per_image=hp["rpn_batch_size_per_image"],
             box_batch_size_per_image=hp["box_batch_size_per_image"],
@@ -188,7 +160,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
     def lr_lambda(self, total: int) -> Callable[[int], float]:
         """``DenseTask``'s schedules, plus ``step`` with ``lr_steps`` in epochs (one epoch is the
         trainer's optimiser steps per epoch) and the ``warmup_ratio`` warm-up."""
-        hp = self.hparams
+        hp = self.hp
         warmup, schedule, ratio = int(hp["warmup_steps"]), str(hp["schedule"]), hp.get("warmup_ratio")
         milestones: list[int] = []
         if schedule == "step":
@@ -214,7 +186,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
     # ------------------------------------------------------------------ properties
     @property
     def box_type(self) -> BoxType:
-        return BoxType(self.hparams["box_type"])
+        return BoxType(self.hp["box_type"])
 
     # ------------------------------------------------------------------ steps
     def forward(
@@ -292,7 +264,7 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
     # ------------------------------------------------------------------ the model card
     def model_card(self) -> Any:
         """As for segmentation, with object-class colours (no black background entry by default)."""
-        if self.hparams.get("class_colors") is None:
+        if self.hp.get("class_colors") is None:
             palette = DEFAULT_COLORS[1:]
             self.hparams["class_colors"] = [list(palette[i % len(palette)]) for i in range(self.num_classes)]
         return super().model_card()

@@ -28,8 +28,7 @@ def detection_default_config(
 
     folders = write_synthetic_detection(data_dir, n_scenes=n_scenes, size=scene_size, seed=seed)
     model: dict[str, Any] = dict(
-        backbone="vitp_tiny_patch14_112",
-        img_size=tile,
+        backbone=dict(name="vitp_tiny_patch14_112", img_size=tile, neck="sfp", drop_path_rate=0.0),
         num_classes=1,
         class_names=["building"],
         class_colors=[[220, 20, 60]],  # the synthetic world's building colour
@@ -37,7 +36,6 @@ def detection_default_config(
         # Oriented R-CNN, the paper's detector: mAP50 0.574 against 0.537 for the Rotated Faster
         # R-CNN (horizontal RPN) with the same data, seed and 8 epochs (benchmarks/oriented_rcnn.py).
         rpn="oriented",
-        neck="sfp",
         fpn_channels=64,
         # Buildings are 24-60 px in 672 px scenes (the generator sizes them by the scene): anchors of
         # 32 and 64 px on the two finest levels cover them. In 336 px scenes (12-30 px buildings,
@@ -48,12 +46,7 @@ def detection_default_config(
         rpn_batch_size_per_image=128,
         box_batch_size_per_image=128,
         representation=256,
-        lr=1e-3,
-        weight_decay=0.05,
-        layer_decay=0.9,
-        warmup_steps=10,
-        schedule="poly",
-        drop_path_rate=0.0,
+        optim=dict(lr=1e-3, weight_decay=0.05, layer_decay=0.9, warmup_steps=10, schedule="poly"),
     )
     data = {
         "class_path": "vitp_geo.datamodules.detection.GeoTiffDetectionDataModule",

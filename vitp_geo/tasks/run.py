@@ -45,17 +45,10 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         return detection_default_config(data_dir, seed)
 
     model: dict[str, Any] = dict(
-        backbone="vitp_tiny_patch14_112",
-        img_size=112,
-        neck="sfp",
+        backbone=dict(name="vitp_tiny_patch14_112", img_size=112, neck="sfp", drop_path_rate=0.0),
         head="upernet",
         head_channels=64,
-        lr=1e-3,
-        weight_decay=0.05,
-        layer_decay=0.9,
-        warmup_steps=10,
-        schedule="poly",
-        drop_path_rate=0.0,
+        optim=dict(lr=1e-3, weight_decay=0.05, layer_decay=0.9, warmup_steps=10, schedule="poly"),
     )
     common = dict(patch_size=112, batch_size=8, length=96, val_fraction=0.25, seed=seed)
     if task == "segmentation":
@@ -107,6 +100,7 @@ def load_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: a finetune config needs 'model' and 'data' sections")
     if "FILL_ME" in json.dumps(cfg.get("data")):
         raise ValueError(f"{path}: set the dataset root (data.init_args.root is FILL_ME)")
+    refuse_old_task_keys(cfg, str(path))
     return cfg
 
 
@@ -453,14 +447,37 @@ def refuse_old_datamodule_paths(cfg: Any, source: str = "config", where: str = "
             refuse_old_datamodule_paths(value, source, f"{where}[{i}]")
 
 
+def refuse_old_task_keys(cfg: dict[str, Any], source: str = "config") -> None:
+    """Refuse a task setting in the flat spelling of before the argument groups (``tasks.args``),
+    naming the grouped key: ``model.init_args.lr`` is now ``model.init_args.optim.lr``.
+
+    Raises:
+        ValueError: ``"<source>: model.init_args.lr is the old spelling: ...; use model.init_args.optim.lr"``.
+    """
+    from vitp_geo.tasks.args import old_spelling
+
+    model = cfg.get("model")
+    init = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(init, dict):
+        return
+    for key, value in init.items():
+        if key == "backbone" and isinstance(value, dict):
+            continue  # the group itself
+        message = old_spelling(str(key))
+        if message is not None:
+            raise ValueError(f"{source}: {message}")
+
+
 def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
     """Instantiate trainer, model and datamodule from ``cfg`` through LightningCLI (``run=False``).
 
     Raises:
         ValueError: unknown or mistyped config keys (names ``source`` and the key); a
-            ``class_path`` under the old top-level ``datamodules`` package (names the new one).
+            ``class_path`` under the old top-level ``datamodules`` package (names the new one); a
+            task setting in the flat spelling of before the argument groups (names the new key).
     """
     refuse_old_datamodule_paths(cfg, source)
+    refuse_old_task_keys(cfg, source)
     import warnings
     from argparse import ArgumentError
 
