@@ -502,3 +502,15 @@ def test_full_disk_in_the_window_pass_names_the_work_folder(
     _run(tmp_path / "scene.tif", tmp_path / "ref", config=cfg)
     with rasterio.open(tmp_path / "ref" / "pred.tif") as x, rasterio.open(tmp_path / "pred.tif") as y:
         assert np.array_equal(x.read(), y.read())
+
+
+def _failing_rank_job(info: RankInfo) -> None:
+    if info.rank == 1:
+        raise ValueError("boom on rank 1")
+
+
+def test_a_failed_rank_is_reported_with_its_own_error() -> None:
+    # the ranks meet at a barrier before leaving the process group; the barrier's failure on the
+    # healthy rank must not hide the failed rank's own error
+    with pytest.raises(RuntimeError, match="an inference rank failed: ValueError: boom on rank 1"):
+        spawn_ranks(_failing_rank_job, 2)

@@ -63,6 +63,15 @@ def _entry(rank: int, world: int, port: int, fn: Callable[[RankInfo], Any]) -> N
     try:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         fn(RankInfo(rank, world))
+        # every rank leaves the group together: a rank that tore gloo down while another still
+        # had its last collective in flight aborted that one ("terminate called without an
+        # active exception", SIGABRT after its outputs were written; seen once under load in CI).
+        # A rank that failed never gets here; the barrier then fails on the others, and that
+        # error is not raised, so that the failed rank's own error is the one reported.
+        try:
+            torch_dist.barrier()
+        except RuntimeError:
+            pass
     finally:
         torch_dist.destroy_process_group()
 
