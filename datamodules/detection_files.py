@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitp_geo.datamodules.detection_augment import FLIP_DIRECTIONS, Augment, rect_label_ids
 from vitp_geo.datamodules.detection_batches import detection_collate
 from vitp_geo.datamodules.geotiff import default_stats
+from vitp_geo.datamodules.sampling import SamplingArgs, TakesSampling
 
 
 class AnnotationFormat(StrEnum):
@@ -140,7 +141,7 @@ def _masks(sample: dict[str, Any], path: Path, size: Sequence[int]) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(list(rles)).transpose(2, 0, 1)))
 
 
-class DetectionFilesDataModule(LightningDataModule):
+class DetectionFilesDataModule(TakesSampling, LightningDataModule):
     """A detection benchmark in its own layout (``AnnotationFormat``): DOTA / RSAR, DIOR / DIOR-R, COCO.
 
     Images are used at their size (DOTA: split them into 1024 px patches first with
@@ -155,7 +156,9 @@ class DetectionFilesDataModule(LightningDataModule):
         layout: folder templates overriding the format's defaults (``images``, ``labels``,
             ``annotations``; ``{split}`` is replaced).
         channels: 3 (RGB) or 1 (single-band SAR).
-        batch_size, num_workers: DataLoader settings.
+        sampling: batch size and workers (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`;
+            defaults ``SAMPLING``: batches of 2). Images are used at their size and the
+            augmentations draw from torch's generator: no ``patch_size``, ``length`` or ``seed``.
         mean, std: per-channel normalisation (0–255 units; ImageNet's for 3 channels by default).
         flips: random flips in training (``flip_directions``, ``flip_ratio``); False: none.
         flip_directions: the flips drawn from: ``horizontal`` (default; mmdet's ``RandomFlip``),
@@ -171,6 +174,7 @@ class DetectionFilesDataModule(LightningDataModule):
 
     raw_bands = True  # the model sees the files' own 0-255 values; the card tells inference so
     raw_dtype = "uint8"  # 8-bit PNG / JPEG / TIFF images: infer refuses scenes of another value type
+    SAMPLING = dict(batch_size=2, num_workers=0)
 
     def __init__(
         self,
@@ -182,8 +186,7 @@ class DetectionFilesDataModule(LightningDataModule):
         test_split: str | None = None,
         layout: dict[str, str] | None = None,
         channels: int = 3,
-        batch_size: int = 2,
-        num_workers: int = 0,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         flips: bool = True,
@@ -204,7 +207,9 @@ class DetectionFilesDataModule(LightningDataModule):
         self.classes = list(classes)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.layout = dict(layout or {})
-        self.channels, self.batch_size, self.num_workers = channels, batch_size, num_workers
+        settings = self.sampling_settings(sampling)
+        self.channels, self.batch_size = channels, settings["batch_size"]
+        self.num_workers = settings["num_workers"]
         self.masks = masks
         directions = tuple(flip_directions or ("horizontal",)) if flips else FLIP_DIRECTIONS[:0]
         self.augment = Augment(

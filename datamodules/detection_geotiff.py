@@ -24,7 +24,14 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from vitp_geo.datamodules.detection_batches import detection_collate
-from vitp_geo.datamodules.geotiff import _raster_dtype, default_stats, resolve_files, resolve_files_any
+from vitp_geo.datamodules.geotiff import (
+    _AreaSplitDataModule,
+    _raster_dtype,
+    default_stats,
+    resolve_files,
+    resolve_files_any,
+)
+from vitp_geo.datamodules.sampling import SamplingArgs, TakesSampling
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +165,7 @@ class _TileDataset(Dataset[dict[str, Any]]):
         }
 
 
-class GeoTiffDetectionDataModule(LightningDataModule):
+class GeoTiffDetectionDataModule(TakesSampling, LightningDataModule):
     """Detection tiles from GeoTIFF scenes and vector polygons (module doc).
 
     Args:
@@ -170,19 +177,18 @@ class GeoTiffDetectionDataModule(LightningDataModule):
         class_field: attribute holding the class name (None: ``class_name`` / ``class`` /
             ``label`` / ``category``, the builders' rule).
         bands: 1-based bands to read (default all).
-        patch_size: tile size in pixels.
-        batch_size: tiles per batch.
-        length: training tiles per epoch (default: about one pass over the training area).
-        val_fraction: share of each scene's width used for validation.
+        sampling: tile size, batch size, tiles per epoch, validation share of each scene's width,
+            workers, seed of the training tile positions and flips
+            (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`; defaults ``SAMPLING``: those of
+            the GeoTIFF segmentation modules with a 0.25 validation strip).
         min_visible: share of an object's area that must lie in a tile for it to count there.
         mean, std: per-channel normalisation (``vitp_geo.datamodules.geotiff.default_stats``).
         flips: random horizontal / vertical flips in training.
-        num_workers: DataLoader workers.
-        seed: seed of the training tile positions and flips.
     """
 
     raw_bands = True  # models see the raster's own band values, as for the segmentation datamodules
     raw_dtype: str | None = None  # their value type (the first scene's), which infer requires of a scene
+    SAMPLING = {**_AreaSplitDataModule.SAMPLING, "val_fraction": 0.25}
 
     def __init__(
         self,
@@ -191,18 +197,15 @@ class GeoTiffDetectionDataModule(LightningDataModule):
         classes: list[str] | None = None,
         class_field: str | None = None,
         bands: list[int] | None = None,
-        patch_size: int = 112,
-        batch_size: int = 8,
-        length: int | None = None,
-        val_fraction: float = 0.25,
+        sampling: SamplingArgs | None = None,
         min_visible: float = 0.5,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         flips: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
     ) -> None:
         super().__init__()
+        s = self.sampling_settings(sampling)
+        val_fraction = s["val_fraction"]
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if not 0 < min_visible <= 1:
@@ -213,9 +216,11 @@ class GeoTiffDetectionDataModule(LightningDataModule):
         self.classes = list(classes) if classes is not None else None
         self.class_field = class_field
         self.bands = list(bands) if bands is not None else None
-        self.patch_size, self.batch_size, self.length = patch_size, batch_size, length
+        self.patch_size: int = s["patch_size"]
+        self.batch_size: int = s["batch_size"]
+        self.length: int | None = s["length"]
         self.val_fraction, self.min_visible = val_fraction, min_visible
-        self.flips, self.num_workers, self.seed = flips, num_workers, seed
+        self.flips, self.num_workers, self.seed = flips, s["num_workers"], s["seed"]
         self._mean_arg, self._std_arg = mean, std
         self.scenes: list[_Scene] | None = None
 

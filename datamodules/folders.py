@@ -30,6 +30,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from vitp_geo.datamodules.geotiff import _raster_dtype, default_stats
+from vitp_geo.datamodules.sampling import SamplingArgs, TakesSampling
 
 _EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -165,26 +166,20 @@ def _crop_collate(patch: int):  # noqa: ANN202
     return collate
 
 
-class _FolderDataModule(LightningDataModule):
+class _FolderDataModule(TakesSampling, LightningDataModule):
     raw_bands = True  # tiles are fed as stored (normalised by mean / std); see the model card
     raw_dtype: str | None = None  # the tiles' value type, set in setup; infer refuses scenes of another
+    SAMPLING = dict(patch_size=512, batch_size=8, num_workers=0, seed=0)
 
-    def __init__(
-        self,
-        patch_size: int,
-        batch_size: int,
-        num_workers: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        seed: int,
-    ) -> None:
+    def __init__(self, sampling: SamplingArgs | None, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        s = self.sampling_settings(sampling)
+        self.patch_size: int = s["patch_size"]
+        self.batch_size: int = s["batch_size"]
+        self.num_workers: int = s["num_workers"]
         self.mean = torch.tensor(list(mean))
         self.std = torch.tensor(list(std))
-        self.seed = seed
+        self.seed: int = s["seed"]  # read by the medical modules; the others draw from torch's generator
         self.train_dataset: Dataset[dict[str, Tensor]] | None = None
         self.val_dataset: Dataset[dict[str, Tensor]] | None = None
 
@@ -227,7 +222,9 @@ class TileFolderSegmentationDataModule(_FolderDataModule):
         images, labels: sub-folders holding ``train`` / ``val`` split folders.
         label_suffix: text between a tile's stem and its label's extension (e.g. ``_instance_color_RGB``).
         train_split, val_split: split folder names.
-        patch_size, batch_size, num_workers, seed: training crops and loading.
+        sampling: training crop side, batch size, workers, seed
+            (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`; defaults ``SAMPLING``: 512 px
+            crops, batches of 8).
         mean, std: per-channel normalisation in 0–255 units (default ImageNet × 255 for RGB).
         channels: bands per image (for the default statistics).
     """
@@ -240,16 +237,13 @@ class TileFolderSegmentationDataModule(_FolderDataModule):
         label_suffix: str = "",
         train_split: str = "train",
         val_split: str = "val",
-        patch_size: int = 512,
-        batch_size: int = 8,
-        num_workers: int = 0,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         channels: int = 3,
-        seed: int = 0,
     ) -> None:
         m, s = default_stats(channels, mean, std)
-        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        super().__init__(sampling, m, s)
         self.root = Path(root)
         self.dirs = (images, labels, label_suffix, train_split, val_split)
 
@@ -277,9 +271,11 @@ class PairFolderChangeDataModule(_FolderDataModule):
         ignore_index: label value to keep as "ignore" instead of "changed".
         label_threshold: label values >= this are "changed" (128 for JPEG labels, as open-cd's
             ``to_binary``); ``None``: any non-zero value (clean 0 / 1 or 0 / 255 PNG labels).
-        patch_size, batch_size, num_workers, mean, std, channels, seed: as for segmentation
-            (``mean`` / ``std`` per band of one date).
+        sampling, mean, std, channels: as for segmentation (``mean`` / ``std`` per band of one
+            date; ``SAMPLING``: 256 px crops, batches of 8).
     """
+
+    SAMPLING = {**_FolderDataModule.SAMPLING, "patch_size": 256}
 
     def __init__(
         self,
@@ -292,16 +288,13 @@ class PairFolderChangeDataModule(_FolderDataModule):
         split_list: str | None = None,
         ignore_index: int | None = None,
         label_threshold: int | None = None,
-        patch_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         channels: int = 3,
-        seed: int = 0,
     ) -> None:
         m, s = default_stats(channels, mean, std)
-        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        super().__init__(sampling, m, s)
         self.root = Path(root)
         self.splits = (train_split, val_split)
         self.folders = (before, after, label)

@@ -30,6 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import GeoDataset, RasterDataset
 from torchgeo.samplers import GridGeoSampler, RandomBatchGeoSampler
+from vitp_geo.datamodules.sampling import SamplingArgs, TakesSampling
 
 from vitp_geo.constants import IMAGENET_MEAN_255, IMAGENET_STD_255
 
@@ -109,34 +110,31 @@ def area_split(
     return shapely.union_all(train), shapely.union_all(val)
 
 
-class _AreaSplitDataModule(GeoDataModule):
+class _AreaSplitDataModule(TakesSampling, GeoDataModule):
     """Common setup: one intersected dataset, samplers restricted to the train / val regions."""
 
     # Models see the raster's own band values (normalised by mean / std), not the 3-channel
     # render rule; the model card records this so that inference feeds them the same way.
     raw_bands = True
+    SAMPLING = dict(patch_size=112, batch_size=8, length=None, val_fraction=0.2, num_workers=0, seed=0)
 
     def __init__(
         self,
-        patch_size: int,
-        batch_size: int,
-        length: int | None,
-        val_fraction: float,
-        num_workers: int,
-        seed: int,
+        sampling: SamplingArgs | None,
         mean: Sequence[float],
         std: Sequence[float],
         flips: bool,
     ) -> None:
+        s = self.sampling_settings(sampling)
         super().__init__(
             GeoDataset,  # type: ignore[type-abstract]
-            batch_size=batch_size,
-            patch_size=patch_size,
-            length=length,
-            num_workers=num_workers,
+            batch_size=s["batch_size"],
+            patch_size=s["patch_size"],
+            length=s["length"],
+            num_workers=s["num_workers"],
         )
-        self.val_fraction = val_fraction
-        self.seed = seed
+        self.val_fraction = s["val_fraction"]
+        self.seed = s["seed"]
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
         self.flips = flips
@@ -176,7 +174,7 @@ class _AreaSplitDataModule(GeoDataModule):
                 tiles = getattr(self.train_batch_sampler, "length", "fewer")
                 raise ValueError(
                     f"batch_size {self.batch_size} is more than the {tiles} training tiles an epoch draws; "
-                    "lower --batch-size (data.init_args.batch_size) or raise data.init_args.length"
+                    "lower --batch-size (data.init_args.sampling.batch_size) or raise data.init_args.sampling.length"
                 )
         if stage in ("fit", "validate", "test"):
             self.val_dataset = dataset
@@ -197,14 +195,11 @@ class GeoTiffSegmentationDataModule(_AreaSplitDataModule):
         cache_dir: where burned label rasters go (default: ``<first image folder>/.vitp_labels``).
         label_field: attribute with the class id (vectors only).
         bands: 1-based bands to read (default all).
-        patch_size: tile size in pixels.
-        batch_size: tiles per batch.
-        length: training tiles per epoch (default: about one pass over the training area).
-        val_fraction: share of each scene's width used for validation.
+        sampling: tile size, batch size, tiles per epoch, validation share of each scene's width,
+            workers, sampler seed (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`; defaults
+            ``SAMPLING``: 112 px tiles, batches of 8, about one pass over the training area, 0.2).
         mean, std: per-channel normalisation (module doc for defaults).
         flips: random horizontal / vertical flips in training.
-        num_workers: DataLoader workers.
-        seed: seed of the training sampler.
     """
 
     def __init__(
@@ -215,15 +210,10 @@ class GeoTiffSegmentationDataModule(_AreaSplitDataModule):
         label_field: str = "class_id",
         cache_dir: str | None = None,
         bands: list[int] | None = None,
-        patch_size: int = 112,
-        batch_size: int = 8,
-        length: int | None = None,
-        val_fraction: float = 0.2,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         flips: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
     ) -> None:
         if (labels is None) == (vectors is None):
             raise ValueError("give exactly one of labels (rasters) or vectors (polygons)")
@@ -236,7 +226,7 @@ class GeoTiffSegmentationDataModule(_AreaSplitDataModule):
         channels = len(self.bands) if self.bands is not None else _band_count(self.image_files[0])
         self.raw_dtype = _raster_dtype(self.image_files[0])
         mean, std = default_stats(channels, mean, std)
-        super().__init__(patch_size, batch_size, length, val_fraction, num_workers, seed, mean, std, flips)
+        super().__init__(sampling, mean, std, flips)
 
     def build_dataset(self) -> GeoDataset:
         transforms = _BandSelect(self.bands) if self.bands is not None else None
@@ -259,8 +249,8 @@ class GeoTiffChangeDataModule(_AreaSplitDataModule):
 
     Args:
         before, after, labels: the three file sets (folder, glob, file or list), one per pair.
-        bands, patch_size, batch_size, length, val_fraction, mean, std, flips, num_workers, seed:
-            as for :class:`GeoTiffSegmentationDataModule` (``mean`` / ``std`` per band of one date).
+        bands, sampling, mean, std, flips: as for :class:`GeoTiffSegmentationDataModule`
+            (``mean`` / ``std`` per band of one date).
     """
 
     def __init__(
@@ -269,15 +259,10 @@ class GeoTiffChangeDataModule(_AreaSplitDataModule):
         after: str | list[str],
         labels: str | list[str],
         bands: list[int] | None = None,
-        patch_size: int = 112,
-        batch_size: int = 8,
-        length: int | None = None,
-        val_fraction: float = 0.2,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         flips: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
     ) -> None:
         self.before_files = resolve_files(before, "before-image")
         self.after_files = resolve_files(after, "after-image")
@@ -291,7 +276,7 @@ class GeoTiffChangeDataModule(_AreaSplitDataModule):
         channels = len(self.bands) if self.bands is not None else _band_count(self.before_files[0])
         self.raw_dtype = _raster_dtype(self.before_files[0])
         mean, std = default_stats(channels, mean, std)
-        super().__init__(patch_size, batch_size, length, val_fraction, num_workers, seed, mean, std, flips)
+        super().__init__(sampling, mean, std, flips)
 
     def _norm_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean.repeat(2), self.std.repeat(2)  # the same statistics for both dates

@@ -32,13 +32,14 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from vitp_geo.datamodules.folders import _crop_collate, _FolderDataModule
+from vitp_geo.datamodules.sampling import SamplingArgs
 
 from vitp_geo.evaluation.dice import DiceReport
 from vitp_geo.medical.datasets import (
@@ -209,17 +210,22 @@ class MedicalSliceDataModule(_MedicalDataModule):
         root: folder with ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
         images, labels: sub-folder names.
         val_images, val_labels: a separate validation folder pair (AMOS' ``imagesVa`` /
-            ``labelsVa``); when given, every case of ``images`` trains and ``val_fraction`` is unused.
+            ``labelsVa``); when given, every case of ``images`` trains and ``sampling.val_fraction``
+            is unused.
         channel_rule: ``ct-windows``, ``neighbours``, ``mri-sequences`` or ``repeat``.
         windows: three CT window presets for ``ct-windows``.
         preset: normalisation for the other rules (``mri-zscore`` for MRI).
         sequences: MRI sequences for ``mri-sequences`` (default FLAIR, T1ce, T2).
         axis: slicing axis of the RAS volume (2 = axial).
         empty_fraction: share of label-free slices kept, in [0, 1].
-        val_fraction: share of cases held out for validation (at least one).
-        patch_size, batch_size, num_workers, seed: training crops and loading.
+        sampling: training crop side, batch size, workers, the share of cases held out for
+            validation (``val_fraction``, at least one case) and the seed of the split, the slice
+            choice and the case order (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`;
+            defaults ``SAMPLING``: 224 px crops, batches of 8, 0.2 of the cases).
         cache_cases: decoded cases kept in memory per dataset.
     """
+
+    SAMPLING = {**_FolderDataModule.SAMPLING, "patch_size": 224, "val_fraction": 0.2}
 
     def __init__(
         self,
@@ -234,11 +240,7 @@ class MedicalSliceDataModule(_MedicalDataModule):
         sequences: list[str] | None = None,
         axis: int = 2,
         empty_fraction: float = 0.1,
-        val_fraction: float = 0.2,
-        patch_size: int = 224,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 0,
+        sampling: SamplingArgs | None = None,
         cache_cases: int = 4,
     ) -> None:
         spec = SliceInput(
@@ -249,7 +251,7 @@ class MedicalSliceDataModule(_MedicalDataModule):
             axis=axis,
         )
         mean, std = spec.mean_std
-        super().__init__(patch_size, batch_size, num_workers, mean, std, seed)
+        super().__init__(sampling, mean, std)
         if not 0 <= empty_fraction <= 1:
             raise ValueError(f"empty_fraction must be in [0, 1], got {empty_fraction}")
         self.spec = spec
@@ -265,10 +267,10 @@ class MedicalSliceDataModule(_MedicalDataModule):
             self.train_cases = list(self.dataset_info.cases)
             self.val_cases = read_msd_dataset(root, val_images, val_labels).cases
         else:
-            self.train_cases, self.val_cases = (
-                [self.dataset_info.cases[i] for i in part]
-                for part in split_cases(len(self.dataset_info.cases), val_fraction, seed)
+            split = split_cases(
+                len(self.dataset_info.cases), cast(float, self.sampling.val_fraction), self.seed
             )
+            self.train_cases, self.val_cases = ([self.dataset_info.cases[i] for i in part] for part in split)
         self.empty_fraction, self.cache_cases = empty_fraction, cache_cases
 
     def _dataset(self, cases: list[MSDCase], empty_fraction: float) -> MedicalSliceDataset:
@@ -327,24 +329,24 @@ class XraySegmentationDataModule(_MedicalDataModule):
         root: the folder holding the split folders (CovidQU-Ex: ``Infection Segmentation
             Data/Infection Segmentation Data``).
         train_split, val_split: split folder names (``Train``, ``Val``).
-        patch_size, batch_size, num_workers, seed: training crops and loading.
+        sampling: training crop side, batch size, workers, seed
+            (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`; defaults ``SAMPLING``: 256 px
+            crops, batches of 8).
     """
 
     modality = "X-ray"
+    SAMPLING = {**_FolderDataModule.SAMPLING, "patch_size": 256}
 
     def __init__(
         self,
         root: str,
         train_split: str = "Train",
         val_split: str = "Val",
-        patch_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 0,
+        sampling: SamplingArgs | None = None,
     ) -> None:
         spec = SliceInput(rule="repeat", preset="xray-minmax")  # type: ignore[arg-type]
         mean, std = spec.mean_std
-        super().__init__(patch_size, batch_size, num_workers, mean, std, seed)
+        super().__init__(sampling, mean, std)
         self.spec = spec
         self.table = LabelTable.from_names(XRAY_CLASSES)
         self.root, self.splits = Path(root), (train_split, val_split)

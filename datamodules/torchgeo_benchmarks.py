@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from vitp_geo.datamodules.folders import _FolderDataModule
 from vitp_geo.datamodules.geotiff import default_stats
+from vitp_geo.datamodules.sampling import SamplingArgs
 
 LOVEDA_SCENES = ("urban", "rural")
 
@@ -85,8 +86,8 @@ class LoveDADataModule(_FolderDataModule):
     Args:
         root: folder holding ``Train/`` and ``Val/``.
         scene: ``urban`` and / or ``rural``.
-        patch_size: training crop side (512 in the paper; LoveDA tiles are 1024).
-        batch_size, num_workers, seed: loading.
+        sampling: training crop side (512 in the paper, the default; LoveDA tiles are 1024), batch
+            size (8), workers, seed (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`).
         mean, std: per-channel normalisation in 0–255 units (default ImageNet × 255).
     """
 
@@ -94,15 +95,12 @@ class LoveDADataModule(_FolderDataModule):
         self,
         root: str,
         scene: list[str] | None = None,
-        patch_size: int = 512,
-        batch_size: int = 8,
-        num_workers: int = 0,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
-        seed: int = 0,
     ) -> None:
         m, s = default_stats(3, mean, std)
-        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        super().__init__(sampling, m, s)
         self.root = Path(root)
         self.scene = list(scene) if scene is not None else list(LOVEDA_SCENES)
 
@@ -255,30 +253,28 @@ class Potsdam2DDataModule(_FolderDataModule):
         bands: 1-based bands of the RGBIR tiles to feed (default R, G, B: what the ViTP backbone
             was pretrained on; ``[1, 2, 3, 4]`` with the task's ``in_channels: 4`` adds IR, whose
             patch-embedding filter starts from the mean RGB filter).
-        patch_size: window side (512 in the paper).
-        length: random training windows per epoch (default: as many as the grid has windows).
-        batch_size, num_workers, seed: loading.
+        sampling: window side (512 in the paper, the default), random training windows per epoch
+            (``length``; default: as many as the grid has windows), batch size (8), workers, seed
+            (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`).
         mean, std: per-channel normalisation in 0–255 units (default ImageNet × 255 for three
             bands, else 0 / 255).
     """
+
+    SAMPLING = {**_FolderDataModule.SAMPLING, "length": None}
 
     def __init__(
         self,
         root: str,
         bands: list[int] | None = None,
-        patch_size: int = 512,
-        length: int | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
-        seed: int = 0,
     ) -> None:
         self.bands = list(bands) if bands is not None else [1, 2, 3]
         m, s = default_stats(len(self.bands), mean, std)
-        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        super().__init__(sampling, m, s)
         self.root = Path(root)
-        self.length = length
+        self.length: int | None = self.sampling.length
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -337,27 +333,26 @@ class LEVIRCDDataModule(_FolderDataModule):
 
     Args:
         root: folder holding ``A/``, ``B/`` and ``label/``.
-        patch_size: training crop side. 266 (19 patches of 14) by default: our
-            ``ChangeDetectionTask`` takes any size (it pads to the patch), but torchgeo's
-            ``changevit`` needs a multiple of the patch size and fails on open-cd's 256.
-        batch_size, num_workers, seed: loading.
+        sampling: training crop side, batch size (8), workers, seed
+            (:class:`~vitp_geo.datamodules.sampling.SamplingArgs`). Crops of 266 (19 patches of
+            14) by default: our ``ChangeDetectionTask`` takes any size (it pads to the patch), but
+            torchgeo's ``changevit`` needs a multiple of the patch size and fails on open-cd's 256.
         mean, std: per-band normalisation of one date in 0–255 units (default ImageNet × 255).
 
     Batches: ``image`` (B, 2, 3, H, W), ``mask`` (B, 1, H, W) with 1 = changed.
     """
 
+    SAMPLING = {**_FolderDataModule.SAMPLING, "patch_size": 266}
+
     def __init__(
         self,
         root: str,
-        patch_size: int = 266,
-        batch_size: int = 8,
-        num_workers: int = 0,
+        sampling: SamplingArgs | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
-        seed: int = 0,
     ) -> None:
         m, s = default_stats(3, mean, std)
-        super().__init__(patch_size, batch_size, num_workers, m, s, seed)
+        super().__init__(sampling, m, s)
         self.root = Path(root)
 
     def _norm(self) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,16 @@ def fill_root(config: Path, root: Path, dest: Path) -> Path:
     return dest
 
 
+def refused_finetune(config: Path, out: Path, capsys: Any, task: str = "segmentation") -> list[str]:
+    """``vitp-geo finetune TASK --config CONFIG --output OUT``, which must refuse the config (exit
+    status 2, ``OUT`` not created): the lines it wrote to stderr."""
+    from vitp_geo.cli.main import main
+
+    assert main(["finetune", task, "--config", str(config), "--output", str(out)]) == 2
+    assert not out.exists()
+    return capsys.readouterr().err.strip().splitlines()
+
+
 def finetune_args(task: str, config: Path, out: Path) -> Any:
     """``vitp-geo finetune TASK --config CONFIG --output OUT --no-progress`` through the CLI's own parser."""
     import argparse

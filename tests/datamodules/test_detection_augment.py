@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 from ssdd_fixture import SHIPS, SIZE, write_ssdd
 from vitp_geo.datamodules.detection import DetectionFilesDataModule, detection_collate
 from vitp_geo.datamodules.detection_augment import Augment, flip, rect_label_ids, rotate
+from vitp_geo.datamodules.sampling import SamplingArgs
 
 from vitp_geo.geometry.obb import obb_to_poly, poly_to_obb
 
@@ -168,7 +169,7 @@ def test_augmentations_differ_between_epochs_in_workers_and_a_seed_repeats_them(
     dm = DetectionFilesDataModule(
         str(root), "coco", ["ship"], train_split="trainval", val_split="test",
         layout={"images": "JPEGImages", "annotations": "Annotations/{split}.json"}, masks=True,
-        batch_size=1, num_workers=2, flip_directions=["horizontal", "vertical", "diagonal"], flip_ratio=0.25,
+        sampling=SamplingArgs(batch_size=1, num_workers=2), flip_directions=["horizontal", "vertical", "diagonal"], flip_ratio=0.25,
         rotate_ratio=0.5,
     )  # fmt: skip
     dm.setup("fit")

@@ -12,6 +12,7 @@ import rasterio
 import shapely
 import torch
 from vitp_geo.datamodules.detection import GeoTiffDetectionDataModule, detection_collate
+from vitp_geo.datamodules.sampling import SamplingArgs
 from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_detection
 
 from vitp_geo.geometry.obb import poly_to_obb
@@ -27,9 +28,8 @@ def test_tiles_hold_the_buildings_as_exact_oriented_boxes(folders) -> None:  # n
         str(folders.images),
         str(folders.vectors),
         classes=["building"],
-        patch_size=112,
+        sampling=SamplingArgs(patch_size=112, length=10),
         flips=False,
-        length=10,
     )
     dm.setup("fit")
     assert dm.classes == ["building"]
@@ -64,7 +64,7 @@ def test_tiles_hold_the_buildings_as_exact_oriented_boxes(folders) -> None:  # n
 
 def test_splits_are_disjoint_and_empty_tiles_collate(folders) -> None:  # noqa: ANN001
     dm = GeoTiffDetectionDataModule(
-        str(folders.images), str(folders.vectors), classes=["building"], patch_size=112
+        str(folders.images), str(folders.vectors), classes=["building"], sampling=SamplingArgs(patch_size=112)
     )
     dm.setup("fit")
     for si, _row, col in dm.train_dataset.tiles:
@@ -83,12 +83,16 @@ def test_splits_are_disjoint_and_empty_tiles_collate(folders) -> None:  # noqa: 
 
 
 def test_unknown_classes_are_left_out_and_bad_input_is_named(folders, tmp_path) -> None:  # noqa: ANN001
-    dm = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), patch_size=112)
+    dm = GeoTiffDetectionDataModule(
+        str(folders.images), str(folders.vectors), sampling=SamplingArgs(patch_size=112)
+    )
     dm.setup("fit")
     assert "building" in dm.classes  # type: ignore[operator]
     with pytest.raises(FileNotFoundError, match="nope"):
         GeoTiffDetectionDataModule(str(tmp_path / "nope"), str(folders.vectors))
-    small = GeoTiffDetectionDataModule(str(folders.images), str(folders.vectors), patch_size=400)
+    small = GeoTiffDetectionDataModule(
+        str(folders.images), str(folders.vectors), sampling=SamplingArgs(patch_size=400)
+    )
     with pytest.raises(ValueError, match="too small"):
         small.setup("fit")
 
@@ -267,11 +271,7 @@ def test_flips_differ_between_workers_and_epochs_and_a_seed_repeats_them(folders
             str(folders.images),
             str(folders.vectors),
             classes=["building"],
-            patch_size=112,
-            batch_size=1,
-            length=16,
-            num_workers=2,
-            seed=seed,
+            sampling=SamplingArgs(patch_size=112, batch_size=1, length=16, num_workers=2, seed=seed),
         )
         d.setup("fit")
         return d

@@ -48,7 +48,8 @@ def test_svcd_config_binarises_its_jpeg_labels_at_128(tmp_path: Path) -> None:
     label, truth = _jpeg_like_label(np.random.default_rng(2))
     for split in ("train", "val"):
         _write_split(tmp_path / split, label, ("A", "B", "OUT"))  # SVCD's own folder names
-    init = dict(yaml.safe_load(SVCD.read_text())["data"]["init_args"], root=str(tmp_path), num_workers=0)
+    init = dict(yaml.safe_load(SVCD.read_text())["data"]["init_args"], root=str(tmp_path))
+    init["sampling"]["num_workers"] = 0
     dm = PairFolderChangeDataModule(**init)
     dm.setup("fit")
     for ds in (dm.train_dataset, dm.val_dataset):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import shapely
 from vitp_geo.datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule, area_split
+from vitp_geo.datamodules.sampling import SamplingArgs
 from vitp_geo.datamodules.synthetic_geotiff import write_synthetic_change, write_synthetic_segmentation
 
 
@@ -25,7 +26,9 @@ def _boxes(sampler) -> list[shapely.Polygon]:  # noqa: ANN001
 
 def test_train_and_val_tiles_never_overlap(folders) -> None:  # noqa: ANN001
     dm = GeoTiffSegmentationDataModule(
-        str(folders.images), labels=str(folders.labels), batch_size=4, length=64, patch_size=64
+        str(folders.images),
+        labels=str(folders.labels),
+        sampling=SamplingArgs(batch_size=4, length=64, patch_size=64),
     )
     dm.setup("fit")
     train, val = _boxes(dm.train_batch_sampler), _boxes(dm.val_sampler)
@@ -44,10 +47,17 @@ def test_area_split_rounds_the_strip_to_whole_tiles() -> None:
 
 def test_batches_match_the_label_raster_and_vectors_burn_the_same_objects(folders) -> None:  # noqa: ANN001
     raster = GeoTiffSegmentationDataModule(
-        str(folders.images), labels=str(folders.labels), batch_size=2, length=2, flips=False
+        str(folders.images),
+        labels=str(folders.labels),
+        sampling=SamplingArgs(batch_size=2, length=2),
+        flips=False,
     )
     vector = GeoTiffSegmentationDataModule(
-        str(folders.images), vectors=str(folders.vectors), batch_size=2, length=2, flips=False, cache_dir=None
+        str(folders.images),
+        vectors=str(folders.vectors),
+        sampling=SamplingArgs(batch_size=2, length=2),
+        flips=False,
+        cache_dir=None,
     )
     for dm in (raster, vector):
         dm.setup("validate")
@@ -64,7 +74,12 @@ def test_batches_match_the_label_raster_and_vectors_burn_the_same_objects(folder
 def test_change_batches_stack_before_then_after(tmp_path) -> None:  # noqa: ANN001
     f = write_synthetic_change(tmp_path, n_pairs=1, size=224, seed=2)
     dm = GeoTiffChangeDataModule(
-        str(f.images), str(f.after), str(f.labels), batch_size=2, length=2, mean=[0, 0, 0], std=[1, 1, 1]
+        str(f.images),
+        str(f.after),
+        str(f.labels),
+        sampling=SamplingArgs(batch_size=2, length=2),
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
     )
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))

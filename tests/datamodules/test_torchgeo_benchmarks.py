@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 from torchgeo.datasets import LEVIRCD, LoveDA, Potsdam2D
 from vitp_geo.datamodules.geotiff import IMAGENET_MEAN_255, IMAGENET_STD_255
+from vitp_geo.datamodules.sampling import SamplingArgs
 from vitp_geo.datamodules.torchgeo_benchmarks import (
     LEVIRCDDataModule,
     LoveDADataModule,
@@ -41,7 +42,9 @@ def test_levircd_crops_and_flips_keep_both_dates_and_the_mask_aligned(torchgeo_l
     """The fixture's changed pixels are bright in B only, so mask == bright(B) iff all three got the
     same crop and flip (torchgeo's own datamodule under kornia 0.8.x crops masks with the next
     sample's offsets; under 0.9 it refuses, see the next test)."""
-    dm = LEVIRCDDataModule(str(torchgeo_layouts["levircd"]), patch_size=32, batch_size=3)
+    dm = LEVIRCDDataModule(
+        str(torchgeo_layouts["levircd"]), sampling=SamplingArgs(patch_size=32, batch_size=3)
+    )
     dm.setup("fit")
     _training(dm)
     torch.manual_seed(0)
@@ -174,7 +177,7 @@ def test_potsdam_config_classes_follow_torchgeo_order_and_feed_rgb() -> None:
 
 def test_potsdam_datamodule_trains_on_train_tiles_and_validates_on_the_test_grid(torchgeo_layouts) -> None:  # noqa: ANN001
     root = torchgeo_layouts["potsdam"]
-    dm = Potsdam2DDataModule(str(root), batch_size=2)
+    dm = Potsdam2DDataModule(str(root), sampling=SamplingArgs(batch_size=2))
     with pytest.warns(UserWarning, match="left out"):
         dm.setup("fit")
     assert len(dm.train_dataset) == 3 * 4 and len(dm.val_dataset) == 2 * 4  # type: ignore[arg-type]

@@ -57,7 +57,8 @@ def test_medical_config_runs_fast_dev_run(name: str, tmp_path: Path) -> None:
     assert cfg["data"]["init_args"]["root"] == "FILL_ME"  # the one thing to fill in
     written = copy.deepcopy(cfg["model"]["init_args"])
     cfg["data"]["init_args"]["root"] = str(FIXTURES[name](tmp_path / "data"))
-    cfg["data"]["init_args"]["num_workers"] = 0  # what is loaded is unchanged; no worker processes in tests
+    # what is loaded is unchanged; no worker processes in tests
+    cfg["data"]["init_args"]["sampling"]["num_workers"] = 0
     cfg["model"]["init_args"]["backbone"].update(name="vitp_tiny_patch14_112", img_size=112, weights=None)
     cfg["model"]["init_args"]["head_channels"] = 16
     cli = smoke_cli(cfg, tmp_path)

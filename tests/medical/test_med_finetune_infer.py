@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.inferers import SliceInferer
 from PIL import Image
+from vitp_geo.datamodules.sampling import SamplingArgs
 
 from vitp_geo.cli.main import main
 from vitp_geo.medical import phantoms as P
@@ -138,7 +139,7 @@ def test_a_label_value_missing_from_dataset_json_names_the_file(tmp_path: Path) 
     meta = json.loads((root / "dataset.json").read_text())
     del meta["labels"]["liver lesion"], meta["labels"]["liver"]  # liver (4) is in every case
     (root / "dataset.json").write_text(json.dumps(meta))
-    dm = MedicalSliceDataModule(str(root), patch_size=24, val_fraction=0.5)
+    dm = MedicalSliceDataModule(str(root), sampling=SamplingArgs(patch_size=24, val_fraction=0.5))
     with pytest.raises(ValueError, match=r"labelsTr/case_00\d.nii.gz: label value\(s\) \[4"):
         dm.setup("fit")
 
@@ -204,7 +205,9 @@ def test_a_model_with_the_wrong_class_count_is_refused_before_training(tmp_path:
     from vitp_geo.tasks.args import BackboneArgs
 
     root = P.write_brats_dataset(tmp_path / "brats", n_cases=2, shape=(28, 28, 6))
-    dm = MedicalSliceDataModule(str(root), channel_rule="mri-sequences", preset="mri-zscore", patch_size=28)
+    dm = MedicalSliceDataModule(
+        str(root), channel_rule="mri-sequences", preset="mri-zscore", sampling=SamplingArgs(patch_size=28)
+    )
     task = SegmentationTask(
         backbone=BackboneArgs(name="vitp_tiny_patch14_112", img_size=112), num_classes=5, head_channels=16
     )
@@ -219,7 +222,7 @@ def test_xray_per_image_dice_is_computed_from_the_masks(tmp_path: Path) -> None:
     from vitp_geo.medical.intensity import minmax
 
     root = P.write_xray_dataset(tmp_path / "cxr", n_images=2, size=64, splits=("Train", "Val"))
-    dm = XraySegmentationDataModule(str(root), patch_size=64)
+    dm = XraySegmentationDataModule(str(root), sampling=SamplingArgs(patch_size=64))
 
     class DarkIsLung(torch.nn.Module):  # lung where the normalised grey value is below ImageNet's mean
         def __init__(self) -> None:
@@ -299,7 +302,7 @@ def test_case_dice_scores_the_best_weights_on_the_trainers_device(tmp_path: Path
     P.write_ct_dataset(tmp_path / "data" / "phantom_ct", n_cases=3, seed=0, shape=(112, 112, 4))
     cfg = default_config(tmp_path / "data")
     cfg["trainer"].update(max_epochs=1, max_steps=2, enable_model_summary=False, logger=False)
-    cfg["data"]["init_args"].update(val_fraction=0.34, batch_size=2)
+    cfg["data"]["init_args"]["sampling"].update(val_fraction=0.34, batch_size=2)
     import types
 
     import vitp_geo.datamodules.medical

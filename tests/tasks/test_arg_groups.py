@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from config_runs import refused_finetune
 from tiny_checkpoints import save_tiny_checkpoint
 
 from vitp_geo.cli.main import main
@@ -42,14 +43,10 @@ def test_a_flat_config_key_is_refused_with_its_grouped_spelling(
         f"  init_args:\n    images: {tmp_path}\n"
     )
     key = line.split(":")[0]
-    rc = main(["finetune", "segmentation", "--config", str(old), "--output", str(tmp_path / "o")])
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
+    assert refused_finetune(old, tmp_path / "o", capsys) == [
         f"vitp-geo finetune: error: {old}: model.init_args.{key} is the old spelling: the task settings "
         f"are grouped; use {new}"
     ]
-    assert not (tmp_path / "o").exists()
 
 
 def test_a_flat_backbone_name_in_python_names_the_dataclass() -> None:

@@ -78,7 +78,8 @@ def test_the_three_configs_no_longer_name_torchgeo_datamodules() -> None:
     for _, path in TORCHGEO_LAYOUT_CONFIGS.values():
         data = yaml.safe_load(path.read_text())["data"]
         assert data["class_path"].startswith("vitp_geo.datamodules.torchgeo_benchmarks.")
-        assert set(data["init_args"]) >= {"root", "patch_size", "batch_size"}
+        assert set(data["init_args"]) >= {"root", "sampling"}
+        assert set(data["init_args"]["sampling"]) >= {"patch_size", "batch_size"}
 
 
 def test_levircd_crop_is_a_multiple_of_14_for_torchgeo_changevit() -> None:
@@ -86,9 +87,8 @@ def test_levircd_crop_is_a_multiple_of_14_for_torchgeo_changevit() -> None:
 
     import vitp_geo.models  # noqa: F401  (registers the vitp_* names with timm)
 
-    crop = yaml.safe_load(TORCHGEO_LAYOUT_CONFIGS["levircd"][1].read_text())["data"]["init_args"][
-        "patch_size"
-    ]
+    data = yaml.safe_load(TORCHGEO_LAYOUT_CONFIGS["levircd"][1].read_text())["data"]
+    crop = data["init_args"]["sampling"]["patch_size"]
     assert crop % 14 == 0
     vit = ChangeDetectionTask(model="changevit", backbone="vitp_tiny_patch14_112", in_channels=3)
     with torch.no_grad():

@@ -283,7 +283,7 @@ def test_resume_after_an_interruption_continues_exactly(tmp_path, monkeypatch, c
     def config(folder):  # noqa: ANN001, ANN202
         cfg = default_config("segmentation", folder / "data")
         cfg["trainer"].update(max_epochs=3, max_steps=-1, limit_val_batches=1, enable_model_summary=False)
-        cfg["data"]["init_args"]["length"] = 8
+        cfg["data"]["init_args"]["sampling"]["length"] = 8
         return cfg
 
     fit(config(tmp_path / "full"), "segmentation", tmp_path / "full", progress=False, save_last=True)

@@ -63,7 +63,9 @@ def test_shipped_data_section_trains_on_the_datasets_own_layout(path: Path, tmp_
     cli = smoke_cli(cfg, tmp_path)
     task, dm = cli.model, cli.datamodule
     # the paper's deformable ViT-Adapter in the segmentation and change configs (issue 17)
-    neck = "deformable_adapter"  # the reference mmseg and open-cd configs both use InternViTAdapter (deformable)
+    neck = (
+        "deformable_adapter"  # the reference mmseg and open-cd configs both use InternViTAdapter (deformable)
+    )
     assert task.hp["neck"] == flat_hparams(written["model"]["init_args"])["neck"] == neck
     cli.trainer.fit(task, datamodule=dm)
     assert cli.trainer.state.finished and "train_loss" in cli.trainer.callback_metrics
@@ -100,4 +102,4 @@ def test_shipped_values_are_the_reference_values(name: str) -> None:
     lr, wd, decay, steps, schedule, warmup, crop, fusion = REFERENCE_VALUES[name]
     assert (m["lr"], m["weight_decay"], m["layer_decay"]) == (pytest.approx(lr), wd, decay)
     assert (cfg["trainer"]["max_steps"], m["schedule"], m["warmup_steps"]) == (steps, schedule, warmup)
-    assert d["patch_size"] == crop and m.get("fusion") == fusion and m["drop_path_rate"] == 0.1
+    assert d["sampling"]["patch_size"] == crop and m.get("fusion") == fusion and m["drop_path_rate"] == 0.1

@@ -97,7 +97,8 @@ def test_detection_config_runs_fast_dev_run(path: Path, tmp_path: Path) -> None:
         assert "flip_directions" not in data and "rotate_ratio" not in data
     assert written["class_names"] == cfg["data"]["init_args"]["classes"]
     root, splits = _fixture(path.stem, tmp_path)
-    cfg["data"]["init_args"].update(root=str(root), num_workers=0, **splits)
+    cfg["data"]["init_args"].update(root=str(root), **splits)
+    cfg["data"]["init_args"]["sampling"]["num_workers"] = 0
     cfg["model"]["init_args"]["backbone"].update(name="vitp_tiny_patch14_112", img_size=112, weights=None)
     cfg["model"]["init_args"].update(fpn_channels=32, representation=64)
     cli = smoke_cli(cfg, tmp_path)
@@ -126,9 +127,8 @@ def test_finetune_detection_writes_task1_files_that_evaluate_reads(tmp_path: Pat
         (REPO / "vitp_geo" / "configs" / "finetune" / "detection" / "dotav2.yaml").read_text()
     )
     root = DATA / "dota" / "DOTA-v2.0"
-    cfg["data"]["init_args"].update(
-        root=str(root), num_workers=0, train_split="val", val_split="val", test_split="val"
-    )
+    cfg["data"]["init_args"].update(root=str(root), train_split="val", val_split="val", test_split="val")
+    cfg["data"]["init_args"]["sampling"]["num_workers"] = 0
     cfg["model"]["init_args"]["backbone"].update(name="vitp_tiny_patch14_112", img_size=112)
     cfg["model"]["init_args"].update(fpn_channels=32, representation=64)
     cfg["trainer"] = dict(cfg["trainer"], precision="32-true", accelerator="cpu", devices=1)

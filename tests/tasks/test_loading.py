@@ -9,6 +9,7 @@ import torch
 from lightning import Trainer
 from tiny_checkpoints import save_tiny_checkpoint
 from vitp_geo.datamodules.geotiff import GeoTiffChangeDataModule, GeoTiffSegmentationDataModule
+from vitp_geo.datamodules.sampling import SamplingArgs
 
 from vitp_geo.io.model_card import CARD_KEY
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask, load_inference_model
@@ -37,7 +38,7 @@ def _train_one_step(task: torch.nn.Module, dm: object, root: Path) -> Path:
 def test_segmentation_checkpoint_round_trip_gives_identical_logits(seg_folders, tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     dm = GeoTiffSegmentationDataModule(
-        str(seg_folders.images), labels=str(seg_folders.labels), batch_size=2, length=2
+        str(seg_folders.images), labels=str(seg_folders.labels), sampling=SamplingArgs(batch_size=2, length=2)
     )
     task = SegmentationTask(
         head_channels=16,
@@ -79,8 +80,7 @@ def test_change_checkpoint_round_trip_gives_identical_logits(change_folders, tmp
         str(change_folders.images),
         str(change_folders.after),
         str(change_folders.labels),
-        batch_size=2,
-        length=2,
+        sampling=SamplingArgs(batch_size=2, length=2),
     )
     task = ChangeDetectionTask(
         head_channels=16,

@@ -9,6 +9,7 @@ from torchgeo.datamodules import GeoDataModule
 from torchgeo.trainers import BaseTask
 from torchgeo.trainers import ChangeDetectionTask as TorchGeoChangeTask
 from vitp_geo.datamodules.geotiff import GeoTiffSegmentationDataModule
+from vitp_geo.datamodules.sampling import SamplingArgs
 
 from vitp_geo.tasks import ChangeDetectionTask, SegmentationTask
 from vitp_geo.tasks.args import BackboneArgs, OptimArgs
@@ -18,7 +19,10 @@ from vitp_geo.tasks.args import BackboneArgs, OptimArgs
 def test_torchgeo_datamodule_trains_our_task_and_loss_drops(seg_folders, tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     dm = GeoTiffSegmentationDataModule(
-        str(seg_folders.images), labels=str(seg_folders.labels), batch_size=4, length=4, flips=False
+        str(seg_folders.images),
+        labels=str(seg_folders.labels),
+        sampling=SamplingArgs(batch_size=4, length=4),
+        flips=False,
     )
     assert isinstance(dm, GeoDataModule)
     task = SegmentationTask(

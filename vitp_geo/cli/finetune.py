@@ -46,7 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     p.add_argument("--max-steps", type=int, help="override trainer.max_steps")
-    p.add_argument("--batch-size", type=int, help="override data.init_args.batch_size")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="override data.init_args.sampling.batch_size (data.init_args.batch_size for torchgeo's own DataModules)",
+    )
     p.add_argument("--accelerator", default=None, help="override trainer.accelerator (cpu, gpu, auto)")
     p.add_argument(
         "--seed", type=int, default=None, help="override seed_everything (default: the config's, else 0)"
@@ -98,7 +102,13 @@ def apply_overrides(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     if args.max_steps is not None:
         trainer["max_steps"] = args.max_steps
     if args.batch_size is not None:
-        cfg["data"].setdefault("init_args", {})["batch_size"] = args.batch_size
+        from vitp_geo.datamodules.sampling import takes_sampling
+
+        data_init = cfg["data"].setdefault("init_args", {})
+        if takes_sampling(cfg["data"].get("class_path")):  # ours: the sampling group
+            data_init["sampling"] = {**(data_init.get("sampling") or {}), "batch_size": args.batch_size}
+        else:  # torchgeo's own DataModules take it flat
+            data_init["batch_size"] = args.batch_size
     if args.accelerator is not None:
         trainer["accelerator"] = args.accelerator
     if args.seed is not None:

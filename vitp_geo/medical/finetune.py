@@ -56,10 +56,7 @@ def default_config(data_dir: Path, seed: int = 0) -> dict[str, Any]:
         root=str(root),
         channel_rule="ct-windows",
         empty_fraction=0.2,
-        val_fraction=0.3,
-        patch_size=112,
-        batch_size=8,
-        seed=seed,
+        sampling=dict(val_fraction=0.3, patch_size=112, batch_size=8, seed=seed),
     )
     return {
         "seed_everything": seed,

@@ -54,11 +54,7 @@ def detection_default_config(
             images=str(folders.images),
             vectors=str(folders.vectors),
             classes=["building"],
-            patch_size=tile,
-            batch_size=4,
-            length=64,
-            val_fraction=0.25,
-            seed=seed,
+            sampling=dict(patch_size=tile, batch_size=4, length=64, val_fraction=0.25, seed=seed),
         ),
     }
     return {

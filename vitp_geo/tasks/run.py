@@ -50,7 +50,7 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         head_channels=64,
         optim=dict(lr=1e-3, weight_decay=0.05, layer_decay=0.9, warmup_steps=10, schedule="poly"),
     )
-    common = dict(patch_size=112, batch_size=8, length=96, val_fraction=0.25, seed=seed)
+    sampling = dict(patch_size=112, batch_size=8, length=96, val_fraction=0.25, seed=seed)
     if task == "segmentation":
         folders = write_synthetic_segmentation(data_dir, n_scenes=3, size=336, seed=seed)
         model.update(
@@ -63,7 +63,7 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         )
         data = {
             "class_path": "vitp_geo.datamodules.geotiff.GeoTiffSegmentationDataModule",
-            "init_args": dict(images=str(folders.images), labels=str(folders.labels), **common),
+            "init_args": dict(images=str(folders.images), labels=str(folders.labels), sampling=sampling),
         }
     else:
         folders = write_synthetic_change(data_dir, n_pairs=3, size=336, seed=seed)
@@ -71,7 +71,10 @@ def default_config(task: str, data_dir: Path, seed: int = 0) -> dict[str, Any]:
         data = {
             "class_path": "vitp_geo.datamodules.geotiff.GeoTiffChangeDataModule",
             "init_args": dict(
-                before=str(folders.images), after=str(folders.after), labels=str(folders.labels), **common
+                before=str(folders.images),
+                after=str(folders.after),
+                labels=str(folders.labels),
+                sampling=sampling,
             ),
         }
     return {
@@ -101,6 +104,7 @@ def load_config(path: Path) -> dict[str, Any]:
     if "FILL_ME" in json.dumps(cfg.get("data")):
         raise ValueError(f"{path}: set the dataset root (data.init_args.root is FILL_ME)")
     refuse_old_task_keys(cfg, str(path))
+    refuse_old_data_keys(cfg, str(path))
     return cfg
 
 
@@ -468,16 +472,37 @@ def refuse_old_task_keys(cfg: dict[str, Any], source: str = "config") -> None:
             raise ValueError(f"{source}: {message}")
 
 
+def refuse_old_data_keys(cfg: dict[str, Any], source: str = "config") -> None:
+    """Refuse a sampling setting in the flat spelling of before the group
+    (``vitp_geo.datamodules.sampling``) for a DataModule that takes the group, naming the grouped
+    key: ``data.init_args.batch_size`` is now ``data.init_args.sampling.batch_size``. (torchgeo's
+    own DataModules take them flat.)
+
+    Raises:
+        ValueError: ``"<source>: data.init_args.batch_size is the old spelling: ...; use data.init_args.sampling.batch_size"``.
+    """
+    from vitp_geo.datamodules.sampling import old_spelling, takes_sampling
+
+    data = cfg.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("init_args"), dict):
+        return
+    messages = [m for m in map(old_spelling, data["init_args"]) if m is not None]
+    if messages and takes_sampling(data.get("class_path")):
+        raise ValueError(f"{source}: {messages[0]}")
+
+
 def build_cli(cfg: dict[str, Any], callbacks: list[Any], out: Path, source: str = "config") -> Any:
     """Instantiate trainer, model and datamodule from ``cfg`` through LightningCLI (``run=False``).
 
     Raises:
         ValueError: unknown or mistyped config keys (names ``source`` and the key); a
             ``class_path`` under the old top-level ``datamodules`` package (names the new one); a
-            task setting in the flat spelling of before the argument groups (names the new key).
+            task or sampling setting in the flat spelling of before the argument groups (names the
+            new key).
     """
     refuse_old_datamodule_paths(cfg, source)
     refuse_old_task_keys(cfg, source)
+    refuse_old_data_keys(cfg, source)
     import warnings
     from argparse import ArgumentError
 
