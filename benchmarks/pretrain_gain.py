@@ -121,7 +121,7 @@ class Settings:
 
     seeds: tuple[int, ...] = (0, 1)
     draws: int = 3
-    steps: int = 800  # every arm at the PretrainConfig default's steps (8 runs: about 45 min on 2 cores)
+    steps: int = 0  # 0 = every arm at the PretrainConfig default's steps (see full())
     pool_scenes: int = 8  # labelled pool (4 tiles a scene): the draws pick from these 32 tiles
     val_scenes: int = 4  # fine-tune lr selection: 16 tiles
     test_scenes: int = 16  # held-out test: 64 tiles
@@ -132,7 +132,9 @@ class Settings:
 
     @staticmethod
     def full() -> Settings:
-        return Settings()
+        from vitp_geo.pretrain.config import PretrainConfig
+
+        return Settings(steps=PretrainConfig().max_steps)  # 8 runs of the default: about 45 min on 2 cores
 
     @staticmethod
     def quick_smoke() -> Settings:
@@ -1048,7 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps",
         type=int,
         default=None,
-        help="pretraining steps of every arm (default 800, the pretraining default; quick: 10)",
+        help="pretraining steps of every arm (default: the pretraining default's; quick: 10)",
     )
     p.add_argument("--ft-steps", type=int, default=None, help="fine-tune steps (default 60; quick: 4)")
     p.add_argument("--ft-draws", type=int, default=None, help="label draws fine-tuned per seed (default 1)")

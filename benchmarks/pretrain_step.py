@@ -11,14 +11,17 @@ batches through the tiny ViTP model (optimizer step included) under cumulative s
 3. ``+ LM head on answer positions``: the vocabulary projection and cross-entropy run on the
    labelled positions only (about 7 % of them), the loss and its gradients unchanged;
 4. ``+ cached tiles and tokens``: each image's normalised tiles and each record's token ids are made
-   once and reused (the default corpus is drawn about 13 times per run).
+   once and reused (the default corpus is drawn about 13 times per run);
+5. ``+ bf16 autocast``: forward (and so backward) under ``torch.autocast("cpu", torch.bfloat16)``,
+   what ``--precision auto`` picks on a CPU with AVX512-BF16 or AMX (weights and AdamW stay fp32).
+   On a CPU without them bf16 is emulated: the row is printed with a note and is slower there.
 
 Data time (drawing and collating a batch) and compute time (forward, backward, clipping, AdamW)
 are measured separately; steps/s and the speed-up over ``before`` are printed side by side.
 Time things alone: another torch job on a 2-core machine slows both by 10-20x.
 
     python benchmarks/pretrain_step.py                 # about 1 min on 2 CPU cores
-    python benchmarks/pretrain_step.py --batch-size 32 --steps 10
+    python benchmarks/pretrain_step.py --batch-size 32 --steps 10   # the default's batch
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch
 from vitp_geo.instruct.default_corpus import build_default_corpus
 from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
-from vitp_geo.pretrain.run import _corpus_texts
+from vitp_geo.pretrain.run import _corpus_texts, cpu_has_native_bf16
 from vitp_geo.vlm import build_offline_tokenizer, build_tiny_vlm, tokenize_conversation
 from vitp_geo.vlm.template import INTERNVL2_5_SYSTEM_MESSAGE
 
@@ -46,6 +49,7 @@ class Setting:
     system_in_tokenizer: bool
     head_on_answers: bool
     cache: bool
+    bf16: bool = False
 
 
 SETTINGS = (
@@ -53,6 +57,7 @@ SETTINGS = (
     Setting("+ system message in the tokenizer", True, False, False),
     Setting("+ LM head on answer positions", True, True, False),
     Setting("+ cached tiles and tokens", True, True, True),
+    Setting("+ bf16 autocast", True, True, True, bf16=True),
 )
 
 
@@ -97,13 +102,14 @@ def measure(setting: Setting, recipe: Path, indices: list[list[int]], warmup: in
         batch = collate([ds[i] for i in batch_idx], pad_token_id=int(tok.pad_token_id))
         t1 = time.perf_counter()
         model.vrl_generator = torch.Generator().manual_seed(seed + k)
-        out = model(
-            pixel_values=batch["pixel_values"],
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            return_logits=not setting.head_on_answers,
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting.bf16):
+            out = model(
+                pixel_values=batch["pixel_values"],
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                return_logits=not setting.head_on_answers,
+            )
         assert out.loss is not None
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -145,7 +151,7 @@ def main() -> None:
         indices = [b for b in draws for _ in range(2)]
         print(
             f"{n} samples, batch {args.batch_size}, {args.steps} timed steps x 2 draws per setting "
-            f"(medians); torch threads {torch.get_num_threads()}"
+            f"(medians); torch threads {torch.get_num_threads()}; native bf16: {cpu_has_native_bf16()}"
         )
         base: Result | None = None
         print(

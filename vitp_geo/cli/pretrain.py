@@ -46,7 +46,7 @@ _HELP: dict[str, str] = {
     "grad_checkpointing": "gradient checkpointing in ViT and LLM",
     "devices": "devices per node",
     "strategy": "Lightning strategy: auto, ddp, fsdp, deepspeed",
-    "precision": "auto (bf16-mixed on CUDA, 32-true on CPU), 32-true, bf16-mixed, 16-mixed",
+    "precision": "auto (bf16-mixed on CUDA and on a CPU with AVX512-BF16 or AMX, else 32-true), 32-true, bf16-mixed, 16-mixed",
     "accelerator": "auto, cpu, gpu",
     "seed": "random seed (data order, init, VRL)",
     "skip_bad_samples": "skip and count records that do not parse or miss images, instead of failing",

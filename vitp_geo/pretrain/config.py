@@ -32,12 +32,13 @@ class PretrainConfig:
     overwrite: bool = False  # an --output that holds an earlier run is refused unless this (or resume)
 
     # Optimisation. Tiny default: a high lr so a few hundred CPU steps visibly learn (2e-3 delays
-    # image reading, docs/pretraining-evidence.md). 800 steps of 32 samples: the tiny VLM starts
+    # image reading, docs/pretraining-evidence.md). 1,000 steps of 32 samples: the tiny VLM starts
     # reading the image only after about 20,000 samples (batch 8 read nothing at 450 steps and
-    # +0.24 nats at 2,000); they fit the 6-minute budget on 2 cores (about 5 min alone).
+    # +0.24 nats at 2,000); under bf16 autocast (--precision auto on a CPU with AVX512-BF16) they
+    # take about 5 min alone on 2 cores, within the 6-minute budget (fp32: about 6.5 min).
     # Paper (configs/pretrain/rs.yaml): lr 2e-5, 8000 steps, global batch 128, warmup 0.2, wd 0.01.
     lr: float = 1e-3
-    max_steps: int = 800
+    max_steps: int = 1000
     batch_size: int = 32  # per device; 8 and 16 read less for the same samples (docs/pretraining-evidence.md)
     accumulate: int = 1  # gradient accumulation; global batch = batch_size · accumulate · devices
     warmup_ratio: float = 0.1  # share of max_steps spent in linear warm-up before the cosine decay
@@ -62,13 +63,13 @@ class PretrainConfig:
     # Alignment phase: the first align_steps steps draw only align_tasks records (one-hop
     # questions that only the image answers), so the LLM learns to read image tokens before the
     # text priors of the other tasks win (as LLaVA's stage 1 aligns on captions). 0 = off.
-    align_steps: int = 160  # a fifth of the tiny default; the paper preset sets 0
+    align_steps: int = 200  # a fifth of the tiny default; the paper preset sets 0
     # The one-look tasks plus presence and counting: with these in the phase, presence and
     # counting start reading too (the image, not the question, decides them).
     align_tasks: str = "classes,classification,presence,counting"  # comma-separated task names
     # Steps after the phase over which the alignment tasks' share falls linearly to their recipe
     # share: a hard switch let the long answers' large losses wash out what the phase built.
-    align_ramp_steps: int = 320
+    align_ramp_steps: int = 400
     # Embedded rs corpus only: share of records whose images follow the question instead of
     # opening it (instruct.default_corpus.images_after_question), so image tokens can attend to
     # the class a presence or counting question names. 0 = InternVL's usual images-first layout.
@@ -92,7 +93,7 @@ class PretrainConfig:
     # Runtime.
     devices: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed (Lightning strategies)
-    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true on CPU
+    precision: str = "auto"  # auto = bf16-mixed on CUDA and on a CPU with AVX512-BF16/AMX, else 32-true
     accelerator: str = "auto"
     seed: int = 0
     skip_bad_samples: bool = False

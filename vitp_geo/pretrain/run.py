@@ -54,6 +54,7 @@ class PretrainSummary:
     seconds: float
     reliance: RelianceResult | None = None
     peak_rss_mb: float | None = None  # this process's peak resident memory (Linux/macOS), None elsewhere
+    precision: str | None = None  # the trainer's precision (what --precision auto chose)
 
     @property
     def reliance_near_zero(self) -> bool:
@@ -70,6 +71,8 @@ class PretrainSummary:
             f"  images/s       {self.images_per_s:.1f} (image tiles through the ViT, per device)",
             f"  time           {self.seconds:.0f} s",
         ]
+        if self.precision is not None:
+            lines.append(f"  precision      {self.precision}")
         if self.peak_rss_mb is not None:
             lines.append(f"  peak memory    {self.peak_rss_mb / 1024:.2f} GB resident (this process)")
         if self.reliance is not None:
@@ -116,14 +119,32 @@ def default_output(domain: str) -> Path:
     return Path("runs") / f"pretrain-{domain}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX).
+
+    On such a CPU bf16 autocast makes the tiny default's step about 1.5x faster
+    (``benchmarks/pretrain_step.py``); elsewhere bf16 is emulated and slower than fp32. torch
+    exposes the check only privately: an older or newer torch without it reads as "no".
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(bool(getattr(torch.cpu, name)()) for name in checks if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
+
+
 def _precision(cfg: PretrainConfig) -> str:
+    """``--precision auto``: bf16-mixed where the device computes bf16 natively, else 32-true.
+
+    CUDA (as the paper's runs), and a CPU with AVX512-BF16 or AMX: the tiny default's 1,000
+    steps were chosen, and measured to read the image, under bf16 autocast on such a CPU
+    (docs/pretraining-evidence.md §2). ``--precision 32-true`` keeps fp32 anywhere.
+    """
     if cfg.precision != "auto":
         return cfg.precision
-    return (
-        "bf16-mixed"
-        if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
-        else "32-true"
-    )
+    on_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
+    return "bf16-mixed" if on_cuda or (on_cpu and cpu_has_native_bf16()) else "32-true"
 
 
 def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:
@@ -341,6 +362,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     metrics = MetricsCSV(output / "metrics.csv")
     if ckpt_path is None and metrics.path.exists() and (launch_rank() or 0) == 0:
         metrics.path.unlink()  # a fresh run in an existing folder starts a fresh log
+    precision = _precision(cfg)
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
         accumulate_grad_batches=cfg.accumulate,
@@ -348,7 +370,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         devices=cfg.devices,
         accelerator=cfg.accelerator,
         strategy=cfg.strategy,
-        precision=_precision(cfg),  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         plugins=[AtomicCheckpointIO()],  # no cut-off last.ckpt on a full disk
         callbacks=[
             *([reliance] if reliance is not None else []),  # before MetricsCSV: it fills the row
@@ -381,7 +403,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     assert vision_weights is not None  # rank 0 holds the gathered weights
     check_finite_weights(vision_weights, f"{output / 'checkpoints' / 'last.ckpt'} (the trained ViT)")
     backbone, backbone_json = export_backbone(model.vision_model, output, state=vision_weights)
-    _annotate_backbone_json(backbone_json, cfg, final)
+    _annotate_backbone_json(backbone_json, cfg, final, precision)
     rows = read_metrics(metrics.path)
     if rows:
         plot_loss(metrics.path, output / "loss.png")
@@ -399,6 +421,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         seconds=time.perf_counter() - start,
         reliance=final,
         peak_rss_mb=peak_rss_mb(),
+        precision=precision,
     )
 
 
@@ -412,7 +435,9 @@ def peak_rss_mb() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def _annotate_backbone_json(path: Path, cfg: PretrainConfig, reliance: RelianceResult | None) -> None:
+def _annotate_backbone_json(
+    path: Path, cfg: PretrainConfig, reliance: RelianceResult | None, precision: str
+) -> None:
     """Record how the backbone was made, next to what timm needs to rebuild it."""
     data = json.loads(path.read_text())
     data["pretraining"] = {
@@ -431,6 +456,7 @@ def _annotate_backbone_json(path: Path, cfg: PretrainConfig, reliance: RelianceR
             "seed",
         )
     }
+    data["pretraining"]["precision"] = precision
     # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
     data["image_reliance"] = json_safe(reliance.to_json()) if reliance is not None else None
     with atomic_output(path) as tmp:
