@@ -16,7 +16,7 @@ from PIL import Image
 from vitp_geo.instruct.recipe import RecipeEntry
 from vitp_geo.instruct.records import InstructionRecord
 from vitp_geo.pretrain.dataset import IGNORE_INDEX, InstructionDataset, collate, load_image
-from vitp_geo.pretrain.module import NonFiniteLossError, ViTPPretrainModule, cosine_with_warmup
+from vitp_geo.pretrain.module import NonFiniteLossError, ViTPPretrainModule
 from vitp_geo.vlm.template import tokenize_conversation
 from vitp_geo.vlm.tokenizer import IMG_CONTEXT_TOKEN, build_offline_tokenizer
 
@@ -178,10 +178,22 @@ def test_freeze_flags_and_all_frozen_is_refused():
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    values = [cosine_with_warmup(s, total=100, warmup=20) for s in range(101)]
+    module = ViTPPretrainModule(_FakeVLM(), lr=1e-3, weight_decay=0.01, warmup_ratio=0.2, max_steps=100)
+    conf = module.configure_optimizers()
+    opt, factor = conf["optimizer"], conf["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    values = [factor(s) for s in range(101)]
     assert values[0] == pytest.approx(1 / 20) and values[19] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(values[19:], values[20:], strict=False))
     assert values[60] == pytest.approx(0.5) and values[100] == pytest.approx(0.0)
+    # weights are decayed, biases are not
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {
+        id(m.weight) for m in (module.model.vision_model, module.model.mlp1, module.model.language_model)
+    }
+    assert {id(p) for p in plain["params"]} == {
+        id(m.bias) for m in (module.model.vision_model, module.model.mlp1, module.model.language_model)
+    }
 
 
 def test_config_file_values_get_field_types_and_real_weights_pull_in_the_domain_preset(tmp_path: Path):

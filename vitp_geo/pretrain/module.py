@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,8 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from vitp_geo.tasks.optim import decay_groups, lr_factor
 
 
 @dataclass
@@ -36,19 +37,6 @@ class StepStats:
 
 class NonFiniteLossError(RuntimeError):
     """Raised when too many consecutive steps produced a non-finite loss."""
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up from 0 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    # Biases, norms, layer-scale gammas, position/class embeddings: no weight decay.
-    return param.ndim < 2 or name.endswith(("pos_embed", "cls_token")) or ".gamma" in name
 
 
 class ViTPPretrainModule(L.LightningModule):
@@ -142,19 +130,12 @@ class ViTPPretrainModule(L.LightningModule):
         return next(self.model.vision_model.parameters()).dtype
 
     def configure_optimizers(self) -> Any:
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if _no_decay(name, p) else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            betas=(0.9, 0.999),
-        )
+        # Biases, norms, layer-scale gammas, tokens and position embeddings are not decayed; warm-up
+        # then cosine to 0: the fine-tuning tasks' rules (tasks.optim), without layer decay.
+        opt = torch.optim.AdamW(decay_groups(self.model, self.weight_decay), lr=self.lr, betas=(0.9, 0.999))
         warmup = int(self.warmup_ratio * self.max_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: cosine_with_warmup(step, self.max_steps, warmup)
+            opt, lambda step: lr_factor(step, self.max_steps, warmup, "cosine")
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

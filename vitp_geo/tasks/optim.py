@@ -37,6 +37,21 @@ def layer_id(name: str, depth: int, backbone_prefix: str) -> int:
     return depth + 1  # final norm etc.
 
 
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Whether ``param`` is left out of weight decay (module doc): 1-D tensors and the tokens."""
+    return param.ndim <= 1 or name.endswith(_NO_DECAY) or any(f".{k}" in name for k in _NO_DECAY)
+
+
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups, decayed then not (:func:`no_weight_decay`), at one lr: pretraining's."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if no_weight_decay(name, param) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def param_groups(
     module: nn.Module, *, lr: float, weight_decay: float, layer_decay: float, depth: int, backbone_prefix: str
 ) -> list[dict[str, Any]]:
@@ -48,7 +63,7 @@ def param_groups(
         if not param.requires_grad:
             continue
         lid = layer_id(name, depth, backbone_prefix)
-        no_decay = param.ndim <= 1 or name.endswith(_NO_DECAY) or any(f".{k}" in name for k in _NO_DECAY)
+        no_decay = no_weight_decay(name, param)
         key = (lid, no_decay)
         if key not in groups:
             scale = layer_decay ** (depth + 1 - lid)
