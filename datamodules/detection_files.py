@@ -16,7 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from vitp_geo.datamodules.detection_augment import FLIP_DIRECTIONS, Augment, rect_label_ids
-from vitp_geo.datamodules.detection_batches import detection_collate
+from vitp_geo.datamodules.detection_batches import detection_loader
 from vitp_geo.datamodules.geotiff import default_stats
 from vitp_geo.datamodules.sampling import SamplingArgs, TakesSampling
 
@@ -238,13 +238,7 @@ class DetectionFilesDataModule(TakesSampling, LightningDataModule):
             self.test_dataset = self._dataset("test", None)
 
     def _loader(self, dataset: Dataset[dict[str, Any]], shuffle: bool) -> DataLoader[dict[str, Any]]:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=detection_collate,
-        )
+        return detection_loader(dataset, self.batch_size, self.num_workers, shuffle)
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader(self.train_dataset, True)

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-from vitp_geo.datamodules.detection_batches import detection_collate
+from vitp_geo.datamodules.detection_batches import detection_loader
 from vitp_geo.datamodules.geotiff import (
     _AreaSplitDataModule,
     _raster_dtype,
@@ -287,14 +287,7 @@ class GeoTiffDetectionDataModule(TakesSampling, LightningDataModule):
         self.val_dataset = _TileDataset(scenes, val, flips=False, seed=self.seed, **common)  # type: ignore[arg-type]
 
     def _loader(self, dataset: Dataset[dict[str, Any]], shuffle: bool) -> DataLoader[dict[str, Any]]:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=detection_collate,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
+        return detection_loader(dataset, self.batch_size, self.num_workers, shuffle, self.seed)
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader(self.train_dataset, shuffle=True)
