@@ -767,6 +767,7 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     from vitp_geo.instruct.default_corpus import build_default_corpus
     from vitp_geo.models.vit import export_backbone
     from vitp_geo.pretrain.config import PretrainConfig
+    from vitp_geo.pretrain.run import resolve_precision
     from vitp_geo.synthetic.scene import CLASS_NAMES
 
     n_classes = len(CLASS_NAMES)
@@ -784,6 +785,8 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
         f"{base.align_ramp_steps}, scaled with the steps), align tasks {base.align_tasks}; the shuffled "
         f"control uses the default VRL: r={base.vrl_ratio:g} p={base.vrl_prob:g}"
         + (" (reference mode)" if base.vrl_reference else "")
+        + f"; precision {resolve_precision(base)} (--precision {base.precision}; the multi-label arm, "
+        "probes and fine-tunes run in fp32)"
     )
     log(notes[-1])
 

@@ -17,20 +17,20 @@ from vitp_geo.pretrain.config import PretrainConfig
 def test_auto_on_cpu_follows_native_bf16(monkeypatch, native, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(run_mod, "cpu_has_native_bf16", lambda: native)
-    assert run_mod._precision(PretrainConfig()) == expected
-    assert run_mod._precision(PretrainConfig(accelerator="cpu")) == expected
+    assert run_mod.resolve_precision(PretrainConfig()) == expected
+    assert run_mod.resolve_precision(PretrainConfig(accelerator="cpu")) == expected
 
 
 def test_explicit_precision_is_kept(monkeypatch):
     monkeypatch.setattr(run_mod, "cpu_has_native_bf16", lambda: True)
-    assert run_mod._precision(PretrainConfig(precision="32-true")) == "32-true"
+    assert run_mod.resolve_precision(PretrainConfig(precision="32-true")) == "32-true"
 
 
 def test_cpu_accelerator_on_a_cuda_machine_does_not_take_cuda_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(run_mod, "cpu_has_native_bf16", lambda: False)
-    assert run_mod._precision(PretrainConfig(accelerator="cpu")) == "32-true"
-    assert run_mod._precision(PretrainConfig()) == "bf16-mixed"
+    assert run_mod.resolve_precision(PretrainConfig(accelerator="cpu")) == "32-true"
+    assert run_mod.resolve_precision(PretrainConfig()) == "bf16-mixed"
 
 
 def test_native_bf16_check_reads_torch_cpu(monkeypatch):

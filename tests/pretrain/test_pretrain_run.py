@@ -21,7 +21,7 @@ from vitp_geo.instruct.recipe import RecipeEntry, save_recipe
 from vitp_geo.instruct.records import InstructionRecord
 from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.metrics import read_metrics
-from vitp_geo.pretrain.run import _precision
+from vitp_geo.pretrain.run import resolve_precision
 
 # VRL on every sample (p = 1) so the kept-token counts below are exact; the default fires on 25 %.
 FAST = ["--batch-size", "4", "--checkpoint-every", "3", "--vrl-prob", "1.0", "--reliance-records", "24"]
@@ -53,7 +53,7 @@ def test_default_writes_every_output(default_run: Path, capsys):
     spec = json.loads((default_run / "backbone.json").read_text())
     assert spec["image_reliance"]["image_gain"] == pytest.approx(last["val/image_gain"], abs=1e-4)
     # the precision --precision auto chose on this machine is recorded with the backbone
-    assert spec["pretraining"]["precision"] == _precision(PretrainConfig())
+    assert spec["pretraining"]["precision"] == resolve_precision(PretrainConfig())
 
 
 def test_backbone_loads_with_plain_timm_and_matches_the_trained_tower(default_run: Path):

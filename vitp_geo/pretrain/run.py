@@ -133,7 +133,7 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def _precision(cfg: PretrainConfig) -> str:
+def resolve_precision(cfg: PretrainConfig) -> str:
     """``--precision auto``: bf16-mixed where the device computes bf16 natively, else 32-true.
 
     CUDA (as the paper's runs), and a CPU with AVX512-BF16 or AMX: the tiny default's 1,000
@@ -362,7 +362,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     metrics = MetricsCSV(output / "metrics.csv")
     if ckpt_path is None and metrics.path.exists() and (launch_rank() or 0) == 0:
         metrics.path.unlink()  # a fresh run in an existing folder starts a fresh log
-    precision = _precision(cfg)
+    precision = resolve_precision(cfg)
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
         accumulate_grad_batches=cfg.accumulate,
