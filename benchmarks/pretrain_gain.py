@@ -115,13 +115,20 @@ EVAL_SEED_BASE = 7_000_000  # evaluation scenes: EVAL_SEED_BASE + k (pretraining
 PROTOCOL_VERSION = 1  # bump when a change invalidates reused runs in --work
 
 
+def _default_steps() -> int:
+    from vitp_geo.pretrain.config import PretrainConfig
+
+    return PretrainConfig().max_steps
+
+
 @dataclass(frozen=True)
 class Settings:
     """One invocation's sizes. ``full()`` is the protocol; ``quick()`` the CI smoke test."""
 
     seeds: tuple[int, ...] = (0, 1)
     draws: int = 3
-    steps: int = 0  # 0 = every arm at the PretrainConfig default's steps (see full())
+    # every arm at the PretrainConfig default's steps (8 runs of the default: about 47 min on 2 cores)
+    steps: int = field(default_factory=_default_steps)
     pool_scenes: int = 8  # labelled pool (4 tiles a scene): the draws pick from these 32 tiles
     val_scenes: int = 4  # fine-tune lr selection: 16 tiles
     test_scenes: int = 16  # held-out test: 64 tiles
@@ -132,9 +139,7 @@ class Settings:
 
     @staticmethod
     def full() -> Settings:
-        from vitp_geo.pretrain.config import PretrainConfig
-
-        return Settings(steps=PretrainConfig().max_steps)  # 8 runs of the default: about 45 min on 2 cores
+        return Settings()
 
     @staticmethod
     def quick_smoke() -> Settings:
