@@ -101,6 +101,29 @@ def test_a_ray_worker_that_exits_hard_half_way_resumes_its_scene(
     assert resumed[0]["worker"].split(":")[1] != flag.read_text()
 
 
+def _settled_states(out: Path, quiet_s: float = 2.0, timeout_s: float = 60.0) -> list[Path]:
+    """The saved window states under ``out`` once none has changed for ``quiet_s`` seconds."""
+
+    def snapshot() -> dict[Path, int]:
+        found = {}
+        for path in (out / "scenes").glob("*/.class_map.partial.work/state.npz"):
+            try:
+                found[path] = path.stat().st_mtime_ns
+            except FileNotFoundError:  # removed as its scene finished
+                pass
+        return found
+
+    deadline = time.monotonic() + timeout_s
+    last = snapshot()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = snapshot()
+        if now == last:
+            break
+        last = now
+    return sorted(last)
+
+
 def test_a_sigkilled_ray_driver_loses_only_the_scenes_in_flight(
     cluster: object, world: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -122,6 +145,10 @@ def test_a_sigkilled_ray_driver_loses_only_the_scenes_in_flight(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert states, "the run finished before the kill; make the scenes larger"
+    # The driver's actors die shortly after it and may save a row or finish a scene meanwhile:
+    # the scenes in flight are those whose saved state outlives them.
+    states = _settled_states(out)
+    assert states, "no scene was left half way by the kill; make the scenes larger"
     in_flight = {p.parts[-3] for p in states}
     res = subprocess.run([*cmd, *ray_args, "--out-dir", str(out)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
