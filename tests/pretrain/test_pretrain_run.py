@@ -49,11 +49,60 @@ def test_default_writes_every_output(default_run: Path, capsys):
     last = rows[-1]
     assert last["val/image_gain"] == pytest.approx(last["val/loss_shuffled"] - last["val/loss"], abs=1e-4)
     lines = (default_run / "image_reliance.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["step"] == 6 and json.loads(lines[0])["records"] >= 24
+    assert len(lines) == 1 and json.loads(lines[0])["step"] == 6
+    # the embedded default checks on an unseen world: all of it at the last step (--reliance-records
+    # 24 is the sample of the checks along the way), with hundreds of closed-task records
+    final = json.loads(lines[0])
+    assert final["records_from"] == "unseen-world" and final["records"] > 1000
+    assert final["per_task"]["presence"]["choice_records"] > 200
     spec = json.loads((default_run / "backbone.json").read_text())
     assert spec["image_reliance"]["image_gain"] == pytest.approx(last["val/image_gain"], abs=1e-4)
     # the precision --precision auto chose on this machine is recorded with the backbone
     assert spec["pretraining"]["precision"] == resolve_precision(PretrainConfig())
+
+
+def test_the_default_trains_on_every_record_and_checks_on_scenes_it_never_saw(default_run: Path):
+    import hashlib
+
+    assert _trained_samples(default_run) == len(_corpus(default_run)), "nothing is held out of training"
+
+    def pixels(folder: Path) -> set[str]:
+        return {hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "images").rglob("*.png")}
+
+    trained, unseen = pixels(default_run / "corpus"), pixels(default_run / "unseen")
+    assert len(trained) > 200 and len(unseen) > 100
+    assert not trained & unseen, "the unseen world shares an image with the training corpus"
+
+
+def test_without_the_unseen_world_records_are_held_out_of_training(tmp_path: Path):
+    out = tmp_path / "run"
+    args = ["pretrain", "--max-steps", "2", "--output", str(out), "--no-unseen-world", *FAST]
+    assert main(args) == 0
+    assert not (out / "unseen").exists()
+    final = json.loads((out / "image_reliance.jsonl").read_text().splitlines()[-1])
+    assert final["records_from"] == "held-out" and 24 <= final["records"] < 60
+    assert _trained_samples(out) <= len(_corpus(out)) - final["records"]  # they left the index
+
+
+def _trained_samples(run: Path) -> int:
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    return int(ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["data_order"]["samples"])
+
+
+def _corpus(run: Path):
+    """The run's whole corpus as a dataset (every record, nothing held out)."""
+    from vitp_geo.instruct.recipe import load_recipe
+    from vitp_geo.pretrain.dataset import InstructionDataset
+    from vitp_geo.vlm.template import tokenize_conversation
+    from vitp_geo.vlm.tokenizer import load_tokenizer
+
+    return InstructionDataset(
+        load_recipe(run / "corpus" / "recipe.json"),
+        load_tokenizer(run / "tokenizer"),
+        tokenize_conversation,
+        image_size=112,
+        num_image_token=16,
+    )
 
 
 def test_backbone_loads_with_plain_timm_and_matches_the_trained_tower(default_run: Path):

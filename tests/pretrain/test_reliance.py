@@ -20,6 +20,7 @@ from vitp_geo.pretrain.reliance import (
     answer_loss_per_sample,
     evaluate_reliance,
     hold_out,
+    unseen_set,
     vlm_forward,
 )
 from vitp_geo.vlm.build import build_tiny_vlm
@@ -298,7 +299,7 @@ def test_a_run_that_ends_by_epochs_checks_once_at_the_end_not_every_step(corpus,
     held = hold_out(ds, 12, seed=0)
     cb = ImageReliance(ds, held, partial(collate, pad_token_id=0), tmp_path / "r.jsonl", every=0)
     calls: list[int] = []
-    cb.evaluate = lambda trainer, module: calls.append(trainer.global_step) or _fake_result()  # type: ignore[method-assign]
+    cb.evaluate = lambda trainer, module, held=None: calls.append(trainer.global_step) or _fake_result()  # type: ignore[method-assign]
     module = SimpleNamespace()
     for step in range(1, 6):  # Lightning's default max_steps is -1
         trainer = SimpleNamespace(global_step=step, max_steps=-1, is_global_zero=True)
@@ -310,10 +311,65 @@ def test_a_run_that_ends_by_epochs_checks_once_at_the_end_not_every_step(corpus,
     assert calls == [5]
     stepped = SimpleNamespace(global_step=5, max_steps=5, is_global_zero=True)
     cb2 = ImageReliance(ds, held, partial(collate, pad_token_id=0), tmp_path / "r2.jsonl", every=0)
-    cb2.evaluate = lambda trainer, module: calls.append(-trainer.global_step) or _fake_result()  # type: ignore[method-assign]
+    cb2.evaluate = lambda trainer, module, held=None: calls.append(-trainer.global_step) or _fake_result()  # type: ignore[method-assign]
     cb2.on_train_batch_end(stepped, module, None, None, 4)
     cb2.on_train_end(stepped, module)
     assert calls == [5, -5]  # max_steps runs check at their last step, once
+
+
+def test_unseen_set_checks_a_whole_corpus_without_touching_any_training_index(corpus, tokenizer):
+    ds = _dataset(corpus, tokenizer)
+    index = list(ds.index)
+    full = unseen_set(ds, 0, seed=3)
+    assert ds.index == index, "an unseen corpus is not trained on: nothing to remove"
+    # every image group finds a partner that tiles alike (16 tiles, 8 scenes): all 72 records
+    assert len(full) == 72 and full.origin == "unseen-world"
+    where = {tuple(p): (i, j) for i, src in enumerate(ds.sources) for j, p in enumerate(src.image_paths)}
+    for rec, shuffled in zip(full.records, full.shuffled_images, strict=True):
+        _, paths = ds.record_at(rec.src_id, rec.rec_id)
+        assert shuffled != paths, "a record got its own tile back"
+        assert ds.tile_layout(*where[tuple(shuffled)]) == ds.tile_layout(rec.src_id, rec.rec_id)
+    # the multiple-choice candidates are filled as for a held-out set
+    scored = [
+        c
+        for r, c in zip(full.records, full.candidates, strict=True)
+        if r.task in ("presence", "classification")
+    ]
+    assert scored and all(len(c) >= 2 for c in scored)
+    # a sample of it: whole groups, seeded, at least the records asked for
+    part = unseen_set(ds, 20, seed=3)
+    assert 20 <= len(part) < len(full)
+    groups = {}
+    for r in part.records:
+        groups.setdefault(tuple(ds.record_at(r.src_id, r.rec_id)[1]), set()).add(r.rec_id)
+    for paths, rec_ids in groups.items():
+        assert rec_ids == {j for j, p in enumerate(ds.sources[0].image_paths) if tuple(p) == paths}
+    again = unseen_set(ds, 20, seed=3)
+    assert [(r.src_id, r.rec_id) for r in again.records] == [(r.src_id, r.rec_id) for r in part.records]
+    assert [(r.src_id, r.rec_id) for r in unseen_set(ds, 20, seed=4).records] != [
+        (r.src_id, r.rec_id) for r in part.records
+    ]
+
+
+def test_the_last_check_reads_the_final_set_and_the_others_the_sample(corpus, tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from vitp_geo.pretrain.reliance import ImageReliance
+
+    ds = _dataset(corpus, tokenizer)
+    sample, full = unseen_set(ds, 12, seed=0), unseen_set(ds, 0, seed=0)
+    cb = ImageReliance(
+        ds, sample, partial(collate, pad_token_id=0), tmp_path / "r.jsonl", every=2, final=full
+    )
+    seen: list[tuple[int, int]] = []
+    cb.evaluate = lambda trainer, module, held=None: (
+        seen.append((trainer.global_step, len(held))) or _fake_result()
+    )  # type: ignore[method-assign]
+    for step in range(1, 7):
+        trainer = SimpleNamespace(global_step=step, max_steps=6, is_global_zero=True)
+        cb.on_train_batch_end(trainer, SimpleNamespace(), None, None, step - 1)
+    assert seen == [(2, len(sample)), (4, len(sample)), (6, len(full))]
+    assert len(sample) < len(full)
 
 
 def _fake_result():

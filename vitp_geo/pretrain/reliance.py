@@ -25,7 +25,10 @@ uniform guess among the candidates scores. A model that reads the image picks be
 image than with another one: ``accuracy_gap = accuracy - accuracy_shuffled > 0``.
 
 Held-out records are whole image groups removed from the training index (they are never trained
-on). The check runs with the model in eval mode (no VRL, no drop-path) under the trainer's
+on), or (:func:`unseen_set`) records of a corpus that training never sees: the embedded defaults
+check on a fresh synthetic world, a sample of it along the way and all of it at the last step, so
+that each closed task has hundreds of records instead of the 8 to 30 a 128-record hold-out gave.
+The check runs with the model in eval mode (no VRL, no drop-path) under the trainer's
 precision context, and works under DDP/FSDP: every rank evaluates its share and the sums are
 all-reduced (every rank runs the same number of forward passes).
 """
@@ -69,6 +72,7 @@ __all__ = [
     "choice_candidates",
     "evaluate_reliance",
     "hold_out",
+    "unseen_set",
     "lettered_options",
     "vlm_forward",
 ]
@@ -120,6 +124,7 @@ class RelianceSet:
     records: list[HeldOut]
     shuffled_images: list[list[Path]]  # per record: images of another source tile
     candidates: list[tuple[str, ...]] = field(default_factory=list)
+    origin: str = "held-out"  # where the records come from, as the summary names them
 
     def __len__(self) -> int:
         return len(self.records)
@@ -257,6 +262,84 @@ def image_derangement(
     return best
 
 
+def _checked_groups(
+    dataset: InstructionDataset, max_records: int, max_candidates: int
+) -> tuple[dict[tuple[str, ...], list[tuple[int, int]]], list[tuple[str, ...]]]:
+    """Records that share the same image paths, by those paths, and the paths sorted.
+
+    Text-only records are left out. The arguments of :func:`hold_out` and :func:`unseen_set` are
+    checked first.
+    """
+    if max_records < 0:
+        raise ValueError(f"max_records must be >= 0, got {max_records}")
+    if max_candidates < 2:
+        raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
+    groups: dict[tuple[str, ...], list[tuple[int, int]]] = defaultdict(list)
+    for src_id, src in enumerate(dataset.sources):
+        for rec_id, paths in enumerate(src.image_paths):
+            if paths:
+                groups[tuple(str(p) for p in paths)].append((src_id, rec_id))
+    return groups, sorted(groups)
+
+
+def _draw_groups(
+    keys: Sequence[tuple[str, ...]],
+    groups: Mapping[tuple[str, ...], Sequence[tuple[int, int]]],
+    max_records: int,
+    max_groups: int,
+    rng: np.random.Generator,
+) -> list[tuple[str, ...]]:
+    """Groups in a seeded order until at least ``max_records`` records (or ``max_groups`` groups)."""
+    order = [keys[int(i)] for i in rng.permutation(len(keys))]
+    chosen: list[tuple[str, ...]] = []
+    n = 0
+    for key in order:
+        if n >= max_records or len(chosen) >= max_groups:
+            break
+        chosen.append(key)
+        n += len(groups[key])
+    return chosen
+
+
+def _partnered_set(
+    dataset: InstructionDataset,
+    groups: Mapping[tuple[str, ...], Sequence[tuple[int, int]]],
+    chosen: Sequence[tuple[str, ...]],
+    rng: np.random.Generator,
+    max_candidates: int,
+) -> RelianceSet:
+    """The records of the ``chosen`` groups that find a shuffled partner, with their partners' images.
+
+    Partners must tile the same way (same images, same grids), so the token sequence keeps its
+    length and positions and only the pixels differ. The grid depends on each record's source
+    (its max_dynamic_patch), so records of one image group are split by their tile budget and
+    each part is matched with parts of the same budget and layout. A group is taken whole or not
+    at all (a held-out group's images must never be trained on).
+    """
+    parts: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)
+    for key in chosen:
+        for src_id, rec_id in groups[key]:
+            parts[(key, dataset.tile_budget(src_id, rec_id))].append((src_id, rec_id))
+    by_layout: dict[tuple[object, ...], list[tuple[tuple[str, ...], int]]] = defaultdict(list)
+    for part, members in parts.items():
+        by_layout[(part[1], dataset.tile_layout(*members[0]))].append(part)
+    partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+    for same in by_layout.values():
+        # A change pair (A, C) next to (A, B) must not get (A, B)'s images: it would keep image A
+        # and read a gain biased low; parts left without a partner are left out.
+        found = image_derangement(same, lambda part: part[0], rng)
+        partner.update({part: other[0] for part, other in found.items()})
+    whole = {key for key, _ in partner} - {key for key, budget in parts if (key, budget) not in partner}
+    records: list[HeldOut] = []
+    shuffled: list[list[Path]] = []
+    for g, key in enumerate(sorted(whole)):
+        for src_id, rec_id in groups[key]:
+            rec = dataset.sources[src_id].records[rec_id]
+            records.append(HeldOut(src_id, rec_id, rec.task, g))
+            shuffled.append([Path(p) for p in partner[(key, dataset.tile_budget(src_id, rec_id))]])
+    return RelianceSet(records, shuffled, choice_candidates(dataset, records, max_candidates))
+
+
 def hold_out(
     dataset: InstructionDataset, max_records: int, seed: int = 0, max_candidates: int = MAX_CANDIDATES
 ) -> RelianceSet:
@@ -280,59 +363,45 @@ def hold_out(
     Returns:
         The :class:`RelianceSet` (empty when ``max_records`` is 0 or too few groups exist).
     """
-    if max_records < 0:
-        raise ValueError(f"max_records must be >= 0, got {max_records}")
-    if max_candidates < 2:
-        raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
-    groups: dict[tuple[str, ...], list[tuple[int, int]]] = defaultdict(list)
-    for src_id, src in enumerate(dataset.sources):
-        for rec_id, paths in enumerate(src.image_paths):
-            if paths:
-                groups[tuple(str(p) for p in paths)].append((src_id, rec_id))
-    keys = sorted(groups)
+    groups, keys = _checked_groups(dataset, max_records, max_candidates)
     if max_records == 0 or len(keys) < 4:
         return RelianceSet([], [])
     rng = np.random.default_rng(seed)
-    order = [keys[int(i)] for i in rng.permutation(len(keys))]
-    chosen: list[tuple[str, ...]] = []
-    n = 0
-    for key in order:
-        if n >= max_records or len(chosen) >= len(keys) // 2:
-            break
-        chosen.append(key)
-        n += len(groups[key])
-    # Partners must tile the same way (same images, same grids), so the token sequence keeps its
-    # length and positions and only the pixels differ. The grid depends on each record's source
-    # (its max_dynamic_patch), so records of one image group are split by their tile budget and
-    # each part is matched with parts of the same budget and layout.
-    parts: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)
-    for key in chosen:
-        for src_id, rec_id in groups[key]:
-            parts[(key, dataset.tile_budget(src_id, rec_id))].append((src_id, rec_id))
-    by_layout: dict[tuple[object, ...], list[tuple[tuple[str, ...], int]]] = defaultdict(list)
-    for part, members in parts.items():
-        by_layout[(part[1], dataset.tile_layout(*members[0]))].append(part)
-    partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
-    for same in by_layout.values():
-        # A change pair (A, C) next to (A, B) must not get (A, B)'s images: it would keep image A
-        # and read a gain biased low; parts left without a partner stay in training.
-        found = image_derangement(same, lambda part: part[0], rng)
-        partner.update({part: other[0] for part, other in found.items()})
-    # A group is held out whole or not at all: its images must never be trained on.
-    whole = {key for key, _ in partner} - {key for key, budget in parts if (key, budget) not in partner}
-    records: list[HeldOut] = []
-    shuffled: list[list[Path]] = []
-    held: set[tuple[int, int]] = set()
-    for g, key in enumerate(sorted(whole)):
-        for src_id, rec_id in groups[key]:
-            rec = dataset.sources[src_id].records[rec_id]
-            records.append(HeldOut(src_id, rec_id, rec.task, g))
-            shuffled.append([Path(p) for p in partner[(key, dataset.tile_budget(src_id, rec_id))]])
-            held.add((src_id, rec_id))
-    dataset.index = [pair for pair in dataset.index if pair not in held]
+    chosen = _draw_groups(keys, groups, max_records, len(keys) // 2, rng)
+    held = _partnered_set(dataset, groups, chosen, rng, max_candidates)
+    taken = {(r.src_id, r.rec_id) for r in held.records}
+    dataset.index = [pair for pair in dataset.index if pair not in taken]
     if not dataset.index:
         raise ValueError("holding out records for the image-reliance check left nothing to train on")
-    return RelianceSet(records, shuffled, choice_candidates(dataset, records, max_candidates))
+    return held
+
+
+def unseen_set(
+    dataset: InstructionDataset,
+    max_records: int = 0,
+    seed: int = 0,
+    max_candidates: int = MAX_CANDIDATES,
+) -> RelianceSet:
+    """A reliance set from a corpus that training never sees (e.g. a fresh synthetic world).
+
+    Nothing is removed from any training index. The groups are drawn as by :func:`hold_out`, but
+    from the whole corpus: all of them when ``max_records`` is 0, else (seeded, whole groups)
+    until at least ``max_records`` records.
+
+    Args:
+        dataset: the unseen corpus.
+        max_records: target size (0: every group that finds a partner).
+        seed: seeds the choice of groups and the derangement.
+        max_candidates: as for :func:`hold_out`.
+    """
+    groups, keys = _checked_groups(dataset, max_records, max_candidates)
+    if len(keys) < 2:
+        return RelianceSet([], [])
+    rng = np.random.default_rng(seed)
+    chosen = _draw_groups(keys, groups, max_records or sum(map(len, groups.values())), len(keys), rng)
+    found = _partnered_set(dataset, groups, chosen, rng, max_candidates)
+    found.origin = "unseen-world"
+    return found
 
 
 def answer_loss_per_sample(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -365,6 +434,7 @@ class RelianceResult:
     records: int
     answer_tokens: float  # mean answer tokens per record
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    origin: str = "held-out"  # RelianceSet.origin of the records checked
 
     @property
     def image_gain(self) -> float:
@@ -439,6 +509,7 @@ class RelianceResult:
         return {
             "unit": "nats per answer (answer-token loss summed over each answer, mean over records)",
             "records": self.records,
+            "records_from": self.origin,
             "answer_tokens_per_record": self.answer_tokens,
             "loss": self.loss,
             "loss_shuffled": self.loss_shuffled,
@@ -463,7 +534,7 @@ class RelianceResult:
         lines = [
             f"  image gain     {self.image_gain:+.3f} nats/answer overall, "
             f"{self.image_gain_decided:+.3f} on image-decided tasks "
-            f"({self.records} held-out records; loss true {self.loss:.3f}, "
+            f"({self.records} {self.origin} records; loss true {self.loss:.3f}, "
             f"shuffled {self.loss_shuffled:.3f}, blank {self.loss_blank:.3f})"
         ]
         if self.choice_records:
@@ -600,6 +671,7 @@ def evaluate_reliance(
         records=int(n),
         answer_tokens=float(total[4]) / n,
         per_task=per_task,
+        origin=held.origin,
     )
 
 
@@ -974,6 +1046,8 @@ class ImageReliance(L.Callback):
         every: steps between checks (0: only at the last step).
         warmup_steps: checks before this step never warn.
         batch_size: records per forward pass.
+        final: the set of the last check (records of ``dataset``), e.g. every record of an unseen
+            world where ``held`` is a sample of it for the checks along the way; None: ``held``.
     """
 
     def __init__(
@@ -986,10 +1060,12 @@ class ImageReliance(L.Callback):
         every: int,
         warmup_steps: int = 0,
         batch_size: int = 8,
+        final: RelianceSet | None = None,
     ) -> None:
         if every < 0:
             raise ValueError(f"every must be >= 0, got {every}")
         self.dataset, self.held, self.collate_fn = dataset, held, collate_fn
+        self.final = final if final is not None and len(final) else held
         self.path = Path(jsonl_path)
         self.every, self.warmup_steps, self.batch_size = every, warmup_steps, batch_size
         self.results: list[tuple[int, RelianceResult]] = []
@@ -1017,16 +1093,18 @@ class ImageReliance(L.Callback):
         last = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
         if not (last or (self.every and step % self.every == 0)):
             return
-        self._check(trainer, pl_module, step)
+        self._check(trainer, pl_module, step, final=last)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A run that ended by epochs (``max_steps`` -1) gets its final check here."""
         step = trainer.global_step
         if step > 0 and (not self.results or self.results[-1][0] != step):
-            self._check(trainer, pl_module, step)
+            self._check(trainer, pl_module, step, final=True)
 
-    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        result = self.evaluate(trainer, pl_module)
+    def _check(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, final: bool = False
+    ) -> None:
+        result = self.evaluate(trainer, pl_module, self.final if final else self.held)
         self.results.append((step, result))
         setattr(pl_module, "pending_val", result.columns())  # noqa: B010 - read by MetricsCSV
         if not trainer.is_global_zero:
@@ -1045,7 +1123,10 @@ class ImageReliance(L.Callback):
                 gain,
             )
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> RelianceResult:
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, held: RelianceSet | None = None
+    ) -> RelianceResult:
+        """One check on ``held`` (default: the set of the checks along the way)."""
         model: Any = getattr(pl_module, "model")  # noqa: B009 - ViTPPretrainModule.model
         was_training = model.training
         model.eval()
@@ -1061,7 +1142,7 @@ class ImageReliance(L.Callback):
                 return evaluate_reliance(
                     vlm_forward(model, dtype, share_prefix=not sharded),
                     self.dataset,
-                    self.held,
+                    self.held if held is None else held,
                     self.collate_fn,
                     batch_size=self.batch_size,
                     rank=trainer.global_rank,

@@ -35,7 +35,14 @@ from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
-from vitp_geo.pretrain.reliance import NEAR_ZERO_GAIN, ImageReliance, RelianceResult, hold_out
+from vitp_geo.pretrain.reliance import (
+    NEAR_ZERO_GAIN,
+    ImageReliance,
+    RelianceResult,
+    RelianceSet,
+    hold_out,
+    unseen_set,
+)
 from vitp_geo.vlm.model import LossReduction, ViTPModel
 
 
@@ -205,6 +212,76 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
     return model, tokenizer, recipe
 
 
+# The unseen world of an embedded corpus: its builder's size arguments, and the offset added to the
+# run's seed, so that its scenes are none of a training world's (rs scene seeds are seed * 1000 + i).
+UNSEEN_WORLD: dict[str, dict[str, Any]] = {
+    "rs": {"n_scenes": 24},
+    "med": {"n_ct": 4, "n_mri": 2, "n_xray": 16},
+}
+UNSEEN_SEED_OFFSET = 1_000_003
+
+
+def build_unseen_world(cfg: PretrainConfig, output: Path) -> Path | None:
+    """``<output>/unseen/recipe.json``: a fresh world of the embedded corpus, never trained on.
+
+    None when it does not apply (``--data``, ``--no-unseen-world``, the check off, or a domain
+    without an embedded corpus). Built once (a resumed run reads it again); under torchrun only
+    rank 0 builds it.
+    """
+    if not (cfg.embedded and cfg.unseen_world and cfg.reliance_records) or cfg.domain not in UNSEEN_WORLD:
+        return None
+    build: Callable[..., Path]
+    if cfg.domain == "med":
+        from vitp_geo.medical.default_corpus import build_medical_default_corpus
+
+        build = build_medical_default_corpus
+    else:
+        from vitp_geo.instruct.default_corpus import build_default_corpus
+
+        build = build_default_corpus
+    sizes = dict(UNSEEN_WORLD[cfg.domain])
+    if cfg.question_first:  # the layout the run trains on
+        sizes["question_first"] = cfg.question_first
+    world = output / "unseen"
+    recipe = world / "recipe.json"
+    _made_by_rank_zero(recipe, lambda: build(world, seed=cfg.seed + UNSEEN_SEED_OFFSET, **sizes))
+    return recipe
+
+
+def _reliance_sets(
+    cfg: PretrainConfig, output: Path, train_data: Any, tokenizer: Any, model: ViTPModel
+) -> tuple[Any, RelianceSet, RelianceSet | None]:
+    """Where the image-reliance check reads: ``(dataset, set along the way, set of the last check)``.
+
+    An embedded corpus is checked on a fresh world (:func:`build_unseen_world`): ``reliance_records``
+    of its records along the way, every one at the end; nothing is taken from training. Any other
+    corpus holds ``reliance_records`` records out of ``train_data``'s index and checks on them.
+    """
+    from vitp_geo.instruct.recipe import load_recipe
+    from vitp_geo.pretrain.dataset import InstructionDataset
+    from vitp_geo.vlm.template import tokenize_conversation
+
+    recipe = build_unseen_world(cfg, output)
+    if recipe is None:
+        return train_data, hold_out(train_data, cfg.reliance_records, seed=cfg.seed), None
+    world = InstructionDataset(
+        load_recipe(recipe),
+        tokenizer,
+        tokenize_conversation,
+        image_size=int(model.vision_model.patch_embed.img_size[0]),  # type: ignore[index]
+        num_image_token=int(model.num_image_token),
+        max_dynamic_patch=cfg.max_dynamic_patch,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        cache_mb=cfg.data_cache_mb,
+    )
+    return (
+        world,
+        unseen_set(world, cfg.reliance_records, seed=cfg.seed),
+        unseen_set(world, 0, seed=cfg.seed),
+    )
+
+
 def _made_by_rank_zero(path: Path, make: Callable[[], object], timeout_s: float = 1800.0) -> None:
     """Run ``make`` on rank 0 unless ``path`` exists; other ranks wait for ``path`` to appear.
 
@@ -335,17 +412,18 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     )
     datamodule.setup("fit")  # fail on bad data before any training starts
     assert datamodule.dataset is not None
-    held = hold_out(datamodule.dataset, cfg.reliance_records, seed=cfg.seed)
+    check_data, held, final_set = _reliance_sets(cfg, output, datamodule.dataset, tokenizer, model)
     reliance: ImageReliance | None = None
     if len(held):
         reliance = ImageReliance(
-            datamodule.dataset,
+            check_data,
             held,
             partial(collate, pad_token_id=int(tokenizer.pad_token_id)),  # type: ignore[attr-defined]
             output / "image_reliance.jsonl",
             every=cfg.reliance_every,
             warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
             batch_size=max(cfg.batch_size, 8),
+            final=final_set,
         )
     module = ViTPPretrainModule(
         model,
