@@ -157,6 +157,38 @@ def test_candidates_follow_the_question_and_the_whole_recipe(corpus, tokenizer):
     assert set(CLOSED_TASKS) >= {"presence", "classification", "counting", "dominant"}
 
 
+def test_answers_that_name_the_class_compete_within_their_question(tmp_path):
+    """ "Is there any road?" is answered among "Roads: yes." and "Roads: no.", not other classes'."""
+    road, building = "Is there any road in the image?", "Is there any building in the image?"
+    records = [
+        _rec("r1", "presence", road, "Roads: yes.", image=0),
+        _rec("r2", "presence", road, "Roads: no.", image=1),
+        _rec("b1", "presence", building, "Buildings: yes.", image=2),
+        _rec("b2", "presence", building, "Buildings: no.", image=3),
+        _rec("f1", "presence", "Are there fields in the image?", "Fields: yes.", image=0),
+        _rec("n1", "counting", "How many roads are in the image?", "Roads: 1.", image=1),
+        _rec("n2", "counting", "How many roads are in the image?", "Roads: 2.", image=2),
+    ]
+    records[3].conversations[0]["value"] = building + "\n<image>"  # image after the question: same question
+    (tmp_path / "images").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((112, 112, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    write_jsonl(tmp_path / "a.jsonl", records)
+    tok = build_offline_tokenizer([t["value"] for r in records for t in r.conversations])
+    ds = InstructionDataset(
+        [RecipeEntry("a", tmp_path, tmp_path / "a.jsonl")], tok, tokenize_conversation,
+        image_size=112, num_image_token=16,
+    )  # fmt: skip
+    where = _where(ds)
+    ids = ["r1", "r2", "b1", "b2", "f1", "n1"]
+    cands = dict(zip(ids, choice_candidates(ds, [where[i] for i in ids]), strict=True))
+    assert cands["r1"] == cands["r2"] == ("Roads: no.", "Roads: yes.")
+    assert cands["b1"] == cands["b2"] == ("Buildings: no.", "Buildings: yes.")
+    # a question asked once has one answer to choose from: the task's answers stand in
+    assert cands["f1"] == ("Buildings: no.", "Buildings: yes.", "Fields: yes.", "Roads: no.", "Roads: yes.")
+    assert cands["n1"] == ("Roads: 1.", "Roads: 2.")
+
+
 def _scripted_forward(tokenizer, prefer: dict[str, int], calls: list[int] | None = None):
     """A model that ignores the image: each row's loss is its final answer's rank in ``prefer``
     (99 for any other answer)."""

@@ -54,6 +54,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
 from vitp_geo.constants import IGNORE_INDEX
+from vitp_geo.instruct.records import IMAGE_PLACEHOLDER
 from vitp_geo.io.atomic import atomic_output
 from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.dataset import InstructionDataset, Sample
@@ -177,8 +178,11 @@ def choice_candidates(
     The rule: a question that lists lettered options ("A. residential\\nB. lakeside ...") has
     exactly those letters as candidates. Any other record of task ``t`` has the distinct final
     answers (the last assistant turn) of every record of task ``t`` in ``dataset`` (all recipe
-    entries, training and held-out alike) whose question lists no options; so a lettered and a
-    free-form classification question never mix their answers. The record's own answer is always
+    entries, training and held-out alike) that asks the same question (images aside), when they
+    hold at least two different picks (:func:`canonical_answer`): "Is there a road?" is answered
+    among "Roads: yes." and "Roads: no.", not among other classes' answers. Otherwise the answers
+    of every question of task ``t`` that lists no options; so a lettered and a free-form
+    classification question never mix their answers. The record's own answer is always
     among its candidates. Above ``max_candidates`` the most frequent answers are kept (ties by
     text), plus the record's own. Candidates are sorted by text, so the right one holds no
     special place when losses tie.
@@ -194,8 +198,9 @@ def choice_candidates(
     """
     if max_candidates < 2:
         raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
-    # One pass over the recipe: the free-form answers of each closed task, with their counts.
-    pools: dict[str, Counter[str]] = defaultdict(Counter)
+    # One pass over the recipe: the free-form answers of each closed task and of each of its
+    # questions, with their counts.
+    pools: dict[tuple[str, str | None], Counter[str]] = defaultdict(Counter)
     for src in dataset.sources:
         for rec in src.records:
             if rec.task not in CLOSED_TASKS:
@@ -205,10 +210,12 @@ def choice_candidates(
                 continue
             answer = str(rec.conversations[final[0]].get("value", ""))
             if answer.strip():
-                pools[rec.task][answer] += 1
+                pools[(rec.task, None)][answer] += 1
+                pools[(rec.task, _question_key(final[1]))][answer] += 1
     ranked = {
-        task: [a for a, _ in sorted(pool.items(), key=lambda kv: (-kv[1], kv[0]))]
-        for task, pool in pools.items()
+        key: [a for a, _ in sorted(pool.items(), key=lambda kv: (-kv[1], kv[0]))]
+        for key, pool in pools.items()
+        if key[1] is None or len({canonical_answer(a) for a in pool}) >= 2
     }
     out: list[tuple[str, ...]] = []
     for held in records:
@@ -219,11 +226,19 @@ def choice_candidates(
             out.append(())
             continue
         options = lettered_options(final[1])
-        pool = list(options) if options else ranked.get(rec.task, [])
+        if options:
+            pool = list(options)
+        else:
+            pool = ranked.get((rec.task, _question_key(final[1]))) or ranked.get((rec.task, None), [])
         others = [a for a in pool if a != answer][: max_candidates - 1]
         cands = tuple(sorted({answer, *others}))
         out.append(cands if len(cands) >= 2 else ())
     return out
+
+
+def _question_key(question: str) -> str:
+    """A question's text without its image placeholders and with white space folded."""
+    return " ".join(question.replace(IMAGE_PLACEHOLDER, " ").split())
 
 
 def image_derangement(
