@@ -112,7 +112,7 @@ ROBUST_SHOTS = 16
 CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "haze", "occlusion")
 PRESENT_SHARE = 0.01  # a class is "present" in a tile (supervised target) from 1 % of its pixels
 EVAL_SEED_BASE = 7_000_000  # evaluation scenes: EVAL_SEED_BASE + k (pretraining uses seed*1000 + i)
-PROTOCOL_VERSION = 1  # bump when a change invalidates reused runs in --work
+PROTOCOL_VERSION = 2  # bump when a change invalidates reused runs in --work
 
 
 def _default_steps() -> int:
@@ -659,8 +659,13 @@ def finetune(
 # Pretraining runs (reused from --work when their settings and corpus match)
 
 
-def arm_config(arm: str, seed: int, s: Settings, out: Path, data: Path | None) -> Any:
+def arm_config(
+    arm: str, seed: int, s: Settings, out: Path, data: Path | None, reliance_data: Path | None = None
+) -> Any:
     """The PretrainConfig of a ViTP arm: defaults except the arm's settings, steps and seed.
+
+    ``reliance_data``: the unseen world every arm of a seed is checked on (the shuffled control
+    trains on ``data``, so it would otherwise hold records out of its deranged corpus).
 
     ``align_steps`` and ``align_ramp_steps`` (absolute counts) scale with the step count so that
     the schedule keeps the default's shape. Built directly (not through ``resolve_config``) so that ``data`` does not pull
@@ -675,6 +680,8 @@ def arm_config(arm: str, seed: int, s: Settings, out: Path, data: Path | None) -
             extra[name] = int(round(getattr(base, name) * s.steps / base.max_steps))
     if s.reliance_records is not None:
         extra["reliance_records"] = min(s.reliance_records, base.reliance_records)
+    if reliance_data is not None:
+        extra["reliance_data"] = str(reliance_data)
     return replace(
         base, max_steps=s.steps, seed=seed, output=str(out), data=str(data) if data else None, **extra
     ).validate()
@@ -772,7 +779,7 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     from vitp_geo.instruct.default_corpus import build_default_corpus
     from vitp_geo.models.vit import export_backbone
     from vitp_geo.pretrain.config import PretrainConfig
-    from vitp_geo.pretrain.run import resolve_precision
+    from vitp_geo.pretrain.run import resolve_precision, write_unseen_world
     from vitp_geo.synthetic.scene import CLASS_NAMES
 
     n_classes = len(CLASS_NAMES)
@@ -821,6 +828,11 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             if own:
                 raise RuntimeError(f"shuffled corpus has {own} records with an own image")
             fp_shuffled = corpus_fingerprint(shuffled_recipe)
+            # Every arm of the seed is checked on the same unseen world (the true images of scenes
+            # none of them trained on), the one the default's own run would build.
+            shutil.rmtree(sdir / "unseen", ignore_errors=True)
+            unseen = write_unseen_world("rs", seed, sdir / "unseen")
+            fp_unseen = corpus_fingerprint(unseen)
             notes.append(f"seed {seed}: " + report.format())
             log(notes[-1])
         with phase(f"seed {seed}: random init"):
@@ -829,12 +841,13 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             backbones["random", seed], _ = export_backbone(fresh_vit(base, seed), out)
         for arm in VITP_ARMS:
             shuffled = arm == "shuffled"
-            cfg = arm_config(arm, seed, s, sdir / arm, shuffled_recipe if shuffled else None)
+            cfg = arm_config(arm, seed, s, sdir / arm, shuffled_recipe if shuffled else None, unseen)
             with phase(
                 f"seed {seed}: pretrain {arm} ({cfg.max_steps} steps, vrl r={cfg.vrl_ratio} p={cfg.vrl_prob}"
                 f"{' reference' if cfg.vrl_reference else ''})"
             ):
-                path, rel, reused = pretrain_arm(cfg, corpus, fp_shuffled if shuffled else fp, fresh)
+                fingerprint = f"{fp_shuffled if shuffled else fp}+{fp_unseen}"
+                path, rel, reused = pretrain_arm(cfg, corpus, fingerprint, fresh)
                 if reused:
                     log(f"reusing the finished run in {path.parent}")
             backbones[arm, seed] = path
@@ -987,7 +1000,7 @@ def markdown(r: Results) -> str:
     ]
     acc_lines = [
         "",
-        "Closed-task accuracy of each ViTP arm's final reliance check (held-out records; true images / "
+        "Closed-task accuracy of each ViTP arm's final reliance check (all of the seed's unseen world, the same records for every arm; true images / "
         "shuffled images (chance), mean over seeds):",
         "",
         "| arm | all closed tasks | " + " | ".join(ACCURACY_TASKS) + " |",
@@ -1005,7 +1018,7 @@ def markdown(r: Results) -> str:
     lines += [
         "",
         "mIoU as mean ± std over seed x draw pairs (fine-tune: over seed x fine-tune draw); image_gain: the "
-        "run's final held-out shuffled − true answer loss in nats per answer (image-decided tasks in brackets), "
+        "run's final shuffled − true answer loss on the seed's unseen world in nats per answer (image-decided tasks in brackets), "
         "mean over seeds. Chosen fine-tune lr per arm: "
         + "; ".join(f"{LABELS[a]} {', '.join(f'{x:g}' for x in r.finetune_lr[a])}" for a in ARMS)
         + ".",

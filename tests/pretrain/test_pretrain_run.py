@@ -84,6 +84,19 @@ def test_without_the_unseen_world_records_are_held_out_of_training(tmp_path: Pat
     assert _trained_samples(out) <= len(_corpus(out)) - final["records"]  # they left the index
 
 
+def test_reliance_data_is_checked_whole_and_nothing_is_held_out(default_run: Path, tmp_path: Path):
+    """A user's split never trained on: --data trains on all of its corpus, the check reads the split."""
+    out = tmp_path / "run"
+    data, split = default_run / "corpus" / "recipe.json", default_run / "unseen" / "recipe.json"
+    args = ["pretrain", "--data", str(data), "--reliance-data", str(split), "--output", str(out)]
+    assert main([*args, "--max-steps", "2", *FAST]) == 0
+    lines = [json.loads(line) for line in (out / "image_reliance.jsonl").read_text().splitlines()]
+    assert lines[-1]["records_from"] == "reliance-data"
+    assert lines[-1]["records"] == json.loads((default_run / "image_reliance.jsonl").read_text())["records"]
+    assert _trained_samples(out) == _trained_samples(default_run) == len(_corpus(default_run))
+    assert not (out / "unseen").exists()
+
+
 def _trained_samples(run: Path) -> int:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     return int(ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["data_order"]["samples"])
@@ -327,6 +340,7 @@ def test_ranks_started_later_reuse_the_run_folder_rank_zero_chose(monkeypatch):
         (["--checkpoint-every", "-1"], "checkpoint-every must be"),
         (["--reliance-every", "-3"], "reliance-every must be"),
         (["--loss-reduction", "mean"], "loss-reduction must be"),
+        (["--reliance-data", "no/such/recipe.json"], "reliance-data: recipe not found: no/such/recipe.json"),
     ],
 )
 def test_bad_pretrain_flags_are_one_line_errors_and_write_nothing(tmp_path, capsys, flags, message):

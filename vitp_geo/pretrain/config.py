@@ -108,6 +108,9 @@ class PretrainConfig:
     # (about 1,300 records for rs) at the last step, so that per-task accuracies are decidable
     # (128 held-out records gave 8 to 30 per closed task; docs/pretraining-evidence.md §2).
     unseen_world: bool = True
+    # A recipe of records never trained on (e.g. a validation split) to check on instead: all of
+    # it at the last step, reliance_records of it along the way; nothing is held out of --data.
+    reliance_data: str | None = None
 
     def validate(self) -> PretrainConfig:
         if self.domain not in DOMAINS:
@@ -157,6 +160,8 @@ class PretrainConfig:
             raise ValueError(f"num-workers must be >= 0, got {self.num_workers}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.reliance_data is not None and not Path(self.reliance_data).is_file():
+            raise ValueError(f"reliance-data: recipe not found: {self.reliance_data}")
         return self
 
     @property

@@ -396,6 +396,7 @@ def unseen_set(
     max_records: int = 0,
     seed: int = 0,
     max_candidates: int = MAX_CANDIDATES,
+    origin: str = "unseen-world",
 ) -> RelianceSet:
     """A reliance set from a corpus that training never sees (e.g. a fresh synthetic world).
 
@@ -408,6 +409,7 @@ def unseen_set(
         max_records: target size (0: every group that finds a partner).
         seed: seeds the choice of groups and the derangement.
         max_candidates: as for :func:`hold_out`.
+        origin: how the summary names the records (``RelianceSet.origin``).
     """
     groups, keys = _checked_groups(dataset, max_records, max_candidates)
     if len(keys) < 2:
@@ -415,7 +417,7 @@ def unseen_set(
     rng = np.random.default_rng(seed)
     chosen = _draw_groups(keys, groups, max_records or sum(map(len, groups.values())), len(keys), rng)
     found = _partnered_set(dataset, groups, chosen, rng, max_candidates)
-    found.origin = "unseen-world"
+    found.origin = origin
     return found
 
 

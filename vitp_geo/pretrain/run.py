@@ -221,17 +221,17 @@ UNSEEN_WORLD: dict[str, dict[str, Any]] = {
 UNSEEN_SEED_OFFSET = 1_000_003
 
 
-def build_unseen_world(cfg: PretrainConfig, output: Path) -> Path | None:
-    """``<output>/unseen/recipe.json``: a fresh world of the embedded corpus, never trained on.
+def write_unseen_world(domain: str, seed: int, out_dir: Path, question_first: float = 0.0) -> Path:
+    """Build the unseen world of ``domain``'s embedded corpus for a run of ``seed`` into ``out_dir``.
 
-    None when it does not apply (``--data``, ``--no-unseen-world``, the check off, or a domain
-    without an embedded corpus). Built once (a resumed run reads it again); under torchrun only
-    rank 0 builds it.
+    The same builders as the training corpus with ``seed + UNSEEN_SEED_OFFSET``, at the size of
+    :data:`UNSEEN_WORLD`; returns its ``recipe.json``. ``benchmarks/pretrain_gain.py`` builds it
+    once per seed and passes it to every arm as ``reliance_data``.
     """
-    if not (cfg.embedded and cfg.unseen_world and cfg.reliance_records) or cfg.domain not in UNSEEN_WORLD:
-        return None
+    if domain not in UNSEEN_WORLD:
+        raise ValueError(f"--domain {domain} has no embedded corpus, so no unseen world")
     build: Callable[..., Path]
-    if cfg.domain == "med":
+    if domain == "med":
         from vitp_geo.medical.default_corpus import build_medical_default_corpus
 
         build = build_medical_default_corpus
@@ -239,12 +239,29 @@ def build_unseen_world(cfg: PretrainConfig, output: Path) -> Path | None:
         from vitp_geo.instruct.default_corpus import build_default_corpus
 
         build = build_default_corpus
-    sizes = dict(UNSEEN_WORLD[cfg.domain])
-    if cfg.question_first:  # the layout the run trains on
-        sizes["question_first"] = cfg.question_first
+    sizes = dict(UNSEEN_WORLD[domain])
+    if question_first:  # the layout the run trains on
+        sizes["question_first"] = question_first
+    return build(out_dir, seed=seed + UNSEEN_SEED_OFFSET, **sizes)
+
+
+def reliance_recipe(cfg: PretrainConfig, output: Path) -> Path | None:
+    """The corpus the image-reliance check reads instead of held-out records, or None.
+
+    ``--reliance-data`` when given; else, for an embedded corpus, ``<output>/unseen/recipe.json``
+    (:func:`write_unseen_world`, built once: a resumed run reads it again; under torchrun only
+    rank 0 builds it). None when the check is off, with ``--no-unseen-world``, or for ``--data``
+    without ``--reliance-data``.
+    """
+    if not cfg.reliance_records:
+        return None
+    if cfg.reliance_data is not None:  # PretrainConfig.validate checked that it exists
+        return Path(cfg.reliance_data)
+    if not (cfg.embedded and cfg.unseen_world) or cfg.domain not in UNSEEN_WORLD:
+        return None
     world = output / "unseen"
     recipe = world / "recipe.json"
-    _made_by_rank_zero(recipe, lambda: build(world, seed=cfg.seed + UNSEEN_SEED_OFFSET, **sizes))
+    _made_by_rank_zero(recipe, lambda: write_unseen_world(cfg.domain, cfg.seed, world, cfg.question_first))
     return recipe
 
 
@@ -253,15 +270,16 @@ def _reliance_sets(
 ) -> tuple[Any, RelianceSet, RelianceSet | None]:
     """Where the image-reliance check reads: ``(dataset, set along the way, set of the last check)``.
 
-    An embedded corpus is checked on a fresh world (:func:`build_unseen_world`): ``reliance_records``
-    of its records along the way, every one at the end; nothing is taken from training. Any other
-    corpus holds ``reliance_records`` records out of ``train_data``'s index and checks on them.
+    With ``--reliance-data``, or an embedded corpus (a fresh world, :func:`reliance_recipe`), the
+    check reads that corpus: ``reliance_records`` of its records along the way, every one at the
+    end; nothing is taken from training. Otherwise ``reliance_records`` records are held out of
+    ``train_data``'s index and checked on.
     """
     from vitp_geo.instruct.recipe import load_recipe
     from vitp_geo.pretrain.dataset import InstructionDataset
     from vitp_geo.vlm.template import tokenize_conversation
 
-    recipe = build_unseen_world(cfg, output)
+    recipe = reliance_recipe(cfg, output)
     if recipe is None:
         return train_data, hold_out(train_data, cfg.reliance_records, seed=cfg.seed), None
     world = InstructionDataset(
@@ -275,10 +293,11 @@ def _reliance_sets(
         seed=cfg.seed,
         cache_mb=cfg.data_cache_mb,
     )
+    origin = "unseen-world" if cfg.reliance_data is None else "reliance-data"
     return (
         world,
-        unseen_set(world, cfg.reliance_records, seed=cfg.seed),
-        unseen_set(world, 0, seed=cfg.seed),
+        unseen_set(world, cfg.reliance_records, seed=cfg.seed, origin=origin),
+        unseen_set(world, 0, seed=cfg.seed, origin=origin),
     )
 
 
