@@ -143,6 +143,7 @@ class InstructionDataset(Dataset[Sample]):
         self.max_dynamic_patch = max_dynamic_patch
         self.max_length = max_length
         self.use_thumbnail = use_thumbnail
+        self.seed, self.skip_bad, self.cache_mb = seed, skip_bad, cache_mb
         self.report = LoadReport()
         self.sources: list[_Source] = []
         index: list[tuple[int, int]] = []
@@ -169,6 +170,26 @@ class InstructionDataset(Dataset[Sample]):
             self.report.records[entry.name] = len(records)
             self.report.samples[entry.name] = int(picks.size)
         self.index = index
+
+    def read_alike(self, entries: Sequence[RecipeEntry]) -> InstructionDataset:
+        """Another recipe's records, read as this dataset reads its own.
+
+        The same tokenizer, chat template, tiling, token budget, seed, bad-record rule and cache
+        budget (a cache of its own): e.g. the records of an image-reliance check beside training.
+        """
+        return InstructionDataset(
+            entries,
+            self.tokenizer,
+            self.tokenize,
+            image_size=self.image_size,
+            num_image_token=self.num_image_token,
+            max_dynamic_patch=self.max_dynamic_patch,
+            max_length=self.max_length,
+            use_thumbnail=self.use_thumbnail,
+            seed=self.seed,
+            skip_bad=self.skip_bad,
+            cache_mb=self.cache_mb,
+        )
 
     def __len__(self) -> int:
         return len(self.index)

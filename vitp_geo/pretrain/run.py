@@ -32,7 +32,7 @@ from vitp_geo.io.strict_json import json_safe
 from vitp_geo.launch import launch_rank, launch_world_size
 from vitp_geo.pretrain.config import PretrainConfig
 from vitp_geo.pretrain.datamodule import InstructionDataModule
-from vitp_geo.pretrain.dataset import collate
+from vitp_geo.pretrain.dataset import InstructionDataset, collate
 from vitp_geo.pretrain.metrics import MetricsCSV, plot_loss, read_metrics
 from vitp_geo.pretrain.module import ViTPPretrainModule
 from vitp_geo.pretrain.reliance import (
@@ -154,27 +154,28 @@ def resolve_precision(cfg: PretrainConfig) -> str:
     return "bf16-mixed" if on_cuda or (on_cpu and cpu_has_native_bf16()) else "32-true"
 
 
+def default_corpus_builder(domain: str) -> Callable[..., Path]:
+    """The function that builds ``domain``'s embedded corpus (``rs``: the synthetic world, ``med``: phantoms)."""
+    if domain == "med":  # phantoms: CT, MRI and radiographs (vitp_geo.medical.default_corpus)
+        from vitp_geo.medical.default_corpus import build_medical_default_corpus
+
+        return build_medical_default_corpus
+    if domain == "rs":
+        from vitp_geo.instruct.default_corpus import build_default_corpus
+
+        return build_default_corpus
+    raise ValueError(
+        f"--domain {domain} has no embedded corpus; pass --data RECIPE (see configs/recipes/ for templates)"
+    )
+
+
 def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:
     """Model, tokenizer and recipe path for a run (embedded default or real parts)."""
     from vitp_geo.vlm.build import build_tiny_vlm, load_internvl
     from vitp_geo.vlm.tokenizer import build_offline_tokenizer, load_tokenizer
 
     if cfg.data is None:
-        if cfg.domain not in ("rs", "med"):
-            raise ValueError(
-                f"--domain {cfg.domain} has no embedded corpus; pass --data RECIPE "
-                f"(see configs/recipes/ for templates)"
-            )
-        build_default_corpus: Callable[..., Path]
-        if cfg.domain == "med":  # phantoms: CT, MRI and radiographs (vitp_geo.medical.default_corpus)
-            from vitp_geo.medical.default_corpus import build_medical_default_corpus
-
-            build_default_corpus = build_medical_default_corpus
-        else:
-            from vitp_geo.instruct.default_corpus import build_default_corpus as build_rs_default_corpus
-
-            build_default_corpus = build_rs_default_corpus
-
+        build_default_corpus = default_corpus_builder(cfg.domain)
         corpus = output / "corpus"
         recipe = corpus / "recipe.json"
         # Resumed runs reuse the corpus they trained on; under torchrun only rank 0 builds it.
@@ -228,17 +229,7 @@ def write_unseen_world(domain: str, seed: int, out_dir: Path, question_first: fl
     :data:`UNSEEN_WORLD`; returns its ``recipe.json``. ``benchmarks/pretrain_gain.py`` builds it
     once per seed and passes it to every arm as ``reliance_data``.
     """
-    if domain not in UNSEEN_WORLD:
-        raise ValueError(f"--domain {domain} has no embedded corpus, so no unseen world")
-    build: Callable[..., Path]
-    if domain == "med":
-        from vitp_geo.medical.default_corpus import build_medical_default_corpus
-
-        build = build_medical_default_corpus
-    else:
-        from vitp_geo.instruct.default_corpus import build_default_corpus
-
-        build = build_default_corpus
+    build = default_corpus_builder(domain)
     sizes = dict(UNSEEN_WORLD[domain])
     if question_first:  # the layout the run trains on
         sizes["question_first"] = question_first
@@ -266,8 +257,8 @@ def reliance_recipe(cfg: PretrainConfig, output: Path) -> Path | None:
 
 
 def _reliance_sets(
-    cfg: PretrainConfig, output: Path, train_data: Any, tokenizer: Any, model: ViTPModel
-) -> tuple[Any, RelianceSet, RelianceSet | None]:
+    cfg: PretrainConfig, output: Path, train_data: InstructionDataset
+) -> tuple[InstructionDataset, RelianceSet, RelianceSet | None]:
     """Where the image-reliance check reads: ``(dataset, set along the way, set of the last check)``.
 
     With ``--reliance-data``, or an embedded corpus (a fresh world, :func:`reliance_recipe`), the
@@ -276,23 +267,11 @@ def _reliance_sets(
     ``train_data``'s index and checked on.
     """
     from vitp_geo.instruct.recipe import load_recipe
-    from vitp_geo.pretrain.dataset import InstructionDataset
-    from vitp_geo.vlm.template import tokenize_conversation
 
     recipe = reliance_recipe(cfg, output)
     if recipe is None:
         return train_data, hold_out(train_data, cfg.reliance_records, seed=cfg.seed), None
-    world = InstructionDataset(
-        load_recipe(recipe),
-        tokenizer,
-        tokenize_conversation,
-        image_size=int(model.vision_model.patch_embed.img_size[0]),  # type: ignore[index]
-        num_image_token=int(model.num_image_token),
-        max_dynamic_patch=cfg.max_dynamic_patch,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        cache_mb=cfg.data_cache_mb,
-    )
+    world = train_data.read_alike(load_recipe(recipe))
     origin = "unseen-world" if cfg.reliance_data is None else "reliance-data"
     return (
         world,
@@ -431,7 +410,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     )
     datamodule.setup("fit")  # fail on bad data before any training starts
     assert datamodule.dataset is not None
-    check_data, held, final_set = _reliance_sets(cfg, output, datamodule.dataset, tokenizer, model)
+    check_data, held, final_set = _reliance_sets(cfg, output, datamodule.dataset)
     reliance: ImageReliance | None = None
     if len(held):
         reliance = ImageReliance(
