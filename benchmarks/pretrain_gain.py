@@ -37,9 +37,9 @@ differences (same seed, same label draw) by :func:`pass_rule`.
     python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, ~46 min
     python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
 
-Time on a 2-core CPU (AVX512-BF16), alone: the full protocol 2,741 s (46 min; 8 pretraining
-runs of the default's 1,000 steps x 32 in bf16 at 260-306 s each, the unseen world's last check
-included, 2 supervised runs at 157 s in fp32, fine-tunes 74 s, probes 7 s). Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
+Time on a 2-core CPU (AVX512-BF16), alone: the full protocol 2,781 s (46 min; 8 pretraining
+runs of the default's 1,000 steps x 32 in bf16 at 255-323 s each, the unseen world's last check
+included, 2 supervised runs at 155 s in fp32, fine-tunes 72 s, probes 7 s). Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
 ramp scale with it). Results: docs/pretraining-evidence.md.
 
 Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes

@@ -63,12 +63,15 @@ class PretrainConfig:
     # Alignment phase: the first align_steps steps draw only align_tasks records (one-hop
     # questions that only the image answers), so the LLM learns to read image tokens before the
     # text priors of the other tasks win (as LLaVA's stage 1 aligns on captions). 0 = off.
-    align_steps: int = 200  # a fifth of the tiny default; the paper preset sets 0
+    # 600 of the tiny default's 1,000 steps: with 200, presence read in one seed of three on the
+    # unseen world; with 600, in two (docs/pretraining-evidence.md §2). The paper preset sets 0.
+    align_steps: int = 600
     # The one-look tasks plus presence and counting: with these in the phase, presence and
     # counting start reading too (the image, not the question, decides them).
     align_tasks: str = "classes,classification,presence,counting"  # comma-separated task names
     # Steps after the phase over which the alignment tasks' share falls linearly to their recipe
-    # share: a hard switch let the long answers' large losses wash out what the phase built.
+    # share: a hard switch let the long answers' large losses wash out what the phase built. In the
+    # tiny default the ramp ends with the run, so its last steps still favour the phase's tasks.
     align_ramp_steps: int = 400
     # Embedded rs corpus only: share of records whose images follow the question instead of
     # opening it (instruct.default_corpus.images_after_question), so image tokens can attend to
