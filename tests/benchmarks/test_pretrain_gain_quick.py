@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -13,21 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from load_script import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "pretrain_gain.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("pretrain_gain_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-pg = _load()
+pg = load_script("benchmarks/pretrain_gain.py", "pretrain_gain_bench")
 
 
 # --------------------------------------------------------------------------------------------------

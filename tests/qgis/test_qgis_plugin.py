@@ -8,7 +8,6 @@ The plugin runs the venv's ``vitp-geo`` (set by ``vitp-geo qgis-plugin install -
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from load_script import load_script
 from tiny_checkpoints import save_tiny_checkpoint
 
 from vitp_geo.cli.main import main
@@ -329,13 +329,7 @@ def test_install_enables_the_plugin_and_keeps_other_settings(tmp_path: Path) -> 
 
 def _runner() -> ModuleType:
     """The plugin's subprocess runner (standard library only), loaded from the checkout."""
-    path = Path(__file__).resolve().parents[2] / "qgis_plugin" / "vitp_geo_qgis" / "runner.py"
-    spec = importlib.util.spec_from_file_location("vitp_geo_qgis_runner", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("qgis_plugin/vitp_geo_qgis/runner.py", "vitp_geo_qgis_runner")
 
 
 FAKE_VITP = """#!{python}
