@@ -20,7 +20,15 @@ from vitp_geo.instruct.recipe import RecipeEntry
 from vitp_geo.instruct.records import InstructionRecord, write_jsonl
 from vitp_geo.io.strict_json import json_safe
 from vitp_geo.pretrain.dataset import InstructionDataset, collate
-from vitp_geo.pretrain.metrics import ALL_COLUMNS, COLUMNS, VAL_COLUMNS, MetricsCSV, plot_loss, read_metrics
+from vitp_geo.pretrain.metrics import (
+    ALL_COLUMNS,
+    COLUMNS,
+    VAL_COLUMNS,
+    MetricsCSV,
+    per_task_accuracy,
+    plot_loss,
+    read_metrics,
+)
 from vitp_geo.pretrain.reliance import (
     CLOSED_TASKS,
     HeldOut,
@@ -345,6 +353,7 @@ def test_result_overall_accuracy_columns_json_and_summary():
     assert cols["val/accuracy_chance"] == r.accuracy_chance
     assert cols["val/accuracy_presence"] == 0.75 and cols["val/accuracy_shuffled_presence"] == 0.5
     assert cols["val/accuracy_counting"] == 0.5 and cols["val/accuracy_shuffled_counting"] == 0.0
+    assert cols["val/accuracy_chance_presence"] == 0.5 and cols["val/accuracy_chance_counting"] == 0.2
     assert not any("grounding" in k for k in cols)
     data = json.loads(json.dumps(json_safe(r.to_json()), allow_nan=False))
     assert data["accuracy"] == pytest.approx(r.accuracy) and data["accuracy_gap"] == pytest.approx(
@@ -423,8 +432,8 @@ def test_an_old_metrics_csv_is_widened_on_resume(tmp_path):
     assert rows[2]["val/accuracy_presence"] == 0.75
 
 
-@pytest.mark.parametrize(("accuracy", "width"), [(True, 1600), (False, 1100)])
-def test_loss_png_shows_the_accuracy_panel_when_the_csv_has_it(tmp_path, accuracy, width):
+@pytest.mark.parametrize(("accuracy", "width", "height"), [(True, 1600, 700), (False, 1100, 350)])
+def test_loss_png_shows_the_accuracy_panels_when_the_csv_has_them(tmp_path, accuracy, width, height):
     path = tmp_path / "metrics.csv"
     if accuracy:
         _drive(MetricsCSV(path), 0, list(range(1, 9)), {4: _result().columns(), 8: _result().columns()})
@@ -437,4 +446,40 @@ def test_loss_png_shows_the_accuracy_panel_when_the_csv_has_it(tmp_path, accurac
                 w.writerow([step, 9 - step, 0.1, 4, 16, 2.0, *val])
     png = plot_loss(path, tmp_path / "loss.png")
     with Image.open(png) as img:
-        assert img.format == "PNG" and img.width == width  # one panel more with the accuracy
+        # one panel more with the accuracy, and a second row with one panel per closed task
+        assert img.format == "PNG" and (img.width, img.height) == (width, height)
+
+
+def test_per_task_accuracy_series(tmp_path):
+    path = tmp_path / "metrics.csv"
+    _drive(MetricsCSV(path), 0, list(range(1, 9)), {4: _result().columns(), 8: _result().columns()})
+    series = per_task_accuracy(read_metrics(path))
+    assert sorted(series) == ["counting", "presence"]  # grounding has no closed answers
+    assert series["presence"] == {
+        "step": [4.0, 8.0],
+        "true": [0.75, 0.75],
+        "shuffled": [0.5, 0.5],
+        "chance": [0.5, 0.5],
+    }
+    assert series["counting"]["true"] == [0.5, 0.5] and series["counting"]["chance"] == [0.2, 0.2]
+    # a file written before the per-task chance column existed: the chance is NaN, the rest stays
+    rows = [
+        {k: v for k, v in r.items() if not k.startswith("val/accuracy_chance_")} for r in read_metrics(path)
+    ]
+    old = per_task_accuracy(rows)
+    assert old["presence"]["true"] == [0.75, 0.75] and all(math.isnan(c) for c in old["presence"]["chance"])
+    # five closed tasks: the second row is five panels wide
+    many = {**_result().columns()}
+    for task in ("classification", "dominant", "change_yesno"):
+        many.update(
+            {
+                f"val/accuracy_{task}": 0.6,
+                f"val/accuracy_shuffled_{task}": 0.4,
+                f"val/accuracy_chance_{task}": 0.3,
+            }
+        )
+    wide = tmp_path / "wide.csv"
+    _drive(MetricsCSV(wide), 0, [1, 2], {2: many})
+    assert len(per_task_accuracy(read_metrics(wide))) == 5
+    with Image.open(plot_loss(wide, tmp_path / "wide.png")) as img:
+        assert (img.width, img.height) == (2600, 700)

@@ -17,8 +17,9 @@ COLUMNS = ("step", "loss", "lr", "kept_image_tokens", "image_tokens", "images_pe
 # steps where the check ran and empty elsewhere.
 VAL_COLUMNS = ("val/loss", "val/loss_shuffled", "val/loss_blank", "val/image_gain", "val/image_gain_decided")
 # Multiple-choice accuracy on the closed-task held-out records, true vs shuffled images, and what
-# chance scores. Per task, ``val/accuracy_<task>`` and ``val/accuracy_shuffled_<task>`` join the
-# header when a check first reports them (MetricsCSV widens the file for new columns).
+# chance scores. Per task, ``val/accuracy_<task>``, ``val/accuracy_shuffled_<task>`` and
+# ``val/accuracy_chance_<task>`` join the header when a check first reports them (MetricsCSV
+# widens the file for new columns).
 ACCURACY_COLUMNS = ("val/accuracy", "val/accuracy_shuffled", "val/accuracy_chance")
 ALL_COLUMNS = COLUMNS + VAL_COLUMNS + ACCURACY_COLUMNS
 
@@ -132,13 +133,38 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
         ]
 
 
+PER_TASK_PREFIX = "val/accuracy_shuffled_"
+
+
+def per_task_accuracy(rows: list[dict[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """Per closed task, the steps of its checks and its accuracy with true and shuffled images and
+    chance (NaN where a file written before ``val/accuracy_chance_<task>`` existed lacks it).
+
+    A task is one with a ``val/accuracy_shuffled_<task>`` column and at least one value in it.
+    """
+    nan = float("nan")
+    tasks = sorted({k[len(PER_TASK_PREFIX) :] for r in rows for k in r if k.startswith(PER_TASK_PREFIX)})
+    out: dict[str, dict[str, list[float]]] = {}
+    for task in tasks:
+        checked = [r for r in rows if math.isfinite(r.get(f"val/accuracy_{task}", nan))]
+        if checked:
+            out[task] = {
+                "step": [r["step"] for r in checked],
+                "true": [r[f"val/accuracy_{task}"] for r in checked],
+                "shuffled": [r.get(f"{PER_TASK_PREFIX}{task}", nan) for r in checked],
+                "chance": [r.get(f"val/accuracy_chance_{task}", nan) for r in checked],
+            }
+    return out
+
+
 def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
     """Plot loss (raw and smoothed) against step, and the image-reliance checks if any ran.
 
     Panels: the training loss; the held-out answer loss with true / shuffled / blank images and
     the image gain (when ``val/loss`` has values); the closed-task multiple-choice accuracy with
     true / shuffled images against chance (when ``val/accuracy`` has values; files written before
-    it existed have no such column and get no such panel).
+    it existed have no such column and get no such panel); and a second row with the same
+    accuracy for each closed task (:func:`per_task_accuracy`), when the file has per-task columns.
     """
     import matplotlib
 
@@ -151,8 +177,15 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
     losses = [r["loss"] for r in rows]
     val = [r for r in rows if math.isfinite(r.get("val/loss", nan))]
     acc = [r for r in rows if math.isfinite(r.get("val/accuracy", nan))]
+    tasks = per_task_accuracy(rows) if acc else {}
     n_panels = 1 + bool(val) + bool(acc)
-    fig, axes = plt.subplots(1, n_panels, figsize=(6 + 5 * (n_panels - 1), 3.5), dpi=100, squeeze=False)
+    n_cols = max(n_panels, len(tasks))
+    n_rows = 1 + bool(tasks)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(6 + 5 * (n_cols - 1), 3.5 * n_rows), dpi=100, squeeze=False
+    )
+    for spare in list(axes[0, n_panels:]) + list(axes[1, len(tasks) :] if tasks else []):
+        spare.set_visible(False)
     ax = axes[0, 0]
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
     if len(losses) >= 5:
@@ -205,6 +238,19 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path) -> Path:
             f"{last.get('val/accuracy_shuffled', nan):.2f} shuffled images (end)"
         )
         ax3.legend()
+    for ax4, (task, series) in zip(axes[1, : len(tasks)] if tasks else [], tasks.items(), strict=True):
+        ax4.plot(series["step"], series["true"], "-o", ms=3, label="true images")
+        ax4.plot(series["step"], series["shuffled"], "-s", ms=3, label="shuffled images")
+        if any(math.isfinite(c) for c in series["chance"]):
+            ax4.plot(series["step"], series["chance"], ":", label="chance")
+        ax4.set_ylim(0.0, 1.0)
+        ax4.set_xlabel("step")
+        ax4.set_ylabel("multiple-choice accuracy")
+        ax4.set_title(
+            f"{task}: {series['true'][-1]:.2f} true vs {series['shuffled'][-1]:.2f} shuffled"
+            + (f" (chance {series['chance'][-1]:.2f})" if math.isfinite(series["chance"][-1]) else "")
+        )
+        ax4.legend()
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_output(out_png) as tmp:

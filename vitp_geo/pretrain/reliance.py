@@ -520,6 +520,7 @@ class RelianceResult:
                 if row.get("choice_records", 0) > 0:
                     cols[f"val/accuracy_{task}"] = row["accuracy"]
                     cols[f"val/accuracy_shuffled_{task}"] = row["accuracy_shuffled"]
+                    cols[f"val/accuracy_chance_{task}"] = row["chance"]
         return cols
 
     def to_json(self) -> dict[str, Any]:
