@@ -10,6 +10,9 @@ from typing import Any
 
 from vitp_geo.pretrain.config import DOMAINS, PretrainConfig
 
+# Flags whose PretrainConfig default is None, and the type their value parses as (others: str).
+_NONE_DEFAULT_TYPES: dict[str, type] = {"world_scenes": int}
+
 _HELP: dict[str, str] = {
     "model_path": "local InternVL2.5-1B directory (original release format); default: a tiny model built in code",
     "data": "instruction recipe (InternVL meta-JSON or YAML); default: the embedded synthetic corpus",
@@ -37,6 +40,7 @@ _HELP: dict[str, str] = {
     "align_tasks": "comma-separated tasks of the alignment phase",
     "align_ramp_steps": "steps after the alignment phase over which the --align-tasks share falls linearly to its recipe share (0 = hard switch)",
     "question_first": "embedded rs corpus only: share of records whose images follow the question (image tokens can then attend to the class asked about); 0 = images first",
+    "world_scenes": "embedded rs corpus only: scenes of the generated world (default 48); more is a GPU setting (counting needs about 2,400, benchmarks/counting_data.py)",
     "vrl_ratio": "VRL: share of projected image tokens dropped before the LLM",
     "vrl_prob": "VRL: probability that the drop fires for a sample",
     "vrl_reference": "VRL: reproduce the reference implementation (fires with probability 1 - ratio)",
@@ -99,7 +103,7 @@ def add_parser(subparsers: Any) -> None:
                 help=f"{_HELP.get(f.name, '')} (default: {default})",
             )
         else:
-            kind = type(default) if default is not None else str
+            kind = type(default) if default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
             shown = "" if default is None else f" (default: {default})"
             p.add_argument(flag, type=kind, default=None, help=f"{_HELP.get(f.name, '')}{shown}")
 

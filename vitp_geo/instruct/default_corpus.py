@@ -21,13 +21,15 @@ from vitp_geo.instruct.records import InstructionRecord, read_jsonl, write_jsonl
 # Tasks answered by reading the whole image in one look (which classes are here, which scene is
 # this). They open the default run (PretrainConfig.align_tasks) and weigh more in its recipe.
 ALIGN_TASKS: tuple[str, ...] = ("classes", "classification")
+# Scenes of the embedded world (``build_default_corpus``; ``vitp-geo pretrain --world-scenes``).
+DEFAULT_N_SCENES = 48
 
 
 def build_default_corpus(
     out_dir: Path,
     *,
     seed: int = 0,
-    n_scenes: int = 48,
+    n_scenes: int = DEFAULT_N_SCENES,
     scene_size: int = 224,
     tile_size: int = 112,
     align_repeat: float = 4.0,

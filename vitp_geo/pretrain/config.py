@@ -77,6 +77,11 @@ class PretrainConfig:
     # opening it (instruct.default_corpus.images_after_question), so image tokens can attend to
     # the class a presence or counting question names. 0 = InternVL's usual images-first layout.
     question_first: float = 0.0
+    # Embedded rs corpus only: scenes of the generated world (None: the builder's 48, about 3,400
+    # records). A larger world is a GPU setting: the tiny ViT needs about 2,400 scenes to learn to
+    # count even when trained on the counts alone (benchmarks/counting_data.py), and at the tiny
+    # default's 1,000 steps a 240-scene world read less than 48 (docs/pretraining-evidence.md §2).
+    world_scenes: int | None = None
 
     # Visual Robustness Learning.
     vrl_ratio: float = 0.75  # share of projected image tokens dropped before the LLM (paper r)
@@ -125,6 +130,19 @@ class PretrainConfig:
                 "question-first applies to the embedded rs corpus only (no --data, --domain rs); "
                 f"got --domain {self.domain}" + (f" --data {self.data}" if self.data else "")
             )
+        if self.world_scenes is not None:
+            if self.data is not None or self.domain != "rs":
+                raise ValueError(
+                    "world-scenes applies to the embedded rs corpus only (no --data, --domain rs); "
+                    f"got --domain {self.domain}" + (f" --data {self.data}" if self.data else "")
+                )
+            from vitp_geo.synthetic import SCENE_CLASSES
+
+            if self.world_scenes < len(SCENE_CLASSES):
+                raise ValueError(
+                    f"world-scenes must be >= {len(SCENE_CLASSES)} (one scene per scene class), "
+                    f"got {self.world_scenes}"
+                )
         for name in ("vrl_ratio", "vrl_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0 or (name == "vrl_ratio" and value >= 1.0):

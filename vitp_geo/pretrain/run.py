@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -169,6 +170,28 @@ def default_corpus_builder(domain: str) -> Callable[..., Path]:
     )
 
 
+def _checked_world_scenes(cfg: PretrainConfig, corpus: Path) -> dict[str, int]:
+    """``build_default_corpus``'s ``n_scenes`` for the run (empty: the builder's default).
+
+    A corpus already in the run folder (a resumed run, or ``--overwrite`` of an earlier one) is
+    reused, so it must be the world the run asks for: a different number of scenes is refused,
+    naming both, before anything is written.
+    """
+    from vitp_geo.instruct.default_corpus import DEFAULT_N_SCENES
+
+    asked = cfg.world_scenes if cfg.world_scenes is not None else DEFAULT_N_SCENES
+    images = corpus / "images"
+    if (corpus / "recipe.json").is_file() and images.is_dir():
+        found = sum(1 for d in images.iterdir() if d.is_dir() and re.fullmatch(r"scene_\d+", d.name))
+        if found != asked:
+            raise ValueError(
+                f"{corpus} holds a world of {found} scenes and this run asks for {asked} "
+                f"(--world-scenes, default {DEFAULT_N_SCENES}): resume with the interrupted run's "
+                "--world-scenes, or choose another --output"
+            )
+    return {} if cfg.world_scenes is None else {"n_scenes": cfg.world_scenes}
+
+
 def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:
     """Model, tokenizer and recipe path for a run (embedded default or real parts)."""
     from vitp_geo.vlm.build import build_tiny_vlm, load_internvl
@@ -180,6 +203,8 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
         recipe = corpus / "recipe.json"
         # Resumed runs reuse the corpus they trained on; under torchrun only rank 0 builds it.
         extra: dict[str, Any] = {"question_first": cfg.question_first} if cfg.question_first else {}
+        if cfg.domain == "rs":
+            extra.update(_checked_world_scenes(cfg, corpus))
         _made_by_rank_zero(recipe, lambda: build_default_corpus(corpus, seed=cfg.seed, **extra))
     else:
         recipe = Path(cfg.data)
@@ -533,6 +558,10 @@ def _annotate_backbone_json(
         )
     }
     data["pretraining"]["precision"] = precision
+    if cfg.data is None and cfg.domain == "rs":  # the embedded world's size (--world-scenes)
+        from vitp_geo.instruct.default_corpus import DEFAULT_N_SCENES
+
+        data["pretraining"]["world_scenes"] = cfg.world_scenes or DEFAULT_N_SCENES
     # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
     data["image_reliance"] = json_safe(reliance.to_json()) if reliance is not None else None
     with atomic_output(path) as tmp:
