@@ -40,7 +40,7 @@ _HELP: dict[str, str] = {
     "align_tasks": "comma-separated tasks of the alignment phase",
     "align_ramp_steps": "steps after the alignment phase over which the --align-tasks share falls linearly to its recipe share (0 = hard switch)",
     "question_first": "embedded rs corpus only: share of records whose images follow the question (image tokens can then attend to the class asked about); 0 = images first",
-    "world_scenes": "embedded rs corpus only: scenes of the generated world (default 48); more is a GPU setting (counting needs about 2,400, benchmarks/counting_data.py)",
+    "world_scenes": "embedded rs corpus only: scenes of the generated world (default 48); more is a GPU setting (the ViT alone needs about 2,400 to learn to count, benchmarks/counting_data.py)",
     "vrl_ratio": "VRL: share of projected image tokens dropped before the LLM",
     "vrl_prob": "VRL: probability that the drop fires for a sample",
     "vrl_reference": "VRL: reproduce the reference implementation (fires with probability 1 - ratio)",

@@ -80,7 +80,8 @@ class PretrainConfig:
     # Embedded rs corpus only: scenes of the generated world (None: the builder's 48, about 3,400
     # records). A larger world is a GPU setting: the tiny ViT needs about 2,400 scenes to learn to
     # count even when trained on the counts alone (benchmarks/counting_data.py), and at the tiny
-    # default's 1,000 steps a 240-scene world read less than 48 (docs/pretraining-evidence.md §2).
+    # default's 1,000 steps a 240-scene world read less than 48 (docs/pretraining-evidence.md §2);
+    # the VLM trained on counting alone did not count on 2,400 scenes in 1,600 steps.
     world_scenes: int | None = None
 
     # Visual Robustness Learning.
