@@ -44,8 +44,30 @@ def test_the_run_trains_on_a_world_of_that_size_and_records_it(tmp_path: Path) -
     assert (
         json.loads((default / "backbone.json").read_text())["pretraining"]["world_scenes"] == DEFAULT_N_SCENES
     )
-    # --overwrite with the same size reuses the corpus
+    # the corpus says what it was built with
+    assert json.loads((out / "corpus" / "world.json").read_text()) == {
+        "domain": "rs",
+        "seed": 0,
+        "question_first": 0.0,
+        "world_scenes": 6,
+    }
+    # --overwrite with the same settings reuses the corpus
     assert main(["pretrain", "--output", str(out), "--overwrite", "--world-scenes", "6", *QUICK]) == 0
+
+
+def test_overwrite_with_another_seed_is_refused_not_trained_on_the_old_world(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, --overwrite --seed 1 trained on the seed-0 world left in the folder, silently."""
+    out = tmp_path / "run"
+    assert main(["pretrain", "--output", str(out), "--world-scenes", "3", *QUICK]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = ["pretrain", "--output", str(out), "--overwrite", "--world-scenes", "3", "--seed", "1", *QUICK]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'corpus'} was built for --seed 0 and this run asks for --seed 1" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -54,11 +76,16 @@ def test_the_run_trains_on_a_world_of_that_size_and_records_it(tmp_path: Path) -
 def test_a_run_folder_with_another_world_is_refused_and_left_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], built: int, flags: list[str], asked: int
 ) -> None:
-    """The corpus of a run folder is reused (resume, --overwrite): another size would be ignored."""
+    """The corpus of a run folder is reused (resume, --overwrite): another size would be ignored.
+
+    A corpus built before ``world.json`` existed (as here) is checked on its scene folders."""
     out = tmp_path / "run"
     build_default_corpus(out / "corpus", seed=0, n_scenes=built)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["pretrain", "--output", str(out), "--overwrite", *flags, *QUICK]) == 2
     err = capsys.readouterr().err
-    assert f"{out / 'corpus'} holds a world of {built} scenes and this run asks for {asked}" in err
+    assert (
+        f"{out / 'corpus'} was built for --world-scenes {built} and this run asks for --world-scenes {asked}"
+        in err
+    )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -170,26 +170,50 @@ def default_corpus_builder(domain: str) -> Callable[..., Path]:
     )
 
 
-def _checked_world_scenes(cfg: PretrainConfig, corpus: Path) -> dict[str, int]:
-    """``build_default_corpus``'s ``n_scenes`` for the run (empty: the builder's default).
+WORLD_SETTINGS = "world.json"  # beside an embedded corpus: the settings it was built with
 
-    A corpus already in the run folder (a resumed run, or ``--overwrite`` of an earlier one) is
-    reused, so it must be the world the run asks for: a different number of scenes is refused,
-    naming both, before anything is written.
+
+def _world_settings(cfg: PretrainConfig) -> dict[str, Any]:
+    """The settings an embedded corpus depends on (what ``build_default_corpus`` is called with)."""
+    settings: dict[str, Any] = {"domain": cfg.domain, "seed": cfg.seed}
+    if cfg.domain == "rs":
+        from vitp_geo.instruct.default_corpus import DEFAULT_N_SCENES
+
+        settings["question_first"] = cfg.question_first
+        settings["world_scenes"] = cfg.world_scenes if cfg.world_scenes is not None else DEFAULT_N_SCENES
+    return settings
+
+
+def _check_reused_world(cfg: PretrainConfig, corpus: Path) -> None:
+    """Refuse a run folder whose embedded corpus was built with other settings.
+
+    The corpus (and the tokenizer and unseen world made from it) of a run folder is reused, on
+    ``--resume`` and on ``--overwrite``: a run with another seed, ``--question-first`` or
+    ``--world-scenes`` would otherwise train on the earlier run's world without a word. The
+    corpus's :data:`WORLD_SETTINGS` says what it was built with; a corpus from before that file
+    existed is checked on its number of scenes. Nothing is written before the check.
     """
-    from vitp_geo.instruct.default_corpus import DEFAULT_N_SCENES
-
-    asked = cfg.world_scenes if cfg.world_scenes is not None else DEFAULT_N_SCENES
-    images = corpus / "images"
-    if (corpus / "recipe.json").is_file() and images.is_dir():
-        found = sum(1 for d in images.iterdir() if d.is_dir() and re.fullmatch(r"scene_\d+", d.name))
-        if found != asked:
-            raise ValueError(
-                f"{corpus} holds a world of {found} scenes and this run asks for {asked} "
-                f"(--world-scenes, default {DEFAULT_N_SCENES}): resume with the interrupted run's "
-                "--world-scenes, or choose another --output"
-            )
-    return {} if cfg.world_scenes is None else {"n_scenes": cfg.world_scenes}
+    if not (corpus / "recipe.json").is_file():
+        return
+    asked = _world_settings(cfg)
+    recorded = corpus / WORLD_SETTINGS
+    if recorded.is_file():
+        built = json.loads(recorded.read_text())
+    else:  # built before world.json existed: its scene folders still say its size
+        images = corpus / "images"
+        if cfg.domain != "rs" or not images.is_dir():
+            return
+        scenes = sum(1 for d in images.iterdir() if d.is_dir() and re.fullmatch(r"scene_\d+", d.name))
+        built = {**asked, "world_scenes": scenes}
+    differ = [k for k in asked if k in built and built[k] != asked[k]]
+    if differ:
+        was = ", ".join(f"--{k.replace('_', '-')} {built[k]}" for k in differ)
+        now = ", ".join(f"--{k.replace('_', '-')} {asked[k]}" for k in differ)
+        raise ValueError(
+            f"{corpus} was built for {was} and this run asks for {now}: the corpus of a run folder is "
+            "reused (--resume, --overwrite), so run with the settings it was built for, or choose "
+            "another --output"
+        )
 
 
 def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:
@@ -203,9 +227,16 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
         recipe = corpus / "recipe.json"
         # Resumed runs reuse the corpus they trained on; under torchrun only rank 0 builds it.
         extra: dict[str, Any] = {"question_first": cfg.question_first} if cfg.question_first else {}
-        if cfg.domain == "rs":
-            extra.update(_checked_world_scenes(cfg, corpus))
-        _made_by_rank_zero(recipe, lambda: build_default_corpus(corpus, seed=cfg.seed, **extra))
+        if cfg.world_scenes is not None:
+            extra["n_scenes"] = cfg.world_scenes
+        _check_reused_world(cfg, corpus)
+
+        def build_world() -> None:
+            build_default_corpus(corpus, seed=cfg.seed, **extra)
+            with atomic_output(corpus / WORLD_SETTINGS) as tmp:
+                tmp.write_text(json.dumps(_world_settings(cfg), indent=2) + "\n")
+
+        _made_by_rank_zero(recipe, build_world)
     else:
         recipe = Path(cfg.data)
         if not recipe.is_file():
