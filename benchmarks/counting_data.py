@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 from PIL import Image
@@ -37,10 +36,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 import vitp_geo.models  # noqa: F401  (registers the tiny ViTs with timm)
-from vitp_geo.constants import IMAGENET_MEAN, IMAGENET_STD
 from vitp_geo.instruct.default_corpus import build_default_corpus
 from vitp_geo.instruct.records import read_jsonl
 from vitp_geo.synthetic import CLASS_NAMES
+from vitp_geo.vlm.dynamic_tiles import to_pixel_values
 
 TILE = 112
 
@@ -53,9 +52,7 @@ def counting_examples(world: str | Path, cls: str, max_count: int) -> tuple[Tens
     """
     world = Path(world)
     word = re.compile(rf"\b{re.escape(cls)}s?\b", re.IGNORECASE)
-    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-    images: list[np.ndarray] = []
+    images: list[Tensor] = []
     labels: list[int] = []
     for record in read_jsonl(world / "annotations.jsonl").records:
         if record.task != "counting" or len(record.images) != 1:
@@ -66,14 +63,13 @@ def counting_examples(world: str | Path, cls: str, max_count: int) -> tuple[Tens
         if not answer.isdigit() or int(answer) < 1:
             raise ValueError(f"{world / 'annotations.jsonl'}: record {record.id}: count {answer!r}")
         with Image.open(world / record.images[0]) as im:
-            pixels = np.asarray(im.convert("RGB"), np.float32) / 255.0
-        if pixels.shape[:2] != (TILE, TILE):
-            continue
-        images.append((pixels.transpose(2, 0, 1) - mean) / std)
+            if im.size != (TILE, TILE):
+                continue
+            images.append(to_pixel_values([im])[0])  # InternVL's normalisation, as in training
         labels.append(min(int(answer), max_count) - 1)
     if not labels:
         raise ValueError(f"{world}: no counting question about {cls!r} on a {TILE} px tile")
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels)
+    return torch.stack(images), torch.tensor(labels)
 
 
 class CountingViT(nn.Module):

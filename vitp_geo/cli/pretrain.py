@@ -6,12 +6,9 @@ import argparse
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from vitp_geo.pretrain.config import DOMAINS, PretrainConfig
-
-# Flags whose PretrainConfig default is None, and the type their value parses as (others: str).
-_NONE_DEFAULT_TYPES: dict[str, type] = {"world_scenes": int}
 
 _HELP: dict[str, str] = {
     "model_path": "local InternVL2.5-1B directory (original release format); default: a tiny model built in code",
@@ -90,6 +87,7 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     defaults = PretrainConfig()
+    hints = get_type_hints(PretrainConfig)
     for f in fields(PretrainConfig):
         if f.name == "domain":
             continue
@@ -103,7 +101,9 @@ def add_parser(subparsers: Any) -> None:
                 help=f"{_HELP.get(f.name, '')} (default: {default})",
             )
         else:
-            kind = type(default) if default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
+            # a None default parses as its annotation says (``int | None``: int), else as str
+            optional = [t for t in get_args(hints[f.name]) if t is not type(None)]
+            kind = type(default) if default is not None else (optional[0] if optional else str)
             shown = "" if default is None else f" (default: {default})"
             p.add_argument(flag, type=kind, default=None, help=f"{_HELP.get(f.name, '')}{shown}")
 

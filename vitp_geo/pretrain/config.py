@@ -126,17 +126,16 @@ class PretrainConfig:
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
         if not 0.0 <= self.question_first <= 1.0:
             raise ValueError(f"question-first must be in [0, 1], got {self.question_first}")
-        if self.question_first and (self.data is not None or self.domain != "rs"):
-            raise ValueError(
-                "question-first applies to the embedded rs corpus only (no --data, --domain rs); "
-                f"got --domain {self.domain}" + (f" --data {self.data}" if self.data else "")
-            )
-        if self.world_scenes is not None:
-            if self.data is not None or self.domain != "rs":
+        for name, given in (
+            ("question_first", bool(self.question_first)),
+            ("world_scenes", self.world_scenes is not None),
+        ):
+            if given and (self.data is not None or self.domain != "rs"):
                 raise ValueError(
-                    "world-scenes applies to the embedded rs corpus only (no --data, --domain rs); "
+                    f"{name.replace('_', '-')} applies to the embedded rs corpus only (no --data, --domain rs); "
                     f"got --domain {self.domain}" + (f" --data {self.data}" if self.data else "")
                 )
+        if self.world_scenes is not None:
             from vitp_geo.synthetic import SCENE_CLASSES
 
             if self.world_scenes < len(SCENE_CLASSES):

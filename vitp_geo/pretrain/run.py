@@ -590,9 +590,7 @@ def _annotate_backbone_json(
     }
     data["pretraining"]["precision"] = precision
     if cfg.data is None and cfg.domain == "rs":  # the embedded world's size (--world-scenes)
-        from vitp_geo.instruct.default_corpus import DEFAULT_N_SCENES
-
-        data["pretraining"]["world_scenes"] = cfg.world_scenes or DEFAULT_N_SCENES
+        data["pretraining"]["world_scenes"] = _world_settings(cfg)["world_scenes"]
     # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
     data["image_reliance"] = json_safe(reliance.to_json()) if reliance is not None else None
     with atomic_output(path) as tmp:
