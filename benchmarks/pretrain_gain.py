@@ -23,7 +23,9 @@ Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run
 - a frozen-backbone patch-level linear probe (closed-form ridge, ``vitp_geo.evaluation.probe``) on
   the ViT's patch tokens (``forward_features`` without the class token, 8 x 8 per 112 px tile)
   at 1, 4 and 16 labelled tiles drawn from a labelled pool, tested on 64 held-out tiles, for every
-  label draw x pretraining seed; a raw-pixel probe as the reference row;
+  label draw x pretraining seed; a raw-pixel probe as the reference row, and an oracle row (each
+  patch's true class as its feature) that says whether the rule can be met at all with these
+  label draws (``rule_power``);
 - a short fine-tune at 4 labelled tiles (ViT + linear head on patch tokens, patch-level CE,
   ``vitp_geo.tasks.patch_head``), the
   learning rate picked per arm and run from {1e-4, 3e-4, 1e-3} by mIoU on a separate validation
@@ -43,7 +45,9 @@ included, 2 supervised runs at 155 s in fp32, fine-tunes 72 s, probes 7 s). Lowe
 ramp scale with it). Results: docs/pretraining-evidence.md.
 
 Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes
-them), so a rerun only repeats the read-out. Run with ``OMP_NUM_THREADS`` set on shared machines.
+them), so a rerun only repeats the read-out. A finished run that no longer matches is moved to
+``<arm>.previous`` and deleted only when its replacement is finished, so an interrupted rerun loses
+nothing (and a rerun with the old settings moves it back). Run with ``OMP_NUM_THREADS`` set on shared machines.
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ if TYPE_CHECKING:
 
 ARMS: tuple[str, ...] = ("random", "vitp_r0", "vitp_r075_p1", "vitp_r075_p025", "shuffled", "supervised")
 RAW = "raw"  # the raw-pixel reference row (no backbone)
+# The power reference: each patch's true class (one-hot) as its feature, the most a linear probe
+# can be given. When it does not beat a rival by the rule at a tile count, no backbone can be
+# expected to: the label draws, not the features, decide that comparison (rule_power).
+ORACLE = "oracle"
+REFERENCES: tuple[str, ...] = (RAW, ORACLE)
 LABELS: dict[str, str] = {
     "random": "random init",
     "vitp_r0": "ViTP r=0",
@@ -84,6 +93,7 @@ LABELS: dict[str, str] = {
     "shuffled": "shuffled-image control",
     "supervised": "supervised multi-label",
     RAW: "raw pixels (reference)",
+    ORACLE: "true patch classes (oracle)",
 }
 # The arms' own PretrainConfig settings (everything else is the PretrainConfig default).
 VITP_ARMS: dict[str, dict[str, Any]] = {
@@ -196,6 +206,17 @@ class Verdict:
         return "\n".join([f"**{head}**{why}", *[f"- {line}" for line in self.lines]])
 
 
+def compare(probe: dict[str, dict[int, list[float]]], cand: str, rival: str, k: int) -> tuple[bool, str]:
+    """One comparison of the rule: does ``cand`` beat ``rival`` at ``k`` tiles, and the line saying so."""
+    d = paired(probe[cand][k], probe[rival][k])
+    m, s = mean_std(d)
+    won = beats(d)
+    return won, (
+        f"{LABELS[cand]} − {LABELS[rival]} at {k} tile{'s' if k > 1 else ''}: {m:+.3f} (std {s:.3f}, "
+        f"n={len(d)}) → {'beats' if won else 'does not beat'} by > {RULE_SIGMAS:g} std"
+    )
+
+
 def pass_rule(probe: dict[str, dict[int, list[float]]]) -> Verdict:
     """Apply :data:`PASS_RULE` to probe mIoUs ``probe[arm][shots] = [value per (seed, draw)]``."""
     per_arm: dict[str, bool] = {}
@@ -204,17 +225,51 @@ def pass_rule(probe: dict[str, dict[int, list[float]]]) -> Verdict:
         ok = True
         for rival in RIVALS:
             for k in RULE_SHOTS:
-                d = paired(probe[cand][k], probe[rival][k])
-                m, s = mean_std(d)
-                won = beats(d)
+                won, line = compare(probe, cand, rival, k)
                 ok &= won
-                lines.append(
-                    f"{LABELS[cand]} − {LABELS[rival]} at {k} tile{'s' if k > 1 else ''}: "
-                    f"{m:+.3f} (std {s:.3f}, n={len(d)}) → {'beats' if won else 'does not beat'} "
-                    f"by > {RULE_SIGMAS:g} std"
-                )
+                lines.append(line)
         per_arm[cand] = ok
     return Verdict(any(per_arm.values()), per_arm, lines)
+
+
+@dataclass
+class Power:
+    """Can :data:`PASS_RULE` be met in this run at all? The rule applied to the oracle's features."""
+
+    attainable: dict[int, bool]  # tile count → the oracle beats every rival by the rule
+    lines: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        out = []
+        for k, ok in self.attainable.items():
+            tiles = f"{k} tile{'s' if k > 1 else ''}"
+            out.append(
+                f"- At {tiles} the rule **can** be met: the oracle beats every rival by > {RULE_SIGMAS:g} std."
+                if ok
+                else f"- At {tiles} the rule **cannot** be met in this run: not even the oracle (each "
+                f"patch's true class as its feature) beats every rival by > {RULE_SIGMAS:g} std, so the "
+                "label draws, not the backbone, decide that comparison."
+            )
+        return "\n".join(out + [f"  - {line}" for line in self.lines])
+
+
+def rule_power(probe: dict[str, dict[int, list[float]]]) -> Power:
+    """The pass rule's comparisons with :data:`ORACLE` as the candidate (same seed x draw pairs)."""
+    attainable: dict[int, bool] = {}
+    lines: list[str] = []
+    for k in RULE_SHOTS:
+        ok = True
+        for rival in RIVALS:
+            won, line = compare(probe, ORACLE, rival, k)
+            ok &= won
+            lines.append(line)
+        attainable[k] = ok
+    return Power(attainable, lines)
+
+
+def oracle_patch_features(labels: np.ndarray, n_classes: int) -> Tensor:
+    """(N, P) patch class ids → (N, P, n_classes) one-hot float features."""
+    return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), n_classes).float()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -701,6 +756,39 @@ def _write_stamp(out: Path, data: dict[str, Any]) -> None:
     tmp.replace(out / "protocol_run.json")
 
 
+def _previous(out: Path) -> Path:
+    return out.with_name(out.name + ".previous")
+
+
+def reuse_or_set_aside(out: Path, want: dict[str, Any], fresh: bool) -> bool:
+    """Reuse the finished run in ``out`` when its stamp is ``want``; else make room for a new one.
+
+    A finished run (stamped) that does not match is moved to ``<out>.previous``, not deleted, and
+    :func:`drop_previous` removes it only once the new run is stamped: an interrupted rerun loses no
+    finished run. A folder without a stamp is an interrupted run and is cleared; when the run it
+    interrupted set a finished one aside that matches ``want``, that one is moved back and reused.
+    Returns True when ``out`` holds a finished run to reuse.
+    """
+    prev = _previous(out)
+    if not fresh and (out / "backbone.safetensors").is_file() and _stamp(out) == want:
+        return True
+    if out.exists() and _stamp(out) is None:
+        shutil.rmtree(out)  # an interrupted run: nothing finished to keep
+    if not fresh and not out.exists() and (prev / "backbone.safetensors").is_file() and _stamp(prev) == want:
+        prev.rename(out)
+        return True
+    if out.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+        out.rename(prev)
+    out.mkdir(parents=True)
+    return False
+
+
+def drop_previous(out: Path) -> None:
+    """The new run in ``out`` is finished and stamped: the one it replaced can go."""
+    shutil.rmtree(_previous(out), ignore_errors=True)
+
+
 def _reliance_from_json(backbone: Path) -> dict[str, Any] | None:
     meta = backbone.with_name("backbone.json")
     try:
@@ -718,16 +806,15 @@ def pretrain_arm(
     out = Path(cfg.output)
     want = json.loads(json.dumps({"version": PROTOCOL_VERSION, "config": asdict(cfg), "corpus": fingerprint}))
     backbone = out / "backbone.safetensors"
-    if not fresh and backbone.is_file() and _stamp(out) == want:
+    if reuse_or_set_aside(out, want, fresh):
         return backbone, _reliance_from_json(backbone), True
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     if cfg.data is None:  # the embedded run builds the default corpus here unless present: give it ours
         _copy_tree(corpus, out / "corpus")
     summary = run_pretrain(cfg)
     if summary.backbone is None:
         raise RuntimeError(f"pretraining in {out} wrote no backbone")
     _write_stamp(out, want)
+    drop_previous(out)
     return summary.backbone, _reliance_from_json(summary.backbone), False
 
 
@@ -747,15 +834,20 @@ class Results:
     # arm → per seed: closed-task accuracy {task or "all": (true images, shuffled images, chance)}
     accuracies: dict[str, list[dict[str, tuple[float, float, float]]]]
     verdict: Verdict
+    power: Power
     phases: list[tuple[str, float]]
     notes: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "verdict"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("verdict", "power")}
         d["verdict"] = {
             "passed": self.verdict.passed,
             "per_arm": self.verdict.per_arm,
             "lines": self.verdict.lines,
+        }
+        d["rule_power"] = {
+            "attainable": {str(k): v for k, v in self.power.attainable.items()},
+            "lines": self.power.lines,
         }
         d["pass_rule"] = PASS_RULE
         return d
@@ -867,20 +959,20 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             }
             want = json.loads(json.dumps(want))
             path = out / "backbone.safetensors"
-            if not fresh and path.is_file() and _stamp(out) == want:
+            if reuse_or_set_aside(out, want, fresh):
                 notes.append(f"seed {seed}: supervised arm reused from {path}")
                 log(notes[-1])
             else:
                 images, masks, note = corpus_scene_tiles(seed, corpus)
                 notes.append(f"seed {seed}: supervised arm: {note}")
                 log(notes[-1])
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir(parents=True)
                 export_backbone(train_supervised(base, seed, images, masks, s.steps), out)
                 _write_stamp(out, want)
+                drop_previous(out)
             backbones["supervised", seed] = path
 
-    probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in SHOTS} for a in (*ARMS, RAW)}
+    probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in SHOTS} for a in (*ARMS, *REFERENCES)}
+    # the oracle reads labels, not pixels: it has no corrupted tiles to drop on
     drops: dict[str, dict[str, list[float]]] = {a: {c: [] for c in CORRUPTIONS} for a in (*ARMS, RAW)}
     with phase("frozen probes (clean and corrupted)"):
         from vitp_geo.evaluation.probe import patch_labels, raw_patch_features
@@ -905,9 +997,19 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
                     probe[arm][k].extend(scores["clean"][k])
                 for c in CORRUPTIONS:
                     drops[arm][c].extend(paired(scores["clean"][ROBUST_SHOTS], scores[c][ROBUST_SHOTS]))
+            oracle = probe_scores(
+                oracle_patch_features(pool_y, n_classes),
+                pool_y,
+                {"clean": (oracle_patch_features(test_y, n_classes), test_y)},
+                orders,
+                SHOTS,
+                n_classes,
+            )
+            for k in SHOTS:
+                probe[ORACLE][k].extend(oracle["clean"][k])
             log(
                 f"seed {seed}: "
-                + ", ".join(f"{a} {np.mean(probe[a][4][-s.draws :]):.3f}" for a in (*ARMS, RAW))
+                + ", ".join(f"{a} {np.mean(probe[a][4][-s.draws :]):.3f}" for a in (*ARMS, *REFERENCES))
                 + " (probe @4)"
             )
 
@@ -937,7 +1039,10 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             ft_lr[arm].append(FT_LRS[best])
 
     verdict = pass_rule(probe)
-    return Results(s, probe, ft, ft_lr, drops, gains, gains_decided, accuracies, verdict, phase.done, notes)
+    power = rule_power(probe)
+    return Results(
+        s, probe, ft, ft_lr, drops, gains, gains_decided, accuracies, verdict, power, phase.done, notes
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1009,10 +1114,10 @@ def markdown(r: Results) -> str:
     for arm in VITP_ARMS:
         cells = [_accuracy_cell(r, arm, t) for t in ("all", *ACCURACY_TASKS)]
         acc_lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
-    for arm in (*ARMS, RAW):
+    for arm in (*ARMS, *REFERENCES):
         cells = [fmt(r.probe[arm][k]) for k in SHOTS]
         cells.append(fmt(r.finetune.get(arm)))
-        cells += [fmt(r.drops[arm][c], signed=True) for c in CORRUPTIONS]
+        cells += [fmt(r.drops.get(arm, {}).get(c), signed=True) for c in CORRUPTIONS]
         cells.append(_gain_cell(r, arm))
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
     lines += [
@@ -1042,6 +1147,16 @@ def markdown(r: Results) -> str:
                 + f" | {mark} |"
             )
     lines += ["", "### Pass rule", "", PASS_RULE, "", r.verdict.format(), ""]
+    lines += [
+        "### Can the rule be met at all? The oracle",
+        "",
+        "The same comparisons with each patch's true class (one-hot) as the candidate's features: a "
+        "linear probe cannot be given more, so where the oracle fails the rule, no backbone can be "
+        "expected to pass it with these label draws.",
+        "",
+        r.power.format(),
+        "",
+    ]
     lines += ["### Run", ""]
     lines += [f"- {n}" for n in r.notes]
     lines += [f"- {name}: {took:.0f} s" for name, took in r.phases]

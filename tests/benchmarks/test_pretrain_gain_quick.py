@@ -28,7 +28,10 @@ pg = load_script("benchmarks/pretrain_gain.py", "pretrain_gain_bench")
 def _probe(values: dict[str, dict[int, list[float]]]) -> dict[str, dict[int, list[float]]]:
     """Fill every arm and tile count; arms not given get a flat 0.5."""
     n = len(next(iter(next(iter(values.values())).values())))
-    return {arm: {k: values.get(arm, {}).get(k, [0.5] * n) for k in pg.SHOTS} for arm in (*pg.ARMS, pg.RAW)}
+    return {
+        arm: {k: values.get(arm, {}).get(k, [0.5] * n) for k in pg.SHOTS}
+        for arm in (*pg.ARMS, *pg.REFERENCES)
+    }
 
 
 def test_beats_is_mean_over_two_sample_stds():
@@ -82,6 +85,91 @@ def test_pass_rule_pairs_by_seed_and_draw():
     # shifting the rival's pairs breaks the pairing and the rule fails
     probe["random"] = {k: rival[1:] + rival[:1] for k in pg.SHOTS}
     assert not pg.pass_rule(probe).per_arm["vitp_r075_p1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The rule's power: the oracle
+
+
+def test_oracle_features_are_one_hot_patch_classes():
+    labels = np.array([[0, 2, 1], [3, 3, 0]])
+    f = pg.oracle_patch_features(labels, 4)
+    assert f.shape == (2, 3, 4) and f.dtype.is_floating_point
+    assert (f.argmax(-1).numpy() == labels).all() and (f.sum(-1) == 1).all()
+
+
+def test_oracle_probe_reads_every_class_it_was_shown_and_none_it_was_not():
+    # the ridge probe on oracle features is exact on the classes of its labelled tiles, and can never
+    # predict a class it was not shown: why a single labelled tile caps every backbone
+    import torch
+
+    from vitp_geo.evaluation.probe import fit_ridge_probe, predict_probe
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=(6, 16))  # classes 0-2 only in the labelled tiles
+    test = np.concatenate([y[:2], np.full((1, 16), 3)])  # the test adds class 3
+    f = pg.oracle_patch_features
+    w = fit_ridge_probe(f(y, 4).reshape(-1, 4), torch.from_numpy(y.reshape(-1)), 4)
+    pred = predict_probe(w, f(test, 4).reshape(-1, 4)).numpy().reshape(test.shape)
+    assert (pred[:2] == test[:2]).all()
+    assert (pred[2] != 3).all()
+    score = pg.probe_scores(f(y, 4), y, {"t": (f(test, 4), test)}, [np.arange(6)], (6,), 4)["t"][6][0]
+    assert 0.5 < score < 0.75  # class 3 scores 0, and its patches land on a class they are not
+
+
+def test_rule_power_says_where_even_the_oracle_cannot_pass():
+    noisy = [0.95, 0.55, 0.9, 0.5, 0.95, 0.6]  # mean +0.24 over 0.5 rivals, std 0.21
+    steady = [0.9, 0.88, 0.91, 0.92, 0.89, 0.9]
+    power = pg.rule_power(_probe({pg.ORACLE: {1: noisy, 4: steady, 16: steady}}))
+    assert power.attainable == {1: False, 4: True}
+    text = power.format()
+    assert "At 1 tile the rule **cannot** be met" in text and "At 4 tiles the rule **can** be met" in text
+    assert len(power.lines) == len(pg.RULE_SHOTS) * len(pg.RIVALS)
+    # one rival the oracle does not beat is enough to make a tile count unattainable
+    probe = _probe({pg.ORACLE: {1: steady, 4: steady}, "supervised": {4: [0.88, 0.9, 0.85, 0.95, 0.8, 0.9]}})
+    assert pg.rule_power(probe).attainable == {1: True, 4: False}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reusing finished runs
+
+
+def _finished(out: Path, want: dict, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "backbone.safetensors").write_text(text)
+    pg._write_stamp(out, want)
+
+
+def test_a_finished_run_is_set_aside_not_deleted_until_its_replacement_is_finished(tmp_path):
+    out, old, new = tmp_path / "arm", {"steps": 10}, {"steps": 20}
+    _finished(out, old, "old weights")
+    assert pg.reuse_or_set_aside(out, old, fresh=False)  # same settings: reused as it is
+    assert (out / "backbone.safetensors").read_text() == "old weights"
+
+    assert not pg.reuse_or_set_aside(out, new, fresh=False)  # other settings: room for a new run
+    prev = tmp_path / "arm.previous"
+    assert (prev / "backbone.safetensors").read_text() == "old weights" and list(out.iterdir()) == []
+    (out / "half.ckpt").write_text("interrupted")  # the new run dies before it is stamped
+
+    # the interrupted folder is cleared, and the finished old run is kept (or moved back if wanted)
+    assert not pg.reuse_or_set_aside(out, new, fresh=False)
+    assert (prev / "backbone.safetensors").read_text() == "old weights" and list(out.iterdir()) == []
+    (out / "half.ckpt").write_text("interrupted again")
+    assert pg.reuse_or_set_aside(out, old, fresh=False)
+    assert (out / "backbone.safetensors").read_text() == "old weights" and not prev.exists()
+
+    # a finished replacement drops the one it replaced
+    assert not pg.reuse_or_set_aside(out, new, fresh=False)
+    _finished(out, new, "new weights")
+    pg.drop_previous(out)
+    assert not prev.exists() and (out / "backbone.safetensors").read_text() == "new weights"
+
+
+def test_fresh_redoes_a_matching_run_but_keeps_it_until_the_new_one_is_finished(tmp_path):
+    out, want = tmp_path / "arm", {"steps": 10}
+    _finished(out, want, "old weights")
+    assert not pg.reuse_or_set_aside(out, want, fresh=True)
+    assert (tmp_path / "arm.previous" / "backbone.safetensors").read_text() == "old weights"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,23 +347,37 @@ def test_quick_protocol_runs_every_arm(tmp_path):
         if cells and cells[0] in pg.LABELS.values():
             rows.setdefault(cells[0], cells)
     assert set(rows) == set(pg.LABELS.values())
+    references = {pg.LABELS[a] for a in pg.REFERENCES}
     for label, cells in rows.items():
         assert len(cells) == 10
-        for cell in cells[1:4] + ([cells[4]] if label != pg.LABELS[pg.RAW] else []):
+        for cell in cells[1:4] + ([cells[4]] if label not in references else []):
             assert 0.0 <= _mean(cell) <= 1.0, (label, cell)
+        if label == pg.LABELS[pg.ORACLE]:
+            assert cells[4:9] == ["—"] * 5  # no fine-tune, no pixels to corrupt
+            continue
         for cell in cells[5:9]:
             assert math.isfinite(_mean(cell)) and -1.0 <= _mean(cell) <= 1.0
+    # the oracle (true patch classes) is read best at 16 tiles: above every backbone and raw pixels
+    oracle16 = _mean(rows[pg.LABELS[pg.ORACLE]][3])
+    assert all(oracle16 > _mean(cells[3]) for label, cells in rows.items() if label != pg.LABELS[pg.ORACLE])
     for arm in pg.VITP_ARMS:  # the pretrained arms report their final image gain
         assert math.isfinite(float(rows[pg.LABELS[arm]][9].split()[0]))
 
     # every number is kept, and the verdict is the pass rule applied to the paired differences
     results = json.loads((work / "results.json").read_text())
     probe = {a: {int(k): v for k, v in by_k.items()} for a, by_k in results["probe"].items()}
-    for arm in (*pg.ARMS, pg.RAW):
+    for arm in (*pg.ARMS, *pg.REFERENCES):
         for k in pg.SHOTS:
             assert len(probe[arm][k]) == 1 and 0.0 <= probe[arm][k][0] <= 1.0
     verdict = pg.pass_rule(probe)
     assert results["verdict"]["passed"] == verdict.passed
+    power = pg.rule_power(probe)  # one pair: not even the oracle can pass
+    assert (
+        results["rule_power"]["attainable"]
+        == {"1": False, "4": False}
+        == {str(k): v for k, v in power.attainable.items()}
+    )
+    assert "Can the rule be met at all? The oracle" in md and power.format() in md
     assert not verdict.passed  # one seed x one draw: no std, the rule cannot pass
     assert "**FAIL**" in md and "Paired differences" in md
 
