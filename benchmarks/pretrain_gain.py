@@ -145,6 +145,9 @@ class Settings:
     ft_steps: int = 60
     ft_draws: int = 1  # label draws fine-tuned per seed (each: one run per lr)
     reliance_records: int | None = None  # None = the PretrainConfig default
+    # the rule's power: label sets redrawn (other draw seeds, the same backbones) to count how often
+    # the oracle and each candidate meet the rule at each tile count (seconds for 100)
+    power_sets: int = 100
     quick: bool = False
 
     @staticmethod
@@ -153,7 +156,9 @@ class Settings:
 
     @staticmethod
     def quick_smoke() -> Settings:
-        return Settings(seeds=(0,), draws=1, steps=10, ft_steps=4, reliance_records=24, quick=True)
+        return Settings(
+            seeds=(0,), draws=1, steps=10, ft_steps=4, reliance_records=24, power_sets=2, quick=True
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -660,9 +665,46 @@ def train_supervised(
 # Read-outs
 
 
-def draw_orders(seed: int, draws: int, pool: int) -> list[np.ndarray]:
-    """Label draws of a seed: permutations of the pool; the first k tiles are the k labelled ones."""
-    return [np.random.default_rng([seed, 17, d]).permutation(pool) for d in range(draws)]
+def draw_orders(seed: int, draws: int, pool: int, redraw: int = 0) -> list[np.ndarray]:
+    """Label draws of a seed: permutations of the pool; the first k tiles are the k labelled ones.
+
+    ``redraw`` > 0 gives another set of draws for the same seed (the rule's power over label sets).
+    """
+    key = [seed, 17] if redraw == 0 else [seed, 17, 1_000_003, redraw]
+    return [np.random.default_rng([*key, d]).permutation(pool) for d in range(draws)]
+
+
+def power_over_label_sets(
+    features: dict[tuple[str, int], tuple[Tensor, Tensor]],
+    pool_y: np.ndarray,
+    test_y: np.ndarray,
+    seeds: Sequence[int],
+    draws: int,
+    sets: int,
+    n_classes: int,
+) -> dict[int, dict[str, float]]:
+    """Share of ``sets`` redrawn label sets in which each candidate (and the oracle) meets the rule.
+
+    ``features[arm, seed]`` = (pool, test) patch features of the candidates, the rivals and
+    :data:`ORACLE`. Each set redraws every seed's ``draws`` label draws; the backbones stay. Returns
+    ``share[k][arm]`` for the rule's tile counts: where the oracle's share is low, the rule at that
+    tile count is a lottery over label draws for any backbone.
+    """
+    arms = (*CANDIDATES, ORACLE)
+    wins = {k: dict.fromkeys(arms, 0) for k in RULE_SHOTS}
+    for j in range(1, sets + 1):
+        probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in RULE_SHOTS} for a in (*arms, *RIVALS)}
+        for seed in seeds:
+            orders = draw_orders(seed, draws, len(pool_y), redraw=j)
+            for arm in probe:
+                pool_f, test_f = features[arm, seed]
+                scores = probe_scores(pool_f, pool_y, {"t": (test_f, test_y)}, orders, RULE_SHOTS, n_classes)
+                for k in RULE_SHOTS:
+                    probe[arm][k].extend(scores["t"][k])
+        for k in RULE_SHOTS:
+            for arm in arms:
+                wins[k][arm] += all(compare(probe, arm, rival, k)[0] for rival in RIVALS)
+    return {k: {a: n / sets for a, n in by_arm.items()} for k, by_arm in wins.items()}
 
 
 def probe_scores(
@@ -835,6 +877,7 @@ class Results:
     accuracies: dict[str, list[dict[str, tuple[float, float, float]]]]
     verdict: Verdict
     power: Power
+    power_sets: dict[int, dict[str, float]]  # tile count → arm → share of redrawn label sets passing
     phases: list[tuple[str, float]]
     notes: list[str]
 
@@ -848,7 +891,9 @@ class Results:
         d["rule_power"] = {
             "attainable": {str(k): v for k, v in self.power.attainable.items()},
             "lines": self.power.lines,
+            "share_of_label_sets": {str(k): v for k, v in self.power_sets.items()},
         }
+        d.pop("power_sets", None)
         d["pass_rule"] = PASS_RULE
         return d
 
@@ -974,6 +1019,7 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
     probe: dict[str, dict[int, list[float]]] = {a: {k: [] for k in SHOTS} for a in (*ARMS, *REFERENCES)}
     # the oracle reads labels, not pixels: it has no corrupted tiles to drop on
     drops: dict[str, dict[str, list[float]]] = {a: {c: [] for c in CORRUPTIONS} for a in (*ARMS, RAW)}
+    features: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}  # clean (pool, test) for the rule's arms
     with phase("frozen probes (clean and corrupted)"):
         from vitp_geo.evaluation.probe import patch_labels, raw_patch_features
         from vitp_geo.tasks.patch_head import patch_features
@@ -992,15 +1038,22 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
                     "clean": (fx(ev.test_x), test_y),
                     **{c: (fx(corrupted[c]), test_y) for c in CORRUPTIONS},
                 }
-                scores = probe_scores(fx(ev.pool_x), pool_y, tests, orders, SHOTS, n_classes)
+                pool_f = fx(ev.pool_x)
+                if arm in (*CANDIDATES, *RIVALS):
+                    features[arm, seed] = (pool_f, tests["clean"][0])
+                scores = probe_scores(pool_f, pool_y, tests, orders, SHOTS, n_classes)
                 for k in SHOTS:
                     probe[arm][k].extend(scores["clean"][k])
                 for c in CORRUPTIONS:
                     drops[arm][c].extend(paired(scores["clean"][ROBUST_SHOTS], scores[c][ROBUST_SHOTS]))
-            oracle = probe_scores(
+            features[ORACLE, seed] = (
                 oracle_patch_features(pool_y, n_classes),
+                oracle_patch_features(test_y, n_classes),
+            )
+            oracle = probe_scores(
+                features[ORACLE, seed][0],
                 pool_y,
-                {"clean": (oracle_patch_features(test_y, n_classes), test_y)},
+                {"clean": (features[ORACLE, seed][1], test_y)},
                 orders,
                 SHOTS,
                 n_classes,
@@ -1040,8 +1093,22 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
 
     verdict = pass_rule(probe)
     power = rule_power(probe)
+    with phase(f"the rule's power over {s.power_sets} redrawn label sets"):
+        shares = power_over_label_sets(features, pool_y, test_y, s.seeds, s.draws, s.power_sets, n_classes)
     return Results(
-        s, probe, ft, ft_lr, drops, gains, gains_decided, accuracies, verdict, power, phase.done, notes
+        s,
+        probe,
+        ft,
+        ft_lr,
+        drops,
+        gains,
+        gains_decided,
+        accuracies,
+        verdict,
+        power,
+        shares,
+        phase.done,
+        notes,
     )
 
 
@@ -1156,6 +1223,16 @@ def markdown(r: Results) -> str:
         "",
         r.power.format(),
         "",
+        f"Share of {s.power_sets} redrawn label sets (other draws of the same tiles, the same backbones) "
+        "in which each meets the rule against all three rivals:",
+        "",
+        "| | " + " | ".join(f"@{k}" for k in RULE_SHOTS) + " |",
+        "|---|" + "---|" * len(RULE_SHOTS),
+        *(
+            f"| {LABELS[a]} | " + " | ".join(f"{r.power_sets[k][a]:.2f}" for k in RULE_SHOTS) + " |"
+            for a in (ORACLE, *CANDIDATES)
+        ),
+        "",
     ]
     lines += ["### Run", ""]
     lines += [f"- {n}" for n in r.notes]
@@ -1190,6 +1267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--ft-steps", type=int, default=None, help="fine-tune steps (default 60; quick: 4)")
     p.add_argument("--ft-draws", type=int, default=None, help="label draws fine-tuned per seed (default 1)")
+    p.add_argument(
+        "--power-sets",
+        type=int,
+        default=None,
+        help="label sets redrawn to measure the rule's power (default 100; quick: 2)",
+    )
     p.add_argument("--fresh", action="store_true", help="redo pretraining runs even when --work has them")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
@@ -1201,9 +1284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": args.steps,
         "ft_steps": args.ft_steps,
         "ft_draws": args.ft_draws,
+        "power_sets": args.power_sets,
     }
     s = replace(s, **{k: v for k, v in given.items() if v is not None})
-    for name in ("draws", "steps", "ft_steps", "ft_draws"):
+    for name in ("draws", "steps", "ft_steps", "ft_draws", "power_sets"):
         if getattr(s, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads:

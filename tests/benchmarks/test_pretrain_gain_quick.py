@@ -130,6 +130,41 @@ def test_rule_power_says_where_even_the_oracle_cannot_pass():
     assert pg.rule_power(probe).attainable == {1: True, 4: False}
 
 
+def test_power_over_label_sets_counts_redrawn_sets_that_meet_the_rule():
+    import torch
+
+    rng = np.random.default_rng(0)
+    # 12 pool tiles of 16 patches: half hold one class, half all four, so a single labelled tile is
+    # a lottery and four tiles nearly always show every class
+    pool_y = np.stack([np.full(16, i % 4) if i % 2 else np.arange(16) % 4 for i in range(12)])
+    test_y = rng.integers(0, 4, size=(8, 16))
+    onehot = (pg.oracle_patch_features(pool_y, 4), pg.oracle_patch_features(test_y, 4))
+    features = {}
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        noise = (torch.randn(12, 16, 6, generator=g), torch.randn(8, 16, 6, generator=g))
+        features[pg.ORACLE, seed] = onehot
+        features["vitp_r075_p1", seed] = onehot  # as good as the oracle
+        features["vitp_r075_p025", seed] = noise  # exactly a rival's features: never beats it
+        for rival in pg.RIVALS:
+            features[rival, seed] = noise
+    shares = pg.power_over_label_sets(features, pool_y, test_y, (0, 1), 3, 12, 4)
+    assert set(shares) == set(pg.RULE_SHOTS)
+    for k in pg.RULE_SHOTS:
+        assert shares[k]["vitp_r075_p1"] == shares[k][pg.ORACLE]
+        assert shares[k]["vitp_r075_p025"] == 0.0
+    assert shares[4][pg.ORACLE] == 1.0  # four tiles show every class: always clear of noise
+    assert shares[1][pg.ORACLE] < shares[4][pg.ORACLE]  # one tile: a lottery over which classes it has
+
+
+def test_redrawn_label_sets_keep_the_protocols_own_draws():
+    first = pg.draw_orders(0, 3, 32)
+    assert all((a == b).all() for a, b in zip(first, pg.draw_orders(0, 3, 32, redraw=0), strict=True))
+    other = pg.draw_orders(0, 3, 32, redraw=1)
+    assert not all((a == b).all() for a, b in zip(first, other, strict=True))
+    assert all(sorted(o.tolist()) == list(range(32)) for o in other)
+
+
 # --------------------------------------------------------------------------------------------------
 # Reusing finished runs
 
@@ -378,6 +413,11 @@ def test_quick_protocol_runs_every_arm(tmp_path):
         == {str(k): v for k, v in power.attainable.items()}
     )
     assert "Can the rule be met at all? The oracle" in md and power.format() in md
+    shares = results["rule_power"]["share_of_label_sets"]
+    assert set(shares) == {"1", "4"}
+    assert all(set(by_arm) == {pg.ORACLE, *pg.CANDIDATES} for by_arm in shares.values())
+    assert all(v == 0.0 for by_arm in shares.values() for v in by_arm.values())  # one pair: never
+    assert "Share of 2 redrawn label sets" in md
     assert not verdict.passed  # one seed x one draw: no std, the rule cannot pass
     assert "**FAIL**" in md and "Paired differences" in md
 
