@@ -10,6 +10,7 @@ import pytest
 CASES = [
     (["pretrain", "--lr", "inf"], "lr must be a finite number > 0, got inf"),
     (["pretrain", "--checkpoint-every", "-1"], "checkpoint-every must be >= 1, got -1"),
+    (["pretrain", "--reliance-shuffles", "0"], "reliance-shuffles must be >= 1, got 0"),
     (["pretrain", "--drop-path", "2"], "drop-path must be in [0, 1), got 2.0"),
     (
         ["finetune", "segmentation", "--batch-size", "0", "--output", "{tmp}/run"],

@@ -55,6 +55,15 @@ def test_default_writes_every_output(default_run: Path, capsys):
     final = json.loads(lines[0])
     assert final["records_from"] == "unseen-world" and final["records"] > 1000
     assert final["per_task"]["presence"]["choice_records"] > 200
+    # the accuracy gap's standard error: each record's difference is -1, 0 or 1, so its variance is
+    # at most 1 and over 200+ records the standard error stays under 1 / sqrt(199) = 0.0709
+    pres = final["per_task"]["presence"]
+    assert 0.0 <= pres["accuracy_gap_se"] < 0.071 and 0.0 <= pres["gap_sq"] <= 1.0
+    gap = pres["accuracy"] - pres["accuracy_shuffled"]
+    assert pres["gap_sq"] >= gap * gap - 1e-9  # a mean square is at least the squared mean
+    # the shuffled accuracy is the mean over the default's 4 derangements
+    assert pres["shuffles"] == 4.0
+    assert last["val/accuracy_gap_se_presence"] == pytest.approx(pres["accuracy_gap_se"], abs=1e-4)
     spec = json.loads((default_run / "backbone.json").read_text())
     assert spec["image_reliance"]["image_gain"] == pytest.approx(last["val/image_gain"], abs=1e-4)
     # the precision --precision auto chose on this machine is recorded with the backbone

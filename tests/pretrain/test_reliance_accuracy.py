@@ -38,7 +38,9 @@ from vitp_geo.pretrain.reliance import (
     choice_candidates,
     evaluate_reliance,
     expand_choice_batch,
+    gap_standard_error,
     lettered_options,
+    unseen_set,
     vlm_forward,
 )
 from vitp_geo.vlm.build import build_tiny_vlm
@@ -240,6 +242,93 @@ def test_picks_accuracy_and_chance_are_counted_right(corpus, tokenizer):
         (cls["chance"] * 5 + pres["chance"] * 5 + cnt["chance"] * 2) / 12
     )
     assert result.accuracy_gap == 0.0
+    # the same picks with either image: every difference is 0, the gap has no spread
+    assert all(row["gap_sq"] == 0.0 and row["accuracy_gap_se"] == 0.0 for row in (cls, pres, cnt))
+    assert result.accuracy_gap_se == 0.0
+
+
+def _tile_key(tiles) -> tuple[int, ...]:
+    """Which image these tiles are: their first pixels, rounded (each test image is random noise)."""
+    return tuple(int(v) for v in (tiles.flatten()[:16] * 1000).round().tolist())
+
+
+def _image_forward(tokenizer, ds, answer_of: dict[tuple[int, int], str]):
+    """A model that reads only the image: it answers yes/no as ``answer_of[(src, rec)]`` says for
+    the record whose own image it is shown (rows are told apart by their tiles' pixels)."""
+    key = {
+        _tile_key(ds.load_variant(s, r)["pixel_values"]): canonical_answer(a)
+        for (s, r), a in answer_of.items()
+    }
+
+    def forward(batch):
+        losses, start = [], 0
+        for ids, labels, n in zip(batch["input_ids"], batch["labels"], batch["num_tiles"], strict=True):
+            seen = key.get(_tile_key(batch["pixel_values"][start : start + int(n)]))  # None: blank
+            start += int(n)
+            answer = tokenizer.decode(ids[labels != -100]).split("<|im_end|>")[-2].strip()
+            losses.append(0.0 if canonical_answer(answer) == seen else 1.0)
+        return torch.tensor(losses), torch.ones(len(losses))
+
+    return forward
+
+
+def test_shuffled_accuracy_is_the_mean_over_derangements_and_the_gap_has_its_standard_error(
+    corpus, tokenizer
+):
+    ds = _dataset(corpus, tokenizer)
+    where = _where(ds)
+    ids = ["p1", "p2", "p3", "p5"]  # answers Yes, No, Yes, No; images 4, 5, 6, 11
+    records = [where[i] for i in ids]
+    images = [ds.record_at(r.src_id, r.rec_id)[1] for r in records]
+    shift = [[images[(k + j) % 4] for k in range(4)] for j in (1, 2)]  # two derangements
+    # what the model answers when shown each image: right for p2, p3, p5; wrong ("No") for p1's
+    shown = {(r.src_id, r.rec_id): a for r, a in zip(records, ["No", "No", "Yes", "No"], strict=True)}
+    forward = _image_forward(tokenizer, ds, shown)
+    collate_fn = partial(collate, pad_token_id=int(tokenizer.pad_token_id))
+    cands = choice_candidates(ds, records, 32)
+
+    true = np.array([0, 1, 1, 1])  # p1 is shown its own image 4 and answers No: wrong
+    # shift by 1 shows images 5, 6, 11, 4 → No, Yes, No, No: right only for p5
+    first = np.array([0, 0, 0, 1])
+    # shift by 2 shows images 6, 11, 4, 5 → Yes, No, No, No: right for p1, p2, p5
+    second = np.array([1, 1, 0, 1])
+
+    one = evaluate_reliance(forward, ds, RelianceSet(records, shift[0], cands), collate_fn, batch_size=4)
+    row = one.per_task["presence"]
+    d = true - first
+    assert row["accuracy"] == 0.75 and row["accuracy_shuffled"] == 0.25 and row["shuffles"] == 1.0
+    assert row["gap_sq"] == pytest.approx(float((d**2).mean()))
+    assert row["accuracy_gap_se"] == pytest.approx(float(d.std(ddof=1) / 2))
+
+    both = RelianceSet(records, shift[0], cands, more_shuffled=[shift[1]])
+    two = evaluate_reliance(forward, ds, both, collate_fn, batch_size=4)
+    row = two.per_task["presence"]
+    # per record the shuffled pick is the mean over the two derangements
+    d = true - (first + second) / 2
+    assert row["accuracy"] == 0.75 and row["accuracy_shuffled"] == pytest.approx(0.5)
+    assert row["shuffles"] == 2.0
+    assert row["gap_sq"] == pytest.approx(float((d**2).mean()))
+    assert row["accuracy_gap_se"] == pytest.approx(float(d.std(ddof=1) / 2))
+    assert two.accuracy_gap_se == pytest.approx(row["accuracy_gap_se"])
+    # the losses (nats) keep reading the first derangement only
+    assert two.per_task["presence"]["loss_shuffled"] == pytest.approx(
+        one.per_task["presence"]["loss_shuffled"]
+    )
+
+
+def test_more_derangements_leave_the_first_as_it_was_and_never_give_a_record_its_own_image(corpus, tokenizer):
+    single = unseen_set(_dataset(corpus, tokenizer), 0, seed=3)
+    many = unseen_set(_dataset(corpus, tokenizer), 0, seed=3, shuffles=4)
+    assert many.records == single.records and many.shuffled_images == single.shuffled_images
+    assert len(many.more_shuffled) == 3 and len(many.shuffled_draws()) == 4
+    ds = _dataset(corpus, tokenizer)
+    own = [ds.record_at(r.src_id, r.rec_id)[1] for r in many.records]
+    for draw in many.shuffled_draws():
+        assert len(draw) == len(many)
+        assert all(
+            set(map(str, mine)).isdisjoint(map(str, other)) for mine, other in zip(own, draw, strict=True)
+        )
+    assert any(draw != many.shuffled_images for draw in many.more_shuffled)  # other tiles, not copies
 
 
 def test_ranks_split_the_records_and_run_the_same_number_of_passes(corpus, tokenizer):
@@ -332,13 +421,28 @@ def _result(with_accuracy: bool = True) -> RelianceResult:
         },
     }
     if with_accuracy:
-        per_task["presence"].update(
-            accuracy=0.75, accuracy_shuffled=0.5, chance=0.5, candidates=6.0, choice_records=4.0
-        )
-        per_task["counting"].update(
-            accuracy=0.5, accuracy_shuffled=0.0, chance=0.2, candidates=5.0, choice_records=2.0
-        )
+        # per record, right with true - right with shuffled images: presence [1, 0, 0, 0] (true
+        # [1, 1, 1, 0], shuffled [0, 1, 1, 0]), counting [1, 0] (true [1, 0], shuffled [0, 0])
+        keys = ("accuracy", "accuracy_shuffled", "chance", "candidates", "choice_records", "gap_sq")
+        per_task["presence"].update(zip(keys, (0.75, 0.5, 0.5, 6.0, 4.0, 0.25), strict=True))
+        per_task["counting"].update(zip(keys, (0.5, 0.0, 0.2, 5.0, 2.0, 0.5), strict=True))
+        for row, d in ((per_task["presence"], [1, 0, 0, 0]), (per_task["counting"], [1, 0])):
+            row["accuracy_gap_se"] = float(np.std(d, ddof=1) / np.sqrt(len(d)))
     return RelianceResult(4.0, 4.375, 4.35, 8, 3.0, per_task)
+
+
+@pytest.mark.parametrize(
+    "d", [[1, 1, 0, -1], [1, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0], [1, 1], [-1, 1, 0], [0.5, -0.25, 1, 0.75]]
+)
+def test_gap_standard_error_is_the_paired_differences_sample_std_over_root_n(d):
+    d = np.asarray(d, float)
+    se = gap_standard_error(float(d.mean()), float((d**2).mean()), len(d))
+    assert se == pytest.approx(float(d.std(ddof=1) / np.sqrt(len(d))))
+
+
+def test_gap_standard_error_needs_two_records():
+    assert math.isnan(gap_standard_error(1.0, 1.0, 1))
+    assert math.isnan(gap_standard_error(0.0, 0.0, 0))
 
 
 def test_result_overall_accuracy_columns_json_and_summary():
@@ -354,6 +458,10 @@ def test_result_overall_accuracy_columns_json_and_summary():
     assert cols["val/accuracy_presence"] == 0.75 and cols["val/accuracy_shuffled_presence"] == 0.5
     assert cols["val/accuracy_counting"] == 0.5 and cols["val/accuracy_shuffled_counting"] == 0.0
     assert cols["val/accuracy_chance_presence"] == 0.5 and cols["val/accuracy_chance_counting"] == 0.2
+    # the gap's standard error: the six records' paired differences [1, 0, 0, 0, 1, 0], pooled
+    assert r.accuracy_gap_se == pytest.approx(np.std([1, 0, 0, 0, 1, 0], ddof=1) / np.sqrt(6))
+    assert cols["val/accuracy_gap_se"] == r.accuracy_gap_se
+    assert cols["val/accuracy_gap_se_presence"] == pytest.approx(0.25)  # std 0.5 over sqrt(4)
     assert not any("grounding" in k for k in cols)
     data = json.loads(json.dumps(json_safe(r.to_json()), allow_nan=False))
     assert data["accuracy"] == pytest.approx(r.accuracy) and data["accuracy_gap"] == pytest.approx(
@@ -362,9 +470,11 @@ def test_result_overall_accuracy_columns_json_and_summary():
     assert data["choice_records"] == 6 and data["per_task"]["presence"]["chance"] == 0.5
     assert data["closed_tasks"] == list(CLOSED_TASKS)
     text = r.format()
-    assert "acc true 0.75 shuffled 0.50 chance 0.50 (n=4)" in text
-    assert "acc true 0.50 shuffled 0.00 chance 0.20 (n=2)" in text
+    assert "acc true 0.75 shuffled 0.50 chance 0.50 (gap +0.25 ± 0.25, n=4)" in text
+    assert "acc true 0.50 shuffled 0.00 chance 0.20 (gap +0.50 ± 0.50, n=2)" in text
     assert "accuracy       0.67 true images, 0.33 shuffled, 0.40 chance" in text
+    assert f"closed-task records; gap +0.33 ± {r.accuracy_gap_se:.2f})" in text
+    assert data["accuracy_gap_se"] == pytest.approx(r.accuracy_gap_se)
     # without closed-task records: no accuracy columns or lines, NaN figures (null in JSON)
     bare = _result(with_accuracy=False)
     assert not any("accuracy" in k for k in bare.columns()) and "acc true" not in bare.format()

@@ -54,6 +54,7 @@ _HELP: dict[str, str] = {
     "checkpoint_every": "steps between checkpoints",
     "reliance_records": "held-out records for the image-reliance check (true vs shuffled vs blank images); 0 = off",
     "reliance_every": "steps between image-reliance checks (always also at the last step; 0 = last only)",
+    "reliance_shuffles": "derangements (other tiles' images) the closed-task accuracy with shuffled images is averaged over",
     "reliance_data": "recipe of records never trained on (e.g. a validation split) to run the image-reliance check on, all of it at the last step, instead of holding records out of --data",
     "unseen_world": "embedded corpora: run the image-reliance check on a fresh synthetic world (another seed, never trained on; all of it at the last step) instead of on records held out of training",
 }

@@ -18,7 +18,8 @@ COLUMNS = ("step", "loss", "lr", "kept_image_tokens", "image_tokens", "images_pe
 VAL_COLUMNS = ("val/loss", "val/loss_shuffled", "val/loss_blank", "val/image_gain", "val/image_gain_decided")
 # Multiple-choice accuracy on the closed-task held-out records, true vs shuffled images, and what
 # chance scores. Per task, ``val/accuracy_<task>``, ``val/accuracy_shuffled_<task>`` and
-# ``val/accuracy_chance_<task>`` join the header when a check first reports them (MetricsCSV
+# ``val/accuracy_chance_<task>``, and the gap's standard error (``val/accuracy_gap_se`` and
+# ``val/accuracy_gap_se_<task>``), join the header when a check first reports them (MetricsCSV
 # widens the file for new columns).
 ACCURACY_COLUMNS = ("val/accuracy", "val/accuracy_shuffled", "val/accuracy_chance")
 ALL_COLUMNS = COLUMNS + VAL_COLUMNS + ACCURACY_COLUMNS

@@ -22,7 +22,11 @@ list) the check also reads a **multiple-choice accuracy**: every candidate answe
 images, and the lowest-loss candidate is the model's pick. ``accuracy`` is the share of records
 whose pick is right, ``accuracy_shuffled`` the same with another tile's images, ``chance`` what a
 uniform guess among the candidates scores. A model that reads the image picks better with its own
-image than with another one: ``accuracy_gap = accuracy - accuracy_shuffled > 0``.
+image than with another one: ``accuracy_gap = accuracy - accuracy_shuffled > 0``. Which other
+tile a record gets moves the shuffled accuracy by several points on a few hundred records, so the
+multiple-choice pass can average it over several derangements (``shuffles`` of :func:`hold_out`
+and :func:`unseen_set`; the losses keep the first). ``accuracy_gap_se`` is the gap's standard
+error over the same records, paired: with 48 scene-class questions a gap of 0.2 is about two.
 
 Held-out records are whole image groups removed from the training index (they are never trained
 on), or (:func:`unseen_set`) records of a corpus that training never sees: the embedded defaults
@@ -96,7 +100,6 @@ CLOSED_TASKS: tuple[str, ...] = (
 )
 # At most this many candidate answers per record (the true one always among them).
 MAX_CANDIDATES = 32
-CHOICE_VARIANTS: tuple[str, ...] = ("true", "shuffled")
 # Seeded draws of the derangement before a group whose every partner shares an image is left out.
 SHUFFLE_TRIES = 20
 T = TypeVar("T")
@@ -126,6 +129,14 @@ class RelianceSet:
     shuffled_images: list[list[Path]]  # per record: images of another source tile
     candidates: list[tuple[str, ...]] = field(default_factory=list)
     origin: str = "held-out"  # where the records come from, as the summary names them
+    # Further derangements for the multiple-choice pass only, each per record like
+    # ``shuffled_images``: the accuracy with shuffled images is the mean over all of them, so it
+    # depends less on which other tile a record happened to get (the losses use the first).
+    more_shuffled: list[list[list[Path]]] = field(default_factory=list)
+
+    def shuffled_draws(self) -> list[list[list[Path]]]:
+        """Every derangement the multiple-choice pass scores: the first, then ``more_shuffled``."""
+        return [self.shuffled_images, *self.more_shuffled]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -322,6 +333,7 @@ def _partnered_set(
     chosen: Sequence[tuple[str, ...]],
     rng: np.random.Generator,
     max_candidates: int,
+    shuffles: int = 1,
 ) -> RelianceSet:
     """The records of the ``chosen`` groups that find a shuffled partner, with their partners' images.
 
@@ -329,7 +341,9 @@ def _partnered_set(
     length and positions and only the pixels differ. The grid depends on each record's source
     (its max_dynamic_patch), so records of one image group are split by their tile budget and
     each part is matched with parts of the same budget and layout. A group is taken whole or not
-    at all (a held-out group's images must never be trained on).
+    at all (a held-out group's images must never be trained on). ``shuffles`` > 1 draws that many
+    derangements (after the first, from the same generator, so the first does not change); a part
+    a later draw leaves without a partner keeps its first partner there.
     """
     parts: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)
     for key in chosen:
@@ -338,25 +352,37 @@ def _partnered_set(
     by_layout: dict[tuple[object, ...], list[tuple[tuple[str, ...], int]]] = defaultdict(list)
     for part, members in parts.items():
         by_layout[(part[1], dataset.tile_layout(*members[0]))].append(part)
-    partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
-    for same in by_layout.values():
-        # A change pair (A, C) next to (A, B) must not get (A, B)'s images: it would keep image A
-        # and read a gain biased low; parts left without a partner are left out.
-        found = image_derangement(same, lambda part: part[0], rng)
-        partner.update({part: other[0] for part, other in found.items()})
-    whole = {key for key, _ in partner} - {key for key, budget in parts if (key, budget) not in partner}
+    partners: list[dict[tuple[tuple[str, ...], int], tuple[str, ...]]] = []
+    for draw in range(max(shuffles, 1)):
+        partner: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+        for same in by_layout.values():
+            # A change pair (A, C) next to (A, B) must not get (A, B)'s images: it would keep image
+            # A and read a gain biased low; parts left without a partner are left out.
+            found = image_derangement(same, lambda part: part[0], rng)
+            partner.update({part: other[0] for part, other in found.items()})
+        partners.append(partner if draw == 0 else {**partners[0], **partner})
+    first = partners[0]
+    whole = {key for key, _ in first} - {key for key, budget in parts if (key, budget) not in first}
     records: list[HeldOut] = []
-    shuffled: list[list[Path]] = []
+    shuffled: list[list[list[Path]]] = [[] for _ in partners]
     for g, key in enumerate(sorted(whole)):
         for src_id, rec_id in groups[key]:
             rec = dataset.sources[src_id].records[rec_id]
             records.append(HeldOut(src_id, rec_id, rec.task, g))
-            shuffled.append([Path(p) for p in partner[(key, dataset.tile_budget(src_id, rec_id))]])
-    return RelianceSet(records, shuffled, choice_candidates(dataset, records, max_candidates))
+            part = (key, dataset.tile_budget(src_id, rec_id))
+            for draw, partner in enumerate(partners):
+                shuffled[draw].append([Path(p) for p in partner[part]])
+    return RelianceSet(
+        records, shuffled[0], choice_candidates(dataset, records, max_candidates), more_shuffled=shuffled[1:]
+    )
 
 
 def hold_out(
-    dataset: InstructionDataset, max_records: int, seed: int = 0, max_candidates: int = MAX_CANDIDATES
+    dataset: InstructionDataset,
+    max_records: int,
+    seed: int = 0,
+    max_candidates: int = MAX_CANDIDATES,
+    shuffles: int = 1,
 ) -> RelianceSet:
     """Remove a seeded set of whole image groups from ``dataset``'s training index.
 
@@ -374,6 +400,8 @@ def hold_out(
         seed: seeds the choice of groups and the derangement.
         max_candidates: cap on the multiple-choice candidates per record (see
             :func:`choice_candidates`, which fills ``candidates``).
+        shuffles: derangements the multiple-choice pass averages its shuffled accuracy over
+            (``RelianceSet.more_shuffled`` holds all but the first).
 
     Returns:
         The :class:`RelianceSet` (empty when ``max_records`` is 0 or too few groups exist).
@@ -383,7 +411,7 @@ def hold_out(
         return RelianceSet([], [])
     rng = np.random.default_rng(seed)
     chosen = _draw_groups(keys, groups, max_records, len(keys) // 2, rng)
-    held = _partnered_set(dataset, groups, chosen, rng, max_candidates)
+    held = _partnered_set(dataset, groups, chosen, rng, max_candidates, shuffles)
     taken = {(r.src_id, r.rec_id) for r in held.records}
     dataset.index = [pair for pair in dataset.index if pair not in taken]
     if not dataset.index:
@@ -397,6 +425,7 @@ def unseen_set(
     seed: int = 0,
     max_candidates: int = MAX_CANDIDATES,
     origin: str = "unseen-world",
+    shuffles: int = 1,
 ) -> RelianceSet:
     """A reliance set from a corpus that training never sees (e.g. a fresh synthetic world).
 
@@ -410,13 +439,14 @@ def unseen_set(
         seed: seeds the choice of groups and the derangement.
         max_candidates: as for :func:`hold_out`.
         origin: how the summary names the records (``RelianceSet.origin``).
+        shuffles: as for :func:`hold_out`.
     """
     groups, keys = _checked_groups(dataset, max_records, max_candidates)
     if len(keys) < 2:
         return RelianceSet([], [])
     rng = np.random.default_rng(seed)
     chosen = _draw_groups(keys, groups, max_records or sum(map(len, groups.values())), len(keys), rng)
-    found = _partnered_set(dataset, groups, chosen, rng, max_candidates)
+    found = _partnered_set(dataset, groups, chosen, rng, max_candidates, shuffles)
     found.origin = origin
     return found
 
@@ -435,14 +465,29 @@ def answer_loss_per_sample(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tens
     return (ce * valid).sum(dim=1), valid.sum(dim=1)
 
 
+def gap_standard_error(gap: float, gap_sq: float, n: float) -> float:
+    """Standard error of a paired accuracy gap over ``n`` records (NaN below 2 records).
+
+    Each record gives ``d = right with true images - right with shuffled ones`` (the latter a mean
+    over derangements, so ``d`` lies in [-1, 1]); ``gap`` is the mean of ``d`` and ``gap_sq`` the
+    mean of ``d²``. The sample standard deviation of ``d`` over the square root of ``n``.
+    """
+    if n < 2:
+        return float("nan")
+    var = max(gap_sq - gap * gap, 0.0) * n / (n - 1)
+    return math.sqrt(var / n)
+
+
 @dataclass
 class RelianceResult:
     """Answer losses (nats per answer) with true, shuffled and blank images, overall and per task.
 
     ``per_task[t]`` holds ``loss``, ``loss_shuffled``, ``loss_blank``, ``image_gain`` and ``records``;
     for a closed task (:data:`CLOSED_TASKS`) also ``accuracy``, ``accuracy_shuffled``, ``chance``,
-    ``candidates`` (mean candidates per record) and ``choice_records`` (records scored as multiple
-    choice).
+    ``candidates`` (mean candidates per record), ``choice_records`` (records scored as multiple
+    choice), ``shuffles`` (derangements ``accuracy_shuffled`` is the mean over), ``gap_sq`` (the mean
+    squared per-record difference true − shuffled) and ``accuracy_gap_se``
+    (:func:`gap_standard_error`).
     """
 
     loss: float
@@ -503,6 +548,14 @@ class RelianceResult:
         """``accuracy - accuracy_shuffled``: how much the true image helps the pick."""
         return self.accuracy - self.accuracy_shuffled
 
+    @property
+    def accuracy_gap_se(self) -> float:
+        """Standard error of :attr:`accuracy_gap` over all closed-task records (NaN if unknown)."""
+        rows = [r for r in self.per_task.values() if r.get("choice_records", 0) > 0]
+        if not rows or any("gap_sq" not in r for r in rows):
+            return float("nan")
+        return gap_standard_error(self.accuracy_gap, self._choice_mean("gap_sq"), self.choice_records)
+
     def columns(self) -> dict[str, float]:
         """The ``metrics.csv`` columns (the accuracy ones only when closed-task records were scored)."""
         cols = {
@@ -516,11 +569,13 @@ class RelianceResult:
             cols["val/accuracy"] = self.accuracy
             cols["val/accuracy_shuffled"] = self.accuracy_shuffled
             cols["val/accuracy_chance"] = self.accuracy_chance
+            cols["val/accuracy_gap_se"] = self.accuracy_gap_se
             for task, row in sorted(self.per_task.items()):
                 if row.get("choice_records", 0) > 0:
                     cols[f"val/accuracy_{task}"] = row["accuracy"]
                     cols[f"val/accuracy_shuffled_{task}"] = row["accuracy_shuffled"]
                     cols[f"val/accuracy_chance_{task}"] = row["chance"]
+                    cols[f"val/accuracy_gap_se_{task}"] = row.get("accuracy_gap_se", float("nan"))
         return cols
 
     def to_json(self) -> dict[str, Any]:
@@ -544,6 +599,7 @@ class RelianceResult:
             "accuracy_shuffled": self.accuracy_shuffled,
             "accuracy_chance": self.accuracy_chance,
             "accuracy_gap": self.accuracy_gap,
+            "accuracy_gap_se": self.accuracy_gap_se,
             "closed_tasks": list(CLOSED_TASKS),
             "per_task": self.per_task,
         }
@@ -558,7 +614,8 @@ class RelianceResult:
         if self.choice_records:
             lines.append(
                 f"  accuracy       {self.accuracy:.2f} true images, {self.accuracy_shuffled:.2f} shuffled, "
-                f"{self.accuracy_chance:.2f} chance (multiple choice, {self.choice_records} closed-task records)"
+                f"{self.accuracy_chance:.2f} chance (multiple choice, {self.choice_records} closed-task "
+                f"records; gap {_gap_text(self.accuracy_gap, self.accuracy_gap_se)})"
             )
         for task, row in sorted(self.per_task.items()):
             lines.append(
@@ -566,11 +623,18 @@ class RelianceResult:
                 f"{row['loss_shuffled']:.3f}, blank {row['loss_blank']:.3f}, n={int(row['records'])})"
             )
             if row.get("choice_records", 0) > 0:
+                gap = _gap_text(
+                    row["accuracy"] - row["accuracy_shuffled"], row.get("accuracy_gap_se", math.nan)
+                )
                 lines.append(
                     f"    {'':<14} acc true {row['accuracy']:.2f} shuffled {row['accuracy_shuffled']:.2f} "
-                    f"chance {row['chance']:.2f} (n={int(row['choice_records'])})"
+                    f"chance {row['chance']:.2f} (gap {gap}, n={int(row['choice_records'])})"
                 )
         return "\n".join(lines)
+
+
+def _gap_text(gap: float, se: float) -> str:
+    return f"{gap:+.2f}" + (f" ± {se:.2f}" if math.isfinite(se) else "")
 
 
 # batch → ``(loss_sum, n_tokens)`` per sample (see :func:`answer_loss_per_sample`). A forward that
@@ -623,9 +687,9 @@ def evaluate_reliance(
     mine = list(range(rank, len(held), world_size))
     per_rank = -(-len(held) // world_size)
     n_batches = -(-per_rank // batch_size)
-    # sums[task, k]: k = 0..2 loss per variant, 3 records, 4 answer tokens; 5..9 multiple choice
-    # (right picks with true, with shuffled images, chance, candidates, records)
-    sums = torch.zeros(len(tasks), 10, dtype=torch.float64)
+    # sums[task, k]: k = 0..2 loss per variant, 3 records, 4 answer tokens; 5..10 multiple choice
+    # (right picks with true, with shuffled images, chance, candidates, records, squared differences)
+    sums = torch.zeros(len(tasks), 11, dtype=torch.float64)
     for b in range(n_batches):
         idx = mine[b * batch_size : (b + 1) * batch_size]
         weight = [1.0] * len(idx)
@@ -681,6 +745,11 @@ def evaluate_reliance(
             for k, name in enumerate(("accuracy", "accuracy_shuffled", "chance", "candidates"), start=5):
                 row[name] = float(sums[i, k]) / c
             row["choice_records"] = c
+            row["shuffles"] = float(len(held.shuffled_draws()))
+            row["gap_sq"] = float(sums[i, 10]) / c
+            row["accuracy_gap_se"] = gap_standard_error(
+                row["accuracy"] - row["accuracy_shuffled"], row["gap_sq"], c
+            )
         per_task[task] = row
     return RelianceResult(
         loss=float(total[0]) / n,
@@ -708,10 +777,13 @@ def _choice_sums(
     """This rank's multiple-choice sums per task.
 
     Returns:
-        (n_tasks, 5) float64: right picks with the true images, with the shuffled ones, chance
-        (the share of a record's candidates that count as right), candidates, records.
+        (n_tasks, 6) float64: right picks with the true images, with the shuffled ones (each
+        record's mean over the derangements of ``held.shuffled_draws()``), chance (the share of a
+        record's candidates that count as right), candidates, records, and the sum of each
+        record's squared difference true − shuffled.
     """
-    sums = torch.zeros(len(task_ix), 5, dtype=torch.float64)
+    sums = torch.zeros(len(task_ix), 6, dtype=torch.float64)
+    draws = held.shuffled_draws()
     cands = held.candidates if len(held.candidates) == len(held) else [()] * len(held)
     closed = [i for i, c in enumerate(cands) if len(c) >= 2]
     if not closed:  # the same on every rank: no one runs a pass
@@ -725,8 +797,8 @@ def _choice_sums(
         # Shuffled tiles come out alike, so the token rows serve both variants: tokenise once.
         tokens = [_candidate_tokens(dataset, held.records[i], cands[i]) for i in chunk]
         scores: list[Tensor] = []
-        for variant in CHOICE_VARIANTS:
-            tiles = [_variant_tiles(dataset, held, i, variant) for i in chunk]
+        for images in (None, *draws):  # the true images, then every derangement
+            tiles = [_variant_tiles(dataset, held, i, images) for i in chunk]
             batch = _choice_batch(tokens, tiles, collate_fn, shared=shares)
             loss_sum, _ = forward({key: v.to(device) for key, v in batch.items()})
             scores.append(loss_sum.detach().to("cpu", torch.float64))
@@ -740,11 +812,14 @@ def _choice_sums(
             answer = canonical_answer(record.conversations[final[0]]["value"]) if final else ""
             right = [canonical_answer(c) == answer for c in cands[i]]
             k, t = len(right), task_ix[rec.task]
-            for v, score in enumerate(scores):
-                sums[t, v] += float(right[int(torch.argmin(score[start : start + k]))])
+            picks = [float(right[int(torch.argmin(score[start : start + k]))]) for score in scores]
+            shuffled = sum(picks[1:]) / len(draws)  # the mean over the derangements
+            sums[t, 0] += picks[0]
+            sums[t, 1] += shuffled
             sums[t, 2] += sum(right) / k
             sums[t, 3] += k
             sums[t, 4] += 1
+            sums[t, 5] += (picks[0] - shuffled) ** 2
             start += k
     return sums
 
@@ -780,11 +855,15 @@ def _candidate_tokens(
     return out
 
 
-def _variant_tiles(dataset: InstructionDataset, held: RelianceSet, i: int, variant: str) -> Tensor:
-    """(T, 3, S, S) tiles of held-out record ``i`` with its own (``true``) or another tile's images."""
+def _variant_tiles(
+    dataset: InstructionDataset, held: RelianceSet, i: int, draw: list[list[Path]] | None
+) -> Tensor:
+    """(T, 3, S, S) tiles of held-out record ``i``: its own images (``draw`` None) or its images in
+    one derangement (``draw`` = a list like ``held.shuffled_images``)."""
     rec = held.records[i]
-    images = held.shuffled_images[i] if variant == "shuffled" else None
-    return dataset.load_variant(rec.src_id, rec.rec_id, images=images)["pixel_values"]
+    return dataset.load_variant(rec.src_id, rec.rec_id, images=None if draw is None else draw[i])[
+        "pixel_values"
+    ]
 
 
 def _shared_prefix(rows: Sequence[Tensor]) -> int:

@@ -325,14 +325,15 @@ def _reliance_sets(
     from vitp_geo.instruct.recipe import load_recipe
 
     recipe = reliance_recipe(cfg, output)
+    k = cfg.reliance_shuffles
     if recipe is None:
-        return train_data, hold_out(train_data, cfg.reliance_records, seed=cfg.seed), None
+        return train_data, hold_out(train_data, cfg.reliance_records, seed=cfg.seed, shuffles=k), None
     world = train_data.read_alike(load_recipe(recipe))
     origin = "unseen-world" if cfg.reliance_data is None else "reliance-data"
     return (
         world,
-        unseen_set(world, cfg.reliance_records, seed=cfg.seed, origin=origin),
-        unseen_set(world, 0, seed=cfg.seed, origin=origin),
+        unseen_set(world, cfg.reliance_records, seed=cfg.seed, origin=origin, shuffles=k),
+        unseen_set(world, 0, seed=cfg.seed, origin=origin, shuffles=k),
     )
 
 
