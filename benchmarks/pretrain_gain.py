@@ -36,12 +36,12 @@ Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run
 The pass rule is fixed before anything runs (``PASS_RULE``) and computed from the paired
 differences (same seed, same label draw) by :func:`pass_rule`.
 
-    python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, ~46 min
+    python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, ~50 min
     python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
 
-Time on a 2-core CPU (AVX512-BF16), alone: the full protocol 2,781 s (46 min; 8 pretraining
-runs of the default's 1,000 steps x 32 in bf16 at 255-323 s each, the unseen world's last check
-included, 2 supervised runs at 155 s in fp32, fine-tunes 72 s, probes 7 s). Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
+Time on a 2-core CPU (AVX512-BF16), alone: the full protocol 2,977 s (50 min; 8 pretraining
+runs of the default's 1,000 steps x 32 in bf16 at 272-363 s each, the unseen world's last check
+included, 2 supervised runs at 162-174 s in fp32, fine-tunes 73 s, probes 7 s, the rule's power 9 s). Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
 ramp scale with it). Results: docs/pretraining-evidence.md.
 
 Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes
@@ -137,7 +137,7 @@ class Settings:
 
     seeds: tuple[int, ...] = (0, 1)
     draws: int = 3
-    # every arm at the PretrainConfig default's steps (8 runs of the default: about 47 min on 2 cores)
+    # every arm at the PretrainConfig default's steps (8 runs of the default: about 50 min on 2 cores)
     steps: int = field(default_factory=_default_steps)
     pool_scenes: int = 8  # labelled pool (4 tiles a scene): the draws pick from these 32 tiles
     val_scenes: int = 4  # fine-tune lr selection: 16 tiles
