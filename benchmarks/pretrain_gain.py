@@ -258,17 +258,19 @@ class Power:
         return "\n".join(out + [f"  - {line}" for line in self.lines])
 
 
+def beats_every_rival(probe: dict[str, dict[int, list[float]]], cand: str, k: int) -> tuple[bool, list[str]]:
+    """Does ``cand`` beat all of :data:`RIVALS` at ``k`` tiles by the rule, and the lines saying so."""
+    results = [compare(probe, cand, rival, k) for rival in RIVALS]
+    return all(won for won, _ in results), [line for _, line in results]
+
+
 def rule_power(probe: dict[str, dict[int, list[float]]]) -> Power:
     """The pass rule's comparisons with :data:`ORACLE` as the candidate (same seed x draw pairs)."""
     attainable: dict[int, bool] = {}
     lines: list[str] = []
     for k in RULE_SHOTS:
-        ok = True
-        for rival in RIVALS:
-            won, line = compare(probe, ORACLE, rival, k)
-            ok &= won
-            lines.append(line)
-        attainable[k] = ok
+        attainable[k], k_lines = beats_every_rival(probe, ORACLE, k)
+        lines += k_lines
     return Power(attainable, lines)
 
 
@@ -703,7 +705,7 @@ def power_over_label_sets(
                     probe[arm][k].extend(scores["t"][k])
         for k in RULE_SHOTS:
             for arm in arms:
-                wins[k][arm] += all(compare(probe, arm, rival, k)[0] for rival in RIVALS)
+                wins[k][arm] += beats_every_rival(probe, arm, k)[0]
     return {k: {a: n / sets for a, n in by_arm.items()} for k, by_arm in wins.items()}
 
 
@@ -882,7 +884,7 @@ class Results:
     notes: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("verdict", "power")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("verdict", "power", "power_sets")}
         d["verdict"] = {
             "passed": self.verdict.passed,
             "per_arm": self.verdict.per_arm,
@@ -893,7 +895,6 @@ class Results:
             "lines": self.power.lines,
             "share_of_label_sets": {str(k): v for k, v in self.power_sets.items()},
         }
-        d.pop("power_sets", None)
         d["pass_rule"] = PASS_RULE
         return d
 
