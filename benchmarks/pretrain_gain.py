@@ -78,7 +78,15 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------------
 # The protocol, fixed in advance
 
-ARMS: tuple[str, ...] = ("random", "vitp_r0", "vitp_r075_p1", "vitp_r075_p025", "shuffled", "supervised")
+ARMS: tuple[str, ...] = (
+    "random",
+    "base",
+    "vitp_r0",
+    "vitp_r075_p1",
+    "vitp_r075_p025",
+    "shuffled",
+    "supervised",
+)
 RAW = "raw"  # the raw-pixel reference row (no backbone)
 # The power reference: each patch's true class (one-hot) as its feature, the most a linear probe
 # can be given. When it does not beat a rival by the rule at a tile count, no backbone can be
@@ -87,6 +95,7 @@ ORACLE = "oracle"
 REFERENCES: tuple[str, ...] = (RAW, ORACLE)
 LABELS: dict[str, str] = {
     "random": "random init",
+    "base": "synthetic base (where ViTP starts)",
     "vitp_r0": "ViTP r=0",
     "vitp_r075_p1": "ViTP r=0.75 p=1",
     "vitp_r075_p025": "ViTP r=0.75 p=0.25",
@@ -103,11 +112,15 @@ VITP_ARMS: dict[str, dict[str, Any]] = {
     "shuffled": {},  # the default VRL settings, on the deranged corpus
 }
 CANDIDATES: tuple[str, ...] = ("vitp_r075_p1", "vitp_r075_p025")  # the ViTP r = 0.75 arms under test
-RIVALS: tuple[str, ...] = ("random", "shuffled", "supervised")  # what they must beat
+# What they must beat: the ViT they start from (the default starts from the synthetic base of
+# vitp_geo.pretrain.base, so the base takes random init's place, as the paper compares against the
+# ViT it starts from), the shuffled-image control and the supervised baseline (from the same base).
+RIVALS: tuple[str, ...] = ("base", "shuffled", "supervised")
 RULE_SHOTS: tuple[int, ...] = (1, 4)  # "at <= 4 labelled tiles"
 RULE_SIGMAS = 2.0
 PASS_RULE = (
-    "PASS if ViTP r=0.75 beats random init, the shuffled control and the supervised baseline by more "
+    "PASS if ViTP r=0.75 beats the ViT it starts from (the synthetic base), the shuffled control and the "
+    "supervised baseline by more "
     "than 2 std (std of the paired differences) at <= 4 tiles. Checked on the frozen-probe mIoU at 1 "
     "and at 4 labelled tiles, for the p=1 and the p=0.25 arm separately: an arm passes when, at both "
     "tile counts and against all three rivals, mean(paired difference) > 2 x std(paired differences) "
@@ -122,7 +135,7 @@ ROBUST_SHOTS = 16
 CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "haze", "occlusion")
 PRESENT_SHARE = 0.01  # a class is "present" in a tile (supervised target) from 1 % of its pixels
 EVAL_SEED_BASE = 7_000_000  # evaluation scenes: EVAL_SEED_BASE + k (pretraining uses seed*1000 + i)
-PROTOCOL_VERSION = 2  # bump when a change invalidates reused runs in --work
+PROTOCOL_VERSION = 3  # bump when a change invalidates reused runs in --work (3: the synthetic base)
 
 
 def _default_steps() -> int:
@@ -602,11 +615,28 @@ def corrupt(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
 
 
 def fresh_vit(cfg: Any, seed: int) -> VisionTransformer:
-    """The ViT every ViTP run of ``seed`` starts from (``build_tiny_vlm`` seeds, then builds it)."""
+    """The random-init ViT of a ViTP run of ``seed`` (``build_tiny_vlm`` seeds, then builds it)."""
     from vitp_geo.models.vit import build_vision_tower
 
     torch.manual_seed(seed)
     return build_vision_tower(cfg.vision_arch, drop_path_rate=cfg.drop_path)
+
+
+def base_weights(cfg: Any) -> Path:
+    """The synthetic base the default's runs start from (built once, cached: ``vitp_geo.pretrain.base``)."""
+    from vitp_geo.pretrain.run import vision_start
+
+    start = vision_start(replace(cfg, data=None, domain="rs", vision_init="synthetic"))
+    assert start is not None
+    return start[0]
+
+
+def start_vit(cfg: Any, seed: int) -> VisionTransformer:
+    """The ViT a run of ``cfg`` starts from: random init of ``seed``, with the base's weights when it has one."""
+    vit = fresh_vit(cfg, seed)
+    if cfg.vision_start == "synthetic":
+        vit.load_state_dict(load(base_weights(cfg)).state_dict())
+    return vit
 
 
 def load(path: Path) -> VisionTransformer:
@@ -626,7 +656,7 @@ def train_supervised(
 ) -> VisionTransformer:
     """Multi-label classification of the classes present: ViT mean-pooled patch tokens + linear.
 
-    Same init, optimiser (AdamW, decay groups), lr, warm-up + cosine schedule, clipping, batch
+    Same start (the synthetic base when ``cfg`` has one), optimiser (AdamW, decay groups), lr, warm-up + cosine schedule, clipping, batch
     and optimizer steps as a pretraining run of ``cfg`` (``tasks.patch_head.train_vit_head``).
     """
     from vitp_geo.synthetic.scene import CLASS_NAMES
@@ -635,7 +665,7 @@ def train_supervised(
     n_classes = len(CLASS_NAMES)
     shares = np.stack([(masks == c).mean(axis=(1, 2)) for c in range(n_classes)], axis=1)
     targets = torch.from_numpy((shares >= PRESENT_SHARE).astype(np.float32))
-    vit = fresh_vit(cfg, seed)
+    vit = start_vit(cfg, seed)
     head = nn.Linear(int(vit.embed_dim), n_classes)
     batch = cfg.batch_size * cfg.accumulate
     rng = np.random.default_rng(seed)
@@ -774,6 +804,7 @@ def arm_config(
 
     base = PretrainConfig()
     extra: dict[str, Any] = dict(VITP_ARMS[arm])
+    extra["vision_init"] = base.vision_start  # the shuffled control (its own --data) starts there too
     for name in ("align_steps", "align_ramp_steps"):  # the phase and its ramp keep their share
         if getattr(base, name):
             extra[name] = int(round(getattr(base, name) * s.steps / base.max_steps))
@@ -937,6 +968,13 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
         + (" (reference mode)" if base.vrl_reference else "")
         + f"; precision {resolve_precision(base)} (--precision {base.precision}; the multi-label arm, "
         "probes and fine-tunes run in fp32)"
+        + (
+            f"; every pretrained arm and the supervised arm start from the synthetic base ({base.base_scenes} "
+            f"scenes, {base.base_steps} steps; vitp_geo.pretrain.base), the ViTP arms with the ViT fixed "
+            f"for the first {example.frozen_vision_steps} steps"
+            if base.vision_start == "synthetic"
+            else ""
+        )
     )
     log(notes[-1])
 
@@ -977,6 +1015,8 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
             out = sdir / "random"
             out.mkdir(parents=True, exist_ok=True)
             backbones["random", seed], _ = export_backbone(fresh_vit(base, seed), out)
+        with phase("the synthetic base (built once per machine)"):
+            backbones["base", seed] = base_weights(base)
         for arm in VITP_ARMS:
             shuffled = arm == "shuffled"
             cfg = arm_config(arm, seed, s, sdir / arm, shuffled_recipe if shuffled else None, unseen)

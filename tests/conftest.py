@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +18,11 @@ SHARED_DATA = Path(os.environ.get("VITP_GEO_SHARED_DATA", ROOT.parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The synthetic base ViT of the rs default (vitp_geo.pretrain.base) is built once per test session
+# in a folder of its own, never in the user's cache.
+_BASE_CACHE = tempfile.mkdtemp(prefix="vitp-geo-test-cache-")
+atexit.register(shutil.rmtree, _BASE_CACHE, ignore_errors=True)
+os.environ["VITP_GEO_CACHE"] = _BASE_CACHE
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from load_script import load_script
 
+from vitp_geo.pretrain.config import PretrainConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "pretrain_gain.py"
 
@@ -83,7 +85,7 @@ def test_pass_rule_pairs_by_seed_and_draw():
     probe = _probe({"vitp_r075_p1": {1: cand, 4: cand}, **{r: {1: rival, 4: rival} for r in pg.RIVALS}})
     assert pg.pass_rule(probe).per_arm["vitp_r075_p1"]
     # shifting the rival's pairs breaks the pairing and the rule fails
-    probe["random"] = {k: rival[1:] + rival[:1] for k in pg.SHOTS}
+    probe["base"] = {k: rival[1:] + rival[:1] for k in pg.SHOTS}
     assert not pg.pass_rule(probe).per_arm["vitp_r075_p1"]
 
 
@@ -435,6 +437,11 @@ def test_quick_protocol_runs_every_arm(tmp_path):
     for arm, settings in pg.VITP_ARMS.items():
         meta = json.loads((seed_dir / arm / "backbone.json").read_text())["pretraining"]
         assert all(meta[k] == v for k, v in settings.items()), arm
-    note = next(n for n in results["notes"] if "supervised arm" in n)
+    # every pretrained arm, the shuffled control too, starts from the synthetic base, as the base arm is
+    assert (
+        shuffled_cfg["vision_init"].startswith("synthetic base ") and shuffled_cfg["vision_frozen_steps"] == 6
+    )
+    assert shuffled_cfg["vision_init"].split()[2] == str(pg.base_weights(PretrainConfig()))
+    note = next(n for n in results["notes"] if n.startswith("seed 0: supervised arm"))
     n_tiles = int(note.split(" scene tiles")[0].split()[-1])
     assert f"{n_tiles}/{n_tiles} identical" in note

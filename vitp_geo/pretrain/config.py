@@ -93,6 +93,20 @@ class PretrainConfig:
     vrl_prob: float = 0.25
     vrl_reference: bool = False  # reproduce the reference code (fires with probability 1 - r)
 
+    # Where the tiny model's ViT starts. auto: the synthetic base (vitp_geo.pretrain.base: a ViT trained
+    # on per-patch classes and building counts of a general synthetic world, never on the corpus's
+    # labels; built once per machine, about 2 min, then cached) for the embedded rs corpus, random
+    # init otherwise. synthetic | random | a backbone.safetensors path force one. From random init
+    # the default read presence in one seed of three; from the base, in every seed
+    # (docs/pretraining-evidence.md §2). --model-path runs start from InternViT's own weights.
+    vision_init: str = "auto"
+    base_scenes: int = 480  # scenes of the synthetic base's world (240 gave a base no better than random)
+    base_steps: int = 800  # its training steps of 32 tiles
+    # Steps the ViT stays fixed at the start while the LLM learns to read it. None: the alignment
+    # phase (align_steps) when the ViT starts from a base, 0 from random init. A base whose ViT
+    # trained from step 0 lost what made it worth reading before the LLM read it.
+    vision_frozen_steps: int | None = None
+
     # What trains.
     freeze_vision: bool = False
     freeze_projector: bool = False
@@ -187,12 +201,53 @@ class PretrainConfig:
             raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.reliance_data is not None and not Path(self.reliance_data).is_file():
             raise ValueError(f"reliance-data: recipe not found: {self.reliance_data}")
+        if self.vision_init not in VISION_INITS and not Path(self.vision_init).is_file():
+            raise ValueError(
+                f"vision-init must be {', '.join(VISION_INITS)} or a backbone .safetensors file; "
+                f"{self.vision_init!r} is neither"
+            )
+        if self.model_path is not None and self.vision_init != "auto":
+            raise ValueError(
+                f"vision-init {self.vision_init} applies to the tiny model only; --model-path starts from "
+                "the ViT weights in that directory"
+            )
+        for name in ("base_scenes", "base_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.vision_frozen_steps is not None and self.vision_frozen_steps < 0:
+            raise ValueError(f"vision-frozen-steps must be >= 0, got {self.vision_frozen_steps}")
+        if self.vision_frozen_steps and self.strategy.lower().startswith(("fsdp", "deepspeed")):
+            raise ValueError(
+                f"vision-frozen-steps {self.vision_frozen_steps} needs --strategy auto or ddp: {self.strategy} "
+                "shards the parameters it is given and cannot start training the ViT mid-run"
+            )
         return self
+
+    @property
+    def vision_start(self) -> str:
+        """Where the ViT starts: ``internvl`` (--model-path), ``synthetic``, ``random`` or a file path."""
+        if self.model_path is not None:
+            return "internvl"
+        if self.vision_init == "auto":
+            return "synthetic" if self.data is None and self.domain == "rs" else "random"
+        return self.vision_init
+
+    @property
+    def frozen_vision_steps(self) -> int:
+        """Steps the ViT stays fixed at the start (``vision_frozen_steps``, resolved)."""
+        if self.vision_frozen_steps is not None:
+            return self.vision_frozen_steps
+        if self.strategy.lower().startswith(("fsdp", "deepspeed")):
+            return 0  # they shard the parameters they were given: no switching them on mid-run
+        return self.align_steps if self.vision_start not in ("random", "internvl") else 0
 
     @property
     def embedded(self) -> bool:
         """True when neither real weights nor real data were given: the tiny built-in run."""
         return self.model_path is None and self.data is None
+
+
+VISION_INITS: tuple[str, ...] = ("auto", "synthetic", "random")
 
 
 def read_yaml_config(path: str | Path) -> dict[str, Any]:

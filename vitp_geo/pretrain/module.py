@@ -49,6 +49,8 @@ class ViTPPretrainModule(L.LightningModule):
         warmup_ratio: share of ``max_steps`` for linear warm-up.
         max_steps: total optimizer steps (sets the cosine schedule).
         freeze_vision, freeze_projector, freeze_llm: keep these parts fixed.
+        vision_frozen_steps: keep the ViT fixed for the first N optimizer steps (it stays in the
+            optimizer; it gets no gradient, so no backward pass through it, until step N).
         max_nonfinite: consecutive non-finite losses tolerated before stopping.
         seed: every batch reseeds the RNGs from ``(seed, epoch, batch index, rank)``, so VRL drops and
             drop-path are reproducible and a resumed run continues exactly as an uninterrupted one.
@@ -65,6 +67,7 @@ class ViTPPretrainModule(L.LightningModule):
         freeze_vision: bool = False,
         freeze_projector: bool = False,
         freeze_llm: bool = False,
+        vision_frozen_steps: int = 0,
         max_nonfinite: int = 10,
         seed: int = 0,
     ) -> None:
@@ -87,6 +90,8 @@ class ViTPPretrainModule(L.LightningModule):
                 p.requires_grad_(not frozen)
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("every part is frozen: nothing would train")
+        self.freeze_vision = freeze_vision
+        self.vision_frozen_steps = vision_frozen_steps
         self.nonfinite_steps = 0
         self._nonfinite_run = 0
         # Sums over the micro-batches of the current optimizer step (read and reset by MetricsCSV).
@@ -98,6 +103,11 @@ class ViTPPretrainModule(L.LightningModule):
         ) % (2**62)
         torch.manual_seed(step_seed)
         self.model.vrl_generator = torch.Generator().manual_seed(step_seed + 1)  # type: ignore[assignment]
+        if self.vision_frozen_steps and not self.freeze_vision:
+            # Set every step (not once at the switch), so that a run resumed in either part agrees.
+            trains = self.global_step >= self.vision_frozen_steps
+            for p in self.model.vision_model.parameters():
+                p.requires_grad_(trains)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model(

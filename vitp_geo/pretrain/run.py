@@ -63,6 +63,7 @@ class PretrainSummary:
     reliance: RelianceResult | None = None
     peak_rss_mb: float | None = None  # this process's peak resident memory (Linux/macOS), None elsewhere
     precision: str | None = None  # the trainer's precision (what --precision auto chose)
+    vision_init: str | None = None  # where the ViT started (the synthetic base's file and settings)
 
     @property
     def reliance_near_zero(self) -> bool:
@@ -79,6 +80,8 @@ class PretrainSummary:
             f"  images/s       {self.images_per_s:.1f} (image tiles through the ViT, per device)",
             f"  time           {self.seconds:.0f} s",
         ]
+        if self.vision_init is not None:
+            lines.append(f"  ViT start      {self.vision_init}")
         if self.precision is not None:
             lines.append(f"  precision      {self.precision}")
         if self.peak_rss_mb is not None:
@@ -260,6 +263,9 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
             drop_path_rate=cfg.drop_path,
             seed=cfg.seed,
         )
+        start = vision_start(cfg)
+        if start is not None:
+            load_start_weights(model, start[0])
     model.vrl_ratio = cfg.vrl_ratio
     model.vrl_prob = cfg.vrl_prob
     model.vrl_reference_mode = cfg.vrl_reference
@@ -267,6 +273,49 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, tokenizer, recipe
+
+
+def vision_start(cfg: PretrainConfig, log: Callable[[str], None] | None = None) -> tuple[Path, str] | None:
+    """The weights the tiny model's ViT starts from and how the summary names them; None: random init.
+
+    ``synthetic``: the cached base of :mod:`vitp_geo.pretrain.base` for ``cfg.vision_arch``,
+    ``base_scenes`` and ``base_steps``, trained first when this machine has none (under torchrun
+    by rank 0 only). A file path: that backbone.
+    """
+    from vitp_geo.pretrain.base import BaseSpec, base_cache_dir, synthetic_base
+
+    start = cfg.vision_start
+    if start in ("random", "internvl"):
+        return None
+    if start != "synthetic":
+        return Path(start), f"{start} (--vision-init)"
+    spec = BaseSpec(arch=cfg.vision_arch, scenes=cfg.base_scenes, steps=cfg.base_steps)
+    folder = base_cache_dir() / f"synthetic-{spec.key()}"
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    _made_by_rank_zero(folder, lambda: synthetic_base(spec, log=say))
+    weights, meta, _ = synthetic_base(spec, log=say)  # made: reads the cache
+    took = f"; built in {meta['world_s'] + meta['train_s']:.0f} s" if "train_s" in meta else ""
+    return weights, (
+        f"synthetic base {weights} ({spec.scenes} scenes of a general synthetic world, {spec.steps} steps of "
+        f"per-patch classes and building counts; no corpus labels{took})"
+    )
+
+
+def load_start_weights(model: ViTPModel, path: Path) -> None:
+    """Load a backbone file into ``model.vision_model``: every key, every shape, or an error naming the file."""
+    from vitp_geo.models.vit import load_backbone
+
+    vit = load_backbone(path)
+    want = model.vision_model.state_dict()
+    got = vit.state_dict()
+    if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+        missing = sorted(set(want) - set(got))[:3]
+        odd = sorted(k for k in set(want) & set(got) if got[k].shape != want[k].shape)[:3]
+        raise ValueError(
+            f"{path}: not a backbone of this run's ViT ({type(model.vision_model).__name__}); "
+            f"missing {missing}, other shapes {odd}"
+        )
+    model.vision_model.load_state_dict(got)
 
 
 # The unseen world of an embedded corpus: its builder's size arguments, and the offset added to the
@@ -446,6 +495,14 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     model, tokenizer, recipe = build_parts(cfg, output)
+    vit_start = vision_start(cfg) if cfg.model_path is None else None  # cached by now: names it
+    vision_init = (
+        vit_start[1]
+        if vit_start is not None
+        else ("InternViT weights of --model-path" if cfg.model_path else "random init")
+    )
+    if cfg.frozen_vision_steps:
+        vision_init += f"; fixed for the first {min(cfg.frozen_vision_steps, cfg.max_steps)} steps"
     image_size = int(model.vision_model.patch_embed.img_size[0])  # type: ignore[index]
     datamodule = InstructionDataModule(
         recipe,
@@ -489,6 +546,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         freeze_vision=cfg.freeze_vision,
         freeze_projector=cfg.freeze_projector,
         freeze_llm=cfg.freeze_llm,
+        vision_frozen_steps=cfg.frozen_vision_steps,
         max_nonfinite=cfg.max_nonfinite,
         seed=cfg.seed,
     )
@@ -502,7 +560,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         gradient_clip_val=cfg.grad_clip,
         devices=cfg.devices,
         accelerator=cfg.accelerator,
-        strategy=cfg.strategy,
+        strategy=_strategy(cfg),
         precision=precision,  # type: ignore[arg-type]
         plugins=[AtomicCheckpointIO()],  # no cut-off last.ckpt on a full disk
         callbacks=[
@@ -536,7 +594,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     assert vision_weights is not None  # rank 0 holds the gathered weights
     check_finite_weights(vision_weights, f"{output / 'checkpoints' / 'last.ckpt'} (the trained ViT)")
     backbone, backbone_json = export_backbone(model.vision_model, output, state=vision_weights)
-    _annotate_backbone_json(backbone_json, cfg, final, precision)
+    _annotate_backbone_json(backbone_json, cfg, final, precision, vision_init)
     rows = read_metrics(metrics.path)
     if rows:
         plot_loss(metrics.path, output / "loss.png")
@@ -555,7 +613,15 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         reliance=final,
         peak_rss_mb=peak_rss_mb(),
         precision=precision,
+        vision_init=vision_init,
     )
+
+
+def _strategy(cfg: PretrainConfig) -> str:
+    """DDP is told that the ViT has no gradients while it is fixed (``vision_frozen_steps``)."""
+    if cfg.strategy.lower() == "ddp" and cfg.frozen_vision_steps:
+        return "ddp_find_unused_parameters_true"
+    return cfg.strategy
 
 
 def peak_rss_mb() -> float | None:
@@ -569,7 +635,7 @@ def peak_rss_mb() -> float | None:
 
 
 def _annotate_backbone_json(
-    path: Path, cfg: PretrainConfig, reliance: RelianceResult | None, precision: str
+    path: Path, cfg: PretrainConfig, reliance: RelianceResult | None, precision: str, vision_init: str
 ) -> None:
     """Record how the backbone was made, next to what timm needs to rebuild it."""
     data = json.loads(path.read_text())
@@ -590,6 +656,8 @@ def _annotate_backbone_json(
         )
     }
     data["pretraining"]["precision"] = precision
+    data["pretraining"]["vision_init"] = vision_init  # the base it started from, named
+    data["pretraining"]["vision_frozen_steps"] = cfg.frozen_vision_steps
     if cfg.data is None and cfg.domain == "rs":  # the embedded world's size (--world-scenes)
         data["pretraining"]["world_scenes"] = _world_settings(cfg)["world_scenes"]
     # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
