@@ -4,7 +4,11 @@ Arms (one backbone each per pretraining seed; every pretrained arm gets the same
 batch size and learning-rate schedule — the ``PretrainConfig`` defaults — only the arm's own
 settings, the step count and the seed differ):
 
-  1. ``random``      random init: the tiny ViT exactly as every ViTP run starts (seeded build).
+  1. ``random``      random init: the tiny ViT of the seeded build (a reference row).
+  1b. ``base``       the synthetic base every pretrained arm and the supervised arm start from
+     (``vitp_geo.pretrain.base``: a general synthetic world's per-patch classes and building counts,
+     never the corpus's labels): the ViT ViTP must improve on, as the paper compares against the ViT
+     it starts from. The ViTP arms keep it fixed for the alignment phase, as the default does.
   2. ``vitp_r0``     ViTP on the embedded default corpus, VRL off (r = 0).
   3. ``vitp_r075_p1``   ViTP, VRL r = 0.75 on every sample (p = 1, the paper text).
   4. ``vitp_r075_p025`` ViTP, VRL r = 0.75 on a quarter of the samples (p = 0.25, the reference
@@ -16,7 +20,8 @@ settings, the step count and the seed differ):
      "instructions about this image" from optimiser drift.
   6. ``supervised``  a non-instruction baseline on the same images: multi-label classification of
      the classes present in each scene tile of the corpus (BCE, mean-pooled ViT patch tokens +
-     linear head), same steps, batch, lr, weight decay, warm-up + cosine schedule and clipping.
+     linear head), from the same base, same steps, batch, lr, weight decay, warm-up + cosine schedule
+     and clipping.
 
 Read-out, on tiles of generated evaluation scenes whose seeds no pretraining run used:
 
