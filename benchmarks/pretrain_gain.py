@@ -44,9 +44,11 @@ differences (same seed, same label draw) by :func:`pass_rule`.
     python benchmarks/pretrain_gain.py --work runs/pretrain-gain --out gain.md   # full, ~50 min
     python benchmarks/pretrain_gain.py --quick --work /tmp/gain-quick           # CI smoke, ~1-2 min
 
-Time on a 2-core CPU (AVX512-BF16), alone: the full protocol 2,977 s (50 min; 8 pretraining
-runs of the default's 1,000 steps x 32 in bf16 at 272-363 s each, the unseen world's last check
-included, 2 supervised runs at 162-174 s in fp32, fine-tunes 73 s, probes 7 s, the rule's power 9 s). Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
+Time on a 2-core CPU (AVX512-BF16), alone: the full protocol 3,057 s (51 min, on a machine about
+1.4x slower than the one of the earlier figures; 8 pretraining runs of the default's 1,000 steps x 32
+in bf16 at 263-360 s each, the unseen world's last check included, 2 supervised runs at 176 s in fp32,
+fine-tunes 111 s, probes 9 s, the rule's power 12 s), plus about 2 min on a machine's first run to
+build the synthetic base. Lower ``--steps`` if it must fit a slower machine (the alignment phase and its
 ramp scale with it). Results: docs/pretraining-evidence.md.
 
 Finished runs in ``--work`` are reused when their settings and corpus match (``--fresh`` redoes
