@@ -142,7 +142,7 @@ ROBUST_SHOTS = 16
 CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "haze", "occlusion")
 PRESENT_SHARE = 0.01  # a class is "present" in a tile (supervised target) from 1 % of its pixels
 EVAL_SEED_BASE = 7_000_000  # evaluation scenes: EVAL_SEED_BASE + k (pretraining uses seed*1000 + i)
-PROTOCOL_VERSION = 3  # bump when a change invalidates reused runs in --work (3: the synthetic base)
+PROTOCOL_VERSION = 4  # bump when a change invalidates reused runs in --work (3: the synthetic base; 4: its lr share)
 
 
 def _default_steps() -> int:

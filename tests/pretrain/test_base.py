@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from vitp_geo.cli.main import main
 from vitp_geo.pretrain.base import BASE_SEED_OFFSET, BaseSpec, base_world, dense_targets, synthetic_base
@@ -99,29 +100,41 @@ QUICK = [
 ]
 
 
-def _vit(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path)
-
-
 def test_a_run_starts_from_the_base_and_keeps_the_vit_fixed_while_told(tmp_path: Path, capsys) -> None:
     fixed = tmp_path / "fixed"
     assert main(["pretrain", "--output", str(fixed), "--vision-frozen-steps", "3", *QUICK]) == 0
     out = capsys.readouterr().out
     base = next(Path(p) for p in out.split() if p.endswith("backbone.safetensors") and "synthetic-" in p)
     assert "ViT start      synthetic base" in out and "fixed for the first 3 steps" in out
+    assert "trained at 0.1x the lr, warmed up over 100 steps" in out
     meta = json.loads((fixed / "backbone.json").read_text())["pretraining"]
     assert meta["vision_init"].startswith(f"synthetic base {base}") and meta["vision_frozen_steps"] == 3
-    start, after = _vit(base), _vit(fixed / "backbone.safetensors")
+    assert meta["vision_lr_scale"] == 0.1 and meta["vision_warmup_steps"] == 100
+    start, after = load_file(base), load_file(fixed / "backbone.safetensors")
     assert all(torch.equal(start[k], after[k]) for k in start)  # fixed for all 3 steps: the base itself
     trained = tmp_path / "trained"
-    assert main(["pretrain", "--output", str(trained), "--vision-frozen-steps", "1", *QUICK]) == 0
-    moved = _vit(trained / "backbone.safetensors")
+    assert (
+        main(
+            [
+                "pretrain",
+                "--output",
+                str(trained),
+                "--vision-frozen-steps",
+                "1",
+                "--vision-warmup-steps",
+                "0",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    moved = load_file(trained / "backbone.safetensors")
     assert any(not torch.equal(start[k], moved[k]) for k in start)  # trained from step 1 on
     # a run from random init does not start from the base
     rand = tmp_path / "random"
     assert main(["pretrain", "--output", str(rand), "--vision-init", "random", *QUICK]) == 0
     assert "ViT start      random init" in capsys.readouterr().out
-    assert any(not torch.equal(start[k], v) for k, v in _vit(rand / "backbone.safetensors").items())
+    assert any(not torch.equal(start[k], v) for k, v in load_file(rand / "backbone.safetensors").items())
 
 
 def test_a_backbone_file_as_start_and_a_wrong_one(tmp_path: Path, capsys) -> None:
@@ -138,7 +151,7 @@ def test_a_backbone_file_as_start_and_a_wrong_one(tmp_path: Path, capsys) -> Non
         *QUICK,
     ]
     assert main(args) == 0
-    start, after = _vit(weights), _vit(run / "backbone.safetensors")
+    start, after = load_file(weights), load_file(run / "backbone.safetensors")
     assert all(torch.equal(start[k], after[k]) for k in start)
     wrong = tmp_path / "wrong.safetensors"
     from safetensors.torch import save_file
@@ -146,3 +159,58 @@ def test_a_backbone_file_as_start_and_a_wrong_one(tmp_path: Path, capsys) -> Non
     save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 14, 14)}, str(wrong))
     assert main(["pretrain", "--output", str(tmp_path / "w"), "--vision-init", str(wrong), *QUICK]) == 2
     assert str(wrong) in capsys.readouterr().err
+
+
+def test_vision_lr_settings() -> None:
+    cfg = PretrainConfig()  # from the base, fixed for the alignment phase
+    assert cfg.vision_lr_share == 0.1 and cfg.vision_warmup == 100
+    assert PretrainConfig(vision_init="random").vision_lr_share == 1.0
+    assert PretrainConfig(vision_init="random").vision_warmup == 0  # never fixed: nothing to warm up after
+    assert PretrainConfig(model_path="/m").vision_lr_share == 1.0
+    assert PretrainConfig(vision_lr_scale=0.5, vision_warmup_steps=7).vision_lr_share == 0.5
+    assert PretrainConfig(vision_frozen_steps=0).vision_warmup == 0
+    with pytest.raises(ValueError, match="vision-lr-scale must be > 0, got 0"):
+        PretrainConfig(vision_lr_scale=0).validate()
+    with pytest.raises(ValueError, match="vision-warmup-steps must be >= 0, got -1"):
+        PretrainConfig(vision_warmup_steps=-1).validate()
+
+
+class _Parts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vision_model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.mlp1 = nn.Linear(4, 4)
+        self.language_model = nn.Linear(4, 4)
+
+
+def test_the_vits_lr_is_scaled_and_rises_from_zero_after_its_fixed_steps() -> None:
+    from vitp_geo.pretrain.module import ViTPPretrainModule
+    from vitp_geo.tasks.optim import lr_factor
+
+    model = _Parts()
+    module = ViTPPretrainModule(
+        model,
+        lr=1e-3,
+        weight_decay=0.01,
+        warmup_ratio=0.1,
+        max_steps=100,
+        vision_frozen_steps=10,
+        vision_lr_scale=0.1,
+        vision_warmup_steps=20,
+    )
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    vision = {id(p) for p in model.vision_model.parameters()}
+    groups = opt.param_groups
+    assert {id(p) for g in groups if g["vision"] for p in g["params"]} == vision
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for step in range(60):
+        full = 1e-3 * lr_factor(step, 100, 10, "cosine")
+        rise = min(1.0, max(0, step - 10) / 20)
+        for g in groups:
+            want = full * 0.1 * rise if g["vision"] else full
+            assert g["lr"] == pytest.approx(want, abs=1e-12), (step, g["vision"])
+        opt.step()
+        sched.step()
+    with pytest.raises(ValueError, match="vision_lr_scale must be > 0"):
+        ViTPPretrainModule(model, lr=1e-3, weight_decay=0, warmup_ratio=0, max_steps=1, vision_lr_scale=0)

@@ -45,6 +45,8 @@ _HELP: dict[str, str] = {
     "base_scenes": "scenes of the synthetic base's world",
     "base_steps": "training steps (32 tiles each) of the synthetic base",
     "vision_frozen_steps": "keep the ViT fixed for the first N steps while the LLM learns to read it (default: the alignment phase when the ViT starts from a base, 0 from random init)",
+    "vision_lr_scale": "the ViT's learning rate as a share of --lr (default: 0.1 when it starts from a base, 1 from random init or --model-path)",
+    "vision_warmup_steps": "after the fixed steps, the ViT's lr rises from 0 over N steps (default: 100 when it was fixed, else 0)",
     "freeze_vision": "keep the ViT fixed",
     "freeze_projector": "keep the projector fixed",
     "freeze_llm": "keep the LLM fixed",

@@ -51,6 +51,10 @@ class ViTPPretrainModule(L.LightningModule):
         freeze_vision, freeze_projector, freeze_llm: keep these parts fixed.
         vision_frozen_steps: keep the ViT fixed for the first N optimizer steps (it stays in the
             optimizer; it gets no gradient, so no backward pass through it, until step N).
+        vision_lr_scale: the ViT's learning rate as a share of ``lr`` (the schedule's shape is shared).
+        vision_warmup_steps: after ``vision_frozen_steps``, the ViT's learning rate rises linearly
+            from 0 over this many steps. Adam's first steps on fresh moments move every weight by
+            about the learning rate whatever its gradient, which would shake a base ViT at once.
         max_nonfinite: consecutive non-finite losses tolerated before stopping.
         seed: every batch reseeds the RNGs from ``(seed, epoch, batch index, rank)``, so VRL drops and
             drop-path are reproducible and a resumed run continues exactly as an uninterrupted one.
@@ -68,6 +72,8 @@ class ViTPPretrainModule(L.LightningModule):
         freeze_projector: bool = False,
         freeze_llm: bool = False,
         vision_frozen_steps: int = 0,
+        vision_lr_scale: float = 1.0,
+        vision_warmup_steps: int = 0,
         max_nonfinite: int = 10,
         seed: int = 0,
     ) -> None:
@@ -92,6 +98,11 @@ class ViTPPretrainModule(L.LightningModule):
             raise ValueError("every part is frozen: nothing would train")
         self.freeze_vision = freeze_vision
         self.vision_frozen_steps = vision_frozen_steps
+        if vision_lr_scale <= 0:
+            raise ValueError(f"vision_lr_scale must be > 0, got {vision_lr_scale}")
+        if vision_warmup_steps < 0:
+            raise ValueError(f"vision_warmup_steps must be >= 0, got {vision_warmup_steps}")
+        self.vision_lr_scale, self.vision_warmup_steps = vision_lr_scale, vision_warmup_steps
         self.nonfinite_steps = 0
         self._nonfinite_run = 0
         # Sums over the micro-batches of the current optimizer step (read and reset by MetricsCSV).
@@ -142,10 +153,27 @@ class ViTPPretrainModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         # Biases, norms, layer-scale gammas, tokens and position embeddings are not decayed; warm-up
         # then cosine to 0: the fine-tuning tasks' rules (tasks.optim), without layer decay.
-        opt = torch.optim.AdamW(decay_groups(self.model, self.weight_decay), lr=self.lr, betas=(0.9, 0.999))
+        # The ViT's groups first (when it trains): they take vision_lr_scale and its own warm-up.
+        vision = {id(p) for p in self.model.vision_model.parameters()}
+        groups = decay_groups(self.model, self.weight_decay)
+        split = [
+            {**g, "params": [p for p in g["params"] if (id(p) in vision) == is_vision], "vision": is_vision}
+            for is_vision in (True, False)
+            for g in groups
+        ]
+        opt = torch.optim.AdamW([g for g in split if g["params"]], lr=self.lr, betas=(0.9, 0.999))
         warmup = int(self.warmup_ratio * self.max_steps)
+        start, ramp = self.vision_frozen_steps, self.vision_warmup_steps
+
+        def factor(step: int) -> float:
+            return lr_factor(step, self.max_steps, warmup, "cosine")
+
+        def vision_factor(step: int) -> float:
+            rise = min(1.0, max(0, step - start) / ramp) if ramp else 1.0
+            return factor(step) * self.vision_lr_scale * rise
+
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, self.max_steps, warmup, "cosine")
+            opt, [vision_factor if g["vision"] else factor for g in opt.param_groups]
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

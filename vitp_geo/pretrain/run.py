@@ -503,6 +503,10 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     )
     if cfg.frozen_vision_steps:
         vision_init += f"; fixed for the first {min(cfg.frozen_vision_steps, cfg.max_steps)} steps"
+    if cfg.vision_lr_share != 1.0 or cfg.vision_warmup:
+        vision_init += f"; trained at {cfg.vision_lr_share:g}x the lr"
+        if cfg.vision_warmup:
+            vision_init += f", warmed up over {cfg.vision_warmup} steps"
     image_size = int(model.vision_model.patch_embed.img_size[0])  # type: ignore[index]
     datamodule = InstructionDataModule(
         recipe,
@@ -547,6 +551,8 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
         freeze_projector=cfg.freeze_projector,
         freeze_llm=cfg.freeze_llm,
         vision_frozen_steps=cfg.frozen_vision_steps,
+        vision_lr_scale=cfg.vision_lr_share,
+        vision_warmup_steps=cfg.vision_warmup,
         max_nonfinite=cfg.max_nonfinite,
         seed=cfg.seed,
     )
@@ -658,6 +664,8 @@ def _annotate_backbone_json(
     data["pretraining"]["precision"] = precision
     data["pretraining"]["vision_init"] = vision_init  # the base it started from, named
     data["pretraining"]["vision_frozen_steps"] = cfg.frozen_vision_steps
+    data["pretraining"]["vision_lr_scale"] = cfg.vision_lr_share
+    data["pretraining"]["vision_warmup_steps"] = cfg.vision_warmup
     if cfg.data is None and cfg.domain == "rs":  # the embedded world's size (--world-scenes)
         data["pretraining"]["world_scenes"] = _world_settings(cfg)["world_scenes"]
     # How much the VLM read the image at the end: the evidence that pretraining taught the ViT.
