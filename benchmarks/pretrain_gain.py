@@ -142,7 +142,7 @@ ROBUST_SHOTS = 16
 CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "haze", "occlusion")
 PRESENT_SHARE = 0.01  # a class is "present" in a tile (supervised target) from 1 % of its pixels
 EVAL_SEED_BASE = 7_000_000  # evaluation scenes: EVAL_SEED_BASE + k (pretraining uses seed*1000 + i)
-PROTOCOL_VERSION = 4  # bump when a change invalidates reused runs in --work (3: the synthetic base; 4: its lr share)
+PROTOCOL_VERSION = 4  # bump when reused runs in --work go stale (3: the base; 4: the ViT lr share)
 
 
 def _default_steps() -> int:
@@ -803,8 +803,8 @@ def arm_config(
     ``reliance_data``: the unseen world every arm of a seed is checked on (the shuffled control
     trains on ``data``, so it would otherwise hold records out of its deranged corpus).
 
-    ``align_steps`` and ``align_ramp_steps`` (absolute counts) scale with the step count so that
-    the schedule keeps the default's shape. Built directly (not through ``resolve_config``) so that ``data`` does not pull
+    ``align_steps``, ``align_ramp_steps`` and the ViT's own warm-up (absolute counts) scale with
+    the step count so that the schedule keeps the default's shape. Built directly (not through ``resolve_config``) so that ``data`` does not pull
     in the full-scale YAML schedule.
     """
     from vitp_geo.pretrain.config import PretrainConfig
@@ -815,6 +815,8 @@ def arm_config(
     for name in ("align_steps", "align_ramp_steps"):  # the phase and its ramp keep their share
         if getattr(base, name):
             extra[name] = int(round(getattr(base, name) * s.steps / base.max_steps))
+    if base.vision_warmup:
+        extra["vision_warmup_steps"] = int(round(base.vision_warmup * s.steps / base.max_steps))
     if s.reliance_records is not None:
         extra["reliance_records"] = min(s.reliance_records, base.reliance_records)
     if reliance_data is not None:
@@ -977,8 +979,9 @@ def run_protocol(s: Settings, work: Path, fresh: bool = False, log: Callable[[st
         "probes and fine-tunes run in fp32)"
         + (
             f"; every pretrained arm and the supervised arm start from the synthetic base ({base.base_scenes} "
-            f"scenes, {base.base_steps} steps; vitp_geo.pretrain.base), the ViTP arms with the ViT fixed "
-            f"for the first {example.frozen_vision_steps} steps"
+            f"scenes, {base.base_steps} steps; vitp_geo.pretrain.base), the ViTP arms and the shuffled "
+            f"control with the ViT fixed for the first {example.frozen_vision_steps} steps, then trained at "
+            f"{example.vision_lr_share:g}x the lr, warmed up over {example.vision_warmup} steps"
             if base.vision_start == "synthetic"
             else ""
         )

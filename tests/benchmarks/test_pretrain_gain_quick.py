@@ -441,6 +441,8 @@ def test_quick_protocol_runs_every_arm(tmp_path):
     assert (
         shuffled_cfg["vision_init"].startswith("synthetic base ") and shuffled_cfg["vision_frozen_steps"] == 6
     )
+    # then at the default's share of the lr, its warm-up scaled with the steps as the phase is (100 of 1,000)
+    assert shuffled_cfg["vision_lr_scale"] == 0.1 and shuffled_cfg["vision_warmup_steps"] == 1
     assert shuffled_cfg["vision_init"].split()[2] == str(pg.base_weights(PretrainConfig()))
     note = next(n for n in results["notes"] if n.startswith("seed 0: supervised arm"))
     n_tiles = int(note.split(" scene tiles")[0].split()[-1])
