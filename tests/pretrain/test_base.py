@@ -202,6 +202,7 @@ def test_the_vits_lr_is_scaled_and_rises_from_zero_after_its_fixed_steps() -> No
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     vision = {id(p) for p in model.vision_model.parameters()}
     groups = opt.param_groups
+    assert not groups[0]["vision"]  # the first group carries the run's lr (metrics.csv logs it)
     assert {id(p) for g in groups if g["vision"] for p in g["params"]} == vision
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     for step in range(60):

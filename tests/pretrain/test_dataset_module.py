@@ -185,15 +185,16 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert values[0] == pytest.approx(1 / 20) and values[19] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(values[19:], values[20:], strict=False))
     assert values[60] == pytest.approx(0.5) and values[100] == pytest.approx(0.0)
-    # weights are decayed, biases are not
-    decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
-    assert {id(p) for p in decayed["params"]} == {
-        id(m.weight) for m in (module.model.vision_model, module.model.mlp1, module.model.language_model)
-    }
-    assert {id(p) for p in plain["params"]} == {
-        id(m.bias) for m in (module.model.vision_model, module.model.mlp1, module.model.language_model)
-    }
+    # weights are decayed, biases are not; the ViT's parameters in groups of their own, after the rest
+    decayed, plain, vit_decayed, vit_plain = opt.param_groups
+    assert not decayed["vision"] and not plain["vision"] and vit_decayed["vision"] and vit_plain["vision"]
+    assert decayed["weight_decay"] == vit_decayed["weight_decay"] == 0.01
+    assert plain["weight_decay"] == vit_plain["weight_decay"] == 0.0
+    rest = (module.model.mlp1, module.model.language_model)
+    assert {id(p) for p in decayed["params"]} == {id(m.weight) for m in rest}
+    assert {id(p) for p in plain["params"]} == {id(m.bias) for m in rest}
+    assert [id(p) for p in vit_decayed["params"]] == [id(module.model.vision_model.weight)]
+    assert [id(p) for p in vit_plain["params"]] == [id(module.model.vision_model.bias)]
 
 
 def test_config_file_values_get_field_types_and_real_weights_pull_in_the_domain_preset(tmp_path: Path):

@@ -153,12 +153,13 @@ class ViTPPretrainModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         # Biases, norms, layer-scale gammas, tokens and position embeddings are not decayed; warm-up
         # then cosine to 0: the fine-tuning tasks' rules (tasks.optim), without layer decay.
-        # The ViT's groups first (when it trains): they take vision_lr_scale and its own warm-up.
+        # The ViT's groups come last and take vision_lr_scale and its own warm-up; the first group
+        # carries the run's lr (what metrics.csv logs).
         vision = {id(p) for p in self.model.vision_model.parameters()}
         groups = decay_groups(self.model, self.weight_decay)
         split = [
             {**g, "params": [p for p in g["params"] if (id(p) in vision) == is_vision], "vision": is_vision}
-            for is_vision in (True, False)
+            for is_vision in (False, True)
             for g in groups
         ]
         opt = torch.optim.AdamW([g for g in split if g["params"]], lr=self.lr, betas=(0.9, 0.999))
