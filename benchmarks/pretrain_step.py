@@ -15,6 +15,9 @@ batches through the tiny ViTP model (optimizer step included) under cumulative s
 5. ``+ bf16 autocast``: forward (and so backward) under ``torch.autocast("cpu", torch.bfloat16)``,
    what ``--precision auto`` picks on a CPU with AVX512-BF16 or AMX (weights and AdamW stay fp32).
    On a CPU without them bf16 is emulated: the row is printed with a note and is slower there.
+6. ``+ math attention kernel``: under CPU bf16 autocast, scaled-dot-product attention takes torch's
+   math kernel instead of its fused CPU flash kernel, whose backward is slow in bf16
+   (``vitp_geo.models.attention.training_attention``, what a pretraining step does now).
 
 Data time (drawing and collating a batch) and compute time (forward, backward, clipping, AdamW)
 are measured separately; steps/s and the speed-up over ``before`` are printed side by side.
@@ -27,6 +30,7 @@ Time things alone: another torch job on a 2-core machine slows both by 10-20x.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -36,6 +40,7 @@ from pathlib import Path
 import torch
 
 from vitp_geo.instruct.default_corpus import build_default_corpus
+from vitp_geo.models.attention import training_attention
 from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
 from vitp_geo.pretrain.run import _corpus_texts, cpu_has_native_bf16
@@ -50,6 +55,7 @@ class Setting:
     head_on_answers: bool
     cache: bool
     bf16: bool = False
+    math_attention: bool = False
 
 
 SETTINGS = (
@@ -58,6 +64,7 @@ SETTINGS = (
     Setting("+ LM head on answer positions", True, True, False),
     Setting("+ cached tiles and tokens", True, True, True),
     Setting("+ bf16 autocast", True, True, True, bf16=True),
+    Setting("+ math attention kernel", True, True, True, bf16=True, math_attention=True),
 )
 
 
@@ -102,7 +109,8 @@ def measure(setting: Setting, recipe: Path, indices: list[list[int]], warmup: in
         batch = collate([ds[i] for i in batch_idx], pad_token_id=int(tok.pad_token_id))
         t1 = time.perf_counter()
         model.vrl_generator = torch.Generator().manual_seed(seed + k)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting.bf16):
+        attention = training_attention() if setting.math_attention else contextlib.nullcontext()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting.bf16), attention:
             out = model(
                 pixel_values=batch["pixel_values"],
                 input_ids=batch["input_ids"],

@@ -215,3 +215,22 @@ def test_the_vits_lr_is_scaled_and_rises_from_zero_after_its_fixed_steps() -> No
         sched.step()
     with pytest.raises(ValueError, match="vision_lr_scale must be > 0"):
         ViTPPretrainModule(model, lr=1e-3, weight_decay=0, warmup_ratio=0, max_steps=1, vision_lr_scale=0)
+
+
+def test_a_vit_whose_parameters_were_flattened_away_is_refused_not_trained_at_the_full_lr() -> None:
+    """FSDP with use_orig_params=False leaves the ViT module without parameters of its own."""
+    from vitp_geo.pretrain.module import ViTPPretrainModule
+
+    model = _Parts()
+    module = ViTPPretrainModule(
+        model, lr=1e-3, weight_decay=0, warmup_ratio=0, max_steps=10, vision_lr_scale=0.1
+    )
+    model.vision_model = nn.Sequential()  # what a flat-parameter wrapper leaves behind
+    with pytest.raises(ValueError, match=r"the ViT \(vision_model\) holds no parameters of its own"):
+        module.configure_optimizers()
+    # a ViT frozen for the whole run is not that: its parameters exist and simply do not train
+    frozen = ViTPPretrainModule(
+        _Parts(), lr=1e-3, weight_decay=0, warmup_ratio=0, max_steps=10, freeze_vision=True
+    )
+    opt = frozen.configure_optimizers()["optimizer"]
+    assert [g["vision"] for g in opt.param_groups] == [False, False]

@@ -364,6 +364,31 @@ def test_bad_pretrain_flags_are_one_line_errors_and_write_nothing(tmp_path, caps
     assert not out.exists()
 
 
+def test_resume_from_a_checkpoint_of_the_two_group_optimizer_is_refused_and_keeps_the_run(
+    default_run: Path, tmp_path: Path, capsys
+):
+    """A checkpoint written before the ViT had AdamW groups of its own: a clear refusal, not torch's."""
+    run = tmp_path / "run"
+    shutil.copytree(default_run, run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    (opt,) = state["optimizer_states"]
+    assert [g["vision"] for g in opt["param_groups"]] == [False, False, True, True]
+    # the earlier layout: one decayed and one undecayed group over every parameter
+    merged = [dict(g) for g in opt["param_groups"][:2]]
+    for g, v in zip(merged, opt["param_groups"][2:], strict=True):
+        g["params"] = g["params"] + v["params"]
+        del g["vision"]
+    opt["param_groups"] = merged
+    torch.save(state, ckpt)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["pretrain", "--max-steps", "9", "--output", str(run), "--resume", "last", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {ckpt}: written by an earlier vitp-geo whose optimizer had 2 parameter groups" in err
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path, capsys):
     out = tmp_path / "run"
     bogus = tmp_path / "random.ckpt"

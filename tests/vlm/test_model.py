@@ -312,7 +312,8 @@ def test_drop_path_reaches_a_real_internvl_vit(tmp_path, tok, rate):
     recipe = tmp_path / "recipe.json"
     recipe.write_text("{}")
     cfg = PretrainConfig(model_path=str(d), data=str(recipe), drop_path=rate)
-    model, _, _ = build_parts(cfg, tmp_path / "run")
+    model, _, _, start = build_parts(cfg, tmp_path / "run")
+    assert start == "InternViT weights of --model-path"
     rates = [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in model.vision_model.blocks]
     assert rates[-1] == pytest.approx(rate) and rates == sorted(rates)  # timm's linear rule up to the rate
 

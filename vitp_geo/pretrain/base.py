@@ -39,7 +39,7 @@ from vitp_geo.io.atomic import atomic_output
 # Scene seeds of the base world start here (corpora use seed * 1000 + i, their unseen worlds
 # seed + 1,000,003 of that, benchmarks/pretrain_gain.py's evaluation scenes 7,000,000 + k).
 BASE_SEED_OFFSET = 7_000_000_000
-BASE_VERSION = 1  # bump when the recipe changes, so that cached bases are rebuilt
+BASE_VERSION = 2  # bump when the recipe changes, so that cached bases are rebuilt (2: math attention kernel)
 CACHE_ENV = "VITP_GEO_CACHE"
 BASE_FILE = "backbone.safetensors"
 BASE_META = "base.json"
@@ -186,10 +186,11 @@ def dense_loss(out: Tensor, fractions: Tensor, counts: Tensor) -> Tensor:
     return ce + COUNT_WEIGHT * ((out[..., -1] - counts) ** 2).mean()
 
 
-def train_base(spec: BaseSpec, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+def train_base(spec: BaseSpec) -> tuple[nn.Module, dict[str, Any]]:
     """Build the base world and train the ViT on it; returns the ViT (eval mode) and what it took."""
     from tqdm.auto import tqdm
 
+    from vitp_geo.models.attention import training_attention
     from vitp_geo.models.vit import build_vision_tower
     from vitp_geo.pretrain.run import cpu_has_native_bf16
     from vitp_geo.synthetic.scene import CLASS_NAMES
@@ -218,7 +219,7 @@ def train_base(spec: BaseSpec, log: Callable[[str], None] = print) -> tuple[nn.M
         x = torch.rot90(normalise(images[idx.numpy()]), k, (2, 3)).to(device)
         f = torch.rot90(fractions[idx], k, (1, 2)).to(device)
         c = torch.rot90(counts[idx], k, (1, 2)).to(device)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16), training_attention():
             out = head(patch_tokens(vit, x)).reshape(len(idx), g, g, -1)
         return dense_loss(out, f, c)
 
@@ -267,7 +268,7 @@ def synthetic_base(
         f"building the synthetic base ViT once for this machine ({spec.scenes} scenes, {spec.steps} steps; "
         f"cached in {folder})"
     )
-    vit, took = train_base(spec, log)
+    vit, took = train_base(spec)
     meta = {"kind": "synthetic", "version": BASE_VERSION, "key": spec.key(), "spec": asdict(spec), **took}
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(folder) as tmp:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vitp_geo.models.attention import training_attention
 from vitp_geo.tasks.optim import decay_groups, lr_factor
 
 
@@ -121,13 +122,14 @@ class ViTPPretrainModule(L.LightningModule):
                 p.requires_grad_(trains)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        out = self.model(
-            pixel_values=batch["pixel_values"].to(self.dtype_for_vision()),
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            return_logits=False,  # the LM head on answer positions only
-        )
+        with training_attention():  # the math kernel under CPU bf16 (models.attention)
+            out = self.model(
+                pixel_values=batch["pixel_values"].to(self.dtype_for_vision()),
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                return_logits=False,  # the LM head on answer positions only
+            )
         loss = out.loss
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         if dist.is_available() and dist.is_initialized():
@@ -162,6 +164,15 @@ class ViTPPretrainModule(L.LightningModule):
             for is_vision in (False, True)
             for g in groups
         ]
+        if not vision:
+            # FSDP without use_orig_params replaces the ViT's parameters by views of one flat
+            # parameter: the ViT's own rate (and its fixed steps' zero) would silently become the
+            # run's. Lightning's FSDP strategy sets use_orig_params=True; anything else stops here.
+            raise ValueError(
+                "the ViT (vision_model) holds no parameters of its own here (a sharding wrapper with "
+                "flat parameters, e.g. FSDP with use_orig_params=False?): its lr share and warm-up "
+                "cannot be applied"
+            )
         opt = torch.optim.AdamW([g for g in split if g["params"]], lr=self.lr, betas=(0.9, 0.999))
         warmup = int(self.warmup_ratio * self.max_steps)
         start, ramp = self.vision_frozen_steps, self.vision_warmup_steps

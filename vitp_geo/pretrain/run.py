@@ -219,8 +219,8 @@ def _check_reused_world(cfg: PretrainConfig, corpus: Path) -> None:
         )
 
 
-def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path]:
-    """Model, tokenizer and recipe path for a run (embedded default or real parts)."""
+def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, Path, str]:
+    """Model, tokenizer, recipe path and how the summary names the ViT's start (embedded default or real parts)."""
     from vitp_geo.vlm.build import build_tiny_vlm, load_internvl
     from vitp_geo.vlm.tokenizer import build_offline_tokenizer, load_tokenizer
 
@@ -247,6 +247,7 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
 
     if cfg.model_path is not None:
         model, tokenizer = load_internvl(cfg.model_path, drop_path_rate=cfg.drop_path)
+        vision_init = "InternViT weights of --model-path"
     else:
         tok_dir = output / "tokenizer"
 
@@ -264,6 +265,7 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
             seed=cfg.seed,
         )
         start = vision_start(cfg)
+        vision_init = "random init" if start is None else start[1]
         if start is not None:
             load_start_weights(model, start[0])
     model.vrl_ratio = cfg.vrl_ratio
@@ -272,7 +274,7 @@ def build_parts(cfg: PretrainConfig, output: Path) -> tuple[ViTPModel, object, P
     model.loss_reduction = LossReduction(cfg.loss_reduction)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    return model, tokenizer, recipe
+    return model, tokenizer, recipe, vision_init
 
 
 def vision_start(cfg: PretrainConfig, log: Callable[[str], None] | None = None) -> tuple[Path, str] | None:
@@ -441,6 +443,15 @@ def _resume_path(cfg: PretrainConfig, output: Path) -> str | None:
         raise ValueError(
             f"--resume {path}: not a Lightning checkpoint of a pretraining run (no state_dict/loops)"
         )
+    groups = [g for opt in ckpt.get("optimizer_states") or [] for g in opt.get("param_groups", [])]
+    if any("vision" not in g for g in groups):
+        # Written before the ViT had AdamW groups of its own (--vision-lr-scale): its optimizer
+        # state has other groups, which torch would refuse halfway into the run.
+        raise ValueError(
+            f"--resume {path}: written by an earlier vitp-geo whose optimizer had {len(groups)} parameter "
+            "groups; this version gives the ViT groups of its own (--vision-lr-scale), so the run cannot "
+            "continue from it. The checkpoint is kept; start a new run in another --output"
+        )
     return str(path)
 
 
@@ -494,13 +505,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
     ckpt_path = _resume_path(cfg, output)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    model, tokenizer, recipe = build_parts(cfg, output)
-    vit_start = vision_start(cfg) if cfg.model_path is None else None  # cached by now: names it
-    vision_init = (
-        vit_start[1]
-        if vit_start is not None
-        else ("InternViT weights of --model-path" if cfg.model_path else "random init")
-    )
+    model, tokenizer, recipe, vision_init = build_parts(cfg, output)
     if cfg.frozen_vision_steps:
         vision_init += f"; fixed for the first {min(cfg.frozen_vision_steps, cfg.max_steps)} steps"
     if cfg.vision_lr_share != 1.0 or cfg.vision_warmup:

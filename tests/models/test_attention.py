@@ -1,0 +1,103 @@
+"""The attention kernel of a training step: math under CPU bf16 autocast, torch's choice elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitp_geo.models.attention import cpu_bf16_autocast, training_attention
+
+
+def _graph_names(t: torch.Tensor) -> set[str]:
+    """Names of every autograd node behind ``t``."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def _qkv(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(4, 3, 65, 64, generator=g, requires_grad=True) for _ in range(3))
+
+
+def _uses_flash(autocast: bool, helper: bool) -> bool:
+    q, k, v = _qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if helper:
+            with training_attention():
+                out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+    return any("Flash" in n for n in _graph_names(out))
+
+
+def test_under_cpu_bf16_autocast_a_training_step_takes_the_math_kernel() -> None:
+    # torch's own choice is its fused flash kernel (slow backward in bf16 on a CPU) ...
+    assert _uses_flash(autocast=True, helper=False)
+    # ... which the helper replaces under bf16 autocast, and leaves alone in fp32.
+    assert not _uses_flash(autocast=True, helper=True)
+    assert _uses_flash(autocast=False, helper=True)
+
+
+def test_the_math_kernel_computes_what_the_fused_one_does() -> None:
+    results = []
+    for helper in (False, True):
+        q, k, v = _qkv(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if helper:
+                with training_attention():
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.float().square().sum().backward()
+        results.append((out.float(), q.grad, v.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=3e-2, rtol=3e-2)  # bf16 rounding, not a different function
+
+
+def test_the_helper_reads_the_autocast_state() -> None:
+    assert not cpu_bf16_autocast()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpu_bf16_autocast()
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not cpu_bf16_autocast()
+
+
+class _Recorder(nn.Module):
+    """A stand-in VLM that records whether the fused flash kernel was allowed during its forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vision_model = nn.Linear(2, 2)
+        self.mlp1 = nn.Linear(2, 2)
+        self.language_model = nn.Linear(2, 2)
+        self.flash_allowed: list[bool] = []
+
+    def forward(self, **kw: torch.Tensor) -> object:
+        from types import SimpleNamespace
+
+        self.flash_allowed.append(torch.backends.cuda.flash_sdp_enabled())
+        loss = self.language_model(torch.ones(1, 2)).sum()
+        return SimpleNamespace(loss=loss, kept_image_tokens=0, total_image_tokens=0)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_pretraining_step_runs_its_forward_in_the_helper(bf16: bool) -> None:
+    from vitp_geo.pretrain.module import ViTPPretrainModule
+
+    model = _Recorder()
+    module = ViTPPretrainModule(model, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, max_steps=1)
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    batch = {k: torch.zeros(1, 2) for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        module.training_step(batch, 0)
+    assert model.flash_allowed == [not bf16]
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step
