@@ -101,3 +101,22 @@ def test_the_pretraining_step_runs_its_forward_in_the_helper(bf16: bool) -> None
         module.training_step(batch, 0)
     assert model.flash_allowed == [not bf16]
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_fine_tuning_tasks_training_step_runs_in_the_helper(bf16: bool, monkeypatch) -> None:
+    from vitp_geo.tasks.args import BackboneArgs
+    from vitp_geo.tasks.segmentation import SegmentationTask
+
+    task = SegmentationTask(head_channels=16, backbone=BackboneArgs(drop_path_rate=0.0))
+    seen: list[bool] = []
+
+    def step(batch: object, stage: str) -> torch.Tensor:
+        seen.append(torch.backends.cuda.flash_sdp_enabled())
+        return torch.zeros(())
+
+    monkeypatch.setattr(task, "_step", step)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        task.training_step({}, 0)
+        task.validation_step({}, 0)  # no backward: evaluation keeps torch's choice
+    assert seen == [not bf16, True]
