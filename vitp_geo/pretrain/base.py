@@ -190,7 +190,7 @@ def train_base(spec: BaseSpec) -> tuple[nn.Module, dict[str, Any]]:
     """Build the base world and train the ViT on it; returns the ViT (eval mode) and what it took."""
     from tqdm.auto import tqdm
 
-    from vitp_geo.models.attention import training_attention
+    from vitp_geo.models.attention import training_attention, vit_tokens
     from vitp_geo.models.vit import build_vision_tower
     from vitp_geo.pretrain.run import cpu_has_native_bf16
     from vitp_geo.synthetic.scene import CLASS_NAMES
@@ -212,6 +212,7 @@ def train_base(spec: BaseSpec) -> tuple[nn.Module, dict[str, Any]]:
     vit.to(device)
     head.to(device)
     gen = torch.Generator().manual_seed(spec.seed)
+    tokens = vit_tokens(vit)  # 65: the math attention kernel under CPU bf16 (models.attention)
 
     def loss() -> Tensor:
         idx = torch.randint(len(images), (spec.batch_size,), generator=gen)
@@ -219,7 +220,10 @@ def train_base(spec: BaseSpec) -> tuple[nn.Module, dict[str, Any]]:
         x = torch.rot90(normalise(images[idx.numpy()]), k, (2, 3)).to(device)
         f = torch.rot90(fractions[idx], k, (1, 2)).to(device)
         c = torch.rot90(counts[idx], k, (1, 2)).to(device)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16), training_attention():
+        with (
+            torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16),
+            training_attention(tokens),
+        ):
             out = head(patch_tokens(vit, x)).reshape(len(idx), g, g, -1)
         return dense_loss(out, f, c)
 

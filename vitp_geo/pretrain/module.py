@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vitp_geo.models.attention import training_attention
+from vitp_geo.models.attention import training_attention, vit_tokens
 from vitp_geo.tasks.optim import decay_groups, lr_factor
 
 
@@ -122,7 +122,12 @@ class ViTPPretrainModule(L.LightningModule):
                 p.requires_grad_(trains)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        with training_attention():  # the math kernel under CPU bf16 (models.attention)
+        # the math kernel under CPU bf16 for short sequences (models.attention)
+        tokens = max(
+            int(batch["input_ids"].shape[1]),
+            vit_tokens(self.model.vision_model, batch["pixel_values"].shape[-2:]),
+        )
+        with training_attention(tokens):
             out = self.model(
                 pixel_values=batch["pixel_values"].to(self.dtype_for_vision()),
                 input_ids=batch["input_ids"],

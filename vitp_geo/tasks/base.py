@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.trainers import BaseTask
 
 from vitp_geo.io.model_card import CARD_KEY, ModelCard
-from vitp_geo.models.attention import training_attention
+from vitp_geo.models.attention import training_attention, vit_tokens
 from vitp_geo.tasks.args import BackboneArgs, InputArgs, OptimArgs, as_group, flat_hparams, nest_flat_hparams
 from vitp_geo.tasks.backbone import build_backbone
 from vitp_geo.tasks.losses import build_loss
@@ -194,7 +194,10 @@ class DenseTask(BaseTask):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        with training_attention():  # the math kernel under CPU bf16 (models.attention)
+        # the math kernel under CPU bf16 for short sequences (models.attention)
+        image = batch.get("image") if isinstance(batch, dict) else None
+        tokens = vit_tokens(self.backbone, image.shape[-2:] if image is not None else None)
+        with training_attention(tokens):
             return self._step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
