@@ -40,9 +40,10 @@ from pathlib import Path
 import torch
 
 from vitp_geo.instruct.default_corpus import build_default_corpus
-from vitp_geo.models.attention import training_attention, vit_tokens
+from vitp_geo.models.attention import training_attention
 from vitp_geo.pretrain.datamodule import InstructionDataModule
 from vitp_geo.pretrain.dataset import collate
+from vitp_geo.pretrain.module import step_tokens
 from vitp_geo.pretrain.run import _corpus_texts, cpu_has_native_bf16
 from vitp_geo.vlm import build_offline_tokenizer, build_tiny_vlm, tokenize_conversation
 from vitp_geo.vlm.template import INTERNVL2_5_SYSTEM_MESSAGE
@@ -109,10 +110,11 @@ def measure(setting: Setting, recipe: Path, indices: list[list[int]], warmup: in
         batch = collate([ds[i] for i in batch_idx], pad_token_id=int(tok.pad_token_id))
         t1 = time.perf_counter()
         model.vrl_generator = torch.Generator().manual_seed(seed + k)
-        tokens = max(
-            int(batch["input_ids"].shape[1]), vit_tokens(model.vision_model, batch["pixel_values"].shape[-2:])
+        attention = (
+            training_attention(step_tokens(model, batch))
+            if setting.math_attention
+            else contextlib.nullcontext()
         )
-        attention = training_attention(tokens) if setting.math_attention else contextlib.nullcontext()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting.bf16), attention:
             out = model(
                 pixel_values=batch["pixel_values"],

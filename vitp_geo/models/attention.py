@@ -7,7 +7,7 @@ training (torch 2.14, 2 cores; ``benchmarks/pretrain_step.py``). The math kernel
 products and a softmax) does the same work in plain ops and is faster there, forward and backward
 together. It keeps each (batch, head, L, L) attention matrix for the backward, where the fused
 kernel keeps O(L), so it is taken for short sequences only (:data:`MATH_MAX_TOKENS`): the tiny
-default's (65 ViT tokens, about 150-300 LLM tokens) and not a 448 px InternViT's 1,025. In fp32 on
+default's (65 ViT tokens, at most about 200 LLM tokens) and not a 448 px InternViT's 1,025. In fp32 on
 a CPU the two kernels are level (the fused one a few per cent ahead), and on CUDA the fused kernels
 are the right choice, so nothing changes there.
 """

@@ -36,6 +36,13 @@ class StepStats:
         return self.loss_sum / self.micro_batches if self.micro_batches else float("nan")
 
 
+def step_tokens(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
+    """The longest sequence a training step attends over: its padded text, or one ViT tile's tokens."""
+    return max(
+        int(batch["input_ids"].shape[1]), vit_tokens(model.vision_model, batch["pixel_values"].shape[-2:])
+    )
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when too many consecutive steps produced a non-finite loss."""
 
@@ -122,12 +129,7 @@ class ViTPPretrainModule(L.LightningModule):
                 p.requires_grad_(trains)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        # the math kernel under CPU bf16 for short sequences (models.attention)
-        tokens = max(
-            int(batch["input_ids"].shape[1]),
-            vit_tokens(self.model.vision_model, batch["pixel_values"].shape[-2:]),
-        )
-        with training_attention(tokens):
+        with training_attention(step_tokens(self.model, batch)):  # models.attention
             out = self.model(
                 pixel_values=batch["pixel_values"].to(self.dtype_for_vision()),
                 input_ids=batch["input_ids"],

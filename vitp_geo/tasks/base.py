@@ -195,9 +195,7 @@ class DenseTask(BaseTask):
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         # the math kernel under CPU bf16 for short sequences (models.attention)
-        image = batch.get("image") if isinstance(batch, dict) else None
-        tokens = vit_tokens(self.backbone, image.shape[-2:] if image is not None else None)
-        with training_attention(tokens):
+        with training_attention(vit_tokens(self.backbone, batch["image"].shape[-2:])):
             return self._step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
