@@ -138,3 +138,34 @@ def test_a_fine_tuning_tasks_training_step_runs_in_the_helper(
         task.training_step(batch, 0)
         task.validation_step(batch, 0)  # no backward: evaluation keeps torch's choice
     assert seen == [not math, True]
+
+
+@pytest.mark.parametrize(
+    ("bf16", "size", "math"), [(True, 112, True), (False, 112, False), (True, 448, False)]
+)
+def test_a_detection_tasks_training_step_runs_in_the_helper(
+    bf16: bool, size: int, math: bool, monkeypatch
+) -> None:
+    from vitp_geo.tasks.args import BackboneArgs
+    from vitp_geo.tasks.detection import ObjectDetectionTask
+
+    task = ObjectDetectionTask(
+        num_classes=1, fpn_channels=16, representation=32, backbone=BackboneArgs(drop_path_rate=0.0)
+    )
+    task.log = task.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    seen: list[bool] = []
+
+    def model(x: torch.Tensor, targets: object = None) -> dict[str, torch.Tensor]:
+        seen.append(torch.backends.cuda.flash_sdp_enabled())
+        return {"loss": torch.zeros(())}
+
+    monkeypatch.setattr(task.model, "forward", model)
+    batch = {
+        "image": torch.zeros(1, 3, size, size),
+        "bbox_xyxy": [torch.zeros(0, 4)],
+        "label": [torch.zeros(0)],
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        task.training_step(batch, 0)
+    assert seen == [not math]
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step

@@ -31,6 +31,7 @@ from torchgeo.trainers import ObjectDetectionTask as TorchGeoObjectDetectionTask
 
 from vitp_geo.evaluation.detection_map import masks_to_rle
 from vitp_geo.geometry.obb import obb_to_hbb, obb_to_poly
+from vitp_geo.models.attention import training_attention, vit_tokens
 from vitp_geo.models.detection.rcnn import BoxType, targets_from_batch
 from vitp_geo.tasks.args import BackboneArgs, InputArgs, OptimArgs
 from vitp_geo.tasks.base import DEFAULT_COLORS, DenseTask, check_class_lists
@@ -197,7 +198,9 @@ class ObjectDetectionTask(DenseTask, TorchGeoObjectDetectionTask):
 
     def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch["image"].float()
-        losses = self.model(x, targets_from_batch(batch, self.box_type))
+        # the math kernel under CPU bf16 for short sequences, as DenseTask's step (models.attention)
+        with training_attention(vit_tokens(self.backbone, x.shape[-2:])):
+            losses = self.model(x, targets_from_batch(batch, self.box_type))
         assert isinstance(losses, dict)
         loss: Tensor = sum(losses.values())  # type: ignore[assignment]
         b = x.shape[0]
