@@ -317,6 +317,36 @@ def test_a_run_that_ends_by_epochs_checks_once_at_the_end_not_every_step(corpus,
     assert calls == [5, -5]  # max_steps runs check at their last step, once
 
 
+def test_a_near_zero_gain_warns_after_the_alignment_phase_not_during_it(corpus, tokenizer, tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from vitp_geo.pretrain.config import PretrainConfig
+    from vitp_geo.pretrain.reliance import ImageReliance, RelianceResult
+
+    cfg = PretrainConfig()  # the default: 1,000 steps, a 600-step alignment phase, 100 warm-up steps
+    assert cfg.reliance_quiet_steps == cfg.align_steps == 600
+    assert PretrainConfig(align_steps=0).reliance_quiet_steps == 100  # no phase: the lr warm-up
+    ds = _dataset(corpus, tokenizer)
+    held = hold_out(ds, 12, seed=0)
+    cb = ImageReliance(
+        ds, held, partial(collate, pad_token_id=0), tmp_path / "r.jsonl", every=200,
+        warmup_steps=cfg.reliance_quiet_steps,
+    )  # fmt: skip
+    flat = RelianceResult(loss=1.0, loss_shuffled=1.01, loss_blank=1.0, records=4, answer_tokens=2.0)
+    cb.evaluate = lambda trainer, module, held=None: flat  # type: ignore[method-assign]
+    warned: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="vitp_geo.pretrain.reliance"):
+        for step in (200, 400, 600, 800, 1000):
+            trainer = SimpleNamespace(global_step=step, max_steps=cfg.max_steps, is_global_zero=True)
+            cb.on_train_batch_end(trainer, SimpleNamespace(), None, None, step - 1)
+            if any("barely uses the image" in r.getMessage() for r in caplog.records):
+                warned.append(step)
+                caplog.clear()
+    assert [s for s, _ in cb.results] == [200, 400, 600, 800, 1000]
+    assert warned == [800]  # once, at the first check after the phase
+
+
 def test_unseen_set_checks_a_whole_corpus_without_touching_any_training_index(corpus, tokenizer):
     ds = _dataset(corpus, tokenizer)
     index = list(ds.index)

@@ -267,6 +267,13 @@ class PretrainConfig:
         return 100 if self.frozen_vision_steps else 0
 
     @property
+    def reliance_quiet_steps(self) -> int:
+        """Checks up to this step never warn of a near-zero image gain: the lr warm-up, and the
+        alignment phase, which exists because the LLM has not learnt to read yet (a default seed
+        read +0.02 nats at step 200 and +0.46 at step 600). The run's summary warns at the end."""
+        return max(int(self.warmup_ratio * self.max_steps), self.align_steps)
+
+    @property
     def embedded(self) -> bool:
         """True when neither real weights nor real data were given: the tiny built-in run."""
         return self.model_path is None and self.data is None

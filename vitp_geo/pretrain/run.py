@@ -542,7 +542,7 @@ def _run_pretrain(cfg: PretrainConfig) -> PretrainSummary:
             partial(collate, pad_token_id=int(tokenizer.pad_token_id)),  # type: ignore[attr-defined]
             output / "image_reliance.jsonl",
             every=cfg.reliance_every,
-            warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+            warmup_steps=cfg.reliance_quiet_steps,
             batch_size=max(cfg.batch_size, 8),
             final=final_set,
         )
