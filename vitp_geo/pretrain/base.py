@@ -71,6 +71,16 @@ class BaseSpec:
             raise ValueError(f"base seed must be >= 0, got {self.seed}")
         return self
 
+    def schedule(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`vitp_geo.tasks.patch_head.train_vit_head` this spec sets."""
+        return {
+            "steps": self.steps,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "warmup_ratio": self.warmup_ratio,
+            "grad_clip": self.grad_clip,
+        }
+
     def key(self) -> str:
         data = json.dumps({"version": BASE_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
@@ -227,17 +237,7 @@ def train_base(spec: BaseSpec) -> tuple[nn.Module, dict[str, Any]]:
             out = head(patch_tokens(vit, x)).reshape(len(idx), g, g, -1)
         return dense_loss(out, f, c)
 
-    train_vit_head(
-        vit,
-        head,
-        loss,
-        steps=spec.steps,
-        lr=spec.lr,
-        weight_decay=spec.weight_decay,
-        warmup_ratio=spec.warmup_ratio,
-        grad_clip=spec.grad_clip,
-        progress=lambda it: bar(it, "base ViT", spec.steps),
-    )
+    train_vit_head(vit, head, loss, **spec.schedule(), progress=lambda it: bar(it, "base ViT", spec.steps))
     vit.to("cpu")
     took = {
         "tiles": len(images),
