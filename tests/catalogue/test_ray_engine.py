@@ -127,7 +127,7 @@ def _settled_states(out: Path, quiet_s: float = 2.0, timeout_s: float = 60.0) ->
 def test_a_sigkilled_ray_driver_loses_only_the_scenes_in_flight(
     cluster: object, world: dict[str, Path], tmp_path: Path
 ) -> None:
-    scenes = write_scenes(tmp_path / "big", 3, (420, 400))  # 5 x 5 windows each
+    scenes = write_scenes(tmp_path / "big", 3, (840, 400))  # 10 x 5 windows each
     address = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "vitp_geo.cli.main", "infer-catalog", str(tmp_path / "big"), "--checkpoint",
            str(world["ckpt"]), "--no-progress", "--checkpoint-every", "0", "--batch-size", "2"]  # fmt: skip
